@@ -1,0 +1,511 @@
+"""The SQLite catalog: the collection's single source of truth.
+
+Images are keyed by the SHA-256 of their bytes; sightings say where and when
+an image was seen; signals hold packed hash bytes; failures record every input
+that could not be used, with its reason; runs record each ingest. Indexes are
+caches rebuilt from here, never the other way round.
+
+One writer: only the process that owns a :class:`Catalog` in write mode
+writes, in batched transactions (``write_batch``), so a crash leaves either a
+whole batch or none of it. The schema is versioned by recorded migrations.
+This module knows SQL and nothing of FAISS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import CatalogError
+
+SIGHTING_FIELDS: tuple[str, ...] = (
+    "platform", "url", "page_url", "ad_id", "posted_at", "collected_at", "source")
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("initial schema", """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        command TEXT NOT NULL,
+        args TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL DEFAULT 'running',
+        stats TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE images (
+        id INTEGER PRIMARY KEY,
+        sha256 TEXT UNIQUE,
+        size_bytes INTEGER,
+        width INTEGER,
+        height INTEGER,
+        format TEXT,
+        mode TEXT,
+        frames INTEGER,
+        created_at TEXT NOT NULL,
+        run_id INTEGER REFERENCES runs(id)
+    );
+    CREATE TABLE signals (
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        signal TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        value BLOB NOT NULL,
+        quality INTEGER,
+        PRIMARY KEY (signal, image_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX signals_by_image ON signals(image_id);
+    CREATE TABLE sightings (
+        id INTEGER PRIMARY KEY,
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        platform TEXT,
+        url TEXT,
+        page_url TEXT,
+        ad_id TEXT,
+        posted_at TEXT,
+        collected_at TEXT,
+        source TEXT,
+        extra TEXT NOT NULL DEFAULT '{}',
+        run_id INTEGER REFERENCES runs(id),
+        key TEXT NOT NULL UNIQUE
+    );
+    CREATE INDEX sightings_by_image ON sightings(image_id);
+    CREATE INDEX sightings_by_platform ON sightings(platform, posted_at);
+    CREATE INDEX sightings_by_posted ON sightings(posted_at);
+    CREATE TABLE links (
+        a INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        b INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        score REAL NOT NULL,
+        distances TEXT NOT NULL,
+        agreed TEXT NOT NULL,
+        transform TEXT NOT NULL,
+        PRIMARY KEY (a, b),
+        CHECK (a < b)
+    ) WITHOUT ROWID;
+    CREATE INDEX links_by_b ON links(b);
+    CREATE TABLE failures (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL UNIQUE,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        run_id INTEGER REFERENCES runs(id),
+        created_at TEXT NOT NULL
+    );
+    """),
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class SignalRow:
+    signal: str
+    version: int
+    value: bytes
+    quality: int | None
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One analysed image, ready to be written."""
+
+    sha256: str
+    size_bytes: int | None
+    width: int | None
+    height: int | None
+    format: str | None
+    mode: str | None
+    frames: int | None
+    signals: tuple[SignalRow, ...]
+
+
+@dataclass(frozen=True)
+class SightingRow:
+    """Where and when an image was seen. ``extra`` is free JSON-able metadata."""
+
+    platform: str | None = None
+    url: str | None = None
+    page_url: str | None = None
+    ad_id: str | None = None
+    posted_at: str | None = None
+    collected_at: str | None = None
+    source: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def key(self, sha256: str) -> str:
+        """Identity of a sighting: the same image seen with the same metadata."""
+        payload = [sha256] + [getattr(self, f) for f in SIGHTING_FIELDS] + [self.extra]
+        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class LinkRow:
+    """A near-duplicate edge between two images (a < b) and its evidence."""
+
+    a: int
+    b: int
+    score: float
+    distances: dict
+    agreed: tuple[str, ...]
+    transform: str
+
+
+#: Called inside a batch's transaction with the new (image_id, sha256) pairs;
+#: returns the links those images make, so images and links commit together.
+Linker = Callable[[list[tuple[int, str]]], list[LinkRow]]
+
+
+@dataclass
+class BatchResult:
+    images_added: int = 0
+    images_known: int = 0
+    sightings_added: int = 0
+    sightings_known: int = 0
+    failures: int = 0
+    links_added: int = 0
+    new_image_ids: list[int] = field(default_factory=list)
+    new_images: list[tuple[int, str]] = field(default_factory=list)
+
+
+class Catalog:
+    """A connection to one catalog file. Open with :meth:`open`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool) -> None:
+        self.conn = conn
+        self.path = path
+        self.readonly = readonly
+
+    # ----------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, path: str | Path, *, readonly: bool = False) -> Catalog:
+        path = Path(path)
+        if readonly:
+            if not path.exists():
+                raise CatalogError(f"no collection at {path}; create one with 'imgmatch ingest'")
+            uri = f"{path.resolve().as_uri()}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA busy_timeout = 30000")
+            if not readonly:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise CatalogError(f"{path} is not an imgmatch catalog: {exc}") from None
+        catalog = cls(conn, path, readonly)
+        catalog._migrate()
+        return catalog
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        try:
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise CatalogError(f"{self.path} is not an imgmatch catalog: {exc}") from None
+        if version > SCHEMA_VERSION:
+            raise CatalogError(
+                f"{self.path} has schema version {version}, newer than this imgmatch "
+                f"understands ({SCHEMA_VERSION}); upgrade imgmatch")
+        if version == SCHEMA_VERSION:
+            return
+        if self.readonly:
+            raise CatalogError(
+                f"{self.path} needs a schema upgrade; open it once for writing "
+                "(for example 'imgmatch stats') first")
+        if version == 0 and self._has_foreign_tables():
+            raise CatalogError(f"{self.path} is an SQLite file, but not an imgmatch catalog")
+        for number, (name, sql) in enumerate(MIGRATIONS[version:], start=version + 1):
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _split_sql(sql):
+                    self.conn.execute(statement)
+                if number == 1:
+                    self.conn.execute(
+                        "CREATE TABLE migrations (version INTEGER PRIMARY KEY, "
+                        "name TEXT NOT NULL, applied_at TEXT NOT NULL)")
+                    self.conn.execute("INSERT INTO meta VALUES ('collection_id', ?)",
+                                      (uuid.uuid4().hex,))
+                    self.conn.execute("INSERT INTO meta VALUES ('deletions', '0')")
+                self.conn.execute("INSERT INTO migrations VALUES (?, ?, ?)",
+                                  (number, name, utcnow()))
+                self.conn.execute(f"PRAGMA user_version = {number}")
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+
+    def _has_foreign_tables(self) -> bool:
+        return self.conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] > 0
+
+    # -------------------------------------------------------------------- meta
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    @property
+    def collection_id(self) -> str:
+        value = self.meta("collection_id")
+        if value is None:
+            raise CatalogError(f"{self.path} has no collection id; it is damaged")
+        return value
+
+    @property
+    def deletions(self) -> int:
+        return int(self.meta("deletions") or 0)
+
+    # -------------------------------------------------------------------- runs
+    def start_run(self, command: str, args: dict) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO runs (started_at, command, args) VALUES (?, ?, ?)",
+            (utcnow(), command, json.dumps(args, default=str)))
+        return int(cur.lastrowid)
+
+    def finish_run(self, run_id: int, status: str, stats: dict) -> None:
+        self.conn.execute(
+            "UPDATE runs SET finished_at = ?, status = ?, stats = ? WHERE id = ?",
+            (utcnow(), status, json.dumps(stats, default=str), run_id))
+
+    # ------------------------------------------------------------------ writes
+    def known_sha256(self, digests: Sequence[str]) -> set[str]:
+        """Which of these digests are already catalogued (and hashed)."""
+        found: set[str] = set()
+        for chunk in _chunks(list(digests), 500):
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self.conn.execute(
+                f"SELECT sha256 FROM images WHERE sha256 IN ({marks})", chunk))
+        return found
+
+    def write_batch(self, images: Iterable[ImageRow],
+                    sightings: Iterable[tuple[str, SightingRow]],
+                    failures: Iterable[tuple[str, str, str]],
+                    run_id: int | None, linker: Linker | None = None) -> BatchResult:
+        """Write analysed images, their sightings and failures in one transaction.
+
+        ``sightings`` pairs an image's sha256 with where it was seen; the image
+        must be in the catalog already or in ``images``. ``failures`` are
+        ``(source, reason, detail)``. Idempotent: known images and sightings
+        are counted, not duplicated. ``linker`` computes the new images'
+        near-duplicate links within the same transaction.
+        """
+        result = BatchResult()
+        now = utcnow()
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for row in images:
+                cur = conn.execute(
+                    "INSERT INTO images (sha256, size_bytes, width, height, format, mode, "
+                    "frames, created_at, run_id) VALUES (?,?,?,?,?,?,?,?,?) "
+                    "ON CONFLICT(sha256) DO NOTHING",
+                    (row.sha256, row.size_bytes, row.width, row.height, row.format,
+                     row.mode, row.frames, now, run_id))
+                if cur.rowcount == 0:
+                    result.images_known += 1
+                    continue
+                image_id = int(cur.lastrowid)
+                result.images_added += 1
+                result.new_image_ids.append(image_id)
+                result.new_images.append((image_id, row.sha256))
+                conn.executemany(
+                    "INSERT INTO signals (image_id, signal, version, value, quality) "
+                    "VALUES (?,?,?,?,?)",
+                    [(image_id, s.signal, s.version, s.value, s.quality) for s in row.signals])
+            if linker is not None and result.new_images:
+                result.links_added = self._insert_links(linker(result.new_images))
+            for sha256, s in sightings:
+                found = conn.execute("SELECT id FROM images WHERE sha256 = ?",
+                                     (sha256,)).fetchone()
+                if found is None:
+                    raise CatalogError(f"sighting for unknown image {sha256}")
+                cur = conn.execute(
+                    "INSERT INTO sightings (image_id, platform, url, page_url, ad_id, "
+                    "posted_at, collected_at, source, extra, run_id, key) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(key) DO NOTHING",
+                    (found[0], s.platform, s.url, s.page_url, s.ad_id, s.posted_at,
+                     s.collected_at, s.source,
+                     json.dumps(s.extra, ensure_ascii=False, sort_keys=True, default=str),
+                     run_id, s.key(sha256)))
+                if cur.rowcount:
+                    result.sightings_added += 1
+                else:
+                    result.sightings_known += 1
+                if s.source:
+                    conn.execute("DELETE FROM failures WHERE source = ?", (s.source,))
+            for source, reason, detail in failures:
+                result.failures += 1
+                conn.execute(
+                    "INSERT INTO failures (source, reason, detail, run_id, created_at) "
+                    "VALUES (?,?,?,?,?) ON CONFLICT(source) DO UPDATE SET "
+                    "reason = excluded.reason, detail = excluded.detail, "
+                    "run_id = excluded.run_id, created_at = excluded.created_at",
+                    (source, reason, detail, run_id, now))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def _insert_links(self, links: Iterable[LinkRow]) -> int:
+        rows = [(min(k.a, k.b), max(k.a, k.b), k.score,
+                 json.dumps(k.distances, sort_keys=True), ",".join(k.agreed), k.transform)
+                for k in links if k.a != k.b]
+        before = self.conn.total_changes
+        self.conn.executemany(
+            "INSERT INTO links (a, b, score, distances, agreed, transform) "
+            "VALUES (?,?,?,?,?,?) ON CONFLICT(a, b) DO UPDATE SET score = excluded.score, "
+            "distances = excluded.distances, agreed = excluded.agreed, "
+            "transform = excluded.transform WHERE excluded.score > links.score", rows)
+        return self.conn.total_changes - before
+
+    # ------------------------------------------------------------------- reads
+    def links(self) -> Iterator[tuple[int, int, float, dict, tuple[str, ...], str]]:
+        for a, b, score, distances, agreed, transform in self.conn.execute(
+                "SELECT a, b, score, distances, agreed, transform FROM links ORDER BY a, b"):
+            yield a, b, score, json.loads(distances), tuple(x for x in agreed.split(",") if x), \
+                transform
+
+    def multi_sighting_image_ids(self, min_sightings: int) -> list[int]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT image_id FROM sightings GROUP BY image_id HAVING count(*) >= ?",
+            (min_sightings,))]
+
+    def counts(self) -> dict[str, int]:
+        q = self.conn.execute
+        return {
+            "images": q("SELECT count(*) FROM images").fetchone()[0],
+            "sightings": q("SELECT count(*) FROM sightings").fetchone()[0],
+            "platforms": q("SELECT count(DISTINCT platform) FROM sightings").fetchone()[0],
+            "failures": q("SELECT count(*) FROM failures").fetchone()[0],
+            "links": q("SELECT count(*) FROM links").fetchone()[0],
+            "runs": q("SELECT count(*) FROM runs").fetchone()[0],
+        }
+
+    def signal_counts(self) -> dict[str, int]:
+        return dict(self.conn.execute(
+            "SELECT signal, count(*) FROM signals GROUP BY signal ORDER BY signal"))
+
+    def signal_state(self, signal: str) -> tuple[int, int]:
+        """(count, largest image id) of one signal: what an index must hold."""
+        row = self.conn.execute(
+            "SELECT count(*), coalesce(max(image_id), 0) FROM signals WHERE signal = ?",
+            (signal,)).fetchone()
+        return int(row[0]), int(row[1])
+
+    def count_signal_upto(self, signal: str, max_image_id: int) -> int:
+        return int(self.conn.execute(
+            "SELECT count(*) FROM signals WHERE signal = ? AND image_id <= ?",
+            (signal, max_image_id)).fetchone()[0])
+
+    def iter_signal(self, signal: str, after_image_id: int = 0,
+                    chunk: int = 50_000) -> Iterator[list[tuple[int, bytes, int | None]]]:
+        """Stream (image_id, value, quality) of one signal in id order, in chunks."""
+        last = after_image_id
+        while True:
+            rows = self.conn.execute(
+                "SELECT image_id, value, quality FROM signals WHERE signal = ? "
+                "AND image_id > ? ORDER BY image_id LIMIT ?", (signal, last, chunk)).fetchall()
+            if not rows:
+                return
+            yield rows
+            last = rows[-1][0]
+
+    def signals_of(self, image_ids: Sequence[int]) -> dict[int, dict[str, tuple[bytes, int | None]]]:
+        out: dict[int, dict[str, tuple[bytes, int | None]]] = {}
+        for chunk in _chunks(list(image_ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for image_id, signal, value, quality in self.conn.execute(
+                    f"SELECT image_id, signal, value, quality FROM signals "
+                    f"WHERE image_id IN ({marks})", chunk):
+                out.setdefault(image_id, {})[signal] = (bytes(value), quality)
+        return out
+
+    def images(self, image_ids: Sequence[int]) -> dict[int, dict]:
+        out: dict[int, dict] = {}
+        for chunk in _chunks(list(image_ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(
+                    f"SELECT id, sha256, size_bytes, width, height, format, frames, created_at "
+                    f"FROM images WHERE id IN ({marks})", chunk):
+                out[row[0]] = dict(zip(
+                    ("id", "sha256", "size_bytes", "width", "height", "format", "frames",
+                     "created_at"), row))
+        return out
+
+    def image_id(self, sha256: str) -> int | None:
+        row = self.conn.execute("SELECT id FROM images WHERE sha256 = ?",
+                                (sha256.lower(),)).fetchone()
+        return None if row is None else int(row[0])
+
+    def sightings_of(self, image_ids: Sequence[int]) -> dict[int, list[dict]]:
+        out: dict[int, list[dict]] = {i: [] for i in image_ids}
+        for chunk in _chunks(list(image_ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(
+                    f"SELECT image_id, id, {', '.join(SIGHTING_FIELDS)}, extra FROM sightings "
+                    f"WHERE image_id IN ({marks}) ORDER BY coalesce(posted_at, collected_at), id",
+                    chunk):
+                sighting = dict(zip(("id",) + SIGHTING_FIELDS, row[1:-1]))
+                sighting["extra"] = json.loads(row[-1]) if row[-1] else {}
+                out[row[0]].append(sighting)
+        return out
+
+    def failures(self, limit: int | None = None) -> list[dict]:
+        sql = "SELECT source, reason, detail, run_id, created_at FROM failures ORDER BY id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [dict(zip(("source", "reason", "detail", "run_id", "created_at"), r))
+                for r in self.conn.execute(sql)]
+
+    def failure_reasons(self) -> dict[str, int]:
+        return dict(self.conn.execute(
+            "SELECT reason, count(*) FROM failures GROUP BY reason ORDER BY count(*) DESC"))
+
+    def platform_counts(self) -> dict[str | None, int]:
+        return dict(self.conn.execute(
+            "SELECT platform, count(*) FROM sightings GROUP BY platform ORDER BY count(*) DESC"))
+
+    def last_runs(self, n: int = 5) -> list[dict]:
+        cols = ("id", "started_at", "finished_at", "command", "status", "stats")
+        rows = self.conn.execute(
+            f"SELECT {', '.join(cols)} FROM runs ORDER BY id DESC LIMIT ?", (n,)).fetchall()
+        out = []
+        for r in rows:
+            d = dict(zip(cols, r))
+            d["stats"] = json.loads(d["stats"] or "{}")
+            out.append(d)
+        return out
+
+    def all_image_ids(self) -> list[int]:
+        return [r[0] for r in self.conn.execute("SELECT id FROM images ORDER BY id")]
+
+
+def _split_sql(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

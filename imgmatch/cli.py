@@ -1,0 +1,261 @@
+"""The ``imgmatch`` command line: parse, call the library, format.
+
+No logic lives here that the library lacks. ``--json`` output is the stable
+machine interface (docs/cli.md); tables are for people. Exit codes, mapped in
+one place (:func:`main`):
+
+    0  everything worked
+    1  partial: some inputs failed (each was recorded or reported with its reason)
+    2  usage error (bad options or arguments)
+    3  nothing could be done (no collection, unreadable manifest, ...)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import signals as registry
+from .collection import Collection, default_db_path, hash_bytes
+from .errors import ImgmatchError, InputError
+from .match import MATCH_SCORE
+from .report import FORMATS
+from .report.csvfmt import write_csv
+from .report.table import clean
+from .sources import iter_manifest, iter_paths
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
+
+
+def _echo_json(obj: object) -> None:
+    click.echo(json.dumps(obj, ensure_ascii=False, sort_keys=False, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), envvar="IMGMATCH_DB",
+              help="Catalog file of the collection (env IMGMATCH_DB; default ./imgmatch.db). "
+                   "Indexes live beside it in DB.indexes/.")
+@click.version_option(package_name="imgmatch")
+@click.pass_context
+def cli(ctx: click.Context, db: Path | None) -> None:
+    """Find where the same photos are reused across websites and over time."""
+    ctx.obj = db or default_db_path()
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--manifest", "manifests", multiple=True, type=click.Path(path_type=Path),
+              help="CSV or JSONL manifest: a 'path' per row (relative to the manifest's "
+                   "folder) and sighting metadata. Repeatable.")
+@click.option("--platform", help="Platform (site) name for sightings that do not give one.")
+@click.option("--signals", "signal_list", default=None,
+              help=f"Comma-separated signals to compute (default: "
+                   f"{','.join(registry.DEFAULT_SIGNALS)}).")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Worker processes for decoding and hashing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.pass_obj
+def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...],
+           platform: str | None, signal_list: str | None, workers: int, as_json: bool) -> int:
+    """Catalogue images from files, directories (recursive) and manifests."""
+    if not paths and not manifests:
+        raise click.UsageError("give image files, directories or --manifest FILE")
+    names = registry.parse_list(signal_list)
+
+    def items():
+        yield from iter_paths(paths, platform=platform)
+        for manifest in manifests:
+            yield from iter_manifest(manifest, platform=platform)
+
+    with Collection.open(db) as collection:
+        summary = collection.ingest(
+            items(), signals=names, workers=workers,
+            args={"paths": [str(p) for p in paths], "manifests": [str(m) for m in manifests],
+                  "platform": platform, "signals": list(names)})
+    if as_json:
+        _echo_json(summary.to_json())
+    else:
+        click.echo(f"files seen:       {summary.files_seen}")
+        click.echo(f"images added:     {summary.images_added}")
+        click.echo(f"already known:    {summary.images_known}")
+        click.echo(f"new sightings:    {summary.sightings_added}")
+        click.echo(f"known sightings:  {summary.sightings_known}")
+        click.echo(f"new links:        {summary.links_added}")
+        click.echo(f"failures:         {len(summary.failures)}")
+        for source, reason, detail in summary.failures[:50]:
+            click.echo(f"  {reason:18} {clean(source, 80)}: {clean(detail, 160)}")
+        if len(summary.failures) > 50:
+            click.echo(f"  ... and {len(summary.failures) - 50} more ('imgmatch stats')")
+    return EXIT_PARTIAL if summary.failures else EXIT_OK
+
+
+@cli.command()
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--pdq", "pdq_hex", multiple=True, help="Query a PDQ hash (64 hex digits). "
+              "Repeatable.")
+@click.option("--top-k", type=click.IntRange(1, 10_000), default=10, show_default=True)
+@click.option("--min-score", type=click.FloatRange(0, 1), default=MATCH_SCORE,
+              show_default=True, help="Lowest score reported; 0 returns the top K candidates "
+                                      "even below the match threshold.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per query per line.")
+@click.pass_obj
+def query(db: Path, images: tuple[Path, ...], pdq_hex: tuple[str, ...], top_k: int,
+          min_score: float, as_json: bool) -> int:
+    """Where else has this image appeared? Matches best first."""
+    if not images and not pdq_hex:
+        raise click.UsageError("give image files or --pdq HEX")
+    pdq = registry.get("pdq")
+    failed = False
+    with Collection.open(db, readonly=True) as collection:
+        jobs = [(str(p), p, None) for p in images] + [(h, None, h) for h in pdq_hex]
+        for label, path, hex_value in jobs:
+            try:
+                if hex_value is not None:
+                    matches = collection.query_hash(pdq.from_hex(hex_value), top_k=top_k,
+                                                    min_score=min_score)
+                else:
+                    matches = collection.query(path, top_k=top_k, min_score=min_score)
+            except (InputError, OSError, ImgmatchError) as exc:
+                failed = True
+                reason = getattr(exc, "reason", "error")
+                message = getattr(exc, "detail", None) or str(exc)
+                if as_json:
+                    _echo_json({"query": label, "error": {"reason": reason, "message": message},
+                                "matches": []})
+                else:
+                    click.echo(f"{clean(label)}: error ({reason}): {clean(message)}")
+                continue
+            if as_json:
+                _echo_json({"query": label, "matches": [m.to_json() for m in matches]})
+            else:
+                _print_matches(label, matches)
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _print_matches(label: str, matches) -> None:
+    click.echo(f"{clean(label)}: {len(matches)} match{'es' if len(matches) != 1 else ''}")
+    for m in matches:
+        dist = ", ".join(f"{k} {v}" for k, v in sorted(m.distances.items()))
+        flag = "  (low information)" if m.low_information else ""
+        click.echo(f"  {m.score:.3f}  {m.sha256}  [{dist}; {m.transform}]{flag}")
+        for s in m.sightings:
+            when = (s.get("posted_at") or s.get("collected_at") or "?")[:10]
+            click.echo(f"      {when}  {clean(s.get('platform') or '-', 16):16} "
+                       f"{clean(s.get('url') or s.get('source'), 80)}")
+
+
+@cli.command("hash")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--signals", "signal_list", default=None, help="Comma-separated signals.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file per line.")
+def hash_cmd(images: tuple[Path, ...], signal_list: str | None, as_json: bool) -> int:
+    """Print the signals of image files; stores nothing."""
+    names = registry.parse_list(signal_list)
+    failed = False
+    for path in images:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            result = {"error": {"reason": "missing-file", "message": exc.strerror or str(exc)}}
+        else:
+            result = hash_bytes(data, names, str(path))
+        failed |= "error" in result
+        if as_json:
+            _echo_json({"file": str(path), **result})
+        elif "error" in result:
+            click.echo(f"{clean(path)}: error ({result['error']['reason']}): "
+                       f"{clean(result['error']['message'])}")
+        else:
+            parts = [f"{k}={v['hex']}" + (f" q={v['quality']}" if k == "pdq" else "")
+                     for k, v in result["signals"].items()]
+            click.echo(f"{clean(path)}  sha256={result['sha256']}  " + "  ".join(parts))
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), default="table",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write to this file instead of standard output.")
+@click.option("--min-sightings", type=click.IntRange(1), default=2, show_default=True,
+              help="Only pictures seen at least this many times.")
+@click.option("--platform", "platforms", multiple=True, help="Only clusters seen on this "
+              "platform. Repeatable.")
+@click.option("--cross-platform", is_flag=True, help="Only clusters seen on 2+ platforms.")
+@click.option("--raw", is_flag=True, help="CSV: do not neutralise spreadsheet formulas.")
+@click.pass_obj
+def report(db: Path, fmt: str, output: Path | None, min_sightings: int,
+           platforms: tuple[str, ...], cross_platform: bool, raw: bool) -> int:
+    """Clusters of the same picture with their sightings, cross-platform first."""
+    with Collection.open(db, readonly=True) as collection:
+        clusters = collection.clusters(min_sightings=min_sightings, platforms=platforms,
+                                       cross_platform_only=cross_platform)
+    out = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
+    try:
+        if fmt == "csv":
+            write_csv(clusters, out, raw=raw)
+        else:
+            FORMATS[fmt](clusters, out)
+    finally:
+        if output:
+            out.close()
+    return EXIT_OK
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def stats(db: Path, as_json: bool) -> int:
+    """Counts of images, sightings, signals, platforms and failures."""
+    with Collection.open(db, readonly=True) as collection:
+        info = collection.stats()
+    if as_json:
+        _echo_json(info)
+        return EXIT_OK
+    click.echo(f"collection:  {info['path']}")
+    for key in ("images", "sightings", "platforms", "links", "failures", "runs"):
+        click.echo(f"{key + ':':12} {info[key]}")
+    click.echo("signals:     " + ", ".join(f"{k} {v}" for k, v in info["signals"].items()))
+    if info["platforms_by_sightings"]:
+        click.echo("platforms:   " + ", ".join(
+            f"{clean(k or '-', 30)} {v}" for k, v in info["platforms_by_sightings"].items()))
+    if info["failure_reasons"]:
+        click.echo("failures:    " + ", ".join(
+            f"{k} {v}" for k, v in info["failure_reasons"].items()))
+    return EXIT_OK
+
+
+@cli.command()
+@click.pass_obj
+def reindex(db: Path) -> int:
+    """Rebuild every index from the catalog (indexes are caches)."""
+    with Collection.open(db) as collection:
+        counts = collection.reindex()
+    for name, n in counts.items():
+        click.echo(f"{name}: {n} codes")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and map outcomes to exit codes."""
+    try:
+        code = cli.main(args=argv, prog_name="imgmatch", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE
+    except ImgmatchError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        return EXIT_OK
+    return int(code or 0) if isinstance(code, int) else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

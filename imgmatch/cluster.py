@@ -1,0 +1,97 @@
+"""Near-duplicate links -> clusters of the same picture, with their sightings.
+
+Links are recorded at ingest (each new image against everything before it),
+so building clusters is a pass over the links table with a union-find, not a
+new all-pairs search. A picture whose bytes were seen more than once is a
+cluster of one image with several sightings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .catalog import Catalog
+from .model import Cluster
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        parent.setdefault(x, x)
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            if ra < rb:
+                self.parent[rb] = ra
+            else:
+                self.parent[ra] = rb
+
+
+def group(image_ids: Iterable[int], links: Iterable[tuple[int, int]]) -> list[list[int]]:
+    """Connected components of a graph, each sorted, ordered by smallest id."""
+    uf = _UnionFind()
+    for i in image_ids:
+        uf.find(i)
+    for a, b in links:
+        uf.union(a, b)
+    components: dict[int, list[int]] = {}
+    for node in list(uf.parent):
+        components.setdefault(uf.find(node), []).append(node)
+    return sorted((sorted(c) for c in components.values()), key=lambda c: c[0])
+
+
+def build_clusters(catalog: Catalog, *, min_sightings: int = 2, min_score: float = 0.5,
+                   platforms: Iterable[str] | None = None,
+                   cross_platform_only: bool = False) -> list[Cluster]:
+    """Clusters with at least ``min_sightings`` sightings, best-ranked first.
+
+    Ranking: seen on most platforms, then over the longest span, then most
+    sightings. A cluster's id is the smallest image id in it, stable across
+    runs as long as that image stays.
+    """
+    link_rows = [row for row in catalog.links() if row[2] >= min_score]
+    linked = {a for a, *_ in link_rows} | {b for _, b, *_ in link_rows}
+    seeds = set(catalog.multi_sighting_image_ids(2)) | linked
+    components = group(seeds, ((a, b) for a, b, *_ in link_rows))
+    all_ids = [i for c in components for i in c]
+    images = catalog.images(all_ids)
+    sightings = catalog.sightings_of(all_ids)
+    links_by_root: dict[int, list[dict]] = {}
+    root_of = {i: c[0] for c in components for i in c}
+    for a, b, score, distances, agreed, transform in link_rows:
+        links_by_root.setdefault(root_of[a], []).append({
+            "a": images[a]["sha256"], "b": images[b]["sha256"], "score": round(score, 4),
+            "distances": distances, "agreed": list(agreed), "transform": transform})
+    wanted = set(platforms or ())
+    out = []
+    for component in components:
+        cluster_sightings = []
+        for image_id in component:
+            for s in sightings.get(image_id, []):
+                cluster_sightings.append({"sha256": images[image_id]["sha256"], **s})
+        cluster_sightings.sort(key=lambda s: (s.get("posted_at") or s.get("collected_at") or "",
+                                              s.get("id") or 0))
+        cluster = Cluster(
+            id=component[0], image_ids=tuple(component),
+            images=tuple(images[i] for i in component),
+            sightings=tuple(cluster_sightings),
+            links=tuple(links_by_root.get(component[0], ())))
+        if len(cluster.sightings) < min_sightings:
+            continue
+        if wanted and not wanted & set(cluster.platforms):
+            continue
+        if cross_platform_only and len(cluster.platforms) < 2:
+            continue
+        out.append(cluster)
+    out.sort(key=Cluster.rank_key)
+    return out

@@ -1,0 +1,222 @@
+"""The facade: one collection = a SQLite catalog + FAISS indexes beside it.
+
+The CLI and the HTTP service call only this. The catalog is the truth; an
+index is loaded only if its manifest says this collection wrote it from the
+catalog's current state (or an earlier state that new rows extend, which is
+then appended rather than rebuilt). Anything else is rebuilt.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import signals as registry
+from .catalog import Catalog, SightingRow
+from .cluster import build_clusters
+from .decode import decode
+from .errors import ImgmatchError, IndexFileError
+from .index import BinaryIndex
+from .ingest import IngestSummary, analyse, ingest
+from .match import MATCH_SCORE, IndexLinker, find_matches
+from .model import Cluster, Match
+from .signals import HashValue
+from .sources import Item
+
+DEFAULT_DB = "imgmatch.db"
+ENV_DB = "IMGMATCH_DB"
+
+
+def default_db_path() -> Path:
+    return Path(os.environ.get(ENV_DB) or DEFAULT_DB)
+
+
+class Collection:
+    """A collection of catalogued images. Open with :meth:`open`."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._indexes: dict[str, BinaryIndex] | None = None
+        self._dirty: set[str] = set()
+
+    @classmethod
+    def open(cls, path: str | Path | None = None, *, readonly: bool = False) -> Collection:
+        return cls(Catalog.open(path or default_db_path(), readonly=readonly))
+
+    @property
+    def path(self) -> Path:
+        return self.catalog.path
+
+    @property
+    def index_dir(self) -> Path:
+        return Path(str(self.catalog.path) + ".indexes")
+
+    def close(self) -> None:
+        self.save_indexes()
+        self.catalog.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- indexes
+    def index_path(self, signal: str) -> Path:
+        return self.index_dir / f"{signal}.faissb"
+
+    @property
+    def indexes(self) -> dict[str, BinaryIndex]:
+        if self._indexes is None:
+            self._indexes = {name: self._load_or_build(name)
+                             for name in self.catalog.signal_counts()}
+        return self._indexes
+
+    def _load_or_build(self, name: str) -> BinaryIndex:
+        sig = registry.get(name)
+        try:
+            index, manifest = BinaryIndex.load(
+                self.index_path(name), collection_id=self.catalog.collection_id,
+                signal=name, bits=sig.bits)
+        except IndexFileError:
+            return self._build(name)
+        if manifest.deletions != self.catalog.deletions or \
+                self.catalog.count_signal_upto(name, manifest.max_image_id) != manifest.count:
+            return self._build(name)
+        if self._append_from_catalog(name, index, manifest.max_image_id):
+            self._dirty.add(name)
+        return index
+
+    def _build(self, name: str) -> BinaryIndex:
+        index = BinaryIndex(registry.get(name).bits)
+        self._append_from_catalog(name, index, 0)
+        self._dirty.add(name)
+        return index
+
+    def _append_from_catalog(self, name: str, index: BinaryIndex, after_id: int) -> int:
+        added = 0
+        for rows in self.catalog.iter_signal(name, after_image_id=after_id):
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            codes = np.frombuffer(b"".join(bytes(r[1]) for r in rows), dtype=np.uint8)
+            index.add(ids, codes)
+            added += len(rows)
+        return added
+
+    def save_indexes(self) -> None:
+        """Write every changed index to disk (atomically), if writable."""
+        if self.catalog.readonly or self._indexes is None:
+            return
+        for name in sorted(self._dirty):
+            self._indexes[name].save(self.index_path(name),
+                                     collection_id=self.catalog.collection_id,
+                                     signal=name, deletions=self.catalog.deletions)
+        self._dirty.clear()
+
+    def reindex(self) -> dict[str, int]:
+        """Rebuild every index from the catalog and save it."""
+        self._indexes = {name: self._build(name) for name in self.catalog.signal_counts()}
+        self.save_indexes()
+        return {name: len(index) for name, index in self._indexes.items()}
+
+    # ----------------------------------------------------------------- ingest
+    def ingest(self, items: Iterable[Item], *,
+               signals: Sequence[str] = registry.DEFAULT_SIGNALS, workers: int = 1,
+               command: str = "ingest", args: dict | None = None,
+               on_progress=None) -> IngestSummary:
+        """Catalogue items, link new images to their near-duplicates, save indexes."""
+        indexes = self.indexes
+        for name in signals:
+            if name not in indexes:
+                indexes[name] = BinaryIndex(registry.get(name).bits)
+        self._dirty.update(signals)
+        run_id = self.catalog.start_run(command, args or {})
+        status = "interrupted"
+        summary = IngestSummary()
+        try:
+            summary = ingest(self.catalog, items, signal_names=signals, workers=workers,
+                             run_id=run_id, linker=IndexLinker(self.catalog, indexes),
+                             on_progress=on_progress)
+            status = "partial" if summary.failures else "ok"
+        finally:
+            self.save_indexes()
+            self.catalog.finish_run(run_id, status, summary.to_json() | {"failures": None})
+        return summary
+
+    def add(self, image: bytes | str | Path, sighting: SightingRow | None = None,
+            **kwargs) -> IngestSummary:
+        """Catalogue one image (bytes or a path) with an optional sighting."""
+        return self.add_many([(image, sighting)], **kwargs)
+
+    def add_many(self, pairs: Iterable[tuple[bytes | str | Path, SightingRow | None]],
+                 **kwargs) -> IngestSummary:
+        def items():
+            for n, (image, sighting) in enumerate(pairs):
+                if isinstance(image, (bytes, bytearray)):
+                    s = sighting or SightingRow()
+                    yield Item(source=s.source or f"<bytes #{n}>", sighting=s, data=bytes(image))
+                else:
+                    path = Path(image)
+                    s = sighting or SightingRow(source=str(path))
+                    yield Item(source=s.source or str(path), sighting=s, path=path)
+        return self.ingest(items(), **kwargs)
+
+    # ------------------------------------------------------------------ query
+    def query(self, image: bytes | str | Path, *, top_k: int = 10,
+              min_score: float = MATCH_SCORE) -> list[Match]:
+        """Where else has this image appeared? Best matches first."""
+        data = image if isinstance(image, (bytes, bytearray)) else Path(image).read_bytes()
+        decoded = decode(bytes(data), source=None if isinstance(image, bytes) else str(image))
+        query = {name: registry.get(name).dihedral(decoded) for name in self.indexes}
+        return find_matches(self.catalog, self.indexes, query, top_k=top_k, min_score=min_score)
+
+    def query_hash(self, value: HashValue, *, top_k: int = 10,
+                   min_score: float = MATCH_SCORE) -> list[Match]:
+        """Matches for a bare hash (for example a partner's PDQ), no pixels needed."""
+        sig = registry.get(value.signal)
+        query = {value.signal: sig.dihedral_of_value(value)}
+        return find_matches(self.catalog, self.indexes, query, top_k=top_k, min_score=min_score)
+
+    # ---------------------------------------------------------------- reports
+    def clusters(self, **kwargs) -> list[Cluster]:
+        return build_clusters(self.catalog, **kwargs)
+
+    def image(self, sha256: str) -> dict:
+        """One image: its metadata, signals and sightings; ImgmatchError if unknown."""
+        image_id = self.catalog.image_id(sha256)
+        if image_id is None:
+            raise ImgmatchError(f"no image with sha256 {sha256} in {self.path}")
+        info = self.catalog.images([image_id])[image_id]
+        info["signals"] = {name: {"hex": v.hex(), "quality": q} for name, (v, q)
+                           in sorted(self.catalog.signals_of([image_id])[image_id].items())}
+        info["sightings"] = self.catalog.sightings_of([image_id])[image_id]
+        return info
+
+    def stats(self) -> dict:
+        counts = self.catalog.counts()
+        return {
+            "path": str(self.path),
+            **counts,
+            "signals": self.catalog.signal_counts(),
+            "platforms_by_sightings": self.catalog.platform_counts(),
+            "failure_reasons": self.catalog.failure_reasons(),
+            "last_runs": self.catalog.last_runs(3),
+        }
+
+
+def hash_bytes(data: bytes, signals: Sequence[str] = registry.DEFAULT_SIGNALS,
+               source: str | None = None) -> dict:
+    """The signals of one image, storing nothing (``imgmatch hash``)."""
+    analysis = analyse(data, signals, source)
+    if analysis.image is None:
+        return {"sha256": analysis.sha256, "error": {"reason": analysis.reason,
+                                                     "message": analysis.detail}}
+    img = analysis.image
+    return {
+        "sha256": img.sha256, "width": img.width, "height": img.height, "format": img.format,
+        "signals": {s.signal: {"hex": s.value.hex(), **({"quality": s.quality}
+                                                        if s.quality is not None else {})}
+                    for s in img.signals},
+    }

@@ -1,0 +1,211 @@
+"""Bytes to normalised pixels, once per image.
+
+Every signal is computed from the one image this module returns, so the
+expensive part (decoding) happens once. Decoding is guarded: only an
+allow-list of formats is opened, the pixel count is checked *before* pixels
+are decoded (decompression bombs), and every failure becomes a named
+:class:`~imgmatch.errors.InputError` that the batch records and moves past.
+
+JPEGs are decoded with libjpeg's DCT scaling (``Image.draft``)
+at the smallest scale that keeps at least ``target`` pixels per side:
+PDQ needs about 512, so for typical ad photos this is close to a full decode,
+but for large photos it is several times faster. EXIF orientation is applied
+here, in one place, so every signal hashes what a viewer shows.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import DecodeError, EmptyFile, ImageTooLarge, UnsupportedFormat
+
+#: Formats imgmatch opens. Anything else is refused before a decoder runs.
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
+
+#: Default ceiling on width x height (a 16k x 16k poster is not an ad photo).
+DEFAULT_MAX_PIXELS = 150_000_000
+#: Default ceiling on either side, so a 1 x 10^8 strip is refused too.
+DEFAULT_MAX_SIDE = 30_000
+#: Smallest side every signal is computed from (PDQ wants about 512).
+DEFAULT_TARGET = 512
+
+
+class Decoded:
+    """A decoded, oriented image ready for hashing (treat as immutable).
+
+    ``image`` is in mode RGB or L; its shorter side is at least ``target``
+    pixels when the original was that large (it may be a reduced decode).
+    ``width`` and ``height`` are the original's, after EXIF orientation.
+    """
+
+    __slots__ = ("image", "width", "height", "format", "mode", "frames", "_luma", "_grey")
+
+    def __init__(self, image: Image.Image, width: int, height: int, format: str,
+                 mode: str, frames: int = 1) -> None:
+        self.image = image
+        self.width = width
+        self.height = height
+        self.format = format
+        self.mode = mode
+        self.frames = frames
+        self._luma: np.ndarray | None = None
+        self._grey: Image.Image | None = None
+
+    @property
+    def luma(self) -> np.ndarray:
+        """Float luma (0.299 R + 0.587 G + 0.114 B), as PDQ's reference computes it."""
+        if self._luma is None:
+            arr = np.asarray(self.image, dtype=np.float32)
+            if arr.ndim == 3:
+                arr = arr @ _LUMA
+            self._luma = arr
+        return self._luma
+
+    @property
+    def grey(self) -> Image.Image:
+        """8-bit grey image, as imagehash's ``convert('L')`` makes it."""
+        if self._grey is None:
+            self._grey = self.image if self.image.mode == "L" else self.image.convert("L")
+        return self._grey
+
+    def transposed(self, op: Image.Transpose | None) -> Decoded:
+        """The same image rotated or mirrored (``op`` None: itself)."""
+        if op is None:
+            return self
+        image = self.image.transpose(op)
+        return Decoded(image, image.size[0], image.size[1], self.format, self.mode, self.frames)
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def open_image(data: bytes, *, source: str | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_side: int = DEFAULT_MAX_SIDE) -> Image.Image:
+    """Identify ``data`` and check its size, without decoding pixels."""
+    if not data:
+        raise EmptyFile("the file is empty (0 bytes)", source=source)
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns about bombs; we apply our own, explicit limit below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        raise UnsupportedFormat(
+            "not an image in a supported format "
+            f"({', '.join(f.lower() for f in ALLOWED_FORMATS if f != 'MPO')})",
+            source=source) from None
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(str(exc), source=source) from None
+    except (OSError, SyntaxError, ValueError, struct.error) as exc:
+        raise DecodeError(f"cannot read the image header: {exc}", source=source) from None
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise DecodeError(f"the image has no pixels ({width}x{height})", source=source)
+    if width > max_side or height > max_side or width * height > max_pixels:
+        raise ImageTooLarge(
+            f"{width}x{height} pixels exceeds the limit of {max_pixels:,} pixels "
+            f"or {max_side:,} per side (a possible decompression bomb)", source=source)
+    return img
+
+
+def decode(data: bytes, *, source: str | None = None, target: int = DEFAULT_TARGET,
+           max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE,
+           frame: int = 0) -> Decoded:
+    """Decode ``data`` to an oriented grey image of at least ``target`` px a side.
+
+    Raises an :class:`~imgmatch.errors.InputError` subclass for anything that
+    cannot be used; never returns a partial image.
+    """
+    img = open_image(data, source=source, max_pixels=max_pixels, max_side=max_side)
+    fmt = img.format or "unknown"
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    try:
+        if frame:
+            img.seek(frame)
+        orientation = _orientation(img)
+        src_mode = img.mode
+        header_size = img.size
+        if fmt in ("JPEG", "MPO"):
+            img.draft("RGB" if src_mode == "YCbCr" else src_mode, (target, target))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+        pixels = _to_rgb_or_grey(img)
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error) as exc:
+        raise DecodeError(f"cannot decode the image: {exc}", source=source) from None
+    pixels = _reduce(pixels, target)
+    if orientation in _TRANSPOSE:
+        pixels = pixels.transpose(_TRANSPOSE[orientation])
+    width, height = _oriented(header_size, orientation)
+    return Decoded(pixels, width, height, fmt, src_mode, frames)
+
+
+def _oriented(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    w, h = size
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(0x0112, 1)
+        value = int(value)
+    except Exception:  # a broken EXIF block must not cost the image
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _to_rgb_or_grey(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB or L, keeping what a viewer would see."""
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        return img
+    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = float(arr.max()) if arr.size else 0.0
+        lo = float(arr.min()) if arr.size else 0.0
+        if lo >= 0 and hi <= 255:
+            scaled = arr
+        elif lo >= 0 and hi <= 65535:
+            scaled = arr / 257.0  # 16-bit samples
+        else:
+            scaled = (arr - lo) * (255.0 / max(hi - lo, 1e-12))
+        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+    if mode in ("LA", "La", "PA", "RGBA", "RGBa") or (mode == "P" and "transparency" in img.info):
+        # Flatten onto white, as a browser shows a transparent ad photo.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "LAB":
+        # Pillow cannot convert LAB to RGB directly; L* is already lightness.
+        return img.getchannel("L")
+    if mode == "1":
+        return img.convert("L")
+    return img.convert("RGB")
+
+
+def _reduce(pixels: Image.Image, target: int) -> Image.Image:
+    """Shrink by an integer box factor while the shorter side stays >= target.
+
+    Bounds the work (and the filter matrices) of every signal, the way
+    ``draft`` does for JPEG, for formats without DCT scaling.
+    """
+    factor = min(pixels.size) // target
+    if factor >= 2:
+        pixels = pixels.reduce(factor)
+    return pixels

@@ -1,0 +1,103 @@
+"""The one exception tree of imgmatch.
+
+Every error the library raises on purpose derives from :class:`ImgmatchError`.
+Messages say what was wrong and what the user can do about it. Errors about a
+single input file (the ``InputError`` branch) carry a short machine-readable
+``reason`` that the catalog records in its ``failures`` table, so that a batch
+can go on and a report can say what was not examined.
+
+    ImgmatchError
+    ├── InputError                  one input could not be used (recorded, batch goes on)
+    │   ├── EmptyFile
+    │   ├── UnsupportedFormat
+    │   ├── DecodeError
+    │   ├── ImageTooLarge
+    │   ├── ImageTooSmall
+    │   ├── UnsafePath
+    │   └── MissingFile
+    ├── ManifestError               a manifest file as a whole cannot be read
+    ├── SignalError                 a hash string or signal name is not valid
+    ├── CatalogError                the catalog cannot be opened or is from the future
+    └── IndexFileError              an index file is corrupt or foreign (rebuilt, never trusted)
+"""
+
+from __future__ import annotations
+
+
+class ImgmatchError(Exception):
+    """Base class of every error imgmatch raises on purpose."""
+
+
+class InputError(ImgmatchError):
+    """One input (file, manifest row, upload) cannot be used.
+
+    ``reason`` is a stable short code stored in the catalog's failures table.
+    """
+
+    reason = "input-error"
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        self.source = source
+        super().__init__(message if source is None else f"{source}: {message}")
+        self.detail = message
+
+
+class EmptyFile(InputError):
+    reason = "empty-file"
+
+
+class UnsupportedFormat(InputError):
+    reason = "unsupported-format"
+
+
+class DecodeError(InputError):
+    reason = "decode-error"
+
+
+class ImageTooLarge(InputError):
+    reason = "too-large"
+
+
+class ImageTooSmall(InputError):
+    reason = "too-small"
+
+
+class UnsafePath(InputError):
+    reason = "unsafe-path"
+
+
+class MissingFile(InputError):
+    reason = "missing-file"
+
+
+class ManifestError(ImgmatchError):
+    """A manifest cannot be read at all (as opposed to one bad row)."""
+
+
+class SignalError(ImgmatchError):
+    """A signal name, hash string or stored value is not valid."""
+
+
+class CatalogError(ImgmatchError):
+    """The catalog cannot be opened, or was written by a newer imgmatch."""
+
+
+class IndexFileError(ImgmatchError):
+    """An index file is missing, stale, corrupt or was not written by this collection."""
+
+
+__all__ = [
+    "ImgmatchError",
+    "InputError",
+    "EmptyFile",
+    "UnsupportedFormat",
+    "DecodeError",
+    "ImageTooLarge",
+    "ImageTooSmall",
+    "UnsafePath",
+    "MissingFile",
+    "ManifestError",
+    "SignalError",
+    "CatalogError",
+    "IndexFileError",
+]

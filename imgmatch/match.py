@@ -1,0 +1,205 @@
+"""Query -> candidates from every signal's index -> exact distances -> scored matches.
+
+This is the only layer that joins indexes (ids and distances) with the
+catalog (everything else). Candidates come from each signal's index, searched
+with all of the query's dihedral variants, so one stored hash per image
+matches mirrored and rotated copies. Every candidate is then re-measured on
+every signal both sides have, and scored.
+
+Score: per usable signal, ``1 - d / (2 * threshold)`` clipped to [0, 1], so
+a distance exactly at the threshold scores 0.5; the match's score is the
+best of its usable signals. A value is unusable when its quality is below
+its signal's gate (PDQ: 50), on either side: plain images (blank, flat, very
+dark) all hash alike and must not make confident matches; their score is
+capped below 0.5 and the match says ``low_information``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from . import signals as registry
+from .catalog import Catalog, LinkRow
+from .index import BinaryIndex
+from .model import Match
+from .signals import HashValue
+
+#: Default minimum score of a reported match: at the thresholds.
+MATCH_SCORE = 0.5
+#: Ceiling for matches resting on low-information hashes only.
+LOW_INFORMATION_CAP = 0.45
+#: How many neighbours per query variant each index is asked for (at least).
+MIN_CANDIDATES = 32
+
+TRANSFORM_NAMES = ("identity", "mirror", "flip", "rotate-180", "transpose",
+                   "rotate-90", "rotate-270", "transverse")
+
+
+def signal_score(distance: int, threshold: int) -> float:
+    return max(0.0, min(1.0, 1.0 - distance / (2.0 * threshold)))
+
+
+def radius_for(min_score: float, threshold: int) -> int:
+    """Largest distance whose signal score is still >= min_score."""
+    return int(np.floor(2.0 * threshold * (1.0 - min_score) + 1e-9))
+
+
+def _distances(variants: Sequence[HashValue], value: bytes) -> tuple[int, int]:
+    """(smallest Hamming distance over the query's variants, index of that variant)."""
+    stored = np.frombuffer(value, dtype=np.uint8)
+    codes = np.frombuffer(b"".join(v.data for v in variants), dtype=np.uint8).reshape(
+        len(variants), -1)
+    dists = np.unpackbits(codes ^ stored, axis=1).sum(axis=1)
+    best = int(np.argmin(dists))
+    return int(dists[best]), best
+
+
+def score_candidate(query: Mapping[str, Sequence[HashValue]],
+                    stored: Mapping[str, tuple[bytes, int | None]]) -> dict:
+    """Distances, agreeing signals and score of one stored image against a query."""
+    distances: dict[str, int] = {}
+    agreed: list[str] = []
+    best_usable = 0.0
+    best_any = 0.0
+    transform = 0
+    best_transform_score = -1.0
+    for name, variants in query.items():
+        if name not in stored or not variants:
+            continue
+        sig = registry.get(name)
+        value, quality = stored[name]
+        d, which = _distances(variants, value)
+        distances[name] = d
+        s = signal_score(d, sig.threshold)
+        usable = sig.usable(variants[0]) and sig.usable(sig.from_bytes(value, quality))
+        best_any = max(best_any, s)
+        if usable:
+            best_usable = max(best_usable, s)
+            if d <= sig.threshold:
+                agreed.append(name)
+        if s > best_transform_score:
+            best_transform_score, transform = s, which
+    low_information = best_usable < best_any and best_usable < MATCH_SCORE
+    score = best_usable if not low_information else min(best_any, LOW_INFORMATION_CAP)
+    return {"distances": distances, "agreed": tuple(agreed), "score": score,
+            "low_information": low_information, "transform": TRANSFORM_NAMES[transform]
+            if transform < len(TRANSFORM_NAMES) else "identity"}
+
+
+def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
+                 query: Mapping[str, Sequence[HashValue]], *, top_k: int = 10,
+                 min_score: float = MATCH_SCORE, with_sightings: bool = True) -> list[Match]:
+    """The best ``top_k`` catalogued images for a query, best first.
+
+    ``query`` maps a signal name to the query's values for it (the dihedral
+    variants, identity first). With ``min_score`` > 0 every image scoring at
+    least that is a candidate (range search); with 0 the nearest neighbours
+    of each signal are ranked, so a full ranking can be evaluated.
+    """
+    candidates: set[int] = set()
+    for name, variants in query.items():
+        index = indexes.get(name)
+        if index is None or not len(index) or not variants:
+            continue
+        codes = np.frombuffer(b"".join(v.data for v in variants), dtype=np.uint8)
+        threshold = registry.get(name).threshold
+        if min_score > 0:
+            for ids, _ in index.range_search(codes, radius_for(min_score, threshold)):
+                candidates.update(int(i) for i in ids)
+        _, ids = index.search(codes, max(top_k * 2, MIN_CANDIDATES))
+        candidates.update(int(i) for i in ids.ravel() if i >= 0)
+    if not candidates:
+        return []
+    stored = catalog.signals_of(sorted(candidates))
+    scored = []
+    for image_id, values in stored.items():
+        result = score_candidate(query, values)
+        if result["score"] >= min_score:
+            scored.append((image_id, result, values))
+    scored.sort(key=lambda t: (-t[1]["score"], sum(t[1]["distances"].values()), t[0]))
+    scored = scored[:top_k]
+    ids = [image_id for image_id, _, _ in scored]
+    images = catalog.images(ids)
+    sightings = catalog.sightings_of(ids) if with_sightings else {}
+    out = []
+    for image_id, result, values in scored:
+        image = images.get(image_id, {})
+        out.append(Match(
+            sha256=image.get("sha256"), image_id=image_id, score=result["score"],
+            distances=result["distances"], agreed=result["agreed"],
+            signals={name: value.hex() for name, (value, _) in sorted(values.items())},
+            sightings=tuple(sightings.get(image_id, ())), image=image,
+            low_information=result["low_information"], transform=result["transform"]))
+    return out
+
+
+class IndexLinker:
+    """Links each new image to its near-duplicates while it is written.
+
+    Called by the ingest inside the batch's transaction: each new image's
+    dihedral variants are searched in the collection's indexes (older images)
+    and in a small index of the batch itself, every candidate is scored as a
+    query would score it, and pairs at or above the match score become links.
+    After the commit, the batch's values are appended to the indexes.
+    """
+
+    def __init__(self, catalog: Catalog, indexes: Mapping[str, BinaryIndex],
+                 min_score: float = MATCH_SCORE) -> None:
+        self.catalog = catalog
+        self.indexes = indexes
+        self.min_score = min_score
+
+    def links(self, new_images: list[tuple[int, str]],
+              variants: Mapping[str, Mapping[str, Sequence[HashValue]]]) -> list[LinkRow]:
+        batch_indexes = {name: self._batch_index(name, new_images, variants)
+                         for name in self.indexes}
+        candidates: dict[int, set[int]] = {image_id: set() for image_id, _ in new_images}
+        for name, index in self.indexes.items():
+            threshold = registry.get(name).threshold
+            for image_id, sha256 in new_images:
+                values = variants.get(sha256, {}).get(name)
+                if not values:
+                    continue
+                codes = np.frombuffer(b"".join(v.data for v in values), dtype=np.uint8)
+                for idx in (index, batch_indexes[name]):
+                    for ids, _ in idx.range_search(codes, threshold):
+                        candidates[image_id].update(int(i) for i in ids if i != image_id)
+        wanted = sorted(set().union(*candidates.values())) if candidates else []
+        stored = self.catalog.signals_of(wanted)
+        out: list[LinkRow] = []
+        for image_id, sha256 in new_images:
+            query = {name: list(vs) for name, vs in variants.get(sha256, {}).items()}
+            for other in candidates[image_id]:
+                if other not in stored:
+                    continue
+                result = score_candidate(query, stored[other])
+                if result["score"] >= self.min_score and result["agreed"]:
+                    out.append(LinkRow(min(image_id, other), max(image_id, other),
+                                       result["score"], result["distances"],
+                                       result["agreed"], result["transform"]))
+        return out
+
+    def _batch_index(self, name: str, new_images: list[tuple[int, str]],
+                     variants: Mapping[str, Mapping[str, Sequence[HashValue]]]) -> BinaryIndex:
+        index = BinaryIndex(registry.get(name).bits)
+        ids, codes = _identity_codes(name, new_images, variants)
+        index.add(ids, codes)
+        return index
+
+    def committed(self, new_images: list[tuple[int, str]],
+                  variants: Mapping[str, Mapping[str, Sequence[HashValue]]]) -> None:
+        for name, index in self.indexes.items():
+            ids, codes = _identity_codes(name, new_images, variants)
+            index.add(ids, codes)
+
+
+def _identity_codes(name: str, new_images: list[tuple[int, str]],
+                    variants: Mapping[str, Mapping[str, Sequence[HashValue]]]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [(image_id, variants[sha][name][0].data) for image_id, sha in new_images
+             if name in variants.get(sha, {})]
+    ids = np.array([p[0] for p in pairs], dtype=np.int64)
+    codes = np.frombuffer(b"".join(p[1] for p in pairs), dtype=np.uint8)
+    return ids, codes

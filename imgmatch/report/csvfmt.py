@@ -1,0 +1,43 @@
+"""The CSV report: one row per sighting, with its cluster's summary columns.
+
+Spreadsheet-safe by default: a cell beginning with =, +, -, @, a tab or a
+carriage return is prefixed with a single quote, so a formula planted in a
+crawled caption never runs when an analyst opens the file (OWASP's advice
+for CSV injection). ``raw=True`` writes values untouched.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from typing import TextIO
+
+from ..model import Cluster
+
+COLUMNS = ("cluster_id", "cluster_platforms", "cluster_first_seen", "cluster_last_seen",
+           "cluster_images", "cluster_sightings", "cluster_ads", "sha256", "platform",
+           "posted_at", "collected_at", "url", "page_url", "ad_id", "source", "extra")
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value: object) -> str:
+    """Neutralise a cell a spreadsheet would run as a formula."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def write_csv(clusters: Sequence[Cluster], out: TextIO, *, raw: bool = False) -> None:
+    cell = (lambda v: "" if v is None else str(v)) if raw else safe_cell
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for c in clusters:
+        head = [c.id, ";".join(c.platforms), c.first_seen, c.last_seen, len(c.images),
+                len(c.sightings), c.ads]
+        for s in c.sightings:
+            extra = json.dumps(s.get("extra") or {}, ensure_ascii=False, sort_keys=True)
+            row = head + [s.get("sha256"), s.get("platform"), s.get("posted_at"),
+                          s.get("collected_at"), s.get("url"), s.get("page_url"),
+                          s.get("ad_id"), s.get("source"), extra]
+            writer.writerow([cell(v) for v in row])

@@ -1,0 +1,44 @@
+"""The terminal report: each cluster's story, platforms first, in plain text."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TextIO
+
+from ..model import Cluster, seen_at
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(value: object, width: int | None = None) -> str:
+    """Printable text: control and bidi-override characters become '?'."""
+    text = _CONTROL.sub("?", "" if value is None else str(value))
+    if width is not None and len(text) > width:
+        text = text[:width - 1] + "…"
+    return text
+
+
+def _day(when: str | None) -> str:
+    return when[:10] if when else "?"
+
+
+def write_table(clusters: Sequence[Cluster], out: TextIO) -> None:
+    cross = sum(1 for c in clusters if len(c.platforms) > 1)
+    out.write(f"{len(clusters)} reused pictures, {cross} seen on more than one platform\n")
+    for rank, c in enumerate(clusters, start=1):
+        out.write("\n")
+        order = " -> ".join(f"{clean(p, 30)} ({_day(d)})" for p, d in c.platform_order)
+        out.write(f"#{rank}  cluster {c.id}: {len(c.platforms)} platforms, "
+                  f"{len(c.images)} images, {len(c.sightings)} sightings, {c.ads} ads, "
+                  f"{_day(c.first_seen)} .. {_day(c.last_seen)}\n")
+        if order:
+            out.write(f"    route: {order}\n")
+        for s in c.sightings:
+            extra = s.get("extra") or {}
+            details = ", ".join(f"{clean(k, 20)}={clean(v, 40)}" for k, v in sorted(extra.items())
+                                if not k.endswith("_raw"))
+            out.write(f"    {_day(seen_at(s))}  {clean(s.get('platform') or '-', 16):16} "
+                      f"{clean(s.get('sha256'), 12)}  "
+                      f"{clean(s.get('url') or s.get('source'), 60)}"
+                      f"{'  [' + details + ']' if details else ''}\n")

@@ -1,0 +1,74 @@
+"""The signal registry: every signal type by name.
+
+Built-ins register exactly the way an extension would (an ``imgmatch.signals``
+entry point naming a :class:`SignalType` subclass), so the core has no
+privileged path.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from ..errors import SignalError
+from .base import DIHEDRAL_OPS, HashValue, SignalType, hamming
+from .imagehashes import DHash, PHash
+from .pdq import PDQ
+
+_REGISTRY: dict[str, SignalType] = {}
+_LOADED_ENTRY_POINTS = False
+
+#: Signals computed at ingest unless the user names others.
+DEFAULT_SIGNALS: tuple[str, ...] = ("pdq", "phash", "dhash")
+
+
+def register(signal_type: type[SignalType]) -> None:
+    """Add a signal type (a class) under its ``name``."""
+    name = signal_type.name
+    if name in _REGISTRY and type(_REGISTRY[name]) is not signal_type:
+        raise SignalError(f"a different signal is already registered as {name!r}")
+    _REGISTRY[name] = signal_type()
+
+
+def _load_entry_points() -> None:
+    global _LOADED_ENTRY_POINTS
+    if _LOADED_ENTRY_POINTS:
+        return
+    _LOADED_ENTRY_POINTS = True
+    for ep in metadata.entry_points(group="imgmatch.signals"):
+        if ep.name not in _REGISTRY:
+            register(ep.load())
+
+
+def get(name: str) -> SignalType:
+    """The signal type called ``name``; SignalError lists the known ones."""
+    if name not in _REGISTRY:
+        _load_entry_points()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise SignalError(
+            f"unknown signal {name!r}; known signals: {', '.join(names())}") from None
+
+
+def names() -> list[str]:
+    _load_entry_points()
+    return sorted(_REGISTRY)
+
+
+def parse_list(text: str | None) -> tuple[str, ...]:
+    """'pdq,phash' -> ('pdq', 'phash'), each checked; None -> the defaults."""
+    if not text:
+        return DEFAULT_SIGNALS
+    chosen = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
+    for name in chosen:
+        get(name)
+    if not chosen:
+        raise SignalError("no signal named; give a comma-separated list such as pdq,phash")
+    return chosen
+
+
+for _builtin in (PDQ, PHash, DHash):
+    register(_builtin)
+
+__all__ = ["SignalType", "HashValue", "hamming", "DIHEDRAL_OPS", "DEFAULT_SIGNALS",
+           "register", "get", "names", "parse_list", "PDQ", "PHash", "DHash"]

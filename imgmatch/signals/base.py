@@ -1,0 +1,148 @@
+"""What a signal is: a named type, and the values it computes.
+
+A :class:`HashValue` is a small immutable value in the spirit of imagehash's
+``ImageHash``: it prints as hex, ``a - b`` is the Hamming distance, and it
+always knows which signal it belongs to, so a pHash is never compared with a
+PDQ hash by mistake. Storage uses the packed bytes; hex is for display and
+exchange.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from ..decode import Decoded
+from ..errors import SignalError
+
+
+@dataclass(frozen=True)
+class HashValue:
+    """A binary hash of one signal type; ``a - b`` is their Hamming distance."""
+
+    signal: str
+    data: bytes
+    quality: int | None = field(default=None, compare=False)
+
+    def __sub__(self, other: HashValue) -> int:
+        if not isinstance(other, HashValue):
+            return NotImplemented
+        if other.signal != self.signal or len(other.data) != len(self.data):
+            raise SignalError(f"cannot compare a {self.signal} hash with a {other.signal} hash")
+        return hamming(self.data, other.data)
+
+    @property
+    def hex(self) -> str:
+        return self.data.hex()
+
+    @property
+    def bits(self) -> int:
+        return len(self.data) * 8
+
+    def __str__(self) -> str:
+        return self.hex
+
+    def to_json(self) -> dict:
+        out: dict = {"signal": self.signal, "hex": self.hex}
+        if self.quality is not None:
+            out["quality"] = self.quality
+        return out
+
+
+def hamming(a: bytes, b: bytes) -> int:
+    """Number of differing bits between two equal-length byte strings."""
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).bit_count()
+
+
+def pack_bits(bits: np.ndarray) -> bytes:
+    """Pack a boolean array, first element as the most significant bit."""
+    return np.packbits(np.asarray(bits, dtype=bool).ravel()).tobytes()
+
+
+class SignalType(ABC):
+    """One kind of binary hash: its name, size, threshold and computation.
+
+    Subclasses are stateless; the registry holds one instance of each.
+    ``threshold`` is inclusive: two values match when ``a - b <= threshold``.
+    """
+
+    name: ClassVar[str]
+    bits: ClassVar[int]
+    threshold: ClassVar[int]
+    version: ClassVar[int] = 1
+    #: values below this quality are too plain to be evidence (None: no gate)
+    min_quality: ClassVar[int | None] = None
+    description: ClassVar[str] = ""
+    #: whether ``dihedral`` costs about as much as ``compute`` (then ingest
+    #: uses the variants to link mirrored and rotated copies)
+    cheap_dihedral: ClassVar[bool] = False
+
+    @abstractmethod
+    def compute(self, image: Decoded) -> HashValue:
+        """The signal of one decoded image."""
+
+    def dihedral(self, image: Decoded) -> list[HashValue]:
+        """The 8 values of the image's rotations and mirrors (identity first).
+
+        Queries use these so that one stored value per image matches mirrored
+        and rotated copies. The default recomputes on transposed pixels.
+        """
+        return [self.compute(image.transposed(op)) for op in DIHEDRAL_OPS]
+
+    def dihedral_of_value(self, value: HashValue) -> list[HashValue]:
+        """Dihedral variants from a bare value (no pixels); default: itself only."""
+        return [value]
+
+    def from_hex(self, text: str) -> HashValue:
+        text = text.strip().lower()
+        if text.startswith("0x"):
+            text = text[2:]
+        if len(text) != self.bits // 4:
+            raise SignalError(
+                f"a {self.name} hash is {self.bits // 4} hex digits; got {len(text)}")
+        try:
+            data = bytes.fromhex(text)
+        except ValueError:
+            raise SignalError(f"not a hex string: {text[:80]!r}") from None
+        return HashValue(self.name, data)
+
+    def from_bytes(self, data: bytes, quality: int | None = None) -> HashValue:
+        if len(data) * 8 != self.bits:
+            raise SignalError(f"a stored {self.name} value must be {self.bits // 8} bytes")
+        return HashValue(self.name, bytes(data), quality)
+
+    def usable(self, value: HashValue) -> bool:
+        """Whether a value carries enough information to count as evidence."""
+        return self.min_quality is None or (value.quality or 0) >= self.min_quality
+
+
+def _dihedral_ops():
+    from PIL import Image
+
+    T = Image.Transpose
+    # identity, mirror, flip, rotate 180, transpose, and the three others
+    return (None, T.FLIP_LEFT_RIGHT, T.FLIP_TOP_BOTTOM, T.ROTATE_180,
+            T.TRANSPOSE, T.ROTATE_90, T.ROTATE_270, T.TRANSVERSE)
+
+
+DIHEDRAL_OPS = _dihedral_ops()
+
+
+def dihedral_dcts(coeffs: np.ndarray, *, first_frequency: int) -> list[np.ndarray]:
+    """The DCT coefficients of an image's 8 rotations and mirrors, identity first.
+
+    Mirroring an axis multiplies the coefficient of frequency u on that axis
+    by (-1)^u; a transpose swaps the axes. ``first_frequency`` is the
+    frequency of the first row/column (PDQ drops DC and starts at 1; pHash
+    starts at 0). The order matches :data:`DIHEDRAL_OPS`.
+    """
+    n = coeffs.shape[0]
+    odd = (np.arange(n) + first_frequency) % 2 == 1
+    col_sign = np.where(odd, -1.0, 1.0)[None, :]   # left-right mirror
+    row_sign = np.where(odd, -1.0, 1.0)[:, None]   # top-bottom flip
+    c, t = coeffs, coeffs.T
+    return [c, c * col_sign, c * row_sign, c * row_sign * col_sign,
+            t, t * row_sign, t * col_sign, t * row_sign * col_sign]

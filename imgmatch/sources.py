@@ -1,0 +1,208 @@
+"""Where images come from: file trees and CSV/JSONL manifests, as a stream of items.
+
+Everything a crawl supplies is hostile. A manifest row's path is resolved
+inside the manifest's folder and refused if it escapes it (``../``, absolute
+paths, symlinks pointing out) or does not exist; such a row becomes an
+:class:`Item` carrying its error, so the ingest records it and moves on.
+Metadata strings are kept as given (reports escape them), but bounded in
+length, and dates are normalised to ISO 8601 UTC when they parse.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .catalog import SIGHTING_FIELDS, SightingRow
+from .errors import InputError, ManifestError, MissingFile, UnsafePath
+
+#: Longest metadata string kept; longer values are cut (and marked) to bound storage.
+MAX_FIELD_CHARS = 8192
+#: Files a directory walk picks up (by extension); manifests name files explicitly.
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".bmp", ".dib",
+    ".tif", ".tiff", ".heic", ".heif", ".avif", ".mpo"})
+DATE_FIELDS = ("posted_at", "collected_at")
+PATH_KEYS = ("path", "file", "filename")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input to ingest: a file (or bytes) and the sighting it belongs to."""
+
+    source: str
+    sighting: SightingRow
+    path: Path | None = None
+    data: bytes | None = None
+    error: InputError | None = None
+
+    def read(self) -> bytes:
+        if self.error is not None:
+            raise self.error
+        if self.data is not None:
+            return self.data
+        assert self.path is not None
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            raise MissingFile("file not found", source=self.source) from None
+        except IsADirectoryError:
+            raise MissingFile("is a directory, not a file", source=self.source) from None
+        except OSError as exc:
+            raise MissingFile(f"cannot read: {exc.strerror or exc}", source=self.source) from None
+
+
+def iter_paths(paths: Iterable[str | Path], *, platform: str | None = None) -> Iterator[Item]:
+    """Files given directly, and image files found recursively in directories."""
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    child = Path(root, name)
+                    if child.suffix.lower() in IMAGE_EXTENSIONS and not child.is_symlink():
+                        yield _file_item(child, platform)
+        else:
+            yield _file_item(path, platform)
+
+
+def _file_item(path: Path, platform: str | None) -> Item:
+    source = str(path)
+    return Item(source=source, path=path,
+                sighting=SightingRow(platform=platform, source=source))
+
+
+def iter_manifest(manifest: str | Path, *, platform: str | None = None) -> Iterator[Item]:
+    """Items from a CSV (with a header) or JSONL manifest; paths relative to its folder."""
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise ManifestError(f"manifest {manifest} does not exist or is not a file")
+    base = manifest.parent.resolve()
+    is_jsonl = manifest.suffix.lower() in (".jsonl", ".ndjson", ".json")
+    rows = _jsonl_rows(manifest) if is_jsonl else _csv_rows(manifest)
+    for line_no, row, error in rows:
+        label = f"{manifest}:{line_no}"
+        if error is not None:
+            yield Item(source=label, sighting=SightingRow(source=label),
+                       error=InputError(error, source=label))
+            continue
+        yield _manifest_item(row, base, manifest, label, platform)
+
+
+def _manifest_item(row: dict, base: Path, manifest: Path, label: str,
+                   platform: str | None) -> Item:
+    raw_path = next((row[k] for k in PATH_KEYS if row.get(k)), None)
+    sighting = sighting_from_mapping(row, default_platform=platform)
+    if not raw_path or not isinstance(raw_path, str):
+        return Item(label, replace(sighting, source=label),
+                    error=InputError("the row names no file (a 'path' column)", source=label))
+    candidate = Path(raw_path)
+    resolved = (base / candidate).resolve()
+    try:
+        rel = resolved.relative_to(base)
+    except ValueError:
+        return Item(label, replace(sighting, source=label), error=UnsafePath(
+            f"path {raw_path!r} points outside the manifest's folder {base}; refused",
+            source=label))
+    source = str(manifest.parent / rel)
+    sighting = replace(sighting, source=sighting.source or source)
+    if not resolved.is_file():
+        return Item(source, sighting, error=MissingFile(
+            f"file {raw_path!r} named in {label} does not exist", source=source))
+    return Item(source, sighting, path=resolved)
+
+
+def sighting_from_mapping(row: dict, *, default_platform: str | None = None) -> SightingRow:
+    """Build a sighting from manifest/JSON fields; unknown fields go to ``extra``."""
+    values: dict[str, str | None] = {}
+    extra: dict = {}
+    given_extra = row.get("extra")
+    if isinstance(given_extra, dict):
+        extra.update({str(k)[:200]: _clean(v) for k, v in given_extra.items()})
+    for key, value in row.items():
+        if key in PATH_KEYS or key == "extra" or value in (None, ""):
+            continue
+        if key in SIGHTING_FIELDS:
+            values[key] = _clean(value if isinstance(value, str) else json.dumps(value))
+        else:
+            extra[str(key)[:200]] = _clean(value)
+    for key in DATE_FIELDS:
+        if values.get(key):
+            parsed = parse_when(values[key])
+            if parsed is None:
+                extra[f"{key}_raw"] = values[key]
+            values[key] = parsed
+    values.setdefault("platform", default_platform)
+    if values.get("platform") is None:
+        values["platform"] = default_platform
+    return SightingRow(extra=extra, **values)
+
+
+def _clean(value):
+    if isinstance(value, str):
+        return value if len(value) <= MAX_FIELD_CHARS else value[:MAX_FIELD_CHARS] + "…[cut]"
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    return _clean(json.dumps(value, ensure_ascii=False, default=str))
+
+
+def parse_when(text: str) -> str | None:
+    """ISO 8601 (or a bare date, or Unix seconds) -> 'YYYY-MM-DDTHH:MM:SSZ' in UTC."""
+    text = text.strip()
+    if not text:
+        return None
+    if text.isdigit() and 9 <= len(text) <= 11:
+        return datetime.fromtimestamp(int(text), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    candidate = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
+    try:
+        when = datetime.fromisoformat(candidate)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _csv_rows(manifest: Path) -> Iterator[tuple[int, dict, str | None]]:
+    try:
+        fh = manifest.open(newline="", encoding="utf-8-sig", errors="replace")
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {manifest}: {exc}") from None
+    with fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not any(k in reader.fieldnames for k in PATH_KEYS):
+            raise ManifestError(
+                f"manifest {manifest} needs a header row with a 'path' column "
+                f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})")
+        try:
+            for row in reader:
+                row.pop(None, None)  # cells beyond the header
+                yield reader.line_num, {k: v for k, v in row.items() if k}, None
+        except csv.Error as exc:
+            yield reader.line_num, {}, f"unreadable CSV row: {exc}"
+
+
+def _jsonl_rows(manifest: Path) -> Iterator[tuple[int, dict, str | None]]:
+    try:
+        fh = manifest.open(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {manifest}: {exc}") from None
+    with fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                yield line_no, {}, f"not valid JSON: {exc}"
+                continue
+            if not isinstance(row, dict):
+                yield line_no, {}, "a JSONL row must be an object"
+                continue
+            yield line_no, row, None
