@@ -97,6 +97,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         created_at TEXT NOT NULL
     );
     """),
+    ("crawler payload digests, for WARC revisit records", """
+    CREATE TABLE payload_digests (
+        digest TEXT PRIMARY KEY,
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -298,17 +304,29 @@ class Catalog:
                 f"SELECT sha256 FROM images WHERE sha256 IN ({marks})", chunk))
         return found
 
+    def sha256_for_payload_digest(self, digest: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT images.sha256 FROM payload_digests JOIN images ON images.id = image_id "
+            "WHERE digest = ?", (digest,)).fetchone()
+        return None if row is None else row[0]
+
+    def has_image(self, sha256: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM images WHERE sha256 = ?",
+                                 (sha256,)).fetchone() is not None
+
     def write_batch(self, images: Iterable[ImageRow],
                     sightings: Iterable[tuple[str, SightingRow]],
                     failures: Iterable[tuple[str, str, str]],
-                    run_id: int | None, linker: Linker | None = None) -> BatchResult:
+                    run_id: int | None, linker: Linker | None = None,
+                    payload_digests: Iterable[tuple[str, str]] = ()) -> BatchResult:
         """Write analysed images, their sightings and failures in one transaction.
 
         ``sightings`` pairs an image's sha256 with where it was seen; the image
         must be in the catalog already or in ``images``. ``failures`` are
         ``(source, reason, detail)``. Idempotent: known images and sightings
         are counted, not duplicated. ``linker`` computes the new images'
-        near-duplicate links within the same transaction.
+        near-duplicate links within the same transaction. ``payload_digests``
+        pairs a crawler's digest with the sha256 of the image it names.
         """
         result = BatchResult()
         now = utcnow()
@@ -354,6 +372,9 @@ class Catalog:
                     result.sightings_known += 1
                 if s.source:
                     conn.execute("DELETE FROM failures WHERE source = ?", (s.source,))
+            conn.executemany(
+                "INSERT OR IGNORE INTO payload_digests (digest, image_id) "
+                "SELECT ?, id FROM images WHERE sha256 = ?", list(payload_digests))
             for source, reason, detail in failures:
                 result.failures += 1
                 conn.execute(

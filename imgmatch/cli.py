@@ -13,6 +13,7 @@ one place (:func:`main`):
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +26,10 @@ from .match import MATCH_SCORE
 from .report import FORMATS
 from .report.csvfmt import write_csv
 from .report.table import clean
-from .sources import iter_manifest, iter_paths
+from .progress import Progress
+from .sources import iter_jsonl_stream, iter_manifest, iter_paths, iter_scrapy
+from .warc import iter_warc
+from .workers import DEFAULT_TIMEOUT
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 
@@ -45,51 +49,101 @@ def cli(ctx: click.Context, db: Path | None) -> None:
     ctx.obj = db or default_db_path()
 
 
+ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--manifest", "manifests", multiple=True, type=click.Path(path_type=Path),
               help="CSV or JSONL manifest: a 'path' per row (relative to the manifest's "
                    "folder) and sighting metadata. Repeatable.")
+@click.option("--jsonl", "jsonl", type=click.File("r", encoding="utf-8", errors="replace"),
+              help="JSON lines ('-' for standard input), each with a 'path' or base64 "
+                   "'data' and sighting metadata.")
+@click.option("--scrapy-items", type=click.Path(dir_okay=False, path_type=Path),
+              help="Items feed (JSON lines) of Scrapy's FilesPipeline or ImagesPipeline.")
+@click.option("--scrapy-store", type=click.Path(file_okay=False, path_type=Path),
+              help="The FILES_STORE/IMAGES_STORE folder the items' paths are relative to.")
 @click.option("--platform", help="Platform (site) name for sightings that do not give one.")
 @click.option("--signals", "signal_list", default=None,
               help=f"Comma-separated signals to compute (default: "
-                   f"{','.join(registry.DEFAULT_SIGNALS)}).")
-@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Worker processes for decoding and hashing.")
+                   f"{','.join(registry.DEFAULT_SIGNALS)}; 'phash,dhash' is a fast first pass).")
+@click.option("--workers", type=click.IntRange(0, 256), default=os.cpu_count() or 1,
+              show_default="all cores", help="Worker processes for decoding and hashing "
+              "(0: in this process, without crash isolation).")
+@click.option("--timeout", type=click.FloatRange(0.1), default=DEFAULT_TIMEOUT,
+              show_default=True, help="Seconds one file may take before it is given up.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.pass_obj
-def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...],
-           platform: str | None, signal_list: str | None, workers: int, as_json: bool) -> int:
-    """Catalogue images from files, directories (recursive) and manifests."""
-    if not paths and not manifests:
-        raise click.UsageError("give image files, directories or --manifest FILE")
+def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl,
+           scrapy_items: Path | None, scrapy_store: Path | None, platform: str | None,
+           signal_list: str | None, workers: int, timeout: float, quiet: bool,
+           as_json: bool) -> int:
+    """Catalogue images from files, folders (recursive), manifests, WARC/ARC files,
+    JSON lines and Scrapy output. Files ending .warc, .warc.gz, .arc or .arc.gz
+    are read as web archives."""
+    if not (paths or manifests or jsonl or scrapy_items):
+        raise click.UsageError("give image files, folders, WARC files, --manifest, --jsonl "
+                               "or --scrapy-items")
+    if bool(scrapy_items) != bool(scrapy_store):
+        raise click.UsageError("--scrapy-items and --scrapy-store go together")
     names = registry.parse_list(signal_list)
+    archives = [p for p in paths if str(p).lower().endswith(ARCHIVE_SUFFIXES)]
+    plain = [p for p in paths if p not in archives]
 
-    def items():
-        yield from iter_paths(paths, platform=platform)
+    def items(stream_ok: bool = True):
+        yield from iter_paths(plain, platform=platform)
         for manifest in manifests:
             yield from iter_manifest(manifest, platform=platform)
+        for archive in archives:
+            yield from iter_warc(archive, platform=platform)
+        if scrapy_items:
+            yield from iter_scrapy(scrapy_items, scrapy_store, platform=platform)
+        if jsonl is not None and stream_ok:
+            yield from iter_jsonl_stream(jsonl, label=jsonl.name, platform=platform)
+
+    progress = Progress(enabled=False if (quiet or as_json) else None)
+    progress.count_in_background(lambda: items(stream_ok=False))
+
+    def on_progress(summary) -> None:
+        progress.update(summary.files_seen, summary.images_added, len(summary.failures))
 
     with Collection.open(db) as collection:
-        summary = collection.ingest(
-            items(), signals=names, workers=workers,
-            args={"paths": [str(p) for p in paths], "manifests": [str(m) for m in manifests],
-                  "platform": platform, "signals": list(names)})
+        try:
+            summary = collection.ingest(
+                items(), signals=names, workers=workers, timeout=timeout,
+                on_progress=on_progress,
+                args={"paths": [str(p) for p in paths], "manifests": [str(m) for m in manifests],
+                      "platform": platform, "signals": list(names)})
+        finally:
+            progress.finish()
     if as_json:
         _echo_json(summary.to_json())
     else:
-        click.echo(f"files seen:       {summary.files_seen}")
-        click.echo(f"images added:     {summary.images_added}")
-        click.echo(f"already known:    {summary.images_known}")
-        click.echo(f"new sightings:    {summary.sightings_added}")
-        click.echo(f"known sightings:  {summary.sightings_known}")
-        click.echo(f"new links:        {summary.links_added}")
-        click.echo(f"failures:         {len(summary.failures)}")
-        for source, reason, detail in summary.failures[:50]:
-            click.echo(f"  {reason:18} {clean(source, 80)}: {clean(detail, 160)}")
-        if len(summary.failures) > 50:
-            click.echo(f"  ... and {len(summary.failures) - 50} more ('imgmatch stats')")
+        _print_summary(summary)
     return EXIT_PARTIAL if summary.failures else EXIT_OK
+
+
+def _print_summary(summary) -> None:
+    rate = summary.files_seen / summary.seconds if summary.seconds else 0.0
+    click.echo(f"files seen:       {summary.files_seen} in {summary.seconds:.1f} s "
+               f"({rate:,.0f}/s)")
+    click.echo(f"images added:     {summary.images_added}")
+    click.echo(f"already known:    {summary.images_known}")
+    click.echo(f"new sightings:    {summary.sightings_added}")
+    click.echo(f"known sightings:  {summary.sightings_known}")
+    if summary.revisits:
+        click.echo(f"from revisits:    {summary.revisits}")
+    click.echo(f"new links:        {summary.links_added}")
+    if summary.skipped:
+        click.echo("skipped:          " + ", ".join(
+            f"{k} {v}" for k, v in sorted(summary.skipped.items())))
+    click.echo(f"failures:         {len(summary.failures)}")
+    for source, reason, detail in summary.failures[:50]:
+        click.echo(f"  {reason:18} {clean(source, 80)}: {clean(detail, 160)}")
+    if len(summary.failures) > 50:
+        click.echo(f"  ... and {len(summary.failures) - 50} more ('imgmatch stats')")
 
 
 @cli.command()

@@ -123,8 +123,8 @@ class Collection:
 
     # ----------------------------------------------------------------- ingest
     def ingest(self, items: Iterable[Item], *,
-               signals: Sequence[str] = registry.DEFAULT_SIGNALS, workers: int = 1,
-               command: str = "ingest", args: dict | None = None,
+               signals: Sequence[str] = registry.DEFAULT_SIGNALS, workers: int = 0,
+               command: str = "ingest", args: dict | None = None, timeout: float = 60.0,
                on_progress=None) -> IngestSummary:
         """Catalogue items, link new images to their near-duplicates, save indexes."""
         indexes = self.indexes
@@ -138,7 +138,7 @@ class Collection:
         try:
             summary = ingest(self.catalog, items, signal_names=signals, workers=workers,
                              run_id=run_id, linker=IndexLinker(self.catalog, indexes),
-                             on_progress=on_progress)
+                             timeout=timeout, on_progress=on_progress)
             status = "partial" if summary.failures else "ok"
         finally:
             self.save_indexes()

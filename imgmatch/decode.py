@@ -24,7 +24,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import DecodeError, EmptyFile, ImageTooLarge, UnsupportedFormat
 
 #: Formats imgmatch opens. Anything else is refused before a decoder runs.
-ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO",
+                                    "AVIF", "HEIF")
+#: ISO-BMFF brands of HEIF/HEIC files (decoded by pillow-heif, registered on first use).
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
 
 #: Default ceiling on width x height (a 16k x 16k poster is not an ad photo).
 DEFAULT_MAX_PIXELS = 150_000_000
@@ -89,11 +92,13 @@ def open_image(data: bytes, *, source: str | None = None,
     """Identify ``data`` and check its size, without decoding pixels."""
     if not data:
         raise EmptyFile("the file is empty (0 bytes)", source=source)
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        _register_heif()
     try:
         with warnings.catch_warnings():
             # Pillow warns about bombs; we apply our own, explicit limit below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            img = Image.open(io.BytesIO(data), formats=_registered_formats())
     except UnidentifiedImageError:
         raise UnsupportedFormat(
             "not an image in a supported format "
@@ -111,6 +116,41 @@ def open_image(data: bytes, *, source: str | None = None,
             f"{width}x{height} pixels exceeds the limit of {max_pixels:,} pixels "
             f"or {max_side:,} per side (a possible decompression bomb)", source=source)
     return img
+
+
+def _registered_formats() -> tuple[str, ...]:
+    """The allowed formats whose Pillow plugins are loaded (plugins load lazily)."""
+    if not _PLUGINS_LOADED:
+        _load_plugins()
+    return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
+
+
+def _load_plugins() -> None:
+    global _PLUGINS_LOADED
+    import importlib
+
+    for name in ("Jpeg", "Mpo", "Png", "Gif", "WebP", "Bmp", "Tiff", "Avif"):
+        try:
+            importlib.import_module(f"PIL.{name}ImagePlugin")
+        except ImportError:  # a Pillow built without that codec
+            pass
+    _PLUGINS_LOADED = True
+
+
+_PLUGINS_LOADED = False
+
+
+def _register_heif() -> None:
+    """Teach Pillow HEIF/HEIC (imported only when such a file turns up)."""
+    global _HEIF_READY
+    if not _HEIF_READY:
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()
+        _HEIF_READY = True
+
+
+_HEIF_READY = False
 
 
 def decode(data: bytes, *, source: str | None = None, target: int = DEFAULT_TARGET,

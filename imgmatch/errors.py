@@ -36,8 +36,11 @@ class InputError(ImgmatchError):
 
     reason = "input-error"
 
-    def __init__(self, message: str, *, source: str | None = None) -> None:
+    def __init__(self, message: str, *, source: str | None = None,
+                 reason: str | None = None) -> None:
         self.source = source
+        if reason is not None:
+            self.reason = reason
         super().__init__(message if source is None else f"{source}: {message}")
         self.detail = message
 

@@ -1,81 +1,46 @@
-"""The ingest pipeline: items -> bytes -> known? -> analyse -> one batched write.
+"""The ingest pipeline: a stream of items -> workers -> one writer, in batches.
 
-``analyse`` is a pure function of bytes (decode once, every signal from that
-decode), so it can run in worker processes; only the caller's process writes
-to SQLite, a whole batch per transaction. Re-running an ingest does no work
-twice: an image whose SHA-256 is already catalogued is not decoded again, and
-a sighting already recorded is not added again. Every input that cannot be
-used becomes a failure row with its reason; the batch goes on.
+The parent reads each file and takes its SHA-256; an image already in the
+catalog is not decoded again (its new sighting is just recorded). New images
+go to worker processes (:mod:`imgmatch.workers`), which decode once and
+compute every signal. Results are written as they come, a batch per SQLite
+transaction (images, their sightings, their near-duplicate links and the
+batch's failures together), so a kill at any moment leaves the catalog
+consistent and the next run picks up exactly what is missing. Nothing holds
+the whole file list: memory stays flat however large the crawl.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from itertools import islice
 from typing import Protocol
 
 from . import signals as signal_registry
-from .catalog import BatchResult, Catalog, ImageRow, LinkRow, SightingRow, SignalRow
-from .decode import decode
+from .analysis import Analysis, analyse
+from .catalog import BatchResult, Catalog, ImageRow, LinkRow, SightingRow
 from .errors import InputError
 from .signals import HashValue
 from .sources import Item
+from .workers import DEFAULT_TIMEOUT, InlinePool, Job, ProcessPool
 
-DEFAULT_BATCH = 64
+#: Images per write transaction, and the longest a result waits to be written.
+DEFAULT_BATCH = 256
+FLUSH_SECONDS = 2.0
 
-
-@dataclass(frozen=True)
-class Analysis:
-    """The outcome of analysing one file's bytes: an image row, or why not."""
-
-    sha256: str
-    image: ImageRow | None = None
-    reason: str | None = None
-    detail: str | None = None
-    #: per signal, the values of the image's rotations and mirrors where they
-    #: are cheap (identity first), else the value alone; used for linking
-    variants: dict[str, list[HashValue]] = field(default_factory=dict)
-
-
-def analyse(data: bytes, signal_names: Sequence[str], source: str | None = None,
-            sha256: str | None = None) -> Analysis:
-    """Decode once and compute every signal; never raises for bad input."""
-    digest = sha256 or hashlib.sha256(data).hexdigest()
-    try:
-        decoded = decode(data, source=source)
-        variants = {}
-        for name in signal_names:
-            sig = signal_registry.get(name)
-            variants[name] = sig.dihedral(decoded) if sig.cheap_dihedral \
-                else [sig.compute(decoded)]
-    except InputError as exc:
-        return Analysis(digest, reason=exc.reason, detail=exc.detail)
-    except MemoryError:
-        return Analysis(digest, reason="decode-error", detail="ran out of memory decoding")
-    rows = tuple(SignalRow(name, signal_registry.get(name).version, vs[0].data, vs[0].quality)
-                 for name, vs in variants.items())
-    return Analysis(digest, image=ImageRow(
-        sha256=digest, size_bytes=len(data), width=decoded.width, height=decoded.height,
-        format=decoded.format, mode=decoded.mode, frames=decoded.frames, signals=rows),
-        variants=variants)
-
-
-def _analyse_job(job: tuple[bytes, tuple[str, ...], str, str]) -> Analysis:
-    data, names, source, digest = job
-    return analyse(data, names, source, digest)
+__all__ = ["Analysis", "analyse", "ingest", "IngestSummary", "BatchLinker", "DEFAULT_BATCH"]
 
 
 class BatchLinker(Protocol):
     """Links new images to near-duplicates as they are written (see match.py)."""
 
     def links(self, new_images: list[tuple[int, str]],
-              variants: dict[str, dict[str, list[HashValue]]]) -> list[LinkRow]: ...
+              variants: Mapping[str, Mapping[str, Sequence[HashValue]]]) -> list[LinkRow]: ...
 
     def committed(self, new_images: list[tuple[int, str]],
-                  variants: dict[str, dict[str, list[HashValue]]]) -> None: ...
+                  variants: Mapping[str, Mapping[str, Sequence[HashValue]]]) -> None: ...
 
 
 @dataclass
@@ -84,16 +49,26 @@ class IngestSummary:
 
     files_seen: int = 0
     images_added: int = 0
+    #: files whose bytes were already catalogued, or seen earlier in this run
     images_known: int = 0
     links_added: int = 0
     sightings_added: int = 0
     sightings_known: int = 0
+    #: sightings added from WARC revisit records
+    revisits: int = 0
     failures: list[tuple[str, str, str]] = field(default_factory=list)
     new_image_ids: list[int] = field(default_factory=list)
+    #: records passed over on purpose (not images, HTTP errors), by why
+    skipped: dict[str, int] = field(default_factory=dict)
+    workers_replaced: int = 0
+    seconds: float = 0.0
+
+    def skip(self, why: str) -> None:
+        self.skipped[why] = self.skipped.get(why, 0) + 1
 
     def absorb(self, result: BatchResult) -> None:
         self.images_added += result.images_added
-        self.images_known += result.images_known
+        self.images_known += result.images_known  # written meanwhile by another process
         self.links_added += result.links_added
         self.sightings_added += result.sightings_added
         self.sightings_known += result.sightings_known
@@ -102,6 +77,7 @@ class IngestSummary:
     def to_json(self) -> dict:
         out = asdict(self)
         out.pop("new_image_ids")
+        out["seconds"] = round(self.seconds, 3)
         out["failed"] = len(self.failures)
         out["failures"] = [{"source": s, "reason": r, "detail": d} for s, r, d in self.failures]
         reasons: dict[str, int] = {}
@@ -111,70 +87,128 @@ class IngestSummary:
         return out
 
 
+class _Batch:
+    """What the next transaction will write."""
+
+    def __init__(self) -> None:
+        self.images: list[ImageRow] = []
+        self.variants: dict[str, dict[str, list[HashValue]]] = {}
+        self.sightings: list[tuple[str, SightingRow]] = []
+        self.failures: list[tuple[str, str, str]] = []
+        self.payload_digests: list[tuple[str, str]] = []
+        self.digests: set[str] = set()
+        self.opened = time.monotonic()
+
+    def __len__(self) -> int:
+        return len(self.images) + len(self.sightings) + len(self.failures)
+
+
 def ingest(catalog: Catalog, items: Iterable[Item], *,
            signal_names: Sequence[str] = signal_registry.DEFAULT_SIGNALS,
-           workers: int = 1, batch_size: int = DEFAULT_BATCH, run_id: int | None = None,
-           linker: BatchLinker | None = None,
+           workers: int = 0, batch_size: int = DEFAULT_BATCH, run_id: int | None = None,
+           linker: BatchLinker | None = None, timeout: float = DEFAULT_TIMEOUT,
            on_progress: Callable[[IngestSummary], None] | None = None) -> IngestSummary:
-    """Analyse and catalogue every item; bad items are recorded, never fatal."""
+    """Analyse and catalogue every item; bad items are recorded, never fatal.
+
+    ``workers`` = 0 analyses in this process (no isolation); N >= 1 uses N
+    supervised worker processes with a per-file ``timeout``.
+    """
     names = tuple(signal_names)
     for name in names:
         signal_registry.get(name)
+    started = time.monotonic()
     summary = IngestSummary()
-    executor: Executor | None = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
-    try:
-        for batch in _batches(items, batch_size):
-            _ingest_batch(catalog, batch, names, executor, run_id, summary, linker)
+    pool = ProcessPool(names, workers, timeout) if workers >= 1 else InlinePool(names)
+    waiting: dict[str, list[Item]] = {}   # digest -> items whose analysis is in flight
+    pending_revisits: list[Item] = []      # resolved once everything else is written
+    batch = _Batch()
+
+    def flush() -> None:
+        nonlocal batch
+        if len(batch):
+            _write(catalog, batch, run_id, linker, summary)
             if on_progress is not None:
                 on_progress(summary)
+        batch = _Batch()
+
+    def collect(timeout: float) -> None:
+        for digest, analysis in pool.results(timeout):
+            for item in waiting.pop(digest, []):
+                if analysis.image is None:
+                    batch.failures.append((item.source, analysis.reason or "error",
+                                           analysis.detail or ""))
+                else:
+                    batch.sightings.append((digest, item.sighting))
+                    if item.payload_digest:
+                        batch.payload_digests.append((item.payload_digest, digest))
+            if analysis.image is not None:
+                batch.images.append(analysis.image)
+                batch.variants[digest] = analysis.variants
+                batch.digests.add(digest)
+
+    try:
+        for item in items:
+            if item.skipped:
+                summary.skip(item.skipped)
+                continue
+            if item.revisit_of:
+                pending_revisits.append(item)
+                continue
+            summary.files_seen += 1
+            try:
+                data = item.read()
+            except InputError as exc:
+                batch.failures.append((item.source, exc.reason, exc.detail))
+                data = None
+            if data is not None:
+                digest = hashlib.sha256(data).hexdigest()
+                if digest in waiting:
+                    waiting[digest].append(item)
+                    summary.images_known += 1
+                elif digest in batch.digests or catalog.has_image(digest):
+                    batch.sightings.append((digest, item.sighting))
+                    summary.images_known += 1
+                    if item.payload_digest:
+                        batch.payload_digests.append((item.payload_digest, digest))
+                else:
+                    while not pool.has_capacity:
+                        collect(0.05)
+                    waiting[digest] = [item]
+                    pool.submit(Job(digest, data, item.source))
+            collect(0.0)
+            if len(batch) >= batch_size or time.monotonic() - batch.opened > FLUSH_SECONDS:
+                flush()
+            elif on_progress is not None:
+                on_progress(summary)
+        while waiting:
+            collect(0.1)
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+        for item in pending_revisits:
+            digest = catalog.sha256_for_payload_digest(item.revisit_of or "")
+            if digest is None:
+                summary.skip("revisit-of-unknown-record")
+                continue
+            batch.sightings.append((digest, item.sighting))
+            summary.revisits += 1
+            if len(batch) >= batch_size:
+                flush()
+        flush()
     finally:
-        if executor is not None:
-            executor.shutdown(cancel_futures=True)
+        summary.workers_replaced = getattr(pool, "replaced", 0)
+        pool.close()
+        summary.seconds = time.monotonic() - started
     return summary
 
 
-def _ingest_batch(catalog: Catalog, batch: list[Item], names: tuple[str, ...],
-                  executor: Executor | None, run_id: int | None,
-                  summary: IngestSummary, linker: BatchLinker | None) -> None:
-    failures: list[tuple[str, str, str]] = []
-    pending: list[tuple[Item, bytes, str]] = []
-    for item in batch:
-        summary.files_seen += 1
-        try:
-            data = item.read()
-        except InputError as exc:
-            failures.append((item.source, exc.reason, exc.detail))
-            continue
-        pending.append((item, data, hashlib.sha256(data).hexdigest()))
-    known = catalog.known_sha256([digest for _, _, digest in pending])
-    summary.images_known += len(known)
-    jobs: dict[str, tuple[bytes, tuple[str, ...], str, str]] = {}
-    for item, data, digest in pending:
-        if digest not in known and digest not in jobs:
-            jobs[digest] = (data, names, item.source, digest)
-    if executor is None:
-        analyses = [_analyse_job(job) for job in jobs.values()]
-    else:
-        analyses = list(executor.map(_analyse_job, jobs.values()))
-    by_digest = {a.sha256: a for a in analyses}
-    sightings: list[tuple[str, SightingRow]] = []
-    for item, _, digest in pending:
-        analysis = by_digest.get(digest)
-        if analysis is not None and analysis.image is None:
-            failures.append((item.source, analysis.reason or "error", analysis.detail or ""))
-            continue
-        sightings.append((digest, item.sighting))
-    images = [a.image for a in analyses if a.image is not None]
-    variants = {a.sha256: a.variants for a in analyses if a.image is not None}
+def _write(catalog: Catalog, batch: _Batch, run_id: int | None,
+           linker: BatchLinker | None, summary: IngestSummary) -> None:
+    variants = batch.variants
     link_fn = None if linker is None else (lambda new: linker.links(new, variants))
-    result = catalog.write_batch(images, sightings, failures, run_id, link_fn)
+    result = catalog.write_batch(batch.images, batch.sightings, batch.failures, run_id, link_fn,
+                                 batch.payload_digests)
     if linker is not None:
         linker.committed(result.new_images, variants)
     summary.absorb(result)
-    summary.failures.extend(failures)
-
-
-def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
+    summary.failures.extend(batch.failures)

@@ -153,25 +153,30 @@ class IndexLinker:
 
     def links(self, new_images: list[tuple[int, str]],
               variants: Mapping[str, Mapping[str, Sequence[HashValue]]]) -> list[LinkRow]:
-        batch_indexes = {name: self._batch_index(name, new_images, variants)
-                         for name in self.indexes}
         candidates: dict[int, set[int]] = {image_id: set() for image_id, _ in new_images}
         for name, index in self.indexes.items():
             threshold = registry.get(name).threshold
+            owners: list[int] = []
+            chunks: list[bytes] = []
             for image_id, sha256 in new_images:
-                values = variants.get(sha256, {}).get(name)
-                if not values:
-                    continue
-                codes = np.frombuffer(b"".join(v.data for v in values), dtype=np.uint8)
-                for idx in (index, batch_indexes[name]):
-                    for ids, _ in idx.range_search(codes, threshold):
-                        candidates[image_id].update(int(i) for i in ids if i != image_id)
+                for value in variants.get(sha256, {}).get(name, ()):
+                    owners.append(image_id)
+                    chunks.append(value.data)
+            if not chunks:
+                continue
+            codes = np.frombuffer(b"".join(chunks), dtype=np.uint8)
+            # one pass over each index for the whole batch: older images, then the batch
+            for idx in (index, self._batch_index(name, new_images, variants)):
+                for owner, (ids, _) in zip(owners, idx.range_search(codes, threshold)):
+                    candidates[owner].update(int(i) for i in ids)
+        for image_id, found in candidates.items():
+            found.discard(image_id)
         wanted = sorted(set().union(*candidates.values())) if candidates else []
         stored = self.catalog.signals_of(wanted)
         out: list[LinkRow] = []
         for image_id, sha256 in new_images:
             query = {name: list(vs) for name, vs in variants.get(sha256, {}).items()}
-            for other in candidates[image_id]:
+            for other in sorted(candidates[image_id]):
                 if other not in stored:
                     continue
                 result = score_candidate(query, stored[other])

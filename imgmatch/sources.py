@@ -10,6 +10,8 @@ length, and dates are normalised to ISO 8601 UTC when they parse.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import json
 import os
@@ -40,6 +42,13 @@ class Item:
     path: Path | None = None
     data: bytes | None = None
     error: InputError | None = None
+    #: a record that is not an image (counted, not a failure), and why
+    skipped: str | None = None
+    #: a WARC revisit: the payload digest of the image it sees again
+    revisit_of: str | None = None
+    #: the crawler's digest of these bytes (WARC-Payload-Digest), remembered
+    #: so later revisits can find the image
+    payload_digest: str | None = None
 
     def read(self) -> bytes:
         if self.error is not None:
@@ -92,11 +101,12 @@ def iter_manifest(manifest: str | Path, *, platform: str | None = None) -> Itera
             yield Item(source=label, sighting=SightingRow(source=label),
                        error=InputError(error, source=label))
             continue
-        yield _manifest_item(row, base, manifest, label, platform)
+        yield _manifest_item(row, base, manifest.parent, label, platform)
 
 
-def _manifest_item(row: dict, base: Path, manifest: Path, label: str,
+def _manifest_item(row: dict, base: Path, shown_base: Path, label: str,
                    platform: str | None) -> Item:
+    """An item for a row naming a file that must lie inside ``base``."""
     raw_path = next((row[k] for k in PATH_KEYS if row.get(k)), None)
     sighting = sighting_from_mapping(row, default_platform=platform)
     if not raw_path or not isinstance(raw_path, str):
@@ -108,9 +118,9 @@ def _manifest_item(row: dict, base: Path, manifest: Path, label: str,
         rel = resolved.relative_to(base)
     except ValueError:
         return Item(label, replace(sighting, source=label), error=UnsafePath(
-            f"path {raw_path!r} points outside the manifest's folder {base}; refused",
+            f"path {raw_path!r} points outside the folder {shown_base}; refused",
             source=label))
-    source = str(manifest.parent / rel)
+    source = str(shown_base / rel)
     sighting = replace(sighting, source=sighting.source or source)
     if not resolved.is_file():
         return Item(source, sighting, error=MissingFile(
@@ -206,3 +216,86 @@ def _jsonl_rows(manifest: Path) -> Iterator[tuple[int, dict, str | None]]:
                 yield line_no, {}, "a JSONL row must be an object"
                 continue
             yield line_no, row, None
+
+
+def iter_jsonl_stream(stream: Iterable[str], *, label: str = "<stdin>",
+                      platform: str | None = None) -> Iterator[Item]:
+    """Items from JSON lines (a pipeline's stdin): a 'path' or base64 'data' each.
+
+    A path here is the pipeline's own, like a command-line argument, so it is
+    taken relative to the working directory, not confined to a folder.
+    """
+    for line_no, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        where = f"{label}:{line_no}"
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            yield Item(where, SightingRow(source=where),
+                       error=InputError(f"not valid JSON: {exc}", source=where))
+            continue
+        if not isinstance(row, dict):
+            yield Item(where, SightingRow(source=where),
+                       error=InputError("a JSON line must be an object", source=where))
+            continue
+        sighting = sighting_from_mapping(
+            {k: v for k, v in row.items() if k not in ("data", "data_b64")},
+            default_platform=platform)
+        encoded = row.get("data_b64", row.get("data"))
+        if encoded is not None:
+            try:
+                data = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) \
+                    else None
+            except (ValueError, binascii.Error):
+                data = None
+            if not data:
+                yield Item(where, replace(sighting, source=sighting.source or where),
+                           error=InputError("'data' is not valid base64", source=where))
+                continue
+            yield Item(sighting.source or where, replace(sighting, source=sighting.source or where),
+                       data=data)
+            continue
+        raw_path = next((row[k] for k in PATH_KEYS if isinstance(row.get(k), str)), None)
+        if not raw_path:
+            yield Item(where, replace(sighting, source=where), error=InputError(
+                "the line gives neither 'path' nor base64 'data'", source=where))
+            continue
+        yield Item(raw_path, replace(sighting, source=sighting.source or raw_path),
+                   path=Path(raw_path))
+
+
+#: Item fields of Scrapy's media pipelines that describe files, not the ad.
+_SCRAPY_MEDIA_KEYS = ("files", "images", "file_urls", "image_urls")
+
+
+def iter_scrapy(items_jsonl: str | Path, store: str | Path, *,
+                platform: str | None = None) -> Iterator[Item]:
+    """Items from Scrapy's FilesPipeline/ImagesPipeline output.
+
+    ``items_jsonl`` is the feed export (one item per line) whose ``files`` or
+    ``images`` lists give ``url`` and ``path`` (relative to ``store``, the
+    FILES_STORE / IMAGES_STORE folder). The item's own fields describe the ad:
+    ``url`` becomes the page URL, and the rest the sighting's metadata.
+    """
+    items_jsonl = Path(items_jsonl)
+    base = Path(store).resolve()
+    if not base.is_dir():
+        raise ManifestError(f"Scrapy store folder {store} does not exist")
+    for line_no, row, error in _jsonl_rows(items_jsonl):
+        label = f"{items_jsonl}:{line_no}"
+        if error is not None:
+            yield Item(label, SightingRow(source=label), error=InputError(error, source=label))
+            continue
+        ad = {k: v for k, v in row.items() if k not in _SCRAPY_MEDIA_KEYS}
+        if "url" in ad:
+            ad.setdefault("page_url", ad.pop("url"))
+        for key in ("files", "images"):
+            for entry in row.get(key) or ():
+                if not isinstance(entry, dict):
+                    continue
+                fields = dict(ad)
+                fields["path"] = entry.get("path")
+                if entry.get("url"):
+                    fields["url"] = entry["url"]
+                yield _manifest_item(fields, base, Path(store), label, platform)

@@ -1,0 +1,53 @@
+"""One image's bytes -> its catalog row and signal values: a pure function.
+
+This is what worker processes run, so it imports only what decoding and
+hashing need (Pillow, numpy): no SQLite, no FAISS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from . import signals as registry
+from .catalog import ImageRow, SignalRow
+from .decode import decode
+from .errors import InputError
+from .signals import HashValue
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The outcome of analysing one file's bytes: an image row, or why not."""
+
+    sha256: str
+    image: ImageRow | None = None
+    reason: str | None = None
+    detail: str | None = None
+    #: per signal, the values of the image's rotations and mirrors where they
+    #: are cheap (identity first), else the value alone; used for linking
+    variants: dict[str, list[HashValue]] = field(default_factory=dict)
+
+
+def analyse(data: bytes, signal_names: Sequence[str], source: str | None = None,
+            sha256: str | None = None) -> Analysis:
+    """Decode once and compute every signal; never raises for bad input."""
+    digest = sha256 or hashlib.sha256(data).hexdigest()
+    try:
+        decoded = decode(data, source=source)
+        variants = {}
+        for name in signal_names:
+            sig = registry.get(name)
+            variants[name] = sig.dihedral(decoded) if sig.cheap_dihedral \
+                else [sig.compute(decoded)]
+    except InputError as exc:
+        return Analysis(digest, reason=exc.reason, detail=exc.detail)
+    except MemoryError:
+        return Analysis(digest, reason="decode-error", detail="ran out of memory decoding")
+    rows = tuple(SignalRow(name, registry.get(name).version, vs[0].data, vs[0].quality)
+                 for name, vs in variants.items())
+    return Analysis(digest, image=ImageRow(
+        sha256=digest, size_bytes=len(data), width=decoded.width, height=decoded.height,
+        format=decoded.format, mode=decoded.mode, frames=decoded.frames, signals=rows),
+        variants=variants)

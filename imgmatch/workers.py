@@ -1,0 +1,201 @@
+"""Worker processes that analyse images, where one bad file costs only itself.
+
+Native decoders can crash (a segfault in a codec) or hang on hostile input.
+Each worker is a separate process with its own pipe; the parent knows which
+job each worker is on, so when a worker dies or overruns the per-file time
+limit, that one job is recorded as failed with the reason, the worker is
+replaced, and the jobs queued behind it are sent elsewhere. A standard
+process pool cannot do this: one dead worker breaks the whole pool and does
+not say which file killed it.
+
+``InlinePool`` runs jobs in the calling process (no isolation, no start-up
+cost) for the library's single-image calls and for tests.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+
+from .analysis import Analysis, analyse
+
+#: Default per-file time limit, in seconds (decode and every signal).
+DEFAULT_TIMEOUT = 60.0
+#: Jobs queued per worker, so a worker never waits for its next file.
+QUEUE_DEPTH = 2
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str
+    data: bytes
+    source: str
+
+
+class InlinePool:
+    """Runs each job at once in this process."""
+
+    def __init__(self, signal_names: Sequence[str]) -> None:
+        self.signal_names = tuple(signal_names)
+        self._done: deque[tuple[str, Analysis]] = deque()
+
+    @property
+    def has_capacity(self) -> bool:
+        return True
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._done)
+
+    def submit(self, job: Job) -> None:
+        self._done.append((job.key, analyse(job.data, self.signal_names, job.source, job.key)))
+
+    def results(self, timeout: float = 0.0) -> Iterator[tuple[str, Analysis]]:
+        while self._done:
+            yield self._done.popleft()
+
+    def close(self) -> None:
+        self._done.clear()
+
+
+@dataclass
+class _Worker:
+    process: mp.process.BaseProcess
+    conn: Connection
+    queue: deque = field(default_factory=deque)   # jobs sent, oldest first
+    started: float = 0.0                           # when the oldest job began
+
+
+def _worker_main(conn: Connection, signal_names: tuple[str, ...]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        key, data, source = job
+        conn.send((key, analyse(data, signal_names, source, key)))
+
+
+class ProcessPool:
+    """``workers`` supervised processes with a per-file time limit."""
+
+    def __init__(self, signal_names: Sequence[str], workers: int,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.signal_names = tuple(signal_names)
+        self.timeout = timeout
+        methods = mp.get_all_start_methods()
+        self._ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+        self._workers = [self._spawn() for _ in range(workers)]
+        self._lost: deque[tuple[str, Analysis]] = deque()
+        self.replaced = 0
+
+    def _spawn(self) -> _Worker:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(target=_worker_main, args=(child_conn, self.signal_names),
+                                    daemon=True)
+        process.start()
+        child_conn.close()
+        return _Worker(process, parent_conn)
+
+    @property
+    def has_capacity(self) -> bool:
+        return any(len(w.queue) < QUEUE_DEPTH for w in self._workers)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._lost) or any(w.queue for w in self._workers)
+
+    def submit(self, job: Job) -> None:
+        worker = min(self._workers, key=lambda w: len(w.queue))
+        self._send(worker, job)
+
+    def _send(self, worker: _Worker, job: Job) -> None:
+        if not worker.queue:
+            worker.started = time.monotonic()
+        worker.queue.append(job)
+        try:
+            worker.conn.send((job.key, job.data, job.source))
+        except (BrokenPipeError, OSError):
+            pass  # the worker died; results() notices its sentinel and recovers
+
+    def results(self, timeout: float = 0.0) -> Iterator[tuple[str, Analysis]]:
+        """Results ready within ``timeout`` seconds (0: only those ready now)."""
+        while self._lost:
+            yield self._lost.popleft()
+        busy = [w for w in self._workers if w.queue]
+        if not busy:
+            return
+        wait_for = min(timeout, max(0.0, min(w.started + self.timeout for w in busy)
+                                    - time.monotonic()))
+        ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], wait_for)
+        for worker in list(busy):
+            if worker.conn in ready:
+                while worker.queue and worker.conn.poll():
+                    try:
+                        key, analysis = worker.conn.recv()
+                    except (EOFError, OSError):
+                        break
+                    worker.queue.popleft()
+                    worker.started = time.monotonic()
+                    yield key, analysis
+            if worker.queue and not worker.process.is_alive():
+                code = worker.process.exitcode
+                why = (f"signal {-code} ({_signal_name(-code)})" if code and code < 0
+                       else f"exit code {code}")
+                yield from self._replace(worker, f"the decoder crashed ({why}) on this file")
+            elif worker.queue and time.monotonic() - worker.started > self.timeout:
+                yield from self._replace(
+                    worker, f"decoding took longer than the {self.timeout:g} s limit")
+
+    def _replace(self, worker: _Worker, detail: str) -> Iterator[tuple[str, Analysis]]:
+        """Record the worker's current job as failed, restart it, resend the rest."""
+        culprit = worker.queue.popleft()
+        rest = list(worker.queue)
+        worker.queue.clear()
+        _kill(worker)
+        self.replaced += 1
+        fresh = self._spawn()
+        self._workers[self._workers.index(worker)] = fresh
+        reason = "decoder-crash" if "crashed" in detail else "timeout"
+        yield culprit.key, Analysis(culprit.key, reason=reason, detail=detail)
+        for job in rest:
+            self._send(fresh, job)
+
+    def close(self) -> None:
+        for worker in self._workers:
+            try:
+                worker.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        deadline = time.monotonic() + 2.0
+        for worker in self._workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                _kill(worker)
+            worker.conn.close()
+
+
+def _kill(worker: _Worker) -> None:
+    if worker.process.is_alive():
+        try:
+            os.kill(worker.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    worker.process.join(5)
+    worker.conn.close()
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown"
