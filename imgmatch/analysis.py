@@ -35,7 +35,8 @@ def analyse(data: bytes, signal_names: Sequence[str], source: str | None = None,
     """Decode once and compute every signal; never raises for bad input."""
     digest = sha256 or hashlib.sha256(data).hexdigest()
     try:
-        decoded = decode(data, source=source)
+        target = max(registry.get(name).min_side for name in signal_names)
+        decoded = decode(data, source=source, target=target)
         variants = {}
         for name in signal_names:
             sig = registry.get(name)

@@ -148,8 +148,15 @@ class SightingRow:
     extra: dict = field(default_factory=dict)
 
     def key(self, sha256: str) -> str:
-        """Identity of a sighting: the same image seen with the same metadata."""
-        payload = [sha256] + [getattr(self, f) for f in SIGHTING_FIELDS] + [self.extra]
+        """Identity of a sighting: the same image seen with the same metadata.
+
+        Where a sighting says where on the web it was (url, page or ad), the
+        local file it was read from is not part of its identity, so the same
+        crawl ingested from another folder adds nothing twice.
+        """
+        located = bool(self.url or self.page_url or self.ad_id)
+        fields = [f for f in SIGHTING_FIELDS if not (located and f == "source")]
+        payload = [sha256] + [getattr(self, f) for f in fields] + [self.extra]
         blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -236,12 +243,12 @@ class Catalog:
                 f"understands ({SCHEMA_VERSION}); upgrade imgmatch")
         if version == SCHEMA_VERSION:
             return
+        if version == 0 and self._has_foreign_tables():
+            raise CatalogError(f"{self.path} is an SQLite file, but not an imgmatch catalog")
         if self.readonly:
             raise CatalogError(
                 f"{self.path} needs a schema upgrade; open it once for writing "
                 "(for example 'imgmatch stats') first")
-        if version == 0 and self._has_foreign_tables():
-            raise CatalogError(f"{self.path} is an SQLite file, but not an imgmatch catalog")
         for number, (name, sql) in enumerate(MIGRATIONS[version:], start=version + 1):
             self.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -390,16 +397,21 @@ class Catalog:
         return result
 
     def _insert_links(self, links: Iterable[LinkRow]) -> int:
-        rows = [(min(k.a, k.b), max(k.a, k.b), k.score,
-                 json.dumps(k.distances, sort_keys=True), ",".join(k.agreed), k.transform)
-                for k in links if k.a != k.b]
-        before = self.conn.total_changes
-        self.conn.executemany(
-            "INSERT INTO links (a, b, score, distances, agreed, transform) "
-            "VALUES (?,?,?,?,?,?) ON CONFLICT(a, b) DO UPDATE SET score = excluded.score, "
-            "distances = excluded.distances, agreed = excluded.agreed, "
-            "transform = excluded.transform WHERE excluded.score > links.score", rows)
-        return self.conn.total_changes - before
+        """Insert links, one per pair (the best-scored); returns the new pairs."""
+        best: dict[tuple[int, int], LinkRow] = {}
+        for k in links:
+            pair = (min(k.a, k.b), max(k.a, k.b))
+            if k.a != k.b and (pair not in best or k.score > best[pair].score):
+                best[pair] = k
+        added = 0
+        for (a, b), k in best.items():
+            cur = self.conn.execute(
+                "INSERT INTO links (a, b, score, distances, agreed, transform) "
+                "VALUES (?,?,?,?,?,?) ON CONFLICT(a, b) DO NOTHING",
+                (a, b, k.score, json.dumps(k.distances, sort_keys=True), ",".join(k.agreed),
+                 k.transform))
+            added += cur.rowcount
+        return added
 
     # ------------------------------------------------------------------- reads
     def links(self) -> Iterator[tuple[int, int, float, dict, tuple[str, ...], str]]:

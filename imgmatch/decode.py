@@ -6,11 +6,11 @@ allow-list of formats is opened, the pixel count is checked *before* pixels
 are decoded (decompression bombs), and every failure becomes a named
 :class:`~imgmatch.errors.InputError` that the batch records and moves past.
 
-JPEGs are decoded with libjpeg's DCT scaling (``Image.draft``)
-at the smallest scale that keeps at least ``target`` pixels per side:
-PDQ needs about 512, so for typical ad photos this is close to a full decode,
-but for large photos it is several times faster. EXIF orientation is applied
-here, in one place, so every signal hashes what a viewer shows.
+JPEGs are decoded straight to grey with libjpeg's DCT scaling
+(``Image.draft``), at the smallest scale that keeps the longer side at least
+``target`` pixels: PDQ needs about 512, pHash and dHash far less, so the
+decode is sized by the signals asked for. EXIF orientation is applied here,
+in one place, so every signal hashes what a viewer shows.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import struct
 import warnings
+from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -33,19 +34,23 @@ _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b
 DEFAULT_MAX_PIXELS = 150_000_000
 #: Default ceiling on either side, so a 1 x 10^8 strip is refused too.
 DEFAULT_MAX_SIDE = 30_000
-#: Smallest side every signal is computed from (PDQ wants about 512).
+#: Longer side the decode keeps at least (PDQ wants about 512).
 DEFAULT_TARGET = 512
+#: Longer side of the thumbnail that pHash and dHash are computed from.
+THUMBNAIL_SIDE = 128
 
 
 class Decoded:
     """A decoded, oriented image ready for hashing (treat as immutable).
 
-    ``image`` is in mode RGB or L; its shorter side is at least ``target``
-    pixels when the original was that large (it may be a reduced decode).
+    ``image`` is in mode L (default) or RGB; its longer side is at least
+    ``target`` pixels when the original was that large (it may be a reduced
+    decode).
     ``width`` and ``height`` are the original's, after EXIF orientation.
     """
 
-    __slots__ = ("image", "width", "height", "format", "mode", "frames", "_luma", "_grey")
+    __slots__ = ("image", "width", "height", "format", "mode", "frames", "_luma", "_grey",
+                 "_redecode", "_thumbnail")
 
     def __init__(self, image: Image.Image, width: int, height: int, format: str,
                  mode: str, frames: int = 1) -> None:
@@ -57,6 +62,31 @@ class Decoded:
         self.frames = frames
         self._luma: np.ndarray | None = None
         self._grey: Image.Image | None = None
+        self._redecode: Callable[[], Decoded] | None = None
+        self._thumbnail: Decoded | None = None
+
+    def thumbnail(self) -> Decoded:
+        """A box-reduced copy with the longer side still >= THUMBNAIL_SIDE (cached).
+
+        Thumbnail hashes (pHash, dHash) resize to 32 px or less with Lanczos;
+        from a 4x larger image the result is the same to a bit or two, and
+        Lanczos over a 1000 px image costs more than the decode's last half.
+        """
+        if self._thumbnail is None:
+            factor = max(self.image.size) // THUMBNAIL_SIDE
+            if factor < 2:
+                self._thumbnail = self
+            else:
+                image = self.image.reduce(factor)
+                self._thumbnail = Decoded(image, self.width, self.height, self.format,
+                                          self.mode, self.frames)
+        return self._thumbnail
+
+    def in_colour(self) -> Decoded:
+        """The same image decoded in RGB (itself if it already is, or cannot be)."""
+        if self.image.mode == "RGB" or self._redecode is None:
+            return self
+        return self._redecode()
 
     @property
     def luma(self) -> np.ndarray:
@@ -81,6 +111,20 @@ class Decoded:
             return self
         image = self.image.transpose(op)
         return Decoded(image, image.size[0], image.size[1], self.format, self.mode, self.frames)
+
+    def resized(self, longer_side: int) -> Decoded:
+        """A box-filtered copy whose longer side is ``longer_side`` (or itself if smaller)."""
+        w, h = self.image.size
+        if max(w, h) <= longer_side:
+            return self
+        scale = longer_side / max(w, h)
+        image = self.image.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                  Image.Resampling.BOX)
+        out = Decoded(image, self.width, self.height, self.format, self.mode, self.frames)
+        if self._redecode is not None:
+            redecode = self._redecode
+            out._redecode = lambda: redecode().resized(longer_side)
+        return out
 
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -155,9 +199,12 @@ _HEIF_READY = False
 
 def decode(data: bytes, *, source: str | None = None, target: int = DEFAULT_TARGET,
            max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE,
-           frame: int = 0) -> Decoded:
-    """Decode ``data`` to an oriented grey image of at least ``target`` px a side.
+           frame: int = 0, colour: bool = False) -> Decoded:
+    """Decode ``data`` to an oriented image whose longer side is >= ``target`` px.
 
+    By default the result is grey (mode L): for JPEG that is libjpeg's own
+    luma, with no colour conversion, about twice as fast. ``colour=True``
+    gives RGB, for signals that need exact float luma or colour.
     Raises an :class:`~imgmatch.errors.InputError` subclass for anything that
     cannot be used; never returns a partial image.
     """
@@ -171,18 +218,35 @@ def decode(data: bytes, *, source: str | None = None, target: int = DEFAULT_TARG
         src_mode = img.mode
         header_size = img.size
         if fmt in ("JPEG", "MPO"):
-            img.draft("RGB" if src_mode == "YCbCr" else src_mode, (target, target))
+            draft_mode = "RGB" if colour or src_mode not in ("RGB", "L", "YCbCr") else "L"
+            img.draft(draft_mode if src_mode != "CMYK" else "CMYK",
+                      _draft_box(header_size, target))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
         pixels = _to_rgb_or_grey(img)
+        if not colour and pixels.mode != "L":
+            pixels = pixels.convert("L")
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error) as exc:
         raise DecodeError(f"cannot decode the image: {exc}", source=source) from None
     pixels = _reduce(pixels, target)
     if orientation in _TRANSPOSE:
         pixels = pixels.transpose(_TRANSPOSE[orientation])
     width, height = _oriented(header_size, orientation)
-    return Decoded(pixels, width, height, fmt, src_mode, frames)
+    decoded = Decoded(pixels, width, height, fmt, src_mode, frames)
+    if not colour:
+        decoded._redecode = lambda: decode(data, source=source, target=target,
+                                           max_pixels=max_pixels, max_side=max_side,
+                                           frame=frame, colour=True)
+    return decoded
+
+
+def _draft_box(size: tuple[int, int], target: int) -> tuple[int, int]:
+    """The size to ask ``draft`` for so that the longer side stays >= target."""
+    w, h = size
+    if w >= h:
+        return target, max(1, target * h // w)
+    return max(1, target * w // h), target
 
 
 def _oriented(size: tuple[int, int], orientation: int) -> tuple[int, int]:
@@ -240,12 +304,12 @@ def _to_rgb_or_grey(img: Image.Image) -> Image.Image:
 
 
 def _reduce(pixels: Image.Image, target: int) -> Image.Image:
-    """Shrink by an integer box factor while the shorter side stays >= target.
+    """Shrink by an integer box factor while the longer side stays >= target.
 
     Bounds the work (and the filter matrices) of every signal, the way
     ``draft`` does for JPEG, for formats without DCT scaling.
     """
-    factor = min(pixels.size) // target
+    factor = max(pixels.size) // target
     if factor >= 2:
         pixels = pixels.reduce(factor)
     return pixels

@@ -24,7 +24,7 @@ from .catalog import BatchResult, Catalog, ImageRow, LinkRow, SightingRow
 from .errors import InputError
 from .signals import HashValue
 from .sources import Item
-from .workers import DEFAULT_TIMEOUT, InlinePool, Job, ProcessPool
+from .workers import DEFAULT_TIMEOUT, InlinePool, Job, ProcessPool, single_threaded
 
 #: Images per write transaction, and the longest a result waits to be written.
 DEFAULT_BATCH = 256
@@ -119,6 +119,7 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
     started = time.monotonic()
     summary = IngestSummary()
     pool = ProcessPool(names, workers, timeout) if workers >= 1 else InlinePool(names)
+    limits = single_threaded()  # this process's FAISS and BLAS work is small and per batch
     waiting: dict[str, list[Item]] = {}   # digest -> items whose analysis is in flight
     pending_revisits: list[Item] = []      # resolved once everything else is written
     batch = _Batch()
@@ -198,6 +199,7 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
     finally:
         summary.workers_replaced = getattr(pool, "replaced", 0)
         pool.close()
+        limits.restore_original_limits()
         summary.seconds = time.monotonic() - started
     return summary
 

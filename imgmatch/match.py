@@ -73,7 +73,9 @@ def score_candidate(query: Mapping[str, Sequence[HashValue]],
         d, which = _distances(variants, value)
         distances[name] = d
         s = signal_score(d, sig.threshold)
-        usable = sig.usable(variants[0]) and sig.usable(sig.from_bytes(value, quality))
+        # a bare hash (a partner's PDQ) comes without its quality: trust it
+        query_ok = variants[0].quality is None or sig.usable(variants[0])
+        usable = query_ok and sig.usable(sig.from_bytes(value, quality))
         best_any = max(best_any, s)
         if usable:
             best_usable = max(best_usable, s)

@@ -165,18 +165,21 @@ def _clean(value):
 def parse_when(text: str) -> str | None:
     """ISO 8601 (or a bare date, or Unix seconds) -> 'YYYY-MM-DDTHH:MM:SSZ' in UTC."""
     text = text.strip()
-    if not text:
+    if not text or len(text) > 64:
         return None
-    if text.isdigit() and 9 <= len(text) <= 11:
-        return datetime.fromtimestamp(int(text), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    candidate = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
     try:
-        when = datetime.fromisoformat(candidate)
-    except ValueError:
+        if text.isascii() and text.isdigit() and 9 <= len(text) <= 11:
+            when = datetime.fromtimestamp(int(text), timezone.utc)
+        else:
+            candidate = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
+            when = datetime.fromisoformat(candidate)
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            when = when.astimezone(timezone.utc)
+    except (ValueError, OverflowError, OSError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (f"{when.year:04d}-{when.month:02d}-{when.day:02d}T"
+            f"{when.hour:02d}:{when.minute:02d}:{when.second:02d}Z")
 
 
 def _csv_rows(manifest: Path) -> Iterator[tuple[int, dict, str | None]]:
@@ -186,16 +189,25 @@ def _csv_rows(manifest: Path) -> Iterator[tuple[int, dict, str | None]]:
         raise ManifestError(f"cannot read manifest {manifest}: {exc}") from None
     with fh:
         reader = csv.DictReader(fh)
-        if not reader.fieldnames or not any(k in reader.fieldnames for k in PATH_KEYS):
+        try:
+            fieldnames = reader.fieldnames
+        except csv.Error as exc:
+            raise ManifestError(f"manifest {manifest} has an unreadable header: {exc}") from None
+        if not fieldnames or not any(k in fieldnames for k in PATH_KEYS):
             raise ManifestError(
                 f"manifest {manifest} needs a header row with a 'path' column "
-                f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})")
-        try:
-            for row in reader:
-                row.pop(None, None)  # cells beyond the header
-                yield reader.line_num, {k: v for k, v in row.items() if k}, None
-        except csv.Error as exc:
-            yield reader.line_num, {}, f"unreadable CSV row: {exc}"
+                f"(found: {', '.join(fieldnames or []) or 'nothing'})")
+        while True:
+            line_no = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # one bad row (say, an endless cell) costs that row
+                yield line_no, {}, f"unreadable CSV row: {exc}"
+                continue
+            row.pop(None, None)  # cells beyond the header
+            yield line_no, {k: v for k, v in row.items() if k}, None
 
 
 def _jsonl_rows(manifest: Path) -> Iterator[tuple[int, dict, str | None]]:

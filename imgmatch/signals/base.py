@@ -79,6 +79,8 @@ class SignalType(ABC):
     #: whether ``dihedral`` costs about as much as ``compute`` (then ingest
     #: uses the variants to link mirrored and rotated copies)
     cheap_dihedral: ClassVar[bool] = False
+    #: the longer side the decoded image needs for this signal
+    min_side: ClassVar[int] = 64
 
     @abstractmethod
     def compute(self, image: Decoded) -> HashValue:

@@ -2,9 +2,12 @@
 
 imagehash resizes with Lanczos to 32x32 (pHash) or 9x8 (dHash) and compares
 DCT coefficients with their median, or neighbours with each other. We do the
-same resizes through Pillow and replace scipy's DCT with one fixed matrix
-product, so no scipy import is paid at start-up. Bit order is imagehash's:
-the first coefficient is the most significant bit of the hex string.
+same resizes through Pillow, from the decoded image's thumbnail (longer side
+>= 128 px, see ``Decoded.thumbnail``), and replace scipy's DCT with one fixed
+matrix product, so no scipy import is paid at start-up. The values equal
+``imagehash.phash(thumbnail)`` exactly, and imagehash on a full decode of the
+file to a bit or two (docs/benchmarks.md). Bit order is imagehash's: the
+first coefficient is the most significant bit of the hex string.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class PHash(SignalType):
     cheap_dihedral = True
 
     def _low(self, image: Decoded) -> tuple[np.ndarray, int]:
-        pixels = np.asarray(image.grey.resize((32, 32), Image.Resampling.LANCZOS),
+        pixels = np.asarray(image.thumbnail().grey.resize((32, 32), Image.Resampling.LANCZOS),
                             dtype=np.float64)
         return _PHASH_DCT @ pixels @ _PHASH_DCT.T, _flatness(pixels)
 
@@ -70,7 +73,7 @@ class DHash(SignalType):
     description = "imagehash's dHash: left-right gradient signs of a 9x8 thumbnail"
 
     def compute(self, image: Decoded) -> HashValue:
-        pixels = np.asarray(image.grey.resize((9, 8), Image.Resampling.LANCZOS),
+        pixels = np.asarray(image.thumbnail().grey.resize((9, 8), Image.Resampling.LANCZOS),
                             dtype=np.int16)
         return HashValue(self.name, pack_bits(pixels[:, 1:] > pixels[:, :-1]),
                          _flatness(pixels))

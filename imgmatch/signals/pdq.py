@@ -32,28 +32,36 @@ PDQ_THRESHOLD = 31
 PDQ_MIN_QUALITY = 50
 #: Images smaller than this on a side get an all-zero hash of quality 0.
 MIN_HASHABLE_SIDE = 5
+#: PDQ is computed on the image scaled so its longer side is this, as Meta's
+#: Python reference does; the filter matrices stay small.
+WORKING_SIDE = 512
 
 _WINDOW_DIVISOR = 128
 
 
-def _box_matrix(n: int, window: int) -> np.ndarray:
-    """Meta's 1-D box filter (shrinking windows at the edges) as an n x n matrix."""
-    half = (window + 2) // 2
-    out = np.zeros((n, n), dtype=np.float64)
-    for o in range(n):
-        lo = max(0, o - (window - half))
-        hi = min(n - 1, o + half - 1)
-        out[o, lo:hi + 1] = 1.0 / (hi - lo + 1)
-    return out
-
-
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=256)
 def _downsample_matrix(n: int) -> np.ndarray:
-    """64 x n: two box passes along one axis, then sampling at 64 cell centres."""
+    """64 x n: two passes of Meta's box filter along one axis, sampled at 64 cell centres.
+
+    Meta's 1-D box filter averages ``in[o - (w - h) .. o + h - 1]`` (h = (w+2)//2,
+    windows shrinking at the edges). Row i of the matrix is the box of the
+    sample point ``p`` applied to the boxes of its neighbours: built from
+    difference arrays in O(64 x window) steps, not as an n x n product.
+    """
     window = (n + _WINDOW_DIVISOR - 1) // _WINDOW_DIVISOR
-    box = _box_matrix(n, window)
+    half = (window + 2) // 2
+    o = np.arange(n)
+    lo = np.maximum(0, o - (window - half))
+    hi = np.minimum(n - 1, o + half - 1)
+    count = hi - lo + 1
     picks = ((np.arange(64) + 0.5) * n / 64).astype(np.int64)
-    return np.ascontiguousarray((box[picks] @ box).astype(np.float32))
+    diff = np.zeros((64, n + 1), dtype=np.float64)
+    for i, p in enumerate(picks):
+        members = np.arange(lo[p], hi[p] + 1)
+        weights = 1.0 / (count[p] * count[members])
+        np.add.at(diff[i], lo[members], weights)
+        np.add.at(diff[i], hi[members] + 1, -weights)
+    return np.ascontiguousarray(np.cumsum(diff, axis=1)[:, :n].astype(np.float32))
 
 
 def _dct_matrix() -> np.ndarray:
@@ -95,12 +103,25 @@ class PDQ(SignalType):
     name = "pdq"
     bits = 256
     cheap_dihedral = True
+    min_side = WORKING_SIDE
     threshold = PDQ_THRESHOLD
     min_quality = PDQ_MIN_QUALITY
     description = "Meta's PDQ, 256 bits with a 0-100 quality score"
 
     def _dct_and_quality(self, image: Decoded) -> tuple[np.ndarray | None, int]:
-        luma = image.luma
+        image = image.resized(WORKING_SIDE)
+        coeffs, q = self._from_luma(image.luma)
+        if q < PDQ_MIN_QUALITY and image.image.mode == "L":
+            # On flat images the 8-bit rounding of a grey decode moves many
+            # bits; Meta's float luma from RGB stays within a few of its
+            # reference. Rare (plain images), so decode again in colour.
+            coloured = image.in_colour()
+            if coloured is not image:
+                coeffs, q = self._from_luma(coloured.luma)
+        return coeffs, q
+
+    @staticmethod
+    def _from_luma(luma: np.ndarray) -> tuple[np.ndarray | None, int]:
         if min(luma.shape) < MIN_HASHABLE_SIDE:
             return None, 0
         buf = downsample64(luma)

@@ -1,0 +1,164 @@
+"""Ingest throughput, side by side with its baselines, in one run.
+
+Each measurement is a fresh process (so interpreter start-up and imports
+count), pinned to one core unless it is the two-core run:
+
+- naive: ``imagehash.phash(Image.open(path))`` in a loop;
+- floor-512 / floor-64: Pillow opening each file with ``draft('L', (512, 512))``
+  or ``(64, 64)`` and decoding it, nothing else (the decode floors);
+- imgmatch default: ``imgmatch ingest`` with its default signals (PDQ, pHash,
+  dHash, SHA-256) into a fresh collection, catalog writes and linking included;
+- imgmatch hash-only: the same with ``--signals phash,dhash``;
+- imgmatch default on two cores (two workers).
+
+Every mode runs ``--repeat`` times per set, interleaved, and the fastest run
+counts (the machine is shared; the fastest run is the least disturbed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import DATA, bench_photos, ensure_ad_sized, ensure_dev_corpus  # noqa: E402
+
+NAIVE = """
+import sys
+from PIL import Image
+import imagehash
+for line in open(sys.argv[1]):
+    imagehash.phash(Image.open(line.rstrip("\\n")))
+"""
+
+FLOOR = """
+import sys
+from PIL import Image
+side = int(sys.argv[2])
+for line in open(sys.argv[1]):
+    im = Image.open(line.rstrip("\\n"))
+    im.draft("L", (side, side))
+    im.load()
+"""
+
+
+def measure(cmd: list[str], cpus: set[int]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB of the largest process) of one command."""
+    probe = [sys.executable, "-c", (
+        "import os, resource, subprocess, sys, time\n"
+        f"os.sched_setaffinity(0, {sorted(cpus)!r})\n"
+        "t = time.perf_counter()\n"
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )] + cmd
+    out = subprocess.run(probe, check=True, capture_output=True, text=True).stdout.split()
+    return float(out[0]), float(out[1]) / 1024
+
+
+def modes(listfile: Path, jsonl: Path, db: Path) -> dict[str, tuple[list[str], set]]:
+    py = sys.executable
+    ingest = [py, "-m", "imgmatch.cli", "--db", str(db), "ingest", "--quiet", "--json",
+              "--jsonl", str(jsonl)]
+    return {
+        "naive imagehash.phash loop": ([py, "-c", NAIVE, str(listfile)], {0}),
+        "decode floor draft 512": ([py, "-c", FLOOR, str(listfile), "512"], {0}),
+        "decode floor draft 64": ([py, "-c", FLOOR, str(listfile), "64"], {0}),
+        "imgmatch default, 1 core": (ingest + ["--workers", "1"], {0}),
+        "imgmatch phash,dhash, 1 core": (ingest + ["--workers", "1", "--signals",
+                                                    "phash,dhash"], {0}),
+        "imgmatch default, 2 cores": (ingest + ["--workers", "2"], {0, 1}),
+    }
+
+
+def run_set(name: str, files: list[Path], repeat: int) -> list[dict]:
+    work = Path(tempfile.mkdtemp(prefix="imgmatch-bench-"))
+    try:
+        listfile = work / "files.txt"
+        listfile.write_text("".join(f"{p}\n" for p in files))
+        jsonl = work / "files.jsonl"
+        jsonl.write_text("".join(json.dumps({"path": str(p)}) + "\n" for p in files))
+        best: dict[str, tuple[float, float]] = {}
+        for round_no in range(repeat):
+            db = work / f"c{round_no}.db"
+            for mode, (cmd, cpus) in modes(listfile, jsonl, db).items():
+                if "ingest" in cmd:
+                    for leftover in work.glob("c*.db*"):
+                        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+                seconds, rss = measure(cmd, cpus)
+                if mode not in best or seconds < best[mode][0]:
+                    best[mode] = (seconds, rss)
+                print(f"  [{name}] round {round_no + 1}: {mode}: {seconds:.2f} s",
+                      file=sys.stderr)
+        rows = []
+        for mode, (seconds, rss) in best.items():
+            rows.append({"set": name, "mode": mode, "images": len(files),
+                         "seconds": round(seconds, 3), "images_per_s": len(files) / seconds,
+                         "peak_rss_mb": round(rss, 1)})
+        return rows
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def ratios(rows: list[dict]) -> list[tuple[str, float, float, str]]:
+    """The issue's targets: (what, measured, target, verdict)."""
+    rate = {r["mode"]: r["images_per_s"] for r in rows}
+    checks = [
+        ("default / naive", rate["imgmatch default, 1 core"] / rate["naive imagehash.phash loop"],
+         1.5),
+        ("default / decode floor 512", rate["imgmatch default, 1 core"]
+         / rate["decode floor draft 512"], 0.4),
+        ("hash-only / naive", rate["imgmatch phash,dhash, 1 core"]
+         / rate["naive imagehash.phash loop"], 3.0),
+        ("hash-only / decode floor 64", rate["imgmatch phash,dhash, 1 core"]
+         / rate["decode floor draft 64"], 0.6),
+        ("2 cores / 1 core", rate["imgmatch default, 2 cores"] / rate["imgmatch default, 1 core"],
+         1.8),
+    ]
+    return [(what, value, target, "met" if value >= target else "NOT met")
+            for what, value, target in checks]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--ad-sized", type=int, default=600, help="how many ad-sized JPEGs")
+    parser.add_argument("--limit", type=int, default=0, help="use only the first N photos")
+    parser.add_argument("--md", type=Path, help="also write the Markdown table here")
+    args = parser.parse_args()
+    if len(os.sched_getaffinity(0)) < 2:
+        sys.exit("this benchmark needs two cores")
+    dev = ensure_dev_corpus()
+    sets = {
+        "shared bench photos": bench_photos(dev),
+        "ad-sized JPEGs 0.3-2 MP": sorted(ensure_ad_sized(dev, args.ad_sized).glob("*.jpg")),
+    }
+    lines = ["| set | mode | images | seconds | images/s | peak RSS (MB) |",
+             "|---|---|---|---|---|---|"]
+    checks = []
+    for name, files in sets.items():
+        if args.limit:
+            files = files[:args.limit]
+        rows = run_set(name, files, args.repeat)
+        for r in rows:
+            lines.append(f"| {r['set']} | {r['mode']} | {r['images']} | {r['seconds']:.2f} | "
+                         f"{r['images_per_s']:.0f} | {r['peak_rss_mb']:.0f} |")
+        checks += [(name,) + c for c in ratios(rows)]
+    lines += ["", "| set | ratio | measured | target | |", "|---|---|---|---|---|"]
+    lines += [f"| {s} | {what} | {value:.2f} | >= {target} | {verdict} |"
+              for s, what, value, target, verdict in checks]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.md:
+        args.md.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

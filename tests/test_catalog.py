@@ -1,0 +1,220 @@
+"""The SQLite catalog: versioned schema, refusing foreign or future files, atomic batches."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from imgmatch.catalog import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Catalog,
+    ImageRow,
+    SignalRow,
+    SightingRow,
+)
+from imgmatch.errors import CatalogError, ImgmatchError
+
+
+def image_row(seed: str) -> ImageRow:
+    sha = hashlib.sha256(seed.encode()).hexdigest()
+    return ImageRow(sha256=sha, size_bytes=100, width=10, height=10, format="JPEG", mode="RGB",
+                    frames=1, signals=(SignalRow("phash", 1, bytes(8), 80),))
+
+
+def counts(path: Path) -> dict[str, int]:
+    with Catalog.open(path, readonly=True) as catalog:
+        return catalog.counts()
+
+
+def test_new_catalog_records_its_schema_version(tmp_path):
+    path = tmp_path / "c.db"
+    Catalog.open(path).close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        rows = conn.execute("SELECT version, name, applied_at FROM migrations "
+                            "ORDER BY version").fetchall()
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master "
+                                             "WHERE type = 'table'")}
+    finally:
+        conn.close()
+    assert SCHEMA_VERSION == len(MIGRATIONS) >= 1
+    assert [r[0] for r in rows] == list(range(1, SCHEMA_VERSION + 1))
+    assert [r[1] for r in rows] == [name for name, _ in MIGRATIONS]
+    assert all(r[2].endswith("Z") for r in rows)
+    assert {"images", "signals", "sightings", "links", "failures", "runs", "meta",
+            "migrations"} <= tables
+
+
+def test_reopening_keeps_the_collection_id_and_migrations(tmp_path):
+    path = tmp_path / "c.db"
+    with Catalog.open(path) as catalog:
+        cid = catalog.collection_id
+    with Catalog.open(path) as catalog:
+        assert catalog.collection_id == cid
+        n = catalog.conn.execute("SELECT count(*) FROM migrations").fetchone()[0]
+    assert n == SCHEMA_VERSION
+    with Catalog.open(tmp_path / "other.db") as other:
+        assert other.collection_id != cid
+    assert len(cid) == 32
+
+
+def test_foreign_sqlite_file_is_refused(tmp_path):
+    path = tmp_path / "foreign.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE foo (x INTEGER)")
+    conn.execute("INSERT INTO foo VALUES (1)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(CatalogError, match="not an imgmatch catalog"):
+        Catalog.open(path)
+    # and nothing was added to it
+    conn = sqlite3.connect(path)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master "
+                                             "WHERE type = 'table'")}
+        assert tables == {"foo"}
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+    finally:
+        conn.close()
+    with pytest.raises(CatalogError):
+        Catalog.open(path, readonly=True)
+
+
+def test_foreign_sqlite_file_read_only_says_what_it_is(tmp_path):
+    path = tmp_path / "foreign.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE foo (x INTEGER)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(CatalogError, match="not an imgmatch catalog"):
+        Catalog.open(path, readonly=True)
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_garbage_file_is_refused(tmp_path, readonly):
+    path = tmp_path / "garbage.db"
+    junk = bytes(range(256)) * 64
+    path.write_bytes(junk)
+    with pytest.raises(CatalogError, match="not an imgmatch catalog"):
+        Catalog.open(path, readonly=readonly)
+    assert path.read_bytes() == junk
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_catalog_from_a_newer_imgmatch_is_refused(tmp_path, readonly):
+    path = tmp_path / "c.db"
+    Catalog.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(CatalogError, match="upgrade") as info:
+        Catalog.open(path, readonly=readonly)
+    assert str(SCHEMA_VERSION + 1) in str(info.value)
+
+
+def test_readonly_open_of_a_missing_file(tmp_path):
+    path = tmp_path / "nothing.db"
+    with pytest.raises(CatalogError, match="no collection"):
+        Catalog.open(path, readonly=True)
+    assert not path.exists()
+
+
+def test_catalog_error_is_an_imgmatch_error():
+    assert issubclass(CatalogError, ImgmatchError)
+
+
+def test_readonly_catalog_cannot_write(tmp_path):
+    path = tmp_path / "c.db"
+    Catalog.open(path).close()
+    with Catalog.open(path, readonly=True) as catalog:
+        with pytest.raises(sqlite3.OperationalError):
+            catalog.write_batch([image_row("a")], [], [], None)
+    assert counts(path)["images"] == 0
+
+
+def test_write_batch_counts_and_is_idempotent(tmp_path):
+    path = tmp_path / "c.db"
+    row = image_row("a")
+    sighting = SightingRow(platform="citylist", url="https://x.example/1", source="a.jpg")
+    with Catalog.open(path) as catalog:
+        first = catalog.write_batch([row], [(row.sha256, sighting)],
+                                    [("bad.jpg", "decode-error", "broken")], None)
+        assert (first.images_added, first.sightings_added, first.failures) == (1, 1, 1)
+        again = catalog.write_batch([row], [(row.sha256, sighting)],
+                                    [("bad.jpg", "decode-error", "still broken")], None)
+        assert (again.images_added, again.images_known) == (0, 1)
+        assert (again.sightings_added, again.sightings_known) == (0, 1)
+        assert catalog.counts()["failures"] == 1
+        assert catalog.failures()[0]["detail"] == "still broken"
+        image_id = catalog.image_id(row.sha256)
+        assert catalog.image_id(row.sha256.upper()) == image_id
+        assert catalog.signals_of([image_id]) == {image_id: {"phash": (bytes(8), 80)}}
+
+
+def test_write_batch_is_atomic(tmp_path):
+    path = tmp_path / "c.db"
+    good = image_row("good")
+    unknown = hashlib.sha256(b"never catalogued").hexdigest()
+    with Catalog.open(path) as catalog:
+        with pytest.raises(CatalogError, match=unknown):
+            catalog.write_batch(
+                [good],
+                [(good.sha256, SightingRow(platform="citylist")),
+                 (unknown, SightingRow(platform="nightads"))],
+                [("bad.jpg", "decode-error", "broken")], None)
+        assert catalog.counts() | {"runs": 0} == {
+            "images": 0, "sightings": 0, "platforms": 0, "failures": 0, "links": 0,
+            "runs": 0}
+        assert catalog.signal_counts() == {}
+        assert catalog.known_sha256([good.sha256]) == set()
+        # the connection is usable afterwards, and a good batch commits
+        result = catalog.write_batch([good], [(good.sha256, SightingRow(platform="x"))], [],
+                                     None)
+        assert (result.images_added, result.sightings_added) == (1, 1)
+    assert counts(path)["images"] == 1
+
+
+def test_write_batch_rolls_back_when_the_linker_fails(tmp_path):
+    path = tmp_path / "c.db"
+
+    def broken_linker(new_images):
+        raise RuntimeError("linker failed")
+
+    with Catalog.open(path) as catalog:
+        with pytest.raises(RuntimeError):
+            catalog.write_batch([image_row("a"), image_row("b")], [], [], None, broken_linker)
+    assert counts(path)["images"] == 0
+
+
+def test_sighting_clears_the_failure_of_its_source(tmp_path):
+    row = image_row("a")
+    with Catalog.open(tmp_path / "c.db") as catalog:
+        catalog.write_batch([], [], [("crawl/a.jpg", "decode-error", "broken"),
+                                     ("crawl/b.jpg", "empty-file", "empty")], None)
+        catalog.write_batch([row], [(row.sha256, SightingRow(source="crawl/a.jpg"))], [], None)
+        assert [f["source"] for f in catalog.failures()] == ["crawl/b.jpg"]
+
+
+def test_sighting_key_depends_on_metadata():
+    sha = "0" * 64
+    a = SightingRow(platform="citylist", url="u", extra={"phone": "1"})
+    assert a.key(sha) == SightingRow(platform="citylist", url="u", extra={"phone": "1"}).key(sha)
+    assert a.key(sha) != SightingRow(platform="citylist", url="u", extra={"phone": "2"}).key(sha)
+    assert a.key(sha) != SightingRow(platform="nightads", url="u", extra={"phone": "1"}).key(sha)
+    assert a.key(sha) != a.key("1" * 64)
+
+
+def test_runs_are_recorded(tmp_path):
+    with Catalog.open(tmp_path / "c.db") as catalog:
+        run_id = catalog.start_run("ingest", {"paths": ["x"]})
+        catalog.finish_run(run_id, "ok", {"files_seen": 3})
+        (run,) = catalog.last_runs()
+    assert (run["id"], run["command"], run["status"]) == (run_id, "ingest", "ok")
+    assert run["stats"] == {"files_seen": 3}
+    assert run["finished_at"] >= run["started_at"]

@@ -1,0 +1,399 @@
+"""Ingest: bad files become failure rows with reasons, manifests are checked row by
+row, metadata is normalised, and re-running or using worker processes changes
+nothing in the catalog."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import imgmatch
+from imgmatch.cli import main
+from imgmatch.sources import IMAGE_EXTENSIONS, iter_manifest, iter_paths
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+ORIGINALS = FIXTURES / "originals"
+MANIFEST = FIXTURES / "manifest.csv"
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------- bad inputs
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_bomb(side: int = 40_000) -> bytes:
+    """A valid, all-black 1-bit PNG of side x side pixels (under 1 MB on disk).
+
+    The same file as ``Image.new("1", (side, side)).save(...)``, written
+    directly because Pillow needs several seconds to encode 1.6 gigapixels.
+    """
+    row = bytes(1 + (side + 7) // 8)  # filter byte + packed bits
+    rows_per_block = 1000
+    z = zlib.compressobj(1)
+    body = b"".join(z.compress(row * rows_per_block) for _ in range(side // rows_per_block))
+    body += z.compress(row * (side % rows_per_block)) + z.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", body)
+            + _png_chunk(b"IEND", b""))
+
+
+def ico_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 20, 20)).save(out, format="ICO")
+    return out.getvalue()
+
+
+def gif_bytes() -> bytes:
+    frames = []
+    for i in range(3):
+        im = Image.new("RGB", (96, 96), (40 * i, 90, 200 - 40 * i))
+        im.paste((255, 255, 0), (10 + 20 * i, 10, 40 + 20 * i, 80))
+        frames.append(im)
+    out = io.BytesIO()
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:], duration=80,
+                   loop=0)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bad_files() -> dict[str, tuple[bytes, str]]:
+    """File name -> (content, the failure reason ingest must record)."""
+    jpeg = (ORIGINALS / "temple.jpg").read_bytes()
+    return {
+        "empty.jpg": (b"", "empty-file"),
+        "noise.jpg": (random.Random(7).randbytes(4096), "unsupported-format"),
+        "truncated.jpg": (jpeg[: len(jpeg) // 2], "decode-error"),
+        "words.png": (b"this is a text file, whatever its name says\n" * 20,
+                      "unsupported-format"),
+        "bomb.png": (png_bomb(), "too-large"),
+        "icon.jpg": (ico_bytes(), "unsupported-format"),
+    }
+
+
+def test_png_bomb_helper_is_a_real_png():
+    """The bomb builder writes a PNG Pillow decodes (checked on a small side)."""
+    im = Image.open(io.BytesIO(png_bomb(2500)))
+    im.load()
+    assert (im.format, im.mode, im.size) == ("PNG", "1", (2500, 2500))
+    assert im.getextrema() == (0, 0)
+
+
+@pytest.fixture
+def crawl(tmp_path, bad_files) -> Path:
+    """A folder of good images (one animated GIF, one in a subfolder), bad files, a text file."""
+    folder = tmp_path / "crawl"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(ORIGINALS / "cat.jpg", folder / "cat.jpg")
+    shutil.copy(ORIGINALS / "rocket.jpg", folder / "sub" / "rocket.jpg")
+    (folder / "anim.gif").write_bytes(gif_bytes())
+    (folder / "readme.txt").write_text("not picked up by the walk")
+    for name, (content, _) in bad_files.items():
+        (folder / name).write_bytes(content)
+    return folder
+
+
+GOOD = ("cat.jpg", "sub/rocket.jpg", "anim.gif")
+
+
+def expected_failures(folder: Path, bad_files) -> dict[str, str]:
+    return {str(folder / name): reason for name, (_, reason) in bad_files.items()}
+
+
+def test_bad_files_are_recorded_with_their_reasons(tmp_path, crawl, bad_files):
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        summary = collection.ingest(iter_paths([crawl]))
+        assert summary.files_seen == len(GOOD) + len(bad_files)
+        assert {source: reason for source, reason, _ in summary.failures} == \
+            expected_failures(crawl, bad_files)
+        assert all(detail for _, _, detail in summary.failures)
+        assert summary.images_added == len(GOOD)
+        assert summary.sightings_added == len(GOOD)
+        rows = collection.catalog.failures()
+        assert {r["source"]: r["reason"] for r in rows} == expected_failures(crawl, bad_files)
+        assert len(rows) == len(bad_files)
+        assert all(r["detail"] and r["run_id"] is not None for r in rows)
+        stats = collection.stats()
+        assert stats["failures"] == len(bad_files)
+        assert stats["failure_reasons"] == {"unsupported-format": 3, "empty-file": 1,
+                                            "decode-error": 1, "too-large": 1}
+        for name in GOOD:
+            info = collection.image(sha256_of((crawl / name).read_bytes()))
+            assert [s["source"] for s in info["sightings"]] == [str(crawl / name)]
+
+
+def test_animated_gif_is_catalogued_with_its_frames(tmp_path, crawl):
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        collection.ingest(iter_paths([crawl / "anim.gif"]))
+        info = collection.image(sha256_of((crawl / "anim.gif").read_bytes()))
+    assert (info["format"], info["frames"], info["width"], info["height"]) == ("GIF", 3, 96, 96)
+    assert set(info["signals"]) == {"pdq", "phash", "dhash"}
+
+
+def test_rerun_records_no_duplicate_failures(tmp_path, crawl, bad_files):
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        collection.ingest(iter_paths([crawl]))
+        first = collection.catalog.failures()
+        again = collection.ingest(iter_paths([crawl]))
+        assert again.images_added == 0
+        assert again.sightings_added == 0
+        assert again.sightings_known == len(GOOD)
+        assert len(again.failures) == len(bad_files)  # still reported on every run
+        rows = collection.catalog.failures()
+        assert len(rows) == len(first) == len(bad_files)
+        assert {r["source"] for r in rows} == {r["source"] for r in first}
+        assert collection.stats()["images"] == len(GOOD)
+
+
+def test_replaced_file_clears_its_failure(tmp_path, crawl, bad_files):
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        collection.ingest(iter_paths([crawl]))
+        fixed = crawl / "truncated.jpg"
+        shutil.copy(ORIGINALS / "temple.jpg", fixed)
+        summary = collection.ingest(iter_paths([crawl]))
+        assert summary.images_added == 1
+        assert str(fixed) not in {source for source, _, _ in summary.failures}
+        rows = {r["source"]: r["reason"] for r in collection.catalog.failures()}
+    expected = expected_failures(crawl, bad_files)
+    del expected[str(fixed)]
+    assert rows == expected
+
+
+def test_cli_exits_1_for_a_folder_with_bad_files(tmp_path, crawl, bad_files, capsys):
+    code = main(["--db", str(tmp_path / "c.db"), "ingest", str(crawl), "--json"])
+    out, _ = capsys.readouterr()
+    assert code == 1
+    summary = json.loads(out)
+    assert summary["failed"] == len(bad_files)
+    assert summary["images_added"] == len(GOOD)
+    assert summary["failure_reasons"] == {"unsupported-format": 3, "empty-file": 1,
+                                          "decode-error": 1, "too-large": 1}
+    assert {f["source"]: f["reason"] for f in summary["failures"]} == \
+        expected_failures(crawl, bad_files)
+
+
+def test_cli_human_summary_lists_failures(tmp_path, crawl, capsys):
+    code = main(["--db", str(tmp_path / "c.db"), "ingest", str(crawl)])
+    out, _ = capsys.readouterr()
+    assert code == 1
+    assert "too-large" in out and str(crawl / "bomb.png") in out
+
+
+def test_good_folder_exits_0(tmp_path, capsys):
+    folder = tmp_path / "ok"
+    folder.mkdir()
+    shutil.copy(ORIGINALS / "cat.jpg", folder / "a.jpg")
+    code = main(["--db", str(tmp_path / "c.db"), "ingest", str(folder), "--json"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["failed"] == 0
+
+
+def test_missing_path_argument_is_a_failure_not_a_crash(tmp_path):
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        summary = collection.ingest(iter_paths([tmp_path / "nope.jpg", ORIGINALS / "cat.jpg"]))
+        assert [(s, r) for s, r, _ in summary.failures] == [
+            (str(tmp_path / "nope.jpg"), "missing-file")]
+        assert summary.images_added == 1
+
+
+# ---------------------------------------------------------------- manifests
+@pytest.fixture
+def case(tmp_path) -> Path:
+    """case/ holds images and manifests; ../outside.jpg lies outside it."""
+    root = tmp_path / "case"
+    (root / "img").mkdir(parents=True)
+    shutil.copy(ORIGINALS / "rocket.jpg", root / "img" / "good.jpg")
+    shutil.copy(ORIGINALS / "coffee.jpg", root / "good2.jpg")
+    shutil.copy(ORIGINALS / "cat.jpg", tmp_path / "outside.jpg")
+    os.symlink(tmp_path / "outside.jpg", root / "link.jpg")
+    return root
+
+
+def test_csv_manifest_refuses_unsafe_and_missing_rows(tmp_path, case):
+    outside = tmp_path / "outside.jpg"
+    manifest = case / "manifest.csv"
+    manifest.write_text(
+        "path,platform,url,phone\n"
+        "img/good.jpg,citylist,https://a.example/1,555-0100\n"   # line 2
+        "../outside.jpg,citylist,https://a.example/2,\n"          # line 3
+        f"{outside},citylist,https://a.example/3,\n"               # line 4
+        "link.jpg,citylist,https://a.example/4,\n"                 # line 5
+        "missing.jpg,citylist,https://a.example/5,\n"              # line 6
+        "good2.jpg,nightads,https://a.example/6,\n",               # line 7
+        encoding="utf-8")
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        summary = collection.ingest(iter_manifest(manifest))
+        assert summary.files_seen == 6
+        assert summary.images_added == 2
+        assert summary.sightings_added == 2
+        failures = {source: (reason, detail) for source, reason, detail in summary.failures}
+        assert len(failures) == 4
+        expected = {3: "unsafe-path", 4: "unsafe-path", 5: "unsafe-path", 6: "missing-file"}
+        for line, reason in expected.items():
+            label = f"{manifest}:{line}"
+            hits = [(r, s, d) for s, (r, d) in failures.items() if label in s or label in d]
+            assert len(hits) == 1, (label, failures)
+            assert hits[0][0] == reason
+        assert {r["reason"] for r in collection.catalog.failures()} == {"unsafe-path",
+                                                                        "missing-file"}
+        # the file outside the folder was never read into the catalog
+        assert collection.catalog.image_id(sha256_of(outside.read_bytes())) is None
+        good = collection.image(sha256_of((case / "img" / "good.jpg").read_bytes()))
+        (sighting,) = good["sightings"]
+        assert sighting["platform"] == "citylist"
+        assert sighting["url"] == "https://a.example/1"
+        assert sighting["extra"] == {"phone": "555-0100"}
+        assert sighting["source"] == str(case / "img" / "good.jpg")
+        good2 = collection.image(sha256_of((case / "good2.jpg").read_bytes()))
+        assert [s["platform"] for s in good2["sightings"]] == ["nightads"]
+
+
+def test_manifest_platform_option_fills_missing_platforms(tmp_path, case):
+    manifest = case / "m.csv"
+    manifest.write_text("path,platform\nimg/good.jpg,\ngood2.jpg,jobboard\n", encoding="utf-8")
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        collection.ingest(iter_manifest(manifest, platform="citylist"))
+        platforms = {s["platform"] for name in ("img/good.jpg", "good2.jpg")
+                     for s in collection.image(sha256_of((case / name).read_bytes()))
+                     ["sightings"]}
+    assert platforms == {"citylist", "jobboard"}
+
+
+def test_jsonl_manifest_rows_extra_and_dates(tmp_path, case):
+    manifest = case / "m.jsonl"
+    rows = [
+        json.dumps({"path": "img/good.jpg", "platform": "jobboard",
+                    "posted_at": "2024-03-09 21:14", "collected_at": "1700000000",
+                    "caption": "hi there", "extra": {"lang": "en", "views": 3}}),
+        "{not json",
+        json.dumps({"path": "good2.jpg", "platform": "citylist", "posted_at": "last tuesday",
+                    "collected_at": 1700000000}),
+        "",
+        json.dumps([1, 2]),
+        json.dumps({"file": "good2.jpg", "platform": "nightads",
+                    "posted_at": "2024-03-09T21:14:00+02:00"}),
+    ]
+    manifest.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        summary = collection.ingest(iter_manifest(manifest))
+        assert summary.sightings_added == 3
+        failures = sorted((s, r) for s, r, _ in summary.failures)
+        assert failures == [(f"{manifest}:2", "input-error"), (f"{manifest}:5", "input-error")]
+        good = collection.image(sha256_of((case / "img" / "good.jpg").read_bytes()))
+        (s,) = good["sightings"]
+        assert s["platform"] == "jobboard"
+        assert s["posted_at"] == "2024-03-09T21:14:00Z"
+        assert s["collected_at"] == "2023-11-14T22:13:20Z"
+        assert s["extra"] == {"caption": "hi there", "lang": "en", "views": 3}
+        good2 = collection.image(sha256_of((case / "good2.jpg").read_bytes()))
+        by_platform = {s["platform"]: s for s in good2["sightings"]}
+        assert set(by_platform) == {"citylist", "nightads"}
+        assert by_platform["citylist"]["posted_at"] is None
+        assert by_platform["citylist"]["extra"] == {"posted_at_raw": "last tuesday"}
+        assert by_platform["citylist"]["collected_at"] == "2023-11-14T22:13:20Z"
+        assert by_platform["nightads"]["posted_at"] == "2024-03-09T19:14:00Z"
+
+
+def test_hostile_date_does_not_abort_the_ingest(tmp_path, case):
+    manifest = case / "m.csv"
+    manifest.write_text("path,platform,posted_at\n"
+                        "img/good.jpg,citylist,0001-01-01T00:00:00+01:00\n"
+                        "good2.jpg,citylist,2024-01-01\n", encoding="utf-8")
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        summary = collection.ingest(iter_manifest(manifest))
+    assert summary.sightings_added == 2
+
+
+def test_oversized_csv_cell_costs_only_its_row(tmp_path, case):
+    manifest = case / "m.csv"
+    manifest.write_text("path,platform,caption\n"
+                        "img/good.jpg,citylist,short\n"
+                        f"img/good.jpg,nightads,{'z' * 200_000}\n"
+                        "good2.jpg,jobboard,fine\n", encoding="utf-8")
+    items = list(iter_manifest(manifest))
+    assert [i.source.rsplit(":", 1)[-1] for i in items if i.error is not None] == ["3"]
+    assert sum(i.error is None for i in items) == 2
+
+
+# ---------------------------------------------------- workers and idempotence
+def catalog_contents(collection) -> dict[str, set]:
+    q = collection.catalog.conn.execute
+    return {
+        "signals": set(q("SELECT i.sha256, s.signal, s.value FROM signals s "
+                         "JOIN images i ON i.id = s.image_id")),
+        "images": set(q("SELECT sha256, size_bytes, width, height, format, frames "
+                        "FROM images")),
+        "sightings": set(q("SELECT i.sha256, s.platform, s.url, s.posted_at, s.source, s.extra "
+                           "FROM sightings s JOIN images i ON i.id = s.image_id")),
+        "links": set(q("SELECT ia.sha256, ib.sha256 FROM links l JOIN images ia ON ia.id = l.a "
+                       "JOIN images ib ON ib.id = l.b")),
+    }
+
+
+@pytest.fixture(scope="module")
+def default_contents(tmp_path_factory) -> dict[str, set]:
+    db = tmp_path_factory.mktemp("default") / "c.db"
+    with imgmatch.Collection.open(db) as collection:
+        collection.ingest(iter_manifest(MANIFEST))
+        return catalog_contents(collection)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_worker_processes_store_the_same_catalog(tmp_path, default_contents, workers):
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        summary = collection.ingest(iter_manifest(MANIFEST), workers=workers)
+        assert (summary.images_added, summary.sightings_added) == (20, 22)
+        contents = catalog_contents(collection)
+    assert len(contents["signals"]) == 60
+    for key in ("signals", "images", "sightings"):
+        assert contents[key] == default_contents[key], key
+    # links join the same pictures whichever process hashed them
+    unordered = {frozenset(pair) for pair in contents["links"]}
+    assert unordered == {frozenset(pair) for pair in default_contents["links"]}
+
+
+def test_ingesting_the_same_tree_twice_changes_nothing(tmp_path):
+    walked = sorted(p for p in FIXTURES.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    distinct = {sha256_of(p.read_bytes()) for p in walked}
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        first = collection.ingest(iter_paths([FIXTURES]))
+        assert first.files_seen == len(walked)
+        assert first.failures == []
+        counts = collection.catalog.counts()
+        assert counts["images"] == len(distinct)
+        assert counts["sightings"] == len(walked)
+        before = catalog_contents(collection)
+        second = collection.ingest(iter_paths([FIXTURES]))
+        assert second.images_added == 0
+        assert second.sightings_added == 0
+        assert second.sightings_known == len(walked)
+        assert second.links_added == 0
+        after = collection.catalog.counts()
+        assert {k: after[k] for k in ("images", "sightings", "links", "failures")} == \
+            {k: counts[k] for k in ("images", "sightings", "links", "failures")}
+        assert catalog_contents(collection) == before
+
+
+def test_reopened_collection_is_idempotent_too(tmp_path):
+    db = tmp_path / "c.db"
+    for expected_added in (2, 0):
+        with imgmatch.Collection.open(db) as collection:
+            summary = collection.ingest(iter_paths([ORIGINALS / "cat.jpg",
+                                                    ORIGINALS / "rocket.jpg"]))
+            assert summary.images_added == expected_added
+            assert summary.sightings_added == expected_added
+    with imgmatch.Collection.open(db, readonly=True) as collection:
+        assert collection.stats()["sightings"] == 2
