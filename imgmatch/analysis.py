@@ -25,8 +25,8 @@ class Analysis:
     image: ImageRow | None = None
     reason: str | None = None
     detail: str | None = None
-    #: per signal, the values of the image's rotations and mirrors where they
-    #: are cheap (identity first), else the value alone; used for linking
+    #: per signal, the values of the image and of its mirror (and rotations,
+    #: where they are cheap), identity first: what linking searches with
     variants: dict[str, list[HashValue]] = field(default_factory=dict)
 
 
@@ -37,11 +37,7 @@ def analyse(data: bytes, signal_names: Sequence[str], source: str | None = None,
     try:
         target = max(registry.get(name).min_side for name in signal_names)
         decoded = decode(data, source=source, target=target)
-        variants = {}
-        for name in signal_names:
-            sig = registry.get(name)
-            variants[name] = sig.dihedral(decoded) if sig.cheap_dihedral \
-                else [sig.compute(decoded)]
+        variants = {name: registry.get(name).link_variants(decoded) for name in signal_names}
     except InputError as exc:
         return Analysis(digest, reason=exc.reason, detail=exc.detail)
     except MemoryError:

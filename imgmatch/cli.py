@@ -22,6 +22,7 @@ import click
 from . import signals as registry
 from .collection import Collection, default_db_path, hash_bytes
 from .errors import ImgmatchError, InputError
+from .ingest import DEFAULT_BATCH
 from .match import MATCH_SCORE
 from .report import FORMATS
 from .report.csvfmt import write_csv
@@ -73,13 +74,15 @@ ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
               "(0: in this process, without crash isolation).")
 @click.option("--timeout", type=click.FloatRange(0.1), default=DEFAULT_TIMEOUT,
               show_default=True, help="Seconds one file may take before it is given up.")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=DEFAULT_BATCH,
+              show_default=True, help="Images per catalog transaction.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.pass_obj
 def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl,
            scrapy_items: Path | None, scrapy_store: Path | None, platform: str | None,
-           signal_list: str | None, workers: int, timeout: float, quiet: bool,
-           as_json: bool) -> int:
+           signal_list: str | None, workers: int, timeout: float, batch_size: int,
+           quiet: bool, as_json: bool) -> int:
     """Catalogue images from files, folders (recursive), manifests, WARC/ARC files,
     JSON lines and Scrapy output. Files ending .warc, .warc.gz, .arc or .arc.gz
     are read as web archives."""
@@ -113,7 +116,7 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
         try:
             summary = collection.ingest(
                 items(), signals=names, workers=workers, timeout=timeout,
-                on_progress=on_progress,
+                batch_size=batch_size, on_progress=on_progress,
                 args={"paths": [str(p) for p in paths], "manifests": [str(m) for m in manifests],
                       "platform": platform, "signals": list(names)})
         finally:

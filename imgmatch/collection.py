@@ -20,7 +20,7 @@ from .cluster import build_clusters
 from .decode import decode
 from .errors import ImgmatchError, IndexFileError
 from .index import BinaryIndex
-from .ingest import IngestSummary, analyse, ingest
+from .ingest import DEFAULT_BATCH, IngestSummary, analyse, ingest
 from .match import MATCH_SCORE, IndexLinker, find_matches
 from .model import Cluster, Match
 from .signals import HashValue
@@ -125,7 +125,7 @@ class Collection:
     def ingest(self, items: Iterable[Item], *,
                signals: Sequence[str] = registry.DEFAULT_SIGNALS, workers: int = 0,
                command: str = "ingest", args: dict | None = None, timeout: float = 60.0,
-               on_progress=None) -> IngestSummary:
+               batch_size: int = DEFAULT_BATCH, on_progress=None) -> IngestSummary:
         """Catalogue items, link new images to their near-duplicates, save indexes."""
         indexes = self.indexes
         for name in signals:
@@ -138,7 +138,8 @@ class Collection:
         try:
             summary = ingest(self.catalog, items, signal_names=signals, workers=workers,
                              run_id=run_id, linker=IndexLinker(self.catalog, indexes),
-                             timeout=timeout, on_progress=on_progress)
+                             timeout=timeout, batch_size=batch_size,
+                             on_progress=on_progress)
             status = "partial" if summary.failures else "ok"
         finally:
             self.save_indexes()

@@ -37,7 +37,7 @@ DEFAULT_MAX_SIDE = 30_000
 #: Longer side the decode keeps at least (PDQ wants about 512).
 DEFAULT_TARGET = 512
 #: Longer side of the thumbnail that pHash and dHash are computed from.
-THUMBNAIL_SIDE = 128
+THUMBNAIL_SIDE = 256
 
 
 class Decoded:
@@ -69,8 +69,9 @@ class Decoded:
         """A box-reduced copy with the longer side still >= THUMBNAIL_SIDE (cached).
 
         Thumbnail hashes (pHash, dHash) resize to 32 px or less with Lanczos;
-        from a 4x larger image the result is the same to a bit or two, and
-        Lanczos over a 1000 px image costs more than the decode's last half.
+        from an 8x larger image the result is the same to a bit or two (from
+        128 px, dHash moved up to 7 bits on some photos), and Lanczos over a
+        1000 px image costs more than the decode's last half.
         """
         if self._thumbnail is None:
             factor = max(self.image.size) // THUMBNAIL_SIDE
@@ -110,7 +111,10 @@ class Decoded:
         if op is None:
             return self
         image = self.image.transpose(op)
-        return Decoded(image, image.size[0], image.size[1], self.format, self.mode, self.frames)
+        out = Decoded(image, image.size[0], image.size[1], self.format, self.mode, self.frames)
+        if self._thumbnail is not None and self._thumbnail is not self:
+            out._thumbnail = self._thumbnail.transposed(op)
+        return out
 
     def resized(self, longer_side: int) -> Decoded:
         """A box-filtered copy whose longer side is ``longer_side`` (or itself if smaller)."""

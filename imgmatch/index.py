@@ -123,7 +123,10 @@ class BinaryIndex:
             raise IndexFileError(f"index file {path} is missing") from None
         if hashlib.sha256(blob).hexdigest() != manifest.sha256:
             raise IndexFileError(f"{path} does not match its manifest (changed or damaged)")
-        index = faiss.deserialize_index_binary(np.frombuffer(blob, dtype=np.uint8))
+        try:
+            index = faiss.deserialize_index_binary(np.frombuffer(blob, dtype=np.uint8))
+        except RuntimeError as exc:
+            raise IndexFileError(f"{path} cannot be read: {exc}") from None
         if int(index.ntotal) != manifest.count:
             raise IndexFileError(f"{path} holds {index.ntotal} codes, its manifest says "
                                  f"{manifest.count}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
@@ -122,6 +123,8 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
     limits = single_threaded()  # this process's FAISS and BLAS work is small and per batch
     waiting: dict[str, list[Item]] = {}   # digest -> items whose analysis is in flight
     pending_revisits: list[Item] = []      # resolved once everything else is written
+    order: deque[str] = deque()            # submitted digests, in input order
+    finished: dict[str, Analysis] = {}     # results waiting for earlier ones
     batch = _Batch()
 
     def flush() -> None:
@@ -132,20 +135,29 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
                 on_progress(summary)
         batch = _Batch()
 
+    def release(digest: str, analysis: Analysis) -> None:
+        for item in waiting.pop(digest, []):
+            if analysis.image is None:
+                batch.failures.append((item.source, analysis.reason or "error",
+                                       analysis.detail or ""))
+            else:
+                batch.sightings.append((digest, item.sighting))
+                if item.payload_digest:
+                    batch.payload_digests.append((item.payload_digest, digest))
+        if analysis.image is not None:
+            batch.images.append(analysis.image)
+            batch.variants[digest] = analysis.variants
+            batch.digests.add(digest)
+
     def collect(timeout: float) -> None:
+        # Results are released in the order the files came, whatever order the
+        # workers finish in: image ids, and so which side of a pair is "newer"
+        # when links are found, do not depend on timing.
         for digest, analysis in pool.results(timeout):
-            for item in waiting.pop(digest, []):
-                if analysis.image is None:
-                    batch.failures.append((item.source, analysis.reason or "error",
-                                           analysis.detail or ""))
-                else:
-                    batch.sightings.append((digest, item.sighting))
-                    if item.payload_digest:
-                        batch.payload_digests.append((item.payload_digest, digest))
-            if analysis.image is not None:
-                batch.images.append(analysis.image)
-                batch.variants[digest] = analysis.variants
-                batch.digests.add(digest)
+            finished[digest] = analysis
+        while order and order[0] in finished:
+            digest = order.popleft()
+            release(digest, finished.pop(digest))
 
     try:
         for item in items:
@@ -175,6 +187,7 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
                     while not pool.has_capacity:
                         collect(0.05)
                     waiting[digest] = [item]
+                    order.append(digest)
                     pool.submit(Job(digest, data, item.source))
             collect(0.0)
             if len(batch) >= batch_size or time.monotonic() - batch.opened > FLUSH_SECONDS:

@@ -38,12 +38,13 @@ TRANSFORM_NAMES = ("identity", "mirror", "flip", "rotate-180", "transpose",
 
 
 def signal_score(distance: int, threshold: int) -> float:
-    return max(0.0, min(1.0, 1.0 - distance / (2.0 * threshold)))
+    """1 at distance 0, 0.5 at the threshold, 0 at twice it (a threshold of 0: exact only)."""
+    return max(0.0, min(1.0, 1.0 - distance / (2.0 * max(threshold, 0.5))))
 
 
 def radius_for(min_score: float, threshold: int) -> int:
     """Largest distance whose signal score is still >= min_score."""
-    return int(np.floor(2.0 * threshold * (1.0 - min_score) + 1e-9))
+    return int(np.floor(2.0 * max(threshold, 0.5) * (1.0 - min_score) + 1e-9))
 
 
 def _distances(variants: Sequence[HashValue], value: bytes) -> tuple[int, int]:
@@ -170,9 +171,9 @@ class IndexLinker:
             # one pass over each index for the whole batch: older images, then the batch
             for idx in (index, self._batch_index(name, new_images, variants)):
                 for owner, (ids, _) in zip(owners, idx.range_search(codes, threshold)):
-                    candidates[owner].update(int(i) for i in ids)
-        for image_id, found in candidates.items():
-            found.discard(image_id)
+                    # newer queries older only, so the links found do not depend
+                    # on where batches begin and end
+                    candidates[owner].update(int(i) for i in ids if i < owner)
         wanted = sorted(set().union(*candidates.values())) if candidates else []
         stored = self.catalog.signals_of(wanted)
         out: list[LinkRow] = []

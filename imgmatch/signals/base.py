@@ -9,6 +9,7 @@ exchange.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -17,6 +18,9 @@ import numpy as np
 
 from ..decode import Decoded
 from ..errors import SignalError
+
+
+_HEX = re.compile(r"[0-9a-f]+")
 
 
 @dataclass(frozen=True)
@@ -76,9 +80,6 @@ class SignalType(ABC):
     #: values below this quality are too plain to be evidence (None: no gate)
     min_quality: ClassVar[int | None] = None
     description: ClassVar[str] = ""
-    #: whether ``dihedral`` costs about as much as ``compute`` (then ingest
-    #: uses the variants to link mirrored and rotated copies)
-    cheap_dihedral: ClassVar[bool] = False
     #: the longer side the decoded image needs for this signal
     min_side: ClassVar[int] = 64
 
@@ -94,6 +95,15 @@ class SignalType(ABC):
         """
         return [self.compute(image.transposed(op)) for op in DIHEDRAL_OPS]
 
+    def link_variants(self, image: Decoded) -> list[HashValue]:
+        """The variants ingest searches with to link an image to older copies.
+
+        Identity first, in :data:`DIHEDRAL_OPS` order. By default the image
+        and its mirror (the common repost edit); signals whose 8 variants
+        come almost free from one computation return all of them.
+        """
+        return [self.compute(image), self.compute(image.transposed(DIHEDRAL_OPS[1]))]
+
     def dihedral_of_value(self, value: HashValue) -> list[HashValue]:
         """Dihedral variants from a bare value (no pixels); default: itself only."""
         return [value]
@@ -105,11 +115,9 @@ class SignalType(ABC):
         if len(text) != self.bits // 4:
             raise SignalError(
                 f"a {self.name} hash is {self.bits // 4} hex digits; got {len(text)}")
-        try:
-            data = bytes.fromhex(text)
-        except ValueError:
-            raise SignalError(f"not a hex string: {text[:80]!r}") from None
-        return HashValue(self.name, data)
+        if not _HEX.fullmatch(text):
+            raise SignalError(f"not a hex string: {text[:80]!r}")
+        return HashValue(self.name, bytes.fromhex(text))
 
     def from_bytes(self, data: bytes, quality: int | None = None) -> HashValue:
         if len(data) * 8 != self.bits:

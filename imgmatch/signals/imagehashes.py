@@ -3,7 +3,7 @@
 imagehash resizes with Lanczos to 32x32 (pHash) or 9x8 (dHash) and compares
 DCT coefficients with their median, or neighbours with each other. We do the
 same resizes through Pillow, from the decoded image's thumbnail (longer side
->= 128 px, see ``Decoded.thumbnail``), and replace scipy's DCT with one fixed
+>= 256 px, see ``Decoded.thumbnail``), and replace scipy's DCT with one fixed
 matrix product, so no scipy import is paid at start-up. The values equal
 ``imagehash.phash(thumbnail)`` exactly, and imagehash on a full decode of the
 file to a bit or two (docs/benchmarks.md). Bit order is imagehash's: the
@@ -47,7 +47,6 @@ class PHash(SignalType):
     min_quality = 5
     description = "imagehash's pHash: median-thresholded 8x8 low DCT of a 32x32 thumbnail"
 
-    cheap_dihedral = True
 
     def _low(self, image: Decoded) -> tuple[np.ndarray, int]:
         pixels = np.asarray(image.thumbnail().grey.resize((32, 32), Image.Resampling.LANCZOS),
@@ -57,6 +56,9 @@ class PHash(SignalType):
     def compute(self, image: Decoded) -> HashValue:
         low, q = self._low(image)
         return HashValue(self.name, pack_bits(low > np.median(low)), q)
+
+    def link_variants(self, image: Decoded) -> list[HashValue]:
+        return self.dihedral(image)
 
     def dihedral(self, image: Decoded) -> list[HashValue]:
         """Variants from one DCT: mirrors flip the signs of odd frequencies."""

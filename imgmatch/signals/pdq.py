@@ -102,7 +102,6 @@ def bits_from_dct(coeffs: np.ndarray) -> bytes:
 class PDQ(SignalType):
     name = "pdq"
     bits = 256
-    cheap_dihedral = True
     min_side = WORKING_SIDE
     threshold = PDQ_THRESHOLD
     min_quality = PDQ_MIN_QUALITY
@@ -133,10 +132,13 @@ class PDQ(SignalType):
             return HashValue(self.name, bytes(32), 0)
         return HashValue(self.name, bits_from_dct(coeffs), q)
 
+    def link_variants(self, image: Decoded) -> list[HashValue]:
+        return self.dihedral(image)
+
     def dihedral(self, image: Decoded) -> list[HashValue]:
         coeffs, q = self._dct_and_quality(image)
         if coeffs is None:
-            return [HashValue(self.name, bytes(32), 0)]
+            return [HashValue(self.name, bytes(32), 0)] * 8
         return [HashValue(self.name, bits_from_dct(d), q) for d in dihedral_dcts(coeffs, first_frequency=1)]
 
     def dihedral_of_value(self, value: HashValue) -> list[HashValue]:

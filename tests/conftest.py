@@ -1,0 +1,91 @@
+"""Shared fixtures: the project's own photos and the PDQ reference material.
+
+The reference material (Meta's PDQ test images and published hashes) lives in
+``shared/pdq-reference`` beside the repository, or wherever the environment
+variable ``IMGMATCH_SHARED`` points (the folder that holds ``pdq-reference``).
+Tests that need it are skipped when it is absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "fixtures"
+ORIGINALS = FIXTURES / "originals"
+
+
+def shared_dir() -> Path:
+    """The shared folder: $IMGMATCH_SHARED, else ``shared`` beside the repository."""
+    env = os.environ.get("IMGMATCH_SHARED")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[2] / "shared"
+
+
+def pdq_reference_dir() -> Path | None:
+    """``shared/pdq-reference`` if it is there (with its hash table), else None."""
+    path = shared_dir() / "pdq-reference"
+    return path if (path / "reference-hashes.csv").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def pdq_reference() -> Path:
+    path = pdq_reference_dir()
+    if path is None:
+        pytest.skip("shared/pdq-reference not found")
+    return path
+
+
+@pytest.fixture(scope="session")
+def photo_bytes() -> bytes:
+    """A real photo (512 x 512 JPEG) from the project's fixtures."""
+    return (ORIGINALS / "astronaut.jpg").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def original_paths() -> list[Path]:
+    paths = sorted(ORIGINALS.glob("*.jpg"))
+    assert paths, "fixtures/originals holds no photos"
+    return paths
+
+
+
+def _reference_rows(ref: Path) -> list[dict[str, str]]:
+    with open(ref / "reference-hashes.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _mode_files(ref: Path) -> list[Path]:
+    folder = ref / "misc-images" / "modes"
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in (".png", ".jpg", ".webp") and p.name != "original.jpg")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize over the reference material when a test asks for one item of it.
+
+    ``reference_row``: a row of reference-hashes.csv (dict); ``mode_file``: a
+    file of misc-images/modes other than original.jpg; ``labelme_path``: a
+    photo of labelme-subset. Without the material
+    the test gets one skipped parameter.
+    """
+    for name, items, ident in (
+        ("reference_row", _reference_rows, lambda row: row["path"]),
+        ("mode_file", _mode_files, lambda path: path.name),
+        ("labelme_path", lambda ref: sorted((ref / "labelme-subset").glob("*.jpg")),
+         lambda path: path.name),
+    ):
+        if name not in metafunc.fixturenames:
+            continue
+        ref = pdq_reference_dir()
+        if ref is None:
+            metafunc.parametrize(name, [pytest.param(
+                None, marks=pytest.mark.skip(reason="shared/pdq-reference not found"))])
+        else:
+            values = items(ref)
+            metafunc.parametrize(name, values, ids=[ident(v) for v in values])

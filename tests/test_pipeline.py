@@ -1,0 +1,355 @@
+"""Crawl-scale ingest: worker isolation, kill-and-resume, WARC, stdin and Scrapy sources."""
+
+from __future__ import annotations
+
+import base64
+import gc
+import hashlib
+import io
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import imgmatch
+from imgmatch import signals as registry
+from imgmatch.decode import Decoded
+from imgmatch.ingest import ingest
+from imgmatch.signals.base import HashValue, SignalType
+from imgmatch.sources import iter_jsonl_stream, iter_paths, iter_scrapy
+from imgmatch.warc import iter_warc
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def jpeg_bytes(seed: int, size: tuple[int, int] = (96, 72), quality: int = 90) -> bytes:
+    """A distinct, photo-like test image (smooth random blobs)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    img = Image.fromarray(small, "RGB").resize(size, Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------- worker isolation
+class _Saboteur(SignalType):
+    """A signal whose 'decoder' segfaults on 13-px-wide images and hangs on 17."""
+
+    name = "saboteur"
+    bits = 64
+    threshold = 0
+    description = "test only"
+
+    def compute(self, image: Decoded) -> HashValue:
+        if image.image.size[0] == 13:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if image.image.size[0] == 17:
+            time.sleep(3600)
+        return HashValue(self.name, bytes(8), 100)
+
+
+@pytest.fixture
+def saboteur():
+    registry.register(_Saboteur)
+    yield "saboteur"
+    registry._REGISTRY.pop("saboteur", None)
+
+
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(),
+                    reason="the saboteur signal reaches workers only through fork")
+def test_a_crashing_or_hanging_decoder_costs_one_file(tmp_path, saboteur):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for n in range(6):
+        (folder / f"good{n}.png").write_bytes(_png((40 + n, 30)))
+    (folder / "crash.png").write_bytes(_png((13, 30)))
+    (folder / "hang.png").write_bytes(_png((17, 30)))
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        summary = c.ingest(iter_paths([folder]), signals=("saboteur",), workers=2, timeout=3)
+    reasons = {Path(source).name: reason for source, reason, _ in summary.failures}
+    assert reasons == {"crash.png": "decoder-crash", "hang.png": "timeout"}
+    details = " ".join(d for _, _, d in summary.failures)
+    assert "SIGSEGV" in details and "3 s limit" in details
+    assert summary.images_added == 6
+    assert summary.workers_replaced == 2
+
+
+def _png(size: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", size, 128).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------ kill and resume
+def _make_crawl(root: Path, n_images: int = 240) -> Path:
+    """Images with duplicates, near-duplicates, a bad file, and a manifest."""
+    rng = random.Random(7)
+    files = root / "crawl"
+    files.mkdir()
+    rows = ["path,platform,url,posted_at"]
+    for n in range(n_images):
+        seed = n // 3  # every picture three times: same bytes, re-encoded, re-encoded smaller
+        variant = n % 3
+        data = jpeg_bytes(seed, quality=90) if variant < 2 else jpeg_bytes(
+            seed, size=(80, 60), quality=60)
+        name = f"img{n:04d}.jpg"
+        (files / name).write_bytes(data)
+        platform = rng.choice(["citylist", "nightads", "jobboard"])
+        rows.append(f"crawl/{name},{platform},https://{platform}.example/{n},"
+                    f"2024-0{1 + n % 9}-1{n % 10}T10:00:00Z")
+    (files / "broken.jpg").write_bytes(jpeg_bytes(999)[:300])
+    rows.append("crawl/broken.jpg,citylist,https://citylist.example/broken,2024-01-01")
+    manifest = root / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+def _catalog_state(db: Path) -> dict:
+    con = sqlite3.connect(db)
+    try:
+        sha = dict(con.execute("SELECT id, sha256 FROM images"))
+        return {
+            "images": sorted(sha.values()),
+            "signals": sorted((sha[i], s, bytes(v)) for i, s, v in
+                              con.execute("SELECT image_id, signal, value FROM signals")),
+            "sightings": sorted(r[0] for r in con.execute("SELECT key FROM sightings")),
+            "sighting_count": con.execute("SELECT count(*) FROM sightings").fetchone()[0],
+            "failures": sorted(con.execute("SELECT source, reason FROM failures")),
+            "links": sorted(tuple(sorted((sha[a], sha[b])))
+                            for a, b in con.execute("SELECT a, b FROM links")),
+        }
+    finally:
+        con.close()
+
+
+def _ingest_cmd(db: Path, manifest: Path) -> list[str]:
+    return [sys.executable, "-m", "imgmatch.cli", "--db", str(db), "ingest", "--manifest",
+            str(manifest), "--workers", "2", "--batch-size", "8", "--quiet", "--json"]
+
+
+def test_killed_ingests_resume_to_the_same_catalog(tmp_path):
+    manifest = _make_crawl(tmp_path)
+    clean = tmp_path / "clean.db"
+    started = time.monotonic()
+    subprocess.run(_ingest_cmd(clean, manifest), check=False, capture_output=True, timeout=300)
+    duration = time.monotonic() - started
+    expected = _catalog_state(clean)
+    assert len(expected["images"]) == 160  # 80 pictures x (original bytes, small re-encode)
+    assert expected["sighting_count"] == 240
+    assert expected["failures"] == [(str(tmp_path / "crawl" / "broken.jpg"), "decode-error")]
+    assert expected["links"], "re-encoded copies must be linked to their originals"
+
+    resumed = tmp_path / "resumed.db"
+    rng = random.Random(11)
+    kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen(_ingest_cmd(resumed, manifest), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.25, 0.85) * duration)  # anywhere from start-up to the end
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+        if resumed.exists():  # consistent after every kill
+            con = sqlite3.connect(resumed)
+            assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            orphans = con.execute("SELECT count(*) FROM images WHERE id NOT IN "
+                                  "(SELECT image_id FROM signals)").fetchone()[0]
+            con.close()
+            assert orphans == 0, "an image was written without its signals"
+    assert kills >= 2, "the ingest finished before it could be killed: make it bigger"
+    done = subprocess.run(_ingest_cmd(resumed, manifest), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1  # the broken file, again
+    assert _catalog_state(resumed) == expected
+
+
+# ------------------------------------------------------------------------ WARC
+def _write_warc(path: Path) -> str:
+    # warcio's writer leaves its spooled temporary files to the garbage collector
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        digest = _write_warc_records(path)
+        gc.collect()
+    return digest
+
+
+def _write_warc_records(path: Path) -> str:
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    cat = (FIXTURES / "originals" / "cat.jpg").read_bytes()
+    rocket = (FIXTURES / "originals" / "rocket.jpg").read_bytes()
+    with path.open("wb") as fh:
+        writer = WARCWriter(fh, gzip=path.suffix == ".gz")
+
+        def response(uri, payload, ctype, date, declared=None):
+            headers = StatusAndHeaders("200 OK", [
+                ("Content-Type", ctype), ("Content-Length", str(declared or len(payload)))],
+                protocol="HTTP/1.1")
+            record = writer.create_warc_record(uri, "response", payload=io.BytesIO(payload),
+                                               http_headers=headers,
+                                               warc_headers_dict={"WARC-Date": date})
+            writer.write_record(record)
+            return record
+
+        first = response("https://citylist.example/ads/1/a.jpg", cat, "image/jpeg",
+                         "2024-01-02T03:04:05Z")
+        response("https://citylist.example/ads/1", b"<html>an ad</html>", "text/html",
+                 "2024-01-02T03:04:06Z")
+        response("https://nightads.example/p/2.jpg", rocket[:5000], "image/jpeg",
+                 "2024-02-02T03:04:05Z", declared=len(rocket))
+        digest = first.rec_headers.get_header("WARC-Payload-Digest")
+        revisit = writer.create_revisit_record(
+            "https://nightads.example/p/9.jpg", digest, "https://citylist.example/ads/1/a.jpg",
+            "2024-01-02T03:04:05Z", warc_headers_dict={"WARC-Date": "2025-05-05T05:05:05Z"})
+        writer.write_record(revisit)
+    return hashlib.sha256(cat).hexdigest()
+
+
+@pytest.mark.parametrize("name", ["crawl.warc", "crawl.warc.gz"])
+def test_warc_images_revisits_non_images_and_truncated_records(tmp_path, name):
+    warc = tmp_path / name
+    cat_sha = _write_warc(warc)
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        summary = c.ingest(iter_warc(warc))
+        info = c.image(cat_sha)
+        counts = c.catalog.counts()
+    assert summary.images_added == 1
+    assert summary.revisits == 1
+    assert summary.skipped == {"not-an-image": 1}
+    assert [r for _, r, _ in summary.failures] == ["truncated-record"]
+    assert counts["images"] == 1 and counts["sightings"] == 2
+    seen = {(s["platform"], s["url"], s["collected_at"]) for s in info["sightings"]}
+    assert seen == {("citylist.example", "https://citylist.example/ads/1/a.jpg",
+                     "2024-01-02T03:04:05Z"),
+                    ("nightads.example", "https://nightads.example/p/9.jpg",
+                     "2025-05-05T05:05:05Z")}
+
+
+def test_revisit_in_a_later_warc_finds_the_image_of_an_earlier_one(tmp_path):
+    from warcio.warcwriter import WARCWriter
+
+    first = tmp_path / "a.warc.gz"
+    _write_warc(first)
+    from warcio.archiveiterator import ArchiveIterator
+    with first.open("rb") as fh:
+        digest = next(r for r in ArchiveIterator(fh) if r.rec_type == "response")\
+            .rec_headers.get_header("WARC-Payload-Digest")
+    second = tmp_path / "b.warc"
+    with second.open("wb") as fh, warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        writer = WARCWriter(fh, gzip=False)
+        writer.write_record(writer.create_revisit_record(
+            "https://jobboard.example/x.jpg", digest, "https://citylist.example/ads/1/a.jpg",
+            "2024-01-02T03:04:05Z", warc_headers_dict={"WARC-Date": "2026-01-01T00:00:00Z"}))
+        del writer
+        gc.collect()
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        c.ingest(iter_warc(first))
+        summary = c.ingest(iter_warc(second))
+        platforms = {s["platform"] for s in c.catalog.sightings_of([1])[1]}
+    assert summary.revisits == 1 and summary.sightings_added == 1
+    assert "jobboard.example" in platforms
+
+
+def test_a_warc_that_breaks_off_is_one_failure_and_keeps_what_came_before(tmp_path):
+    warc = tmp_path / "crawl.warc.gz"
+    _write_warc(warc)
+    data = warc.read_bytes()
+    cut = tmp_path / "cut.warc.gz"
+    cut.write_bytes(data[: len(data) - 200])
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        summary = c.ingest(iter_warc(cut))
+    assert summary.images_added == 1
+    assert summary.failures, "the broken tail must be recorded"
+
+
+# ------------------------------------------------------------- JSONL and stdin
+def test_jsonl_on_stdin_with_paths_and_base64(tmp_path):
+    photo = FIXTURES / "originals" / "coffee.jpg"
+    lines = [
+        json.dumps({"path": str(photo), "platform": "citylist", "url": "https://c.example/1",
+                    "phone": "555-0101"}),
+        json.dumps({"data_b64": base64.b64encode(jpeg_bytes(1)).decode(), "platform": "nightads",
+                    "source": "worker-7/item-2"}),
+        json.dumps({"data_b64": "%%% not base64"}),
+        "not json",
+        json.dumps({"platform": "nothing to read"}),
+    ]
+    db = tmp_path / "c.db"
+    done = subprocess.run([sys.executable, "-m", "imgmatch.cli", "--db", str(db), "ingest",
+                           "--jsonl", "-", "--json", "--workers", "0"],
+                          input="\n".join(lines) + "\n", capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["images_added"] == 2
+    assert summary["failed"] == 3
+    with imgmatch.Collection.open(db, readonly=True) as c:
+        info = c.image(hashlib.sha256(photo.read_bytes()).hexdigest())
+    assert info["sightings"][0]["extra"] == {"phone": "555-0101"}
+
+
+def test_jsonl_stream_items_are_lazy():
+    def endless():
+        n = 0
+        while True:
+            n += 1
+            yield json.dumps({"path": f"missing-{n}.jpg"}) + "\n"
+
+    stream = iter_jsonl_stream(endless())
+    assert [next(stream).source for _ in range(3)] == [
+        "missing-1.jpg", "missing-2.jpg", "missing-3.jpg"]
+
+
+# ---------------------------------------------------------------------- Scrapy
+def test_scrapy_files_pipeline_output(tmp_path):
+    store = tmp_path / "store"
+    (store / "full").mkdir(parents=True)
+    a = jpeg_bytes(3)
+    (store / "full" / "aa.jpg").write_bytes(a)
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(jpeg_bytes(4))
+    items = tmp_path / "items.jsonl"
+    items.write_text("\n".join([
+        json.dumps({"url": "https://citylist.example/ad/5", "ad_id": "5", "phone": "555-0100",
+                    "file_urls": ["https://img.citylist.example/5.jpg"],
+                    "files": [{"url": "https://img.citylist.example/5.jpg",
+                               "path": "full/aa.jpg", "checksum": "x", "status": "downloaded"}]}),
+        json.dumps({"url": "https://citylist.example/ad/6",
+                    "files": [{"url": "https://img.citylist.example/6.jpg",
+                               "path": "../secret.jpg"}]}),
+    ]) + "\n")
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        summary = c.ingest(iter_scrapy(items, store, platform="citylist"))
+        info = c.image(hashlib.sha256(a).hexdigest())
+    assert summary.images_added == 1
+    assert [r for _, r, _ in summary.failures] == ["unsafe-path"]
+    (s,) = info["sightings"]
+    assert (s["platform"], s["url"], s["page_url"], s["ad_id"]) == (
+        "citylist", "https://img.citylist.example/5.jpg", "https://citylist.example/ad/5", "5")
+    assert s["extra"] == {"phone": "555-0100"}
+
+
+# ------------------------------------------------------------- in-process path
+def test_inline_and_worker_ingest_agree(tmp_path):
+    files = sorted((FIXTURES / "reposts").glob("*.jpg"))[:6]
+    states = []
+    for workers in (0, 2):
+        db = tmp_path / f"w{workers}.db"
+        with imgmatch.Collection.open(db) as c:
+            ingest(c.catalog, iter_paths(files), workers=workers)
+        states.append(_catalog_state(db)["signals"])
+    assert states[0] == states[1]
