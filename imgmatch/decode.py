@@ -116,20 +116,6 @@ class Decoded:
             out._thumbnail = self._thumbnail.transposed(op)
         return out
 
-    def resized(self, longer_side: int) -> Decoded:
-        """A box-filtered copy whose longer side is ``longer_side`` (or itself if smaller)."""
-        w, h = self.image.size
-        if max(w, h) <= longer_side:
-            return self
-        scale = longer_side / max(w, h)
-        image = self.image.resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                  Image.Resampling.BOX)
-        out = Decoded(image, self.width, self.height, self.format, self.mode, self.frames)
-        if self._redecode is not None:
-            redecode = self._redecode
-            out._redecode = lambda: redecode().resized(longer_side)
-        return out
-
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 

@@ -47,48 +47,71 @@ def radius_for(min_score: float, threshold: int) -> int:
     return int(np.floor(2.0 * max(threshold, 0.5) * (1.0 - min_score) + 1e-9))
 
 
-def _distances(variants: Sequence[HashValue], value: bytes) -> tuple[int, int]:
-    """(smallest Hamming distance over the query's variants, index of that variant)."""
-    stored = np.frombuffer(value, dtype=np.uint8)
-    codes = np.frombuffer(b"".join(v.data for v in variants), dtype=np.uint8).reshape(
-        len(variants), -1)
-    dists = np.unpackbits(codes ^ stored, axis=1).sum(axis=1)
-    best = int(np.argmin(dists))
-    return int(dists[best]), best
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def min_distances(variants: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each stored code, the smallest Hamming distance to any query variant.
+
+    ``variants`` is (V, bytes), ``stored`` (C, bytes); returns (distances (C,),
+    index of the closest variant (C,)).
+    """
+    d = _POPCOUNT[variants[:, None, :] ^ stored[None, :, :]].sum(axis=2, dtype=np.int32)
+    which = d.argmin(axis=0)
+    return d[which, np.arange(d.shape[1])], which
+
+
+def score_candidates(query: Mapping[str, Sequence[HashValue]],
+                     stored: Mapping[int, Mapping[str, tuple[bytes, int | None]]]
+                     ) -> dict[int, dict]:
+    """Distances, agreeing signals and score of stored images against a query.
+
+    Vectorised over candidates, signal by signal. ``stored`` maps an image id
+    to its values ``{signal: (bytes, quality)}``.
+    """
+    ids = list(stored)
+    acc = {i: {"distances": {}, "agreed": [], "usable": 0.0, "any": 0.0,
+               "best": -1.0, "transform": 0} for i in ids}
+    for name, variants in query.items():
+        have = [i for i in ids if name in stored[i]]
+        if not have or not variants:
+            continue
+        sig = registry.get(name)
+        width = sig.bits // 8
+        codes = np.frombuffer(b"".join(v.data for v in variants), np.uint8).reshape(-1, width)
+        values = np.frombuffer(b"".join(stored[i][name][0] for i in have),
+                               np.uint8).reshape(-1, width)
+        dist, which = min_distances(codes, values)
+        # a bare hash (a partner's PDQ) comes without its quality: trust it
+        query_ok = variants[0].quality is None or sig.usable(variants[0])
+        for i, d, w in zip(have, dist.tolist(), which.tolist()):
+            a = acc[i]
+            a["distances"][name] = d
+            s = signal_score(d, sig.threshold)
+            usable = query_ok and (sig.min_quality is None
+                                   or (stored[i][name][1] or 0) >= sig.min_quality)
+            a["any"] = max(a["any"], s)
+            if usable:
+                a["usable"] = max(a["usable"], s)
+                if d <= sig.threshold:
+                    a["agreed"].append(name)
+            if s > a["best"]:
+                a["best"], a["transform"] = s, w
+    out = {}
+    for i, a in acc.items():
+        low_information = a["usable"] < a["any"] and a["usable"] < MATCH_SCORE
+        score = a["usable"] if not low_information else min(a["any"], LOW_INFORMATION_CAP)
+        out[i] = {"distances": a["distances"], "agreed": tuple(a["agreed"]), "score": score,
+                  "low_information": low_information,
+                  "transform": TRANSFORM_NAMES[a["transform"]]
+                  if a["transform"] < len(TRANSFORM_NAMES) else "identity"}
+    return out
 
 
 def score_candidate(query: Mapping[str, Sequence[HashValue]],
                     stored: Mapping[str, tuple[bytes, int | None]]) -> dict:
     """Distances, agreeing signals and score of one stored image against a query."""
-    distances: dict[str, int] = {}
-    agreed: list[str] = []
-    best_usable = 0.0
-    best_any = 0.0
-    transform = 0
-    best_transform_score = -1.0
-    for name, variants in query.items():
-        if name not in stored or not variants:
-            continue
-        sig = registry.get(name)
-        value, quality = stored[name]
-        d, which = _distances(variants, value)
-        distances[name] = d
-        s = signal_score(d, sig.threshold)
-        # a bare hash (a partner's PDQ) comes without its quality: trust it
-        query_ok = variants[0].quality is None or sig.usable(variants[0])
-        usable = query_ok and sig.usable(sig.from_bytes(value, quality))
-        best_any = max(best_any, s)
-        if usable:
-            best_usable = max(best_usable, s)
-            if d <= sig.threshold:
-                agreed.append(name)
-        if s > best_transform_score:
-            best_transform_score, transform = s, which
-    low_information = best_usable < best_any and best_usable < MATCH_SCORE
-    score = best_usable if not low_information else min(best_any, LOW_INFORMATION_CAP)
-    return {"distances": distances, "agreed": tuple(agreed), "score": score,
-            "low_information": low_information, "transform": TRANSFORM_NAMES[transform]
-            if transform < len(TRANSFORM_NAMES) else "identity"}
+    return score_candidates(query, {0: stored})[0]
 
 
 def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
@@ -116,11 +139,9 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
     if not candidates:
         return []
     stored = catalog.signals_of(sorted(candidates))
-    scored = []
-    for image_id, values in stored.items():
-        result = score_candidate(query, values)
-        if result["score"] >= min_score:
-            scored.append((image_id, result, values))
+    scored = [(image_id, result, stored[image_id])
+              for image_id, result in score_candidates(query, stored).items()
+              if result["score"] >= min_score]
     scored.sort(key=lambda t: (-t[1]["score"], sum(t[1]["distances"].values()), t[0]))
     scored = scored[:top_k]
     ids = [image_id for image_id, _, _ in scored]
@@ -179,10 +200,8 @@ class IndexLinker:
         out: list[LinkRow] = []
         for image_id, sha256 in new_images:
             query = {name: list(vs) for name, vs in variants.get(sha256, {}).items()}
-            for other in sorted(candidates[image_id]):
-                if other not in stored:
-                    continue
-                result = score_candidate(query, stored[other])
+            others = {o: stored[o] for o in sorted(candidates[image_id]) if o in stored}
+            for other, result in score_candidates(query, others).items():
                 if result["score"] >= self.min_score and result["agreed"]:
                     out.append(LinkRow(min(image_id, other), max(image_id, other),
                                        result["score"], result["distances"],

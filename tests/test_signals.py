@@ -32,7 +32,7 @@ REFERENCE_COLUMNS = ("pdq_cpp_reference", "pdq_python_reference")
 #: Meta's reference implementations differ by up to 16 bits; its Python test allows 16.
 REFERENCE_TOLERANCE = 16
 #: Largest distance to a reference hash measured today; a regression shows here first.
-REFERENCE_MAX_MEASURED = 12
+REFERENCE_MAX_MEASURED = 14
 
 T = Image.Transpose
 #: Index of each transpose in DIHEDRAL_OPS (identity first).

@@ -66,6 +66,28 @@ def pack_bits(bits: np.ndarray) -> bytes:
     return np.packbits(np.asarray(bits, dtype=bool).ravel()).tobytes()
 
 
+def threshold_rows(values: np.ndarray, *, lower_median: bool,
+                   reverse: bool = False) -> list[bytes]:
+    """One packed hash per row: a bit per value above the row's median.
+
+    ``lower_median`` takes the lower middle value (Meta's Torben median)
+    instead of numpy's mean of the two middle ones; ``reverse`` puts the last
+    value in the most significant bit (Meta's hex order). All rows at once:
+    the 8 rotations and mirrors of a hash cost one call.
+    """
+    rows = values.reshape(values.shape[0], -1)
+    if lower_median:
+        k = (rows.shape[1] - 1) // 2
+        median = np.partition(rows, k, axis=1)[:, k:k + 1]
+    else:
+        median = np.median(rows, axis=1, keepdims=True)
+    bits = rows > median
+    if reverse:
+        bits = bits[:, ::-1]
+    packed = np.packbits(bits, axis=1)
+    return [row.tobytes() for row in packed]
+
+
 class SignalType(ABC):
     """One kind of binary hash: its name, size, threshold and computation.
 
@@ -141,7 +163,7 @@ def _dihedral_ops():
 DIHEDRAL_OPS = _dihedral_ops()
 
 
-def dihedral_dcts(coeffs: np.ndarray, *, first_frequency: int) -> list[np.ndarray]:
+def dihedral_dcts(coeffs: np.ndarray, *, first_frequency: int) -> np.ndarray:
     """The DCT coefficients of an image's 8 rotations and mirrors, identity first.
 
     Mirroring an axis multiplies the coefficient of frequency u on that axis
@@ -154,5 +176,5 @@ def dihedral_dcts(coeffs: np.ndarray, *, first_frequency: int) -> list[np.ndarra
     col_sign = np.where(odd, -1.0, 1.0)[None, :]   # left-right mirror
     row_sign = np.where(odd, -1.0, 1.0)[:, None]   # top-bottom flip
     c, t = coeffs, coeffs.T
-    return [c, c * col_sign, c * row_sign, c * row_sign * col_sign,
-            t, t * row_sign, t * col_sign, t * row_sign * col_sign]
+    return np.stack([c, c * col_sign, c * row_sign, c * row_sign * col_sign,
+                     t, t * row_sign, t * col_sign, t * row_sign * col_sign])

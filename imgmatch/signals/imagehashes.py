@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..decode import Decoded
-from .base import HashValue, SignalType, dihedral_dcts, pack_bits
+from .base import HashValue, SignalType, dihedral_dcts, pack_bits, threshold_rows
 
 #: Default match thresholds for 64-bit hashes (inclusive). Two unrelated
 #: photos differ in about 32 of 64 bits with a spread of about 4-6; 10 keeps
@@ -63,8 +63,8 @@ class PHash(SignalType):
     def dihedral(self, image: Decoded) -> list[HashValue]:
         """Variants from one DCT: mirrors flip the signs of odd frequencies."""
         low, q = self._low(image)
-        return [HashValue(self.name, pack_bits(d > np.median(d)), q)
-                for d in dihedral_dcts(low, first_frequency=0)]
+        return [HashValue(self.name, bits, q) for bits in
+                threshold_rows(dihedral_dcts(low, first_frequency=0), lower_median=False)]
 
 
 class DHash(SignalType):
@@ -74,8 +74,24 @@ class DHash(SignalType):
     min_quality = 5
     description = "imagehash's dHash: left-right gradient signs of a 9x8 thumbnail"
 
+    def _pixels(self, image: Decoded) -> np.ndarray:
+        return np.asarray(image.thumbnail().grey.resize((9, 8), Image.Resampling.LANCZOS),
+                          dtype=np.int16)
+
     def compute(self, image: Decoded) -> HashValue:
-        pixels = np.asarray(image.thumbnail().grey.resize((9, 8), Image.Resampling.LANCZOS),
-                            dtype=np.int16)
+        pixels = self._pixels(image)
         return HashValue(self.name, pack_bits(pixels[:, 1:] > pixels[:, :-1]),
                          _flatness(pixels))
+
+    def link_variants(self, image: Decoded) -> list[HashValue]:
+        """Identity, mirror, flip and rotate-180 from one 9x8 thumbnail.
+
+        Pillow's resampling grid is symmetric, so resizing a mirrored image
+        and mirroring the resized one give the same pixels: the first four
+        of :data:`DIHEDRAL_OPS` cost nothing more (the transposes would need
+        a 8x9 thumbnail of their own).
+        """
+        px = self._pixels(image)
+        q = _flatness(px)
+        return [HashValue(self.name, pack_bits(v[:, 1:] > v[:, :-1]), q)
+                for v in (px, px[:, ::-1], px[::-1, :], px[::-1, ::-1])]
