@@ -7,7 +7,7 @@ hashing need (Pillow, numpy): no SQLite, no FAISS.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from . import signals as registry
@@ -28,6 +28,30 @@ class Analysis:
     #: per signal, the values of the image and of its mirror (and rotations,
     #: where they are cheap), identity first: what linking searches with
     variants: dict[str, list[HashValue]] = field(default_factory=dict)
+    #: the catalog already held these bytes, so nothing was decoded
+    known: bool = False
+
+
+def analyse_source(path: str | None, data: bytes | None, signal_names: Sequence[str],
+                   source: str, is_known: Callable[[str], bool] | None = None) -> Analysis:
+    """Read (if given a path), take the SHA-256, and analyse unless already known.
+
+    This is the whole of a worker's job: reading and hashing the bytes where
+    they are decoded saves sending them between processes.
+    """
+    if data is None:
+        try:
+            with open(path or "", "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            return Analysis("", reason="missing-file",
+                            detail=f"cannot read: {exc.strerror or exc}")
+    digest = hashlib.sha256(data).hexdigest()
+    if is_known is not None and is_known(digest):
+        return Analysis(digest, known=True)
+    if not data:
+        return Analysis(digest, reason="empty-file", detail="the file is empty (0 bytes)")
+    return analyse(data, signal_names, source, digest)
 
 
 def analyse(data: bytes, signal_names: Sequence[str], source: str | None = None,

@@ -535,6 +535,30 @@ class Catalog:
         return [r[0] for r in self.conn.execute("SELECT id FROM images ORDER BY id")]
 
 
+class KnownImages:
+    """'Is this SHA-256 catalogued?' over a read-only connection of its own.
+
+    For worker processes: reading while the parent writes is what WAL allows;
+    a catalog not yet created knows nothing.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+
+    def __call__(self, sha256: str) -> bool:
+        if self._conn is None:
+            if not self.path.exists():
+                return False
+            self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+            self._conn.execute("PRAGMA busy_timeout = 30000")
+        try:
+            return self._conn.execute("SELECT 1 FROM images WHERE sha256 = ?",
+                                      (sha256,)).fetchone() is not None
+        except sqlite3.OperationalError:  # no images table yet
+            return False
+
+
 def _split_sql(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 

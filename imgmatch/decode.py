@@ -20,7 +20,7 @@ import struct
 import warnings
 from collections.abc import Callable
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .errors import DecodeError, EmptyFile, ImageTooLarge, UnsupportedFormat
 

@@ -1,9 +1,9 @@
 """The ingest pipeline: a stream of items -> workers -> one writer, in batches.
 
-The parent reads each file and takes its SHA-256; an image already in the
-catalog is not decoded again (its new sighting is just recorded). New images
-go to worker processes (:mod:`imgmatch.workers`), which decode once and
-compute every signal. Results are written as they come, a batch per SQLite
+Worker processes (:mod:`imgmatch.workers`) read each file, take its SHA-256
+and, unless the catalog already holds those bytes (then only the new
+sighting is recorded), decode once and compute every signal. Results are
+released in input order and written as they come, a batch per SQLite
 transaction (images, their sightings, their near-duplicate links and the
 batch's failures together), so a kill at any moment leaves the catalog
 consistent and the next run picks up exactly what is missing. Nothing holds
@@ -12,9 +12,7 @@ the whole file list: memory stays flat however large the crawl.
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
@@ -22,7 +20,6 @@ from typing import Protocol
 from . import signals as signal_registry
 from .analysis import Analysis, analyse
 from .catalog import BatchResult, Catalog, ImageRow, LinkRow, SightingRow
-from .errors import InputError
 from .signals import HashValue
 from .sources import Item
 from .workers import DEFAULT_TIMEOUT, InlinePool, Job, ProcessPool, single_threaded
@@ -119,12 +116,16 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
         signal_registry.get(name)
     started = time.monotonic()
     summary = IngestSummary()
-    pool = ProcessPool(names, workers, timeout) if workers >= 1 else InlinePool(names)
+    if workers >= 1:
+        pool = ProcessPool(names, workers, timeout, catalog_path=str(catalog.path))
+    else:
+        pool = InlinePool(names, is_known=catalog.has_image)
     limits = single_threaded()  # this process's FAISS and BLAS work is small and per batch
-    waiting: dict[str, list[Item]] = {}   # digest -> items whose analysis is in flight
+    jobs: dict[int, Item] = {}             # submitted, by sequence number
+    finished: dict[int, Analysis] = {}     # results waiting for earlier ones
+    next_release = 0
+    submitted = 0
     pending_revisits: list[Item] = []      # resolved once everything else is written
-    order: deque[str] = deque()            # submitted digests, in input order
-    finished: dict[str, Analysis] = {}     # results waiting for earlier ones
     batch = _Batch()
 
     def flush() -> None:
@@ -135,29 +136,35 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
                 on_progress(summary)
         batch = _Batch()
 
-    def release(digest: str, analysis: Analysis) -> None:
-        for item in waiting.pop(digest, []):
-            if analysis.image is None:
-                batch.failures.append((item.source, analysis.reason or "error",
-                                       analysis.detail or ""))
-            else:
-                batch.sightings.append((digest, item.sighting))
-                if item.payload_digest:
-                    batch.payload_digests.append((item.payload_digest, digest))
-        if analysis.image is not None:
+    def release(item: Item, analysis: Analysis) -> None:
+        summary.files_seen += 1
+        digest = analysis.sha256
+        if analysis.image is None and not analysis.known:
+            source = item.source
+            batch.failures.append((source, analysis.reason or "error", analysis.detail or ""))
+            return
+        if analysis.known or digest in batch.digests or catalog.has_image(digest):
+            summary.images_known += 1
+        else:
             batch.images.append(analysis.image)
             batch.variants[digest] = analysis.variants
             batch.digests.add(digest)
+        batch.sightings.append((digest, item.sighting))
+        if item.payload_digest:
+            batch.payload_digests.append((item.payload_digest, digest))
 
     def collect(timeout: float) -> None:
         # Results are released in the order the files came, whatever order the
         # workers finish in: image ids, and so which side of a pair is "newer"
         # when links are found, do not depend on timing.
-        for digest, analysis in pool.results(timeout):
-            finished[digest] = analysis
-        while order and order[0] in finished:
-            digest = order.popleft()
-            release(digest, finished.pop(digest))
+        nonlocal next_release
+        for key, analysis in pool.results(timeout):
+            finished[key] = analysis
+        while next_release in finished:
+            release(jobs.pop(next_release), finished.pop(next_release))
+            next_release += 1
+            if len(batch) >= batch_size:
+                flush()
 
     try:
         for item in items:
@@ -167,37 +174,24 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
             if item.revisit_of:
                 pending_revisits.append(item)
                 continue
-            summary.files_seen += 1
-            try:
-                data = item.read()
-            except InputError as exc:
-                batch.failures.append((item.source, exc.reason, exc.detail))
-                data = None
-            if data is not None:
-                digest = hashlib.sha256(data).hexdigest()
-                if digest in waiting:
-                    waiting[digest].append(item)
-                    summary.images_known += 1
-                elif digest in batch.digests or catalog.has_image(digest):
-                    batch.sightings.append((digest, item.sighting))
-                    summary.images_known += 1
-                    if item.payload_digest:
-                        batch.payload_digests.append((item.payload_digest, digest))
-                else:
-                    while not pool.has_capacity:
-                        collect(0.05)
-                    waiting[digest] = [item]
-                    order.append(digest)
-                    pool.submit(Job(digest, data, item.source))
+            if item.error is not None:
+                summary.files_seen += 1
+                batch.failures.append((item.source, item.error.reason, item.error.detail))
+            else:
+                while not pool.has_capacity:
+                    collect(0.05)
+                jobs[submitted] = item
+                pool.submit(Job(submitted, item.source,
+                                path=None if item.path is None else str(item.path),
+                                data=item.data))
+                submitted += 1
             collect(0.0)
             if len(batch) >= batch_size or time.monotonic() - batch.opened > FLUSH_SECONDS:
                 flush()
             elif on_progress is not None:
                 on_progress(summary)
-        while waiting:
+        while next_release < submitted:
             collect(0.1)
-            if len(batch) >= batch_size:
-                flush()
         flush()
         for item in pending_revisits:
             digest = catalog.sha256_for_payload_digest(item.revisit_of or "")

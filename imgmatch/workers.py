@@ -1,4 +1,4 @@
-"""Worker processes that analyse images, where one bad file costs only itself.
+"""Worker processes that read and analyse images; one bad file costs only itself.
 
 Native decoders can crash (a segfault in a codec) or hang on hostile input.
 Each worker is a separate process with its own pipe; the parent knows which
@@ -10,6 +10,11 @@ not say which file killed it.
 
 ``InlinePool`` runs jobs in the calling process (no isolation, no start-up
 cost) for the library's single-image calls and for tests.
+
+Workers read the files and take their SHA-256 themselves, and ask the
+catalog (read-only) whether it holds those bytes already: the parent then
+does almost nothing per file, and bytes are not copied between processes.
+Only the parent writes.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
-from .analysis import Analysis, analyse
+from .analysis import Analysis, analyse_source
+from .catalog import KnownImages
 
 #: Default per-file time limit, in seconds (decode and every signal).
 DEFAULT_TIMEOUT = 60.0
@@ -45,17 +51,25 @@ def single_threaded():
 
 @dataclass(frozen=True)
 class Job:
-    key: str
-    data: bytes
+    """One file to analyse: a path for the worker to read, or the bytes themselves."""
+
+    key: int
     source: str
+    path: str | None = None
+    data: bytes | None = None
+
+    def wire(self) -> tuple:
+        return (self.key, self.source, self.path, self.data)
 
 
 class InlinePool:
     """Runs each job at once in this process."""
 
-    def __init__(self, signal_names: Sequence[str]) -> None:
+    def __init__(self, signal_names: Sequence[str],
+                 is_known: Callable[[str], bool] | None = None) -> None:
         self.signal_names = tuple(signal_names)
-        self._done: deque[tuple[str, Analysis]] = deque()
+        self.is_known = is_known
+        self._done: deque[tuple[int, Analysis]] = deque()
 
     @property
     def has_capacity(self) -> bool:
@@ -66,9 +80,10 @@ class InlinePool:
         return bool(self._done)
 
     def submit(self, job: Job) -> None:
-        self._done.append((job.key, analyse(job.data, self.signal_names, job.source, job.key)))
+        self._done.append((job.key, analyse_source(job.path, job.data, self.signal_names,
+                                                   job.source, self.is_known)))
 
-    def results(self, timeout: float = 0.0) -> Iterator[tuple[str, Analysis]]:
+    def results(self, timeout: float = 0.0) -> Iterator[tuple[int, Analysis]]:
         while self._done:
             yield self._done.popleft()
 
@@ -84,9 +99,11 @@ class _Worker:
     started: float = 0.0                           # when the oldest job began
 
 
-def _worker_main(conn: Connection, signal_names: tuple[str, ...]) -> None:
+def _worker_main(conn: Connection, signal_names: tuple[str, ...],
+                 catalog_path: str | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     single_threaded()
+    known = KnownImages(catalog_path) if catalog_path else None
     while True:
         try:
             job = conn.recv()
@@ -94,17 +111,18 @@ def _worker_main(conn: Connection, signal_names: tuple[str, ...]) -> None:
             return
         if job is None:
             return
-        key, data, source = job
-        conn.send((key, analyse(data, signal_names, source, key)))
+        key, source, path, data = job
+        conn.send((key, analyse_source(path, data, signal_names, source, known)))
 
 
 class ProcessPool:
     """``workers`` supervised processes with a per-file time limit."""
 
     def __init__(self, signal_names: Sequence[str], workers: int,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, catalog_path: str | None = None) -> None:
         self.signal_names = tuple(signal_names)
         self.timeout = timeout
+        self.catalog_path = catalog_path
         methods = mp.get_all_start_methods()
         self._ctx = mp.get_context("fork" if "fork" in methods else "spawn")
         self._workers = [self._spawn() for _ in range(workers)]
@@ -113,8 +131,8 @@ class ProcessPool:
 
     def _spawn(self) -> _Worker:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(target=_worker_main, args=(child_conn, self.signal_names),
-                                    daemon=True)
+        process = self._ctx.Process(target=_worker_main, daemon=True,
+                                    args=(child_conn, self.signal_names, self.catalog_path))
         process.start()
         child_conn.close()
         return _Worker(process, parent_conn)
@@ -136,11 +154,11 @@ class ProcessPool:
             worker.started = time.monotonic()
         worker.queue.append(job)
         try:
-            worker.conn.send((job.key, job.data, job.source))
+            worker.conn.send(job.wire())
         except (BrokenPipeError, OSError):
             pass  # the worker died; results() notices its sentinel and recovers
 
-    def results(self, timeout: float = 0.0) -> Iterator[tuple[str, Analysis]]:
+    def results(self, timeout: float = 0.0) -> Iterator[tuple[int, Analysis]]:
         """Results ready within ``timeout`` seconds (0: only those ready now)."""
         while self._lost:
             yield self._lost.popleft()
@@ -169,7 +187,7 @@ class ProcessPool:
                 yield from self._replace(
                     worker, f"decoding took longer than the {self.timeout:g} s limit")
 
-    def _replace(self, worker: _Worker, detail: str) -> Iterator[tuple[str, Analysis]]:
+    def _replace(self, worker: _Worker, detail: str) -> Iterator[tuple[int, Analysis]]:
         """Record the worker's current job as failed, restart it, resend the rest."""
         culprit = worker.queue.popleft()
         rest = list(worker.queue)
@@ -179,7 +197,7 @@ class ProcessPool:
         fresh = self._spawn()
         self._workers[self._workers.index(worker)] = fresh
         reason = "decoder-crash" if "crashed" in detail else "timeout"
-        yield culprit.key, Analysis(culprit.key, reason=reason, detail=detail)
+        yield culprit.key, Analysis("", reason=reason, detail=detail)
         for job in rest:
             self._send(fresh, job)
 

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import DATA, bench_photos, ensure_ad_sized, ensure_dev_corpus  # noqa: E402
+from bench_data import bench_photos, ensure_ad_sized, ensure_dev_corpus  # noqa: E402
 
 NAIVE = """
 import sys
