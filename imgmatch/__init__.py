@@ -6,7 +6,7 @@ The library API. The CLI and the HTTP service are thin shells over it::
     with imgmatch.Collection.open("case.db") as c:
         c.add("ad.jpg", imgmatch.Sighting(platform="citylist", url="https://..."))
         for m in c.query("photo.jpg"):
-            print(m.score, m.sha256, [s["platform"] for s in m.sightings])
+            print(m.score, m.sha256, [s.platform for s in m.sightings])
 """
 
 from .collection import Collection, hash_bytes
@@ -26,7 +26,7 @@ from .errors import (
     UnsupportedFormat,
 )
 from .ingest import IngestSummary
-from .model import Cluster, Match, Sighting
+from .model import Added, Cluster, ImageRecord, Link, Match, Sighting
 from .signals import HashValue
 
 __version__ = "0.1.0"
@@ -36,6 +36,9 @@ __all__ = [
     "Sighting",
     "Match",
     "Cluster",
+    "ImageRecord",
+    "Link",
+    "Added",
     "HashValue",
     "IngestSummary",
     "hash_bytes",

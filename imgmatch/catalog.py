@@ -103,6 +103,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE
     ) WITHOUT ROWID;
     """),
+    ("API keys of the HTTP service, stored as hashes", """
+    CREATE TABLE api_keys (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        key_hash TEXT NOT NULL UNIQUE,
+        scopes TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -136,7 +146,11 @@ class ImageRow:
 
 @dataclass(frozen=True)
 class SightingRow:
-    """Where and when an image was seen. ``extra`` is free JSON-able metadata."""
+    """Where and when an image was seen. ``extra`` is free JSON-able metadata.
+
+    Given by callers without ``sha256``; read back from the catalog, it names
+    the image it is a sighting of.
+    """
 
     platform: str | None = None
     url: str | None = None
@@ -146,6 +160,19 @@ class SightingRow:
     collected_at: str | None = None
     source: str | None = None
     extra: dict = field(default_factory=dict)
+    sha256: str | None = None
+
+    @property
+    def seen_at(self) -> str | None:
+        """When it happened: posted_at, else collected_at (ISO 8601 UTC)."""
+        return self.posted_at or self.collected_at
+
+    def to_json(self) -> dict:
+        out = {f: getattr(self, f) for f in SIGHTING_FIELDS}
+        out["extra"] = dict(self.extra)
+        if self.sha256 is not None:
+            out = {"sha256": self.sha256, **out}
+        return out
 
     def key(self, sha256: str) -> str:
         """Identity of a sighting: the same image seen with the same metadata.
@@ -492,18 +519,29 @@ class Catalog:
                                 (sha256.lower(),)).fetchone()
         return None if row is None else int(row[0])
 
-    def sightings_of(self, image_ids: Sequence[int]) -> dict[int, list[dict]]:
-        out: dict[int, list[dict]] = {i: [] for i in image_ids}
+    def sightings_of(self, image_ids: Sequence[int]) -> dict[int, list[SightingRow]]:
+        """Each image's sightings, oldest first (by posted_at, else collected_at)."""
+        out: dict[int, list[SightingRow]] = {i: [] for i in image_ids}
+        cols = ", ".join(f"s.{f}" for f in SIGHTING_FIELDS)
         for chunk in _chunks(list(image_ids), 500):
             marks = ",".join("?" * len(chunk))
             for row in self.conn.execute(
-                    f"SELECT image_id, id, {', '.join(SIGHTING_FIELDS)}, extra FROM sightings "
-                    f"WHERE image_id IN ({marks}) ORDER BY coalesce(posted_at, collected_at), id",
-                    chunk):
-                sighting = dict(zip(("id",) + SIGHTING_FIELDS, row[1:-1]))
-                sighting["extra"] = json.loads(row[-1]) if row[-1] else {}
-                out[row[0]].append(sighting)
+                    f"SELECT s.image_id, i.sha256, {cols}, s.extra FROM sightings s "
+                    f"JOIN images i ON i.id = s.image_id WHERE s.image_id IN ({marks}) "
+                    f"ORDER BY coalesce(s.posted_at, s.collected_at), s.id", chunk):
+                fields = dict(zip(SIGHTING_FIELDS, row[2:-1]))
+                extra = json.loads(row[-1]) if row[-1] else {}
+                out[row[0]].append(SightingRow(**fields, extra=extra, sha256=row[1]))
         return out
+
+    def links_of(self, image_id: int) -> list[tuple[int, float, dict, tuple[str, ...], str]]:
+        """(other image id, score, distances, agreed, transform) for one image's links."""
+        rows = self.conn.execute(
+            "SELECT b, score, distances, agreed, transform FROM links WHERE a = ? "
+            "UNION ALL SELECT a, score, distances, agreed, transform FROM links WHERE b = ? "
+            "ORDER BY 2 DESC", (image_id, image_id)).fetchall()
+        return [(other, score, json.loads(d), tuple(x for x in agreed.split(",") if x), t)
+                for other, score, d, agreed, t in rows]
 
     def failures(self, limit: int | None = None) -> list[dict]:
         sql = "SELECT source, reason, detail, run_id, created_at FROM failures ORDER BY id"
@@ -530,6 +568,31 @@ class Catalog:
             d["stats"] = json.loads(d["stats"] or "{}")
             out.append(d)
         return out
+
+    # ---------------------------------------------------------------- API keys
+    def add_api_key(self, name: str, key_hash: str, scopes: Sequence[str]) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO api_keys (name, key_hash, scopes, created_at) VALUES (?,?,?,?)",
+            (name, key_hash, ",".join(scopes), utcnow()))
+        return int(cur.lastrowid)
+
+    def api_keys(self) -> list[dict]:
+        cols = ("id", "name", "scopes", "created_at", "revoked_at")
+        return [dict(zip(cols, r)) for r in self.conn.execute(
+            f"SELECT {', '.join(cols)} FROM api_keys ORDER BY id")]
+
+    def revoke_api_keys(self, name_or_id: str) -> int:
+        cur = self.conn.execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE revoked_at IS NULL AND "
+            "(name = ? OR CAST(id AS TEXT) = ?)", (utcnow(), name_or_id, name_or_id))
+        return cur.rowcount
+
+    def api_key_scopes(self, key_hash: str) -> tuple[str, ...] | None:
+        """The scopes of an active key, or None for an unknown or revoked one."""
+        row = self.conn.execute(
+            "SELECT scopes FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+            (key_hash,)).fetchone()
+        return None if row is None else tuple(x for x in row[0].split(",") if x)
 
     def all_image_ids(self) -> list[int]:
         return [r[0] for r in self.conn.execute("SELECT id FROM images ORDER BY id")]

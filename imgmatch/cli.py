@@ -27,6 +27,7 @@ from .match import MATCH_SCORE
 from .report import FORMATS
 from .report.csvfmt import write_csv
 from .report.table import clean
+from .keys import SCOPES, create_key
 from .progress import Progress
 from .sources import iter_jsonl_stream, iter_manifest, iter_paths, iter_scrapy
 from .warc import iter_warc
@@ -76,13 +77,17 @@ ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
               show_default=True, help="Seconds one file may take before it is given up.")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=DEFAULT_BATCH,
               show_default=True, help="Images per catalog transaction.")
+@click.option("--emit-matches", is_flag=True,
+              help="Write one JSON line per item to standard output, as soon as it is "
+                   "catalogued, with its status and matches (for pipelines; implies "
+                   "--quiet and a summary on standard error).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.pass_obj
 def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl,
            scrapy_items: Path | None, scrapy_store: Path | None, platform: str | None,
            signal_list: str | None, workers: int, timeout: float, batch_size: int,
-           quiet: bool, as_json: bool) -> int:
+           emit_matches: bool, quiet: bool, as_json: bool) -> int:
     """Catalogue images from files, folders (recursive), manifests, WARC/ARC files,
     JSON lines and Scrapy output. Files ending .warc, .warc.gz, .arc or .arc.gz
     are read as web archives."""
@@ -106,26 +111,46 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
         if jsonl is not None and stream_ok:
             yield from iter_jsonl_stream(jsonl, label=jsonl.name, platform=platform)
 
-    progress = Progress(enabled=False if (quiet or as_json) else None)
+    progress = Progress(enabled=False if (quiet or as_json or emit_matches) else None)
     progress.count_in_background(lambda: items(stream_ok=False))
 
     def on_progress(summary) -> None:
         progress.update(summary.files_seen, summary.images_added, len(summary.failures))
 
     with Collection.open(db) as collection:
+        emit = _match_emitter(collection) if emit_matches else None
         try:
             summary = collection.ingest(
                 items(), signals=names, workers=workers, timeout=timeout,
-                batch_size=batch_size, on_progress=on_progress,
+                batch_size=1 if emit_matches else batch_size, on_progress=on_progress,
+                on_written=emit,
                 args={"paths": [str(p) for p in paths], "manifests": [str(m) for m in manifests],
                       "platform": platform, "signals": list(names)})
         finally:
             progress.finish()
-    if as_json:
+    if as_json and not emit_matches:
         _echo_json(summary.to_json())
+    elif emit_matches:
+        click.echo(json.dumps(summary.to_json() | {"failures": None}), err=True)
     else:
         _print_summary(summary)
     return EXIT_PARTIAL if summary.failures else EXIT_OK
+
+
+def _match_emitter(collection: Collection):
+    """A callback printing each committed item with its linked matches."""
+    def emit(records) -> None:
+        for item, sha256, status, detail in records:
+            out = {"source": item.source, "sha256": sha256, "status": status}
+            if status == "failed":
+                out["error"] = detail
+            else:
+                out["matches"] = [link.to_json() | {"sightings": [
+                    s.to_json() for s in collection.image(link.sha256).sightings]}
+                    for link in collection.image(sha256).links]
+            click.echo(json.dumps(out, ensure_ascii=False))
+        sys.stdout.flush()
+    return emit
 
 
 def _print_summary(summary) -> None:
@@ -199,9 +224,9 @@ def _print_matches(label: str, matches) -> None:
         flag = "  (low information)" if m.low_information else ""
         click.echo(f"  {m.score:.3f}  {m.sha256}  [{dist}; {m.transform}]{flag}")
         for s in m.sightings:
-            when = (s.get("posted_at") or s.get("collected_at") or "?")[:10]
-            click.echo(f"      {when}  {clean(s.get('platform') or '-', 16):16} "
-                       f"{clean(s.get('url') or s.get('source'), 80)}")
+            when = (s.seen_at or "?")[:10]
+            click.echo(f"      {when}  {clean(s.platform or '-', 16):16} "
+                       f"{clean(s.url or s.source, 80)}")
 
 
 @cli.command("hash")
@@ -282,6 +307,72 @@ def stats(db: Path, as_json: bool) -> int:
     if info["failure_reasons"]:
         click.echo("failures:    " + ", ".join(
             f"{k} {v}" for k, v in info["failure_reasons"].items()))
+    return EXIT_OK
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8750, show_default=True)
+@click.option("--max-upload-mb", type=click.FloatRange(0.01), default=20.0, show_default=True,
+              help="Largest upload accepted; larger ones get 413 before they are read.")
+@click.pass_obj
+def serve(db: Path, host: str, port: int, max_upload_mb: float) -> int:
+    """Run the HTTP service over this collection (API keys: 'imgmatch keys')."""
+    try:
+        from .service import serve as run
+    except ImportError as exc:
+        raise ImgmatchError(f"the HTTP service needs its extra packages ({exc.name}): "
+                            "pip install 'imgmatch[service]'") from None
+    run(db, host, port, max_upload_mb)
+    return EXIT_OK
+
+
+@cli.group()
+def keys() -> None:
+    """API keys of the HTTP service (stored only as hashes)."""
+
+
+@keys.command("add")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, required=True,
+              type=click.Choice(SCOPES), help="read, ingest or admin. Repeatable.")
+@click.pass_obj
+def keys_add(db: Path, name: str, scopes: tuple[str, ...]) -> int:
+    """Create a key; it is printed once, alone on the last line."""
+    with Collection.open(db) as collection:
+        key = create_key(collection.catalog, name, scopes)
+    click.echo(f"key for {clean(name)} with scopes {', '.join(scopes)} (shown only now):")
+    click.echo(key)
+    return EXIT_OK
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def keys_list(db: Path, as_json: bool) -> int:
+    """Keys by name, scopes and dates (never the keys themselves)."""
+    with Collection.open(db, readonly=True) as collection:
+        rows = collection.catalog.api_keys()
+    if as_json:
+        _echo_json(rows)
+        return EXIT_OK
+    for r in rows:
+        state = f"revoked {r['revoked_at']}" if r["revoked_at"] else "active"
+        click.echo(f"{r['id']:4}  {clean(r['name'], 30):30} {r['scopes']:20} "
+                   f"created {r['created_at']}  {state}")
+    return EXIT_OK
+
+
+@keys.command("revoke")
+@click.argument("name_or_id")
+@click.pass_obj
+def keys_revoke(db: Path, name_or_id: str) -> int:
+    """Revoke the active keys with this name (or this id)."""
+    with Collection.open(db) as collection:
+        n = collection.catalog.revoke_api_keys(name_or_id)
+    if not n:
+        raise ImgmatchError(f"no active key named {name_or_id!r}")
+    click.echo(f"revoked {n} key{'s' if n != 1 else ''}")
     return EXIT_OK
 
 

@@ -75,12 +75,9 @@ def build_clusters(catalog: Catalog, *, min_sightings: int = 2, min_score: float
     wanted = set(platforms or ())
     out = []
     for component in components:
-        cluster_sightings = []
-        for image_id in component:
-            for s in sightings.get(image_id, []):
-                cluster_sightings.append({"sha256": images[image_id]["sha256"], **s})
-        cluster_sightings.sort(key=lambda s: (s.get("posted_at") or s.get("collected_at") or "",
-                                              s.get("id") or 0))
+        cluster_sightings = [s for image_id in component for s in sightings.get(image_id, [])]
+        cluster_sightings.sort(key=lambda s: (s.seen_at or "", s.platform or "", s.url or "",
+                                              s.sha256 or "", s.source or ""))
         cluster = Cluster(
             id=component[0], image_ids=tuple(component),
             images=tuple(images[i] for i in component),

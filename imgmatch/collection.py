@@ -18,11 +18,12 @@ from . import signals as registry
 from .catalog import Catalog, SightingRow
 from .cluster import build_clusters
 from .decode import decode
-from .errors import ImgmatchError, IndexFileError
+from .analysis import analyse_source
+from .errors import ImgmatchError, IndexFileError, MissingFile, error_for
 from .index import BinaryIndex
 from .ingest import DEFAULT_BATCH, IngestSummary, analyse, ingest
 from .match import MATCH_SCORE, IndexLinker, find_matches
-from .model import Cluster, Match
+from .model import Added, Cluster, ImageRecord, Link, Match
 from .signals import HashValue
 from .sources import Item
 
@@ -125,51 +126,75 @@ class Collection:
     def ingest(self, items: Iterable[Item], *,
                signals: Sequence[str] = registry.DEFAULT_SIGNALS, workers: int = 0,
                command: str = "ingest", args: dict | None = None, timeout: float = 60.0,
-               batch_size: int = DEFAULT_BATCH, on_progress=None) -> IngestSummary:
-        """Catalogue items, link new images to their near-duplicates, save indexes."""
+               batch_size: int = DEFAULT_BATCH, run_id: int | None = None,
+               on_progress=None, on_written=None) -> IngestSummary:
+        """Catalogue items, link new images to their near-duplicates, save indexes.
+
+        Each call is recorded as a run, unless ``run_id`` names one already
+        open (a long-lived caller such as the HTTP service keeps one).
+        """
         indexes = self.indexes
         for name in signals:
             if name not in indexes:
                 indexes[name] = BinaryIndex(registry.get(name).bits)
-        self._dirty.update(signals)
-        run_id = self.catalog.start_run(command, args or {})
+        own_run = run_id is None
+        if own_run:
+            run_id = self.catalog.start_run(command, args or {})
         status = "interrupted"
         summary = IngestSummary()
         try:
             summary = ingest(self.catalog, items, signal_names=signals, workers=workers,
                              run_id=run_id, linker=IndexLinker(self.catalog, indexes),
                              timeout=timeout, batch_size=batch_size,
-                             on_progress=on_progress)
+                             on_progress=on_progress, on_written=on_written)
             status = "partial" if summary.failures else "ok"
         finally:
-            self.save_indexes()
-            self.catalog.finish_run(run_id, status, summary.to_json() | {"failures": None})
+            if summary.images_added:
+                self._dirty.update(signals)
+            if own_run:
+                self.save_indexes()
+                self.catalog.finish_run(run_id, status, summary.to_json() | {"failures": None})
         return summary
 
-    def add(self, image: bytes | str | Path, sighting: SightingRow | None = None,
-            **kwargs) -> IngestSummary:
-        """Catalogue one image (bytes or a path) with an optional sighting."""
-        return self.add_many([(image, sighting)], **kwargs)
+    def add(self, image: bytes | str | Path, sighting: SightingRow | None = None, *,
+            signals: Sequence[str] = registry.DEFAULT_SIGNALS) -> Added:
+        """Catalogue one image (bytes or a path) with an optional sighting.
+
+        Raises the :class:`~imgmatch.errors.InputError` subclass that says why
+        an image cannot be used (nothing is recorded then).
+        """
+        data, source = _read(image)
+        if sighting is None:  # a path names where the bytes came from; bare bytes do not
+            sighting = SightingRow(source=None if source == "<bytes>" else source)
+        analysis = analyse_source(None, data, signals, sighting.source or source,
+                                  self.catalog.has_image)
+        if analysis.image is None and not analysis.known:
+            raise error_for(analysis.reason, analysis.detail, sighting.source or source)
+        summary = self.ingest([Item(sighting.source or source, sighting, data=data,
+                                    analysis=analysis)], signals=signals)
+        return Added(analysis.sha256, new_image=summary.images_added == 1,
+                     new_sighting=summary.sightings_added == 1)
 
     def add_many(self, pairs: Iterable[tuple[bytes | str | Path, SightingRow | None]],
                  **kwargs) -> IngestSummary:
+        """Catalogue many images; failures are returned in the summary, not raised."""
         def items():
             for n, (image, sighting) in enumerate(pairs):
                 if isinstance(image, (bytes, bytearray)):
                     s = sighting or SightingRow()
-                    yield Item(source=s.source or f"<bytes #{n}>", sighting=s, data=bytes(image))
+                    yield Item(s.source or f"<bytes #{n}>", s, data=bytes(image))
                 else:
                     path = Path(image)
                     s = sighting or SightingRow(source=str(path))
-                    yield Item(source=s.source or str(path), sighting=s, path=path)
+                    yield Item(s.source or str(path), s, path=path)
         return self.ingest(items(), **kwargs)
 
     # ------------------------------------------------------------------ query
     def query(self, image: bytes | str | Path, *, top_k: int = 10,
               min_score: float = MATCH_SCORE) -> list[Match]:
         """Where else has this image appeared? Best matches first."""
-        data = image if isinstance(image, (bytes, bytearray)) else Path(image).read_bytes()
-        decoded = decode(bytes(data), source=None if isinstance(image, bytes) else str(image))
+        data, source = _read(image)
+        decoded = decode(data, source=source)
         query = {name: registry.get(name).dihedral(decoded) for name in self.indexes}
         return find_matches(self.catalog, self.indexes, query, top_k=top_k, min_score=min_score)
 
@@ -184,16 +209,24 @@ class Collection:
     def clusters(self, **kwargs) -> list[Cluster]:
         return build_clusters(self.catalog, **kwargs)
 
-    def image(self, sha256: str) -> dict:
-        """One image: its metadata, signals and sightings; ImgmatchError if unknown."""
+    def image(self, sha256: str) -> ImageRecord:
+        """One image: its facts, signals, sightings and links; ImgmatchError if unknown."""
         image_id = self.catalog.image_id(sha256)
         if image_id is None:
             raise ImgmatchError(f"no image with sha256 {sha256} in {self.path}")
         info = self.catalog.images([image_id])[image_id]
-        info["signals"] = {name: {"hex": v.hex(), "quality": q} for name, (v, q)
-                           in sorted(self.catalog.signals_of([image_id])[image_id].items())}
-        info["sightings"] = self.catalog.sightings_of([image_id])[image_id]
-        return info
+        values = self.catalog.signals_of([image_id]).get(image_id, {})
+        linked = self.catalog.links_of(image_id)
+        shas = self.catalog.images([other for other, *_ in linked])
+        return ImageRecord(
+            sha256=info["sha256"], size_bytes=info["size_bytes"], width=info["width"],
+            height=info["height"], format=info["format"], frames=info["frames"],
+            created_at=info["created_at"],
+            signals={name: registry.get(name).from_bytes(v, q)
+                     for name, (v, q) in values.items()},
+            sightings=tuple(self.catalog.sightings_of([image_id])[image_id]),
+            links=tuple(Link(shas[o]["sha256"], score, d, agreed, t)
+                        for o, score, d, agreed, t in linked))
 
     def stats(self) -> dict:
         counts = self.catalog.counts()
@@ -221,3 +254,14 @@ def hash_bytes(data: bytes, signals: Sequence[str] = registry.DEFAULT_SIGNALS,
                                                         if s.quality is not None else {})}
                     for s in img.signals},
     }
+
+
+def _read(image: bytes | str | Path) -> tuple[bytes, str]:
+    """(bytes, a name for messages) of an image given as bytes or a path."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image), "<bytes>"
+    path = Path(image)
+    try:
+        return path.read_bytes(), str(path)
+    except OSError as exc:
+        raise MissingFile(f"cannot read: {exc.strerror or exc}", source=str(path)) from None

@@ -89,6 +89,17 @@ class IndexFileError(ImgmatchError):
     """An index file is missing, stale, corrupt or was not written by this collection."""
 
 
+def error_for(reason: str | None, detail: str | None, source: str | None = None) -> InputError:
+    """The InputError subclass for a recorded failure reason (InputError if none fits)."""
+    for cls in _INPUT_ERRORS:
+        if cls.reason == reason:
+            return cls(detail or reason or "unusable input", source=source)
+    return InputError(detail or reason or "unusable input", source=source, reason=reason)
+
+
+_INPUT_ERRORS = (EmptyFile, UnsupportedFormat, DecodeError, ImageTooLarge, ImageTooSmall,
+                 UnsafePath, MissingFile)
+
 __all__ = [
     "ImgmatchError",
     "InputError",

@@ -95,6 +95,8 @@ class _Batch:
         self.failures: list[tuple[str, str, str]] = []
         self.payload_digests: list[tuple[str, str]] = []
         self.digests: set[str] = set()
+        #: (item, sha256 or None, "added" | "known" | "failed", failure detail)
+        self.records: list[tuple[Item, str | None, str, str | None]] = []
         self.opened = time.monotonic()
 
     def __len__(self) -> int:
@@ -105,11 +107,14 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
            signal_names: Sequence[str] = signal_registry.DEFAULT_SIGNALS,
            workers: int = 0, batch_size: int = DEFAULT_BATCH, run_id: int | None = None,
            linker: BatchLinker | None = None, timeout: float = DEFAULT_TIMEOUT,
-           on_progress: Callable[[IngestSummary], None] | None = None) -> IngestSummary:
+           on_progress: Callable[[IngestSummary], None] | None = None,
+           on_written: Callable[[list], None] | None = None) -> IngestSummary:
     """Analyse and catalogue every item; bad items are recorded, never fatal.
 
     ``workers`` = 0 analyses in this process (no isolation); N >= 1 uses N
-    supervised worker processes with a per-file ``timeout``.
+    supervised worker processes with a per-file ``timeout``. ``on_written``
+    receives, after each committed batch, its records: (item, sha256 or None,
+    "added" | "known" | "failed", failure detail).
     """
     names = tuple(signal_names)
     for name in names:
@@ -132,6 +137,8 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
         nonlocal batch
         if len(batch):
             _write(catalog, batch, run_id, linker, summary)
+            if on_written is not None:
+                on_written(batch.records)
             if on_progress is not None:
                 on_progress(summary)
         batch = _Batch()
@@ -140,15 +147,18 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
         summary.files_seen += 1
         digest = analysis.sha256
         if analysis.image is None and not analysis.known:
-            source = item.source
-            batch.failures.append((source, analysis.reason or "error", analysis.detail or ""))
+            batch.failures.append((item.source, analysis.reason or "error",
+                                   analysis.detail or ""))
+            batch.records.append((item, digest or None, "failed", analysis.detail))
             return
         if analysis.known or digest in batch.digests or catalog.has_image(digest):
             summary.images_known += 1
+            batch.records.append((item, digest, "known", None))
         else:
             batch.images.append(analysis.image)
             batch.variants[digest] = analysis.variants
             batch.digests.add(digest)
+            batch.records.append((item, digest, "added", None))
         batch.sightings.append((digest, item.sighting))
         if item.payload_digest:
             batch.payload_digests.append((item.payload_digest, digest))
@@ -177,6 +187,11 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
             if item.error is not None:
                 summary.files_seen += 1
                 batch.failures.append((item.source, item.error.reason, item.error.detail))
+                batch.records.append((item, None, "failed", item.error.detail))
+            elif item.analysis is not None:
+                jobs[submitted] = item
+                finished[submitted] = item.analysis
+                submitted += 1
             else:
                 while not pool.has_capacity:
                     collect(0.05)
@@ -199,6 +214,7 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
                 summary.skip("revisit-of-unknown-record")
                 continue
             batch.sightings.append((digest, item.sighting))
+            batch.records.append((item, digest, "known", None))
             summary.revisits += 1
             if len(batch) >= batch_size:
                 flush()

@@ -1,4 +1,4 @@
-"""The public value types: sightings, matches and clusters (frozen dataclasses).
+"""The public value types: sightings, matches, clusters, images (frozen dataclasses).
 
 These are what the library returns and what the CLI and every report format
 serialise; ``to_json`` gives the stable JSON shape documented in docs/cli.md.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .catalog import SightingRow
+from .signals import HashValue
 
 #: A sighting as given by a caller (where and when an image was seen).
 Sighting = SightingRow
@@ -31,7 +32,7 @@ class Match:
     distances: dict[str, int]
     agreed: tuple[str, ...]
     signals: dict[str, str]
-    sightings: tuple[dict, ...] = ()
+    sightings: tuple[Sighting, ...] = ()
     image: dict = field(default_factory=dict)
     low_information: bool = False
     transform: str = "identity"
@@ -46,7 +47,7 @@ class Match:
             "low_information": self.low_information,
             "signals": self.signals,
             "image": {k: v for k, v in self.image.items() if k not in ("id", "sha256")},
-            "sightings": [_sighting_json(s) for s in self.sightings],
+            "sightings": [s.to_json() for s in self.sightings],
         }
 
 
@@ -57,16 +58,16 @@ class Cluster:
     id: int
     image_ids: tuple[int, ...]
     images: tuple[dict, ...]
-    sightings: tuple[dict, ...]
+    sightings: tuple[Sighting, ...]
     links: tuple[dict, ...]
 
     @property
     def platforms(self) -> tuple[str, ...]:
-        return tuple(sorted({s["platform"] for s in self.sightings if s.get("platform")}))
+        return tuple(sorted({s.platform for s in self.sightings if s.platform}))
 
     @property
     def dates(self) -> list[str]:
-        return sorted(d for d in (seen_at(s) for s in self.sightings) if d)
+        return sorted(d for d in (s.seen_at for s in self.sightings) if d)
 
     @property
     def first_seen(self) -> str | None:
@@ -83,12 +84,12 @@ class Cluster:
         """Distinct ads: (platform, ad id), else the page URL, else the image URL."""
         keys = set()
         for s in self.sightings:
-            if s.get("ad_id"):
-                keys.add(("ad", s.get("platform"), s["ad_id"]))
-            elif s.get("page_url"):
-                keys.add(("page", s["page_url"]))
-            elif s.get("url"):
-                keys.add(("url", s["url"]))
+            if s.ad_id:
+                keys.add(("ad", s.platform, s.ad_id))
+            elif s.page_url:
+                keys.add(("page", s.page_url))
+            elif s.url:
+                keys.add(("url", s.url))
         return len(keys)
 
     @property
@@ -96,7 +97,7 @@ class Cluster:
         """Platforms in the order they first saw the picture: [(platform, date)]."""
         first: dict[str, str] = {}
         for s in self.sightings:
-            when, platform = seen_at(s), s.get("platform")
+            when, platform = s.seen_at, s.platform
             if platform and when and (platform not in first or when < first[platform]):
                 first[platform] = when
         return sorted(first.items(), key=lambda kv: kv[1])
@@ -115,17 +116,12 @@ class Cluster:
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
             "images": [{k: v for k, v in img.items() if k != "id"} for img in self.images],
-            "sightings": [_sighting_json(s) for s in self.sightings],
+            "sightings": [s.to_json() for s in self.sightings],
             "n_images": len(self.images),
             "n_sightings": len(self.sightings),
             "n_ads": self.ads,
             "links": list(self.links),
         }
-
-
-def seen_at(sighting: dict) -> str | None:
-    """When a sighting happened: posted_at, else collected_at."""
-    return sighting.get("posted_at") or sighting.get("collected_at")
 
 
 def _days_between(a: str, b: str) -> float:
@@ -138,5 +134,56 @@ def _days_between(a: str, b: str) -> float:
         return 0.0
 
 
-def _sighting_json(s: dict) -> dict:
-    return {k: v for k, v in s.items() if k not in ("id",)}
+@dataclass(frozen=True)
+class Link:
+    """A near-duplicate link from one image to another, with its evidence."""
+
+    sha256: str
+    score: float
+    distances: dict[str, int]
+    agreed: tuple[str, ...]
+    transform: str
+
+    def to_json(self) -> dict:
+        return {"sha256": self.sha256, "score": round(self.score, 4),
+                "distances": self.distances, "agreed": list(self.agreed),
+                "transform": self.transform}
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One catalogued image: its facts, signal values, sightings and links."""
+
+    sha256: str | None
+    size_bytes: int | None
+    width: int | None
+    height: int | None
+    format: str | None
+    frames: int | None
+    created_at: str
+    signals: dict[str, HashValue]
+    sightings: tuple[Sighting, ...]
+    links: tuple[Link, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "sha256": self.sha256, "size_bytes": self.size_bytes, "width": self.width,
+            "height": self.height, "format": self.format, "frames": self.frames,
+            "created_at": self.created_at,
+            "signals": {k: v.to_json() for k, v in sorted(self.signals.items())},
+            "sightings": [s.to_json() for s in self.sightings],
+            "links": [k.to_json() for k in self.links],
+        }
+
+
+@dataclass(frozen=True)
+class Added:
+    """What adding one image did."""
+
+    sha256: str
+    new_image: bool
+    new_sighting: bool
+
+    def to_json(self) -> dict:
+        return {"sha256": self.sha256, "new_image": self.new_image,
+                "new_sighting": self.new_sighting}

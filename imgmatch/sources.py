@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from .catalog import SIGHTING_FIELDS, SightingRow
 from .errors import InputError, ManifestError, MissingFile, UnsafePath
@@ -49,6 +50,9 @@ class Item:
     #: the crawler's digest of these bytes (WARC-Payload-Digest), remembered
     #: so later revisits can find the image
     payload_digest: str | None = None
+    #: already analysed by the caller (the HTTP service does it outside its
+    #: write lock); ingest then uses it as the worker's result
+    analysis: Any = None
 
     def read(self) -> bytes:
         if self.error is not None:
@@ -299,15 +303,21 @@ def iter_scrapy(items_jsonl: str | Path, store: str | Path, *,
         if error is not None:
             yield Item(label, SightingRow(source=label), error=InputError(error, source=label))
             continue
-        ad = {k: v for k, v in row.items() if k not in _SCRAPY_MEDIA_KEYS}
-        if "url" in ad:
-            ad.setdefault("page_url", ad.pop("url"))
-        for key in ("files", "images"):
-            for entry in row.get(key) or ():
-                if not isinstance(entry, dict):
-                    continue
-                fields = dict(ad)
-                fields["path"] = entry.get("path")
-                if entry.get("url"):
-                    fields["url"] = entry["url"]
-                yield _manifest_item(fields, base, Path(store), label, platform)
+        yield from scrapy_item_files(row, base, Path(store), label, platform)
+
+
+def scrapy_item_files(row: dict, base: Path, shown_base: Path, label: str,
+                      platform: str | None) -> Iterator[Item]:
+    """The stored files of one Scrapy item, each an item with the ad's metadata."""
+    ad = {k: v for k, v in row.items() if k not in _SCRAPY_MEDIA_KEYS}
+    if "url" in ad:
+        ad.setdefault("page_url", ad.pop("url"))
+    for key in ("files", "images"):
+        for entry in row.get(key) or ():
+            if not isinstance(entry, dict):
+                continue
+            fields = dict(ad)
+            fields["path"] = entry.get("path")
+            if entry.get("url"):
+                fields["url"] = entry["url"]
+            yield _manifest_item(fields, base, shown_base, label, platform)

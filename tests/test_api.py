@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import __future__
 
+import dataclasses
 import hashlib
 import inspect
 import io
@@ -16,6 +17,7 @@ from PIL import Image
 import imgmatch
 from imgmatch import errors
 from imgmatch import signals as registry
+from imgmatch.model import Added, ImageRecord
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ASTRONAUT = FIXTURES / "originals" / "astronaut.jpg"
@@ -79,9 +81,11 @@ def test_input_error_carries_reason_detail_and_source():
 # ------------------------------------------------------------------ round trips
 def test_add_bytes_then_query_bytes(tmp_path, astronaut_bytes):
     with imgmatch.Collection.open(tmp_path / "c.db") as c:
-        summary = c.add(astronaut_bytes, imgmatch.Sighting(platform="x", url="u"))
-        assert isinstance(summary, imgmatch.IngestSummary)
-        assert (summary.images_added, summary.sightings_added, summary.failures) == (1, 1, [])
+        added = c.add(astronaut_bytes, imgmatch.Sighting(platform="x", url="u"))
+        assert isinstance(added, Added)
+        assert (added.sha256, added.new_image, added.new_sighting) == \
+            (hashlib.sha256(astronaut_bytes).hexdigest(), True, True)
+        assert c.catalog.failures() == []
         matches = c.query(astronaut_bytes)
     (match,) = matches
     assert isinstance(match, imgmatch.Match)
@@ -90,7 +94,8 @@ def test_add_bytes_then_query_bytes(tmp_path, astronaut_bytes):
     assert set(match.distances.values()) == {0}
     assert not match.low_information
     (sighting,) = match.sightings
-    assert (sighting["platform"], sighting["url"]) == ("x", "u")
+    assert isinstance(sighting, imgmatch.Sighting)
+    assert (sighting.platform, sighting.url) == ("x", "u")
 
 
 def test_query_finds_a_mirrored_copy(tmp_path, astronaut_bytes):
@@ -110,9 +115,9 @@ def test_add_path_records_its_source(tmp_path):
         c.add(str(CAT), imgmatch.Sighting(platform="citylist", url="https://c.example/1",
                                           source="crawl/cat.jpg"))
         info = c.image(hashlib.sha256(CAT.read_bytes()).hexdigest())
-    sightings = sorted(info["sightings"], key=lambda s: s["source"])
-    assert [s["source"] for s in sightings] == [str(CAT), "crawl/cat.jpg"]
-    assert [s["platform"] for s in sightings] == [None, "citylist"]
+    sightings = sorted(info.sightings, key=lambda s: s.source)
+    assert [s.source for s in sightings] == [str(CAT), "crawl/cat.jpg"]
+    assert [s.platform for s in sightings] == [None, "citylist"]
 
 
 def test_image_returns_metadata_signals_and_sightings(tmp_path, astronaut_bytes):
@@ -121,15 +126,16 @@ def test_image_returns_metadata_signals_and_sightings(tmp_path, astronaut_bytes)
         c.add_many([(astronaut_bytes, imgmatch.Sighting(platform="a", posted_at="2024-01-02T00:00:00Z")),
                     (astronaut_bytes, imgmatch.Sighting(platform="b", posted_at="2023-01-02T00:00:00Z"))])
         info = c.image(sha)
-        assert c.image(sha.upper())["sha256"] == sha
-    assert info["sha256"] == sha
-    assert (info["width"], info["height"], info["format"]) == (512, 512, "JPEG")
-    assert info["size_bytes"] == len(astronaut_bytes)
-    assert [s["platform"] for s in info["sightings"]] == ["b", "a"]  # oldest first
-    assert set(info["signals"]) == {"pdq", "phash", "dhash"}
-    assert len(info["signals"]["pdq"]["hex"]) == 64
+        assert c.image(sha.upper()).sha256 == sha
+    assert isinstance(info, ImageRecord)
+    assert info.sha256 == sha
+    assert (info.width, info.height, info.format) == (512, 512, "JPEG")
+    assert info.size_bytes == len(astronaut_bytes)
+    assert [s.platform for s in info.sightings] == ["b", "a"]  # oldest first
+    assert set(info.signals) == {"pdq", "phash", "dhash"}
+    assert len(info.signals["pdq"].hex) == 64
     expected = imgmatch.hash_bytes(astronaut_bytes)["signals"]
-    assert {k: v["hex"] for k, v in info["signals"].items()} == \
+    assert {k: v.hex for k, v in info.signals.items()} == \
         {k: v["hex"] for k, v in expected.items()}
 
 
@@ -156,9 +162,18 @@ def test_query_of_bad_bytes_raises_an_input_error(tmp_path, astronaut_bytes):
             c.query(b"")
 
 
-def test_add_bad_bytes_is_a_recorded_failure(tmp_path):
+def test_add_bad_bytes_raises_and_records_nothing(tmp_path):
     with imgmatch.Collection.open(tmp_path / "c.db") as c:
-        summary = c.add(b"\x00" * 100, imgmatch.Sighting(source="upload-1"))
+        with pytest.raises(imgmatch.UnsupportedFormat) as caught:
+            c.add(b"\x00" * 100, imgmatch.Sighting(source="upload-1"))
+        assert (caught.value.reason, caught.value.source) == ("unsupported-format", "upload-1")
+        assert c.catalog.failures() == []
+        assert (c.catalog.counts()["images"], c.catalog.counts()["sightings"]) == (0, 0)
+
+
+def test_add_many_bad_bytes_is_a_recorded_failure(tmp_path):
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        summary = c.add_many([(b"\x00" * 100, imgmatch.Sighting(source="upload-1"))])
         assert summary.images_added == 0
         assert [(s, r) for s, r, _ in summary.failures] == [("upload-1", "unsupported-format")]
         assert [f["source"] for f in c.catalog.failures()] == ["upload-1"]
@@ -203,8 +218,7 @@ def test_match_and_cluster_json(tmp_path, astronaut_bytes):
         (cluster,) = c.clusters()
     data = match.to_json()
     assert data["sha256"] == match.sha256 and data["score"] == 1.0
-    assert data["sightings"] == [{k: v for k, v in s.items() if k != "id"}
-                                 for s in match.sightings]
+    assert data["sightings"] == [dataclasses.asdict(s) for s in match.sightings]
     assert isinstance(cluster, imgmatch.Cluster)
     assert cluster.platforms == ("x", "y")
     assert len(cluster.links) == 1 and cluster.links[0]["transform"] == "mirror"
@@ -230,7 +244,9 @@ def test_stale_index_files_catch_up_with_the_catalog(tmp_path, astronaut_bytes):
 def test_the_library_never_prints(tmp_path, astronaut_bytes, capfd):
     with imgmatch.Collection.open(tmp_path / "c.db") as c:
         c.add(astronaut_bytes, imgmatch.Sighting(platform="x", url="u"))
-        c.add(b"not an image")
+        with pytest.raises(imgmatch.UnsupportedFormat):
+            c.add(b"not an image")
+        c.add_many([(b"not an image", None)])
         c.add(CAT)
         c.query(astronaut_bytes)
         c.query(mirrored_jpeg(astronaut_bytes), min_score=0)

@@ -136,10 +136,10 @@ def test_astronaut_sightings_form_one_cluster(collection, original_of, manifest_
     astronaut_urls = {r["url"] for r in manifest_rows if original_name(r["path"]) == "astronaut"}
     assert len(astronaut_urls) == 6
     clusters = collection.clusters(min_sightings=1)
-    holding = [c for c in clusters if astronaut_urls & {s["url"] for s in c.sightings}]
+    holding = [c for c in clusters if astronaut_urls & {s.url for s in c.sightings}]
     assert len(holding) == 1
     (cluster,) = holding
-    assert {s["url"] for s in cluster.sightings} == astronaut_urls
+    assert {s.url for s in cluster.sightings} == astronaut_urls
     assert len(cluster.images) == 5
     assert cluster.platforms == ("backpage-clone", "citylist", "jobboard", "nightads")
     assert clusters[0] is cluster  # the most platforms ranks first
@@ -151,7 +151,7 @@ def test_no_cluster_mixes_two_photos(collection, original_of):
     for cluster in clusters:
         names = {original_of[img["sha256"]] for img in cluster.images}
         assert len(names) == 1, names
-        assert {original_of[s["sha256"]] for s in cluster.sightings} == names
+        assert {original_of[s.sha256] for s in cluster.sightings} == names
 
 
 @pytest.mark.parametrize("name, n_sightings", [("cat", 3), ("temple", 3), ("coffee", 4)])
@@ -172,11 +172,11 @@ def test_cluster_shape_and_ranking(collection):
         assert c.id == min(c.image_ids) == c.image_ids[0]
         assert list(c.image_ids) == sorted(c.image_ids)
         shas = {i["sha256"] for i in c.images}
-        assert {s["sha256"] for s in c.sightings} <= shas
+        assert {s.sha256 for s in c.sightings} <= shas
         for link in c.links:
             assert {link["a"], link["b"]} <= shas
             assert link["score"] >= 0.5 and link["agreed"]
-        when = [s.get("posted_at") or "" for s in c.sightings]
+        when = [s.posted_at or "" for s in c.sightings]
         assert when == sorted(when)
         assert c.first_seen == when[0] and c.last_seen == when[-1]
         assert c.ads == len(c.sightings)  # every fixture sighting is its own ad

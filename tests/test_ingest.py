@@ -132,15 +132,15 @@ def test_bad_files_are_recorded_with_their_reasons(tmp_path, crawl, bad_files):
                                             "decode-error": 1, "too-large": 1}
         for name in GOOD:
             info = collection.image(sha256_of((crawl / name).read_bytes()))
-            assert [s["source"] for s in info["sightings"]] == [str(crawl / name)]
+            assert [s.source for s in info.sightings] == [str(crawl / name)]
 
 
 def test_animated_gif_is_catalogued_with_its_frames(tmp_path, crawl):
     with imgmatch.Collection.open(tmp_path / "c.db") as collection:
         collection.ingest(iter_paths([crawl / "anim.gif"]))
         info = collection.image(sha256_of((crawl / "anim.gif").read_bytes()))
-    assert (info["format"], info["frames"], info["width"], info["height"]) == ("GIF", 3, 96, 96)
-    assert set(info["signals"]) == {"pdq", "phash", "dhash"}
+    assert (info.format, info.frames, info.width, info.height) == ("GIF", 3, 96, 96)
+    assert set(info.signals) == {"pdq", "phash", "dhash"}
 
 
 def test_rerun_records_no_duplicate_failures(tmp_path, crawl, bad_files):
@@ -252,13 +252,13 @@ def test_csv_manifest_refuses_unsafe_and_missing_rows(tmp_path, case):
         # the file outside the folder was never read into the catalog
         assert collection.catalog.image_id(sha256_of(outside.read_bytes())) is None
         good = collection.image(sha256_of((case / "img" / "good.jpg").read_bytes()))
-        (sighting,) = good["sightings"]
-        assert sighting["platform"] == "citylist"
-        assert sighting["url"] == "https://a.example/1"
-        assert sighting["extra"] == {"phone": "555-0100"}
-        assert sighting["source"] == str(case / "img" / "good.jpg")
+        (sighting,) = good.sightings
+        assert sighting.platform == "citylist"
+        assert sighting.url == "https://a.example/1"
+        assert sighting.extra == {"phone": "555-0100"}
+        assert sighting.source == str(case / "img" / "good.jpg")
         good2 = collection.image(sha256_of((case / "good2.jpg").read_bytes()))
-        assert [s["platform"] for s in good2["sightings"]] == ["nightads"]
+        assert [s.platform for s in good2.sightings] == ["nightads"]
 
 
 def test_manifest_platform_option_fills_missing_platforms(tmp_path, case):
@@ -266,9 +266,8 @@ def test_manifest_platform_option_fills_missing_platforms(tmp_path, case):
     manifest.write_text("path,platform\nimg/good.jpg,\ngood2.jpg,jobboard\n", encoding="utf-8")
     with imgmatch.Collection.open(tmp_path / "c.db") as collection:
         collection.ingest(iter_manifest(manifest, platform="citylist"))
-        platforms = {s["platform"] for name in ("img/good.jpg", "good2.jpg")
-                     for s in collection.image(sha256_of((case / name).read_bytes()))
-                     ["sightings"]}
+        platforms = {s.platform for name in ("img/good.jpg", "good2.jpg")
+                     for s in collection.image(sha256_of((case / name).read_bytes())).sightings}
     assert platforms == {"citylist", "jobboard"}
 
 
@@ -293,18 +292,18 @@ def test_jsonl_manifest_rows_extra_and_dates(tmp_path, case):
         failures = sorted((s, r) for s, r, _ in summary.failures)
         assert failures == [(f"{manifest}:2", "input-error"), (f"{manifest}:5", "input-error")]
         good = collection.image(sha256_of((case / "img" / "good.jpg").read_bytes()))
-        (s,) = good["sightings"]
-        assert s["platform"] == "jobboard"
-        assert s["posted_at"] == "2024-03-09T21:14:00Z"
-        assert s["collected_at"] == "2023-11-14T22:13:20Z"
-        assert s["extra"] == {"caption": "hi there", "lang": "en", "views": 3}
+        (s,) = good.sightings
+        assert s.platform == "jobboard"
+        assert s.posted_at == "2024-03-09T21:14:00Z"
+        assert s.collected_at == "2023-11-14T22:13:20Z"
+        assert s.extra == {"caption": "hi there", "lang": "en", "views": 3}
         good2 = collection.image(sha256_of((case / "good2.jpg").read_bytes()))
-        by_platform = {s["platform"]: s for s in good2["sightings"]}
+        by_platform = {s.platform: s for s in good2.sightings}
         assert set(by_platform) == {"citylist", "nightads"}
-        assert by_platform["citylist"]["posted_at"] is None
-        assert by_platform["citylist"]["extra"] == {"posted_at_raw": "last tuesday"}
-        assert by_platform["citylist"]["collected_at"] == "2023-11-14T22:13:20Z"
-        assert by_platform["nightads"]["posted_at"] == "2024-03-09T19:14:00Z"
+        assert by_platform["citylist"].posted_at is None
+        assert by_platform["citylist"].extra == {"posted_at_raw": "last tuesday"}
+        assert by_platform["citylist"].collected_at == "2023-11-14T22:13:20Z"
+        assert by_platform["nightads"].posted_at == "2024-03-09T19:14:00Z"
 
 
 def test_hostile_date_does_not_abort_the_ingest(tmp_path, case):

@@ -231,7 +231,7 @@ def test_warc_images_revisits_non_images_and_truncated_records(tmp_path, name):
     assert summary.skipped == {"not-an-image": 1}
     assert [r for _, r, _ in summary.failures] == ["truncated-record"]
     assert counts["images"] == 1 and counts["sightings"] == 2
-    seen = {(s["platform"], s["url"], s["collected_at"]) for s in info["sightings"]}
+    seen = {(s.platform, s.url, s.collected_at) for s in info.sightings}
     assert seen == {("citylist.example", "https://citylist.example/ads/1/a.jpg",
                      "2024-01-02T03:04:05Z"),
                     ("nightads.example", "https://nightads.example/p/9.jpg",
@@ -259,7 +259,7 @@ def test_revisit_in_a_later_warc_finds_the_image_of_an_earlier_one(tmp_path):
     with imgmatch.Collection.open(tmp_path / "c.db") as c:
         c.ingest(iter_warc(first))
         summary = c.ingest(iter_warc(second))
-        platforms = {s["platform"] for s in c.catalog.sightings_of([1])[1]}
+        platforms = {s.platform for s in c.catalog.sightings_of([1])[1]}
     assert summary.revisits == 1 and summary.sightings_added == 1
     assert "jobboard.example" in platforms
 
@@ -299,7 +299,7 @@ def test_jsonl_on_stdin_with_paths_and_base64(tmp_path):
     assert summary["failed"] == 3
     with imgmatch.Collection.open(db, readonly=True) as c:
         info = c.image(hashlib.sha256(photo.read_bytes()).hexdigest())
-    assert info["sightings"][0]["extra"] == {"phone": "555-0101"}
+    assert info.sightings[0].extra == {"phone": "555-0101"}
 
 
 def test_jsonl_stream_items_are_lazy():
@@ -337,10 +337,10 @@ def test_scrapy_files_pipeline_output(tmp_path):
         info = c.image(hashlib.sha256(a).hexdigest())
     assert summary.images_added == 1
     assert [r for _, r, _ in summary.failures] == ["unsafe-path"]
-    (s,) = info["sightings"]
-    assert (s["platform"], s["url"], s["page_url"], s["ad_id"]) == (
+    (s,) = info.sightings
+    assert (s.platform, s.url, s.page_url, s.ad_id) == (
         "citylist", "https://img.citylist.example/5.jpg", "https://citylist.example/ad/5", "5")
-    assert s["extra"] == {"phone": "555-0100"}
+    assert s.extra == {"phone": "555-0100"}
 
 
 # ------------------------------------------------------------- in-process path

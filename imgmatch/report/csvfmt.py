@@ -36,8 +36,7 @@ def write_csv(clusters: Sequence[Cluster], out: TextIO, *, raw: bool = False) ->
         head = [c.id, ";".join(c.platforms), c.first_seen, c.last_seen, len(c.images),
                 len(c.sightings), c.ads]
         for s in c.sightings:
-            extra = json.dumps(s.get("extra") or {}, ensure_ascii=False, sort_keys=True)
-            row = head + [s.get("sha256"), s.get("platform"), s.get("posted_at"),
-                          s.get("collected_at"), s.get("url"), s.get("page_url"),
-                          s.get("ad_id"), s.get("source"), extra]
+            extra = json.dumps(s.extra or {}, ensure_ascii=False, sort_keys=True)
+            row = head + [s.sha256, s.platform, s.posted_at, s.collected_at, s.url,
+                          s.page_url, s.ad_id, s.source, extra]
             writer.writerow([cell(v) for v in row])

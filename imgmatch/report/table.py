@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import TextIO
 
-from ..model import Cluster, seen_at
+from ..model import Cluster
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
@@ -35,10 +35,10 @@ def write_table(clusters: Sequence[Cluster], out: TextIO) -> None:
         if order:
             out.write(f"    route: {order}\n")
         for s in c.sightings:
-            extra = s.get("extra") or {}
+            extra = s.extra or {}
             details = ", ".join(f"{clean(k, 20)}={clean(v, 40)}" for k, v in sorted(extra.items())
                                 if not k.endswith("_raw"))
-            out.write(f"    {_day(seen_at(s))}  {clean(s.get('platform') or '-', 16):16} "
-                      f"{clean(s.get('sha256'), 12)}  "
-                      f"{clean(s.get('url') or s.get('source'), 60)}"
+            out.write(f"    {_day(s.seen_at)}  {clean(s.platform or '-', 16):16} "
+                      f"{clean(s.sha256, 12)}  "
+                      f"{clean(s.url or s.source, 60)}"
                       f"{'  [' + details + ']' if details else ''}\n")

@@ -1,0 +1,1 @@
+"""Adapters that plug imgmatch into other tools (crawlers, pipelines)."""
