@@ -33,7 +33,8 @@ class Analysis:
 
 
 def analyse_source(path: str | None, data: bytes | None, signal_names: Sequence[str],
-                   source: str, is_known: Callable[[str], bool] | None = None) -> Analysis:
+                   source: str, is_known: Callable[[str], bool] | None = None,
+                   thumbnails: bool = False) -> Analysis:
     """Read (if given a path), take the SHA-256, and analyse unless already known.
 
     This is the whole of a worker's job: reading and hashing the bytes where
@@ -51,17 +52,24 @@ def analyse_source(path: str | None, data: bytes | None, signal_names: Sequence[
         return Analysis(digest, known=True)
     if not data:
         return Analysis(digest, reason="empty-file", detail="the file is empty (0 bytes)")
-    return analyse(data, signal_names, source, digest)
+    return analyse(data, signal_names, source, digest, thumbnails)
+
+
+#: Longer side and JPEG quality of opt-in thumbnails (small on purpose: enough
+#: for an analyst to recognise a picture, no more).
+THUMBNAIL_PX = 160
+THUMBNAIL_QUALITY = 70
 
 
 def analyse(data: bytes, signal_names: Sequence[str], source: str | None = None,
-            sha256: str | None = None) -> Analysis:
+            sha256: str | None = None, thumbnails: bool = False) -> Analysis:
     """Decode once and compute every signal; never raises for bad input."""
     digest = sha256 or hashlib.sha256(data).hexdigest()
     try:
         target = max(registry.get(name).min_side for name in signal_names)
         decoded = decode(data, source=source, target=target)
         variants = {name: registry.get(name).link_variants(decoded) for name in signal_names}
+        thumb = make_thumbnail(decoded) if thumbnails else None
     except InputError as exc:
         return Analysis(digest, reason=exc.reason, detail=exc.detail)
     except MemoryError:
@@ -70,5 +78,17 @@ def analyse(data: bytes, signal_names: Sequence[str], source: str | None = None,
                  for name, vs in variants.items())
     return Analysis(digest, image=ImageRow(
         sha256=digest, size_bytes=len(data), width=decoded.width, height=decoded.height,
-        format=decoded.format, mode=decoded.mode, frames=decoded.frames, signals=rows),
+        format=decoded.format, mode=decoded.mode, frames=decoded.frames, signals=rows,
+        thumbnail=thumb),
         variants=variants)
+
+
+def make_thumbnail(decoded) -> bytes:
+    """A small colour JPEG of the image, for reports (only when asked for)."""
+    import io
+
+    image = decoded.in_colour().image.copy()
+    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    out = io.BytesIO()
+    image.convert("RGB").save(out, "JPEG", quality=THUMBNAIL_QUALITY)
+    return out.getvalue()

@@ -113,6 +113,22 @@ MIGRATIONS: list[tuple[str, str]] = [
         revoked_at TEXT
     );
     """),
+    ("ignored images and hashes; opt-in thumbnails", """
+    CREATE TABLE ignored (
+        id INTEGER PRIMARY KEY,
+        image_id INTEGER REFERENCES images(id) ON DELETE CASCADE,
+        signal TEXT,
+        value BLOB,
+        reason TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        CHECK ((image_id IS NULL) != (value IS NULL))
+    );
+    CREATE UNIQUE INDEX ignored_image ON ignored(image_id) WHERE image_id IS NOT NULL;
+    CREATE TABLE thumbnails (
+        image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+        jpeg BLOB NOT NULL
+    );
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -142,6 +158,8 @@ class ImageRow:
     mode: str | None
     frames: int | None
     signals: tuple[SignalRow, ...]
+    #: a small JPEG, only when the user asked for thumbnails
+    thumbnail: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -385,6 +403,9 @@ class Catalog:
                     "INSERT INTO signals (image_id, signal, version, value, quality) "
                     "VALUES (?,?,?,?,?)",
                     [(image_id, s.signal, s.version, s.value, s.quality) for s in row.signals])
+                if row.thumbnail:
+                    conn.execute("INSERT INTO thumbnails (image_id, jpeg) VALUES (?, ?)",
+                                 (image_id, row.thumbnail))
             if linker is not None and result.new_images:
                 result.links_added = self._insert_links(linker(result.new_images))
             for sha256, s in sightings:
@@ -567,6 +588,50 @@ class Catalog:
             d = dict(zip(cols, r))
             d["stats"] = json.loads(d["stats"] or "{}")
             out.append(d)
+        return out
+
+    # ------------------------------------------------------------------ ignore
+    def ignore_image(self, image_id: int, reason: str) -> bool:
+        cur = self.conn.execute(
+            "INSERT INTO ignored (image_id, reason, created_at) VALUES (?,?,?) "
+            "ON CONFLICT DO NOTHING", (image_id, reason, utcnow()))
+        return cur.rowcount == 1
+
+    def ignore_hash(self, signal: str, value: bytes, reason: str) -> bool:
+        exists = self.conn.execute("SELECT 1 FROM ignored WHERE signal = ? AND value = ?",
+                                   (signal, value)).fetchone()
+        if exists:
+            return False
+        self.conn.execute("INSERT INTO ignored (signal, value, reason, created_at) "
+                          "VALUES (?,?,?,?)", (signal, value, reason, utcnow()))
+        return True
+
+    def ignored(self) -> list[dict]:
+        rows = self.conn.execute(
+            "SELECT ignored.id, images.sha256, ignored.signal, ignored.value, ignored.reason, "
+            "ignored.created_at FROM ignored LEFT JOIN images ON images.id = ignored.image_id "
+            "ORDER BY ignored.id").fetchall()
+        return [{"id": r[0], "sha256": r[1], "signal": r[2],
+                 "hex": bytes(r[3]).hex() if r[3] is not None else None,
+                 "reason": r[4], "created_at": r[5]} for r in rows]
+
+    def unignore(self, entry_id: int) -> bool:
+        return self.conn.execute("DELETE FROM ignored WHERE id = ?", (entry_id,)).rowcount == 1
+
+    def ignored_image_ids(self) -> set[int]:
+        return {r[0] for r in self.conn.execute(
+            "SELECT image_id FROM ignored WHERE image_id IS NOT NULL")}
+
+    def ignored_hashes(self) -> list[tuple[str, bytes]]:
+        return [(r[0], bytes(r[1])) for r in self.conn.execute(
+            "SELECT signal, value FROM ignored WHERE value IS NOT NULL")]
+
+    def thumbnails_of(self, image_ids: Sequence[int]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for chunk in _chunks(list(image_ids), 500):
+            marks = ",".join("?" * len(chunk))
+            out.update((r[0], bytes(r[1])) for r in self.conn.execute(
+                f"SELECT image_id, jpeg FROM thumbnails WHERE image_id IN ({marks})", chunk))
         return out
 
     # ---------------------------------------------------------------- API keys

@@ -25,11 +25,10 @@ from .errors import ImgmatchError, InputError
 from .ingest import DEFAULT_BATCH
 from .match import MATCH_SCORE
 from .report import FORMATS
-from .report.csvfmt import write_csv
 from .report.table import clean
 from .keys import SCOPES, create_key
 from .progress import Progress
-from .sources import iter_jsonl_stream, iter_manifest, iter_paths, iter_scrapy
+from .sources import iter_jsonl_stream, iter_manifest, iter_paths, iter_scrapy, parse_when
 from .warc import iter_warc
 from .workers import DEFAULT_TIMEOUT
 
@@ -77,6 +76,8 @@ ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
               show_default=True, help="Seconds one file may take before it is given up.")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=DEFAULT_BATCH,
               show_default=True, help="Images per catalog transaction.")
+@click.option("--thumbnails", is_flag=True, help="Also store a small thumbnail of each new "
+              "image, for the HTML report (off by default: only hashes and metadata are kept).")
 @click.option("--emit-matches", is_flag=True,
               help="Write one JSON line per item to standard output, as soon as it is "
                    "catalogued, with its status and matches (for pipelines; implies "
@@ -87,7 +88,7 @@ ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
 def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl,
            scrapy_items: Path | None, scrapy_store: Path | None, platform: str | None,
            signal_list: str | None, workers: int, timeout: float, batch_size: int,
-           emit_matches: bool, quiet: bool, as_json: bool) -> int:
+           thumbnails: bool, emit_matches: bool, quiet: bool, as_json: bool) -> int:
     """Catalogue images from files, folders (recursive), manifests, WARC/ARC files,
     JSON lines and Scrapy output. Files ending .warc, .warc.gz, .arc or .arc.gz
     are read as web archives."""
@@ -123,7 +124,7 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
             summary = collection.ingest(
                 items(), signals=names, workers=workers, timeout=timeout,
                 batch_size=1 if emit_matches else batch_size, on_progress=on_progress,
-                on_written=emit,
+                on_written=emit, thumbnails=thumbnails,
                 args={"paths": [str(p) for p in paths], "manifests": [str(m) for m in manifests],
                       "platform": platform, "signals": list(names)})
         finally:
@@ -259,7 +260,9 @@ def hash_cmd(images: tuple[Path, ...], signal_list: str | None, as_json: bool) -
 
 @cli.command()
 @click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), default="table",
-              show_default=True)
+              show_default=True, help="table and json for people and programs; csv "
+              "(one row per sighting), links-csv, graphml and gexf for link-analysis tools; "
+              "html: one offline file with timelines.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write to this file instead of standard output.")
 @click.option("--min-sightings", type=click.IntRange(1), default=2, show_default=True,
@@ -267,23 +270,116 @@ def hash_cmd(images: tuple[Path, ...], signal_list: str | None, as_json: bool) -
 @click.option("--platform", "platforms", multiple=True, help="Only clusters seen on this "
               "platform. Repeatable.")
 @click.option("--cross-platform", is_flag=True, help="Only clusters seen on 2+ platforms.")
+@click.option("--since", help="Only clusters seen on or after this date (YYYY-MM-DD).")
+@click.option("--until", help="Only clusters seen on or before this date (YYYY-MM-DD).")
+@click.option("--fields", default="", help="Comma-separated metadata fields whose distinct "
+              "values each cluster lists (for example phone,city).")
 @click.option("--raw", is_flag=True, help="CSV: do not neutralise spreadsheet formulas.")
 @click.pass_obj
 def report(db: Path, fmt: str, output: Path | None, min_sightings: int,
-           platforms: tuple[str, ...], cross_platform: bool, raw: bool) -> int:
+           platforms: tuple[str, ...], cross_platform: bool, since: str | None,
+           until: str | None, fields: str, raw: bool) -> int:
     """Clusters of the same picture with their sightings, cross-platform first."""
+    since_d, until_d = _date_option(since, "--since"), _date_option(until, "--until")
+    names = tuple(f.strip() for f in fields.split(",") if f.strip())
     with Collection.open(db, readonly=True) as collection:
         clusters = collection.clusters(min_sightings=min_sightings, platforms=platforms,
-                                       cross_platform_only=cross_platform)
+                                       cross_platform_only=cross_platform, since=since_d,
+                                       until=until_d)
+        thumbnails = collection.thumbnails(
+            img["sha256"] for c in clusters for img in c.images) if fmt == "html" else {}
     out = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
     try:
-        if fmt == "csv":
-            write_csv(clusters, out, raw=raw)
+        if fmt in ("csv", "links-csv"):
+            FORMATS[fmt](clusters, out, raw=raw)
+        elif fmt == "table":
+            FORMATS[fmt](clusters, out, fields=names)
+        elif fmt == "html":
+            FORMATS[fmt](clusters, out, thumbnails=thumbnails)
         else:
             FORMATS[fmt](clusters, out)
     finally:
         if output:
             out.close()
+    return EXIT_OK
+
+
+def _date_option(value: str | None, name: str) -> str | None:
+    if not value:
+        return None
+    parsed = parse_when(value)
+    if parsed is None:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=name)
+    return parsed[:10] if len(value.strip()) <= 10 else parsed
+
+
+@cli.command()
+@click.argument("sha256", required=False)
+@click.option("--cluster", "cluster_id", type=int, help="Show this cluster instead.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def show(db: Path, sha256: str | None, cluster_id: int | None, as_json: bool) -> int:
+    """One image (its signals, sightings and links) or one cluster."""
+    if (sha256 is None) == (cluster_id is None):
+        raise click.UsageError("give an image's SHA256 or --cluster ID")
+    with Collection.open(db, readonly=True) as collection:
+        if sha256 is not None:
+            record = collection.image(sha256)
+            if as_json:
+                _echo_json(record.to_json())
+                return EXIT_OK
+            click.echo(f"image {record.sha256}: {record.width}x{record.height} "
+                       f"{record.format}, {record.size_bytes} bytes")
+            for name, value in sorted(record.signals.items()):
+                click.echo(f"  {name:6} {value.hex}" + (f"  quality {value.quality}"
+                                                       if value.quality is not None else ""))
+            click.echo(f"sightings ({len(record.sightings)}):")
+            for s in record.sightings:
+                click.echo(f"  {(s.seen_at or '?')[:10]}  {clean(s.platform or '-', 16):16} "
+                           f"{clean(s.url or s.source, 80)}")
+            click.echo(f"links ({len(record.links)}):")
+            for link in record.links:
+                click.echo(f"  {link.score:.3f}  {link.sha256}  {', '.join(link.agreed)} "
+                           f"({link.transform})")
+            return EXIT_OK
+        found = [c for c in collection.clusters(min_sightings=1) if c.id == cluster_id]
+    if not found:
+        raise ImgmatchError(f"no cluster {cluster_id} (cluster ids are in 'imgmatch report')")
+    if as_json:
+        _echo_json(found[0].to_json())
+    else:
+        FORMATS["table"](found, sys.stdout)
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("sha256s", nargs=-1)
+@click.option("--pdq", "pdq_hex", multiple=True, help="Ignore every image within the PDQ "
+              "threshold of this hash. Repeatable.")
+@click.option("--reason", default="ignored", show_default=True,
+              help="Why (stock photo, site logo, template...).")
+@click.option("--list", "list_", is_flag=True, help="List what is ignored.")
+@click.option("--remove", "remove", type=int, multiple=True, help="Stop ignoring entry ID.")
+@click.pass_obj
+def ignore(db: Path, sha256s: tuple[str, ...], pdq_hex: tuple[str, ...], reason: str,
+           list_: bool, remove: tuple[int, ...]) -> int:
+    """Mark images or hashes as known stock photos, logos or templates, so their
+    links stop shaping clusters."""
+    if not (sha256s or pdq_hex or list_ or remove):
+        raise click.UsageError("give image SHA256s, --pdq HEX, --list or --remove ID")
+    with Collection.open(db, readonly=list_ and not (sha256s or pdq_hex or remove)) as c:
+        for entry in remove:
+            if not c.catalog.unignore(entry):
+                raise ImgmatchError(f"no ignore entry {entry} ('imgmatch ignore --list')")
+        for sha in sha256s:
+            c.ignore(sha256=sha, reason=reason)
+        for hex_value in pdq_hex:
+            c.ignore(value=registry.get("pdq").from_hex(hex_value), reason=reason)
+        if list_:
+            for row in c.catalog.ignored():
+                what = row["sha256"] or f"{row['signal']} {row['hex']}"
+                click.echo(f"{row['id']:4}  {what}  {clean(row['reason'], 60)}  "
+                           f"{row['created_at']}")
     return EXIT_OK
 
 

@@ -127,7 +127,7 @@ class Collection:
                signals: Sequence[str] = registry.DEFAULT_SIGNALS, workers: int = 0,
                command: str = "ingest", args: dict | None = None, timeout: float = 60.0,
                batch_size: int = DEFAULT_BATCH, run_id: int | None = None,
-               on_progress=None, on_written=None) -> IngestSummary:
+               on_progress=None, on_written=None, thumbnails: bool = False) -> IngestSummary:
         """Catalogue items, link new images to their near-duplicates, save indexes.
 
         Each call is recorded as a run, unless ``run_id`` names one already
@@ -146,7 +146,8 @@ class Collection:
             summary = ingest(self.catalog, items, signal_names=signals, workers=workers,
                              run_id=run_id, linker=IndexLinker(self.catalog, indexes),
                              timeout=timeout, batch_size=batch_size,
-                             on_progress=on_progress, on_written=on_written)
+                             on_progress=on_progress, on_written=on_written,
+                             thumbnails=thumbnails)
             status = "partial" if summary.failures else "ok"
         finally:
             if summary.images_added:
@@ -207,7 +208,42 @@ class Collection:
 
     # ---------------------------------------------------------------- reports
     def clusters(self, **kwargs) -> list[Cluster]:
-        return build_clusters(self.catalog, **kwargs)
+        """Clusters of the same picture (see :func:`imgmatch.cluster.build_clusters`)."""
+        return build_clusters(self.catalog, ignored=self.ignored_image_ids(), **kwargs)
+
+    # ----------------------------------------------------------------- ignore
+    def ignore(self, *, sha256: str | None = None, value: HashValue | None = None,
+               reason: str = "ignored") -> bool:
+        """Mark an image, or every image matching a hash, as a known stock photo,
+        logo or template: its links stop shaping clusters. False if already so."""
+        if sha256 is not None:
+            image_id = self.catalog.image_id(sha256)
+            if image_id is None:
+                raise ImgmatchError(f"no image with sha256 {sha256} in {self.path}")
+            return self.catalog.ignore_image(image_id, reason)
+        if value is None:
+            raise ImgmatchError("name an image (sha256) or a hash to ignore")
+        return self.catalog.ignore_hash(value.signal, value.data, reason)
+
+    def ignored_image_ids(self) -> set[int]:
+        """Images ignored by name, and those within threshold of an ignored hash."""
+        ids = self.catalog.ignored_image_ids()
+        for signal, data in self.catalog.ignored_hashes():
+            index = self.indexes.get(signal)
+            if index is None:
+                continue
+            sig = registry.get(signal)
+            variants = sig.dihedral_of_value(HashValue(signal, data))
+            codes = np.frombuffer(b"".join(v.data for v in variants), dtype=np.uint8)
+            for found, _ in index.range_search(codes, sig.threshold):
+                ids.update(int(i) for i in found)
+        return ids
+
+    def thumbnails(self, sha256s: Iterable[str]) -> dict[str, bytes]:
+        """Stored thumbnails (only if ingested with thumbnails=True), by sha256."""
+        ids = {self.catalog.image_id(s): s for s in sha256s}
+        ids.pop(None, None)
+        return {ids[i]: jpeg for i, jpeg in self.catalog.thumbnails_of(list(ids)).items()}
 
     def image(self, sha256: str) -> ImageRecord:
         """One image: its facts, signals, sightings and links; ImgmatchError if unknown."""

@@ -108,7 +108,8 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
            workers: int = 0, batch_size: int = DEFAULT_BATCH, run_id: int | None = None,
            linker: BatchLinker | None = None, timeout: float = DEFAULT_TIMEOUT,
            on_progress: Callable[[IngestSummary], None] | None = None,
-           on_written: Callable[[list], None] | None = None) -> IngestSummary:
+           on_written: Callable[[list], None] | None = None,
+           thumbnails: bool = False) -> IngestSummary:
     """Analyse and catalogue every item; bad items are recorded, never fatal.
 
     ``workers`` = 0 analyses in this process (no isolation); N >= 1 uses N
@@ -122,9 +123,10 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
     started = time.monotonic()
     summary = IngestSummary()
     if workers >= 1:
-        pool = ProcessPool(names, workers, timeout, catalog_path=str(catalog.path))
+        pool = ProcessPool(names, workers, timeout, catalog_path=str(catalog.path),
+                           thumbnails=thumbnails)
     else:
-        pool = InlinePool(names, is_known=catalog.has_image)
+        pool = InlinePool(names, is_known=catalog.has_image, thumbnails=thumbnails)
     limits = single_threaded()  # this process's FAISS and BLAS work is small and per batch
     jobs: dict[int, Item] = {}             # submitted, by sequence number
     finished: dict[int, Analysis] = {}     # results waiting for earlier ones

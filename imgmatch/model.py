@@ -6,7 +6,10 @@ serialise; ``to_json`` gives the stable JSON shape documented in docs/cli.md.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from .catalog import SightingRow
 from .signals import HashValue
@@ -82,15 +85,45 @@ class Cluster:
     @property
     def ads(self) -> int:
         """Distinct ads: (platform, ad id), else the page URL, else the image URL."""
-        keys = set()
+        return len({k for k in map(self.ad_key, self.sightings) if k is not None})
+
+    @staticmethod
+    def ad_key(sighting: Sighting) -> tuple | None:
+        """What makes a sighting's ad one ad: ``("ad", platform, ad_id)``, else
+        ``("page", page_url)``, else ``("url", url)``; None when it says none."""
+        if sighting.ad_id:
+            return ("ad", sighting.platform, sighting.ad_id)
+        if sighting.page_url:
+            return ("page", sighting.page_url)
+        if sighting.url:
+            return ("url", sighting.url)
+        return None
+
+    @property
+    def urls(self) -> int:
+        """Distinct image URLs among the sightings."""
+        return len({s.url for s in self.sightings if s.url})
+
+    @property
+    def extra_fields(self) -> list[str]:
+        """The names of the extra metadata fields any sighting carries, sorted."""
+        return sorted({str(k) for s in self.sightings for k in (s.extra or {})})
+
+    def field_values(self, names: Iterable[str] | None = None) -> dict[str, list[str]]:
+        """Distinct values of extra metadata fields (phone, city...) as sorted text.
+
+        ``names`` defaults to every field present. Empty values are left out;
+        a field no sighting carries maps to an empty list. Numbers and other
+        JSON values are given as their JSON text.
+        """
+        wanted = self.extra_fields if names is None else [str(n) for n in names]
+        values: dict[str, set[str]] = {name: set() for name in wanted}
         for s in self.sightings:
-            if s.ad_id:
-                keys.add(("ad", s.platform, s.ad_id))
-            elif s.page_url:
-                keys.add(("page", s.page_url))
-            elif s.url:
-                keys.add(("url", s.url))
-        return len(keys)
+            for key, value in (s.extra or {}).items():
+                key = str(key)
+                if key in values and value is not None and value != "":
+                    values[key].add(_as_text(value))
+        return {name: sorted(found) for name, found in values.items()}
 
     @property
     def platform_order(self) -> list[tuple[str, str]]:
@@ -101,6 +134,20 @@ class Cluster:
             if platform and when and (platform not in first or when < first[platform]):
                 first[platform] = when
         return sorted(first.items(), key=lambda kv: kv[1])
+
+    @property
+    def gaps(self) -> list[tuple[str, str, float | None]]:
+        """Days between consecutive platforms of ``platform_order``:
+        ``[(platform_from, platform_to, days)]``, days to 0.1, None if a date
+        cannot be read."""
+        order = self.platform_order
+        out = []
+        for (p_from, d_from), (p_to, d_to) in zip(order, order[1:]):
+            start, end = parse_when(d_from), parse_when(d_to)
+            days = None if start is None or end is None else round(
+                (end - start).total_seconds() / 86400, 1)
+            out.append((p_from, p_to, days))
+        return out
 
     def rank_key(self) -> tuple:
         span = 0.0
@@ -121,7 +168,29 @@ class Cluster:
             "n_sightings": len(self.sightings),
             "n_ads": self.ads,
             "links": list(self.links),
+            "gaps": [{"from": a, "to": b, "days": d} for a, b, d in self.gaps],
+            "n_urls": self.urls,
         }
+
+
+def parse_when(text: str | None) -> datetime | None:
+    """A stored UTC time ('YYYY-MM-DDTHH:MM:SSZ', or ISO 8601) as an aware datetime."""
+    if not text or not isinstance(text, str) or len(text) > 64:
+        return None
+    try:
+        when = datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        try:
+            when = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+        except ValueError:
+            return None
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
 
 
 def _days_between(a: str, b: str) -> float:

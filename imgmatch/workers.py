@@ -66,9 +66,10 @@ class InlinePool:
     """Runs each job at once in this process."""
 
     def __init__(self, signal_names: Sequence[str],
-                 is_known: Callable[[str], bool] | None = None) -> None:
+                 is_known: Callable[[str], bool] | None = None, thumbnails: bool = False) -> None:
         self.signal_names = tuple(signal_names)
         self.is_known = is_known
+        self.thumbnails = thumbnails
         self._done: deque[tuple[int, Analysis]] = deque()
 
     @property
@@ -81,7 +82,7 @@ class InlinePool:
 
     def submit(self, job: Job) -> None:
         self._done.append((job.key, analyse_source(job.path, job.data, self.signal_names,
-                                                   job.source, self.is_known)))
+                                                   job.source, self.is_known, self.thumbnails)))
 
     def results(self, timeout: float = 0.0) -> Iterator[tuple[int, Analysis]]:
         while self._done:
@@ -100,7 +101,7 @@ class _Worker:
 
 
 def _worker_main(conn: Connection, signal_names: tuple[str, ...],
-                 catalog_path: str | None) -> None:
+                 catalog_path: str | None, thumbnails: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     single_threaded()
     known = KnownImages(catalog_path) if catalog_path else None
@@ -112,17 +113,19 @@ def _worker_main(conn: Connection, signal_names: tuple[str, ...],
         if job is None:
             return
         key, source, path, data = job
-        conn.send((key, analyse_source(path, data, signal_names, source, known)))
+        conn.send((key, analyse_source(path, data, signal_names, source, known, thumbnails)))
 
 
 class ProcessPool:
     """``workers`` supervised processes with a per-file time limit."""
 
     def __init__(self, signal_names: Sequence[str], workers: int,
-                 timeout: float = DEFAULT_TIMEOUT, catalog_path: str | None = None) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, catalog_path: str | None = None,
+                 thumbnails: bool = False) -> None:
         self.signal_names = tuple(signal_names)
         self.timeout = timeout
         self.catalog_path = catalog_path
+        self.thumbnails = thumbnails
         methods = mp.get_all_start_methods()
         self._ctx = mp.get_context("fork" if "fork" in methods else "spawn")
         self._workers = [self._spawn() for _ in range(workers)]
@@ -132,7 +135,8 @@ class ProcessPool:
     def _spawn(self) -> _Worker:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(target=_worker_main, daemon=True,
-                                    args=(child_conn, self.signal_names, self.catalog_path))
+                                    args=(child_conn, self.signal_names, self.catalog_path,
+                                          self.thumbnails))
         process.start()
         child_conn.close()
         return _Worker(process, parent_conn)

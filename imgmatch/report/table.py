@@ -23,7 +23,8 @@ def _day(when: str | None) -> str:
     return when[:10] if when else "?"
 
 
-def write_table(clusters: Sequence[Cluster], out: TextIO) -> None:
+def write_table(clusters: Sequence[Cluster], out: TextIO, *,
+                fields: Sequence[str] = ()) -> None:
     cross = sum(1 for c in clusters if len(c.platforms) > 1)
     out.write(f"{len(clusters)} reused pictures, {cross} seen on more than one platform\n")
     for rank, c in enumerate(clusters, start=1):
@@ -34,6 +35,11 @@ def write_table(clusters: Sequence[Cluster], out: TextIO) -> None:
                   f"{_day(c.first_seen)} .. {_day(c.last_seen)}\n")
         if order:
             out.write(f"    route: {order}\n")
+        if fields:
+            values = c.field_values(fields)
+            out.write("    " + "; ".join(
+                f"{clean(name, 20)}: {', '.join(clean(v, 40) for v in values.get(name, [])) or '-'}"
+                for name in fields) + "\n")
         for s in c.sightings:
             extra = s.extra or {}
             details = ", ".join(f"{clean(k, 20)}={clean(v, 40)}" for k, v in sorted(extra.items())

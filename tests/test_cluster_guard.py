@@ -1,0 +1,169 @@
+"""Clusters that must not chain, ignored images, filters, show, thumbnails."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+import imgmatch
+from imgmatch.cli import main
+from imgmatch.cluster import STRONG_SCORE, guarded_groups
+from imgmatch.sources import iter_manifest
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+STRONG = (0.9, ("pdq", "phash"))
+WEAK = (0.55, ("dhash",))
+
+
+def links(*edges):
+    return [(a, b, *kind) for a, b, kind in edges]
+
+
+def test_strong_links_are_connected_components():
+    groups = guarded_groups(range(1, 6), links((1, 2, STRONG), (2, 3, STRONG), (4, 5, STRONG)))
+    assert groups == [[1, 2, 3], [4, 5]]
+
+
+def test_a_weak_link_never_merges_two_clusters():
+    # 1-2 and 3-4 are clusters; 5 (a collage, a logo) links weakly to both
+    groups = guarded_groups(range(1, 6), links(
+        (1, 2, STRONG), (3, 4, STRONG), (2, 3, WEAK), (5, 1, WEAK), (5, 4, (0.6, ("dhash",)))))
+    assert groups == [[1, 2], [3, 4, 5]]  # 5 joins its best link's cluster only
+
+
+def test_lone_images_pair_only_with_their_mutual_best_link():
+    # 1 is a collage of 2 and 3: weak links to both; 2's and 1's best is each other
+    groups = guarded_groups([1, 2, 3], links((1, 2, (0.7, ("dhash",))),
+                                             (1, 3, (0.6, ("dhash",)))))
+    assert groups == [[1, 2], [3]]
+
+
+def test_one_strong_signal_is_enough():
+    groups = guarded_groups([1, 2, 3], links((1, 2, (STRONG_SCORE, ("pdq",))),
+                                             (2, 3, (0.6, ("pdq",)))))
+    assert groups == [[1, 2, 3]]  # 3 is alone, so its weak link attaches it to 1-2
+
+
+def _jpeg(img: Image.Image, path: Path, size: tuple[int, int] | None = None) -> None:
+    if size:
+        img = img.resize(size, Image.Resampling.LANCZOS)
+    img.convert("RGB").save(path, quality=85)
+
+
+def _logo(img: Image.Image) -> Image.Image:
+    img = img.convert("RGB").copy()
+    draw = ImageDraw.Draw(img)
+    w, h = img.size
+    draw.rectangle((0, int(h * 0.55), w, h), fill=(250, 30, 120))
+    draw.ellipse((w * 0.3, h * 0.6, w * 0.7, h * 0.95), fill=(255, 255, 255))
+    return img
+
+
+def test_collage_and_shared_logo_do_not_merge_pictures(tmp_path):
+    cat = Image.open(FIXTURES / "originals" / "cat.jpg").convert("RGB")
+    temple = Image.open(FIXTURES / "originals" / "temple.jpg").convert("RGB")
+    rows = ["path,platform,url"]
+    made = {}
+
+    def add(name, img, platform, size=None):
+        _jpeg(img, tmp_path / name, size)
+        made[name] = hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+        rows.append(f"{name},{platform},https://{platform}.example/{name}")
+
+    add("cat.jpg", cat, "a")
+    add("cat_small.jpg", cat, "b", (cat.width // 2, cat.height // 2))
+    add("temple.jpg", temple, "a")
+    add("temple_small.jpg", temple, "c", (temple.width * 2 // 3, temple.height * 2 // 3))
+    collage = Image.new("RGB", (cat.width + temple.width, max(cat.height, temple.height)))
+    collage.paste(cat, (0, 0))
+    collage.paste(temple, (cat.width, 0))
+    add("collage.jpg", collage, "d")
+    add("cat_logo.jpg", _logo(cat), "e")
+    add("temple_logo.jpg", _logo(temple), "e")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        c.ingest(iter_manifest(tmp_path / "m.csv"))
+        clusters = c.clusters(min_sightings=1)
+    owner = {}
+    for cluster in clusters:
+        for img in cluster.images:
+            owner[img["sha256"]] = cluster.id
+    assert owner[made["cat.jpg"]] == owner[made["cat_small.jpg"]]
+    assert owner[made["temple.jpg"]] == owner[made["temple_small.jpg"]]
+    assert owner[made["cat.jpg"]] != owner[made["temple.jpg"]]
+    # however the ambiguous images attach, no cluster holds both pictures
+    cat_side = {made["cat.jpg"], made["cat_small.jpg"]}
+    temple_side = {made["temple.jpg"], made["temple_small.jpg"]}
+    for cluster in clusters:
+        shas = {img["sha256"] for img in cluster.images}
+        assert not (shas & cat_side and shas & temple_side)
+
+
+def test_ignored_images_and_hashes_leave_the_report(tmp_path, capsys):
+    db = tmp_path / "c.db"
+    assert main(["--db", str(db), "ingest", "--quiet", "--manifest",
+                 str(FIXTURES / "manifest.csv")]) == 0
+    capsys.readouterr()
+    astronaut = hashlib.sha256((FIXTURES / "originals" / "astronaut.jpg").read_bytes()).hexdigest()
+
+    def report_shas() -> set[str]:
+        assert main(["--db", str(db), "report", "--format", "json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        return {img["sha256"] for c in data["clusters"] for img in c["images"]}
+
+    assert astronaut in report_shas()
+    assert main(["--db", str(db), "ignore", astronaut, "--reason", "stock photo"]) == 0
+    assert astronaut not in report_shas()
+    assert main(["--db", str(db), "ignore", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert "stock photo" in listing
+    entry = int(listing.split()[0])
+    assert main(["--db", str(db), "ignore", "--remove", str(entry)]) == 0
+    assert astronaut in report_shas()
+    # a hash: every image within PDQ's threshold of it leaves the report
+    with imgmatch.Collection.open(db, readonly=True) as c:
+        cat = c.image(hashlib.sha256(
+            (FIXTURES / "reposts" / "cat_citylist_2023.jpg").read_bytes()).hexdigest())
+    assert main(["--db", str(db), "ignore", "--pdq", cat.signals["pdq"].hex]) == 0
+    assert cat.sha256 not in report_shas()
+
+
+def test_show_filters_fields_and_thumbnails(tmp_path, capsys):
+    db = tmp_path / "c.db"
+    assert main(["--db", str(db), "ingest", "--quiet", "--thumbnails", "--manifest",
+                 str(FIXTURES / "manifest.csv")]) == 0
+    capsys.readouterr()
+    astronaut = hashlib.sha256((FIXTURES / "originals" / "astronaut.jpg").read_bytes()).hexdigest()
+    assert main(["--db", str(db), "show", astronaut]) == 0
+    out = capsys.readouterr().out
+    assert "backpage-clone" in out and "links (" in out
+    assert main(["--db", str(db), "show", "--cluster", "1", "--json"]) == 0
+    cluster = json.loads(capsys.readouterr().out)
+    assert cluster["id"] == 1 and len(cluster["platforms"]) == 4
+    assert main(["--db", str(db), "show", "--cluster", "9999"]) == 3
+    capsys.readouterr()
+    assert main(["--db", str(db), "report", "--fields", "phone,city"]) == 0
+    table = capsys.readouterr().out
+    assert "phone: 555-0142, 555-0178, 555-0193" in table
+    assert main(["--db", str(db), "report", "--format", "json", "--since", "2025-04-01"]) == 0
+    late = json.loads(capsys.readouterr().out)
+    assert late["n_clusters"] >= 1
+    assert all(any(s["posted_at"] >= "2025-04-01" for s in c["sightings"])
+               for c in late["clusters"])
+    assert main(["--db", str(db), "report", "--format", "json", "--until", "2023-01-01"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_clusters"] == 0
+    assert main(["--db", str(db), "report", "--since", "not a date"]) == 2
+    with imgmatch.Collection.open(db, readonly=True) as c:
+        thumbs = c.thumbnails([astronaut])
+    thumb = Image.open(io.BytesIO(thumbs[astronaut]))
+    assert thumb.format == "JPEG" and max(thumb.size) <= 160
+
+
+def test_no_thumbnails_unless_asked(tmp_path):
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        c.ingest(iter_manifest(FIXTURES / "manifest.csv"))
+        assert c.thumbnails(img["sha256"] for cl in c.clusters() for img in cl.images) == {}
