@@ -129,6 +129,10 @@ MIGRATIONS: list[tuple[str, str]] = [
         jpeg BLOB NOT NULL
     );
     """),
+    ("images known only by a hash (partners' lists)", """
+    ALTER TABLE images ADD COLUMN hash_key TEXT;
+    CREATE UNIQUE INDEX images_by_hash_key ON images(hash_key) WHERE hash_key IS NOT NULL;
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -362,6 +366,49 @@ class Catalog:
             "WHERE digest = ?", (digest,)).fetchone()
         return None if row is None else row[0]
 
+    def import_hashes(self, rows: Iterable[tuple[str, bytes, int | None, SightingRow]],
+                      run_id: int | None) -> tuple[int, int, int]:
+        """Hash-only images, one transaction: (signal, value, quality, sighting) rows.
+
+        Such an image has no SHA-256 (there were no bytes); it is identified by
+        ``signal:hex`` so importing a list twice adds nothing twice. Returns
+        (images added, sightings added, first new image id or 0).
+        """
+        added = sightings = first = 0
+        now = utcnow()
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for signal, value, quality, sighting in rows:
+                hash_key = f"{signal}:{value.hex()}"
+                cur = conn.execute(
+                    "INSERT INTO images (hash_key, created_at, run_id) VALUES (?,?,?) "
+                    "ON CONFLICT(hash_key) WHERE hash_key IS NOT NULL DO NOTHING",
+                    (hash_key, now, run_id))
+                if cur.rowcount:
+                    image_id = int(cur.lastrowid)
+                    first = first or image_id
+                    added += 1
+                    conn.execute("INSERT INTO signals (image_id, signal, version, value, "
+                                 "quality) VALUES (?,?,1,?,?)", (image_id, signal, value, quality))
+                else:
+                    image_id = conn.execute("SELECT id FROM images WHERE hash_key = ?",
+                                            (hash_key,)).fetchone()[0]
+                cur = conn.execute(
+                    "INSERT INTO sightings (image_id, platform, url, page_url, ad_id, "
+                    "posted_at, collected_at, source, extra, run_id, key) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(key) DO NOTHING",
+                    (image_id, sighting.platform, sighting.url, sighting.page_url,
+                     sighting.ad_id, sighting.posted_at, sighting.collected_at, sighting.source,
+                     json.dumps(sighting.extra, ensure_ascii=False, sort_keys=True),
+                     run_id, sighting.key(hash_key)))
+                sightings += cur.rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return added, sightings, first
+
     def has_image(self, sha256: str) -> bool:
         return self.conn.execute("SELECT 1 FROM images WHERE sha256 = ?",
                                  (sha256,)).fetchone() is not None
@@ -528,11 +575,13 @@ class Catalog:
         for chunk in _chunks(list(image_ids), 500):
             marks = ",".join("?" * len(chunk))
             for row in self.conn.execute(
-                    f"SELECT id, sha256, size_bytes, width, height, format, frames, created_at "
-                    f"FROM images WHERE id IN ({marks})", chunk):
+                    f"SELECT id, sha256, size_bytes, width, height, format, frames, created_at, "
+                    f"hash_key FROM images WHERE id IN ({marks})", chunk):
                 out[row[0]] = dict(zip(
                     ("id", "sha256", "size_bytes", "width", "height", "format", "frames",
-                     "created_at"), row))
+                     "created_at"), row[:-1]))
+                if row[-1]:
+                    out[row[0]]["hash_key"] = row[-1]
         return out
 
     def image_id(self, sha256: str) -> int | None:

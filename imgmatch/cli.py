@@ -179,20 +179,25 @@ def _print_summary(summary) -> None:
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--pdq", "pdq_hex", multiple=True, help="Query a PDQ hash (64 hex digits). "
               "Repeatable.")
+@click.option("--pdq-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Query every hash of a hash list ('pdq HEX' lines or Meta's "
+                   "hash,quality,filename CSV), one JSON line each with its elapsed_ms.")
 @click.option("--top-k", type=click.IntRange(1, 10_000), default=10, show_default=True)
 @click.option("--min-score", type=click.FloatRange(0, 1), default=MATCH_SCORE,
               show_default=True, help="Lowest score reported; 0 returns the top K candidates "
                                       "even below the match threshold.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query per line.")
 @click.pass_obj
-def query(db: Path, images: tuple[Path, ...], pdq_hex: tuple[str, ...], top_k: int,
-          min_score: float, as_json: bool) -> int:
+def query(db: Path, images: tuple[Path, ...], pdq_hex: tuple[str, ...],
+          pdq_file: Path | None, top_k: int, min_score: float, as_json: bool) -> int:
     """Where else has this image appeared? Matches best first."""
-    if not images and not pdq_hex:
-        raise click.UsageError("give image files or --pdq HEX")
+    if not images and not pdq_hex and not pdq_file:
+        raise click.UsageError("give image files, --pdq HEX or --pdq-file FILE")
     pdq = registry.get("pdq")
     failed = False
     with Collection.open(db, readonly=True) as collection:
+        if pdq_file is not None:
+            return _query_hash_list(collection, pdq_file, top_k, min_score)
         jobs = [(str(p), p, None) for p in images] + [(h, None, h) for h in pdq_hex]
         for label, path, hex_value in jobs:
             try:
@@ -215,6 +220,32 @@ def query(db: Path, images: tuple[Path, ...], pdq_hex: tuple[str, ...], top_k: i
                 _echo_json({"query": label, "matches": [m.to_json() for m in matches]})
             else:
                 _print_matches(label, matches)
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _query_hash_list(collection: Collection, path: Path, top_k: int,
+                     min_score: float) -> int:
+    """One JSON line per hash of a list, each with the time its query took."""
+    import time
+
+    from .hashlists import read_hash_list
+    from .signals import HashValue
+
+    collection.indexes  # open the indexes before the clock starts
+    failed = False
+    for line in read_hash_list(path):
+        label = line.name or f"{path.name}:{line.line_no}"
+        if line.value is None:
+            failed = True
+            _echo_json({"query": label, "error": {"reason": "bad-hash", "message": line.error},
+                        "matches": []})
+            continue
+        started = time.perf_counter()
+        matches = collection.query_hash(HashValue(line.signal, line.value, line.quality),
+                                        top_k=top_k, min_score=min_score)
+        elapsed = (time.perf_counter() - started) * 1000
+        _echo_json({"query": label, "pdq": line.value.hex(), "elapsed_ms": round(elapsed, 3),
+                    "matches": [m.to_json() for m in matches]})
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
@@ -381,6 +412,27 @@ def ignore(db: Path, sha256s: tuple[str, ...], pdq_hex: tuple[str, ...], reason:
                 click.echo(f"{row['id']:4}  {what}  {clean(row['reason'], 60)}  "
                            f"{row['created_at']}")
     return EXIT_OK
+
+
+@cli.command("import-hashes")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--platform", help="Platform of the sightings (for example the partner's name).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def import_hashes(db: Path, file: Path, platform: str | None, as_json: bool) -> int:
+    """Load a hash list without pictures: 'pdq HEX' lines (python-threatexchange)
+    or the hash,quality,filename CSV of Meta's hasher."""
+    with Collection.open(db) as collection:
+        summary = collection.import_hashes(file, platform=platform)
+    if as_json:
+        _echo_json(summary)
+    else:
+        click.echo(f"lines: {summary['lines']}, hashes added: {summary['images_added']}, "
+                   f"sightings added: {summary['sightings_added']}, bad lines: "
+                   f"{summary['failed']}")
+        for f in summary["failures"][:20]:
+            click.echo(f"  {clean(f['detail'], 160)}")
+    return EXIT_PARTIAL if summary["failed"] else EXIT_OK
 
 
 @cli.command()

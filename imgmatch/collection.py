@@ -190,6 +190,45 @@ class Collection:
                     yield Item(s.source or str(path), s, path=path)
         return self.ingest(items(), **kwargs)
 
+    def import_hashes(self, path: str | Path, *, platform: str | None = None,
+                      batch: int = 50_000) -> dict:
+        """Load a hash list (see :mod:`imgmatch.hashlists`): each hash becomes an
+        image known only by its signal, its line's name the sighting's source."""
+        from itertools import islice
+
+        from .hashlists import read_hash_list
+
+        run_id = self.catalog.start_run("import-hashes", {"file": str(path)})
+        indexes = self.indexes
+        if "pdq" not in indexes:
+            indexes["pdq"] = BinaryIndex(registry.get("pdq").bits)
+        totals = {"lines": 0, "images_added": 0, "sightings_added": 0, "failed": 0}
+        failures: list[tuple[str, str, str]] = []
+        lines = read_hash_list(path)
+        while chunk := list(islice(lines, batch)):
+            rows = []
+            for line in chunk:
+                totals["lines"] += 1
+                if line.value is None:
+                    failures.append((f"{path}:{line.line_no}", "bad-hash", line.error or ""))
+                    continue
+                rows.append((line.signal, line.value, line.quality, SightingRow(
+                    platform=platform, source=line.name or f"{Path(path).name}:{line.line_no}")))
+            added, sightings, first = self.catalog.import_hashes(rows, run_id)
+            totals["images_added"] += added
+            totals["sightings_added"] += sightings
+            if added:
+                self._append_from_catalog("pdq", indexes["pdq"], first - 1)
+                self._dirty.add("pdq")
+        if failures:
+            self.catalog.write_batch([], [], failures, run_id)
+        totals["failed"] = len(failures)
+        totals["failures"] = [{"source": s, "reason": r, "detail": d} for s, r, d in failures]
+        self.save_indexes()
+        self.catalog.finish_run(run_id, "partial" if failures else "ok",
+                                totals | {"failures": None})
+        return totals
+
     # ------------------------------------------------------------------ query
     def query(self, image: bytes | str | Path, *, top_k: int = 10,
               min_score: float = MATCH_SCORE) -> list[Match]:

@@ -88,8 +88,9 @@ def score_candidates(query: Mapping[str, Sequence[HashValue]],
             a = acc[i]
             a["distances"][name] = d
             s = signal_score(d, sig.threshold)
-            usable = query_ok and (sig.min_quality is None
-                                   or (stored[i][name][1] or 0) >= sig.min_quality)
+            stored_quality = stored[i][name][1]  # None: an imported hash, trusted too
+            usable = query_ok and (sig.min_quality is None or stored_quality is None
+                                   or stored_quality >= sig.min_quality)
             a["any"] = max(a["any"], s)
             if usable:
                 a["usable"] = max(a["usable"], s)

@@ -49,7 +49,8 @@ class Match:
             "transform": self.transform,
             "low_information": self.low_information,
             "signals": self.signals,
-            "image": {k: v for k, v in self.image.items() if k not in ("id", "sha256")},
+            "image": {k: v for k, v in self.image.items() if k not in ("id", "sha256")
+                      and v is not None},
             "sightings": [s.to_json() for s in self.sightings],
         }
 

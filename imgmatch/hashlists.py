@@ -1,0 +1,68 @@
+"""Hash lists without pictures: what partners share and Meta's tools write.
+
+Two line formats are read, and may be mixed:
+
+- python-threatexchange's local format: ``pdq <64 hex digits>`` (anything
+  after the hash on the line is taken as its name);
+- the CSV that Meta's C++ ``pdq-photo-hasher`` prints: ``hash,quality,filename``;
+
+and a bare 64-digit hex hash per line. Blank lines and lines starting with
+``#`` are passed over. A line that is none of these is reported with its
+number, never fatal.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ManifestError
+
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+@dataclass(frozen=True)
+class HashLine:
+    line_no: int
+    signal: str
+    value: bytes | None       # None: the line could not be read (see ``error``)
+    quality: int | None
+    name: str | None
+    error: str | None = None
+
+
+def read_hash_list(path: str | Path) -> Iterator[HashLine]:
+    path = Path(path)
+    try:
+        fh = path.open(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ManifestError(f"cannot read hash list {path}: {exc.strerror or exc}") from None
+    with fh:
+        for line_no, raw in enumerate(fh, start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            yield parse_line(line, line_no)
+
+
+def parse_line(line: str, line_no: int = 0) -> HashLine:
+    parts = line.split(None, 2)
+    if len(parts) >= 2 and parts[0].lower() == "pdq" and _HEX64.match(parts[1]):
+        name = parts[2].strip() if len(parts) > 2 else None
+        return HashLine(line_no, "pdq", bytes.fromhex(parts[1]), None, name)
+    cells = line.split(",", 2)
+    if _HEX64.match(cells[0].strip()):
+        quality = None
+        if len(cells) > 1 and cells[1].strip():
+            try:
+                quality = int(cells[1].strip())
+            except ValueError:
+                return HashLine(line_no, "pdq", None, None, None,
+                                f"line {line_no}: quality {cells[1].strip()[:20]!r} is not a number")
+        name = cells[2].strip() if len(cells) > 2 and cells[2].strip() else None
+        return HashLine(line_no, "pdq", bytes.fromhex(cells[0].strip()), quality, name)
+    return HashLine(line_no, "pdq", None, None, None,
+                    f"line {line_no}: neither 'pdq HEX' nor 'hash,quality,filename' "
+                    f"({line[:60]!r})")

@@ -1,0 +1,83 @@
+"""Hash lists in (partners' PDQ, Meta's hasher CSV), many hash queries at once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+import imgmatch
+from imgmatch.cli import main
+from imgmatch.hashlists import parse_line
+from imgmatch.sources import iter_manifest
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+H1 = "3049d96239e24d4dca2c55512b8b9b77425f4dbcf575a0a95555aaab5554aaaa"
+
+
+@pytest.mark.parametrize("line, value, quality, name", [
+    (f"pdq {H1}", H1, None, None),
+    (f"pdq {H1} partner item 7", H1, None, "partner item 7"),
+    (f"{H1},87,/data/a.jpg", H1, 87, "/data/a.jpg"),
+    (f"{H1.upper()},100,a, with comma.jpg", H1, 100, "a, with comma.jpg"),
+    (H1, H1, None, None),
+])
+def test_line_formats(line, value, quality, name):
+    parsed = parse_line(line, 3)
+    assert (parsed.value.hex(), parsed.quality, parsed.name, parsed.error) == (
+        value, quality, name, None)
+
+
+@pytest.mark.parametrize("line", ["pdq 1234", "hello", f"{H1},high,a.jpg", f"md5 {H1}",
+                                  H1[:-1] + "g"])
+def test_bad_lines_say_which_line(line):
+    parsed = parse_line(line, 12)
+    assert parsed.value is None and "line 12" in parsed.error
+
+
+def test_import_then_query_a_partner_list(tmp_path, capsys):
+    db = tmp_path / "c.db"
+    with imgmatch.Collection.open(db) as c:
+        c.ingest(iter_manifest(FIXTURES / "manifest.csv"))
+        cat = c.image(hashlib.sha256(
+            (FIXTURES / "reposts" / "cat_citylist_2023.jpg").read_bytes()).hexdigest())
+    listing = tmp_path / "partner.txt"
+    listing.write_text(f"# shared by a partner\npdq {H1} case-17/item-1\n"
+                       f"{cat.signals['pdq'].hex},100,case-17/item-2.jpg\nnot a hash\n")
+    assert main(["--db", str(db), "import-hashes", str(listing), "--platform", "partner",
+                 "--json"]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["lines"], summary["images_added"], summary["sightings_added"],
+            summary["failed"]) == (3, 2, 2, 1)
+    assert main(["--db", str(db), "import-hashes", str(listing), "--platform", "partner",
+                 "--json"]) == 1
+    again = json.loads(capsys.readouterr().out)
+    assert (again["images_added"], again["sightings_added"]) == (0, 0)
+    # the list's hashes answer queries like any image, by their own name
+    assert main(["--db", str(db), "query", "--pdq-file", str(listing)]) == 1
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["query"] for x in lines] == ["case-17/item-1", "case-17/item-2.jpg",
+                                           "partner.txt:4"]
+    assert all(x["elapsed_ms"] >= 0 for x in lines[:2]) and "error" in lines[2]
+    first = lines[0]["matches"][0]
+    assert first["sha256"] is None and first["signals"]["pdq"] == H1
+    assert first["sightings"][0]["source"] == "case-17/item-1"
+    second = {m["sha256"] for m in lines[1]["matches"]}
+    assert cat.sha256 in second and None in second  # the repost and the imported hash
+
+
+def test_new_crawl_images_link_to_imported_hashes(tmp_path):
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        record = imgmatch.hash_bytes((FIXTURES / "originals" / "temple.jpg").read_bytes())
+        listing = tmp_path / "l.txt"
+        listing.write_text(f"pdq {record['signals']['pdq']['hex']} alert-42\n")
+        c.import_hashes(listing, platform="partner")
+        c.ingest(iter_manifest(FIXTURES / "manifest.csv"))
+        temple = c.image(hashlib.sha256(
+            (FIXTURES / "reposts" / "temple_backpage-clone_2023.jpg").read_bytes()).hexdigest())
+        clusters = c.clusters()
+    linked = [link for link in temple.links if link.sha256 is None]
+    assert linked and linked[0].agreed == ("pdq",)
+    assert any("partner" in cl.platforms for cl in clusters)
