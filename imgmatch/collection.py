@@ -67,7 +67,7 @@ class Collection:
 
     # ---------------------------------------------------------------- indexes
     def index_path(self, signal: str) -> Path:
-        return self.index_dir / f"{signal}.faissb"
+        return self.index_dir / f"{signal}.mih"
 
     @property
     def indexes(self) -> dict[str, BinaryIndex]:
@@ -94,6 +94,7 @@ class Collection:
     def _build(self, name: str) -> BinaryIndex:
         index = BinaryIndex(registry.get(name).bits)
         self._append_from_catalog(name, index, 0)
+        index.compact()
         self._dirty.add(name)
         return index
 

@@ -1,24 +1,26 @@
-"""FAISS binary indexes on disk: ids and packed codes in, ids and distances out.
+"""Binary indexes on disk: ids and packed codes in, ids and distances out.
 
-An index is a cache of one signal's values in the catalog. It is saved with a
-JSON manifest beside it that records what built it (collection id, signal,
-code size, FAISS factory and version, number of codes, largest image id, the
-catalog's deletion counter) and the SHA-256 of the index file. Loading checks
-all of that and refuses a file this collection did not write, since a FAISS
-file is a serialised C++ object and must not come from anyone else. Files are
-written to a temporary name, fsynced and renamed, so a crash leaves the old
-file or the new one, never half of one.
+An index is a cache of one signal's values in the catalog: multi-index hash
+tables for exact range search, and FAISS's flat binary index for k-nearest
+scans. It is saved as a folder of plain .npy arrays (loaded without pickle)
+and a JSON manifest that records what built it (collection id, signal, code
+size, structure, number of codes, largest image id, the catalog's deletion
+counter) and the SHA-256 of the arrays. Loading checks all of that and
+refuses anything this collection did not write. A new folder is written
+beside the old one, fsynced and moved into place.
 
-FAISS knows integer ids only; SQLite holds everything else. FAISS range
-search excludes its radius, so "distance <= t" is a radius of t + 1; this
-module takes inclusive thresholds and does the conversion in one place.
+Indexes know integer ids only; SQLite holds everything else. Thresholds here
+are inclusive ("distance <= t"); FAISS, whose range search excludes its
+radius, is not used for ranges.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,8 +29,9 @@ import faiss
 import numpy as np
 
 from .errors import IndexFileError
+from .mih import MultiIndexHash
 
-FACTORY = "BinaryFlat+IDMap2"
+FACTORY = "MIH+BinaryFlat"
 MANIFEST_VERSION = 1
 
 
@@ -47,28 +50,39 @@ class Manifest:
 
 
 class BinaryIndex:
-    """Exact Hamming search over fixed-size binary codes with int64 ids."""
+    """Exact Hamming search over fixed-size binary codes with int64 ids.
 
-    def __init__(self, bits: int, index: faiss.IndexBinary | None = None) -> None:
-        if bits % 8:
-            raise ValueError("binary codes must be a whole number of bytes")
+    Range search (the hot path: queries, links, clustering) runs on
+    multi-index hash tables (:mod:`imgmatch.mih`), exact and far below the
+    cost of a scan; k-nearest search (full rankings for evaluation) scans
+    with FAISS's binary flat index, built on first use.
+    """
+
+    def __init__(self, bits: int, mih: MultiIndexHash | None = None) -> None:
+        if bits % 64:
+            raise ValueError("binary codes must be a whole number of 64-bit words")
         self.bits = bits
-        self.index = index if index is not None else faiss.IndexBinaryIDMap2(
-            faiss.IndexBinaryFlat(bits))
-        self.max_id = 0
+        self.mih = mih if mih is not None else MultiIndexHash(bits)
+        self.max_id = int(max(self.mih.ids.max(initial=0), self.mih.pending_ids.max(initial=0)))
+        self._flat: faiss.IndexBinary | None = None
 
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        return len(self.mih)
 
     def add(self, ids: np.ndarray, codes: np.ndarray) -> None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(len(ids), self.bits // 8)
         if len(ids):
-            self.index.add_with_ids(codes, ids)
+            self.mih.add(ids, codes)
             self.max_id = max(self.max_id, int(ids.max()))
+            self._flat = None
 
     def remove(self, ids: np.ndarray) -> int:
-        return int(self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
+        self._flat = None
+        return self.mih.remove(np.ascontiguousarray(ids, dtype=np.int64))
+
+    def compact(self) -> None:
+        """Fold pending codes into the tables (done automatically as they grow)."""
+        self.mih.rebuild()
 
     def search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """k nearest per query: (distances, ids), ids -1 where fewer exist."""
@@ -76,28 +90,45 @@ class BinaryIndex:
         if not len(self):
             n = len(codes)
             return np.full((n, 1), self.bits + 1, np.int32), np.full((n, 1), -1, np.int64)
-        return self.index.search(codes, max(1, min(k, len(self))))
+        if self._flat is None:
+            flat = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(self.bits))
+            live_codes, live_ids = self.mih.live()
+            flat.add_with_ids(live_codes, live_ids)
+            self._flat = flat
+        return self._flat.search(codes, max(1, min(k, len(self))))
 
     def range_search(self, codes: np.ndarray, threshold: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """All ids within ``threshold`` bits (inclusive) of each query: [(ids, dists)]."""
-        codes = _as_codes(codes, self.bits)
-        if not len(self):
-            return [(np.empty(0, np.int64), np.empty(0, np.int32)) for _ in codes]
-        lims, dist, ids = self.index.range_search(codes, threshold + 1)
-        return [(ids[lims[i]:lims[i + 1]], dist[lims[i]:lims[i + 1]]) for i in range(len(codes))]
+        return self.mih.range_search(_as_codes(codes, self.bits), threshold)
+
+    def memory_bytes(self) -> int:
+        return self.mih.memory_bytes()
 
     # ---------------------------------------------------------------- storage
     def save(self, path: Path, *, collection_id: str, signal: str, deletions: int) -> Manifest:
+        """Write the tables as .npy files in a folder, replaced atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        blob = faiss.serialize_index_binary(self.index).tobytes()
-        manifest = Manifest(
-            collection_id=collection_id, signal=signal, bits=self.bits, factory=FACTORY,
-            count=len(self), max_image_id=self.max_id, deletions=deletions,
-            sha256=hashlib.sha256(blob).hexdigest(), faiss_version=faiss.__version__)
-        _atomic_write(path, blob)
-        _atomic_write(manifest_path(path),
-                      json.dumps(asdict(manifest), indent=2, sort_keys=True).encode())
+        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
+        try:
+            arrays = self.mih.arrays()
+            digest = hashlib.sha256()
+            for name, array in arrays.items():
+                np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+                digest.update(name.encode())
+                digest.update((tmp / f"{name}.npy").read_bytes())
+            manifest = Manifest(
+                collection_id=collection_id, signal=signal, bits=self.bits, factory=FACTORY,
+                count=len(self), max_image_id=self.max_id, deletions=deletions,
+                sha256=digest.hexdigest(), faiss_version=faiss.__version__)
+            manifest_path(tmp).write_text(
+                json.dumps(asdict(manifest), indent=2, sort_keys=True))
+            for f in tmp.iterdir():
+                _fsync(f)
+            _replace_dir(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return manifest
 
     @classmethod
@@ -109,34 +140,41 @@ class BinaryIndex:
             raw = json.loads(manifest_path(path).read_text())
             manifest = Manifest(**raw)
         except FileNotFoundError:
-            raise IndexFileError(f"no index manifest beside {path}") from None
-        except (ValueError, TypeError) as exc:
+            raise IndexFileError(f"no index manifest in {path}") from None
+        except (ValueError, TypeError, NotADirectoryError) as exc:
             raise IndexFileError(f"unreadable index manifest for {path}: {exc}") from None
         if manifest.collection_id != collection_id:
             raise IndexFileError(f"{path} was written by another collection")
         if (manifest.signal, manifest.bits, manifest.factory) != (signal, bits, FACTORY):
             raise IndexFileError(f"{path} holds {manifest.signal}/{manifest.bits} bits "
                                  f"({manifest.factory}), not {signal}/{bits}")
+        digest = hashlib.sha256()
+        arrays = {}
         try:
-            blob = path.read_bytes()
-        except FileNotFoundError:
-            raise IndexFileError(f"index file {path} is missing") from None
-        if hashlib.sha256(blob).hexdigest() != manifest.sha256:
+            for name in MultiIndexHash.array_names(path):
+                blob = (path / f"{name}.npy").read_bytes()
+                digest.update(name.encode())
+                digest.update(blob)
+                arrays[name] = np.load(io.BytesIO(blob), allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise IndexFileError(f"{path} cannot be read: {exc}") from None
+        if digest.hexdigest() != manifest.sha256:
             raise IndexFileError(f"{path} does not match its manifest (changed or damaged)")
         try:
-            index = faiss.deserialize_index_binary(np.frombuffer(blob, dtype=np.uint8))
-        except RuntimeError as exc:
-            raise IndexFileError(f"{path} cannot be read: {exc}") from None
-        if int(index.ntotal) != manifest.count:
-            raise IndexFileError(f"{path} holds {index.ntotal} codes, its manifest says "
+            mih = MultiIndexHash.from_arrays(bits, arrays)
+        except (KeyError, ValueError) as exc:
+            raise IndexFileError(f"{path} is not a complete index: {exc}") from None
+        if len(mih) != manifest.count:
+            raise IndexFileError(f"{path} holds {len(mih)} codes, its manifest says "
                                  f"{manifest.count}")
-        out = cls(bits, index)
+        out = cls(bits, mih)
         out.max_id = manifest.max_image_id
         return out, manifest
 
 
 def manifest_path(path: Path) -> Path:
-    return Path(str(path) + ".json")
+    """Where the manifest of the index folder ``path`` is."""
+    return Path(path) / "manifest.json"
 
 
 def _as_codes(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -144,19 +182,25 @@ def _as_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     return codes.reshape(-1, bits // 8)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put folder ``new`` at ``target``: the old one is moved aside first, then removed.
+
+    A crash in between leaves no index at ``target`` (it is then rebuilt from
+    the catalog), never a mixture of two.
+    """
+    old = None
+    if target.exists():
+        old = target.with_name(target.name + f".old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    _fsync(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

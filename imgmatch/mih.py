@@ -1,0 +1,272 @@
+"""Multi-index hashing: exact Hamming range search far below the cost of a scan.
+
+Norouzi, Punjani and Fleet's method, vectorised with numpy. Each code is cut
+into ``m`` substrings; if two codes differ in at most ``r`` bits, then by the
+pigeonhole principle some substring differs in at most ``r // m`` bits. So a
+query looks up, in one table per substring, every key within ``r // m`` bit
+flips of its own substring, and checks the few codes found with XOR and a
+popcount. The result is exact: every code within ``r`` is found.
+
+Substrings are about log2(N) bits wide (so a table bucket holds about one
+code), cut inside 64-bit words. A table is the code positions sorted by
+their key (``order``) and, for each key, where its run starts (``offsets``),
+so a lookup is two array reads. Tables are rebuilt from the codes when the
+collection has grown enough to want wider substrings; until then new codes
+wait in a small pending area that queries scan directly (an LSM-style
+merge), and removed ids are masked until the next rebuild.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import combinations
+
+import numpy as np
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+#: Narrowest and widest substring, in bits.
+MIN_WIDTH, MAX_WIDTH = 8, 22
+#: Pending codes are merged into the tables past this share of the indexed ones.
+MERGE_SHARE = 0.05
+MIN_MERGE = 20_000
+
+
+def popcount_rows(x: np.ndarray) -> np.ndarray:
+    """Set bits per row of a uint8 matrix."""
+    return _POPCOUNT[x].sum(axis=1, dtype=np.int32)
+
+
+@dataclass(frozen=True)
+class Window:
+    word: int    # which 64-bit word of the code
+    shift: int   # right shift of the substring within the word
+    width: int   # bits
+
+
+def windows_for(bits: int, n: int) -> tuple[Window, ...]:
+    """Substrings for ``n`` codes of ``bits``: about log2(n) bits each, within words."""
+    target = max(MIN_WIDTH, min(MAX_WIDTH, round(math.log2(max(n, 2)))))
+    per_word = math.ceil(64 / target)
+    widths = [64 // per_word + (1 if i < 64 % per_word else 0) for i in range(per_word)]
+    out = []
+    for word in range(bits // 64):
+        shift = 64
+        for width in widths:
+            shift -= width
+            out.append(Window(word, shift, width))
+    return tuple(out)
+
+
+@lru_cache(maxsize=64)
+def flip_masks(width: int, radius: int) -> np.ndarray:
+    """Every mask of ``width`` bits with at most ``radius`` bits set."""
+    masks = [0]
+    for r in range(1, radius + 1):
+        masks += [sum(1 << b for b in bits) for bits in combinations(range(width), r)]
+    return np.array(masks, dtype=np.uint32)
+
+
+def as_words(codes: np.ndarray) -> np.ndarray:
+    """(N, bytes) uint8 codes as (N, bytes/8) big-endian uint64 words."""
+    return codes.view(">u8").astype(np.uint64)
+
+
+class MultiIndexHash:
+    """Exact range search over binary codes with int64 ids (see the module doc)."""
+
+    def __init__(self, bits: int) -> None:
+        if bits % 64:
+            raise ValueError("multi-index hashing here takes codes of whole 64-bit words")
+        self.bits = bits
+        self.nbytes = bits // 8
+        self.codes = np.empty((0, self.nbytes), np.uint8)
+        self.ids = np.empty(0, np.int64)
+        self.windows: tuple[Window, ...] = ()
+        self.orders: list[np.ndarray] = []
+        self.offsets: list[np.ndarray] = []
+        self.pending_codes = np.empty((0, self.nbytes), np.uint8)
+        self.pending_ids = np.empty(0, np.int64)
+        self.removed: set[int] = set()
+
+    # ------------------------------------------------------------------ build
+    def __len__(self) -> int:
+        return len(self.ids) + len(self.pending_ids) - len(self.removed)
+
+    def add(self, ids: np.ndarray, codes: np.ndarray) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(len(ids), self.nbytes)
+        if not len(ids):
+            return
+        self.removed.difference_update(ids.tolist())
+        self.pending_codes = np.concatenate([self.pending_codes, codes])
+        self.pending_ids = np.concatenate([self.pending_ids, ids])
+        if len(self.pending_ids) > max(MIN_MERGE, MERGE_SHARE * len(self.ids)):
+            self.rebuild()
+
+    def remove(self, ids: np.ndarray) -> int:
+        present = set(np.asarray(ids, dtype=np.int64).tolist()) & (
+            set(self.ids.tolist()) | set(self.pending_ids.tolist()))
+        self.removed |= present
+        return len(present)
+
+    def rebuild(self) -> None:
+        """Merge pending codes and drop removed ones; recut the tables."""
+        codes = np.concatenate([self.codes, self.pending_codes])
+        ids = np.concatenate([self.ids, self.pending_ids])
+        if self.removed:
+            keep = ~np.isin(ids, np.fromiter(self.removed, np.int64))
+            codes, ids = codes[keep], ids[keep]
+        self.codes, self.ids = np.ascontiguousarray(codes), ids
+        self.pending_codes = np.empty((0, self.nbytes), np.uint8)
+        self.pending_ids = np.empty(0, np.int64)
+        self.removed = set()
+        self.windows = windows_for(self.bits, len(ids))
+        words = as_words(self.codes)
+        self.orders, self.offsets = [], []
+        for w in self.windows:
+            keys = ((words[:, w.word] >> np.uint64(w.shift)) & np.uint64((1 << w.width) - 1)
+                    ).astype(np.uint32)
+            order = np.argsort(keys, kind="stable").astype(np.int32 if len(ids) < 2**31
+                                                            else np.int64)
+            counts = np.bincount(keys, minlength=1 << w.width)
+            offsets = np.zeros((1 << w.width) + 1, dtype=np.int64)
+            np.cumsum(counts, out=offsets[1:])
+            self.orders.append(order)
+            self.offsets.append(offsets.astype(np.uint32 if len(ids) < 2**32 else np.int64))
+
+    # ----------------------------------------------------------------- search
+    def range_search(self, queries: np.ndarray, radius: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """All ids within ``radius`` bits (inclusive) of each query: [(ids, distances)]."""
+        queries = np.ascontiguousarray(queries, dtype=np.uint8).reshape(-1, self.nbytes)
+        return [self._one(q, radius) for q in queries]
+
+    def _one(self, query: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+        found_ids, found_d = [], []
+        if len(self.ids) and self.windows:
+            positions = self._candidates(query, radius)
+            if len(positions):
+                d = popcount_rows(self.codes[positions] ^ query)
+                hit = d <= radius
+                found_ids.append(self.ids[positions[hit]])
+                found_d.append(d[hit])
+        if len(self.pending_ids):
+            d = popcount_rows(self.pending_codes ^ query)
+            hit = d <= radius
+            found_ids.append(self.pending_ids[hit])
+            found_d.append(d[hit])
+        if not found_ids:
+            return np.empty(0, np.int64), np.empty(0, np.int32)
+        ids, dists = np.concatenate(found_ids), np.concatenate(found_d)
+        if self.removed:
+            keep = ~np.isin(ids, np.fromiter(self.removed, np.int64))
+            ids, dists = ids[keep], dists[keep]
+        return ids, dists
+
+    def _candidates(self, query: np.ndarray, radius: int) -> np.ndarray:
+        per_table = radius // len(self.windows)
+        qwords = as_words(query.reshape(1, -1))[0]
+        starts, ends = [], []
+        for w, order, offsets in zip(self.windows, self.orders, self.offsets):
+            key = np.uint32((int(qwords[w.word]) >> w.shift) & ((1 << w.width) - 1))
+            probes = flip_masks(w.width, per_table) ^ key
+            s = offsets[probes].astype(np.int64)
+            e = offsets[probes + 1].astype(np.int64)
+            nonempty = e > s
+            starts.append(s[nonempty])
+            ends.append(e[nonempty])
+            # positions are per table; gathered below through that table's order
+        out = []
+        for order, s, e in zip(self.orders, starts, ends):
+            if len(s):
+                out.append(order[_ranges(s, e)])
+        if not out:
+            return np.empty(0, np.int64)
+        return np.unique(np.concatenate(out))
+
+    def knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact k nearest by a chunked scan (an oracle; indexes use FAISS for this)."""
+        queries = np.ascontiguousarray(queries, dtype=np.uint8).reshape(-1, self.nbytes)
+        codes, ids = self.live()
+        k = max(1, min(k, len(ids)))
+        out_d = np.full((len(queries), k), self.bits + 1, np.int32)
+        out_i = np.full((len(queries), k), -1, np.int64)
+        if not len(ids):
+            return out_d, out_i
+        for qi, q in enumerate(queries):
+            d = np.concatenate([popcount_rows(codes[s:s + 262_144] ^ q)
+                                for s in range(0, len(codes), 262_144)])
+            best = np.argpartition(d, k - 1)[:k] if k < len(d) else np.arange(len(d))
+            best = best[np.lexsort((ids[best], d[best]))]
+            out_d[qi, :len(best)] = d[best]
+            out_i[qi, :len(best)] = ids[best]
+        return out_d, out_i
+
+    def live(self) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, ids) of every code not removed, indexed or pending."""
+        codes = np.concatenate([self.codes, self.pending_codes])
+        ids = np.concatenate([self.ids, self.pending_ids])
+        if self.removed:
+            keep = ~np.isin(ids, np.fromiter(self.removed, np.int64))
+            codes, ids = codes[keep], ids[keep]
+        return np.ascontiguousarray(codes), ids
+
+    # ---------------------------------------------------------------- storage
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Everything needed to reopen the index, pending codes and removals included."""
+        out = {"codes": self.codes, "ids": self.ids,
+               "pending_codes": self.pending_codes, "pending_ids": self.pending_ids,
+               "removed": np.array(sorted(self.removed), dtype=np.int64),
+               "windows": np.array([(w.word, w.shift, w.width) for w in self.windows],
+                                   dtype=np.int64).reshape(-1, 3)}
+        for j, (order, offsets) in enumerate(zip(self.orders, self.offsets)):
+            out[f"order{j}"] = order
+            out[f"offsets{j}"] = offsets
+        return out
+
+    @staticmethod
+    def array_names(folder) -> list[str]:
+        from pathlib import Path
+
+        n = len(np.load(Path(folder) / "windows.npy", allow_pickle=False))
+        return ["codes", "ids", "pending_codes", "pending_ids", "removed", "windows"] + [
+            f"{kind}{j}" for j in range(n)
+                                             for kind in ("order", "offsets")]
+
+    @classmethod
+    def from_arrays(cls, bits: int, arrays: dict[str, np.ndarray]) -> MultiIndexHash:
+        out = cls(bits)
+        out.codes = arrays["codes"].reshape(-1, bits // 8)
+        out.ids = arrays["ids"]
+        out.pending_codes = arrays["pending_codes"].reshape(-1, bits // 8)
+        out.pending_ids = arrays["pending_ids"]
+        out.removed = set(arrays["removed"].tolist())
+        if len(out.codes) != len(out.ids):
+            raise ValueError("codes and ids differ in length")
+        out.windows = tuple(Window(int(a), int(b), int(c)) for a, b, c in arrays["windows"])
+        out.orders = [arrays[f"order{j}"] for j in range(len(out.windows))]
+        out.offsets = [arrays[f"offsets{j}"] for j in range(len(out.windows))]
+        for w, order, offsets in zip(out.windows, out.orders, out.offsets):
+            if len(order) != len(out.ids) or len(offsets) != (1 << w.width) + 1:
+                raise ValueError("a table does not fit its codes")
+        return out
+
+    def memory_bytes(self) -> int:
+        arrays = [self.codes, self.ids, self.pending_codes, self.pending_ids,
+                  *self.orders, *self.offsets]
+        return int(sum(a.nbytes for a in arrays))
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, e) for each pair, without a Python loop."""
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.empty(0, np.int64)
+    out = np.ones(total, dtype=np.int64)
+    cum = np.cumsum(lengths)
+    out[0] = starts[0]
+    out[cum[:-1]] = starts[1:] - ends[:-1] + 1
+    return np.cumsum(out)
