@@ -151,7 +151,7 @@ class BinaryIndex:
         digest = hashlib.sha256()
         arrays = {}
         try:
-            for name in MultiIndexHash.array_names(path):
+            for name in MultiIndexHash.ARRAYS:
                 blob = (path / f"{name}.npy").read_bytes()
                 digest.update(name.encode())
                 digest.update(blob)

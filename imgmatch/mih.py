@@ -85,11 +85,15 @@ class MultiIndexHash:
         self.codes = np.empty((0, self.nbytes), np.uint8)
         self.ids = np.empty(0, np.int64)
         self.windows: tuple[Window, ...] = ()
-        self.orders: list[np.ndarray] = []
-        self.offsets: list[np.ndarray] = []
+        #: every table's code positions sorted by key, one table after another
+        self.orders = np.empty(0, np.int32)
+        #: every table's run starts per key (2**width + 1 each), one after another
+        self.offsets = np.empty(0, np.uint32)
         self.pending_codes = np.empty((0, self.nbytes), np.uint8)
         self.pending_ids = np.empty(0, np.int64)
         self.removed: set[int] = set()
+        self._order_base = np.empty(0, np.int64)
+        self._offset_base = np.empty(0, np.int64)
 
     # ------------------------------------------------------------------ build
     def __len__(self) -> int:
@@ -125,17 +129,25 @@ class MultiIndexHash:
         self.removed = set()
         self.windows = windows_for(self.bits, len(ids))
         words = as_words(self.codes)
-        self.orders, self.offsets = [], []
+        index_type = np.int32 if len(ids) < 2**31 else np.int64
+        orders, offsets = [], []
         for w in self.windows:
             keys = ((words[:, w.word] >> np.uint64(w.shift)) & np.uint64((1 << w.width) - 1)
                     ).astype(np.uint32)
-            order = np.argsort(keys, kind="stable").astype(np.int32 if len(ids) < 2**31
-                                                            else np.int64)
-            counts = np.bincount(keys, minlength=1 << w.width)
-            offsets = np.zeros((1 << w.width) + 1, dtype=np.int64)
-            np.cumsum(counts, out=offsets[1:])
-            self.orders.append(order)
-            self.offsets.append(offsets.astype(np.uint32 if len(ids) < 2**32 else np.int64))
+            orders.append(np.argsort(keys, kind="stable").astype(index_type))
+            table = np.zeros((1 << w.width) + 1, dtype=np.int64)
+            np.cumsum(np.bincount(keys, minlength=1 << w.width), out=table[1:])
+            offsets.append(table.astype(np.uint32 if len(ids) < 2**32 else np.int64))
+        self.orders = np.concatenate(orders) if orders else np.empty(0, index_type)
+        self.offsets = np.concatenate(offsets) if offsets else np.empty(0, np.uint32)
+        self._plan()
+
+    def _plan(self) -> None:
+        """Where each table starts in the flat arrays, and the probe masks."""
+        n = len(self.ids)
+        self._order_base = np.arange(len(self.windows), dtype=np.int64) * n
+        sizes = [(1 << w.width) + 1 for w in self.windows]
+        self._offset_base = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
 
     # ----------------------------------------------------------------- search
     def range_search(self, queries: np.ndarray, radius: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -166,25 +178,27 @@ class MultiIndexHash:
         return ids, dists
 
     def _candidates(self, query: np.ndarray, radius: int) -> np.ndarray:
+        """Positions of every indexed code sharing a near-identical substring."""
         per_table = radius // len(self.windows)
         qwords = as_words(query.reshape(1, -1))[0]
-        starts, ends = [], []
-        for w, order, offsets in zip(self.windows, self.orders, self.offsets):
-            key = np.uint32((int(qwords[w.word]) >> w.shift) & ((1 << w.width) - 1))
-            probes = flip_masks(w.width, per_table) ^ key
-            s = offsets[probes].astype(np.int64)
-            e = offsets[probes + 1].astype(np.int64)
-            nonempty = e > s
-            starts.append(s[nonempty])
-            ends.append(e[nonempty])
-            # positions are per table; gathered below through that table's order
-        out = []
-        for order, s, e in zip(self.orders, starts, ends):
-            if len(s):
-                out.append(order[_ranges(s, e)])
-        if not out:
+        probes, order_bases = [], []
+        for width in sorted({w.width for w in self.windows}):
+            tables = [j for j, w in enumerate(self.windows) if w.width == width]
+            keys = np.array([(int(qwords[self.windows[j].word]) >> self.windows[j].shift)
+                             & ((1 << width) - 1) for j in tables], dtype=np.int64)
+            masks = flip_masks(width, per_table).astype(np.int64)
+            probe = (keys[:, None] ^ masks[None, :])
+            probes.append((probe + self._offset_base[tables][:, None]).ravel())
+            order_bases.append(np.repeat(self._order_base[tables], len(masks)))
+        at = np.concatenate(probes)
+        base = np.concatenate(order_bases)
+        starts = self.offsets[at].astype(np.int64)
+        ends = self.offsets[at + 1].astype(np.int64)
+        keep = ends > starts
+        if not keep.any():
             return np.empty(0, np.int64)
-        return np.unique(np.concatenate(out))
+        starts, ends, base = starts[keep], ends[keep], base[keep]
+        return np.unique(self.orders[_ranges(starts + base, ends + base)])
 
     def knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact k nearest by a chunked scan (an oracle; indexes use FAISS for this)."""
@@ -221,19 +235,12 @@ class MultiIndexHash:
                "removed": np.array(sorted(self.removed), dtype=np.int64),
                "windows": np.array([(w.word, w.shift, w.width) for w in self.windows],
                                    dtype=np.int64).reshape(-1, 3)}
-        for j, (order, offsets) in enumerate(zip(self.orders, self.offsets)):
-            out[f"order{j}"] = order
-            out[f"offsets{j}"] = offsets
+        out["orders"] = self.orders
+        out["offsets"] = self.offsets
         return out
 
-    @staticmethod
-    def array_names(folder) -> list[str]:
-        from pathlib import Path
-
-        n = len(np.load(Path(folder) / "windows.npy", allow_pickle=False))
-        return ["codes", "ids", "pending_codes", "pending_ids", "removed", "windows"] + [
-            f"{kind}{j}" for j in range(n)
-                                             for kind in ("order", "offsets")]
+    ARRAYS = ("codes", "ids", "pending_codes", "pending_ids", "removed", "windows",
+              "orders", "offsets")
 
     @classmethod
     def from_arrays(cls, bits: int, arrays: dict[str, np.ndarray]) -> MultiIndexHash:
@@ -246,16 +253,18 @@ class MultiIndexHash:
         if len(out.codes) != len(out.ids):
             raise ValueError("codes and ids differ in length")
         out.windows = tuple(Window(int(a), int(b), int(c)) for a, b, c in arrays["windows"])
-        out.orders = [arrays[f"order{j}"] for j in range(len(out.windows))]
-        out.offsets = [arrays[f"offsets{j}"] for j in range(len(out.windows))]
-        for w, order, offsets in zip(out.windows, out.orders, out.offsets):
-            if len(order) != len(out.ids) or len(offsets) != (1 << w.width) + 1:
-                raise ValueError("a table does not fit its codes")
+        out.orders, out.offsets = arrays["orders"], arrays["offsets"]
+        if len(out.orders) != len(out.windows) * len(out.ids) or len(out.offsets) != sum(
+                (1 << w.width) + 1 for w in out.windows):
+            raise ValueError("the tables do not fit their codes")
+        if len(out.orders) and (out.orders.min() < 0 or out.orders.max() >= len(out.ids)):
+            raise ValueError("a table points outside its codes")
+        out._plan()
         return out
 
     def memory_bytes(self) -> int:
         arrays = [self.codes, self.ids, self.pending_codes, self.pending_ids,
-                  *self.orders, *self.offsets]
+                  self.orders, self.offsets]
         return int(sum(a.nbytes for a in arrays))
 
 

@@ -301,8 +301,8 @@ def test_load_refuses_other_code_size(data, saved):
 
 
 @pytest.mark.parametrize("where", [0.5, 0.0, -1])
-@pytest.mark.parametrize("name", ["codes.npy", "ids.npy", "pending_codes.npy", "order0.npy",
-                                  "offsets0.npy"])
+@pytest.mark.parametrize("name", ["codes.npy", "ids.npy", "pending_codes.npy", "orders.npy",
+                                  "offsets.npy"])
 def test_tampered_index_file_is_refused(data, saved, where, name):
     _, path, _ = saved
     path = path / name
