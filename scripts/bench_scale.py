@@ -1,0 +1,201 @@
+"""Scale: synthetic collections of PDQ hashes loaded through imgmatch's bulk path.
+
+For each size N: N random 256-bit codes plus planted near-duplicates of some
+of them (at 0 to 31 bits, inside PDQ's threshold, and 32 to 40, outside),
+written as a python-threatexchange hash list and loaded with
+``imgmatch import-hashes`` (the same path partners' lists take). Then:
+
+- add: wall time and peak RSS of the import (catalog rows and index);
+- open: a fresh process opening the collection and its indexes for querying;
+- query: one PDQ hash, one thread, matches joined with their sightings from
+  the catalog (``find_matches``); p50/p99 over the planted queries; also with
+  the 8 rotations and mirrors of each hash (what ``query --pdq`` does);
+- recall: the index's range search against a brute-force numpy scan;
+- memory and disk: index bytes per image in memory, catalog and index bytes
+  per image on disk;
+- stats: ``imgmatch stats`` wall time.
+
+64-bit codes (pHash, dHash) have no hash-list format: their index is measured
+on its own (build, query, recall, memory) at the same sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ingest import measure  # noqa: E402
+
+QUERIES = 200
+
+
+def planted(rng: np.random.Generator, codes: np.ndarray, n: int, lo: int, hi: int):
+    """Copies of n random codes with lo..hi random bits flipped: (rows, copies, distances)."""
+    rows = rng.choice(len(codes), size=n, replace=False)
+    bits = codes.shape[1] * 8
+    copies, distances = [], []
+    for r in rows:
+        d = int(rng.integers(lo, hi + 1))
+        unpacked = np.unpackbits(codes[r]).copy()
+        unpacked[rng.choice(bits, size=d, replace=False)] ^= 1
+        copies.append(np.packbits(unpacked))
+        distances.append(d)
+    return rows, np.array(copies), distances
+
+
+def write_list(path: Path, codes: np.ndarray) -> None:
+    with path.open("w") as fh:
+        hexes = codes.tobytes().hex()
+        width = codes.shape[1] * 2
+        for i in range(len(codes)):
+            fh.write(f"pdq {hexes[i * width:(i + 1) * width]} item-{i}\n")
+
+
+def folder_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def bench_pdq(n: int, work: Path, rng: np.random.Generator) -> dict:
+    from imgmatch import Collection
+    from imgmatch.match import find_matches
+    from imgmatch.mih import popcount_rows
+    from imgmatch.signals import HashValue, get
+
+    base = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
+    rows_in, near, d_in = planted(rng, base, QUERIES, 0, 31)
+    rows_out, far, _ = planted(rng, base, QUERIES // 4, 32, 40)
+    listing = work / "list.txt"
+    everything = np.concatenate([base, near, far])
+    distinct = len(np.unique(everything, axis=0))  # a copy at distance 0 is the same hash
+    write_list(listing, everything)
+    db = work / "c.db"
+    seconds, rss = measure([sys.executable, "-m", "imgmatch.cli", "--db", str(db),
+                            "import-hashes", str(listing), "--json"], {0})
+    listing.unlink()
+    open_probe = ("import sys, time\nt = time.perf_counter()\nfrom imgmatch import Collection\n"
+                  "c = Collection.open(sys.argv[1], readonly=True)\nc.indexes\n"
+                  "print(time.perf_counter() - t)")
+    cold = float(subprocess.run([sys.executable, "-c", open_probe, str(db)], check=True,
+                                capture_output=True, text=True).stdout)
+    t = time.perf_counter()
+    stats = subprocess.run([sys.executable, "-m", "imgmatch.cli", "--db", str(db), "stats",
+                            "--json"], check=True, capture_output=True, text=True)
+    stats_s = time.perf_counter() - t
+    assert json.loads(stats.stdout)["images"] == distinct
+
+    pdq = get("pdq")
+    with Collection.open(db, readonly=True) as c:
+        index = c.indexes["pdq"]
+        one, eight, found_self = [], [], 0
+        for code in near:
+            value = HashValue("pdq", code.tobytes())
+            t = time.perf_counter()
+            matches = find_matches(c.catalog, c.indexes, {"pdq": [value]}, top_k=10)
+            one.append(time.perf_counter() - t)
+            found_self += any(m.signals["pdq"] == value.hex for m in matches)
+            t = time.perf_counter()
+            find_matches(c.catalog, c.indexes, {"pdq": pdq.dihedral_of_value(value)}, top_k=10)
+            eight.append(time.perf_counter() - t)
+        # recall of the index against a scan of every code
+        all_codes, all_ids = index.mih.live()
+        sample = np.concatenate([near[:50], far[:10]])
+        hits = truth = 0
+        for q in sample:
+            expected = set(all_ids[popcount_rows(all_codes ^ q) <= 31].tolist())
+            got = set(index.range_search(q, 31)[0][0].tolist())
+            truth += len(expected)
+            hits += len(expected & got)
+        memory = index.memory_bytes()
+    total = distinct
+    return {
+        "signal": "pdq", "n": total, "add_s": seconds, "add_peak_rss_mb": rss,
+        "open_s": cold, "stats_s": stats_s,
+        "query_p50_ms": 1000 * float(np.percentile(one, 50)),
+        "query_p99_ms": 1000 * float(np.percentile(one, 99)),
+        "query8_p50_ms": 1000 * float(np.percentile(eight, 50)),
+        "query8_p99_ms": 1000 * float(np.percentile(eight, 99)),
+        "recall": hits / truth if truth else 1.0, "self_found": found_self / len(near),
+        "index_bytes_per_image": memory / total,
+        "disk_bytes_per_image": (folder_bytes(db) + folder_bytes(Path(str(db) + ".indexes"))
+                                 + sum(folder_bytes(p) for p in db.parent.glob("c.db-*")))
+        / total,
+    }
+
+
+def bench_64(n: int, rng: np.random.Generator) -> dict:
+    from imgmatch.mih import MultiIndexHash, popcount_rows
+
+    codes = rng.integers(0, 256, size=(n, 8), dtype=np.uint8)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    _, near, _ = planted(rng, codes, QUERIES, 0, 10)
+    index = MultiIndexHash(64)
+    t = time.perf_counter()
+    index.add(ids, codes)
+    index.rebuild()
+    build = time.perf_counter() - t
+    times, hits, truth = [], 0, 0
+    for q in near:
+        t = time.perf_counter()
+        got = index.range_search(q, 10)[0][0]
+        times.append(time.perf_counter() - t)
+        expected = set(ids[popcount_rows(codes ^ q) <= 10].tolist())
+        truth += len(expected)
+        hits += len(expected & set(got.tolist()))
+    return {"signal": "64-bit", "n": n, "add_s": build,
+            "query_p50_ms": 1000 * float(np.percentile(times, 50)),
+            "query_p99_ms": 1000 * float(np.percentile(times, 99)),
+            "recall": hits / truth, "index_bytes_per_image": index.memory_bytes() / n}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100000,1000000",
+                        help="comma-separated collection sizes (1e7 takes a while)")
+    parser.add_argument("--md", type=Path, help="also write the Markdown table here")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    rows = []
+    for size in (int(float(s)) for s in args.sizes.split(",")):
+        rng = np.random.default_rng(size)
+        work = Path(tempfile.mkdtemp(prefix="imgmatch-scale-"))
+        try:
+            rows.append(bench_pdq(size, work, rng))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        rows.append(bench_64(size, rng))
+        print(json.dumps(rows[-2:]), file=sys.stderr)
+    lines = ["| codes | N | add (s) | add peak RSS (MB) | open (s) | query p50 / p99 (ms) | "
+             "8 rotations p50 / p99 (ms) | recall | index bytes/image | disk bytes/image | "
+             "stats (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['signal']} | {r['n']:,} | {r['add_s']:.1f} | "
+            f"{r.get('add_peak_rss_mb', float('nan')):.0f} | {r.get('open_s', float('nan')):.2f} | "
+            f"{r['query_p50_ms']:.2f} / {r['query_p99_ms']:.2f} | "
+            + (f"{r['query8_p50_ms']:.2f} / {r['query8_p99_ms']:.2f}" if "query8_p50_ms" in r
+               else "-")
+            + f" | {r['recall']:.4f} | {r['index_bytes_per_image']:.0f} | "
+            + (f"{r['disk_bytes_per_image']:.0f} | {r['stats_s']:.2f} |" if "stats_s" in r
+               else "- | - |"))
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.md:
+        args.md.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
