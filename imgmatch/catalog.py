@@ -374,6 +374,59 @@ class Catalog:
         ``signal:hex`` so importing a list twice adds nothing twice. Returns
         (images added, sightings added, first new image id or 0).
         """
+        rows = list(rows)
+        now = utcnow()
+        conn = self.conn
+        keys = [f"{signal}:{value.hex()}" for signal, value, _, _ in rows]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # new rows get ids above the largest one now: the caller indexes from there
+            first = int(conn.execute("SELECT coalesce(max(id), 0) FROM images").fetchone()[0]) + 1
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT INTO images (hash_key, created_at, run_id) VALUES (?,?,?) "
+                "ON CONFLICT(hash_key) WHERE hash_key IS NOT NULL DO NOTHING",
+                [(k, now, run_id) for k in dict.fromkeys(keys)])
+            added = conn.total_changes - before
+            ids: dict[str, int] = {}
+            for chunk in _chunks(list(dict.fromkeys(keys)), 500):
+                marks = ",".join("?" * len(chunk))
+                ids.update((k, i) for i, k in conn.execute(
+                    f"SELECT id, hash_key FROM images WHERE hash_key IN ({marks})", chunk))
+            conn.executemany(
+                "INSERT OR IGNORE INTO signals (image_id, signal, version, value, quality) "
+                "VALUES (?,?,1,?,?)",
+                [(ids[k], signal, value, quality)
+                 for k, (signal, value, quality, _) in zip(keys, rows)])
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT INTO sightings (image_id, platform, url, page_url, ad_id, posted_at, "
+                "collected_at, source, extra, run_id, key) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(key) DO NOTHING",
+                [(ids[k], s.platform, s.url, s.page_url, s.ad_id, s.posted_at, s.collected_at,
+                  s.source, json.dumps(s.extra, ensure_ascii=False, sort_keys=True), run_id,
+                  s.key(k)) for k, (_, _, _, s) in zip(keys, rows)])
+            sightings = conn.total_changes - before
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return added, sightings, first if added else 0
+
+    def sha256_for_payload_digest(self, digest: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT images.sha256 FROM payload_digests JOIN images ON images.id = image_id "
+            "WHERE digest = ?", (digest,)).fetchone()
+        return None if row is None else row[0]
+
+    def import_hashes(self, rows: Iterable[tuple[str, bytes, int | None, SightingRow]],
+                      run_id: int | None) -> tuple[int, int, int]:
+        """Hash-only images, one transaction: (signal, value, quality, sighting) rows.
+
+        Such an image has no SHA-256 (there were no bytes); it is identified by
+        ``signal:hex`` so importing a list twice adds nothing twice. Returns
+        (images added, sightings added, first new image id or 0).
+        """
         added = sightings = first = 0
         now = utcnow()
         conn = self.conn

@@ -122,8 +122,9 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
 
     ``query`` maps a signal name to the query's values for it (the dihedral
     variants, identity first). With ``min_score`` > 0 every image scoring at
-    least that is a candidate (range search); with 0 the nearest neighbours
-    of each signal are ranked, so a full ranking can be evaluated.
+    least that is a candidate (an exact range search: no scan); with 0 the
+    nearest neighbours of each signal are ranked (a scan), so a full ranking
+    can be evaluated.
     """
     candidates: set[int] = set()
     for name, variants in query.items():
@@ -133,10 +134,12 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
         codes = np.frombuffer(b"".join(v.data for v in variants), dtype=np.uint8)
         threshold = registry.get(name).threshold
         if min_score > 0:
+            # exact: an image scores >= min_score only through a signal within this radius
             for ids, _ in index.range_search(codes, radius_for(min_score, threshold)):
                 candidates.update(int(i) for i in ids)
-        _, ids = index.search(codes, max(top_k * 2, MIN_CANDIDATES))
-        candidates.update(int(i) for i in ids.ravel() if i >= 0)
+        else:
+            _, ids = index.search(codes, max(top_k * 2, MIN_CANDIDATES))
+            candidates.update(int(i) for i in ids.ravel() if i >= 0)
     if not candidates:
         return []
     stored = catalog.signals_of(sorted(candidates))
