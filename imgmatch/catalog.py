@@ -196,6 +196,26 @@ class SightingRow:
             out = {"sha256": self.sha256, **out}
         return out
 
+    def normalised(self) -> SightingRow:
+        """Dates as ISO 8601 UTC (an unreadable one moves to extra as
+        ``<field>_raw``), and text that encodes as UTF-8: what the catalog stores."""
+        from .text import parse_when, safe_text
+
+        def text(v):
+            return safe_text(v) if isinstance(v, str) else v
+
+        values = {f: text(getattr(self, f)) for f in SIGHTING_FIELDS}
+        extra = {text(str(k)): (text(v) if isinstance(v, str) else v)
+                 for k, v in self.extra.items()}
+        for f in ("posted_at", "collected_at"):
+            raw = values[f]
+            if raw is not None:
+                parsed = parse_when(str(raw))
+                if parsed is None:
+                    extra[f"{f}_raw"] = raw
+                values[f] = parsed
+        return SightingRow(**values, extra=extra, sha256=self.sha256)
+
     def key(self, sha256: str) -> str:
         """Identity of a sighting: the same image seen with the same metadata.
 
@@ -206,8 +226,8 @@ class SightingRow:
         located = bool(self.url or self.page_url or self.ad_id)
         fields = [f for f in SIGHTING_FIELDS if not (located and f == "source")]
         payload = [sha256] + [getattr(self, f) for f in fields] + [self.extra]
-        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+        blob = json.dumps(payload, sort_keys=True, ensure_ascii=True, default=str)
+        return hashlib.sha256(blob.encode("ascii")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -374,7 +394,7 @@ class Catalog:
         ``signal:hex`` so importing a list twice adds nothing twice. Returns
         (images added, sightings added, first new image id or 0).
         """
-        rows = list(rows)
+        rows = [(signal, value, quality, s.normalised()) for signal, value, quality, s in rows]
         now = utcnow()
         conn = self.conn
         keys = [f"{signal}:{value.hex()}" for signal, value, _, _ in rows]
@@ -412,55 +432,6 @@ class Catalog:
             conn.execute("ROLLBACK")
             raise
         return added, sightings, first if added else 0
-
-    def sha256_for_payload_digest(self, digest: str) -> str | None:
-        row = self.conn.execute(
-            "SELECT images.sha256 FROM payload_digests JOIN images ON images.id = image_id "
-            "WHERE digest = ?", (digest,)).fetchone()
-        return None if row is None else row[0]
-
-    def import_hashes(self, rows: Iterable[tuple[str, bytes, int | None, SightingRow]],
-                      run_id: int | None) -> tuple[int, int, int]:
-        """Hash-only images, one transaction: (signal, value, quality, sighting) rows.
-
-        Such an image has no SHA-256 (there were no bytes); it is identified by
-        ``signal:hex`` so importing a list twice adds nothing twice. Returns
-        (images added, sightings added, first new image id or 0).
-        """
-        added = sightings = first = 0
-        now = utcnow()
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for signal, value, quality, sighting in rows:
-                hash_key = f"{signal}:{value.hex()}"
-                cur = conn.execute(
-                    "INSERT INTO images (hash_key, created_at, run_id) VALUES (?,?,?) "
-                    "ON CONFLICT(hash_key) WHERE hash_key IS NOT NULL DO NOTHING",
-                    (hash_key, now, run_id))
-                if cur.rowcount:
-                    image_id = int(cur.lastrowid)
-                    first = first or image_id
-                    added += 1
-                    conn.execute("INSERT INTO signals (image_id, signal, version, value, "
-                                 "quality) VALUES (?,?,1,?,?)", (image_id, signal, value, quality))
-                else:
-                    image_id = conn.execute("SELECT id FROM images WHERE hash_key = ?",
-                                            (hash_key,)).fetchone()[0]
-                cur = conn.execute(
-                    "INSERT INTO sightings (image_id, platform, url, page_url, ad_id, "
-                    "posted_at, collected_at, source, extra, run_id, key) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(key) DO NOTHING",
-                    (image_id, sighting.platform, sighting.url, sighting.page_url,
-                     sighting.ad_id, sighting.posted_at, sighting.collected_at, sighting.source,
-                     json.dumps(sighting.extra, ensure_ascii=False, sort_keys=True),
-                     run_id, sighting.key(hash_key)))
-                sightings += cur.rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return added, sightings, first
 
     def has_image(self, sha256: str) -> bool:
         return self.conn.execute("SELECT 1 FROM images WHERE sha256 = ?",
@@ -509,6 +480,7 @@ class Catalog:
             if linker is not None and result.new_images:
                 result.links_added = self._insert_links(linker(result.new_images))
             for sha256, s in sightings:
+                s = s.normalised()
                 found = conn.execute("SELECT id FROM images WHERE sha256 = ?",
                                      (sha256,)).fetchone()
                 if found is None:

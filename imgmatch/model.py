@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from itertools import pairwise
 
 from .catalog import SightingRow
 from .signals import HashValue
@@ -143,8 +144,8 @@ class Cluster:
         cannot be read."""
         order = self.platform_order
         out = []
-        for (p_from, d_from), (p_to, d_to) in zip(order, order[1:]):
-            start, end = parse_when(d_from), parse_when(d_to)
+        for (p_from, d_from), (p_to, d_to) in pairwise(order):
+            start, end = parse_utc(d_from), parse_utc(d_to)
             days = None if start is None or end is None else round(
                 (end - start).total_seconds() / 86400, 1)
             out.append((p_from, p_to, days))
@@ -174,7 +175,7 @@ class Cluster:
         }
 
 
-def parse_when(text: str | None) -> datetime | None:
+def parse_utc(text: str | None) -> datetime | None:
     """A stored UTC time ('YYYY-MM-DDTHH:MM:SSZ', or ISO 8601) as an aware datetime."""
     if not text or not isinstance(text, str) or len(text) > 64:
         return None

@@ -17,11 +17,11 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .catalog import SIGHTING_FIELDS, SightingRow
+from .text import parse_when, safe_text
 from .errors import InputError, ManifestError, MissingFile, UnsafePath
 
 #: Longest metadata string kept; longer values are cut (and marked) to bound storage.
@@ -160,30 +160,11 @@ def sighting_from_mapping(row: dict, *, default_platform: str | None = None) -> 
 
 def _clean(value):
     if isinstance(value, str):
+        value = safe_text(value)
         return value if len(value) <= MAX_FIELD_CHARS else value[:MAX_FIELD_CHARS] + "…[cut]"
     if isinstance(value, (int, float, bool)) or value is None:
         return value
     return _clean(json.dumps(value, ensure_ascii=False, default=str))
-
-
-def parse_when(text: str) -> str | None:
-    """ISO 8601 (or a bare date, or Unix seconds) -> 'YYYY-MM-DDTHH:MM:SSZ' in UTC."""
-    text = text.strip()
-    if not text or len(text) > 64:
-        return None
-    try:
-        if text.isascii() and text.isdigit() and 9 <= len(text) <= 11:
-            when = datetime.fromtimestamp(int(text), timezone.utc)
-        else:
-            candidate = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
-            when = datetime.fromisoformat(candidate)
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
-            when = when.astimezone(timezone.utc)
-    except (ValueError, OverflowError, OSError):
-        return None
-    return (f"{when.year:04d}-{when.month:02d}-{when.day:02d}T"
-            f"{when.hour:02d}:{when.minute:02d}:{when.second:02d}Z")
 
 
 def _csv_rows(manifest: Path) -> Iterator[tuple[int, dict, str | None]]:

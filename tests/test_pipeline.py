@@ -353,3 +353,25 @@ def test_inline_and_worker_ingest_agree(tmp_path):
             ingest(c.catalog, iter_paths(files), workers=workers)
         states.append(_catalog_state(db)["signals"])
     assert states[0] == states[1]
+
+
+def test_hostile_text_in_json_lines_is_stored_safely(tmp_path):
+    """A lone surrogate is valid JSON but not UTF-8; a junk date is not a date."""
+    line = json.dumps({"data_b64": base64.b64encode(jpeg_bytes(5)).decode(),
+                       "platform": "x\udcff", "posted_at": "\x1b[2J yesterday",
+                       "phone": "555\ud800"})
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        summary = c.ingest(iter_jsonl_stream([line + "\n"]))
+        assert summary.images_added == 1 and not summary.failures
+        (s,) = c.image(hashlib.sha256(jpeg_bytes(5)).hexdigest()).sightings
+    assert s.platform == "x\ufffd" and s.extra["phone"] == "555\ufffd"
+    assert s.posted_at is None and s.extra["posted_at_raw"].endswith("yesterday")
+
+
+def test_library_sightings_are_normalised_too(tmp_path):
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        added = c.add(jpeg_bytes(6), imgmatch.Sighting(platform="p", posted_at="2024-03-09 21:14",
+                                                        collected_at="not a date"))
+        (s,) = c.image(added.sha256).sightings
+    assert s.posted_at == "2024-03-09T21:14:00Z"
+    assert s.collected_at is None and s.extra["collected_at_raw"] == "not a date"

@@ -8,7 +8,7 @@ from typing import TextIO
 
 from ..model import Cluster
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 def clean(value: object, width: int | None = None) -> str:
@@ -20,7 +20,7 @@ def clean(value: object, width: int | None = None) -> str:
 
 
 def _day(when: str | None) -> str:
-    return when[:10] if when else "?"
+    return clean(when[:10]) if when else "?"
 
 
 def write_table(clusters: Sequence[Cluster], out: TextIO, *,
