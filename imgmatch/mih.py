@@ -29,14 +29,22 @@ _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 #: Narrowest and widest substring, in bits.
 MIN_WIDTH, MAX_WIDTH = 8, 22
-#: Pending codes are merged into the tables past this share of the indexed ones.
-MERGE_SHARE = 0.05
-MIN_MERGE = 20_000
+#: Pending codes are merged into the tables past this share of the indexed ones
+#: (a scan of 1% costs a query about what the tables do; a rebuild is amortised
+#: over the 1% of new codes that trigger it).
+MERGE_SHARE = 0.01
+MIN_MERGE = 4096
 
 
 def popcount_rows(x: np.ndarray) -> np.ndarray:
-    """Set bits per row of a uint8 matrix."""
+    """Set bits per row of a uint8 matrix (rows of whole 64-bit words count word-wise)."""
+    if _BITWISE_COUNT is not None and x.ndim == 2 and x.shape[1] % 8 == 0:
+        words = np.ascontiguousarray(x).view(np.uint64)
+        return _BITWISE_COUNT(words).sum(axis=1, dtype=np.int32)
     return _POPCOUNT[x].sum(axis=1, dtype=np.int32)
+
+
+_BITWISE_COUNT = getattr(np, "bitwise_count", None)  # numpy >= 2.0
 
 
 @dataclass(frozen=True)
@@ -151,54 +159,88 @@ class MultiIndexHash:
 
     # ----------------------------------------------------------------- search
     def range_search(self, queries: np.ndarray, radius: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """All ids within ``radius`` bits (inclusive) of each query: [(ids, distances)]."""
+        """All ids within ``radius`` bits (inclusive) of each query: [(ids, distances)].
+
+        Many queries are answered in one vectorised pass (links at ingest send a
+        whole batch's rotations at once), so the per-call overhead is paid once.
+        """
         queries = np.ascontiguousarray(queries, dtype=np.uint8).reshape(-1, self.nbytes)
-        return [self._one(q, radius) for q in queries]
-
-    def _one(self, query: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
-        found_ids, found_d = [], []
-        if len(self.ids) and self.windows:
-            positions = self._candidates(query, radius)
-            if len(positions):
-                d = popcount_rows(self.codes[positions] ^ query)
-                hit = d <= radius
-                found_ids.append(self.ids[positions[hit]])
-                found_d.append(d[hit])
-        if len(self.pending_ids):
-            d = popcount_rows(self.pending_codes ^ query)
-            hit = d <= radius
-            found_ids.append(self.pending_ids[hit])
-            found_d.append(d[hit])
-        if not found_ids:
-            return np.empty(0, np.int64), np.empty(0, np.int32)
-        ids, dists = np.concatenate(found_ids), np.concatenate(found_d)
+        nq = len(queries)
+        qs, ids, dists = [], [], []
+        for start in range(0, nq, 1024):
+            chunk = queries[start:start + 1024]
+            if len(self.ids) and self.windows:
+                q, pos = self._candidates(chunk, radius)
+                if len(pos):
+                    d = popcount_rows(self.codes[pos] ^ chunk[q])
+                    hit = d <= radius
+                    pair = np.unique((q[hit] * len(self.ids) + pos[hit]))
+                    q_hit, pos_hit = pair // len(self.ids), pair % len(self.ids)
+                    qs.append(q_hit + start)
+                    ids.append(self.ids[pos_hit])
+                    dists.append(popcount_rows(self.codes[pos_hit] ^ chunk[q_hit]))
+            if len(self.pending_ids):
+                q, d, at = self._scan_pending(chunk, radius)
+                qs.append(q + start)
+                ids.append(self.pending_ids[at])
+                dists.append(d)
+        if not qs:
+            return [(np.empty(0, np.int64), np.empty(0, np.int32)) for _ in range(nq)]
+        q, found, d = np.concatenate(qs), np.concatenate(ids), np.concatenate(dists)
         if self.removed:
-            keep = ~np.isin(ids, np.fromiter(self.removed, np.int64))
-            ids, dists = ids[keep], dists[keep]
-        return ids, dists
+            keep = ~np.isin(found, np.fromiter(self.removed, np.int64))
+            q, found, d = q[keep], found[keep], d[keep]
+        order = np.argsort(q, kind="stable")
+        q, found, d = q[order], found[order], d[order]
+        bounds = np.searchsorted(q, np.arange(nq + 1))
+        return [(found[bounds[i]:bounds[i + 1]], d[bounds[i]:bounds[i + 1]]) for i in range(nq)]
 
-    def _candidates(self, query: np.ndarray, radius: int) -> np.ndarray:
-        """Positions of every indexed code sharing a near-identical substring."""
+    def _scan_pending(self, queries: np.ndarray, radius: int):
+        """(query index, distance, pending position) of pending codes within radius."""
+        pending = self.pending_codes
+        step = max(1, (64 << 20) // max(1, len(pending) * self.nbytes))
+        qs, ds, ats = [], [], []
+        for start in range(0, len(queries), step):
+            block = queries[start:start + step]
+            xor = (block[:, None, :] ^ pending[None, :, :]).reshape(-1, self.nbytes)
+            d = popcount_rows(xor).reshape(len(block), len(pending))
+            q, at = np.nonzero(d <= radius)
+            qs.append(q + start)
+            ds.append(d[q, at])
+            ats.append(at)
+        return np.concatenate(qs), np.concatenate(ds), np.concatenate(ats)
+
+    def _candidates(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+        """(query index, code position) of every indexed code sharing a substring
+        within ``radius // m`` bits of the query's; a pair found through several
+        substrings comes several times (cheaper to verify twice than to sort)."""
         per_table = radius // len(self.windows)
-        qwords = as_words(query.reshape(1, -1))[0]
-        probes, order_bases = [], []
+        qwords = as_words(queries)
+        probes, order_bases, owners = [], [], []
         for width in sorted({w.width for w in self.windows}):
             tables = [j for j, w in enumerate(self.windows) if w.width == width]
-            keys = np.array([(int(qwords[self.windows[j].word]) >> self.windows[j].shift)
-                             & ((1 << width) - 1) for j in tables], dtype=np.int64)
-            masks = flip_masks(width, per_table).astype(np.int64)
-            probe = (keys[:, None] ^ masks[None, :])
-            probes.append((probe + self._offset_base[tables][:, None]).ravel())
-            order_bases.append(np.repeat(self._order_base[tables], len(masks)))
+            keys = np.stack([(qwords[:, self.windows[j].word] >> np.uint64(self.windows[j].shift))
+                             & np.uint64((1 << width) - 1) for j in tables], axis=1
+                            ).astype(np.int64)                           # (Q, tables)
+            masks = flip_masks(width, per_table).astype(np.int64)        # (P,)
+            probe = keys[:, :, None] ^ masks[None, None, :]              # (Q, tables, P)
+            probe += self._offset_base[tables][None, :, None]
+            probes.append(probe.ravel())
+            order_bases.append(np.broadcast_to(self._order_base[tables][None, :, None],
+                                               probe.shape).ravel())
+            owners.append(np.broadcast_to(np.arange(len(queries))[:, None, None],
+                                          probe.shape).ravel())
         at = np.concatenate(probes)
         base = np.concatenate(order_bases)
+        owner = np.concatenate(owners)
         starts = self.offsets[at].astype(np.int64)
         ends = self.offsets[at + 1].astype(np.int64)
         keep = ends > starts
         if not keep.any():
-            return np.empty(0, np.int64)
-        starts, ends, base = starts[keep], ends[keep], base[keep]
-        return np.unique(self.orders[_ranges(starts + base, ends + base)])
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        starts, ends, base, owner = starts[keep], ends[keep], base[keep], owner[keep]
+        positions = self.orders[_ranges(starts + base, ends + base)].astype(np.int64)
+        return np.repeat(owner, ends - starts), positions
 
     def knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact k nearest by a chunked scan (an oracle; indexes use FAISS for this)."""
