@@ -25,7 +25,6 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from .errors import IndexFileError
@@ -64,7 +63,7 @@ class BinaryIndex:
         self.bits = bits
         self.mih = mih if mih is not None else MultiIndexHash(bits)
         self.max_id = int(max(self.mih.ids.max(initial=0), self.mih.pending_ids.max(initial=0)))
-        self._flat: faiss.IndexBinary | None = None
+        self._flat = None  # a FAISS flat index for k-nearest scans, built on first use
 
     def __len__(self) -> int:
         return len(self.mih)
@@ -91,6 +90,8 @@ class BinaryIndex:
             n = len(codes)
             return np.full((n, 1), self.bits + 1, np.int32), np.full((n, 1), -1, np.int64)
         if self._flat is None:
+            import faiss  # only full rankings need it: keep start-up lean
+
             flat = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(self.bits))
             live_codes, live_ids = self.mih.live()
             flat.add_with_ids(live_codes, live_ids)
@@ -120,7 +121,7 @@ class BinaryIndex:
             manifest = Manifest(
                 collection_id=collection_id, signal=signal, bits=self.bits, factory=FACTORY,
                 count=len(self), max_image_id=self.max_id, deletions=deletions,
-                sha256=digest.hexdigest(), faiss_version=faiss.__version__)
+                sha256=digest.hexdigest(), faiss_version=_faiss_version())
             manifest_path(tmp).write_text(
                 json.dumps(asdict(manifest), indent=2, sort_keys=True))
             for f in tmp.iterdir():
@@ -170,6 +171,15 @@ class BinaryIndex:
         out = cls(bits, mih)
         out.max_id = manifest.max_image_id
         return out, manifest
+
+
+def _faiss_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("faiss-cpu")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def manifest_path(path: Path) -> Path:
