@@ -433,6 +433,26 @@ class Catalog:
             raise
         return added, sightings, first if added else 0
 
+    def erase(self, image_ids: Sequence[int]) -> int:
+        """Delete images with everything about them (signals, sightings, links,
+        thumbnails) in one transaction, and count the deletion so that indexes
+        saved before it are known to be behind."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            erased = 0
+            for chunk in _chunks(list(image_ids), 500):
+                marks = ",".join("?" * len(chunk))
+                erased += conn.execute(f"DELETE FROM images WHERE id IN ({marks})",
+                                       chunk).rowcount
+            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
+                         "WHERE key = 'deletions'")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return erased
+
     def has_image(self, sha256: str) -> bool:
         return self.conn.execute("SELECT 1 FROM images WHERE sha256 = ?",
                                  (sha256,)).fetchone() is not None

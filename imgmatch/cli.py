@@ -525,6 +525,18 @@ def keys_revoke(db: Path, name_or_id: str) -> int:
 
 
 @cli.command()
+@click.argument("sha256s", nargs=-1, required=True)
+@click.pass_obj
+def erase(db: Path, sha256s: tuple[str, ...]) -> int:
+    """Remove images for good (their signals, sightings, links and thumbnails),
+    for example on a takedown or a victim's request."""
+    with Collection.open(db) as collection:
+        n = collection.erase(sha256s)
+    click.echo(f"erased {n} image{'s' if n != 1 else ''}")
+    return EXIT_OK
+
+
+@cli.command()
 @click.pass_obj
 def reindex(db: Path) -> int:
     """Rebuild every index from the catalog (indexes are caches)."""

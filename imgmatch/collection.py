@@ -117,6 +117,23 @@ class Collection:
                                      signal=name, deletions=self.catalog.deletions)
         self._dirty.clear()
 
+    def erase(self, sha256s: Iterable[str]) -> int:
+        """Remove images for good: catalog rows (signals, sightings, links,
+        thumbnails) and index entries, without rebuilding the indexes."""
+        ids = []
+        for sha in sha256s:
+            image_id = self.catalog.image_id(sha)
+            if image_id is None:
+                raise ImgmatchError(f"no image with sha256 {sha} in {self.path}")
+            ids.append(image_id)
+        indexes = self.indexes  # loaded against the catalog as it was before the deletion
+        erased = self.catalog.erase(ids)
+        for name, index in indexes.items():
+            index.remove(np.array(ids, dtype=np.int64))
+            self._dirty.add(name)
+        self.save_indexes()
+        return erased
+
     def reindex(self) -> dict[str, int]:
         """Rebuild every index from the catalog and save it."""
         self._indexes = {name: self._build(name) for name in self.catalog.signal_counts()}

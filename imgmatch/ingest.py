@@ -55,7 +55,6 @@ class IngestSummary:
     #: sightings added from WARC revisit records
     revisits: int = 0
     failures: list[tuple[str, str, str]] = field(default_factory=list)
-    new_image_ids: list[int] = field(default_factory=list)
     #: records passed over on purpose (not images, HTTP errors), by why
     skipped: dict[str, int] = field(default_factory=dict)
     workers_replaced: int = 0
@@ -70,11 +69,9 @@ class IngestSummary:
         self.links_added += result.links_added
         self.sightings_added += result.sightings_added
         self.sightings_known += result.sightings_known
-        self.new_image_ids.extend(result.new_image_ids)
 
     def to_json(self) -> dict:
         out = asdict(self)
-        out.pop("new_image_ids")
         out["seconds"] = round(self.seconds, 3)
         out["failed"] = len(self.failures)
         out["failures"] = [{"source": s, "reason": r, "detail": d} for s, r, d in self.failures]
