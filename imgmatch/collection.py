@@ -93,17 +93,18 @@ class Collection:
 
     def _build(self, name: str) -> BinaryIndex:
         index = BinaryIndex(registry.get(name).bits)
-        self._append_from_catalog(name, index, 0)
+        self._append_from_catalog(name, index, 0, merge=False)
         index.compact()
         self._dirty.add(name)
         return index
 
-    def _append_from_catalog(self, name: str, index: BinaryIndex, after_id: int) -> int:
+    def _append_from_catalog(self, name: str, index: BinaryIndex, after_id: int,
+                             merge: bool = True) -> int:
         added = 0
         for rows in self.catalog.iter_signal(name, after_image_id=after_id):
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             codes = np.frombuffer(b"".join(bytes(r[1]) for r in rows), dtype=np.uint8)
-            index.add(ids, codes)
+            index.add(ids, codes, merge=merge)
             added += len(rows)
         return added
 
@@ -235,9 +236,10 @@ class Collection:
             added, sightings, first = self.catalog.import_hashes(rows, run_id)
             totals["images_added"] += added
             totals["sightings_added"] += sightings
-            if added:
-                self._append_from_catalog("pdq", indexes["pdq"], first - 1)
+            if added:  # tables are cut once, at the end, not as the list grows
+                self._append_from_catalog("pdq", indexes["pdq"], first - 1, merge=False)
                 self._dirty.add("pdq")
+        indexes["pdq"].compact()
         if failures:
             self.catalog.write_batch([], [], failures, run_id)
         totals["failed"] = len(failures)

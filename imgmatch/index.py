@@ -68,10 +68,10 @@ class BinaryIndex:
     def __len__(self) -> int:
         return len(self.mih)
 
-    def add(self, ids: np.ndarray, codes: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, codes: np.ndarray, *, merge: bool = True) -> None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids):
-            self.mih.add(ids, codes)
+            self.mih.add(ids, codes, merge=merge)
             self.max_id = max(self.max_id, int(ids.max()))
             self._flat = None
 

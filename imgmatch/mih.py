@@ -97,25 +97,57 @@ class MultiIndexHash:
         self.orders = np.empty(0, np.int32)
         #: every table's run starts per key (2**width + 1 each), one after another
         self.offsets = np.empty(0, np.uint32)
-        self.pending_codes = np.empty((0, self.nbytes), np.uint8)
-        self.pending_ids = np.empty(0, np.int64)
+        self._pending_codes = np.empty((0, self.nbytes), np.uint8)
+        self._pending_ids = np.empty(0, np.int64)
+        self._pending_parts: list[tuple[np.ndarray, np.ndarray]] = []
         self.removed: set[int] = set()
         self._order_base = np.empty(0, np.int64)
         self._offset_base = np.empty(0, np.int64)
 
     # ------------------------------------------------------------------ build
-    def __len__(self) -> int:
-        return len(self.ids) + len(self.pending_ids) - len(self.removed)
+    @property
+    def pending_codes(self) -> np.ndarray:
+        self._collapse()
+        return self._pending_codes
 
-    def add(self, ids: np.ndarray, codes: np.ndarray) -> None:
+    @pending_codes.setter
+    def pending_codes(self, value: np.ndarray) -> None:
+        self._pending_parts = []
+        self._pending_codes = value
+
+    @property
+    def pending_ids(self) -> np.ndarray:
+        self._collapse()
+        return self._pending_ids
+
+    @pending_ids.setter
+    def pending_ids(self, value: np.ndarray) -> None:
+        self._pending_parts = []
+        self._pending_ids = value
+
+    def _collapse(self) -> None:
+        """Join the parts added since the last look (one copy, not one per add)."""
+        if self._pending_parts:
+            parts, self._pending_parts = self._pending_parts, []
+            self._pending_ids = np.concatenate([self._pending_ids] + [i for i, _ in parts])
+            self._pending_codes = np.concatenate([self._pending_codes] + [c for _, c in parts])
+
+    def _pending_count(self) -> int:
+        return len(self._pending_ids) + sum(len(i) for i, _ in self._pending_parts)
+
+    def __len__(self) -> int:
+        return len(self.ids) + self._pending_count() - len(self.removed)
+
+    def add(self, ids: np.ndarray, codes: np.ndarray, *, merge: bool = True) -> None:
+        """Add codes (pending until merged). ``merge=False`` defers the merge, for
+        bulk loads that call ``rebuild`` once at the end."""
         ids = np.asarray(ids, dtype=np.int64)
         codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(len(ids), self.nbytes)
         if not len(ids):
             return
         self.removed.difference_update(ids.tolist())
-        self.pending_codes = np.concatenate([self.pending_codes, codes])
-        self.pending_ids = np.concatenate([self.pending_ids, ids])
-        if len(self.pending_ids) > max(MIN_MERGE, MERGE_SHARE * len(self.ids)):
+        self._pending_parts.append((ids, codes))
+        if merge and self._pending_count() > max(MIN_MERGE, MERGE_SHARE * len(self.ids)):
             self.rebuild()
 
     def remove(self, ids: np.ndarray) -> int:

@@ -66,6 +66,25 @@ def main() -> int:
         dd = ours_d - dhash.from_hex(naive_d)
         print(f"| {path.relative_to(ref)} | {'yes' if same_p else 'NO'} | "
               f"{'yes' if same_d else 'NO'} | {dp} | {dd} |")
+    corpus = args.shared.parent / "imgmatch-bench-data" / "dev"
+    if corpus.is_dir():
+        files = sorted((corpus / "references").glob("*.jpg")) + sorted(
+            (corpus / "queries").iterdir())[:300]
+        diffs = {"phash": [], "dhash": []}
+        for path in files:
+            decoded = decode(path.read_bytes())
+            with Image.open(path) as im:
+                naive = {"phash": str(imagehash.phash(im)), "dhash": str(imagehash.dhash(im))}
+            for name, sig in (("phash", phash), ("dhash", dhash)):
+                diffs[name].append(sig.compute(decoded) - sig.from_hex(naive[name]))
+        print(f"\nOn {len(files)} images of the shared bench corpus, bits from imagehash on a "
+              "naive full decode:\n")
+        print("| signal | mean | 99th percentile | max |")
+        print("|---|---|---|---|")
+        for name, values in diffs.items():
+            values = sorted(values)
+            print(f"| {name} | {sum(values) / len(values):.2f} | "
+                  f"{values[int(0.99 * (len(values) - 1))]} | {values[-1]} |")
     return 0
 
 
