@@ -1,7 +1,8 @@
 """Flat memory: peak RSS of an ingest of 20,000 and of 200,000 small images.
 
-The trees are synthetic (distinct 48x48 JPEGs, made once and kept beside the
-repository). Each ingest runs in a fresh process with two workers; the peak
+The trees are synthetic (distinct 64x64 JPEGs of 16x16 random colour blocks,
+made once and kept beside the repository; smoother images collide under the
+64-bit hashes' threshold and would measure false links, not memory). Each ingest runs in a fresh process with two workers; the peak
 RSS reported is that of the largest process (the parent, which holds the
 indexes). What may grow with the collection is the in-memory index, by
 design (bytes per image in docs/benchmarks.md); everything else streams.
@@ -27,7 +28,7 @@ from bench_ingest import measure  # noqa: E402
 def make_tree(n: int) -> Path:
     from PIL import Image
 
-    root = DATA / f"small-{n}"
+    root = DATA / f"blocks-{n}"
     stamp = root / "done.json"
     if stamp.exists():
         return root
@@ -36,8 +37,8 @@ def make_tree(n: int) -> Path:
         folder = root / f"{i // 1000:04d}"
         if i % 1000 == 0:
             folder.mkdir(parents=True, exist_ok=True)
-        pixels = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
-        img = Image.fromarray(pixels).resize((48, 48), Image.Resampling.BICUBIC)
+        pixels = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+        img = Image.fromarray(pixels).resize((64, 64), Image.Resampling.BICUBIC)
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=85)
         (folder / f"{i:07d}.jpg").write_bytes(buf.getvalue())
