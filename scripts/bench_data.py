@@ -20,6 +20,15 @@ SHARED = ROOT.parent / "shared"
 DATA = ROOT.parent / "imgmatch-bench-data"
 
 
+def emit(lines: list[str], md: Path | None) -> int:
+    """Print a benchmark's Markdown table (and write it to ``md`` if given)."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if md:
+        md.write_text(text)
+    return 0
+
+
 def shared_bench() -> Path:
     bench = SHARED / "bench"
     if not (bench / "build_dev_corpus.py").exists():

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import bench_photos, ensure_ad_sized, ensure_dev_corpus  # noqa: E402
+from bench_data import bench_photos, emit, ensure_ad_sized, ensure_dev_corpus  # noqa: E402
 
 NAIVE = """
 import sys
@@ -153,11 +153,7 @@ def main() -> int:
     lines += ["", "| set | ratio | measured | target | |", "|---|---|---|---|---|"]
     lines += [f"| {s} | {what} | {value:.2f} | >= {target} | {verdict} |"
               for s, what, value, target, verdict in checks]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.md:
-        args.md.write_text(text)
-    return 0
+    return emit(lines, args.md)
 
 
 if __name__ == "__main__":

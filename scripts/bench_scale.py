@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import emit  # noqa: E402
 from bench_ingest import measure  # noqa: E402
 
 QUERIES = 200
@@ -190,11 +191,7 @@ def main() -> int:
             + f" | {r['recall']:.4f} | {r['index_bytes_per_image']:.0f} | "
             + (f"{r['disk_bytes_per_image']:.0f} | {r['stats_s']:.2f} |" if "stats_s" in r
                else "- | - |"))
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.md:
-        args.md.write_text(text)
-    return 0
+    return emit(lines, args.md)
 
 
 if __name__ == "__main__":
