@@ -27,6 +27,11 @@ import numpy as np
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
+#: Queries answered per vectorised pass: the candidate arrays of a pass grow
+#: with it (about 40 bytes per candidate), so it bounds the transient memory.
+QUERY_CHUNK = 128
+#: Pending codes are scanned in blocks of at most this many bytes of XORs.
+SCAN_BYTES = 16 << 20
 #: Narrowest and widest substring, in bits.
 MIN_WIDTH, MAX_WIDTH = 8, 22
 #: Pending codes are merged into the tables past this share of the indexed ones
@@ -199,8 +204,8 @@ class MultiIndexHash:
         queries = np.ascontiguousarray(queries, dtype=np.uint8).reshape(-1, self.nbytes)
         nq = len(queries)
         qs, ids, dists = [], [], []
-        for start in range(0, nq, 1024):
-            chunk = queries[start:start + 1024]
+        for start in range(0, nq, QUERY_CHUNK):
+            chunk = queries[start:start + QUERY_CHUNK]
             if len(self.ids) and self.windows:
                 q, pos = self._candidates(chunk, radius)
                 if len(pos):
@@ -230,7 +235,7 @@ class MultiIndexHash:
     def _scan_pending(self, queries: np.ndarray, radius: int):
         """(query index, distance, pending position) of pending codes within radius."""
         pending = self.pending_codes
-        step = max(1, (64 << 20) // max(1, len(pending) * self.nbytes))
+        step = max(1, SCAN_BYTES // max(1, len(pending) * self.nbytes))
         qs, ds, ats = [], [], []
         for start in range(0, len(queries), step):
             block = queries[start:start + step]
