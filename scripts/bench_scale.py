@@ -184,8 +184,8 @@ def main() -> int:
     for r in rows:
         lines.append(
             f"| {r['signal']} | {r['n']:,} | {r['add_s']:.1f} | "
-            f"{r.get('add_peak_rss_mb', float('nan')):.0f} | {r.get('open_s', float('nan')):.2f} | "
-            f"{r['query_p50_ms']:.2f} / {r['query_p99_ms']:.2f} | "
+            + (f"{r['add_peak_rss_mb']:.0f} | {r['open_s']:.2f} | " if "open_s" in r else "- | - | ")
+            + f"{r['query_p50_ms']:.2f} / {r['query_p99_ms']:.2f} | "
             + (f"{r['query8_p50_ms']:.2f} / {r['query8_p99_ms']:.2f}" if "query8_p50_ms" in r
                else "-")
             + f" | {r['recall']:.4f} | {r['index_bytes_per_image']:.0f} | "
