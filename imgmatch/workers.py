@@ -105,8 +105,14 @@ def _worker_main(conn: Connection, signal_names: tuple[str, ...],
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     single_threaded()
     known = KnownImages(catalog_path) if catalog_path else None
+    parent = os.getppid()
     while True:
         try:
+            # a forked worker holds copies of the parent's pipe ends, so a
+            # killed parent never looks like EOF: watch for it instead
+            while not conn.poll(1.0):
+                if os.getppid() != parent:
+                    return
             job = conn.recv()
         except (EOFError, OSError):
             return

@@ -115,6 +115,19 @@ def _make_crawl(root: Path, n_images: int = 240) -> Path:
     return manifest
 
 
+def _processes_with(text: str) -> list[int]:
+    """Pids whose command line mentions ``text`` (Linux /proc; empty elsewhere)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if text in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                    errors="replace"):
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
 def _catalog_state(db: Path) -> dict:
     con = sqlite3.connect(db)
     try:
@@ -169,6 +182,11 @@ def test_killed_ingests_resume_to_the_same_catalog(tmp_path):
             con.close()
             assert orphans == 0, "an image was written without its signals"
     assert kills >= 2, "the ingest finished before it could be killed: make it bigger"
+    # the killed parents' workers notice and leave (they are forked: no EOF tells them)
+    deadline = time.monotonic() + 10
+    while _processes_with(str(resumed)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _processes_with(str(resumed)), "workers outlived their killed parent"
     done = subprocess.run(_ingest_cmd(resumed, manifest), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 1  # the broken file, again
