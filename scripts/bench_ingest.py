@@ -124,6 +124,46 @@ def ratios(rows: list[dict]) -> list[tuple[str, float, float, str]]:
             for what, value, target in checks]
 
 
+STAGES = """
+import hashlib, sys, time
+from imgmatch.workers import single_threaded
+single_threaded()
+from imgmatch.decode import decode
+from imgmatch.signals import get
+paths = [line.rstrip("\\n") for line in open(sys.argv[1])]
+pdq, phash, dhash = get("pdq"), get("phash"), get("dhash")
+spent = dict.fromkeys(("sha256", "decode", "pdq", "phash", "dhash"), 0.0)
+for path in paths:
+    data = open(path, "rb").read()
+    t = time.perf_counter(); hashlib.sha256(data).hexdigest()
+    u = time.perf_counter(); spent["sha256"] += u - t
+    decoded = decode(data, target=512)
+    t = time.perf_counter(); spent["decode"] += t - u
+    pdq.link_variants(decoded)
+    u = time.perf_counter(); spent["pdq"] += u - t
+    phash.link_variants(decoded)
+    t = time.perf_counter(); spent["phash"] += t - u
+    dhash.link_variants(decoded)
+    u = time.perf_counter(); spent["dhash"] += u - t
+print(" ".join(f"{k}={v / len(paths) * 1000:.2f}" for k, v in spent.items()))
+"""
+
+
+def stages(name: str, files: list[Path]) -> str:
+    """Per-image milliseconds of each step of the default signals, in one process."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as fh:
+        fh.write("".join(f"{p}\n" for p in files))
+    try:
+        out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", STAGES, fh.name],
+                             check=True, capture_output=True, text=True).stdout.split()
+    finally:
+        os.unlink(fh.name)
+    ms = dict(item.split("=") for item in out)
+    total = sum(float(v) for v in ms.values())
+    return (f"| {name} | " + " | ".join(ms[k] for k in ("sha256", "decode", "pdq", "phash",
+                                                      "dhash")) + f" | {total:.2f} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -150,6 +190,11 @@ def main() -> int:
             lines.append(f"| {r['set']} | {r['mode']} | {r['images']} | {r['seconds']:.2f} | "
                          f"{r['images_per_s']:.0f} | {r['peak_rss_mb']:.0f} |")
         checks += [(name,) + c for c in ratios(rows)]
+    lines += ["", "Milliseconds per image of each step, in one process on one core "
+              "(decode at >= 512 px; rotations and mirrors included):", "",
+              "| set | SHA-256 | decode | PDQ | pHash | dHash | total |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [stages(name, files[:args.limit or None]) for name, files in sets.items()]
     lines += ["", "| set | ratio | measured | target | |", "|---|---|---|---|---|"]
     lines += [f"| {s} | {what} | {value:.2f} | >= {target} | {verdict} |"
               for s, what, value, target, verdict in checks]
