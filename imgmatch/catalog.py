@@ -255,7 +255,6 @@ class BatchResult:
     sightings_known: int = 0
     failures: int = 0
     links_added: int = 0
-    new_image_ids: list[int] = field(default_factory=list)
     new_images: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -371,15 +370,6 @@ class Catalog:
             (utcnow(), status, json.dumps(stats, default=str), run_id))
 
     # ------------------------------------------------------------------ writes
-    def known_sha256(self, digests: Sequence[str]) -> set[str]:
-        """Which of these digests are already catalogued (and hashed)."""
-        found: set[str] = set()
-        for chunk in _chunks(list(digests), 500):
-            marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self.conn.execute(
-                f"SELECT sha256 FROM images WHERE sha256 IN ({marks})", chunk))
-        return found
-
     def sha256_for_payload_digest(self, digest: str) -> str | None:
         row = self.conn.execute(
             "SELECT images.sha256 FROM payload_digests JOIN images ON images.id = image_id "
@@ -488,7 +478,6 @@ class Catalog:
                     continue
                 image_id = int(cur.lastrowid)
                 result.images_added += 1
-                result.new_image_ids.append(image_id)
                 result.new_images.append((image_id, row.sha256))
                 conn.executemany(
                     "INSERT INTO signals (image_id, signal, version, value, quality) "
@@ -579,13 +568,6 @@ class Catalog:
     def signal_counts(self) -> dict[str, int]:
         return dict(self.conn.execute(
             "SELECT signal, count(*) FROM signals GROUP BY signal ORDER BY signal"))
-
-    def signal_state(self, signal: str) -> tuple[int, int]:
-        """(count, largest image id) of one signal: what an index must hold."""
-        row = self.conn.execute(
-            "SELECT count(*), coalesce(max(image_id), 0) FROM signals WHERE signal = ?",
-            (signal,)).fetchone()
-        return int(row[0]), int(row[1])
 
     def count_signal_upto(self, signal: str, max_image_id: int) -> int:
         return int(self.conn.execute(
@@ -752,9 +734,6 @@ class Catalog:
             "SELECT scopes FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
             (key_hash,)).fetchone()
         return None if row is None else tuple(x for x in row[0].split(",") if x)
-
-    def all_image_ids(self) -> list[int]:
-        return [r[0] for r in self.conn.execute("SELECT id FROM images ORDER BY id")]
 
 
 class KnownImages:

@@ -54,21 +54,6 @@ class Item:
     #: write lock); ingest then uses it as the worker's result
     analysis: Any = None
 
-    def read(self) -> bytes:
-        if self.error is not None:
-            raise self.error
-        if self.data is not None:
-            return self.data
-        assert self.path is not None
-        try:
-            return self.path.read_bytes()
-        except FileNotFoundError:
-            raise MissingFile("file not found", source=self.source) from None
-        except IsADirectoryError:
-            raise MissingFile("is a directory, not a file", source=self.source) from None
-        except OSError as exc:
-            raise MissingFile(f"cannot read: {exc.strerror or exc}", source=self.source) from None
-
 
 def iter_paths(paths: Iterable[str | Path], *, platform: str | None = None) -> Iterator[Item]:
     """Files given directly, and image files found recursively in directories."""

@@ -172,7 +172,7 @@ def test_write_batch_is_atomic(tmp_path):
             "images": 0, "sightings": 0, "platforms": 0, "failures": 0, "links": 0,
             "runs": 0}
         assert catalog.signal_counts() == {}
-        assert catalog.known_sha256([good.sha256]) == set()
+        assert not catalog.has_image(good.sha256)
         # the connection is usable afterwards, and a good batch commits
         result = catalog.write_batch([good], [(good.sha256, SightingRow(platform="x"))], [],
                                      None)

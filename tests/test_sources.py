@@ -207,12 +207,11 @@ def test_manifest_row_without_a_path_is_an_input_error(tmp_path):
     assert item.source == f"{manifest}:2"
 
 
-def test_manifest_errors_surface_on_read(tmp_path):
+def test_a_missing_manifest_file_is_an_error_item(tmp_path):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"path": "gone.jpg"}\n', encoding="utf-8")
     (item,) = iter_manifest(manifest)
-    with pytest.raises(MissingFile):
-        item.read()
+    assert isinstance(item.error, MissingFile) and item.path is None
 
 
 def test_jsonl_line_numbers_count_blank_lines(tmp_path):
