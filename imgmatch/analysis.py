@@ -10,11 +10,14 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from . import features
 from . import signals as registry
 from .catalog import ImageRow, SignalRow
 from .decode import decode
 from .errors import InputError
-from .signals import HashValue
+from .signals import FEATURES, HashValue
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class Analysis:
     variants: dict[str, list[HashValue]] = field(default_factory=dict)
     #: the catalog already held these bytes, so nothing was decoded
     known: bool = False
+    #: local features of the image and of its mirror (robust tier only)
+    features: tuple | None = None
 
 
 def analyse_source(path: str | None, data: bytes | None, signal_names: Sequence[str],
@@ -65,10 +70,14 @@ def analyse(data: bytes, signal_names: Sequence[str], source: str | None = None,
             sha256: str | None = None, thumbnails: bool = False) -> Analysis:
     """Decode once and compute every signal; never raises for bad input."""
     digest = sha256 or hashlib.sha256(data).hexdigest()
+    hashes = [name for name in signal_names if name != FEATURES]
+    local = FEATURES in signal_names
     try:
-        target = max(registry.get(name).min_side for name in signal_names)
+        target = max([registry.get(name).min_side for name in hashes]
+                     + ([features.SIDE] if local else []))
         decoded = decode(data, source=source, target=target)
-        variants = {name: registry.get(name).link_variants(decoded) for name in signal_names}
+        variants = {name: registry.get(name).link_variants(decoded) for name in hashes}
+        found = features.extract_both(np.asarray(decoded.grey)) if local else None
         thumb = make_thumbnail(decoded) if thumbnails else None
     except InputError as exc:
         return Analysis(digest, reason=exc.reason, detail=exc.detail)
@@ -76,11 +85,12 @@ def analyse(data: bytes, signal_names: Sequence[str], source: str | None = None,
         return Analysis(digest, reason="decode-error", detail="ran out of memory decoding")
     rows = tuple(SignalRow(name, registry.get(name).version, vs[0].data, vs[0].quality)
                  for name, vs in variants.items())
+    stored = (features.VERSION, len(found[0]), found[0].to_bytes()) if found else None
     return Analysis(digest, image=ImageRow(
         sha256=digest, size_bytes=len(data), width=decoded.width, height=decoded.height,
         format=decoded.format, mode=decoded.mode, frames=decoded.frames, signals=rows,
-        thumbnail=thumb),
-        variants=variants)
+        thumbnail=thumb, features=stored),
+        variants=variants, features=found)
 
 
 def make_thumbnail(decoded) -> bytes:

@@ -133,6 +133,14 @@ MIGRATIONS: list[tuple[str, str]] = [
     ALTER TABLE images ADD COLUMN hash_key TEXT;
     CREATE UNIQUE INDEX images_by_hash_key ON images(hash_key) WHERE hash_key IS NOT NULL;
     """),
+    ("local features (the robust tier)", """
+    CREATE TABLE features (
+        image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        data BLOB NOT NULL
+    );
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -164,6 +172,9 @@ class ImageRow:
     signals: tuple[SignalRow, ...]
     #: a small JPEG, only when the user asked for thumbnails
     thumbnail: bytes | None = None
+    #: local features (:mod:`imgmatch.features`), only in the robust tier:
+    #: (version, keypoint count, blob)
+    features: tuple[int, int, bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -486,6 +497,9 @@ class Catalog:
                 if row.thumbnail:
                     conn.execute("INSERT INTO thumbnails (image_id, jpeg) VALUES (?, ?)",
                                  (image_id, row.thumbnail))
+                if row.features is not None:
+                    conn.execute("INSERT INTO features (image_id, version, count, data) "
+                                 "VALUES (?, ?, ?, ?)", (image_id, *row.features))
             if linker is not None and result.new_images:
                 result.links_added = self._insert_links(linker(result.new_images))
             for sha256, s in sightings:
@@ -596,6 +610,34 @@ class Catalog:
                     f"WHERE image_id IN ({marks})", chunk):
                 out.setdefault(image_id, {})[signal] = (bytes(value), quality)
         return out
+
+    def features_of(self, image_ids: Sequence[int]) -> dict[int, bytes]:
+        """Stored local-feature blobs by image id (images without any are absent)."""
+        out: dict[int, bytes] = {}
+        for chunk in _chunks(list(image_ids), 500):
+            marks = ",".join("?" * len(chunk))
+            out.update((i, bytes(d)) for i, d in self.conn.execute(
+                f"SELECT image_id, data FROM features WHERE image_id IN ({marks})", chunk))
+        return out
+
+    def count_features_upto(self, max_image_id: int | None = None) -> int:
+        """Images with local features (up to an image id)."""
+        return int(self.conn.execute(
+            "SELECT count(*) FROM features WHERE image_id <= ?",
+            (max_image_id if max_image_id is not None else 2 ** 62,)).fetchone()[0])
+
+    def iter_features(self, after_image_id: int = 0,
+                      chunk: int = 5_000) -> Iterator[list[tuple[int, bytes]]]:
+        """Stream (image_id, blob) of local features in id order, in chunks."""
+        last = after_image_id
+        while True:
+            rows = self.conn.execute(
+                "SELECT image_id, data FROM features WHERE image_id > ? "
+                "ORDER BY image_id LIMIT ?", (last, chunk)).fetchall()
+            if not rows:
+                return
+            yield [(i, bytes(d)) for i, d in rows]
+            last = rows[-1][0]
 
     def images(self, image_ids: Sequence[int]) -> dict[int, dict]:
         out: dict[int, dict] = {}

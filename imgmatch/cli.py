@@ -69,6 +69,10 @@ ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
 @click.option("--signals", "signal_list", default=None,
               help=f"Comma-separated signals to compute (default: "
                    f"{','.join(registry.DEFAULT_SIGNALS)}; 'phash,dhash' is a fast first pass).")
+@click.option("--robust", is_flag=True,
+              help="Also store local features (the robust tier, '--signals "
+                   f"{','.join(registry.ROBUST_SIGNALS)}'): finds crops, borders, rotations, "
+                   "overlays, screenshots and collages; slower, and more bytes per image.")
 @click.option("--workers", type=click.IntRange(0, 256), default=os.cpu_count() or 1,
               show_default="all cores", help="Worker processes for decoding and hashing "
               "(0: in this process, without crash isolation).")
@@ -87,8 +91,9 @@ ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
 @click.pass_obj
 def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl,
            scrapy_items: Path | None, scrapy_store: Path | None, platform: str | None,
-           signal_list: str | None, workers: int, timeout: float, batch_size: int,
-           thumbnails: bool, emit_matches: bool, quiet: bool, as_json: bool) -> int:
+           signal_list: str | None, robust: bool, workers: int, timeout: float,
+           batch_size: int, thumbnails: bool, emit_matches: bool, quiet: bool,
+           as_json: bool) -> int:
     """Catalogue images from files, folders (recursive), manifests, WARC/ARC files,
     JSON lines and Scrapy output. Files ending .warc, .warc.gz, .arc or .arc.gz
     are read as web archives."""
@@ -98,6 +103,8 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
     if bool(scrapy_items) != bool(scrapy_store):
         raise click.UsageError("--scrapy-items and --scrapy-store go together")
     names = registry.parse_list(signal_list)
+    if robust and registry.FEATURES not in names:
+        names = names + (registry.FEATURES,)
     archives = [p for p in paths if str(p).lower().endswith(ARCHIVE_SUFFIXES)]
     plain = [p for p in paths if p not in archives]
 

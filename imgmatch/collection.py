@@ -14,17 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
+from . import descriptors as descriptor_files
+from . import features
 from . import signals as registry
 from .catalog import Catalog, SightingRow
 from .cluster import build_clusters
 from .decode import decode
 from .analysis import analyse_source
+from .descriptors import DescriptorIndex
 from .errors import ImgmatchError, IndexFileError, MissingFile, error_for
 from .index import BinaryIndex
 from .ingest import DEFAULT_BATCH, IngestSummary, analyse, ingest
 from .match import MATCH_SCORE, IndexLinker, find_matches
 from .model import Added, Cluster, ImageRecord, Link, Match
-from .signals import HashValue
+from .signals import FEATURES, HashValue
 from .sources import Item
 
 DEFAULT_DB = "imgmatch.db"
@@ -41,6 +44,7 @@ class Collection:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self._indexes: dict[str, BinaryIndex] | None = None
+        self._descriptors: DescriptorIndex | None = None
         self._dirty: set[str] = set()
 
     @classmethod
@@ -67,6 +71,8 @@ class Collection:
 
     # ---------------------------------------------------------------- indexes
     def index_path(self, signal: str) -> Path:
+        if signal == FEATURES:
+            return self.index_dir / f"{signal}.descriptors"
         return self.index_dir / f"{signal}.mih"
 
     @property
@@ -108,11 +114,48 @@ class Collection:
             added += len(rows)
         return added
 
+    @property
+    def descriptors(self) -> DescriptorIndex | None:
+        """The local-descriptor index, if any image has local features."""
+        if self._descriptors is None and self.catalog.count_features_upto():
+            self._descriptors = self._load_or_build_descriptors()
+        return self._descriptors
+
+    def _load_or_build_descriptors(self) -> DescriptorIndex:
+        path = self.index_path(FEATURES)
+        try:
+            index, manifest = descriptor_files.load(path, collection_id=self.catalog.collection_id)
+            fresh = (manifest["deletions"] == self.catalog.deletions and manifest["images"]
+                     == self.catalog.count_features_upto(manifest["max_image_id"]))
+        except (IndexFileError, KeyError):
+            index, manifest, fresh = DescriptorIndex(), {"max_image_id": 0}, False
+        if not fresh:
+            index, manifest = DescriptorIndex(), {"max_image_id": 0}
+        if self._append_descriptors(index, int(manifest["max_image_id"])) or not fresh:
+            self._dirty.add(FEATURES)
+        return index
+
+    def _append_descriptors(self, index: DescriptorIndex, after_id: int) -> int:
+        added = 0
+        for rows in self.catalog.iter_features(after_image_id=after_id):
+            for image_id, blob in rows:
+                index.add(image_id, features.LocalFeatures.from_bytes(blob))
+            added += len(rows)
+        return added
+
     def save_indexes(self) -> None:
         """Write every changed index to disk (atomically), if writable."""
         if self.catalog.readonly or self._indexes is None:
             return
         for name in sorted(self._dirty):
+            if name == FEATURES:
+                if self._descriptors is not None:
+                    descriptor_files.save(
+                        self._descriptors, self.index_path(name),
+                        collection_id=self.catalog.collection_id,
+                        deletions=self.catalog.deletions,
+                        images=self.catalog.count_features_upto(self._descriptors.max_id))
+                continue
             self._indexes[name].save(self.index_path(name),
                                      collection_id=self.catalog.collection_id,
                                      signal=name, deletions=self.catalog.deletions)
@@ -128,18 +171,27 @@ class Collection:
                 raise ImgmatchError(f"no image with sha256 {sha} in {self.path}")
             ids.append(image_id)
         indexes = self.indexes  # loaded against the catalog as it was before the deletion
+        descriptors = self.descriptors
         erased = self.catalog.erase(ids)
         for name, index in indexes.items():
             index.remove(np.array(ids, dtype=np.int64))
             self._dirty.add(name)
+        if descriptors is not None:
+            descriptors.remove(np.array(ids, dtype=np.int64))
+            self._dirty.add(FEATURES)
         self.save_indexes()
         return erased
 
     def reindex(self) -> dict[str, int]:
         """Rebuild every index from the catalog and save it."""
         self._indexes = {name: self._build(name) for name in self.catalog.signal_counts()}
+        counts = {name: len(index) for name, index in self._indexes.items()}
+        if self.catalog.count_features_upto():
+            self._descriptors = DescriptorIndex()
+            counts[FEATURES] = self._append_descriptors(self._descriptors, 0)
+            self._dirty.add(FEATURES)
         self.save_indexes()
-        return {name: len(index) for name, index in self._indexes.items()}
+        return counts
 
     # ----------------------------------------------------------------- ingest
     def ingest(self, items: Iterable[Item], *,
@@ -154,8 +206,11 @@ class Collection:
         """
         indexes = self.indexes
         for name in signals:
-            if name not in indexes:
+            if name not in indexes and name != FEATURES:
                 indexes[name] = BinaryIndex(registry.get(name).bits)
+        descriptors = self.descriptors
+        if FEATURES in signals and descriptors is None:
+            descriptors = self._descriptors = DescriptorIndex()
         own_run = run_id is None
         if own_run:
             run_id = self.catalog.start_run(command, args or {})
@@ -163,7 +218,7 @@ class Collection:
         summary = IngestSummary()
         try:
             summary = ingest(self.catalog, items, signal_names=signals, workers=workers,
-                             run_id=run_id, linker=IndexLinker(self.catalog, indexes),
+                             run_id=run_id, linker=IndexLinker(self.catalog, indexes, descriptors=descriptors),
                              timeout=timeout, batch_size=batch_size,
                              on_progress=on_progress, on_written=on_written,
                              thumbnails=thumbnails)
@@ -256,7 +311,10 @@ class Collection:
         data, source = _read(image)
         decoded = decode(data, source=source)
         query = {name: registry.get(name).dihedral(decoded) for name in self.indexes}
-        return find_matches(self.catalog, self.indexes, query, top_k=top_k, min_score=min_score)
+        descriptors = self.descriptors
+        local = features.extract_both(np.asarray(decoded.grey)) if descriptors else None
+        return find_matches(self.catalog, self.indexes, query, top_k=top_k, min_score=min_score,
+                            local=local, descriptors=descriptors)
 
     def query_hash(self, value: HashValue, *, top_k: int = 10,
                    min_score: float = MATCH_SCORE) -> list[Match]:

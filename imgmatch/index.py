@@ -108,59 +108,29 @@ class BinaryIndex:
     # ---------------------------------------------------------------- storage
     def save(self, path: Path, *, collection_id: str, signal: str, deletions: int) -> Manifest:
         """Write the tables as .npy files in a folder, replaced atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
-        try:
-            arrays = self.mih.arrays()
-            digest = hashlib.sha256()
-            for name, array in arrays.items():
-                np.save(tmp / f"{name}.npy", array, allow_pickle=False)
-                digest.update(name.encode())
-                digest.update((tmp / f"{name}.npy").read_bytes())
-            manifest = Manifest(
+        def manifest_for(digest: str) -> dict:
+            return asdict(Manifest(
                 collection_id=collection_id, signal=signal, bits=self.bits, factory=FACTORY,
                 count=len(self), max_image_id=self.max_id, deletions=deletions,
-                sha256=digest.hexdigest(), faiss_version=_faiss_version())
-            manifest_path(tmp).write_text(
-                json.dumps(asdict(manifest), indent=2, sort_keys=True))
-            for f in tmp.iterdir():
-                _fsync(f)
-            _replace_dir(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return manifest
+                sha256=digest, faiss_version=_faiss_version()))
+        return Manifest(**write_folder(path, self.mih.arrays(), manifest_for))
 
     @classmethod
     def load(cls, path: Path, *, collection_id: str, signal: str,
              bits: int) -> tuple[BinaryIndex, Manifest]:
         """Load an index this collection wrote; IndexFileError otherwise."""
         path = Path(path)
+        raw = read_manifest(path)
         try:
-            raw = json.loads(manifest_path(path).read_text())
             manifest = Manifest(**raw)
-        except FileNotFoundError:
-            raise IndexFileError(f"no index manifest in {path}") from None
-        except (ValueError, TypeError, NotADirectoryError) as exc:
+        except TypeError as exc:
             raise IndexFileError(f"unreadable index manifest for {path}: {exc}") from None
         if manifest.collection_id != collection_id:
             raise IndexFileError(f"{path} was written by another collection")
         if (manifest.signal, manifest.bits, manifest.factory) != (signal, bits, FACTORY):
             raise IndexFileError(f"{path} holds {manifest.signal}/{manifest.bits} bits "
                                  f"({manifest.factory}), not {signal}/{bits}")
-        digest = hashlib.sha256()
-        arrays = {}
-        try:
-            for name in MultiIndexHash.ARRAYS:
-                blob = (path / f"{name}.npy").read_bytes()
-                digest.update(name.encode())
-                digest.update(blob)
-                arrays[name] = np.load(io.BytesIO(blob), allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise IndexFileError(f"{path} cannot be read: {exc}") from None
-        if digest.hexdigest() != manifest.sha256:
-            raise IndexFileError(f"{path} does not match its manifest (changed or damaged)")
+        arrays = read_arrays(path, MultiIndexHash.ARRAYS, manifest.sha256)
         try:
             mih = MultiIndexHash.from_arrays(bits, arrays)
         except (KeyError, ValueError) as exc:
@@ -171,6 +141,59 @@ class BinaryIndex:
         out = cls(bits, mih)
         out.max_id = manifest.max_image_id
         return out, manifest
+
+
+def write_folder(path: Path, arrays: dict[str, np.ndarray], manifest_for) -> dict:
+    """Save arrays as .npy files and a manifest (``manifest_for(sha256)``) in a
+    new folder, fsynced and moved into place; returns the manifest."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
+    try:
+        digest = hashlib.sha256()
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+            digest.update(name.encode())
+            digest.update((tmp / f"{name}.npy").read_bytes())
+        manifest = manifest_for(digest.hexdigest())
+        manifest_path(tmp).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        for f in tmp.iterdir():
+            _fsync(f)
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def read_manifest(path: Path) -> dict:
+    """The manifest of an index folder; IndexFileError if missing or unreadable."""
+    try:
+        raw = json.loads(manifest_path(path).read_text())
+    except FileNotFoundError:
+        raise IndexFileError(f"no index manifest in {path}") from None
+    except (ValueError, NotADirectoryError) as exc:
+        raise IndexFileError(f"unreadable index manifest for {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise IndexFileError(f"unreadable index manifest for {path}")
+    return raw
+
+
+def read_arrays(path: Path, names: tuple[str, ...], sha256: str) -> dict[str, np.ndarray]:
+    """The folder's arrays, checked against the manifest's digest (no pickle)."""
+    digest = hashlib.sha256()
+    arrays = {}
+    try:
+        for name in names:
+            blob = (path / f"{name}.npy").read_bytes()
+            digest.update(name.encode())
+            digest.update(blob)
+            arrays[name] = np.load(io.BytesIO(blob), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise IndexFileError(f"{path} cannot be read: {exc}") from None
+    if digest.hexdigest() != sha256:
+        raise IndexFileError(f"{path} does not match its manifest (changed or damaged)")
+    return arrays
 
 
 def _faiss_version() -> str:

@@ -35,10 +35,12 @@ class BatchLinker(Protocol):
     """Links new images to near-duplicates as they are written (see match.py)."""
 
     def links(self, new_images: list[tuple[int, str]],
-              variants: Mapping[str, Mapping[str, Sequence[HashValue]]]) -> list[LinkRow]: ...
+              variants: Mapping[str, Mapping[str, Sequence[HashValue]]],
+              local: Mapping[str, tuple] = ...) -> list[LinkRow]: ...
 
     def committed(self, new_images: list[tuple[int, str]],
-                  variants: Mapping[str, Mapping[str, Sequence[HashValue]]]) -> None: ...
+                  variants: Mapping[str, Mapping[str, Sequence[HashValue]]],
+                  local: Mapping[str, tuple] = ...) -> None: ...
 
 
 @dataclass
@@ -88,6 +90,8 @@ class _Batch:
     def __init__(self) -> None:
         self.images: list[ImageRow] = []
         self.variants: dict[str, dict[str, list[HashValue]]] = {}
+        #: local features (the image's and its mirror's) of new images, robust tier
+        self.local: dict[str, tuple] = {}
         self.sightings: list[tuple[str, SightingRow]] = []
         self.failures: list[tuple[str, str, str]] = []
         self.payload_digests: list[tuple[str, str]] = []
@@ -114,9 +118,7 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
     receives, after each committed batch, its records: (item, sha256 or None,
     "added" | "known" | "failed", failure detail).
     """
-    names = tuple(signal_names)
-    for name in names:
-        signal_registry.get(name)
+    names = signal_registry.parse_list(",".join(signal_names))
     started = time.monotonic()
     summary = IngestSummary()
     if workers >= 1:
@@ -156,6 +158,8 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
         else:
             batch.images.append(analysis.image)
             batch.variants[digest] = analysis.variants
+            if analysis.features is not None:
+                batch.local[digest] = analysis.features
             batch.digests.add(digest)
             batch.records.append((item, digest, "added", None))
         batch.sightings.append((digest, item.sighting))
@@ -229,10 +233,10 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
 def _write(catalog: Catalog, batch: _Batch, run_id: int | None,
            linker: BatchLinker | None, summary: IngestSummary) -> None:
     variants = batch.variants
-    link_fn = None if linker is None else (lambda new: linker.links(new, variants))
+    link_fn = None if linker is None else (lambda new: linker.links(new, variants, batch.local))
     result = catalog.write_batch(batch.images, batch.sightings, batch.failures, run_id, link_fn,
                                  batch.payload_digests)
     if linker is not None:
-        linker.committed(result.new_images, variants)
+        linker.committed(result.new_images, variants, batch.local)
     summary.absorb(result)
     summary.failures.extend(batch.failures)

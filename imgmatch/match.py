@@ -20,11 +20,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from . import features
 from . import signals as registry
 from .catalog import Catalog, LinkRow
+from .descriptors import DescriptorIndex
 from .index import BinaryIndex
 from .model import Match
-from .signals import HashValue
+from .signals import FEATURES, HashValue
 
 #: Default minimum score of a reported match: at the thresholds.
 MATCH_SCORE = 0.5
@@ -33,6 +35,18 @@ LOW_INFORMATION_CAP = 0.45
 #: How many neighbours per query variant each index is asked for (at least).
 MIN_CANDIDATES = 32
 
+#: Inliers at which a geometric verification alone scores the match score.
+INLIERS_AT_THRESHOLD = 20
+#: Candidates verified geometrically: the best by hash score, and the most
+#: voted by the descriptor index.
+VERIFY_FROM_HASHES = 8
+VERIFY_FROM_DESCRIPTORS = 16
+#: At ingest, only the few images with the most descriptor votes, and at
+#: least this many, are verified: ingest must stay fast, and a repost's
+#: strongest descriptors vote for it many times over.
+LINK_MIN_VOTES = 12
+LINK_VERIFY = 4
+
 TRANSFORM_NAMES = ("identity", "mirror", "flip", "rotate-180", "transpose",
                    "rotate-90", "rotate-270", "transverse")
 
@@ -40,6 +54,46 @@ TRANSFORM_NAMES = ("identity", "mirror", "flip", "rotate-180", "transpose",
 def signal_score(distance: int, threshold: int) -> float:
     """1 at distance 0, 0.5 at the threshold, 0 at twice it (a threshold of 0: exact only)."""
     return max(0.0, min(1.0, 1.0 - distance / (2.0 * max(threshold, 0.5))))
+
+
+def feature_score(support: float) -> float:
+    """0 without inliers, 0.5 at :data:`INLIERS_AT_THRESHOLD`, towards 1 beyond.
+
+    ``support`` is the inlier count discounted for a small overlap
+    (:attr:`imgmatch.features.Verification.support`).
+    """
+    return 1.0 - 0.5 ** (support / INLIERS_AT_THRESHOLD)
+
+
+LocalQuery = tuple[features.LocalFeatures, features.LocalFeatures | None]
+
+
+def verify_candidates(catalog: Catalog, local: LocalQuery, ids: Sequence[int],
+                      scored: dict[int, dict]) -> None:
+    """Verify candidates geometrically and fold the evidence into their results.
+
+    A verified pair's score is the better of its hash score and its feature
+    score; the local features join ``agreed`` at or above the threshold, the
+    inlier count is kept, and strong geometric evidence overrides a
+    low-information flag (plain images give few keypoints and few inliers).
+    """
+    plain, mirrored = local
+    blobs = catalog.features_of(list(ids))
+    for image_id in ids:
+        blob = blobs.get(image_id)
+        if blob is None:
+            continue
+        result, flipped = features.best_of(plain, mirrored, features.LocalFeatures.from_bytes(blob))
+        a = scored.setdefault(image_id, {"distances": {}, "agreed": (), "score": 0.0,
+                                         "low_information": False, "transform": "identity"})
+        a["inliers"] = result.inliers
+        s = feature_score(result.support)
+        if result.support >= INLIERS_AT_THRESHOLD:
+            a["agreed"] = tuple(a["agreed"]) + (FEATURES,)
+            a["low_information"] = False
+        if s > a["score"]:
+            a["score"] = s
+            a["transform"] = "mirror" if flipped else "identity"
 
 
 def radius_for(min_score: float, threshold: int) -> int:
@@ -117,14 +171,18 @@ def score_candidate(query: Mapping[str, Sequence[HashValue]],
 
 def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
                  query: Mapping[str, Sequence[HashValue]], *, top_k: int = 10,
-                 min_score: float = MATCH_SCORE, with_sightings: bool = True) -> list[Match]:
+                 min_score: float = MATCH_SCORE, with_sightings: bool = True,
+                 local: LocalQuery | None = None,
+                 descriptors: DescriptorIndex | None = None) -> list[Match]:
     """The best ``top_k`` catalogued images for a query, best first.
 
     ``query`` maps a signal name to the query's values for it (the dihedral
     variants, identity first). With ``min_score`` > 0 every image scoring at
-    least that is a candidate (an exact range search: no scan); with 0 the
-    nearest neighbours of each signal are ranked (a scan), so a full ranking
-    can be evaluated.
+    least that through a hash is a candidate (an exact range search: no
+    scan); with 0 the nearest neighbours of each signal are ranked (a scan),
+    so a full ranking can be evaluated. ``local`` (the query's local features
+    and its mirror's) adds the robust tier: candidates voted by the
+    ``descriptors`` index, and geometric verification of the best candidates.
     """
     candidates: set[int] = set()
     for name, variants in query.items():
@@ -140,12 +198,20 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
         else:
             _, ids = index.search(codes, max(top_k * 2, MIN_CANDIDATES))
             candidates.update(int(i) for i in ids.ravel() if i >= 0)
+    voted: list[int] = []
+    if local is not None and descriptors is not None:
+        voted = [i for i, _ in descriptors.candidates(
+            [f for f in local if f is not None], VERIFY_FROM_DESCRIPTORS)]
+        candidates.update(voted)
     if not candidates:
         return []
     stored = catalog.signals_of(sorted(candidates))
-    scored = [(image_id, result, stored[image_id])
-              for image_id, result in score_candidates(query, stored).items()
-              if result["score"] >= min_score]
+    results = score_candidates(query, stored)
+    if local is not None:
+        by_hash = sorted(results, key=lambda i: (-results[i]["score"], i))[:VERIFY_FROM_HASHES]
+        verify_candidates(catalog, local, sorted(set(by_hash) | set(voted)), results)
+    scored = [(image_id, result, stored.get(image_id, {}))
+              for image_id, result in results.items() if result["score"] >= min_score]
     scored.sort(key=lambda t: (-t[1]["score"], sum(t[1]["distances"].values()), t[0]))
     scored = scored[:top_k]
     ids = [image_id for image_id, _, _ in scored]
@@ -159,7 +225,8 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
             distances=result["distances"], agreed=result["agreed"],
             signals={name: value.hex() for name, (value, _) in sorted(values.items())},
             sightings=tuple(sightings.get(image_id, ())), image=image,
-            low_information=result["low_information"], transform=result["transform"]))
+            low_information=result["low_information"], transform=result["transform"],
+            inliers=result.get("inliers")))
     return out
 
 
@@ -174,14 +241,19 @@ class IndexLinker:
     """
 
     def __init__(self, catalog: Catalog, indexes: Mapping[str, BinaryIndex],
-                 min_score: float = MATCH_SCORE) -> None:
+                 min_score: float = MATCH_SCORE,
+                 descriptors: DescriptorIndex | None = None) -> None:
         self.catalog = catalog
         self.indexes = indexes
         self.min_score = min_score
+        self.descriptors = descriptors
 
     def links(self, new_images: list[tuple[int, str]],
-              variants: Mapping[str, Mapping[str, Sequence[HashValue]]]) -> list[LinkRow]:
+              variants: Mapping[str, Mapping[str, Sequence[HashValue]]],
+              local: Mapping[str, LocalQuery] | None = None) -> list[LinkRow]:
+        local = local or {}
         candidates: dict[int, set[int]] = {image_id: set() for image_id, _ in new_images}
+        voted = self._voted(new_images, local)
         for name, index in self.indexes.items():
             threshold = registry.get(name).threshold
             owners: list[int] = []
@@ -199,17 +271,45 @@ class IndexLinker:
                     # newer queries older only, so the links found do not depend
                     # on where batches begin and end
                     candidates[owner].update(int(i) for i in ids if i < owner)
-        wanted = sorted(set().union(*candidates.values())) if candidates else []
+        wanted = sorted(set().union(*candidates.values(), *voted.values())) if candidates else []
         stored = self.catalog.signals_of(wanted)
         out: list[LinkRow] = []
         for image_id, sha256 in new_images:
             query = {name: list(vs) for name, vs in variants.get(sha256, {}).items()}
-            others = {o: stored[o] for o in sorted(candidates[image_id]) if o in stored}
-            for other, result in score_candidates(query, others).items():
+            others = {o: stored.get(o, {}) for o in
+                      sorted(candidates[image_id] | set(voted.get(image_id, ())))}
+            results = score_candidates(query, others)
+            if voted.get(image_id):
+                verify_candidates(self.catalog, local[sha256], voted[image_id], results)
+            for other, result in results.items():
                 if result["score"] >= self.min_score and result["agreed"]:
                     out.append(LinkRow(min(image_id, other), max(image_id, other),
                                        result["score"], result["distances"],
                                        result["agreed"], result["transform"]))
+        return out
+
+    def _voted(self, new_images: list[tuple[int, str]],
+               local: Mapping[str, LocalQuery]) -> dict[int, list[int]]:
+        """Per new image, the older images its local descriptors vote for enough
+        to be worth verifying (in the collection, then earlier in the batch)."""
+        if self.descriptors is None or not local:
+            return {}
+        batch = DescriptorIndex()
+        for image_id, sha256 in new_images:
+            if sha256 in local:
+                batch.add(image_id, local[sha256][0])
+        out: dict[int, list[int]] = {}
+        for image_id, sha256 in new_images:
+            if sha256 not in local:
+                continue
+            queries = [f for f in local[sha256] if f is not None]
+            found = self.descriptors.candidates(queries, LINK_VERIFY) + \
+                batch.candidates(queries, LINK_VERIFY, exclude_from=image_id)
+            found.sort(key=lambda t: (-t[1], t[0]))
+            ids = sorted({i for i, votes in found[:LINK_VERIFY]
+                          if votes >= LINK_MIN_VOTES and i < image_id})
+            if ids:
+                out[image_id] = ids
         return out
 
     def _batch_index(self, name: str, new_images: list[tuple[int, str]],
@@ -220,10 +320,15 @@ class IndexLinker:
         return index
 
     def committed(self, new_images: list[tuple[int, str]],
-                  variants: Mapping[str, Mapping[str, Sequence[HashValue]]]) -> None:
+                  variants: Mapping[str, Mapping[str, Sequence[HashValue]]],
+                  local: Mapping[str, LocalQuery] | None = None) -> None:
         for name, index in self.indexes.items():
             ids, codes = _identity_codes(name, new_images, variants)
             index.add(ids, codes)
+        if self.descriptors is not None and local:
+            for image_id, sha256 in new_images:
+                if sha256 in local:
+                    self.descriptors.add(image_id, local[sha256][0])
 
 
 def _identity_codes(name: str, new_images: list[tuple[int, str]],

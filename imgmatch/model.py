@@ -40,6 +40,9 @@ class Match:
     image: dict = field(default_factory=dict)
     low_information: bool = False
     transform: str = "identity"
+    #: local-feature matches that one similarity transform explains (robust
+    #: tier; None when the pair was not verified geometrically)
+    inliers: int | None = None
 
     def to_json(self) -> dict:
         return {
@@ -49,6 +52,7 @@ class Match:
             "agreed": list(self.agreed),
             "transform": self.transform,
             "low_information": self.low_information,
+            **({"inliers": self.inliers} if self.inliers is not None else {}),
             "signals": self.signals,
             "image": {k: v for k, v in self.image.items() if k not in ("id", "sha256")
                       and v is not None},

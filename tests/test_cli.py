@@ -78,7 +78,7 @@ def json_lines(text: str) -> list[dict]:
 def built(tmp_path_factory) -> SimpleNamespace:
     """A collection of the whole manifest, and what the first ingest printed."""
     db = tmp_path_factory.mktemp("cli") / "case.db"
-    code, out, err = call("--db", db, "ingest", "--manifest", MANIFEST, "--json")
+    code, out, err = call("--db", db, "ingest", "--robust", "--manifest", MANIFEST, "--json")
     return SimpleNamespace(db=db, code=code, out=out, err=err)
 
 
@@ -107,7 +107,7 @@ def test_first_ingest_summary(built):
 
 
 def test_second_ingest_is_idempotent(built):
-    code, out, err = call("--db", built.db, "ingest", "--manifest", MANIFEST, "--json")
+    code, out, err = call("--db", built.db, "ingest", "--robust", "--manifest", MANIFEST, "--json")
     assert code == 0, err
     summary = json.loads(out)
     assert summary["files_seen"] == 22
@@ -121,7 +121,7 @@ def test_second_ingest_is_idempotent(built):
 
 
 def test_ingest_human_output(built):
-    code, out, err = call("--db", built.db, "ingest", "--manifest", MANIFEST)
+    code, out, err = call("--db", built.db, "ingest", "--robust", "--manifest", MANIFEST)
     assert code == 0, err
     assert re.search(r"files seen:\s+22", out)
     assert re.search(r"images added:\s+0", out)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import imgmatch
 from imgmatch.cluster import build_clusters, group
+from imgmatch.signals import ROBUST_SIGNALS
 from imgmatch.sources import iter_manifest
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -126,7 +127,7 @@ def original_of(manifest_rows) -> dict[str, str]:
 def collection(tmp_path_factory):
     db = tmp_path_factory.mktemp("cluster") / "c.db"
     with imgmatch.Collection.open(db) as c:
-        c.ingest(iter_manifest(MANIFEST))
+        c.ingest(iter_manifest(MANIFEST), signals=ROBUST_SIGNALS)
     c = imgmatch.Collection.open(db, readonly=True)
     yield c
     c.close()

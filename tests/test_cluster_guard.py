@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 import imgmatch
 from imgmatch.cli import main
 from imgmatch.cluster import STRONG_SCORE, guarded_groups
+from imgmatch.signals import ROBUST_SIGNALS
 from imgmatch.sources import iter_manifest
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -105,7 +106,7 @@ def test_collage_and_shared_logo_do_not_merge_pictures(tmp_path):
 
 def test_ignored_images_and_hashes_leave_the_report(tmp_path, capsys):
     db = tmp_path / "c.db"
-    assert main(["--db", str(db), "ingest", "--quiet", "--manifest",
+    assert main(["--db", str(db), "ingest", "--quiet", "--robust", "--manifest",
                  str(FIXTURES / "manifest.csv")]) == 0
     capsys.readouterr()
     astronaut = hashlib.sha256((FIXTURES / "originals" / "astronaut.jpg").read_bytes()).hexdigest()
@@ -134,7 +135,7 @@ def test_ignored_images_and_hashes_leave_the_report(tmp_path, capsys):
 
 def test_show_filters_fields_and_thumbnails(tmp_path, capsys):
     db = tmp_path / "c.db"
-    assert main(["--db", str(db), "ingest", "--quiet", "--thumbnails", "--manifest",
+    assert main(["--db", str(db), "ingest", "--quiet", "--robust", "--thumbnails", "--manifest",
                  str(FIXTURES / "manifest.csv")]) == 0
     capsys.readouterr()
     astronaut = hashlib.sha256((FIXTURES / "originals" / "astronaut.jpg").read_bytes()).hexdigest()
@@ -165,5 +166,5 @@ def test_show_filters_fields_and_thumbnails(tmp_path, capsys):
 
 def test_no_thumbnails_unless_asked(tmp_path):
     with imgmatch.Collection.open(tmp_path / "c.db") as c:
-        c.ingest(iter_manifest(FIXTURES / "manifest.csv"))
+        c.ingest(iter_manifest(FIXTURES / "manifest.csv"), signals=ROBUST_SIGNALS)
         assert c.thumbnails(img["sha256"] for cl in c.clusters() for img in cl.images) == {}

@@ -19,6 +19,11 @@ _LOADED_ENTRY_POINTS = False
 
 #: Signals computed at ingest unless the user names others.
 DEFAULT_SIGNALS: tuple[str, ...] = ("pdq", "phash", "dhash")
+#: The name of local features (:mod:`imgmatch.features`) in a signal list:
+#: not a hash, but chosen the same way (``--signals pdq,phash,dhash,orb``).
+FEATURES = "orb"
+#: The robust tier: the hashes plus local features.
+ROBUST_SIGNALS: tuple[str, ...] = DEFAULT_SIGNALS + (FEATURES,)
 
 
 def register(signal_type: type[SignalType]) -> None:
@@ -47,10 +52,12 @@ def get(name: str) -> SignalType:
         return _REGISTRY[name]
     except KeyError:
         raise SignalError(
-            f"unknown signal {name!r}; known signals: {', '.join(names())}") from None
+            f"unknown signal {name!r}; known signals: {', '.join(names())} "
+            f"(and {FEATURES}, local features)") from None
 
 
 def names() -> list[str]:
+    """The hash signals (local features, :data:`FEATURES`, are not a hash)."""
     _load_entry_points()
     return sorted(_REGISTRY)
 
@@ -61,7 +68,8 @@ def parse_list(text: str | None) -> tuple[str, ...]:
         return DEFAULT_SIGNALS
     chosen = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
     for name in chosen:
-        get(name)
+        if name != FEATURES:
+            get(name)
     if not chosen:
         raise SignalError("no signal named; give a comma-separated list such as pdq,phash")
     return chosen
@@ -71,4 +79,5 @@ for _builtin in (PDQ, PHash, DHash):
     register(_builtin)
 
 __all__ = ["SignalType", "HashValue", "hamming", "DIHEDRAL_OPS", "DEFAULT_SIGNALS",
+           "FEATURES", "ROBUST_SIGNALS",
            "register", "get", "names", "parse_list", "PDQ", "PHash", "DHash"]

@@ -1,0 +1,187 @@
+"""Which stored images share local descriptors with a query: candidates for verification.
+
+Geometric verification (:func:`imgmatch.features.verify`) is exact but costs
+about a millisecond a pair, so it runs on a short list. Global hashes supply
+part of that list; this index supplies the rest, which no hash finds: the
+crops, collages and screenshots. It holds the strongest descriptors of every
+image (:data:`PER_IMAGE`), each labelled with its image id; a query's
+descriptors (and its mirror's) each look up their nearest stored
+descriptors, and every image collects one vote per query descriptor that
+lands on it within :data:`VOTE_DISTANCE` bits. The images with the most
+votes are the candidates.
+
+The search is FAISS's binary flat scan: exact, and fast while the collection
+holds up to a few hundred thousand images (measured in docs/benchmarks.md);
+beyond that an inverted-file index (``IndexBinaryIVF``) is the next step.
+Like every index here it is a cache of the catalog: plain .npy arrays with a
+verified manifest, rebuilt from the ``features`` table when stale.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import IndexFileError
+from .features import DESCRIPTOR_BYTES, VERSION, LocalFeatures
+from .index import read_arrays, read_manifest, write_folder
+
+#: Descriptors indexed per image (the strongest): the memory budget of the tier.
+PER_IMAGE = 128
+#: A stored descriptor within this many bits of a query's casts a vote.
+VOTE_DISTANCE = 48
+#: Neighbours looked up per query descriptor.
+NEIGHBOURS = 8
+
+
+class DescriptorIndex:
+    """Local descriptors of many images, searched by voting."""
+
+    ARRAYS = ("codes", "owners")
+
+    def __init__(self, codes: np.ndarray | None = None, owners: np.ndarray | None = None) -> None:
+        self.codes = (np.zeros((0, DESCRIPTOR_BYTES), np.uint8) if codes is None
+                      else np.ascontiguousarray(codes, np.uint8).reshape(-1, DESCRIPTOR_BYTES))
+        self.owners = (np.zeros(0, np.int64) if owners is None
+                       else np.ascontiguousarray(owners, np.int64))
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._faiss = None
+        self._faiss_rows = 0
+
+    def __len__(self) -> int:
+        self._fold()
+        return len(np.unique(self.owners))
+
+    @property
+    def max_id(self) -> int:
+        self._fold()
+        return int(self.owners.max(initial=0))
+
+    def add(self, image_id: int, features: LocalFeatures) -> None:
+        """Index the strongest descriptors of one image (features are stored strongest first)."""
+        codes = features.descriptors[:PER_IMAGE]
+        if len(codes):
+            self._pending.append((np.ascontiguousarray(codes, np.uint8),
+                                  np.full(len(codes), image_id, np.int64)))
+
+    def remove(self, image_ids: np.ndarray) -> int:
+        self._fold()
+        keep = ~np.isin(self.owners, np.asarray(image_ids, np.int64))
+        removed = int((~keep).sum())
+        if removed:
+            self.codes, self.owners = self.codes[keep], self.owners[keep]
+            self._faiss, self._faiss_rows = None, 0
+        return removed
+
+    def _fold(self) -> None:
+        if self._pending:
+            self.codes = np.concatenate([self.codes] + [c for c, _ in self._pending])
+            self.owners = np.concatenate([self.owners] + [o for _, o in self._pending])
+            self._pending = []
+
+    def _index(self):
+        """The FAISS flat index, extended with rows added since it was built."""
+        self._fold()
+        if self._faiss is None:
+            import faiss
+
+            self._faiss = faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
+            self._faiss_rows = 0
+        if self._faiss_rows < len(self.codes):
+            self._faiss.add(self.codes[self._faiss_rows:])
+            self._faiss_rows = len(self.codes)
+        return self._faiss
+
+    def candidates(self, queries: list[LocalFeatures], limit: int,
+                   exclude_from: int | None = None) -> list[tuple[int, int]]:
+        """The ``limit`` images with the most votes: [(image_id, votes)], most first.
+
+        ``queries`` are the query's feature sets (the image and its mirror);
+        each query descriptor votes once per image. ``exclude_from`` drops
+        images with ids at or above it (linking: newer images query older).
+        """
+        codes = [q.descriptors for q in queries if len(q)]
+        if not codes:
+            return []
+        index = self._index()
+        if not index.ntotal:
+            return []
+        codes = np.ascontiguousarray(np.concatenate(codes), np.uint8)
+        distances, rows = _search(index, codes, min(NEIGHBOURS, index.ntotal))
+        hit = (rows >= 0) & (distances <= VOTE_DISTANCE)
+        voter = np.broadcast_to(np.arange(len(codes))[:, None], rows.shape)[hit]
+        owner = self.owners[rows[hit]]
+        if exclude_from is not None:
+            keep = owner < exclude_from
+            voter, owner = voter[keep], owner[keep]
+        if not len(owner):
+            return []
+        # one vote per (query descriptor, image)
+        pairs = np.unique(np.stack([owner, voter], axis=1), axis=0)
+        ids, votes = np.unique(pairs[:, 0], return_counts=True)
+        order = np.lexsort((ids, -votes))[:limit]
+        return [(int(ids[i]), int(votes[i])) for i in order]
+
+    def memory_bytes(self) -> int:
+        self._fold()
+        return self.codes.nbytes + self.owners.nbytes + self._faiss_rows * DESCRIPTOR_BYTES
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        self._fold()
+        return {"codes": self.codes, "owners": self.owners}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> DescriptorIndex:
+        codes, owners = arrays["codes"], arrays["owners"]
+        if codes.ndim != 2 or codes.shape[1] != DESCRIPTOR_BYTES or len(codes) != len(owners):
+            raise ValueError("descriptor arrays do not fit together")
+        return cls(codes, owners)
+
+
+def _search(index, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS search on one thread below a few million rows: OpenMP's start-up
+    and spinning cost more than they save on small scans (measured: 105 ms
+    instead of 10 on a busy machine)."""
+    import faiss
+
+    if index.ntotal >= PARALLEL_ROWS:
+        return index.search(codes, k)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return index.search(codes, k)
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+#: Stored descriptors from which a scan is worth spreading over every core.
+PARALLEL_ROWS = 4_000_000
+
+FACTORY = "ORB-votes+BinaryFlat"
+
+
+def save(index: DescriptorIndex, path: Path, *, collection_id: str, deletions: int,
+         images: int) -> dict:
+    """Write the index folder with its manifest (see :mod:`imgmatch.index`)."""
+    return write_folder(path, index.arrays(), lambda digest: {
+        "collection_id": collection_id, "factory": FACTORY, "features_version": VERSION,
+        "per_image": PER_IMAGE, "images": images, "rows": len(index.owners),
+        "max_image_id": index.max_id, "deletions": deletions, "sha256": digest})
+
+
+def load(path: Path, *, collection_id: str) -> tuple[DescriptorIndex, dict]:
+    """Load an index this collection wrote with today's settings; IndexFileError otherwise."""
+    manifest = read_manifest(path)
+    expected = {"collection_id": collection_id, "factory": FACTORY,
+                "features_version": VERSION, "per_image": PER_IMAGE}
+    if any(manifest.get(k) != v for k, v in expected.items()):
+        raise IndexFileError(f"{path} was written by another collection or other settings")
+    arrays = read_arrays(path, DescriptorIndex.ARRAYS, str(manifest.get("sha256")))
+    try:
+        index = DescriptorIndex.from_arrays(arrays)
+    except (KeyError, ValueError) as exc:
+        raise IndexFileError(f"{path} is not a complete index: {exc}") from None
+    if len(index.owners) != manifest.get("rows"):
+        raise IndexFileError(f"{path} does not hold the rows its manifest says")
+    return index, manifest

@@ -1,0 +1,241 @@
+"""Local features: keypoints with binary descriptors, and geometric verification.
+
+Global hashes describe a whole picture, so a crop, a border, a sticker, a
+screenshot or a collage moves them past any useful threshold. Local
+features describe small patches around corners: a reposted photo keeps most
+of its patches, in the same arrangement up to a rotation, a scale and a
+shift. Verification matches the patches of two images and asks RANSAC for
+the similarity transform that most of them agree on; the number of matches
+that agree (the *inliers*) is the evidence. Unrelated images, even similar
+ones, rarely give more than a handful.
+
+ORB (OpenCV) is used: binary 256-bit descriptors (Hamming distance, the same
+machinery as the hashes), rotation-invariant, free of patents, and fast.
+Mirrored reposts are found by also extracting the query's features from its
+mirror image. This module is pure: pixels in, arrays out; OpenCV is imported
+on first use so that the hash-only tier does not pay for it.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import SignalError
+
+#: Feature extraction version: bump when anything changes what is stored.
+VERSION = 1
+#: Longer side of the grey image features are taken from (pixels).
+SIDE = 512
+#: Keypoints kept per image, strongest first.
+MAX_FEATURES = 500
+#: Bytes per descriptor (ORB: 256 bits).
+DESCRIPTOR_BYTES = 32
+#: Lowe's ratio test: a match must be this much closer than the runner-up.
+RATIO = 0.8
+#: Matches farther than this many bits are never evidence.
+MAX_DESCRIPTOR_DISTANCE = 64
+#: RANSAC's reprojection tolerance, in pixels at :data:`SIDE`.
+REPROJECTION_PX = 8.0
+#: Scale changes beyond this (either way) are not reposts but coincidences.
+MAX_SCALE = 12.0
+#: Support beyond doubt: the mirror is not tried when the image gives this much.
+CONCLUSIVE_SUPPORT = 60.0
+#: Inliers count in full when at least this share of the overlapping
+#: region's keypoints are inliers (see :attr:`Verification.overlap`).
+FULL_OVERLAP = 0.25
+#: ... and when they span at least this share of that region's area.
+FULL_COVERAGE = 0.15
+
+_MAGIC = b"ORB1"
+_HEADER = struct.Struct("<4sHHH")  # magic, count, width, height
+_POINT_SCALE = 4.0  # points are stored in quarter pixels as uint16
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    """Keypoint positions (N, 2) in pixels at the analysed size, and descriptors (N, 32)."""
+
+    points: np.ndarray
+    descriptors: np.ndarray
+    width: int
+    height: int
+
+    def __len__(self) -> int:
+        return len(self.descriptors)
+
+    def to_bytes(self) -> bytes:
+        """A compact blob: header, quarter-pixel uint16 points, raw descriptors."""
+        points = np.clip(np.rint(self.points * _POINT_SCALE), 0, 65535).astype("<u2")
+        return (_HEADER.pack(_MAGIC, len(self), self.width, self.height)
+                + points.tobytes() + np.ascontiguousarray(self.descriptors, np.uint8).tobytes())
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> LocalFeatures:
+        if len(blob) < _HEADER.size:
+            raise SignalError("a local-features blob is too short")
+        magic, n, width, height = _HEADER.unpack_from(blob)
+        if magic != _MAGIC or len(blob) != _HEADER.size + n * (4 + DESCRIPTOR_BYTES):
+            raise SignalError("not a local-features blob of this version")
+        start = _HEADER.size
+        points = np.frombuffer(blob, "<u2", count=2 * n, offset=start).reshape(n, 2)
+        descriptors = np.frombuffer(blob, np.uint8, count=n * DESCRIPTOR_BYTES,
+                                    offset=start + 4 * n).reshape(n, DESCRIPTOR_BYTES)
+        return cls(points.astype(np.float32) / _POINT_SCALE, descriptors, width, height)
+
+
+def empty(width: int = 0, height: int = 0) -> LocalFeatures:
+    return LocalFeatures(np.zeros((0, 2), np.float32),
+                         np.zeros((0, DESCRIPTOR_BYTES), np.uint8), width, height)
+
+
+_ORB = None
+
+
+def _cv2():
+    import cv2
+
+    cv2.setNumThreads(1)  # workers are the parallelism; threads would oversubscribe
+    return cv2
+
+
+def _orb():
+    global _ORB
+    if _ORB is None:
+        _ORB = _cv2().ORB_create(nfeatures=MAX_FEATURES, fastThreshold=10,
+                                 edgeThreshold=15, patchSize=31)
+    return _ORB
+
+
+def prepare(grey: np.ndarray) -> np.ndarray:
+    """The grey image scaled so its longer side is at most :data:`SIDE`."""
+    h, w = grey.shape
+    scale = SIDE / max(h, w)
+    if scale < 1.0:
+        cv2 = _cv2()
+        grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))),
+                          interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(grey, dtype=np.uint8)
+
+
+def extract(grey: np.ndarray) -> LocalFeatures:
+    """ORB keypoints and descriptors of a grey image (any size; scaled to :data:`SIDE`)."""
+    image = prepare(grey)
+    h, w = image.shape
+    if min(h, w) < 32:
+        return empty(w, h)
+    keypoints, descriptors = _orb().detectAndCompute(image, None)
+    if descriptors is None or not keypoints:
+        return empty(w, h)
+    # strongest first: the descriptor index keeps only the head of the list
+    order = np.argsort([-k.response for k in keypoints], kind="stable")
+    points = np.array([keypoints[i].pt for i in order], dtype=np.float32).reshape(-1, 2)
+    return LocalFeatures(points, np.ascontiguousarray(descriptors[order]), w, h)
+
+
+def extract_both(grey: np.ndarray) -> tuple[LocalFeatures, LocalFeatures]:
+    """Features of the image and of its mirror image (what a query searches with)."""
+    image = prepare(grey)
+    return extract(image), extract(np.ascontiguousarray(image[:, ::-1]))
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of matching two images' features geometrically.
+
+    ``overlap`` is the share of keypoints in the region the two images have
+    in common (each side's keypoints that the transform puts inside the
+    other image; the smaller count) that are inliers. A repost, even cropped
+    or in a collage, matches a good share of the keypoints where it overlaps;
+    two different photos that share only a logo, a watermark or a pasted
+    cut-out match a few, among many that do not.
+    """
+
+    inliers: int
+    matches: int
+    #: the similarity's scale (query pixels per stored pixel) and rotation in degrees
+    scale: float = 0.0
+    rotation: float = 0.0
+    overlap: float = 0.0
+    #: the area the stored image's inliers span, as a share of the area its
+    #: keypoints in the common region span: a logo or a stamped phone number
+    #: is a small patch of a picture, a repost is most of it
+    coverage: float = 0.0
+
+    @property
+    def support(self) -> float:
+        """Inliers, discounted when they are a small share or a small patch of the overlap."""
+        return (self.inliers * min(1.0, self.overlap / FULL_OVERLAP)
+                * min(1.0, self.coverage / FULL_COVERAGE))
+
+
+NO_MATCH = Verification(0, 0)
+
+
+def verify(query: LocalFeatures, stored: LocalFeatures) -> Verification:
+    """Ratio-tested descriptor matches, then RANSAC on a similarity transform.
+
+    A similarity (rotation, uniform scale, shift) covers crops, borders,
+    resizes, tilts, screenshots and a photo's place in a collage; a full
+    homography would also fit many coincidental matches.
+    """
+    if len(query) < 4 or len(stored) < 4:
+        return NO_MATCH
+    cv2 = _cv2()
+    # the two nearest stored descriptors of each query descriptor, as arrays
+    dist, nearest = cv2.batchDistance(query.descriptors, stored.descriptors, dtype=-1,
+                                      normType=cv2.NORM_HAMMING, K=2)
+    good = (dist[:, 0] <= MAX_DESCRIPTOR_DISTANCE) & (dist[:, 0] < RATIO * dist[:, 1]) \
+        & (nearest[:, 0] >= 0)
+    n_good = int(good.sum())
+    if n_good < 4:
+        return Verification(0, n_good)
+    src = query.points[good]
+    dst = stored.points[nearest[good, 0]]
+    transform, mask = cv2.estimateAffinePartial2D(
+        src, dst, method=cv2.RANSAC, ransacReprojThreshold=REPROJECTION_PX,
+        maxIters=1000, confidence=0.995)
+    if transform is None or mask is None:
+        return Verification(0, n_good)
+    a, b = float(transform[0, 0]), float(transform[1, 0])
+    scale = float(np.hypot(a, b))  # stored pixels per query pixel
+    if not (1.0 / MAX_SCALE <= scale <= MAX_SCALE):
+        return Verification(0, n_good)
+    inliers = int(mask.sum())
+    # many query points collapsing onto a few stored ones are a texture, not a repost
+    if inliers and len(np.unique(np.rint(dst[mask.ravel() == 1]), axis=0)) < inliers // 2:
+        return Verification(0, n_good)
+    in_stored = _inside(query.points, transform, stored.width, stored.height)
+    in_query = _inside(stored.points, cv2.invertAffineTransform(transform),
+                       query.width, query.height)
+    shared = min(int(in_stored.sum()), int(in_query.sum()))
+    region = _hull_area(cv2, stored.points[in_query])
+    spanned = _hull_area(cv2, dst[mask.ravel() == 1])
+    return Verification(inliers, n_good, 1.0 / scale, float(np.degrees(np.arctan2(b, a))),
+                        inliers / max(shared, inliers, 1),
+                        min(1.0, spanned / region) if region > 0 else 0.0)
+
+
+def _inside(points: np.ndarray, transform: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Which points the 2x3 transform puts inside a width x height image."""
+    moved = points @ transform[:, :2].T + transform[:, 2]
+    return ((moved[:, 0] >= 0) & (moved[:, 0] < width)
+            & (moved[:, 1] >= 0) & (moved[:, 1] < height))
+
+
+def _hull_area(cv2, points: np.ndarray) -> float:
+    if len(points) < 3:
+        return 0.0
+    return float(cv2.contourArea(cv2.convexHull(np.ascontiguousarray(points, np.float32))))
+
+
+def best_of(query: LocalFeatures, mirrored: LocalFeatures | None,
+            stored: LocalFeatures) -> tuple[Verification, bool]:
+    """The better verification of the query and its mirror; True if the mirror won."""
+    plain = verify(query, stored)
+    if mirrored is None or plain.support >= CONCLUSIVE_SUPPORT:
+        return plain, False
+    flipped = verify(mirrored, stored)
+    return (flipped, True) if flipped.support > plain.support else (plain, False)

@@ -1,0 +1,182 @@
+"""Matching accuracy on ../shared/bench, side by side with the PDQ baseline.
+
+Each system is imgmatch's own library: the references are ingested into a
+fresh collection, every query image is queried with ``min_score=0`` (so the
+full ranking is scored), and ../shared/bench/score.py scores the predictions:
+micro-average precision, recall at precision 0.99 and 0.90, recall per
+transform family at the P99 threshold, and the share of negative queries
+reaching it. The share of negatives at or above imgmatch's own match score
+(0.5) is the false-alarm rate a user sees with the defaults.
+
+Systems:
+- ``pdq``: PDQ alone, with its 8 rotations and mirrors (the baseline);
+- ``hashes``: the default hash tier (PDQ, pHash, dHash);
+- ``robust``: the hash tier plus local features verified geometrically.
+
+``--calibration`` also prints the score-to-precision table of each system
+(the precision among all pooled predictions at or above each score).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import emit, ensure_dev_corpus, shared_bench  # noqa: E402
+
+SYSTEMS = {
+    "pdq": {"signals": ("pdq",)},
+    "hashes": {"signals": ("pdq", "phash", "dhash")},
+    "robust": {"signals": ("pdq", "phash", "dhash", "orb")},
+}
+
+
+def load_scorer():
+    spec = importlib.util.spec_from_file_location("bench_score", shared_bench() / "score.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_score"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class ImgmatchSystem:
+    """score.py's system protocol over an imgmatch collection."""
+
+    def __init__(self, signals: tuple[str, ...], workers: int = 1) -> None:
+        self.signals = signals
+        self.workers = workers
+        self.tmp = tempfile.TemporaryDirectory(prefix="imgmatch-accuracy-")
+        self.collection = None
+        self.ref_of: dict[str, str] = {}
+        self.query_ms: list[float] = []
+        #: per query file stem, the evidence of each returned match
+        self.evidence: dict[str, list[dict]] = {}
+
+    def index(self, reference_paths: list[str]) -> None:
+        from imgmatch import Collection, Sighting
+
+        self.collection = Collection.open(Path(self.tmp.name) / "bench.db")
+        summary = self.collection.add_many(
+            ((p, Sighting(source=p)) for p in reference_paths),
+            signals=self.signals, workers=self.workers)
+        if summary.failures:
+            raise SystemExit(f"{len(summary.failures)} references failed: {summary.failures[:3]}")
+        for sha, source in self.collection.catalog.conn.execute(
+                "SELECT i.sha256, s.source FROM images i JOIN sightings s ON s.image_id = i.id"):
+            self.ref_of[sha] = Path(source).stem
+
+    def search(self, query_path: str) -> list[tuple[str, float]]:
+        t = time.perf_counter()
+        matches = self.collection.query(query_path, top_k=10, min_score=0.0)
+        self.query_ms.append((time.perf_counter() - t) * 1000)
+        self.evidence[Path(query_path).stem] = [
+            {"reference": self.ref_of[m.sha256], "score": m.score, "distances": m.distances,
+             "inliers": m.inliers, "agreed": list(m.agreed),
+             "low_information": m.low_information} for m in matches]
+        return [(self.ref_of[m.sha256], m.score) for m in matches]
+
+    def stored_bytes(self) -> float:
+        """Bytes per image in the catalog file and the index folder together."""
+        db = Path(self.tmp.name) / "bench.db"
+        total = sum(p.stat().st_size for p in Path(self.tmp.name).rglob("*") if p.is_file())
+        images = self.collection.catalog.counts()["images"]
+        return total / max(images, 1) if db.exists() else 0.0
+
+
+def calibration(scorer, predictions, ds, steps=(0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9)):
+    """Precision and recall of the pooled top-10 predictions at or above each score."""
+    gt = {q.query_id: q.reference_id for q in ds.queries if not q.is_negative}
+    best: dict[tuple[str, str], float] = {}
+    for q, r, s in predictions:
+        best[(q, r)] = max(best.get((q, r), -1.0), s)
+    rows = []
+    for t in steps:
+        kept = [(q, r) for (q, r), s in best.items() if s >= t]
+        correct = sum(1 for q, r in kept if gt.get(q) == r)
+        rows.append((t, correct / len(kept) if kept else float("nan"), correct / len(gt)))
+    return rows
+
+
+def negatives_over(predictions, ds, score: float) -> float:
+    negatives = {q.query_id for q in ds.queries if q.is_negative}
+    top: dict[str, float] = {}
+    for q, _, s in predictions:
+        if q in negatives:
+            top[q] = max(top.get(q, -1.0), s)
+    return sum(1 for s in top.values() if s >= score) / max(len(negatives), 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--systems", default="pdq,hashes,robust")
+    ap.add_argument("--max-queries", type=int, default=0,
+                    help="a stratified subsample of the queries (0: all)")
+    ap.add_argument("--calibration", action="store_true")
+    ap.add_argument("--md", type=Path, help="also write the Markdown tables here")
+    ap.add_argument("--json", type=Path, help="write every figure as JSON")
+    args = ap.parse_args(argv)
+
+    scorer = load_scorer()
+    ds = scorer.load_dataset(ensure_dev_corpus())
+    queries = scorer.subsample_queries(ds.queries, args.max_queries or None)
+    results = {}
+    for name in args.systems.split(","):
+        system = ImgmatchSystem(**SYSTEMS[name])
+        print(f"running {name} on {len(ds.references)} references, {len(queries)} queries",
+              file=sys.stderr)
+        run = scorer.run_system(system, ds, queries=queries, progress=False)
+        metrics = scorer.evaluate(run["predictions"], ds, queries)
+        ms = sorted(system.query_ms)
+        results[name] = {
+            "metrics": metrics, "cost": run["cost"],
+            "false_alarm_at_0.5": negatives_over(run["predictions"], ds, 0.5),
+            "query_ms_p50": ms[len(ms) // 2], "query_ms_p99": ms[int(len(ms) * 0.99)],
+            "bytes_per_image": system.stored_bytes(),
+            "calibration": calibration(scorer, run["predictions"], ds),
+            "evidence": system.evidence,
+        }
+        system.collection.close()
+
+    lines = [f"Dev set: {len(ds.references)} references, {len(queries)} queries "
+             f"({sum(not q.is_negative for q in queries)} positive).", "",
+             "| system | µAP | R@P99 | R@P90 | negatives ≥ P99 threshold | negatives ≥ 0.5 "
+             "| index img/s | query p50 ms | stored B/img |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        m = r["metrics"]
+        lines.append(
+            f"| {name} | {m['uAP']:.3f} | {m['recall_at_p99']:.3f} | {m['recall_at_p90']:.3f} "
+            f"| {100 * m['overall']['neg_false_alarm_at_t99']:.1f}% "
+            f"| {100 * r['false_alarm_at_0.5']:.1f}% | {r['cost']['index_images_per_s']:.1f} "
+            f"| {r['query_ms_p50']:.1f} | {r['bytes_per_image']:,.0f} |")
+    families = sorted({f for r in results.values() for f in r["metrics"]["per_family"]})
+    lines += ["", "Recall at precision 0.99, per transform family (negatives: share of "
+              "negative queries at or above the P99 threshold):", "",
+              "| family | " + " | ".join(results) + " |",
+              "|---|" + "---|" * len(results)]
+    for fam in families:
+        cells = []
+        for r in results.values():
+            row = r["metrics"]["per_family"].get(fam, {})
+            value = row.get("recall_at_t99")
+            cells.append("n/a" if value is None else f"{value:.3f}")
+        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    if args.calibration:
+        for name, r in results.items():
+            lines += ["", f"Score to precision, {name} (pooled top-10 predictions):", "",
+                      "| score ≥ | precision | recall |", "|---|---|---|"]
+            lines += [f"| {t:.2f} | {p:.3f} | {rc:.3f} |" for t, p, rc in r["calibration"]]
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+    return emit(lines, args.md)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Local features and geometric verification: the robust tier's evidence."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
+
+import imgmatch
+from imgmatch import features
+from imgmatch.descriptors import DescriptorIndex
+from imgmatch.errors import IndexFileError, SignalError
+from imgmatch.match import INLIERS_AT_THRESHOLD
+from imgmatch.signals import ROBUST_SIGNALS
+
+from conftest import FIXTURES, ORIGINALS
+
+PHOTOS = ("astronaut", "cat", "coffee", "flower", "rocket", "temple")
+
+
+def rgb(name: str) -> Image.Image:
+    return Image.open(ORIGINALS / f"{name}.jpg").convert("RGB")
+
+
+def grey(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("L"))
+
+
+def jpeg(image: Image.Image, quality: int = 80) -> bytes:
+    out = io.BytesIO()
+    image.convert("RGB").save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def support(query: Image.Image, stored: Image.Image) -> float:
+    plain, mirrored = features.extract_both(grey(query))
+    result, _ = features.best_of(plain, mirrored, features.extract(grey(stored)))
+    return result.support
+
+
+def crop(image: Image.Image, share: float, dx: float = 0.3, dy: float = 0.2) -> Image.Image:
+    """Keep ``share`` of the area, off-centre."""
+    w, h = image.size
+    cw, ch = int(w * share ** 0.5), int(h * share ** 0.5)
+    x, y = int((w - cw) * dx), int((h - ch) * dy)
+    return image.crop((x, y, x + cw, y + ch))
+
+
+def collage(images: list[Image.Image], cell: int = 300) -> Image.Image:
+    out = Image.new("RGB", (2 * cell, 2 * cell), "white")
+    for n, image in enumerate(images[:4]):
+        out.paste(ImageOps.fit(image, (cell - 8, cell - 8)), ((n % 2) * cell + 4,
+                                                               (n // 2) * cell + 4))
+    return out
+
+
+def screenshot(image: Image.Image) -> Image.Image:
+    """The photo inside a phone's interface: bars, text, a button, a caption."""
+    phone = Image.new("RGB", (540, 1100), (245, 245, 245))
+    draw = ImageDraw.Draw(phone)
+    draw.rectangle((0, 0, 540, 70), fill=(30, 30, 30))
+    draw.text((20, 25), "12:41   LTE   87%", fill="white")
+    photo = ImageOps.contain(image, (520, 700))
+    phone.paste(photo, (10, 120))
+    draw.rectangle((20, 860, 520, 930), fill=(0, 120, 255))
+    draw.text((40, 885), "Call now 555-0142  available tonight", fill="white")
+    draw.text((20, 960), "Posted 2 hours ago  *  Houston", fill=(90, 90, 90))
+    return phone
+
+
+EDITS = {
+    "crop 40%": lambda im: crop(im, 0.6),
+    "mirror and crop": lambda im: ImageOps.mirror(crop(im, 0.7, 0.6, 0.5)),
+    "tilt 8 degrees": lambda im: im.rotate(8, resample=Image.Resampling.BICUBIC, expand=False)
+    .crop((40, 40, im.width - 40, im.height - 40)),
+    "letterbox 9:16": lambda im: ImageOps.pad(im, (im.width, int(im.width * 16 / 9)),
+                                              color=(0, 0, 0)),
+    "blurred pillarbox": lambda im: _blur_frame(im),
+    "phone number banner": lambda im: _banner(im),
+    "emoji over the face": lambda im: _sticker(im),
+    "screenshot": screenshot,
+    "quarter of a collage": lambda im: collage([im, rgb("coffee"),
+                                                rgb("flower"), rgb("rocket")]),
+    "half size, jpeg 40": lambda im: Image.open(io.BytesIO(jpeg(
+        im.resize((im.width // 2, im.height // 2)), 40))),
+}
+
+
+def _blur_frame(im: Image.Image) -> Image.Image:
+    back = im.resize((im.width * 2, im.height)).filter(ImageFilter.GaussianBlur(20))
+    back.paste(im, (im.width // 2, 0))
+    return back
+
+
+def _banner(im: Image.Image) -> Image.Image:
+    out = im.copy()
+    draw = ImageDraw.Draw(out)
+    h = out.height // 8
+    draw.rectangle((0, out.height - h, out.width, out.height), fill=(200, 0, 60))
+    draw.text((10, out.height - h + 5), "CALL 555-0142 www.example-ads.test", fill="white")
+    return out
+
+
+def _sticker(im: Image.Image) -> Image.Image:
+    out = im.copy()
+    draw = ImageDraw.Draw(out)
+    w, h = out.size
+    draw.ellipse((w * 0.35, h * 0.1, w * 0.65, h * 0.4), fill=(255, 205, 0))
+    return out
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_edited_reposts_are_verified(edit: str) -> None:
+    original = rgb("astronaut")
+    assert support(EDITS[edit](original), original) >= INLIERS_AT_THRESHOLD
+
+
+@pytest.mark.parametrize("query,stored", [("astronaut", "cat"), ("coffee", "temple"),
+                                          ("rocket", "flower"), ("temple", "astronaut")])
+def test_different_photos_are_not_verified(query: str, stored: str) -> None:
+    assert support(rgb(query), rgb(stored)) < INLIERS_AT_THRESHOLD / 2
+
+
+def test_a_shared_watermark_is_not_a_shared_photo() -> None:
+    """Two different photos stamped with the same site logo share only the logo."""
+    def stamp(im: Image.Image) -> Image.Image:
+        out = ImageOps.fit(im, (600, 600))
+        draw = ImageDraw.Draw(out)
+        draw.rectangle((380, 520, 590, 590), fill=(20, 20, 20))
+        for n, text in enumerate(("NIGHT ADS", "555-0199", "nightads.test")):
+            draw.text((390, 525 + 20 * n), text, fill=(255, 255, 255))
+        draw.polygon([(395, 580), (420, 540), (445, 580)], outline="white")
+        return out
+    assert support(stamp(rgb("coffee")), stamp(rgb("temple"))) < INLIERS_AT_THRESHOLD
+
+
+def test_plain_images_give_no_features() -> None:
+    flat = np.full((300, 400), 128, np.uint8)
+    assert len(features.extract(flat)) == 0
+    assert features.verify(features.extract(flat), features.extract(flat)).inliers == 0
+    assert len(features.extract(np.zeros((10, 10), np.uint8))) == 0
+
+
+def test_features_are_scaled_and_strongest_first() -> None:
+    big = rgb("astronaut").resize((1600, 1600))
+    found = features.extract(grey(big))
+    assert max(found.width, found.height) == features.SIDE
+    assert 100 < len(found) <= features.MAX_FEATURES
+    assert found.points.max() < features.SIDE
+
+
+def test_blob_round_trip_keeps_what_verification_needs() -> None:
+    found = features.extract(grey(rgb("cat")))
+    back = features.LocalFeatures.from_bytes(found.to_bytes())
+    assert np.array_equal(back.descriptors, found.descriptors)
+    assert np.abs(back.points - found.points).max() <= 0.125
+    assert features.verify(back, found).inliers >= 0.9 * len(found)
+
+
+@given(st.integers(0, 40), st.integers(1, 2000), st.integers(1, 2000), st.data())
+@settings(max_examples=40, deadline=None)
+def test_blob_round_trip_property(n: int, width: int, height: int, data) -> None:
+    xs = data.draw(st.lists(st.floats(0, width - 1, allow_nan=False), min_size=n, max_size=n))
+    ys = data.draw(st.lists(st.floats(0, height - 1, allow_nan=False), min_size=n, max_size=n))
+    desc = np.frombuffer(data.draw(st.binary(min_size=32 * n, max_size=32 * n)), np.uint8)
+    found = features.LocalFeatures(np.array([xs, ys], np.float32).T.reshape(-1, 2),
+                                   desc.reshape(n, 32), width, height)
+    back = features.LocalFeatures.from_bytes(found.to_bytes())
+    assert (back.width, back.height, len(back)) == (width, height, n)
+    assert np.array_equal(back.descriptors, found.descriptors)
+    assert np.all(np.abs(back.points - found.points) <= 0.125)
+
+
+@pytest.mark.parametrize("blob", [b"", b"ORB1", b"XXXX\x01\x00\x10\x00\x10\x00" + b"\0" * 36,
+                                  b"ORB1\x02\x00\x10\x00\x10\x00" + b"\0" * 36])
+def test_bad_blobs_are_refused(blob: bytes) -> None:
+    with pytest.raises(SignalError):
+        features.LocalFeatures.from_bytes(blob)
+
+
+# ------------------------------------------------------------ descriptor index
+def test_descriptor_votes_rank_the_source_first() -> None:
+    index = DescriptorIndex()
+    for n, name in enumerate(PHOTOS, start=1):
+        index.add(n, features.extract(grey(rgb(name))))
+    query = features.extract_both(grey(EDITS["screenshot"](rgb("temple"))))
+    found = index.candidates(list(query), 3)
+    assert found[0][0] == PHOTOS.index("temple") + 1
+    assert found[0][1] > 2 * (found[1][1] if len(found) > 1 else 0)
+    assert index.candidates(list(query), 3, exclude_from=PHOTOS.index("temple") + 1)[0][0] \
+        != PHOTOS.index("temple") + 1
+    assert index.remove(np.array([PHOTOS.index("temple") + 1])) > 0
+    assert all(i != PHOTOS.index("temple") + 1 for i, _ in index.candidates(list(query), 6))
+
+
+def test_descriptor_index_files_are_verified(tmp_path) -> None:
+    from imgmatch import descriptors
+
+    index = DescriptorIndex()
+    index.add(7, features.extract(grey(rgb("cat"))))
+    path = tmp_path / "orb.descriptors"
+    descriptors.save(index, path, collection_id="c1", deletions=0, images=1)
+    back, manifest = descriptors.load(path, collection_id="c1")
+    assert manifest["images"] == 1 and np.array_equal(back.owners, index.owners)
+    with pytest.raises(IndexFileError):
+        descriptors.load(path, collection_id="another")
+    codes = path / "codes.npy"
+    codes.write_bytes(codes.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(IndexFileError):
+        descriptors.load(path, collection_id="c1")
+
+
+# ------------------------------------------------------------------ collection
+@pytest.fixture(scope="module")
+def robust(tmp_path_factory):
+    db = tmp_path_factory.mktemp("robust") / "c.db"
+    with imgmatch.Collection.open(db) as c:
+        summary = c.add_many(((ORIGINALS / f"{n}.jpg", None) for n in PHOTOS),
+                             signals=ROBUST_SIGNALS, workers=0)
+        assert summary.images_added == len(PHOTOS)
+    return db
+
+
+def sha_of(name: str) -> str:
+    import hashlib
+
+    return hashlib.sha256((ORIGINALS / f"{name}.jpg").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("edit", ["screenshot", "quarter of a collage", "crop 40%",
+                                  "blurred pillarbox"])
+def test_collection_finds_what_hashes_miss(robust, edit: str) -> None:
+    query = jpeg(EDITS[edit](rgb("astronaut")))
+    with imgmatch.Collection.open(robust, readonly=True) as c:
+        matches = c.query(query)
+    assert matches and matches[0].sha256 == sha_of("astronaut")
+    assert "orb" in matches[0].agreed and matches[0].inliers >= INLIERS_AT_THRESHOLD
+    assert matches[0].to_json()["inliers"] == matches[0].inliers
+
+
+def test_collection_rejects_unrelated(robust) -> None:
+    with imgmatch.Collection.open(robust, readonly=True) as c:
+        assert c.query(FIXTURES / "queries" / "unrelated.jpg") == []
+        scored = c.query(FIXTURES / "queries" / "unrelated.jpg", min_score=0.0)
+    assert scored and all(m.score < 0.5 for m in scored)
+
+
+def test_ingest_links_a_collage_to_its_photos(tmp_path) -> None:
+    collage_bytes = jpeg(collage([rgb("astronaut"), rgb("rocket"), rgb("flower"),
+                                  rgb("temple")]))
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        c.add_many([(ORIGINALS / "astronaut.jpg", None), (ORIGINALS / "coffee.jpg", None),
+                    (collage_bytes, None)], signals=ROBUST_SIGNALS, workers=0)
+        record = c.image(imgmatch.collection.hash_bytes(collage_bytes)["sha256"])
+    linked = {link.sha256: link for link in record.links}
+    assert sha_of("astronaut") in linked and sha_of("coffee") not in linked
+    assert "orb" in linked[sha_of("astronaut")].agreed
+
+
+def test_descriptor_index_survives_reopen_erase_and_reindex(tmp_path) -> None:
+    db = tmp_path / "c.db"
+    query = jpeg(EDITS["screenshot"](rgb("temple")))
+    with imgmatch.Collection.open(db) as c:
+        c.add_many(((ORIGINALS / f"{n}.jpg", None) for n in PHOTOS),
+                   signals=ROBUST_SIGNALS, workers=0)
+        before = [(m.sha256, m.inliers) for m in c.query(query)]
+    assert (c.index_path("orb")).exists()
+    with imgmatch.Collection.open(db) as c:
+        assert [(m.sha256, m.inliers) for m in c.query(query)] == before
+        assert c.reindex()["orb"] == len(PHOTOS)
+        assert [(m.sha256, m.inliers) for m in c.query(query)] == before
+        c.erase([sha_of("temple")])
+        assert all(m.sha256 != sha_of("temple") for m in c.query(query, min_score=0.0))
+        assert sha_of("temple") not in {m.sha256 for m in c.query(query)}
+    with imgmatch.Collection.open(db) as c:  # the saved index knows of the erasure
+        assert len(c.descriptors) == len(PHOTOS) - 1
