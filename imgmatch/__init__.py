@@ -21,13 +21,14 @@ from .errors import (
     InputError,
     ManifestError,
     MissingFile,
+    ModelError,
     SignalError,
     UnsafePath,
     UnsupportedFormat,
 )
 from .ingest import IngestSummary
 from .model import Added, Cluster, ImageRecord, Link, Match, Sighting
-from .signals import HashValue
+from .signals import DEFAULT_SIGNALS, ROBUST_SIGNALS, HashValue
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,8 @@ __all__ = [
     "Link",
     "Added",
     "HashValue",
+    "DEFAULT_SIGNALS",
+    "ROBUST_SIGNALS",
     "IngestSummary",
     "hash_bytes",
     "ImgmatchError",
@@ -53,6 +56,7 @@ __all__ = [
     "MissingFile",
     "ManifestError",
     "SignalError",
+    "ModelError",
     "CatalogError",
     "IndexFileError",
 ]

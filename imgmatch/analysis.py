@@ -16,7 +16,7 @@ from . import features
 from . import signals as registry
 from .catalog import ImageRow, SignalRow
 from .decode import decode
-from .errors import InputError
+from .errors import InputError, ModelError
 from .signals import FEATURES, HashValue
 
 
@@ -81,6 +81,8 @@ def analyse(data: bytes, signal_names: Sequence[str], source: str | None = None,
         thumb = make_thumbnail(decoded) if thumbnails else None
     except InputError as exc:
         return Analysis(digest, reason=exc.reason, detail=exc.detail)
+    except ModelError as exc:
+        return Analysis(digest, reason="model-error", detail=str(exc))
     except MemoryError:
         return Analysis(digest, reason="decode-error", detail="ran out of memory decoding")
     rows = tuple(SignalRow(name, registry.get(name).version, vs[0].data, vs[0].quality)

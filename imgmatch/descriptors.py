@@ -10,11 +10,17 @@ descriptors, and every image collects one vote per query descriptor that
 lands on it within :data:`VOTE_DISTANCE` bits. The images with the most
 votes are the candidates.
 
-The search is FAISS's binary flat scan: exact, and fast while the collection
-holds up to a few hundred thousand images (measured in docs/benchmarks.md);
-beyond that an inverted-file index (``IndexBinaryIVF``) is the next step.
-Like every index here it is a cache of the catalog: plain .npy arrays with a
-verified manifest, rebuilt from the ``features`` table when stale.
+Small collections are searched with FAISS's binary flat scan (exact). A scan
+grows with the collection, so past :data:`IVF_ROWS` descriptors the search
+moves to an inverted file (``IndexBinaryIVF``) whose cells are centred on
+descriptors sampled from the index itself rather than trained by k-means:
+no training pass (k-means on millions of 256-dimensional points takes
+minutes), and a descriptor's near neighbours still fall in the cells nearest
+to it, of which :data:`NPROBE` are searched. Votes need only some of a
+repost's descriptors to find theirs, so an approximate search loses little
+(measured in docs/benchmarks.md). Like every index here it is a cache of
+the catalog: plain .npy arrays with a verified manifest, rebuilt from the
+``features`` table when stale; the FAISS structure is rebuilt on first use.
 """
 
 from __future__ import annotations
@@ -33,6 +39,17 @@ PER_IMAGE = 128
 VOTE_DISTANCE = 48
 #: Neighbours looked up per query descriptor.
 NEIGHBOURS = 8
+#: Stored descriptors from which an inverted file replaces the flat scan.
+IVF_ROWS = 100_000
+#: Cells of the inverted file per stored descriptor (the square root rule,
+#: times four), and cells searched per query descriptor.
+NPROBE = 16
+#: The inverted file is rebuilt (cells re-sampled) when it has grown this much.
+REBUILD_GROWTH = 4
+#: Query descriptors that vote (the strongest, per feature set): the search
+#: costs in proportion, and a repost's strongest corners are mostly its
+#: original's strongest too.
+VOTERS = 250
 
 
 class DescriptorIndex:
@@ -48,6 +65,7 @@ class DescriptorIndex:
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._faiss = None
         self._faiss_rows = 0
+        self._built_at = 0  # rows when the inverted file's cells were sampled
 
     def __len__(self) -> int:
         self._fold()
@@ -81,16 +99,18 @@ class DescriptorIndex:
             self._pending = []
 
     def _index(self):
-        """The FAISS flat index, extended with rows added since it was built."""
+        """The FAISS index (flat or inverted file), extended with rows added since."""
         self._fold()
-        if self._faiss is None:
-            import faiss
-
-            self._faiss = faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
-            self._faiss_rows = 0
-        if self._faiss_rows < len(self.codes):
+        rows = len(self.codes)
+        want_ivf = rows >= IVF_ROWS
+        stale = (self._faiss is None or want_ivf != self._built_at > 0
+                 or (want_ivf and rows >= REBUILD_GROWTH * self._built_at))
+        if stale:
+            self._faiss = _inverted_file(self.codes) if want_ivf else _flat()
+            self._faiss_rows, self._built_at = 0, rows if want_ivf else 0
+        if self._faiss_rows < rows:
             self._faiss.add(self.codes[self._faiss_rows:])
-            self._faiss_rows = len(self.codes)
+            self._faiss_rows = rows
         return self._faiss
 
     def candidates(self, queries: list[LocalFeatures], limit: int,
@@ -101,7 +121,7 @@ class DescriptorIndex:
         each query descriptor votes once per image. ``exclude_from`` drops
         images with ids at or above it (linking: newer images query older).
         """
-        codes = [q.descriptors for q in queries if len(q)]
+        codes = [q.descriptors[:VOTERS] for q in queries if len(q)]
         if not codes:
             return []
         index = self._index()
@@ -137,6 +157,28 @@ class DescriptorIndex:
         if codes.ndim != 2 or codes.shape[1] != DESCRIPTOR_BYTES or len(codes) != len(owners):
             raise ValueError("descriptor arrays do not fit together")
         return cls(codes, owners)
+
+
+def _flat():
+    import faiss
+
+    return faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
+
+
+def _inverted_file(codes: np.ndarray):
+    """An IndexBinaryIVF whose cell centres are descriptors sampled (seeded) from ``codes``."""
+    import faiss
+
+    nlist = int(min(65_536, max(64, 4 * np.sqrt(len(codes)))))
+    centres = codes[np.random.default_rng(0).choice(len(codes), nlist, replace=False)]
+    quantizer = faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
+    quantizer.add(np.ascontiguousarray(centres))
+    index = faiss.IndexBinaryIVF(quantizer, DESCRIPTOR_BYTES * 8, nlist)
+    index.is_trained = True
+    index.nprobe = NPROBE
+    index.own_fields = True
+    quantizer.this.disown()  # the IVF owns and frees it
+    return index
 
 
 def _search(index, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -81,6 +81,10 @@ class SignalError(ImgmatchError):
     """A signal name, hash string or stored value is not valid."""
 
 
+class ModelError(SignalError):
+    """A user-supplied model (the learned descriptor) is missing, unusable or failed."""
+
+
 class CatalogError(ImgmatchError):
     """The catalog cannot be opened, or was written by a newer imgmatch."""
 
@@ -112,6 +116,7 @@ __all__ = [
     "MissingFile",
     "ManifestError",
     "SignalError",
+    "ModelError",
     "CatalogError",
     "IndexFileError",
 ]

@@ -119,6 +119,9 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
     "added" | "known" | "failed", failure detail).
     """
     names = signal_registry.parse_list(",".join(signal_names))
+    for name in names:
+        if name != signal_registry.FEATURES:
+            signal_registry.get(name).prepare()  # set-up fails here, not once per file
     started = time.monotonic()
     summary = IngestSummary()
     if workers >= 1:

@@ -39,8 +39,10 @@ MIN_CANDIDATES = 32
 INLIERS_AT_THRESHOLD = 20
 #: Candidates verified geometrically: the best by hash score, and the most
 #: voted by the descriptor index.
-VERIFY_FROM_HASHES = 8
-VERIFY_FROM_DESCRIPTORS = 16
+VERIFY_FROM_HASHES = 4
+VERIFY_FROM_DESCRIPTORS = 8
+#: Descriptor candidates with fewer votes than this are not worth verifying.
+MIN_VOTES = 3
 #: At ingest, only the few images with the most descriptor votes, and at
 #: least this many, are verified: ingest must stay fast, and a repost's
 #: strongest descriptors vote for it many times over.
@@ -200,8 +202,8 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
             candidates.update(int(i) for i in ids.ravel() if i >= 0)
     voted: list[int] = []
     if local is not None and descriptors is not None:
-        voted = [i for i, _ in descriptors.candidates(
-            [f for f in local if f is not None], VERIFY_FROM_DESCRIPTORS)]
+        voted = [i for i, votes in descriptors.candidates(
+            [f for f in local if f is not None], VERIFY_FROM_DESCRIPTORS) if votes >= MIN_VOTES]
         candidates.update(voted)
     if not candidates:
         return []

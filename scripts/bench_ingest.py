@@ -9,6 +9,7 @@ count), pinned to one core unless it is the two-core run:
 - imgmatch default: ``imgmatch ingest`` with its default signals (PDQ, pHash,
   dHash, SHA-256) into a fresh collection, catalog writes and linking included;
 - imgmatch hash-only: the same with ``--signals phash,dhash``;
+- imgmatch robust: the default signals plus local features (``--robust``);
 - imgmatch default on two cores (two workers).
 
 Every mode runs ``--repeat`` times per set, interleaved, and the fastest run
@@ -72,6 +73,7 @@ def modes(listfile: Path, jsonl: Path, db: Path) -> dict[str, tuple[list[str], s
         "imgmatch default, 1 core": (ingest + ["--workers", "1"], {0}),
         "imgmatch phash,dhash, 1 core": (ingest + ["--workers", "1", "--signals",
                                                     "phash,dhash"], {0}),
+        "imgmatch robust (--robust), 1 core": (ingest + ["--workers", "1", "--robust"], {0}),
         "imgmatch default, 2 cores": (ingest + ["--workers", "2"], {0, 1}),
     }
 
@@ -119,6 +121,11 @@ def ratios(rows: list[dict]) -> list[tuple[str, float, float, str]]:
          / rate["decode floor draft 64"], 0.6),
         ("2 cores / 1 core", rate["imgmatch default, 2 cores"] / rate["imgmatch default, 1 core"],
          1.8),
+        # the robust tier is on by default only if it keeps half the hash tier's rate
+        ("robust / hash-only (default signals)", rate["imgmatch robust (--robust), 1 core"]
+         / rate["imgmatch default, 1 core"], 0.5),
+        ("robust / hash-only (phash,dhash)", rate["imgmatch robust (--robust), 1 core"]
+         / rate["imgmatch phash,dhash, 1 core"], 0.5),
     ]
     return [(what, value, target, "met" if value >= target else "NOT met")
             for what, value, target in checks]

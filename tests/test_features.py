@@ -278,3 +278,23 @@ def test_descriptor_index_survives_reopen_erase_and_reindex(tmp_path) -> None:
         assert sha_of("temple") not in {m.sha256 for m in c.query(query)}
     with imgmatch.Collection.open(db) as c:  # the saved index knows of the erasure
         assert len(c.descriptors) == len(PHOTOS) - 1
+
+
+def test_inverted_file_votes_like_the_scan(monkeypatch) -> None:
+    """Past IVF_ROWS the search is approximate (sampled cells); the source still wins."""
+    from imgmatch import descriptors
+
+    stored = {n: features.extract(grey(rgb(name))) for n, name in enumerate(PHOTOS, start=1)}
+    query = list(features.extract_both(grey(EDITS["crop 40%"](rgb("coffee")))))
+    results = {}
+    for rows in (10 ** 9, 100):
+        monkeypatch.setattr(descriptors, "IVF_ROWS", rows)
+        index = DescriptorIndex()
+        for n, found in stored.items():
+            index.add(n, found)
+        results[rows] = index.candidates(query, 3)
+        assert type(index._faiss).__name__ == ("IndexBinaryIVF" if rows == 100
+                                               else "IndexBinaryFlat")
+    source = PHOTOS.index("coffee") + 1
+    assert results[100][0][0] == results[10 ** 9][0][0] == source
+    assert results[100][0][1] >= 0.5 * results[10 ** 9][0][1]

@@ -12,6 +12,7 @@ from importlib import metadata
 from ..errors import SignalError
 from .base import DIHEDRAL_OPS, HashValue, SignalType, hamming
 from .imagehashes import DHash, PHash
+from .learned import OnnxSignal
 from .pdq import PDQ
 
 _REGISTRY: dict[str, SignalType] = {}
@@ -75,9 +76,10 @@ def parse_list(text: str | None) -> tuple[str, ...]:
     return chosen
 
 
-for _builtin in (PDQ, PHash, DHash):
+for _builtin in (PDQ, PHash, DHash, OnnxSignal):
     register(_builtin)
 
 __all__ = ["SignalType", "HashValue", "hamming", "DIHEDRAL_OPS", "DEFAULT_SIGNALS",
            "FEATURES", "ROBUST_SIGNALS",
-           "register", "get", "names", "parse_list", "PDQ", "PHash", "DHash"]
+           "register", "get", "names", "parse_list", "PDQ", "PHash", "DHash",
+           "OnnxSignal"]

@@ -105,6 +105,10 @@ class SignalType(ABC):
     #: the longer side the decoded image needs for this signal
     min_side: ClassVar[int] = 64
 
+    def prepare(self) -> None:
+        """Load what the signal needs (a model file), raising a SignalError that
+        says what is wrong before any image is read. Hashes need nothing."""
+
     @abstractmethod
     def compute(self, image: Decoded) -> HashValue:
         """The signal of one decoded image."""
