@@ -202,8 +202,11 @@ class Collection:
         """Catalogue items, link new images to their near-duplicates, save indexes.
 
         Each call is recorded as a run, unless ``run_id`` names one already
-        open (a long-lived caller such as the HTTP service keeps one).
+        open (a long-lived caller such as the HTTP service keeps one). A
+        collection that holds local features keeps adding them (the robust
+        tier cannot find images that lack them).
         """
+        signals = self._tier(signals)
         indexes = self.indexes
         for name in signals:
             if name not in indexes and name != FEATURES:
@@ -239,6 +242,7 @@ class Collection:
         an image cannot be used (nothing is recorded then).
         """
         data, source = _read(image)
+        signals = self._tier(signals)
         if sighting is None:  # a path names where the bytes came from; bare bytes do not
             sighting = SightingRow(source=None if source == "<bytes>" else source)
         analysis = analyse_source(None, data, signals, sighting.source or source,
@@ -309,12 +313,37 @@ class Collection:
               min_score: float = MATCH_SCORE) -> list[Match]:
         """Where else has this image appeared? Best matches first."""
         data, source = _read(image)
-        decoded = decode(data, source=source)
-        query = {name: registry.get(name).dihedral(decoded) for name in self.indexes}
+        return self.query_decoded(decode(data, source=source), top_k=top_k,
+                                  min_score=min_score)
+
+    def query_decoded(self, decoded, *, top_k: int = 10, min_score: float = MATCH_SCORE,
+                      variants: dict | None = None, local=None) -> list[Match]:
+        """Matches for decoded pixels. ``variants`` (hash values per signal) and
+        ``local`` (local features and their mirror's) reuse what an analysis
+        already computed; anything missing is computed from ``decoded``, which
+        may be a callable that decodes on demand."""
+        pixels = decoded if callable(decoded) else (lambda: decoded)
+        variants = variants or {}
+        query = {name: variants.get(name) or registry.get(name).dihedral(pixels())
+                 for name in self.indexes}
         descriptors = self.descriptors
-        local = features.extract_both(np.asarray(decoded.grey)) if descriptors else None
+        views = None
+        if descriptors is not None:
+            grey = np.asarray(pixels().grey)
+            views = [local or features.extract_both(grey)]
+            views += [features.extract_both(tile) for tile in features.tiles(grey)]
         return find_matches(self.catalog, self.indexes, query, top_k=top_k, min_score=min_score,
-                            local=local, descriptors=descriptors)
+                            local=views, descriptors=descriptors)
+
+    def _tier(self, signals: Sequence[str]) -> tuple[str, ...]:
+        """The signals to compute: as asked, plus local features in a robust collection."""
+        signals = tuple(signals)
+        return (*signals, FEATURES) if FEATURES not in signals and self.robust else signals
+
+    @property
+    def robust(self) -> bool:
+        """Whether the collection keeps local features (then new images should too)."""
+        return self.catalog.count_features_upto() > 0
 
     def query_hash(self, value: HashValue, *, top_k: int = 10,
                    min_score: float = MATCH_SCORE) -> list[Match]:

@@ -25,6 +25,7 @@ the catalog: plain .npy arrays with a verified manifest, rebuilt from the
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ VOTE_DISTANCE = 48
 #: Neighbours looked up per query descriptor.
 NEIGHBOURS = 8
 #: Stored descriptors from which an inverted file replaces the flat scan.
-IVF_ROWS = 100_000
+IVF_ROWS = 20_000
 #: Cells of the inverted file per stored descriptor (the square root rule,
 #: times four), and cells searched per query descriptor.
 NPROBE = 16
@@ -103,13 +104,15 @@ class DescriptorIndex:
         self._fold()
         rows = len(self.codes)
         want_ivf = rows >= IVF_ROWS
-        stale = (self._faiss is None or want_ivf != self._built_at > 0
+        is_ivf = self._built_at > 0
+        stale = (self._faiss is None or want_ivf != is_ivf
                  or (want_ivf and rows >= REBUILD_GROWTH * self._built_at))
         if stale:
             self._faiss = _inverted_file(self.codes) if want_ivf else _flat()
             self._faiss_rows, self._built_at = 0, rows if want_ivf else 0
         if self._faiss_rows < rows:
-            self._faiss.add(self.codes[self._faiss_rows:])
+            with _threads(self._faiss_rows == 0 and rows >= PARALLEL_ROWS):
+                self._faiss.add(self.codes[self._faiss_rows:])
             self._faiss_rows = rows
         return self._faiss
 
@@ -145,7 +148,9 @@ class DescriptorIndex:
 
     def memory_bytes(self) -> int:
         self._fold()
-        return self.codes.nbytes + self.owners.nbytes + self._faiss_rows * DESCRIPTOR_BYTES
+        # FAISS keeps its own copy of the codes (and, in an inverted file, their ids)
+        per_row = DESCRIPTOR_BYTES + (8 if self._built_at else 0)
+        return self.codes.nbytes + self.owners.nbytes + self._faiss_rows * per_row
 
     def arrays(self) -> dict[str, np.ndarray]:
         self._fold()
@@ -182,17 +187,24 @@ def _inverted_file(codes: np.ndarray):
 
 
 def _search(index, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """FAISS search on one thread below a few million rows: OpenMP's start-up
-    and spinning cost more than they save on small scans (measured: 105 ms
-    instead of 10 on a busy machine)."""
+    with _threads(index.ntotal >= PARALLEL_ROWS):
+        return index.search(codes, k)
+
+
+@contextmanager
+def _threads(parallel: bool):
+    """FAISS on one thread unless the work is large: OpenMP's start-up and
+    spinning cost more than they save on small searches and adds (measured:
+    105 ms instead of 10 for one search on a busy machine)."""
     import faiss
 
-    if index.ntotal >= PARALLEL_ROWS:
-        return index.search(codes, k)
+    if parallel:
+        yield
+        return
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
-        return index.search(codes, k)
+        yield
     finally:
         faiss.omp_set_num_threads(before)
 

@@ -141,6 +141,21 @@ def extract_both(grey: np.ndarray) -> tuple[LocalFeatures, LocalFeatures]:
     return extract(image), extract(np.ascontiguousarray(image[:, ::-1]))
 
 
+#: Tiles are taken only from images at least this many pixels on each side.
+MIN_TILED_SIDE = 256
+
+
+def tiles(grey: np.ndarray) -> list[np.ndarray]:
+    """The four quarters of an image and its centre: a collage's photos, or a
+    screenshot's, each seen at the resolution of a whole image."""
+    h, w = grey.shape
+    if min(h, w) < MIN_TILED_SIDE:
+        return []
+    hh, hw = h // 2, w // 2
+    return [np.ascontiguousarray(grey[y:y + hh, x:x + hw])
+            for y, x in ((0, 0), (0, hw), (hh, 0), (hh, hw), (hh // 2, hw // 2))]
+
+
 @dataclass(frozen=True)
 class Verification:
     """The outcome of matching two images' features geometrically.

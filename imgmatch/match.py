@@ -16,7 +16,7 @@ capped below 0.5 and the match says ``low_information``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -43,6 +43,8 @@ VERIFY_FROM_HASHES = 4
 VERIFY_FROM_DESCRIPTORS = 8
 #: Descriptor candidates with fewer votes than this are not worth verifying.
 MIN_VOTES = 3
+#: Candidates voted by each tile of the query (collages) that are verified.
+VERIFY_PER_TILE = 3
 #: At ingest, only the few images with the most descriptor votes, and at
 #: least this many, are verified: ingest must stay fast, and a repost's
 #: strongest descriptors vote for it many times over.
@@ -70,22 +72,30 @@ def feature_score(support: float) -> float:
 LocalQuery = tuple[features.LocalFeatures, features.LocalFeatures | None]
 
 
-def verify_candidates(catalog: Catalog, local: LocalQuery, ids: Sequence[int],
+def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterable[int]]],
                       scored: dict[int, dict]) -> None:
     """Verify candidates geometrically and fold the evidence into their results.
 
-    A verified pair's score is the better of its hash score and its feature
-    score; the local features join ``agreed`` at or above the threshold, the
-    inlier count is kept, and strong geometric evidence overrides a
-    low-information flag (plain images give few keypoints and few inliers).
+    ``views`` pairs the query's local features (the whole image, or a tile
+    of it) with the candidates to verify against them; an image verified in
+    several views keeps its best. A verified pair's score is the better of
+    its hash score and its feature score; the local features join ``agreed``
+    at or above the threshold, the inlier count is kept, and strong geometric
+    evidence overrides a low-information flag (plain images give few
+    keypoints and few inliers).
     """
-    plain, mirrored = local
-    blobs = catalog.features_of(list(ids))
-    for image_id in ids:
-        blob = blobs.get(image_id)
-        if blob is None:
-            continue
-        result, flipped = features.best_of(plain, mirrored, features.LocalFeatures.from_bytes(blob))
+    wanted = sorted({i for _, ids in views for i in ids})
+    blobs = catalog.features_of(wanted)
+    stored = {i: features.LocalFeatures.from_bytes(b) for i, b in blobs.items()}
+    best: dict[int, tuple[features.Verification, bool]] = {}
+    for (plain, mirrored), ids in views:
+        for image_id in ids:
+            if image_id not in stored:
+                continue
+            result, flipped = features.best_of(plain, mirrored, stored[image_id])
+            if image_id not in best or result.support > best[image_id][0].support:
+                best[image_id] = (result, flipped)
+    for image_id, (result, flipped) in best.items():
         a = scored.setdefault(image_id, {"distances": {}, "agreed": (), "score": 0.0,
                                          "low_information": False, "transform": "identity"})
         a["inliers"] = result.inliers
@@ -174,7 +184,7 @@ def score_candidate(query: Mapping[str, Sequence[HashValue]],
 def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
                  query: Mapping[str, Sequence[HashValue]], *, top_k: int = 10,
                  min_score: float = MATCH_SCORE, with_sightings: bool = True,
-                 local: LocalQuery | None = None,
+                 local: LocalQuery | Sequence[LocalQuery] | None = None,
                  descriptors: DescriptorIndex | None = None) -> list[Match]:
     """The best ``top_k`` catalogued images for a query, best first.
 
@@ -183,8 +193,10 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
     least that through a hash is a candidate (an exact range search: no
     scan); with 0 the nearest neighbours of each signal are ranked (a scan),
     so a full ranking can be evaluated. ``local`` (the query's local features
-    and its mirror's) adds the robust tier: candidates voted by the
-    ``descriptors`` index, and geometric verification of the best candidates.
+    and its mirror's; or a list of such views, the whole image first, then
+    its tiles) adds the robust tier: candidates voted by the ``descriptors``
+    index, and geometric verification of the best candidates. Tiles find the
+    photos of a collage: each gets its own votes and verifications.
     """
     candidates: set[int] = set()
     for name, variants in query.items():
@@ -200,18 +212,22 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
         else:
             _, ids = index.search(codes, max(top_k * 2, MIN_CANDIDATES))
             candidates.update(int(i) for i in ids.ravel() if i >= 0)
-    voted: list[int] = []
+    views: list[tuple[LocalQuery, set[int]]] = []
     if local is not None and descriptors is not None:
-        voted = [i for i, votes in descriptors.candidates(
-            [f for f in local if f is not None], VERIFY_FROM_DESCRIPTORS) if votes >= MIN_VOTES]
-        candidates.update(voted)
+        for n, view in enumerate([local] if isinstance(local, tuple) else local):
+            limit = VERIFY_FROM_DESCRIPTORS if n == 0 else VERIFY_PER_TILE
+            voted = {i for i, votes in descriptors.candidates(
+                [f for f in view if f is not None], limit) if votes >= MIN_VOTES}
+            candidates.update(voted)
+            views.append((view, voted))
     if not candidates:
         return []
     stored = catalog.signals_of(sorted(candidates))
     results = score_candidates(query, stored)
-    if local is not None:
-        by_hash = sorted(results, key=lambda i: (-results[i]["score"], i))[:VERIFY_FROM_HASHES]
-        verify_candidates(catalog, local, sorted(set(by_hash) | set(voted)), results)
+    if views:
+        views[0][1].update(sorted(results, key=lambda i: (-results[i]["score"], i))
+                           [:VERIFY_FROM_HASHES])
+        verify_candidates(catalog, views, results)
     scored = [(image_id, result, stored.get(image_id, {}))
               for image_id, result in results.items() if result["score"] >= min_score]
     scored.sort(key=lambda t: (-t[1]["score"], sum(t[1]["distances"].values()), t[0]))
@@ -282,7 +298,7 @@ class IndexLinker:
                       sorted(candidates[image_id] | set(voted.get(image_id, ())))}
             results = score_candidates(query, others)
             if voted.get(image_id):
-                verify_candidates(self.catalog, local[sha256], voted[image_id], results)
+                verify_candidates(self.catalog, [(local[sha256], voted[image_id])], results)
             for other, result in results.items():
                 if result["score"] >= self.min_score and result["agreed"]:
                     out.append(LinkRow(min(image_id, other), max(image_id, other),

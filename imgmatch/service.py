@@ -15,6 +15,7 @@ length, and as soon as they pass it when they do not.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from contextlib import asynccontextmanager
@@ -34,7 +35,7 @@ from .collection import Collection
 from .decode import decode
 from .errors import ImgmatchError, InputError, SignalError, error_for
 from .keys import allows, key_hash
-from .match import MATCH_SCORE, find_matches
+from .match import MATCH_SCORE
 from .report.jsonfmt import report_dict
 from .sources import Item, sighting_from_mapping
 
@@ -48,8 +49,10 @@ class ServiceState:
 
     def __init__(self, db: Path, signals: tuple[str, ...]) -> None:
         self.db = Path(db)
-        self.signals = signals
         self.writer = Collection.open(self.db)
+        if self.writer.robust and registry.FEATURES not in signals:
+            signals = (*signals, registry.FEATURES)  # uploads get what ingest would add
+        self.signals = signals
         self.lock = threading.Lock()
         self.run_id = self.writer.catalog.start_run("serve", {"signals": list(signals)})
         with self.lock:
@@ -87,14 +90,10 @@ class ServiceState:
             summary = self.writer.ingest(
                 [Item(source, sighting, data=data, analysis=analysis)],
                 signals=self.signals, run_id=self.run_id)
-            if analysis.image is not None:
-                query = {name: values for name, values in analysis.variants.items()}
-            else:
-                decoded = decode(data, source=source)
-                query = {name: registry.get(name).dihedral(decoded)
-                         for name in self.writer.indexes}
-            matches = find_matches(self.writer.catalog, self.writer.indexes, query,
-                                   top_k=top_k + 1, min_score=MATCH_SCORE)
+            decoded = functools.cache(lambda: decode(data, source=source))
+            matches = self.writer.query_decoded(
+                decoded, top_k=top_k + 1, min_score=MATCH_SCORE,
+                variants=analysis.variants, local=analysis.features)
         return {"sha256": analysis.sha256, "new_image": summary.images_added == 1,
                 "new_sighting": summary.sightings_added == 1,
                 "matches": [m.to_json() for m in matches if m.sha256 != analysis.sha256][:top_k]}
@@ -102,9 +101,7 @@ class ServiceState:
     def query_image(self, data: bytes, top_k: int, min_score: float) -> list[dict]:
         decoded = decode(data, source="<upload>")
         with self.lock:
-            query = {name: registry.get(name).dihedral(decoded) for name in self.writer.indexes}
-            matches = find_matches(self.writer.catalog, self.writer.indexes, query,
-                                   top_k=top_k, min_score=min_score)
+            matches = self.writer.query_decoded(decoded, top_k=top_k, min_score=min_score)
         return [m.to_json() for m in matches]
 
     def query_pdq(self, hex_value: str, top_k: int, min_score: float) -> list[dict]:

@@ -81,12 +81,79 @@ class ImgmatchSystem:
              "low_information": m.low_information} for m in matches]
         return [(self.ref_of[m.sha256], m.score) for m in matches]
 
+    def memory_bytes(self) -> float:
+        """Bytes per image of every index in memory (hash tables and descriptor votes),
+        measured after the queries, when every structure has been built."""
+        c = self.collection
+        total = sum(index.memory_bytes() for index in c.indexes.values())
+        if c.descriptors is not None:
+            total += c.descriptors.memory_bytes()
+        return total / max(c.catalog.counts()["images"], 1)
+
     def stored_bytes(self) -> float:
         """Bytes per image in the catalog file and the index folder together."""
         db = Path(self.tmp.name) / "bench.db"
         total = sum(p.stat().st_size for p in Path(self.tmp.name).rglob("*") if p.is_file())
         images = self.collection.catalog.counts()["images"]
         return total / max(images, 1) if db.exists() else 0.0
+
+
+def composites(dev: Path, out: Path, count: int) -> list[tuple[Path, str, list[str]]]:
+    """Screenshots and collages the dev set lacks, made from its references (seeded):
+    [(file, kind, reference ids inside)]. A screenshot puts one reference,
+    cropped, in a phone's interface; a collage puts 2 to 4 in a grid."""
+    import random
+
+    from PIL import Image, ImageDraw, ImageOps
+
+    rng = random.Random(20261129)
+    refs = sorted((dev / "references").glob("*.jpg"))
+    out.mkdir(parents=True, exist_ok=True)
+    made = []
+    for n in range(count):
+        if n % 2 == 0:
+            ref = rng.choice(refs)
+            photo = Image.open(ref).convert("RGB")
+            keep = rng.uniform(0.7, 1.0)
+            w, h = int(photo.width * keep), int(photo.height * keep)
+            x, y = rng.randint(0, photo.width - w), rng.randint(0, photo.height - h)
+            photo = ImageOps.contain(photo.crop((x, y, x + w, y + h)), (520, 640))
+            page = Image.new("RGB", (540, 1080), rng.choice([(250, 250, 250), (18, 18, 18)]))
+            draw = ImageDraw.Draw(page)
+            draw.rectangle((0, 0, 540, 60), fill=(40, 40, 40))
+            draw.text((16, 22), "9:41  4G  76%", fill="white")
+            top = rng.randint(90, 200)
+            page.paste(photo, ((540 - photo.width) // 2, top))
+            draw.text((20, top + photo.height + 20), f"Call 555-{rng.randint(1000, 9999)} "
+                      "new in town", fill=(0, 90, 200))
+            draw.rectangle((20, 980, 520, 1040), fill=(0, 120, 255))
+            made.append((out / f"screenshot_{n:03d}.jpg", "screenshot", [ref.stem]))
+            image = page
+        else:
+            chosen = rng.sample(refs, rng.choice((2, 3, 4)))
+            cols = 2
+            rows = (len(chosen) + 1) // 2
+            cell = rng.choice((300, 400))
+            image = Image.new("RGB", (cols * cell, rows * cell), "white")
+            for i, ref in enumerate(chosen):
+                tile = ImageOps.fit(Image.open(ref).convert("RGB"), (cell - 6, cell - 6))
+                image.paste(tile, ((i % cols) * cell + 3, (i // cols) * cell + 3))
+            made.append((out / f"collage_{n:03d}.jpg", "collage", [r.stem for r in chosen]))
+        image.save(made[-1][0], quality=rng.randint(70, 90))
+    return made
+
+
+def composite_recall(system: ImgmatchSystem, made) -> dict[str, dict]:
+    """Per kind: share of the references inside found at >= 0.5, and wrong matches >= 0.5."""
+    out: dict[str, dict] = {}
+    for path, kind, inside in made:
+        found = {ref for ref, score in system.search(str(path)) if score >= 0.5}
+        row = out.setdefault(kind, {"queries": 0, "inside": 0, "found": 0, "wrong": 0})
+        row["queries"] += 1
+        row["inside"] += len(inside)
+        row["found"] += len(found & set(inside))
+        row["wrong"] += len(found - set(inside))
+    return out
 
 
 def calibration(scorer, predictions, ds, steps=(0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9)):
@@ -119,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-queries", type=int, default=0,
                     help="a stratified subsample of the queries (0: all)")
     ap.add_argument("--calibration", action="store_true")
+    ap.add_argument("--composites", type=int, default=100,
+                    help="screenshots and collages made from the references (0: none)")
     ap.add_argument("--ivf-rows", type=int, default=0,
                     help="search local descriptors with the inverted file from this many "
                          "rows on (default: the library's threshold; the dev set is below it)")
@@ -130,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         from imgmatch import descriptors
         descriptors.IVF_ROWS = args.ivf_rows
     scorer = load_scorer()
-    ds = scorer.load_dataset(ensure_dev_corpus())
+    ds_dir = ensure_dev_corpus()
+    ds = scorer.load_dataset(ds_dir)
     queries = scorer.subsample_queries(ds.queries, args.max_queries or None)
     results = {}
     for name in args.systems.split(","):
@@ -145,23 +215,28 @@ def main(argv: list[str] | None = None) -> int:
             "false_alarm_at_0.5": negatives_over(run["predictions"], ds, 0.5),
             "query_ms_p50": ms[len(ms) // 2], "query_ms_p99": ms[int(len(ms) * 0.99)],
             "bytes_per_image": system.stored_bytes(),
+            "memory_per_image": system.memory_bytes(),
             "calibration": calibration(scorer, run["predictions"], ds),
             "evidence": system.evidence,
         }
+        if args.composites:
+            made = composites(ds_dir, Path(system.tmp.name) / "composites", args.composites)
+            results[name]["composites"] = composite_recall(system, made)
         system.collection.close()
 
     lines = [f"Dev set: {len(ds.references)} references, {len(queries)} queries "
              f"({sum(not q.is_negative for q in queries)} positive).", "",
              "| system | µAP | R@P99 | R@P90 | negatives ≥ P99 threshold | negatives ≥ 0.5 "
-             "| index img/s | query p50 ms | stored B/img |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| index img/s | query p50 / p99 ms | on disk B/img | in memory B/img |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         m = r["metrics"]
         lines.append(
             f"| {name} | {m['uAP']:.3f} | {m['recall_at_p99']:.3f} | {m['recall_at_p90']:.3f} "
             f"| {100 * m['overall']['neg_false_alarm_at_t99']:.1f}% "
             f"| {100 * r['false_alarm_at_0.5']:.1f}% | {r['cost']['index_images_per_s']:.1f} "
-            f"| {r['query_ms_p50']:.1f} | {r['bytes_per_image']:,.0f} |")
+            f"| {r['query_ms_p50']:.0f} / {r['query_ms_p99']:.0f} | {r['bytes_per_image']:,.0f} "
+            f"| {r['memory_per_image']:,.0f} |")
     families = sorted({f for r in results.values() for f in r["metrics"]["per_family"]})
     lines += ["", "Recall at precision 0.99, per transform family (negatives: share of "
               "negative queries at or above the P99 threshold):", "",
@@ -174,6 +249,19 @@ def main(argv: list[str] | None = None) -> int:
             value = row.get("recall_at_t99")
             cells.append("n/a" if value is None else f"{value:.3f}")
         lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    if args.composites:
+        lines += ["", f"Screenshots and collages made from the references ({args.composites}, "
+                  "seeded; the dev set has none): share of the pictured references found "
+                  "at score >= 0.5, and wrong matches at >= 0.5:", "",
+                  "| system | screenshots found | collage photos found | wrong matches |",
+                  "|---|---|---|---|"]
+        for name, r in results.items():
+            c = r["composites"]
+            shot, coll = c.get("screenshot", {}), c.get("collage", {})
+            lines.append(
+                f"| {name} | {shot.get('found', 0)}/{shot.get('inside', 0)} "
+                f"| {coll.get('found', 0)}/{coll.get('inside', 0)} "
+                f"| {shot.get('wrong', 0) + coll.get('wrong', 0)} |")
     if args.calibration:
         for name, r in results.items():
             lines += ["", f"Score to precision, {name} (pooled top-10 predictions):", "",

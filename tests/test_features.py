@@ -236,10 +236,12 @@ def sha_of(name: str) -> str:
 def test_collection_finds_what_hashes_miss(robust, edit: str) -> None:
     query = jpeg(EDITS[edit](rgb("astronaut")))
     with imgmatch.Collection.open(robust, readonly=True) as c:
-        matches = c.query(query)
-    assert matches and matches[0].sha256 == sha_of("astronaut")
-    assert "orb" in matches[0].agreed and matches[0].inliers >= INLIERS_AT_THRESHOLD
-    assert matches[0].to_json()["inliers"] == matches[0].inliers
+        matches = {m.sha256: m for m in c.query(query)}
+    found = matches[sha_of("astronaut")]
+    assert "orb" in found.agreed and found.inliers >= INLIERS_AT_THRESHOLD
+    assert found.to_json()["inliers"] == found.inliers
+    pictured = {"astronaut", "coffee", "flower", "rocket"} if "collage" in edit else {"astronaut"}
+    assert set(matches) == {sha_of(name) for name in pictured}
 
 
 def test_collection_rejects_unrelated(robust) -> None:
@@ -298,3 +300,14 @@ def test_inverted_file_votes_like_the_scan(monkeypatch) -> None:
     source = PHOTOS.index("coffee") + 1
     assert results[100][0][0] == results[10 ** 9][0][0] == source
     assert results[100][0][1] >= 0.5 * results[10 ** 9][0][1]
+
+
+def test_a_robust_collection_stays_robust(tmp_path) -> None:
+    """Later ingests with the default signals still store local features, and
+    a screenshot of an image added that way is found."""
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        c.add_many([(ORIGINALS / "cat.jpg", None)], signals=ROBUST_SIGNALS, workers=0)
+        c.add(ORIGINALS / "temple.jpg")
+        assert c.catalog.count_features_upto() == 2
+        best = c.query(jpeg(EDITS["screenshot"](rgb("temple"))))[0]
+    assert best.sha256 == sha_of("temple") and "orb" in best.agreed
