@@ -260,6 +260,8 @@ def _print_matches(label: str, matches) -> None:
     click.echo(f"{clean(label)}: {len(matches)} match{'es' if len(matches) != 1 else ''}")
     for m in matches:
         dist = ", ".join(f"{k} {v}" for k, v in sorted(m.distances.items()))
+        if m.inliers is not None:  # verified geometrically (robust tier)
+            dist = ", ".join(filter(None, (dist, f"{m.inliers} inliers")))
         flag = "  (low information)" if m.low_information else ""
         click.echo(f"  {m.score:.3f}  {m.sha256}  [{dist}; {m.transform}]{flag}")
         for s in m.sightings:

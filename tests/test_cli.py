@@ -214,6 +214,7 @@ def test_query_human_output(built):
     assert out.startswith(f"{QUERIES / 'astronaut_mirror_crop10.jpg'}: 5 matches")
     assert sha256_of(ASTRONAUT) in out
     assert "backpage-clone" in out
+    assert re.search(r"\d+ inliers; (mirror|identity)\]", out)  # the robust tier's evidence
 
 
 def test_query_missing_image_is_partial(built, tmp_path):
