@@ -458,6 +458,8 @@ def stats(db: Path, as_json: bool) -> int:
     for key in ("images", "sightings", "platforms", "links", "failures", "runs"):
         click.echo(f"{key + ':':12} {info[key]}")
     click.echo("signals:     " + ", ".join(f"{k} {v}" for k, v in info["signals"].items()))
+    if info["local_features"]:
+        click.echo(f"local features: {info['local_features']} images (robust tier)")
     if info["platforms_by_sightings"]:
         click.echo("platforms:   " + ", ".join(
             f"{clean(k or '-', 30)} {v}" for k, v in info["platforms_by_sightings"].items()))

@@ -416,6 +416,7 @@ class Collection:
             "path": str(self.path),
             **counts,
             "signals": self.catalog.signal_counts(),
+            "local_features": self.catalog.count_features_upto(),
             "platforms_by_sightings": self.catalog.platform_counts(),
             "failure_reasons": self.catalog.failure_reasons(),
             "last_runs": self.catalog.last_runs(3),

@@ -448,6 +448,7 @@ def test_stats_json(built):
     assert info["platforms"] == 4
     assert info["failures"] == 0
     assert info["signals"] == {"pdq": 20, "phash": 20, "dhash": 20}
+    assert info["local_features"] == 20  # built with --robust
     assert info["platforms_by_sightings"] == {"citylist": 8, "backpage-clone": 5,
                                               "jobboard": 5, "nightads": 4}
 
@@ -457,6 +458,7 @@ def test_stats_human_output(built):
     assert code == 0
     assert re.search(r"images:\s+20", out)
     assert re.search(r"sightings:\s+22", out)
+    assert "local features: 20 images" in out
 
 
 def test_reindex_keeps_query_results(built):
