@@ -56,9 +56,11 @@ VOTERS = 250
 class DescriptorIndex:
     """Local descriptors of many images, searched by voting."""
 
-    ARRAYS = ("codes", "owners")
+    ARRAYS = ("codes", "owners", "centres", "cells", "built_at")
 
-    def __init__(self, codes: np.ndarray | None = None, owners: np.ndarray | None = None) -> None:
+    def __init__(self, codes: np.ndarray | None = None, owners: np.ndarray | None = None,
+                 centres: np.ndarray | None = None, cells: np.ndarray | None = None,
+                 built_at: int = 0) -> None:
         self.codes = (np.zeros((0, DESCRIPTOR_BYTES), np.uint8) if codes is None
                       else np.ascontiguousarray(codes, np.uint8).reshape(-1, DESCRIPTOR_BYTES))
         self.owners = (np.zeros(0, np.int64) if owners is None
@@ -66,7 +68,13 @@ class DescriptorIndex:
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._faiss = None
         self._faiss_rows = 0
-        self._built_at = 0  # rows when the inverted file's cells were sampled
+        # the inverted file: its cell centres, each row's cell (saved, so that
+        # opening a large collection does not assign every row again), and
+        # the row count when the centres were sampled
+        self.centres = (np.zeros((0, DESCRIPTOR_BYTES), np.uint8) if centres is None
+                        else np.ascontiguousarray(centres, np.uint8))
+        self.cells = np.zeros(0, np.int64) if cells is None else np.asarray(cells, np.int64)
+        self._built_at = built_at if len(self.centres) else 0
 
     def __len__(self) -> int:
         self._fold()
@@ -89,6 +97,8 @@ class DescriptorIndex:
         keep = ~np.isin(self.owners, np.asarray(image_ids, np.int64))
         removed = int((~keep).sum())
         if removed:
+            if len(self.cells) == len(self.codes):
+                self.cells = self.cells[keep]
             self.codes, self.owners = self.codes[keep], self.owners[keep]
             self._faiss, self._faiss_rows = None, 0
         return removed
@@ -108,11 +118,25 @@ class DescriptorIndex:
         stale = (self._faiss is None or want_ivf != is_ivf
                  or (want_ivf and rows >= REBUILD_GROWTH * self._built_at))
         if stale:
-            self._faiss = _inverted_file(self.codes) if want_ivf else _flat()
-            self._faiss_rows, self._built_at = 0, rows if want_ivf else 0
+            if not want_ivf:
+                self.centres, self.cells, self._built_at = self.centres[:0], self.cells[:0], 0
+            elif not len(self.centres) or rows >= REBUILD_GROWTH * self._built_at:
+                self.centres, self.cells = _sample_centres(self.codes), self.cells[:0]
+                self._built_at = rows
+            self._faiss = _inverted_file(self.centres) if want_ivf else _flat()
+            self._faiss_rows = 0
         if self._faiss_rows < rows:
-            with _threads(self._faiss_rows == 0 and rows >= PARALLEL_ROWS):
-                self._faiss.add(self.codes[self._faiss_rows:])
+            new = self.codes[self._faiss_rows:]
+            with _threads(len(new) >= PARALLEL_ROWS):
+                if self._built_at:
+                    if len(self.cells) < rows:  # rows whose cell is not known yet
+                        _, found = self._faiss.quantizer.search(
+                            self.codes[len(self.cells):], 1)
+                        self.cells = np.concatenate([self.cells, found.ravel()])
+                    cells = np.ascontiguousarray(self.cells[self._faiss_rows:rows], np.int64)
+                    self._faiss.add_core(len(new), _ptr(new), None, _ptr(cells))
+                else:
+                    self._faiss.add(new)
             self._faiss_rows = rows
         return self._faiss
 
@@ -154,14 +178,21 @@ class DescriptorIndex:
 
     def arrays(self) -> dict[str, np.ndarray]:
         self._fold()
-        return {"codes": self.codes, "owners": self.owners}
+        cells = self.cells if len(self.cells) == len(self.codes) else self.cells[:0]
+        return {"codes": self.codes, "owners": self.owners, "centres": self.centres,
+                "cells": cells, "built_at": np.array([self._built_at], np.int64)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> DescriptorIndex:
         codes, owners = arrays["codes"], arrays["owners"]
+        centres, cells = arrays["centres"], arrays["cells"]
         if codes.ndim != 2 or codes.shape[1] != DESCRIPTOR_BYTES or len(codes) != len(owners):
             raise ValueError("descriptor arrays do not fit together")
-        return cls(codes, owners)
+        if centres.ndim != 2 or centres.shape[1] != DESCRIPTOR_BYTES \
+                or len(cells) not in (0, len(codes)) \
+                or (len(cells) and not 0 <= int(cells.min()) <= int(cells.max()) < len(centres)):
+            raise ValueError("the inverted file's arrays do not fit the codes")
+        return cls(codes, owners, centres, cells, int(arrays["built_at"][0]))
 
 
 def _flat():
@@ -170,15 +201,26 @@ def _flat():
     return faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
 
 
-def _inverted_file(codes: np.ndarray):
-    """An IndexBinaryIVF whose cell centres are descriptors sampled (seeded) from ``codes``."""
+def _sample_centres(codes: np.ndarray) -> np.ndarray:
+    """Cell centres: 4 x sqrt(rows) descriptors sampled (seeded) from the index."""
+    nlist = int(min(65_536, max(64, 4 * np.sqrt(len(codes)))))
+    return np.ascontiguousarray(
+        codes[np.random.default_rng(0).choice(len(codes), nlist, replace=False)])
+
+
+def _ptr(array: np.ndarray):
     import faiss
 
-    nlist = int(min(65_536, max(64, 4 * np.sqrt(len(codes)))))
-    centres = codes[np.random.default_rng(0).choice(len(codes), nlist, replace=False)]
+    return faiss.swig_ptr(array)
+
+
+def _inverted_file(centres: np.ndarray):
+    """An IndexBinaryIVF with these cell centres (no training pass)."""
+    import faiss
+
     quantizer = faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
-    quantizer.add(np.ascontiguousarray(centres))
-    index = faiss.IndexBinaryIVF(quantizer, DESCRIPTOR_BYTES * 8, nlist)
+    quantizer.add(centres)
+    index = faiss.IndexBinaryIVF(quantizer, DESCRIPTOR_BYTES * 8, len(centres))
     index.is_trained = True
     index.nprobe = NPROBE
     index.own_fields = True
@@ -221,6 +263,7 @@ def save(index: DescriptorIndex, path: Path, *, collection_id: str, deletions: i
     return write_folder(path, index.arrays(), lambda digest: {
         "collection_id": collection_id, "factory": FACTORY, "features_version": VERSION,
         "per_image": PER_IMAGE, "images": images, "rows": len(index.owners),
+        "arrays": list(DescriptorIndex.ARRAYS),
         "max_image_id": index.max_id, "deletions": deletions, "sha256": digest})
 
 
@@ -228,7 +271,8 @@ def load(path: Path, *, collection_id: str) -> tuple[DescriptorIndex, dict]:
     """Load an index this collection wrote with today's settings; IndexFileError otherwise."""
     manifest = read_manifest(path)
     expected = {"collection_id": collection_id, "factory": FACTORY,
-                "features_version": VERSION, "per_image": PER_IMAGE}
+                "features_version": VERSION, "per_image": PER_IMAGE,
+                "arrays": list(DescriptorIndex.ARRAYS)}
     if any(manifest.get(k) != v for k, v in expected.items()):
         raise IndexFileError(f"{path} was written by another collection or other settings")
     arrays = read_arrays(path, DescriptorIndex.ARRAYS, str(manifest.get("sha256")))

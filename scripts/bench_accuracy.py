@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-queries", type=int, default=0,
                     help="a stratified subsample of the queries (0: all)")
     ap.add_argument("--calibration", action="store_true")
+    ap.add_argument("--per-image", type=int, default=0,
+                    help="descriptors per image in the vote index (default: the library's)")
     ap.add_argument("--composites", type=int, default=100,
                     help="screenshots and collages made from the references (0: none)")
     ap.add_argument("--ivf-rows", type=int, default=0,
@@ -195,9 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write every figure as JSON")
     args = ap.parse_args(argv)
 
+    from imgmatch import descriptors
     if args.ivf_rows:
-        from imgmatch import descriptors
         descriptors.IVF_ROWS = args.ivf_rows
+    if args.per_image:
+        descriptors.PER_IMAGE = args.per_image
     scorer = load_scorer()
     ds_dir = ensure_dev_corpus()
     ds = scorer.load_dataset(ds_dir)

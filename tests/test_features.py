@@ -311,3 +311,24 @@ def test_a_robust_collection_stays_robust(tmp_path) -> None:
         assert c.catalog.count_features_upto() == 2
         best = c.query(jpeg(EDITS["screenshot"](rgb("temple"))))[0]
     assert best.sha256 == sha_of("temple") and "orb" in best.agreed
+
+
+def test_inverted_file_cells_are_saved(tmp_path, monkeypatch) -> None:
+    """A saved inverted file reopens with its cells: no row is assigned again."""
+    from imgmatch import descriptors
+
+    monkeypatch.setattr(descriptors, "IVF_ROWS", 100)
+    index = DescriptorIndex()
+    for n, name in enumerate(PHOTOS, start=1):
+        index.add(n, features.extract(grey(rgb(name))))
+    query = list(features.extract_both(grey(EDITS["screenshot"](rgb("rocket")))))
+    before = index.candidates(query, 3)
+    path = tmp_path / "orb.descriptors"
+    descriptors.save(index, path, collection_id="c", deletions=0, images=len(PHOTOS))
+    back, _ = descriptors.load(path, collection_id="c")
+    assert len(back.cells) == len(back.codes) and len(back.centres) == len(index.centres)
+    assert back.candidates(query, 3) == before
+    assert before[0][0] == PHOTOS.index("rocket") + 1
+    back.remove(np.array([PHOTOS.index("rocket") + 1]))
+    assert len(back.cells) == len(back.codes)
+    assert all(i != PHOTOS.index("rocket") + 1 for i, _ in back.candidates(query, 6))
