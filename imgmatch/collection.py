@@ -436,6 +436,7 @@ def hash_bytes(data: bytes, signals: Sequence[str] = registry.DEFAULT_SIGNALS,
         "signals": {s.signal: {"hex": s.value.hex(), **({"quality": s.quality}
                                                         if s.quality is not None else {})}
                     for s in img.signals},
+        **({"local_features": {"keypoints": img.features[1]}} if img.features else {}),
     }
 
 

@@ -290,6 +290,15 @@ def test_hash_signal_subset():
     code, out, _ = call("hash", ASTRONAUT, "--signals", "phash", "--json")
     assert code == 0
     assert set(json.loads(out)["signals"]) == {"phash"}
+    assert "local_features" not in json.loads(out)
+
+
+def test_hash_counts_local_features():
+    code, out, _ = call("hash", ASTRONAUT, "--signals", "pdq,orb", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert set(result["signals"]) == {"pdq"}
+    assert 100 < result["local_features"]["keypoints"] <= 500
 
 
 @pytest.mark.parametrize("content, reason", [
