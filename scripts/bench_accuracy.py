@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--systems", default="pdq,hashes,robust")
+    ap.add_argument("--data", type=Path,
+                    help="a built benchmark folder in ../shared/bench's format (default: "
+                         "its dev set, built beside the repository if missing)")
     ap.add_argument("--max-queries", type=int, default=0,
                     help="a stratified subsample of the queries (0: all)")
     ap.add_argument("--calibration", action="store_true")
@@ -203,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.per_image:
         descriptors.PER_IMAGE = args.per_image
     scorer = load_scorer()
-    ds_dir = ensure_dev_corpus()
+    ds_dir = args.data or ensure_dev_corpus()
     ds = scorer.load_dataset(ds_dir)
     queries = scorer.subsample_queries(ds.queries, args.max_queries or None)
     results = {}
@@ -228,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             results[name]["composites"] = composite_recall(system, made)
         system.collection.close()
 
-    lines = [f"Dev set: {len(ds.references)} references, {len(queries)} queries "
+    lines = [f"{ds_dir.name}: {len(ds.references)} references, {len(queries)} queries "
              f"({sum(not q.is_negative for q in queries)} positive).", "",
              "| system | µAP | R@P99 | R@P90 | negatives ≥ P99 threshold | negatives ≥ 0.5 "
              "| index img/s | query p50 / p99 ms | on disk B/img | in memory B/img |",
