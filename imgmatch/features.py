@@ -129,8 +129,9 @@ def extract(grey: np.ndarray) -> LocalFeatures:
     keypoints, descriptors = _orb().detectAndCompute(image, None)
     if descriptors is None or not keypoints:
         return empty(w, h)
-    # strongest first: the descriptor index keeps only the head of the list
-    order = np.argsort([-k.response for k in keypoints], kind="stable")
+    # strongest first: the descriptor index keeps only the head of the list (ORB
+    # can return a few more than asked for when responses tie)
+    order = np.argsort([-k.response for k in keypoints], kind="stable")[:MAX_FEATURES]
     points = np.array([keypoints[i].pt for i in order], dtype=np.float32).reshape(-1, 2)
     return LocalFeatures(points, np.ascontiguousarray(descriptors[order]), w, h)
 

@@ -138,6 +138,19 @@ def test_a_shared_watermark_is_not_a_shared_photo() -> None:
     assert support(stamp(rgb("coffee")), stamp(rgb("temple"))) < INLIERS_AT_THRESHOLD
 
 
+@pytest.mark.parametrize("mode", ["1", "P", "RGBA", "CMYK", "I;16", "F"])
+def test_every_mode_gives_at_most_the_budget(mode: str) -> None:
+    """Bilevel images tie many corner responses; the budget still holds."""
+    from imgmatch.analysis import analyse
+
+    image = rgb("cat").convert("L").convert("I;16") if mode == "I;16" else rgb("cat").convert(mode)
+    out = io.BytesIO()
+    image.save(out, "TIFF")
+    analysis = analyse(out.getvalue(), ROBUST_SIGNALS)
+    assert analysis.image is not None
+    assert 0 < analysis.image.features[1] <= features.MAX_FEATURES
+
+
 def test_plain_images_give_no_features() -> None:
     flat = np.full((300, 400), 128, np.uint8)
     assert len(features.extract(flat)) == 0
