@@ -141,6 +141,32 @@ MIGRATIONS: list[tuple[str, str]] = [
         data BLOB NOT NULL
     );
     """),
+    ("tallies kept by triggers, so that stats need not count millions of rows", """
+    CREATE TABLE tallies (key TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO tallies SELECT 'images', count(*) FROM images;
+    INSERT INTO tallies SELECT 'sightings', count(*) FROM sightings;
+    INSERT INTO tallies SELECT 'links', count(*) FROM links;
+    INSERT INTO tallies SELECT 'failures', count(*) FROM failures;
+    INSERT INTO tallies SELECT 'signal:' || signal, count(*) FROM signals GROUP BY signal;
+    INSERT INTO tallies SELECT 'platform' || coalesce(':' || platform, ''), count(*)
+        FROM sightings GROUP BY platform;
+    CREATE TRIGGER tally_images_in AFTER INSERT ON images BEGIN INSERT INTO tallies (key, n) VALUES ('images', 1) ON CONFLICT(key) DO UPDATE SET n = n + 1; END;
+    CREATE TRIGGER tally_images_out AFTER DELETE ON images BEGIN UPDATE tallies SET n = n - 1 WHERE key = 'images'; END;
+    CREATE TRIGGER tally_links_in AFTER INSERT ON links BEGIN INSERT INTO tallies (key, n) VALUES ('links', 1) ON CONFLICT(key) DO UPDATE SET n = n + 1; END;
+    CREATE TRIGGER tally_links_out AFTER DELETE ON links BEGIN UPDATE tallies SET n = n - 1 WHERE key = 'links'; END;
+    CREATE TRIGGER tally_failures_in AFTER INSERT ON failures BEGIN INSERT INTO tallies (key, n) VALUES ('failures', 1) ON CONFLICT(key) DO UPDATE SET n = n + 1; END;
+    CREATE TRIGGER tally_failures_out AFTER DELETE ON failures BEGIN UPDATE tallies SET n = n - 1 WHERE key = 'failures'; END;
+    CREATE TRIGGER tally_signals_in AFTER INSERT ON signals BEGIN
+        INSERT INTO tallies (key, n) VALUES ('signal:' || NEW.signal, 1) ON CONFLICT(key) DO UPDATE SET n = n + 1; END;
+    CREATE TRIGGER tally_signals_out AFTER DELETE ON signals BEGIN
+        UPDATE tallies SET n = n - 1 WHERE key = 'signal:' || OLD.signal; END;
+    CREATE TRIGGER tally_sightings_in AFTER INSERT ON sightings BEGIN
+        INSERT INTO tallies (key, n) VALUES ('sightings', 1) ON CONFLICT(key) DO UPDATE SET n = n + 1;
+        INSERT INTO tallies (key, n) VALUES ('platform' || coalesce(':' || NEW.platform, ''), 1) ON CONFLICT(key) DO UPDATE SET n = n + 1; END;
+    CREATE TRIGGER tally_sightings_out AFTER DELETE ON sightings BEGIN
+        UPDATE tallies SET n = n - 1 WHERE key = 'sightings';
+        UPDATE tallies SET n = n - 1 WHERE key = 'platform' || coalesce(':' || OLD.platform, ''); END;
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -403,12 +429,11 @@ class Catalog:
         try:
             # new rows get ids above the largest one now: the caller indexes from there
             first = int(conn.execute("SELECT coalesce(max(id), 0) FROM images").fetchone()[0]) + 1
-            before = conn.total_changes
-            conn.executemany(
+            # rowcount, not total_changes: the tally triggers' changes count in the latter
+            added = conn.executemany(
                 "INSERT INTO images (hash_key, created_at, run_id) VALUES (?,?,?) "
                 "ON CONFLICT(hash_key) WHERE hash_key IS NOT NULL DO NOTHING",
-                [(k, now, run_id) for k in dict.fromkeys(keys)])
-            added = conn.total_changes - before
+                [(k, now, run_id) for k in dict.fromkeys(keys)]).rowcount
             ids: dict[str, int] = {}
             for chunk in _chunks(list(dict.fromkeys(keys)), 500):
                 marks = ",".join("?" * len(chunk))
@@ -419,15 +444,13 @@ class Catalog:
                 "VALUES (?,?,1,?,?)",
                 [(ids[k], signal, value, quality)
                  for k, (signal, value, quality, _) in zip(keys, rows)])
-            before = conn.total_changes
-            conn.executemany(
+            sightings = conn.executemany(
                 "INSERT INTO sightings (image_id, platform, url, page_url, ad_id, posted_at, "
                 "collected_at, source, extra, run_id, key) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT(key) DO NOTHING",
                 [(ids[k], s.platform, s.url, s.page_url, s.ad_id, s.posted_at, s.collected_at,
                   s.source, json.dumps(s.extra, ensure_ascii=False, sort_keys=True), run_id,
-                  s.key(k)) for k, (_, _, _, s) in zip(keys, rows)])
-            sightings = conn.total_changes - before
+                  s.key(k)) for k, (_, _, _, s) in zip(keys, rows)]).rowcount
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -568,7 +591,23 @@ class Catalog:
             "SELECT image_id FROM sightings GROUP BY image_id HAVING count(*) >= ?",
             (min_sightings,))]
 
+    def _tallies(self) -> dict[str, int]:
+        """Counts kept by triggers (migration 7): stats read a few rows, not millions."""
+        return dict(self.conn.execute("SELECT key, n FROM tallies WHERE n > 0"))
+
     def counts(self) -> dict[str, int]:
+        t = self._tallies()
+        return {
+            "images": t.get("images", 0),
+            "sightings": t.get("sightings", 0),
+            "platforms": sum(1 for k in t if k.startswith("platform:")),
+            "failures": t.get("failures", 0),
+            "links": t.get("links", 0),
+            "runs": self.conn.execute("SELECT max(id) FROM runs").fetchone()[0] or 0,
+        }
+
+    def recount(self) -> dict[str, int]:
+        """The counts of :meth:`counts`, counted row by row (slow; for checks)."""
         q = self.conn.execute
         return {
             "images": q("SELECT count(*) FROM images").fetchone()[0],
@@ -580,8 +619,8 @@ class Catalog:
         }
 
     def signal_counts(self) -> dict[str, int]:
-        return dict(self.conn.execute(
-            "SELECT signal, count(*) FROM signals GROUP BY signal ORDER BY signal"))
+        return {k.split(":", 1)[1]: n for k, n in sorted(self._tallies().items())
+                if k.startswith("signal:")}
 
     def count_signal_upto(self, signal: str, max_image_id: int) -> int:
         return int(self.conn.execute(
@@ -694,8 +733,9 @@ class Catalog:
             "SELECT reason, count(*) FROM failures GROUP BY reason ORDER BY count(*) DESC"))
 
     def platform_counts(self) -> dict[str | None, int]:
-        return dict(self.conn.execute(
-            "SELECT platform, count(*) FROM sightings GROUP BY platform ORDER BY count(*) DESC"))
+        counts = [(k.split(":", 1)[1] if ":" in k else None, n)
+                  for k, n in self._tallies().items() if k.startswith("platform")]
+        return dict(sorted(counts, key=lambda kv: (-kv[1], kv[0] or "")))
 
     def last_runs(self, n: int = 5) -> list[dict]:
         cols = ("id", "started_at", "finished_at", "command", "status", "stats")
@@ -803,7 +843,17 @@ class KnownImages:
 
 
 def _split_sql(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """Statements of a script, one each (a trigger's body keeps its own semicolons)."""
+    out, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                out.append(pending.strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        out.append(pending.strip())
+    return out
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

@@ -218,3 +218,57 @@ def test_runs_are_recorded(tmp_path):
     assert (run["id"], run["command"], run["status"]) == (run_id, "ingest", "ok")
     assert run["stats"] == {"files_seen": 3}
     assert run["finished_at"] >= run["started_at"]
+
+
+# ------------------------------------------------------------------ tallies
+def _grouped(catalog, sql: str) -> dict:
+    return dict(catalog.conn.execute(sql))
+
+
+def assert_tallies_match(catalog) -> None:
+    """The trigger-kept tallies equal a row-by-row count."""
+    assert catalog.counts() == catalog.recount()
+    assert catalog.signal_counts() == _grouped(
+        catalog, "SELECT signal, count(*) FROM signals GROUP BY signal")
+    assert catalog.platform_counts() == _grouped(
+        catalog, "SELECT platform, count(*) FROM sightings GROUP BY platform")
+
+
+def test_tallies_follow_every_write(tmp_path):
+    import imgmatch
+    from imgmatch.sources import iter_manifest
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures"
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a picture")
+    listing = tmp_path / "list.txt"
+    listing.write_text("pdq " + "ab" * 32 + " partner-1\n" + "pdq " + "cd" * 32 + "\n")
+    db = tmp_path / "c.db"
+    with imgmatch.Collection.open(db) as c:
+        c.ingest(iter_manifest(fixtures / "manifest.csv"))
+        c.add_many([(bad, None)])                      # a failure
+        assert_tallies_match(c.catalog)
+        c.ingest(iter_manifest(fixtures / "manifest.csv"))  # all known: nothing changes
+        c.import_hashes(listing, platform="partner")
+        assert_tallies_match(c.catalog)
+        bad.write_bytes((fixtures / "originals" / "cat.jpg").read_bytes())
+        c.add_many([(bad, None)])                      # the failure is cleared
+        assert c.catalog.counts()["failures"] == 0
+        assert_tallies_match(c.catalog)
+        victims = [row[0] for row in c.catalog.conn.execute(
+            "SELECT sha256 FROM images WHERE sha256 IS NOT NULL LIMIT 3")]
+        c.erase(victims)                               # cascades: signals, sightings, links
+        assert_tallies_match(c.catalog)
+        counted = c.catalog.counts()
+    # a catalog from before the tallies gets them from its rows
+    conn = sqlite3.connect(db)
+    triggers = [name for (name,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'tally_%'")]
+    assert len(triggers) == 10
+    conn.executescript("".join(f"DROP TRIGGER {t};" for t in triggers)
+                       + "DROP TABLE tallies; DELETE FROM migrations WHERE version = 7;"
+                       + "PRAGMA user_version = 6;")
+    conn.close()
+    with imgmatch.Collection.open(db) as c:
+        assert c.catalog.counts() == counted
+        assert_tallies_match(c.catalog)

@@ -23,6 +23,7 @@ from PIL import Image
 
 import imgmatch
 from imgmatch import signals as registry
+from imgmatch.catalog import Catalog
 from imgmatch.decode import Decoded
 from imgmatch.ingest import ingest
 from imgmatch.signals.base import HashValue, SignalType
@@ -191,6 +192,8 @@ def test_killed_ingests_resume_to_the_same_catalog(tmp_path):
                           timeout=300)
     assert done.returncode == 1  # the broken file, again
     assert _catalog_state(resumed) == expected
+    with Catalog.open(resumed, readonly=True) as catalog:  # tallies survived the kills
+        assert catalog.counts() == catalog.recount()
 
 
 # ------------------------------------------------------------------------ WARC
