@@ -147,6 +147,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     INSERT INTO tallies SELECT 'sightings', count(*) FROM sightings;
     INSERT INTO tallies SELECT 'links', count(*) FROM links;
     INSERT INTO tallies SELECT 'failures', count(*) FROM failures;
+    INSERT INTO tallies SELECT 'features', count(*) FROM features;
     INSERT INTO tallies SELECT 'signal:' || signal, count(*) FROM signals GROUP BY signal;
     INSERT INTO tallies SELECT 'platform' || coalesce(':' || platform, ''), count(*)
         FROM sightings GROUP BY platform;
@@ -155,6 +156,11 @@ MIGRATIONS: list[tuple[str, str]] = [
     CREATE TRIGGER tally_links_in AFTER INSERT ON links BEGIN INSERT INTO tallies (key, n) VALUES ('links', 1) ON CONFLICT(key) DO UPDATE SET n = n + 1; END;
     CREATE TRIGGER tally_links_out AFTER DELETE ON links BEGIN UPDATE tallies SET n = n - 1 WHERE key = 'links'; END;
     CREATE TRIGGER tally_failures_in AFTER INSERT ON failures BEGIN INSERT INTO tallies (key, n) VALUES ('failures', 1) ON CONFLICT(key) DO UPDATE SET n = n + 1; END;
+    CREATE TRIGGER tally_features_in AFTER INSERT ON features BEGIN
+        INSERT INTO tallies (key, n) VALUES ('features', 1)
+            ON CONFLICT(key) DO UPDATE SET n = n + 1; END;
+    CREATE TRIGGER tally_features_out AFTER DELETE ON features BEGIN
+        UPDATE tallies SET n = n - 1 WHERE key = 'features'; END;
     CREATE TRIGGER tally_failures_out AFTER DELETE ON failures BEGIN UPDATE tallies SET n = n - 1 WHERE key = 'failures'; END;
     CREATE TRIGGER tally_signals_in AFTER INSERT ON signals BEGIN
         INSERT INTO tallies (key, n) VALUES ('signal:' || NEW.signal, 1) ON CONFLICT(key) DO UPDATE SET n = n + 1; END;
@@ -604,6 +610,7 @@ class Catalog:
             "failures": t.get("failures", 0),
             "links": t.get("links", 0),
             "runs": self.conn.execute("SELECT max(id) FROM runs").fetchone()[0] or 0,
+            "features": t.get("features", 0),
         }
 
     def recount(self) -> dict[str, int]:
@@ -616,6 +623,7 @@ class Catalog:
             "failures": q("SELECT count(*) FROM failures").fetchone()[0],
             "links": q("SELECT count(*) FROM links").fetchone()[0],
             "runs": q("SELECT count(*) FROM runs").fetchone()[0],
+            "features": q("SELECT count(*) FROM features").fetchone()[0],
         }
 
     def signal_counts(self) -> dict[str, int]:
@@ -659,11 +667,15 @@ class Catalog:
                 f"SELECT image_id, data FROM features WHERE image_id IN ({marks})", chunk))
         return out
 
-    def count_features_upto(self, max_image_id: int | None = None) -> int:
-        """Images with local features (up to an image id)."""
+    def feature_count(self) -> int:
+        """Images with local features (a tally: no counting)."""
+        row = self.conn.execute("SELECT n FROM tallies WHERE key = 'features'").fetchone()
+        return int(row[0]) if row else 0
+
+    def count_features_upto(self, max_image_id: int) -> int:
+        """Images with local features up to an image id (counted: for index checks)."""
         return int(self.conn.execute(
-            "SELECT count(*) FROM features WHERE image_id <= ?",
-            (max_image_id if max_image_id is not None else 2 ** 62,)).fetchone()[0])
+            "SELECT count(*) FROM features WHERE image_id <= ?", (max_image_id,)).fetchone()[0])
 
     def iter_features(self, after_image_id: int = 0,
                       chunk: int = 5_000) -> Iterator[list[tuple[int, bytes]]]:

@@ -117,19 +117,19 @@ class Collection:
     @property
     def descriptors(self) -> DescriptorIndex | None:
         """The local-descriptor index, if any image has local features."""
-        if self._descriptors is None and self.catalog.count_features_upto():
+        if self._descriptors is None and self.catalog.feature_count():
             self._descriptors = self._load_or_build_descriptors()
         return self._descriptors
 
     def _load_or_build_descriptors(self) -> DescriptorIndex:
-        path = self.index_path(FEATURES)
         try:
-            index, manifest = descriptor_files.load(path, collection_id=self.catalog.collection_id)
+            index, manifest = descriptor_files.load(self.index_path(FEATURES),
+                                                    collection_id=self.catalog.collection_id)
             fresh = (manifest["deletions"] == self.catalog.deletions and manifest["images"]
                      == self.catalog.count_features_upto(manifest["max_image_id"]))
         except (IndexFileError, KeyError):
-            index, manifest, fresh = DescriptorIndex(), {"max_image_id": 0}, False
-        if not fresh:
+            fresh = False
+        if not fresh:  # rebuilt from the catalog
             index, manifest = DescriptorIndex(), {"max_image_id": 0}
         if self._append_descriptors(index, int(manifest["max_image_id"])) or not fresh:
             self._dirty.add(FEATURES)
@@ -186,7 +186,7 @@ class Collection:
         """Rebuild every index from the catalog and save it."""
         self._indexes = {name: self._build(name) for name in self.catalog.signal_counts()}
         counts = {name: len(index) for name, index in self._indexes.items()}
-        if self.catalog.count_features_upto():
+        if self.catalog.feature_count():
             self._descriptors = DescriptorIndex()
             counts[FEATURES] = self._append_descriptors(self._descriptors, 0)
             self._dirty.add(FEATURES)
@@ -343,7 +343,7 @@ class Collection:
     @property
     def robust(self) -> bool:
         """Whether the collection keeps local features (then new images should too)."""
-        return self.catalog.count_features_upto() > 0
+        return self.catalog.feature_count() > 0
 
     def query_hash(self, value: HashValue, *, top_k: int = 10,
                    min_score: float = MATCH_SCORE) -> list[Match]:
@@ -412,11 +412,12 @@ class Collection:
 
     def stats(self) -> dict:
         counts = self.catalog.counts()
+        local_features = counts.pop("features")
         return {
             "path": str(self.path),
             **counts,
             "signals": self.catalog.signal_counts(),
-            "local_features": self.catalog.count_features_upto(),
+            "local_features": local_features,
             "platforms_by_sightings": self.catalog.platform_counts(),
             "failure_reasons": self.catalog.failure_reasons(),
             "last_runs": self.catalog.last_runs(3),

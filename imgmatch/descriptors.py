@@ -14,8 +14,8 @@ Small collections are searched with FAISS's binary flat scan (exact). A scan
 grows with the collection, so past :data:`IVF_ROWS` descriptors the search
 moves to an inverted file (``IndexBinaryIVF``) whose cells are centred on
 descriptors sampled from the index itself rather than trained by k-means:
-no training pass (k-means on millions of 256-dimensional points takes
-minutes), and a descriptor's near neighbours still fall in the cells nearest
+no training pass (k-means over millions of 256-dimensional points is a
+long job of its own), and a descriptor's near neighbours still fall in the cells nearest
 to it, of which :data:`NPROBE` are searched. Votes need only some of a
 repost's descriptors to find theirs, so an approximate search loses little
 (measured in docs/benchmarks.md). Like every index here it is a cache of
@@ -236,8 +236,8 @@ def _search(index, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 @contextmanager
 def _threads(parallel: bool):
     """FAISS on one thread unless the work is large: OpenMP's start-up and
-    spinning cost more than they save on small searches and adds (measured:
-    105 ms instead of 10 for one search on a busy machine)."""
+    spinning cost more than they save on small searches and adds, most of all
+    when the ingest's workers keep the other cores busy."""
     import faiss
 
     if parallel:

@@ -170,7 +170,7 @@ def test_write_batch_is_atomic(tmp_path):
                 [("bad.jpg", "decode-error", "broken")], None)
         assert catalog.counts() | {"runs": 0} == {
             "images": 0, "sightings": 0, "platforms": 0, "failures": 0, "links": 0,
-            "runs": 0}
+            "runs": 0, "features": 0}
         assert catalog.signal_counts() == {}
         assert not catalog.has_image(good.sha256)
         # the connection is usable afterwards, and a good batch commits
@@ -245,7 +245,8 @@ def test_tallies_follow_every_write(tmp_path):
     listing.write_text("pdq " + "ab" * 32 + " partner-1\n" + "pdq " + "cd" * 32 + "\n")
     db = tmp_path / "c.db"
     with imgmatch.Collection.open(db) as c:
-        c.ingest(iter_manifest(fixtures / "manifest.csv"))
+        c.ingest(iter_manifest(fixtures / "manifest.csv"), signals=imgmatch.ROBUST_SIGNALS)
+        assert c.catalog.counts()["features"] == 20
         c.add_many([(bad, None)])                      # a failure
         assert_tallies_match(c.catalog)
         c.ingest(iter_manifest(fixtures / "manifest.csv"))  # all known: nothing changes
@@ -264,7 +265,7 @@ def test_tallies_follow_every_write(tmp_path):
     conn = sqlite3.connect(db)
     triggers = [name for (name,) in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'tally_%'")]
-    assert len(triggers) == 10
+    assert len(triggers) == 12
     conn.executescript("".join(f"DROP TRIGGER {t};" for t in triggers)
                        + "DROP TABLE tallies; DELETE FROM migrations WHERE version = 7;"
                        + "PRAGMA user_version = 6;")

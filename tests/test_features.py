@@ -321,7 +321,7 @@ def test_a_robust_collection_stays_robust(tmp_path) -> None:
     with imgmatch.Collection.open(tmp_path / "c.db") as c:
         c.add_many([(ORIGINALS / "cat.jpg", None)], signals=ROBUST_SIGNALS, workers=0)
         c.add(ORIGINALS / "temple.jpg")
-        assert c.catalog.count_features_upto() == 2
+        assert c.catalog.feature_count() == 2
         best = c.query(jpeg(EDITS["screenshot"](rgb("temple"))))[0]
     assert best.sha256 == sha_of("temple") and "orb" in best.agreed
 

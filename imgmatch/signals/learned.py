@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from functools import cached_property
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +119,7 @@ def configured_model() -> OnnxModel:
     return _MODELS[key]
 
 
+@lru_cache(maxsize=4)
 def projections(dim: int) -> np.ndarray:
     """The fixed (dim, 256) random hyperplanes: the same on every machine."""
     return np.random.default_rng(PROJECTION_SEED).standard_normal((dim, BITS)).astype(np.float32)
@@ -133,10 +134,6 @@ class OnnxSignal(SignalType):
     description = "a learned copy-detection embedding (ONNX model via IMGMATCH_ONNX_MODEL)"
     min_side = DEFAULT_SIZE
 
-    @cached_property
-    def _projection(self) -> dict[int, np.ndarray]:
-        return {}
-
     def prepare(self) -> None:
         configured_model()
 
@@ -147,10 +144,7 @@ class OnnxSignal(SignalType):
 
     def _codes(self, images: list) -> list[HashValue]:
         vectors = configured_model().embed(images)
-        dim = vectors.shape[1]
-        if dim not in self._projection:
-            self._projection[dim] = projections(dim)
-        bits = vectors @ self._projection[dim] > 0
+        bits = vectors @ projections(vectors.shape[1]) > 0
         return [HashValue(self.name, pack_bits(row)) for row in bits]
 
     def compute(self, image: Decoded) -> HashValue:
