@@ -463,6 +463,27 @@ class Catalog:
             raise
         return added, sightings, first if added else 0
 
+    def add_links(self, links: Iterable[LinkRow], meta: dict[str, str] | None = None) -> int:
+        """Insert links (pairs already linked keep their evidence) and set ``meta``
+        keys in the same transaction; returns the pairs added."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            added = self._insert_links(links)
+            for key, value in (meta or {}).items():
+                conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return added
+
+    def low_quality_ids(self, signal: str, min_quality: int) -> list[int]:
+        """Images whose value of ``signal`` is below ``min_quality`` (unknown quality is trusted)."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT image_id FROM signals WHERE signal = ? AND quality < ?", (signal, min_quality))]
+
     def erase(self, image_ids: Sequence[int]) -> int:
         """Delete images with everything about them (signals, sightings, links,
         thumbnails) in one transaction, and count the deletion so that indexes

@@ -426,22 +426,52 @@ def ignore(db: Path, sha256s: tuple[str, ...], pdq_hex: tuple[str, ...], reason:
 @cli.command("import-hashes")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--platform", help="Platform of the sightings (for example the partner's name).")
+@click.option("--link/--no-link", default=True, show_default=True,
+              help="Link the new hashes to their near-duplicates (as 'imgmatch link' does).")
+@click.option("--workers", type=click.IntRange(0), default=0,
+              help="Processes for linking (0: all cores).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def import_hashes(db: Path, file: Path, platform: str | None, as_json: bool) -> int:
+def import_hashes(db: Path, file: Path, platform: str | None, link: bool, workers: int,
+                  as_json: bool) -> int:
     """Load a hash list without pictures: 'pdq HEX' lines (python-threatexchange)
     or the hash,quality,filename CSV of Meta's hasher."""
     with Collection.open(db) as collection:
-        summary = collection.import_hashes(file, platform=platform)
+        summary = collection.import_hashes(file, platform=platform, link=link, workers=workers)
     if as_json:
         _echo_json(summary)
     else:
         click.echo(f"lines: {summary['lines']}, hashes added: {summary['images_added']}, "
                    f"sightings added: {summary['sightings_added']}, bad lines: "
-                   f"{summary['failed']}")
+                   f"{summary['failed']}" + (f", links added: {summary['links_added']}"
+                                              if "links_added" in summary else ""))
         for f in summary["failures"][:20]:
             click.echo(f"  {clean(f['detail'], 160)}")
     return EXIT_PARTIAL if summary["failed"] else EXIT_OK
+
+
+@cli.command()
+@click.option("--signal", "signals", multiple=True,
+              help="Signal to link on (repeatable; default: every hash signal held).")
+@click.option("--workers", type=click.IntRange(0), default=0, help="Processes (0: all cores).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def link(db: Path, signals: tuple[str, ...], workers: int, as_json: bool) -> int:
+    """Link near-duplicates among images added since the last link pass.
+
+    An all-pairs search over each signal's index: the new images against
+    each other and against the older ones. Ingest links images as they
+    arrive; this is for hash lists and for collections built without it.
+    """
+    with Collection.open(db) as collection:
+        result = collection.link_pairs(list(signals) or None, workers=workers)
+    if as_json:
+        _echo_json(result)
+    else:
+        for name, r in result.items():
+            click.echo(f"{name}: {r['searched']} new images searched, {r['pairs']} pairs "
+                       f"within the threshold, {r['links_added']} links added")
+    return EXIT_OK
 
 
 @cli.command()

@@ -17,7 +17,7 @@ import numpy as np
 from . import descriptors as descriptor_files
 from . import features
 from . import signals as registry
-from .catalog import Catalog, SightingRow
+from .catalog import Catalog, LinkRow, SightingRow
 from .cluster import build_clusters
 from .decode import decode
 from .analysis import analyse_source
@@ -25,7 +25,7 @@ from .descriptors import DescriptorIndex
 from .errors import ImgmatchError, IndexFileError, MissingFile, error_for
 from .index import BinaryIndex
 from .ingest import DEFAULT_BATCH, IngestSummary, analyse, ingest
-from .match import MATCH_SCORE, IndexLinker, find_matches
+from .match import MATCH_SCORE, IndexLinker, find_matches, signal_score
 from .model import Added, Cluster, ImageRecord, Link, Match
 from .signals import FEATURES, HashValue
 from .sources import Item
@@ -269,9 +269,11 @@ class Collection:
         return self.ingest(items(), **kwargs)
 
     def import_hashes(self, path: str | Path, *, platform: str | None = None,
-                      batch: int = 50_000) -> dict:
+                      batch: int = 50_000, link: bool = True, workers: int = 0) -> dict:
         """Load a hash list (see :mod:`imgmatch.hashlists`): each hash becomes an
-        image known only by its signal, its line's name the sighting's source."""
+        image known only by its signal, its line's name the sighting's source.
+        With ``link``, the new hashes are then linked to their near-duplicates
+        (:meth:`link_pairs`), so they join clusters like ingested images."""
         from itertools import islice
 
         from .hashlists import read_hash_list
@@ -304,9 +306,57 @@ class Collection:
         totals["failed"] = len(failures)
         totals["failures"] = [{"source": s, "reason": r, "detail": d} for s, r, d in failures]
         self.save_indexes()
+        if link:
+            totals["links_added"] = self.link_pairs(["pdq"], workers=workers)["pdq"]["links_added"]
         self.catalog.finish_run(run_id, "partial" if failures else "ok",
                                 totals | {"failures": None})
         return totals
+
+    def link_pairs(self, signals: Sequence[str] | None = None, *, workers: int = 0) -> dict:
+        """Link every pair of images within a signal's threshold (all-pairs search).
+
+        Ingest links each new image as it arrives; hash lists arrive without
+        pictures and in bulk, so they are linked here, by a self-join of the
+        index (:mod:`imgmatch.pairs`). Only images added since the last pass
+        are searched: against each other and against the older ones. Pairs are
+        compared as stored (no rotations: those are for queries and ingest).
+        Values below their signal's quality gate take no part.
+        Returns per signal the images searched and the links added.
+        """
+        from . import pairs
+
+        workers = workers or pairs.default_workers()
+        names = [n for n in (signals or self.catalog.signal_counts()) if n != FEATURES]
+        out: dict[str, dict[str, int]] = {}
+        for name in names:
+            index = self.indexes.get(name)
+            if index is None:
+                raise ImgmatchError(f"{self.path} holds no {name} values to link")
+            sig = registry.get(name)
+            key = f"pairs_upto:{name}"
+            upto = int(self.catalog.meta(key) or 0)
+            codes, ids = index.mih.live()
+            if sig.min_quality is not None:
+                low = self.catalog.low_quality_ids(name, sig.min_quality)
+                if low:
+                    keep = ~np.isin(ids, np.array(low, dtype=np.int64))
+                    codes, ids = codes[keep], ids[keep]
+            new = ids > upto
+            new_codes, new_ids = codes[new], ids[new]
+            found = pairs.near_pairs(new_codes, sig.threshold, workers=workers)
+            a, b, d = new_ids[found.i], new_ids[found.j], found.distances
+            if upto and len(new_ids) and not new.all():
+                old_ids = ids[~new]
+                cross = pairs.cross_pairs(new_codes, codes[~new], sig.threshold, workers=workers)
+                a = np.concatenate([a, new_ids[cross.i]])
+                b = np.concatenate([b, old_ids[cross.j]])
+                d = np.concatenate([d, cross.distances])
+            rows = (LinkRow(int(min(x, y)), int(max(x, y)), signal_score(int(z), sig.threshold),
+                            {name: int(z)}, (name,), "identity") for x, y, z in zip(a, b, d))
+            mark = int(max(upto, index.max_id))
+            added = self.catalog.add_links(rows, {key: str(mark)})
+            out[name] = {"searched": int(len(new_ids)), "pairs": int(len(a)), "links_added": added}
+        return out
 
     # ------------------------------------------------------------------ query
     def query(self, image: bytes | str | Path, *, top_k: int = 10,

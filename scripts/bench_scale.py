@@ -13,7 +13,12 @@ written as a python-threatexchange hash list and loaded with
 - recall: the index's range search against a brute-force numpy scan;
 - memory and disk: index bytes per image in memory, catalog and index bytes
   per image on disk;
-- stats: ``imgmatch stats`` wall time.
+- stats: ``imgmatch stats`` wall time;
+- all-pairs: ``imgmatch link --workers 2`` in a fresh process (the clustering
+  workload: every pair within PDQ's threshold, written as links), checked
+  against the planted pairs; beside it the baseline, FAISS's flat binary
+  range search of every code against all, timed on a sample of queries and
+  scaled to N (all of them would take half an hour at 1e6).
 
 64-bit codes (pHash, dHash) have no hash-list format: their index is measured
 on its own (build, query, recall, memory) at the same sizes.
@@ -83,8 +88,13 @@ def bench_pdq(n: int, work: Path, rng: np.random.Generator) -> dict:
     write_list(listing, everything)
     db = work / "c.db"
     seconds, rss = measure([sys.executable, "-m", "imgmatch.cli", "--db", str(db),
-                            "import-hashes", str(listing), "--json"], {0})
+                            "import-hashes", str(listing), "--no-link", "--json"], {0})
     listing.unlink()
+    t = time.perf_counter()
+    linked = json.loads(subprocess.run(
+        [sys.executable, "-m", "imgmatch.cli", "--db", str(db), "link", "--workers", "2",
+         "--json"], check=True, capture_output=True, text=True).stdout)["pdq"]
+    link_s = time.perf_counter() - t
     open_probe = ("import sys, time\nt = time.perf_counter()\nfrom imgmatch import Collection\n"
                   "c = Collection.open(sys.argv[1], readonly=True)\nc.indexes\n"
                   "print(time.perf_counter() - t)")
@@ -119,6 +129,17 @@ def bench_pdq(n: int, work: Path, rng: np.random.Generator) -> dict:
             truth += len(expected)
             hits += len(expected & got)
         memory = index.memory_bytes()
+        # every pair within 31 involves a planted code (random ones are ~128 bits
+        # apart): the oracle is a scan of the planted rows and their copies
+        planted_codes = np.unique(np.concatenate([base[rows_in], base[rows_out], near, far]),
+                                  axis=0)
+        oracle = {tuple(sorted((a.tobytes(), b.tobytes())))
+                  for k, a in enumerate(planted_codes) for b in planted_codes[k + 1:]
+                  if int(popcount_rows((a ^ b)[None])[0]) <= 31}
+        pairs = [(a, b) for a, b, *_ in c.catalog.links()]
+        values = c.catalog.signals_of(sorted({i for p in pairs for i in p}))
+        got = {tuple(sorted((values[a]["pdq"][0], values[b]["pdq"][0]))) for a, b in pairs}
+        flat_s = faiss_all_pairs_seconds(all_codes)
     total = distinct
     return {
         "signal": "pdq", "n": total, "add_s": seconds, "add_peak_rss_mb": rss,
@@ -129,10 +150,26 @@ def bench_pdq(n: int, work: Path, rng: np.random.Generator) -> dict:
         "query8_p99_ms": 1000 * float(np.percentile(eight, 99)),
         "recall": hits / truth if truth else 1.0, "self_found": found_self / len(near),
         "index_bytes_per_image": memory / total,
+        "link_s": link_s, "link_pairs": linked["pairs"], "oracle_pairs": len(oracle),
+        "link_recall": len(got & oracle) / len(oracle), "link_extra": len(got - oracle),
+        "faiss_all_pairs_s": flat_s,
         "disk_bytes_per_image": (folder_bytes(db) + folder_bytes(Path(str(db) + ".indexes"))
                                  + sum(folder_bytes(p) for p in db.parent.glob("c.db-*")))
         / total,
     }
+
+
+def faiss_all_pairs_seconds(codes: np.ndarray, sample: int = 2000) -> float:
+    """FAISS flat range search, every code against all: timed on a sample, scaled to N."""
+    import faiss
+
+    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+    index.add(codes)
+    queries = codes[np.random.default_rng(0).choice(len(codes), min(sample, len(codes)),
+                                                    replace=False)]
+    t = time.perf_counter()
+    index.range_search(queries, 32)  # FAISS's radius is exclusive: distance <= 31
+    return (time.perf_counter() - t) * len(codes) / len(queries)
 
 
 def bench_64(n: int, rng: np.random.Generator) -> dict:
@@ -181,6 +218,8 @@ def main() -> int:
     lines = ["| codes | N | add (s) | add peak RSS (MB) | open (s) | query p50 / p99 (ms) | "
              "8 rotations p50 / p99 (ms) | recall | index bytes/image | disk bytes/image | "
              "stats (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    pair_lines = ["| N | all-pairs + links, 2 cores (s) | pairs found / planted | wrong pairs | "
+                  "FAISS flat all-vs-all, scaled (s) |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['signal']} | {r['n']:,} | {r['add_s']:.1f} | "
@@ -191,7 +230,12 @@ def main() -> int:
             + f" | {r['recall']:.4f} | {r['index_bytes_per_image']:.0f} | "
             + (f"{r['disk_bytes_per_image']:.0f} | {r['stats_s']:.2f} |" if "stats_s" in r
                else "- | - |"))
-    return emit(lines, args.md)
+        if "link_s" in r:
+            pair_lines.append(
+                f"| {r['n']:,} | {r['link_s']:.1f} | {r['link_pairs']} / {r['oracle_pairs']} "
+                f"(recall {r['link_recall']:.4f}) | {r['link_extra']} | "
+                f"{r['faiss_all_pairs_s']:.0f} |")
+    return emit(lines + [""] + pair_lines, args.md)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,145 @@
+"""All-pairs near-duplicate search, checked against a brute-force scan, and the
+link pass that uses it on a collection's hash lists."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import imgmatch
+from imgmatch import pairs
+from imgmatch.cli import main
+from imgmatch.mih import popcount_rows
+
+
+def planted(rng: np.random.Generator, n: int, nbytes: int, copies: int, max_flips: int):
+    """Random codes, then ``copies`` rows overwritten by a code near another row."""
+    codes = rng.integers(0, 256, (n, nbytes), dtype=np.uint8)
+    for _ in range(copies):
+        src, dst = rng.integers(n, size=2)
+        codes[dst] = codes[src]
+        for bit in rng.choice(nbytes * 8, int(rng.integers(0, max_flips + 1)), replace=False):
+            codes[dst, bit // 8] ^= np.uint8(1 << (bit % 8))
+    return codes
+
+
+def scan(a: np.ndarray, b: np.ndarray | None, radius: int) -> set[tuple[int, int, int]]:
+    """The oracle: every pair within ``radius`` by measuring all of them."""
+    out = set()
+    for i in range(len(a)):
+        other = a[i + 1:] if b is None else b
+        d = popcount_rows(other ^ a[i])
+        for j in np.flatnonzero(d <= radius):
+            out.add((i, int(j) + (i + 1 if b is None else 0), int(d[j])))
+    return out
+
+
+def as_set(found: pairs.Pairs) -> set[tuple[int, int, int]]:
+    return set(zip(found.i.tolist(), found.j.tolist(), found.distances.tolist()))
+
+
+@pytest.mark.parametrize("bits, radius", [(256, 31), (64, 8), (64, 4), (128, 0)])
+def test_self_join_equals_a_scan(bits, radius):
+    codes = planted(np.random.default_rng(bits + radius), 2000, bits // 8, 300, radius + 3)
+    found = pairs.near_pairs(codes, radius)
+    expected = scan(codes, None, radius)
+    assert len(expected) > 50  # the planted copies, not an empty agreement
+    assert as_set(found) == expected
+    assert len(found) == len(expected)  # each pair once, though several tables find it
+
+
+def test_cross_join_and_workers_agree_with_a_scan():
+    codes = planted(np.random.default_rng(7), 3000, 32, 400, 34)
+    a, b = codes[:1200], codes[1200:]
+    expected = scan(a, b, 31)
+    assert len(expected) > 50
+    assert as_set(pairs.cross_pairs(a, b, 31)) == expected
+    assert as_set(pairs.cross_pairs(a, b, 31, workers=2)) == expected
+    assert as_set(pairs.near_pairs(codes, 31, workers=2)) == scan(codes, None, 31)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 300),
+       radius=st.integers(0, 40), words=st.sampled_from([1, 2, 4]))
+def test_any_collection_any_radius(seed, n, radius, words):
+    codes = planted(np.random.default_rng(seed), n, words * 8, n // 2, radius + 2) \
+        if n else np.empty((0, words * 8), np.uint8)
+    assert as_set(pairs.near_pairs(codes, radius)) == scan(codes, None, radius)
+
+
+def test_the_plan_follows_the_size():
+    small, _ = pairs.plan(256, 31, 1000, 1000)
+    large, flips = pairs.plan(256, 31, 10**6, 10**6)
+    assert small[0].width < large[0].width  # more codes: wider substrings
+    assert flips == 31 // len(large)
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError):
+        pairs.near_pairs(np.zeros((3, 5), np.uint8), 4)
+    with pytest.raises(ValueError):
+        pairs.cross_pairs(np.zeros((3, 8), np.uint8), np.zeros((3, 32), np.uint8), 4)
+
+
+def write_list(path, codes, start=0):
+    path.write_text("".join(f"pdq {c.tobytes().hex()} item-{start + k}\n"
+                            for k, c in enumerate(codes)))
+
+
+def links_of(collection):
+    return {(a, b): (score, d["pdq"]) for a, b, score, d, _, _ in collection.catalog.links()}
+
+
+def test_imported_lists_are_linked_new_against_old(tmp_path):
+    rng = np.random.default_rng(3)
+    codes = planted(rng, 1500, 32, 200, 31)
+    codes = np.unique(codes, axis=0)  # an identical hash is one image, not a pair
+    rng.shuffle(codes)
+    first, second = codes[:900], codes[900:]
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        write_list(tmp_path / "one.txt", first)
+        one = c.import_hashes(tmp_path / "one.txt", platform="p1")
+        write_list(tmp_path / "two.txt", second, 900)
+        two = c.import_hashes(tmp_path / "two.txt", platform="p2")
+        links = links_of(c)
+        again = c.link_pairs()
+        ids = {bytes(v): i for i, v, _ in
+               next(c.catalog.iter_signal("pdq", chunk=10_000))}
+    expected = {}
+    for i, j, d in scan(codes, None, 31):
+        a, b = sorted((ids[codes[i].tobytes()], ids[codes[j].tobytes()]))
+        expected[(a, b)] = d
+    assert len(expected) > 100
+    assert {k: v[1] for k, v in links.items()} == expected
+    assert all(abs(score - (1 - d / 62)) < 1e-9 for score, d in links.values())
+    assert one["links_added"] + two["links_added"] == len(expected)
+    assert two["links_added"] > 0  # the second list found the first's
+    assert again == {"pdq": {"searched": 0, "pairs": 0, "links_added": 0}}
+
+
+def test_link_command_and_quality_gate(tmp_path, capsys):
+    db = tmp_path / "c.db"
+    base = np.random.default_rng(5).integers(0, 256, 32, dtype=np.uint8)
+    near = base.copy()
+    near[0] ^= 0b111
+    other = near.copy()
+    other[1] ^= 0b11
+    listing = tmp_path / "meta.csv"  # Meta's hasher CSV carries a quality
+    listing.write_text(f"{base.tobytes().hex()},90,a.jpg\n{near.tobytes().hex()},90,b.jpg\n"
+                       f"{other.tobytes().hex()},20,dark.jpg\n")
+    assert main(["--db", str(db), "import-hashes", str(listing), "--no-link", "--json"]) == 0
+    assert "links_added" not in json.loads(capsys.readouterr().out)
+    assert main(["--db", str(db), "link", "--workers", "2"]) == 0
+    assert "2 new images searched, 1 pairs within the threshold, 1 links added" in \
+        capsys.readouterr().out
+    assert main(["--db", str(db), "link", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pdq"]["searched"] == 0
+    with imgmatch.Collection.open(db) as c:
+        (cluster,) = [cl for cl in c.clusters() if len(cl.image_ids) > 1]
+    assert sorted(s.source for s in cluster.sightings) == ["a.jpg", "b.jpg"]
+    assert main(["--db", str(db), "link", "--signal", "phash"]) != 0
+    assert "no phash values" in capsys.readouterr().err
