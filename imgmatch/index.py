@@ -180,20 +180,45 @@ def read_manifest(path: Path) -> dict:
 
 
 def read_arrays(path: Path, names: tuple[str, ...], sha256: str) -> dict[str, np.ndarray]:
-    """The folder's arrays, checked against the manifest's digest (no pickle)."""
+    """The folder's arrays, checked against the manifest's digest (no pickle).
+
+    Each array is read straight into memory numpy allocates (so large ones
+    get transparent huge pages, which random probes need) and hashed there:
+    no second copy of a gigabyte at ten million codes.
+    """
     digest = hashlib.sha256()
     arrays = {}
     try:
         for name in names:
-            blob = (path / f"{name}.npy").read_bytes()
             digest.update(name.encode())
-            digest.update(blob)
-            arrays[name] = np.load(io.BytesIO(blob), allow_pickle=False)
+            arrays[name] = _read_npy(path / f"{name}.npy", digest)
     except (OSError, ValueError) as exc:
         raise IndexFileError(f"{path} cannot be read: {exc}") from None
     if digest.hexdigest() != sha256:
         raise IndexFileError(f"{path} does not match its manifest (changed or damaged)")
     return arrays
+
+
+def _read_npy(path: Path, digest) -> np.ndarray:
+    """One .npy file of plain numbers in C order, its bytes fed to ``digest``."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0,
+               (2, 0): np.lib.format.read_array_header_2_0}
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version not in readers:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, fortran, dtype = readers[version](fh)
+        if dtype.hasobject or fortran:
+            raise ValueError("index arrays hold plain numbers in C order")
+        header = fh.tell()
+        fh.seek(0)
+        digest.update(fh.read(header))
+        array = np.empty(shape, dtype)
+        view = memoryview(array.reshape(-1).view(np.uint8))
+        if fh.readinto(view) != array.nbytes or fh.read(1):
+            raise ValueError(f"{path.name} does not hold the array its header describes")
+        digest.update(view)
+    return array
 
 
 def _faiss_version() -> str:

@@ -5,10 +5,11 @@ pair of codes within the match threshold. Asking the multi-index tables once
 per code pays the probe overhead N times; this module applies the same
 pigeonhole argument to whole buckets instead. If two codes of ``m``
 substrings differ in at most ``r`` bits, some substring differs in at most
-``r // m``. So for each substring the codes are sorted by it, and every code
-is joined with the run of codes whose key is within ``r // m`` flips of its
-own: one candidate pair per table that can find it, drawn from contiguous
-runs. Candidates are screened on two other 64-bit words (two random words
+its flip budget (``r // m``, or the sharper budgets of
+:func:`imgmatch.mih.budgets`). So for each substring the codes are sorted by
+it, and every code is joined with the runs of codes whose key is within the
+budget of its own: one candidate pair per table that can find it, drawn from
+contiguous runs. Candidates are screened on two other 64-bit words (two random words
 differ in about 64 bits, so few survive), then measured in full.
 
 The cut is chosen per call by a cost model (probes grow with the flips,
@@ -26,15 +27,16 @@ from math import comb
 
 import numpy as np
 
-from .mih import Window, as_words, flip_masks
+from .mih import Window, as_words, budgets, flip_masks
 
 #: Candidate pairs generated per vectorised step (about 60 bytes each in flight).
 CHUNK = 1 << 22
 #: Substrings per 64-bit word that the planner considers (widths 22 down to 8 bits).
 CUTS = (3, 4, 5, 6, 8)
 #: Cost of one code's lookup of one partner run, in candidate verifications
-#: (measured: about 50 ns against 30 ns, both dominated by numpy passes).
-PROBE_COST = 1.5
+#: (set from timings at 1e6 codes: 16-bit tables with one flip took 33 s on
+#: two cores, 22-bit tables with the sharper budgets 39 s).
+PROBE_COST = 2.5
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,11 @@ class Pairs:
         return len(self.i)
 
 
-def plan(bits: int, radius: int, n_a: int, n_b: int) -> tuple[tuple[Window, ...], int]:
-    """The cut into substrings (and the flips per table) with the least expected work."""
+def plan(bits: int, radius: int, n_a: int, n_b: int) -> tuple[tuple[Window, ...], tuple[int, ...]]:
+    """The cut into substrings, and each one's flip budget (-1: not joined on;
+    see :func:`imgmatch.mih.budgets`), with the least expected work."""
     words = bits // 64
-    best: tuple[float, tuple[Window, ...], int] | None = None
+    best: tuple[float, tuple[Window, ...], tuple[int, ...]] | None = None
     for per_word in CUTS:
         widths = [64 // per_word + (1 if k < 64 % per_word else 0) for k in range(per_word)]
         windows = []
@@ -65,11 +68,11 @@ def plan(bits: int, radius: int, n_a: int, n_b: int) -> tuple[tuple[Window, ...]
             for width in widths:
                 shift -= width
                 windows.append(Window(word, shift, width))
-        flips = radius // len(windows)
-        cost = sum(_masks(w.width, flips) * (PROBE_COST * n_a + n_a * n_b / 2.0 ** w.width)
-                   for w in windows)
+        weights = [PROBE_COST * n_a + n_a * n_b / 2.0 ** w.width for w in windows]
+        taus = budgets([w.width for w in windows], radius, weights)
+        cost = sum(_masks(w.width, t) * weight for w, t, weight in zip(windows, taus, weights))
         if best is None or cost < best[0]:
-            best = (cost, tuple(windows), flips)
+            best = (cost, tuple(windows), taus)
     assert best is not None
     return best[1], best[2]
 
@@ -81,8 +84,8 @@ def _masks(width: int, flips: int) -> int:
 def near_pairs(codes: np.ndarray, radius: int, *, workers: int = 1) -> Pairs:
     """Every pair ``i < j`` of rows of ``codes`` (N x bytes uint8) within ``radius`` bits."""
     words = _words(codes)
-    windows, flips = plan(words.shape[1] * 64, radius, len(words), len(words))
-    return _run(words, None, windows, flips, radius, workers)
+    windows, taus = plan(words.shape[1] * 64, radius, len(words), len(words))
+    return _run(words, None, windows, taus, radius, workers)
 
 
 def cross_pairs(a: np.ndarray, b: np.ndarray, radius: int, *, workers: int = 1) -> Pairs:
@@ -90,8 +93,8 @@ def cross_pairs(a: np.ndarray, b: np.ndarray, radius: int, *, workers: int = 1) 
     a_words, b_words = _words(a), _words(b)
     if a_words.shape[1] != b_words.shape[1]:
         raise ValueError("both sides must hold codes of the same size")
-    windows, flips = plan(a_words.shape[1] * 64, radius, len(a_words), len(b_words))
-    return _run(a_words, b_words, windows, flips, radius, workers)
+    windows, taus = plan(a_words.shape[1] * 64, radius, len(a_words), len(b_words))
+    return _run(a_words, b_words, windows, taus, radius, workers)
 
 
 def _words(codes: np.ndarray) -> np.ndarray:
@@ -102,27 +105,28 @@ def _words(codes: np.ndarray) -> np.ndarray:
 
 
 # The arrays a pool's workers join, set before the pool forks (never pickled).
-_SHARED: tuple[np.ndarray, np.ndarray | None, int, int] | None = None
+_SHARED: tuple[np.ndarray, np.ndarray | None, int] | None = None
 
 
-def _run(a: np.ndarray, b: np.ndarray | None, windows: tuple[Window, ...], flips: int,
+def _run(a: np.ndarray, b: np.ndarray | None, windows: tuple[Window, ...], taus: tuple[int, ...],
          radius: int, workers: int) -> Pairs:
     global _SHARED
     empty = Pairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int32))
     if not len(a) or (b is not None and not len(b)):
         return empty
-    workers = max(1, min(workers, len(windows)))
+    jobs = [(w, t) for w, t in zip(windows, taus) if t >= 0]
+    workers = max(1, min(workers, len(jobs)))
     if workers > 1 and "fork" not in _start_methods():
         workers = 1
     if workers == 1:
-        parts = [_table(a, b, w, flips, radius) for w in windows]
+        parts = [_table(a, b, w, t, radius) for w, t in jobs]
     else:
         import multiprocessing
 
-        _SHARED = (a, b, flips, radius)
+        _SHARED = (a, b, radius)
         try:
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                parts = list(pool.map(_shared_table, windows))
+                parts = list(pool.map(_shared_table, jobs))
         finally:
             _SHARED = None
     i = np.concatenate([p[0] for p in parts])
@@ -142,10 +146,10 @@ def _start_methods() -> list[str]:
     return multiprocessing.get_all_start_methods()
 
 
-def _shared_table(window: Window):
+def _shared_table(job: tuple[Window, int]):
     assert _SHARED is not None
-    a, b, flips, radius = _SHARED
-    return _table(a, b, window, flips, radius)
+    a, b, radius = _SHARED
+    return _table(a, b, job[0], job[1], radius)
 
 
 def _keys(words: np.ndarray, w: Window) -> np.ndarray:

@@ -6,9 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imgmatch.errors import IndexFileError
 from imgmatch.index import FACTORY, BinaryIndex, Manifest, manifest_path
+from imgmatch.mih import MultiIndexHash, budgets, popcount_rows
 
 #: (bits, inclusive threshold) as used for PDQ and for the 64-bit hashes
 CASES = [(256, 31), (64, 10)]
@@ -367,3 +370,33 @@ def test_manifest_count_mismatch_is_refused(data, saved):
     manifest_path(path).write_text(json.dumps(raw))
     with pytest.raises(IndexFileError):
         load(data, path)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 3000),
+       radius=st.integers(0, 40), words=st.sampled_from([1, 2, 4]))
+def test_multi_index_hashing_equals_a_scan_at_any_size(seed, n, radius, words):
+    """Every table width and flip budget the planner picks stays exact."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 256, (n, words * 8), dtype=np.uint8)
+    queries = codes[rng.integers(0, n, 20)].copy()
+    for q in queries:  # near copies, up to a little past the radius
+        for bit in rng.choice(words * 64, int(rng.integers(0, radius + 3)), replace=False):
+            q[bit // 8] ^= np.uint8(1 << (bit % 8))
+    index = MultiIndexHash(words * 64)
+    index.add(np.arange(n) + 7, codes, merge=False)
+    index.rebuild()
+    for q, (found, dists) in zip(queries, index.range_search(queries, radius)):
+        d = popcount_rows(codes ^ q)
+        expected = np.flatnonzero(d <= radius)
+        assert sorted(found.tolist()) == (expected + 7).tolist()
+        assert dict(zip(found.tolist(), dists.tolist())) == {
+            int(i) + 7: int(d[i]) for i in expected}
+
+
+@pytest.mark.parametrize("widths, radius", [([22, 21, 21] * 4, 31), ([16] * 16, 31),
+                                            ([16] * 4, 8), ([21, 22, 21], 4), ([8] * 8, 0)])
+def test_flip_budgets_keep_the_pigeonhole_bound(widths, radius):
+    taus = budgets(widths, radius, [1.0] * len(widths))
+    assert sum(taus) >= radius - len(widths) + 1
+    assert sum(t + 1 for t in taus) == radius + 1  # no flip more than the bound needs
