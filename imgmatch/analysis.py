@@ -8,16 +8,38 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from . import features
 from . import signals as registry
 from .catalog import ImageRow, SignalRow
-from .decode import decode
+from .decode import decode, decode_frames
 from .errors import InputError, ModelError
 from .signals import FEATURES, HashValue
+
+
+@dataclass(frozen=True)
+class Options:
+    """What an ingest computes besides the signals (the same for every file)."""
+
+    #: a small JPEG of each new image, for reports (opt-in: these are victims' photos)
+    thumbnails: bool = False
+    #: every frame of an animated file (GIF, WebP, APNG, TIFF pages) as an image of
+    #: its own, not only the first
+    all_frames: bool = False
+
+
+#: Frames analysed per file with ``all_frames``: an animation of thousands of
+#: frames (a bomb, or a video turned GIF) costs at most this many decodes.
+MAX_FRAMES = 100
+
+
+def frame_digest(sha256: str, frame: int) -> str:
+    """The identity of frame ``frame`` (>= 1) of a file: no bytes are its own, so
+    it is the SHA-256 of the file's digest and the frame number."""
+    return hashlib.sha256(f"{sha256}:frame:{frame}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -35,11 +57,13 @@ class Analysis:
     known: bool = False
     #: local features of the image and of its mirror (robust tier only)
     features: tuple | None = None
+    #: with ``Options.all_frames``: (frame number, its analysis) of frames 1, 2, ...
+    frames: tuple[tuple[int, Analysis], ...] = ()
 
 
 def analyse_source(path: str | None, data: bytes | None, signal_names: Sequence[str],
                    source: str, is_known: Callable[[str], bool] | None = None,
-                   thumbnails: bool = False) -> Analysis:
+                   options: Options = Options()) -> Analysis:
     """Read (if given a path), take the SHA-256, and analyse unless already known.
 
     This is the whole of a worker's job: reading and hashing the bytes where
@@ -57,7 +81,7 @@ def analyse_source(path: str | None, data: bytes | None, signal_names: Sequence[
         return Analysis(digest, known=True)
     if not data:
         return Analysis(digest, reason="empty-file", detail="the file is empty (0 bytes)")
-    return analyse(data, signal_names, source, digest, thumbnails)
+    return analyse(data, signal_names, source, digest, options)
 
 
 #: Longer side and JPEG quality of opt-in thumbnails (small on purpose: enough
@@ -67,18 +91,38 @@ THUMBNAIL_QUALITY = 70
 
 
 def analyse(data: bytes, signal_names: Sequence[str], source: str | None = None,
-            sha256: str | None = None, thumbnails: bool = False) -> Analysis:
+            sha256: str | None = None, options: Options = Options()) -> Analysis:
     """Decode once and compute every signal; never raises for bad input."""
     digest = sha256 or hashlib.sha256(data).hexdigest()
     hashes = [name for name in signal_names if name != FEATURES]
     local = FEATURES in signal_names
+    target = max([registry.get(name).min_side for name in hashes]
+                 + ([features.SIDE] if local else []))
+    first = _measure(lambda: decode(data, source=source, target=target), data, hashes, local,
+                     digest, options)
+    if not options.all_frames or first.image is None or first.image.frames < 2:
+        return first
+    frames = tuple(
+        (k, _measure(lambda d=decoded: _raise_or(d), data, hashes, local,
+                     frame_digest(digest, k), options))
+        for k, decoded in decode_frames(data, source=source, target=target, limit=MAX_FRAMES))
+    return replace(first, frames=frames)
+
+
+def _raise_or(decoded):
+    if isinstance(decoded, Exception):
+        raise decoded
+    return decoded
+
+
+def _measure(decoded_by: Callable, data: bytes, hashes: Sequence[str], local: bool,
+             digest: str, options: Options) -> Analysis:
+    """One image (or frame): its signals, local features and thumbnail, or why not."""
     try:
-        target = max([registry.get(name).min_side for name in hashes]
-                     + ([features.SIDE] if local else []))
-        decoded = decode(data, source=source, target=target)
+        decoded = decoded_by()
         variants = {name: registry.get(name).link_variants(decoded) for name in hashes}
         found = features.extract_both(np.asarray(decoded.grey)) if local else None
-        thumb = make_thumbnail(decoded) if thumbnails else None
+        thumb = make_thumbnail(decoded) if options.thumbnails else None
     except InputError as exc:
         return Analysis(digest, reason=exc.reason, detail=exc.detail)
     except ModelError as exc:

@@ -82,6 +82,10 @@ ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
               show_default=True, help="Images per catalog transaction.")
 @click.option("--thumbnails", is_flag=True, help="Also store a small thumbnail of each new "
               "image, for the HTML report (off by default: only hashes and metadata are kept).")
+@click.option("--all-frames", is_flag=True,
+              help="Hash every frame of an animated GIF, WebP or PNG (up to 100) as an image "
+                   "of its own, seen where the file was; by default the first frame stands "
+                   "for the file.")
 @click.option("--emit-matches", is_flag=True,
               help="Write one JSON line per item to standard output, as soon as it is "
                    "catalogued, with its status and matches (for pipelines; implies "
@@ -92,8 +96,8 @@ ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
 def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl,
            scrapy_items: Path | None, scrapy_store: Path | None, platform: str | None,
            signal_list: str | None, robust: bool, workers: int, timeout: float,
-           batch_size: int, thumbnails: bool, emit_matches: bool, quiet: bool,
-           as_json: bool) -> int:
+           batch_size: int, thumbnails: bool, all_frames: bool, emit_matches: bool,
+           quiet: bool, as_json: bool) -> int:
     """Catalogue images from files, folders (recursive), manifests, WARC/ARC files,
     JSON lines and Scrapy output. Files ending .warc, .warc.gz, .arc or .arc.gz
     are read as web archives."""
@@ -131,7 +135,7 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
             summary = collection.ingest(
                 items(), signals=names, workers=workers, timeout=timeout,
                 batch_size=1 if emit_matches else batch_size, on_progress=on_progress,
-                on_written=emit, thumbnails=thumbnails,
+                on_written=emit, thumbnails=thumbnails, all_frames=all_frames,
                 args={"paths": [str(p) for p in paths], "manifests": [str(m) for m in manifests],
                       "platform": platform, "signals": list(names)})
         finally:

@@ -198,8 +198,12 @@ class Collection:
                signals: Sequence[str] = registry.DEFAULT_SIGNALS, workers: int = 0,
                command: str = "ingest", args: dict | None = None, timeout: float = 60.0,
                batch_size: int = DEFAULT_BATCH, run_id: int | None = None,
-               on_progress=None, on_written=None, thumbnails: bool = False) -> IngestSummary:
+               on_progress=None, on_written=None, thumbnails: bool = False,
+               all_frames: bool = False) -> IngestSummary:
         """Catalogue items, link new images to their near-duplicates, save indexes.
+
+        ``all_frames``: every frame of an animated file (up to 100) is an image
+        of its own; otherwise the first frame stands for the file.
 
         Each call is recorded as a run, unless ``run_id`` names one already
         open (a long-lived caller such as the HTTP service keeps one). A
@@ -224,7 +228,7 @@ class Collection:
                              run_id=run_id, linker=IndexLinker(self.catalog, indexes, descriptors=descriptors),
                              timeout=timeout, batch_size=batch_size,
                              on_progress=on_progress, on_written=on_written,
-                             thumbnails=thumbnails)
+                             thumbnails=thumbnails, all_frames=all_frames)
             status = "partial" if summary.failures else "ok"
         finally:
             if summary.images_added:

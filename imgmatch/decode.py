@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import struct
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -199,11 +199,41 @@ def decode(data: bytes, *, source: str | None = None, target: int = DEFAULT_TARG
     cannot be used; never returns a partial image.
     """
     img = open_image(data, source=source, max_pixels=max_pixels, max_side=max_side)
-    fmt = img.format or "unknown"
     frames = int(getattr(img, "n_frames", 1) or 1)
     try:
         if frame:
             img.seek(frame)
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error) as exc:
+        raise DecodeError(f"cannot decode the image: {exc}", source=source) from None
+    return _finish(img, data, source, target, max_pixels, max_side, frame, frames, colour)
+
+
+def decode_frames(data: bytes, *, source: str | None = None, target: int = DEFAULT_TARGET,
+                  max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE,
+                  first: int = 1, limit: int = 100) -> Iterator[tuple[int, Decoded | DecodeError]]:
+    """Frames ``first`` .. ``limit - 1`` of an animated image, decoded in one pass
+    (seeking from the start for each would decode the earlier ones again):
+    (frame number, its image, or the DecodeError that stopped it). A frame
+    that cannot be decoded ends the sequence, as later ones build on it."""
+    img = open_image(data, source=source, max_pixels=max_pixels, max_side=max_side)
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    for k in range(first, min(frames, limit)):
+        try:
+            img.seek(k)
+            yield k, _finish(img, data, source, target, max_pixels, max_side, k, frames, False)
+        except DecodeError as exc:
+            yield k, exc
+            return
+        except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error) as exc:
+            yield k, DecodeError(f"cannot decode frame {k}: {exc}", source=source)
+            return
+
+
+def _finish(img, data: bytes, source: str | None, target: int, max_pixels: int, max_side: int,
+            frame: int, frames: int, colour: bool) -> Decoded:
+    """The current frame of an opened image, decoded, reduced and oriented."""
+    fmt = img.format or "unknown"
+    try:
         orientation = _orientation(img)
         src_mode = img.mode
         header_size = img.size

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 from . import signals as signal_registry
-from .analysis import Analysis, analyse
+from .analysis import Analysis, Options, analyse
 from .catalog import BatchResult, Catalog, ImageRow, LinkRow, SightingRow
 from .signals import HashValue
 from .sources import Item
@@ -110,13 +110,16 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
            linker: BatchLinker | None = None, timeout: float = DEFAULT_TIMEOUT,
            on_progress: Callable[[IngestSummary], None] | None = None,
            on_written: Callable[[list], None] | None = None,
-           thumbnails: bool = False) -> IngestSummary:
+           thumbnails: bool = False, all_frames: bool = False) -> IngestSummary:
     """Analyse and catalogue every item; bad items are recorded, never fatal.
 
     ``workers`` = 0 analyses in this process (no isolation); N >= 1 uses N
     supervised worker processes with a per-file ``timeout``. ``on_written``
     receives, after each committed batch, its records: (item, sha256 or None,
-    "added" | "known" | "failed", failure detail).
+    "added" | "known" | "failed", failure detail). With ``all_frames``, each
+    further frame of an animated file new to the catalog is an image of its
+    own (see :func:`imgmatch.analysis.frame_digest`), seen in the same place:
+    its sighting is the file's, with ``frame`` added to its extra fields.
     """
     names = signal_registry.parse_list(",".join(signal_names))
     for name in names:
@@ -124,11 +127,12 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
             signal_registry.get(name).prepare()  # set-up fails here, not once per file
     started = time.monotonic()
     summary = IngestSummary()
+    options = Options(thumbnails=thumbnails, all_frames=all_frames)
     if workers >= 1:
         pool = ProcessPool(names, workers, timeout, catalog_path=str(catalog.path),
-                           thumbnails=thumbnails)
+                           options=options)
     else:
-        pool = InlinePool(names, is_known=catalog.has_image, thumbnails=thumbnails)
+        pool = InlinePool(names, is_known=catalog.has_image, options=options)
     limits = single_threaded()  # this process's FAISS and BLAS work is small and per batch
     jobs: dict[int, Item] = {}             # submitted, by sequence number
     finished: dict[int, Analysis] = {}     # results waiting for earlier ones
@@ -149,6 +153,15 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
 
     def release(item: Item, analysis: Analysis) -> None:
         summary.files_seen += 1
+        add(item, analysis)
+        for frame, part in analysis.frames:
+            add(replace(item, source=f"{item.source}#frame={frame}", data=None,
+                        payload_digest=None,  # revisits name the file, not a frame
+                        sighting=replace(item.sighting,
+                                         extra={**item.sighting.extra, "frame": frame})),
+                part)
+
+    def add(item: Item, analysis: Analysis) -> None:
         digest = analysis.sha256
         if analysis.image is None and not analysis.known:
             batch.failures.append((item.source, analysis.reason or "error",

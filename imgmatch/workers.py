@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
-from .analysis import Analysis, analyse_source
+from .analysis import Analysis, Options, analyse_source
 from .catalog import KnownImages
 
 #: Default per-file time limit, in seconds (decode and every signal).
@@ -66,10 +66,11 @@ class InlinePool:
     """Runs each job at once in this process."""
 
     def __init__(self, signal_names: Sequence[str],
-                 is_known: Callable[[str], bool] | None = None, thumbnails: bool = False) -> None:
+                 is_known: Callable[[str], bool] | None = None,
+                 options: Options = Options()) -> None:
         self.signal_names = tuple(signal_names)
         self.is_known = is_known
-        self.thumbnails = thumbnails
+        self.options = options
         self._done: deque[tuple[int, Analysis]] = deque()
 
     @property
@@ -82,7 +83,7 @@ class InlinePool:
 
     def submit(self, job: Job) -> None:
         self._done.append((job.key, analyse_source(job.path, job.data, self.signal_names,
-                                                   job.source, self.is_known, self.thumbnails)))
+                                                   job.source, self.is_known, self.options)))
 
     def results(self, timeout: float = 0.0) -> Iterator[tuple[int, Analysis]]:
         while self._done:
@@ -101,7 +102,7 @@ class _Worker:
 
 
 def _worker_main(conn: Connection, signal_names: tuple[str, ...],
-                 catalog_path: str | None, thumbnails: bool) -> None:
+                 catalog_path: str | None, options: Options) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     single_threaded()
     known = KnownImages(catalog_path) if catalog_path else None
@@ -119,7 +120,7 @@ def _worker_main(conn: Connection, signal_names: tuple[str, ...],
         if job is None:
             return
         key, source, path, data = job
-        conn.send((key, analyse_source(path, data, signal_names, source, known, thumbnails)))
+        conn.send((key, analyse_source(path, data, signal_names, source, known, options)))
 
 
 class ProcessPool:
@@ -127,11 +128,11 @@ class ProcessPool:
 
     def __init__(self, signal_names: Sequence[str], workers: int,
                  timeout: float = DEFAULT_TIMEOUT, catalog_path: str | None = None,
-                 thumbnails: bool = False) -> None:
+                 options: Options = Options()) -> None:
         self.signal_names = tuple(signal_names)
         self.timeout = timeout
         self.catalog_path = catalog_path
-        self.thumbnails = thumbnails
+        self.options = options
         methods = mp.get_all_start_methods()
         self._ctx = mp.get_context("fork" if "fork" in methods else "spawn")
         self._workers = [self._spawn() for _ in range(workers)]
@@ -142,7 +143,7 @@ class ProcessPool:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(target=_worker_main, daemon=True,
                                     args=(child_conn, self.signal_names, self.catalog_path,
-                                          self.thumbnails))
+                                          self.options))
         process.start()
         child_conn.close()
         return _Worker(process, parent_conn)
