@@ -20,6 +20,7 @@ with a brute-force scan.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -116,13 +117,11 @@ def _run(a: np.ndarray, b: np.ndarray | None, windows: tuple[Window, ...], taus:
         return empty
     jobs = [(w, t) for w, t in zip(windows, taus) if t >= 0]
     workers = max(1, min(workers, len(jobs)))
-    if workers > 1 and "fork" not in _start_methods():
-        workers = 1
+    if workers > 1 and "fork" not in multiprocessing.get_all_start_methods():
+        workers = 1  # the workers share the codes by forking; elsewhere, one process
     if workers == 1:
         parts = [_table(a, b, w, t, radius) for w, t in jobs]
     else:
-        import multiprocessing
-
         _SHARED = (a, b, radius)
         try:
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -138,12 +137,6 @@ def _run(a: np.ndarray, b: np.ndarray | None, windows: tuple[Window, ...], taus:
     width = int(max(len(a), len(b) if b is not None else 0))
     _, first = np.unique(i * width + j, return_index=True)
     return Pairs(i[first], j[first], d[first].astype(np.int32))
-
-
-def _start_methods() -> list[str]:
-    import multiprocessing
-
-    return multiprocessing.get_all_start_methods()
 
 
 def _shared_table(job: tuple[Window, int]):
