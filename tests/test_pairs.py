@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import imgmatch
+from imgmatch import collection as collection_module
 from imgmatch import pairs
 from imgmatch.cli import main
 from imgmatch.mih import popcount_rows
@@ -143,3 +144,30 @@ def test_link_command_and_quality_gate(tmp_path, capsys):
     assert sorted(s.source for s in cluster.sightings) == ["a.jpg", "b.jpg"]
     assert main(["--db", str(db), "link", "--signal", "phash"]) != 0
     assert "no phash values" in capsys.readouterr().err
+
+
+def test_a_few_new_hashes_are_linked_through_the_index(tmp_path, monkeypatch):
+    """Below one new code per FEW_NEW old ones the pass queries the tables; the
+    links must be those the join would find."""
+    rng = np.random.default_rng(11)
+    codes = np.unique(planted(rng, 3000, 32, 100, 31), axis=0)
+    rng.shuffle(codes)
+    old, new = codes[:2980], codes[2980:]
+    calls = []
+    real = collection_module._range_pairs
+    monkeypatch.setattr(collection_module, "_range_pairs",
+                        lambda *args: calls.append(len(args[1])) or real(*args))
+    # plant near copies of old codes among the new ones
+    new[:10] = old[:10] ^ np.eye(32, dtype=np.uint8)[:10] * 0b1011
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        write_list(tmp_path / "old.txt", old)
+        c.import_hashes(tmp_path / "old.txt")
+        write_list(tmp_path / "new.txt", new, 5000)
+        summary = c.import_hashes(tmp_path / "new.txt")
+        links = links_of(c)
+        ids = {bytes(v): i for rows in c.catalog.iter_signal("pdq") for i, v, _ in rows}
+    expected = {tuple(sorted((ids[codes[i].tobytes()], ids[codes[j].tobytes()]))): d
+                for i, j, d in scan(codes, None, 31)}
+    assert {k: v[1] for k, v in links.items()} == expected
+    assert summary["links_added"] >= 10
+    assert calls == [len(new)]  # the second list went through the index
