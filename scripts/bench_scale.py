@@ -84,19 +84,23 @@ def bench_pdq(n: int, work: Path, rng: np.random.Generator) -> dict:
     base = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
     rows_in, near, d_in = planted(rng, base, QUERIES, 0, 31)
     rows_out, far, _ = planted(rng, base, QUERIES // 4, 32, 40)
-    listing = work / "list.txt"
     everything = np.concatenate([base, near, far])
     distinct = len(np.unique(everything, axis=0))  # a copy at distance 0 is the same hash
-    write_list(listing, everything)
     db = work / "c.db"
-    seconds, rss = measure([sys.executable, "-m", "imgmatch.cli", "--db", str(db),
-                            "import-hashes", str(listing), "--no-link", "--json"], {0})
-    listing.unlink()
-    t = time.perf_counter()
-    linked = json.loads(subprocess.run(
-        [sys.executable, "-m", "imgmatch.cli", "--db", str(db), "link", "--workers", "2",
-         "--json"], check=True, capture_output=True, text=True).stdout)["pdq"]
-    link_s = time.perf_counter() - t
+    built = work / "built.json"  # a kept collection (--keep) is measured again, not rebuilt
+    if not built.exists():
+        listing = work / "list.txt"
+        write_list(listing, everything)
+        seconds, rss = measure([sys.executable, "-m", "imgmatch.cli", "--db", str(db),
+                                "import-hashes", str(listing), "--no-link", "--json"], {0})
+        listing.unlink()
+        t = time.perf_counter()
+        linked = json.loads(subprocess.run(
+            [sys.executable, "-m", "imgmatch.cli", "--db", str(db), "link", "--workers", "2",
+             "--json"], check=True, capture_output=True, text=True).stdout)["pdq"]
+        link_s = time.perf_counter() - t
+        built.write_text(json.dumps([seconds, rss, linked, link_s]))
+    seconds, rss, linked, link_s = json.loads(built.read_text())
     open_probe = ("import sys, time\nt = time.perf_counter()\nfrom imgmatch import Collection\n"
                   "c = Collection.open(sys.argv[1], readonly=True)\nc.indexes\n"
                   "print(time.perf_counter() - t)")
@@ -213,16 +217,24 @@ def main() -> int:
     parser.add_argument("--sizes", default="100000,1000000",
                         help="comma-separated collection sizes (1e7 takes a while)")
     parser.add_argument("--md", type=Path, help="also write the Markdown table here")
+    parser.add_argument("--keep", type=Path, help="build the collections in this folder and "
+                        "keep them; one already there is measured again, not rebuilt (its add "
+                        "and link figures are those of its build)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     rows = []
     for size in (int(float(s)) for s in args.sizes.split(",")):
         rng = np.random.default_rng(size)
-        work = Path(tempfile.mkdtemp(prefix="imgmatch-scale-"))
+        if args.keep:
+            work = args.keep / f"pdq-{size}"
+            work.mkdir(parents=True, exist_ok=True)
+        else:
+            work = Path(tempfile.mkdtemp(prefix="imgmatch-scale-"))
         try:
             rows.append(bench_pdq(size, work, rng))
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
         rows.append(bench_64(size, rng))
         print(json.dumps(rows[-2:]), file=sys.stderr)
     lines = ["| codes | N | add (s) | add peak RSS (MB) | open (s) | query p50 / p99 (ms) | "
