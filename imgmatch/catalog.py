@@ -426,8 +426,9 @@ class Catalog:
     def bulk_cache(self, mebibytes: int = BULK_CACHE_MB) -> Iterator[None]:
         """A larger page cache for a bulk load: millions of keyed inserts land
         all over their unique indexes, and with SQLite's 2 MB default most of
-        them re-read pages (measured: 1.5 times faster at 400,000 hashes). It is
-        given back afterwards, so an ingest's memory stays flat."""
+        them re-read pages (adding a million hashes: 203 s before, 146 s with
+        it; docs/benchmarks.md). It is given back afterwards, so an ingest's
+        memory stays flat."""
         before = self.conn.execute("PRAGMA cache_size").fetchone()[0]
         self.conn.execute(f"PRAGMA cache_size = {-1024 * int(mebibytes)}")
         try:

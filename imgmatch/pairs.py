@@ -34,9 +34,10 @@ from .mih import Window, as_words, budgets, flip_masks
 CHUNK = 1 << 22
 #: Substrings per 64-bit word that the planner considers (widths 22 down to 8 bits).
 CUTS = (3, 4, 5, 6, 8)
-#: Cost of one code's lookup of one partner run, in candidate verifications
-#: (set from timings at 1e6 codes: 16-bit tables with one flip took 33 s on
-#: two cores, 22-bit tables with the sharper budgets 39 s).
+#: Cost of one code's lookup of one partner run, in candidate verifications:
+#: each lookup is several numpy passes over N codes. Set so that at 1e6 codes
+#: the planner keeps 16-bit tables with one flip, which ran faster there than
+#: 22-bit tables with the sharper budgets.
 PROBE_COST = 2.5
 
 
