@@ -75,7 +75,7 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def bench_pdq(n: int, work: Path, rng: np.random.Generator) -> dict:
+def bench_pdq(n: int, work: Path, rng: np.random.Generator, with_pairs: bool = True) -> dict:
     from imgmatch import Collection
     from imgmatch.match import find_matches
     from imgmatch.mih import popcount_rows
@@ -94,11 +94,13 @@ def bench_pdq(n: int, work: Path, rng: np.random.Generator) -> dict:
         seconds, rss = measure([sys.executable, "-m", "imgmatch.cli", "--db", str(db),
                                 "import-hashes", str(listing), "--no-link", "--json"], {0})
         listing.unlink()
-        t = time.perf_counter()
-        linked = json.loads(subprocess.run(
-            [sys.executable, "-m", "imgmatch.cli", "--db", str(db), "link", "--workers", "2",
-             "--json"], check=True, capture_output=True, text=True).stdout)["pdq"]
-        link_s = time.perf_counter() - t
+        linked, link_s = None, None
+        if with_pairs:
+            t = time.perf_counter()
+            linked = json.loads(subprocess.run(
+                [sys.executable, "-m", "imgmatch.cli", "--db", str(db), "link", "--workers", "2",
+                 "--json"], check=True, capture_output=True, text=True).stdout)["pdq"]
+            link_s = time.perf_counter() - t
         built.write_text(json.dumps([seconds, rss, linked, link_s]))
     seconds, rss, linked, link_s = json.loads(built.read_text())
     open_probe = ("import sys, time\nt = time.perf_counter()\nfrom imgmatch import Collection\n"
@@ -148,7 +150,7 @@ def bench_pdq(n: int, work: Path, rng: np.random.Generator) -> dict:
         pairs = [(a, b) for a, b, *_ in c.catalog.links()]
         values = c.catalog.signals_of(sorted({i for p in pairs for i in p}))
         got = {tuple(sorted((values[a]["pdq"][0], values[b]["pdq"][0]))) for a, b in pairs}
-        flat_s = faiss_all_pairs_seconds(all_codes)
+        flat_s = faiss_all_pairs_seconds(all_codes) if linked else None
     total = distinct
     return {
         "signal": "pdq", "n": total, "add_s": seconds, "add_peak_rss_mb": rss,
@@ -161,9 +163,10 @@ def bench_pdq(n: int, work: Path, rng: np.random.Generator) -> dict:
         "query8_p99_ms": 1000 * float(np.percentile(eight, 99)),
         "recall": hits / truth if truth else 1.0, "self_found": found_self / len(near),
         "index_bytes_per_image": memory / total,
-        "link_s": link_s, "link_pairs": linked["pairs"], "oracle_pairs": len(oracle),
-        "link_recall": len(got & oracle) / len(oracle), "link_extra": len(got - oracle),
-        "faiss_all_pairs_s": flat_s,
+        **({} if linked is None else {
+            "link_s": link_s, "link_pairs": linked["pairs"], "oracle_pairs": len(oracle),
+            "link_recall": len(got & oracle) / len(oracle), "link_extra": len(got - oracle),
+            "faiss_all_pairs_s": flat_s}),
         "disk_bytes_per_image": (folder_bytes(db) + folder_bytes(Path(str(db) + ".indexes"))
                                  + sum(folder_bytes(p) for p in db.parent.glob("c.db-*")))
         / total,
@@ -217,6 +220,8 @@ def main() -> int:
     parser.add_argument("--sizes", default="100000,1000000",
                         help="comma-separated collection sizes (1e7 takes a while)")
     parser.add_argument("--md", type=Path, help="also write the Markdown table here")
+    parser.add_argument("--skip-pairs", action="store_true",
+                        help="leave out the all-pairs link pass and its FAISS baseline")
     parser.add_argument("--keep", type=Path, help="build the collections in this folder and "
                         "keep them; one already there is measured again, not rebuilt (its add "
                         "and link figures are those of its build)")
@@ -231,7 +236,7 @@ def main() -> int:
         else:
             work = Path(tempfile.mkdtemp(prefix="imgmatch-scale-"))
         try:
-            rows.append(bench_pdq(size, work, rng))
+            rows.append(bench_pdq(size, work, rng, with_pairs=not args.skip_pairs))
         finally:
             if not args.keep:
                 shutil.rmtree(work, ignore_errors=True)
