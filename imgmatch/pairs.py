@@ -28,7 +28,7 @@ from math import comb
 
 import numpy as np
 
-from .mih import Window, as_words, budgets, flip_masks
+from .mih import Window, as_words, budgets, flip_masks, word_popcount
 
 #: Candidate pairs generated per vectorised step (about 60 bytes each in flight).
 CHUNK = 1 << 22
@@ -223,7 +223,7 @@ def _verify(a: np.ndarray, b: np.ndarray, rows: np.ndarray, n: np.ndarray, lo: n
         close = np.arange(len(jb))
     ia = rows[np.searchsorted(np.cumsum(n), close, side="right")]
     jb = jb[close]
-    d = np.bitwise_count(a[ia] ^ b[jb]).sum(axis=1, dtype=np.int64)
+    d = word_popcount(a[ia] ^ b[jb])
     hit = d <= radius
     return ia[hit], jb[hit], d[hit]
 
