@@ -15,8 +15,8 @@ import numpy as np
 from . import features
 from . import signals as registry
 from .catalog import ImageRow, SignalRow
-from .decode import decode, decode_frames
-from .errors import InputError, ModelError
+from .decode import Decoded, decode, decode_frames
+from .errors import DecodeError, InputError, ModelError
 from .signals import FEATURES, HashValue
 
 
@@ -103,19 +103,21 @@ def analyse(data: bytes, signal_names: Sequence[str], source: str | None = None,
     if not options.all_frames or first.image is None or first.image.frames < 2:
         return first
     frames = tuple(
-        (k, _measure(lambda d=decoded: _raise_or(d), data, hashes, local,
+        (k, _measure(lambda d=decoded: _frame(d), data, hashes, local,
                      frame_digest(digest, k), options))
         for k, decoded in decode_frames(data, source=source, target=target, limit=MAX_FRAMES))
     return replace(first, frames=frames)
 
 
-def _raise_or(decoded):
-    if isinstance(decoded, Exception):
+def _frame(decoded: Decoded | DecodeError) -> Decoded:
+    """A frame as :func:`decode_frames` gives it: its image, or its error raised
+    where :func:`_measure` records it like any other."""
+    if isinstance(decoded, DecodeError):
         raise decoded
     return decoded
 
 
-def _measure(decoded_by: Callable, data: bytes, hashes: Sequence[str], local: bool,
+def _measure(decoded_by: Callable[[], Decoded], data: bytes, hashes: Sequence[str], local: bool,
              digest: str, options: Options) -> Analysis:
     """One image (or frame): its signals, local features and thumbnail, or why not."""
     try:

@@ -364,8 +364,7 @@ class Catalog:
                 f"{self.path} needs a schema upgrade; open it once for writing "
                 "(for example 'imgmatch stats') first")
         for number, (name, sql) in enumerate(MIGRATIONS[version:], start=version + 1):
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 for statement in _split_sql(sql):
                     self.conn.execute(statement)
                 if number == 1:
@@ -378,10 +377,6 @@ class Catalog:
                 self.conn.execute("INSERT INTO migrations VALUES (?, ?, ?)",
                                   (number, name, utcnow()))
                 self.conn.execute(f"PRAGMA user_version = {number}")
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
 
     def _has_foreign_tables(self) -> bool:
         return self.conn.execute(
@@ -423,6 +418,17 @@ class Catalog:
         return None if row is None else row[0]
 
     @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction: committed whole, or rolled back and re-raised."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
     def bulk_cache(self, mebibytes: int = BULK_CACHE_MB) -> Iterator[None]:
         """A larger page cache for a bulk load: millions of keyed inserts land
         all over their unique indexes, and with SQLite's 2 MB default most of
@@ -449,8 +455,7 @@ class Catalog:
         now = utcnow()
         conn = self.conn
         keys = [f"{signal}:{value.hex()}" for signal, value, _, _ in rows]
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             # new rows get ids above the largest one now: the caller indexes from there
             first = int(conn.execute("SELECT coalesce(max(id), 0) FROM images").fetchone()[0]) + 1
             # rowcount, not total_changes: the tally triggers' changes count in the latter
@@ -475,26 +480,17 @@ class Catalog:
                 [(ids[k], s.platform, s.url, s.page_url, s.ad_id, s.posted_at, s.collected_at,
                   s.source, json.dumps(s.extra, ensure_ascii=False, sort_keys=True), run_id,
                   s.key(k)) for k, (_, _, _, s) in zip(keys, rows)]).rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return added, sightings, first if added else 0
 
     def add_links(self, links: Iterable[LinkRow], meta: dict[str, str] | None = None) -> int:
         """Insert links (pairs already linked keep their evidence) and set ``meta``
         keys in the same transaction; returns the pairs added."""
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             added = self._insert_links(links)
             for key, value in (meta or {}).items():
                 conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
                              "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return added
 
     def low_quality_ids(self, signal: str, min_quality: int) -> list[int]:
@@ -507,8 +503,7 @@ class Catalog:
         thumbnails) in one transaction, and count the deletion so that indexes
         saved before it are known to be behind."""
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             erased = 0
             for chunk in _chunks(list(image_ids), 500):
                 marks = ",".join("?" * len(chunk))
@@ -516,10 +511,6 @@ class Catalog:
                                        chunk).rowcount
             conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
                          "WHERE key = 'deletions'")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return erased
 
     def has_image(self, sha256: str) -> bool:
@@ -543,8 +534,7 @@ class Catalog:
         result = BatchResult()
         now = utcnow()
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             for row in images:
                 cur = conn.execute(
                     "INSERT INTO images (sha256, size_bytes, width, height, format, mode, "
@@ -601,10 +591,6 @@ class Catalog:
                     "reason = excluded.reason, detail = excluded.detail, "
                     "run_id = excluded.run_id, created_at = excluded.created_at",
                     (source, reason, detail, run_id, now))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return result
 
     def _insert_links(self, links: Iterable[LinkRow]) -> int:
@@ -672,10 +658,13 @@ class Catalog:
     def count_signal_upto(self, signal: str, max_image_id: int) -> int:
         """Values of ``signal`` up to an image id (for index checks): the tally less
         the rows above it, so an index that is up to date costs a seek, not a count."""
-        above = self.conn.execute(
+        return self.signal_counts().get(signal, 0) - self.count_signal_above(signal, max_image_id)
+
+    def count_signal_above(self, signal: str, image_id: int) -> int:
+        """Values of ``signal`` of images after ``image_id`` (a range of the key)."""
+        return int(self.conn.execute(
             "SELECT count(*) FROM signals WHERE signal = ? AND image_id > ?",
-            (signal, max_image_id)).fetchone()[0]
-        return self.signal_counts().get(signal, 0) - int(above)
+            (signal, image_id)).fetchone()[0])
 
     def iter_signal(self, signal: str, after_image_id: int = 0,
                     chunk: int = 50_000) -> Iterator[list[tuple[int, bytes, int | None]]]:

@@ -346,32 +346,57 @@ class Collection:
         index, sig = self.indexes[name], registry.get(name)
         key = f"pairs_upto:{name}"
         upto = int(self.catalog.meta(key) or 0)
-        codes, ids = index.mih.live()
-        excluded: set[int] = set()
-        if sig.min_quality is not None:
-            excluded = set(self.catalog.low_quality_ids(name, sig.min_quality))
-            if excluded:
-                keep = ~np.isin(ids, np.fromiter(excluded, np.int64))
-                codes, ids = codes[keep], ids[keep]
-        new = ids > upto
-        new_codes, new_ids = codes[new], ids[new]
+        fresh = self.catalog.count_signal_above(name, upto)
+        old = self.catalog.signal_counts().get(name, 0) - fresh
+        if upto and fresh * FEW_NEW < old:
+            # a few new codes (a partner's list against a crawl): read them from
+            # the catalog and ask the tables for their old neighbours, rather than
+            # copying every code, scanning every quality and sorting per table
+            new_ids, new_codes = self._usable_values(name, upto)
+            i, j, dist = self._old_neighbours(index, sig, new_ids, new_codes, upto)
+        else:
+            codes, ids = index.mih.live()
+            if sig.min_quality is not None:
+                low = self.catalog.low_quality_ids(name, sig.min_quality)
+                if low:
+                    keep = ~np.isin(ids, np.array(low, dtype=np.int64))
+                    codes, ids = codes[keep], ids[keep]
+            new = ids > upto
+            new_codes, new_ids = codes[new], ids[new]
+            cross = pairs.cross_pairs(new_codes, codes[~new], sig.threshold, workers=workers)
+            i, j, dist = new_ids[cross.i], ids[~new][cross.j], cross.distances
         found = pairs.near_pairs(new_codes, sig.threshold, workers=workers)
-        a, b, d = new_ids[found.i], new_ids[found.j], found.distances
-        if upto and len(new_ids) and not new.all():
-            old_ids = ids[~new]
-            if len(new_ids) * FEW_NEW < len(old_ids):
-                # a few new codes: ask the tables, do not sort the old ones
-                i, j, dist = _range_pairs(index, new_codes, new_ids, sig.threshold,
-                                          upto, excluded)
-            else:
-                cross = pairs.cross_pairs(new_codes, codes[~new], sig.threshold,
-                                          workers=workers)
-                i, j, dist = new_ids[cross.i], old_ids[cross.j], cross.distances
-            a, b, d = np.concatenate([a, i]), np.concatenate([b, j]), np.concatenate([d, dist])
+        a = np.concatenate([new_ids[found.i], i])
+        b = np.concatenate([new_ids[found.j], j])
+        d = np.concatenate([found.distances, dist])
         rows = (LinkRow(int(min(x, y)), int(max(x, y)), signal_score(int(z), sig.threshold),
                         {name: int(z)}, (name,), "identity") for x, y, z in zip(a, b, d))
         added = self.catalog.add_links(rows, {key: str(int(max(upto, index.max_id)))})
         return {"searched": int(len(new_ids)), "pairs": int(len(a)), "links_added": added}
+
+    def _usable_values(self, name: str, after_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, codes) of the values of ``name`` above an image id that pass its
+        quality gate (an unknown quality is trusted, as in scoring)."""
+        sig = registry.get(name)
+        rows = [(i, bytes(v)) for chunk in self.catalog.iter_signal(name, after_image_id=after_id)
+                for i, v, q in chunk if _usable(sig, q)]
+        ids = np.array([i for i, _ in rows], dtype=np.int64)
+        codes = np.frombuffer(b"".join(v for _, v in rows), dtype=np.uint8)
+        return ids, codes.reshape(len(rows), sig.bits // 8)
+
+    def _old_neighbours(self, index: BinaryIndex, sig, new_ids: np.ndarray,
+                        new_codes: np.ndarray, upto: int) -> tuple[np.ndarray, ...]:
+        """(new id, old id, distance) for each usable old code (id <= ``upto``)
+        within the threshold of a new one, asked of the index."""
+        found = [(int(n), int(o), int(dist)) for n, (others, dists) in
+                 zip(new_ids, index.range_search(new_codes, sig.threshold))
+                 for o, dist in zip(others, dists) if o <= upto]
+        if sig.min_quality is not None and found:
+            stored = self.catalog.signals_of(sorted({o for _, o, _ in found}))
+            found = [f for f in found if _usable(sig, stored[f[1]][sig.name][1])]
+        if not found:
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
+        return tuple(np.array(col, dtype=np.int64) for col in zip(*found))
 
     # ------------------------------------------------------------------ query
     def query(self, image: bytes | str | Path, *, top_k: int = 10,
@@ -495,16 +520,8 @@ class Collection:
 FEW_NEW = 100
 
 
-def _range_pairs(index: BinaryIndex, codes: np.ndarray, new_ids: np.ndarray, threshold: int,
-                 upto: int, excluded: set[int]) -> tuple[np.ndarray, ...]:
-    """(new id, old id, distance) for each old code (id <= ``upto``, not
-    ``excluded``) within ``threshold`` of a new one, asked of the index."""
-    out = [(int(n), int(o), int(dist)) for n, (found, dists) in
-           zip(new_ids, index.range_search(codes, threshold))
-           for o, dist in zip(found, dists) if o <= upto and int(o) not in excluded]
-    if not out:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
-    return tuple(np.array(col, dtype=np.int64) for col in zip(*out))
+def _usable(sig, quality: int | None) -> bool:
+    return sig.min_quality is None or quality is None or quality >= sig.min_quality
 
 
 def hash_bytes(data: bytes, signals: Sequence[str] = registry.DEFAULT_SIGNALS,

@@ -17,7 +17,6 @@ radius, is not used for ranges.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil

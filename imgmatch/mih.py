@@ -27,11 +27,10 @@ merge), and removed ids are masked until the next rebuild.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import combinations
-from math import comb
 
 import numpy as np
 
@@ -68,8 +67,6 @@ def word_popcount(words: np.ndarray) -> np.ndarray:
     return out
 
 
-
-
 @dataclass(frozen=True)
 class Window:
     word: int    # which 64-bit word of the code
@@ -80,7 +77,11 @@ class Window:
 def windows_for(bits: int, n: int) -> tuple[Window, ...]:
     """Substrings for ``n`` codes of ``bits``: about log2(n) bits each, within words."""
     target = max(MIN_WIDTH, min(MAX_WIDTH, round(math.log2(max(n, 2)))))
-    per_word = math.ceil(64 / target)
+    return cut(bits, math.ceil(64 / target))
+
+
+def cut(bits: int, per_word: int) -> tuple[Window, ...]:
+    """Codes of ``bits`` cut into ``per_word`` substrings of each 64-bit word."""
     widths = [64 // per_word + (1 if i < 64 % per_word else 0) for i in range(per_word)]
     out = []
     for word in range(bits // 64):
@@ -112,7 +113,7 @@ def budgets(widths: Sequence[int], radius: int,
         def step(i: int) -> float:
             if taus[i] >= widths[i]:
                 return math.inf
-            return comb(widths[i], taus[i] + 1) * weights[i]
+            return math.comb(widths[i], taus[i] + 1) * weights[i]
         best = min(range(len(widths)), key=step)
         taus[best] += 1
     return tuple(taus)
@@ -334,7 +335,7 @@ class MultiIndexHash:
             return np.empty(0, np.int64), np.empty(0, np.int64)
         base = order_base[keep % len(word)]
         starts, ends = starts[keep] + base, ends[keep] + base
-        positions = self.orders[_ranges(starts, ends)].astype(np.int64)
+        positions = self.orders[concat_ranges(starts, ends)].astype(np.int64)
         return np.repeat(keep // len(word), ends - starts), positions
 
     def knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -405,8 +406,8 @@ class MultiIndexHash:
         return int(sum(a.nbytes for a in arrays))
 
 
-def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(s, e) for each pair, without a Python loop."""
+def concat_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, e) for each pair (each non-empty), without a Python loop."""
     lengths = ends - starts
     total = int(lengths.sum())
     if total == 0:

@@ -28,7 +28,7 @@ from math import comb
 
 import numpy as np
 
-from .mih import Window, as_words, budgets, flip_masks, word_popcount
+from .mih import Window, as_words, budgets, concat_ranges, cut, flip_masks, word_popcount
 
 #: Candidate pairs generated per vectorised step (about 60 bytes each in flight).
 CHUNK = 1 << 22
@@ -60,21 +60,14 @@ class Pairs:
 def plan(bits: int, radius: int, n_a: int, n_b: int) -> tuple[tuple[Window, ...], tuple[int, ...]]:
     """The cut into substrings, and each one's flip budget (-1: not joined on;
     see :func:`imgmatch.mih.budgets`), with the least expected work."""
-    words = bits // 64
     best: tuple[float, tuple[Window, ...], tuple[int, ...]] | None = None
     for per_word in CUTS:
-        widths = [64 // per_word + (1 if k < 64 % per_word else 0) for k in range(per_word)]
-        windows = []
-        for word in range(words):
-            shift = 64
-            for width in widths:
-                shift -= width
-                windows.append(Window(word, shift, width))
+        windows = cut(bits, per_word)
         weights = [PROBE_COST * n_a + n_a * n_b / 2.0 ** w.width for w in windows]
         taus = budgets([w.width for w in windows], radius, weights)
         cost = sum(_masks(w.width, t) * weight for w, t, weight in zip(windows, taus, weights))
         if best is None or cost < best[0]:
-            best = (cost, tuple(windows), taus)
+            best = (cost, windows, taus)
     assert best is not None
     return best[1], best[2]
 
@@ -212,7 +205,7 @@ def _verify(a: np.ndarray, b: np.ndarray, rows: np.ndarray, n: np.ndarray, lo: n
             hi: np.ndarray, screen: list[tuple[np.ndarray, np.ndarray]], radius: int):
     """Row ``rows[k]`` of ``a`` against rows ``lo[k]:hi[k]`` of ``b``: the pairs within
     ``radius``, screened on two words first, then measured in full."""
-    jb = _ranges(lo, hi)
+    jb = concat_ranges(lo, hi)
     if screen:
         part = None
         for col_a, col_b in screen:   # a's side is a run of repeats: no gather needed
@@ -226,16 +219,6 @@ def _verify(a: np.ndarray, b: np.ndarray, rows: np.ndarray, n: np.ndarray, lo: n
     d = word_popcount(a[ia] ^ b[jb])
     hit = d <= radius
     return ia[hit], jb[hit], d[hit]
-
-
-def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(s, e) for each pair (all non-empty), without a loop."""
-    lengths = ends - starts
-    out = np.ones(int(lengths.sum()), dtype=np.int64)
-    cum = np.cumsum(lengths)
-    out[0] = starts[0]
-    out[cum[:-1]] = starts[1:] - ends[:-1] + 1
-    return np.cumsum(out)
 
 
 def default_workers() -> int:

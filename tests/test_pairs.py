@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import imgmatch
-from imgmatch import collection as collection_module
 from imgmatch import pairs
 from imgmatch.cli import main
 from imgmatch.mih import popcount_rows
@@ -154,9 +153,9 @@ def test_a_few_new_hashes_are_linked_through_the_index(tmp_path, monkeypatch):
     rng.shuffle(codes)
     old, new = codes[:2980], codes[2980:]
     calls = []
-    real = collection_module._range_pairs
-    monkeypatch.setattr(collection_module, "_range_pairs",
-                        lambda *args: calls.append(len(args[1])) or real(*args))
+    real = imgmatch.Collection._old_neighbours
+    monkeypatch.setattr(imgmatch.Collection, "_old_neighbours",
+                        lambda self, *args: calls.append(len(args[2])) or real(self, *args))
     # plant near copies of old codes among the new ones
     new[:10] = old[:10] ^ np.eye(32, dtype=np.uint8)[:10] * 0b1011
     with imgmatch.Collection.open(tmp_path / "c.db") as c:
@@ -171,3 +170,33 @@ def test_a_few_new_hashes_are_linked_through_the_index(tmp_path, monkeypatch):
     assert {k: v[1] for k, v in links.items()} == expected
     assert summary["links_added"] >= 10
     assert calls == [len(new)]  # the second list went through the index
+
+
+def test_a_few_new_hashes_keep_the_quality_gate(tmp_path, monkeypatch):
+    """The index path drops values below the gate on both sides, as the join does."""
+    calls = []
+    real = imgmatch.Collection._old_neighbours
+    monkeypatch.setattr(imgmatch.Collection, "_old_neighbours",
+                        lambda self, *args: calls.append(len(args[2])) or real(self, *args))
+    rng = np.random.default_rng(12)
+    old = rng.integers(0, 256, (400, 32), dtype=np.uint8)
+    dark, good = old[0], old[1]
+    def near(code, byte):
+        out = code.copy()
+        out[byte] ^= 0b111
+        return out
+    def csv(rows):
+        return "".join(f"{c.tobytes().hex()},{q},{name}\n" for c, q, name in rows)
+    (tmp_path / "old.csv").write_text(csv([(dark, 20, "dark.jpg")] + [
+        (c, 90, f"old-{k}.jpg") for k, c in enumerate(old[1:])]))
+    (tmp_path / "new.csv").write_text(csv([(near(dark, 3), 90, "near-dark.jpg"),
+                                           (near(good, 4), 10, "dark-copy.jpg"),
+                                           (near(good, 5), 90, "good-copy.jpg")]))
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        assert c.import_hashes(tmp_path / "old.csv")["links_added"] == 0
+        assert c.import_hashes(tmp_path / "new.csv")["links_added"] == 1
+        ((a, b, _, distances, _, _),) = list(c.catalog.links())
+        seen = c.catalog.sightings_of([a, b])
+        sources = {s.source for s in seen[a] + seen[b]}
+    assert sources == {"old-0.jpg", "good-copy.jpg"} and distances == {"pdq": 3}
+    assert calls == [2]  # through the index; the dark copy never took part
