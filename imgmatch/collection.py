@@ -515,7 +515,7 @@ class Collection:
 
 
 #: A link pass whose new codes are fewer than 1/FEW_NEW of the old ones queries
-#: the index with them (about a millisecond each at 1e7) instead of joining,
+#: the index with them (1 to 2 ms each at 1e7) instead of joining,
 #: which sorts every old code once per table.
 FEW_NEW = 100
 
