@@ -36,8 +36,6 @@ DEFAULT_MAX_PIXELS = 150_000_000
 DEFAULT_MAX_SIDE = 30_000
 #: Longer side the decode keeps at least (PDQ wants about 512).
 DEFAULT_TARGET = 512
-#: Longer side of the thumbnail that pHash and dHash are computed from.
-THUMBNAIL_SIDE = 256
 
 
 class Decoded:
@@ -50,7 +48,7 @@ class Decoded:
     """
 
     __slots__ = ("image", "width", "height", "format", "mode", "frames", "_luma", "_grey",
-                 "_redecode", "_thumbnail")
+                 "_redecode")
 
     def __init__(self, image: Image.Image, width: int, height: int, format: str,
                  mode: str, frames: int = 1) -> None:
@@ -63,25 +61,6 @@ class Decoded:
         self._luma: np.ndarray | None = None
         self._grey: Image.Image | None = None
         self._redecode: Callable[[], Decoded] | None = None
-        self._thumbnail: Decoded | None = None
-
-    def thumbnail(self) -> Decoded:
-        """A box-reduced copy with the longer side still >= THUMBNAIL_SIDE (cached).
-
-        Thumbnail hashes (pHash, dHash) resize to 32 px or less with Lanczos;
-        from an 8x larger image the result is the same to a bit or two (from
-        128 px, dHash moved up to 7 bits on some photos), and Lanczos over a
-        1000 px image costs more than the decode's last half.
-        """
-        if self._thumbnail is None:
-            factor = max(self.image.size) // THUMBNAIL_SIDE
-            if factor < 2:
-                self._thumbnail = self
-            else:
-                image = self.image.reduce(factor)
-                self._thumbnail = Decoded(image, self.width, self.height, self.format,
-                                          self.mode, self.frames)
-        return self._thumbnail
 
     def in_colour(self) -> Decoded:
         """The same image decoded in RGB (itself if it already is, or cannot be)."""
@@ -91,11 +70,13 @@ class Decoded:
 
     @property
     def luma(self) -> np.ndarray:
-        """Float luma (0.299 R + 0.587 G + 0.114 B), as PDQ's reference computes it."""
+        """Luma as PDQ's reference computes it: float 0.299 R + 0.587 G + 0.114 B
+        for colour, the 8-bit values themselves for grey (left as uint8, so a
+        consumer converts only what it reads)."""
         if self._luma is None:
-            arr = np.asarray(self.image, dtype=np.float32)
+            arr = np.asarray(self.image)
             if arr.ndim == 3:
-                arr = arr @ _LUMA
+                arr = arr.astype(np.float32) @ _LUMA
             self._luma = arr
         return self._luma
 
@@ -111,10 +92,7 @@ class Decoded:
         if op is None:
             return self
         image = self.image.transpose(op)
-        out = Decoded(image, image.size[0], image.size[1], self.format, self.mode, self.frames)
-        if self._thumbnail is not None and self._thumbnail is not self:
-            out._thumbnail = self._thumbnail.transposed(op)
-        return out
+        return Decoded(image, image.size[0], image.size[1], self.format, self.mode, self.frames)
 
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)

@@ -221,19 +221,12 @@ def test_default_dihedral_of_value_is_the_value_itself():
 
 
 # ------------------------------------------------------- pHash/dHash vs imagehash
-def hashed_pixels(image: Decoded) -> Image.Image:
-    """The pixels pHash and dHash resize from: the decode's thumbnail."""
-    return image.thumbnail().image
-
-
 def _check_imagehash_agreement(path: Path) -> None:
     image = decoded(path)
     phash, dhash = PHASH.compute(image), DHASH.compute(image)
-    # exactly imagehash's values on the same pixels
-    assert str(imagehash.phash(hashed_pixels(image))) == phash.hex
-    assert str(imagehash.dhash(hashed_pixels(image))) == dhash.hex
-    # and close to imagehash on the decoded image and on a naive full decode of the file,
-    # which is what values computed elsewhere with imagehash are
+    # close to imagehash on the decoded image and on a naive full decode of the
+    # file, which is what values computed elsewhere with imagehash are (the
+    # box reduction before Lanczos moves a bit or two)
     with Image.open(path) as naive:
         naive.load()
         others = {
@@ -246,15 +239,15 @@ def _check_imagehash_agreement(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", ORIGINALS, ids=lambda p: p.name)
-def test_phash_dhash_equal_imagehash_on_fixture_photos(path):
+def test_phash_dhash_agree_with_imagehash_on_fixture_photos(path):
     _check_imagehash_agreement(path)
 
 
-def test_phash_dhash_equal_imagehash_on_labelme(labelme_path):
+def test_phash_dhash_agree_with_imagehash_on_labelme(labelme_path):
     _check_imagehash_agreement(labelme_path)
 
 
-def test_phash_dhash_equal_imagehash_on_reduced_decode(pdq_reference):
+def test_phash_dhash_agree_with_imagehash_on_reduced_decode(pdq_reference):
     """exif-rotn-1 is 4032 x 3024, decoded at a reduced scale."""
     path = pdq_reference / "exif-rotn" / "exif-rotn-1.jpg"
     assert decoded(path).image.size[0] < decoded(path).width

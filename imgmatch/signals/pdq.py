@@ -77,11 +77,44 @@ def _dct_matrix() -> np.ndarray:
 _DCT = _dct_matrix()
 
 
+@lru_cache(maxsize=256)
+def _band(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The nonzero band of :func:`_downsample_matrix`: (64 x K indices, 64 x K weights).
+
+    Each output sample draws on only about n/64 inputs (the tent's support),
+    so gathering those and weighting them costs O(n) per column instead of
+    the dense product's O(64 n): the same sums, a sixtieth of the work.
+    """
+    dense = _downsample_matrix(n)
+    window = (n + _WINDOW_DIVISOR - 1) // _WINDOW_DIVISOR
+    half = (window + 2) // 2
+    picks = ((np.arange(64) + 0.5) * n / 64).astype(np.int64)
+    # the box of a box: from the first input of the first member's box to the
+    # last input of the last member's (the cumulative sums leave rounding dust
+    # outside, which is dropped)
+    first = np.maximum(0, picks - 2 * (window - half))
+    last = np.minimum(n - 1, picks + 2 * (half - 1))
+    width = int((last - first).max()) + 1
+    idx = first[:, None] + np.arange(width)[None, :]
+    inside = idx <= last[:, None]
+    idx = np.minimum(idx, n - 1)
+    weights = np.where(inside, np.take_along_axis(dense, idx, axis=1), 0).astype(np.float32)
+    return np.ascontiguousarray(idx), np.ascontiguousarray(weights)
+
+
 def downsample64(luma: np.ndarray) -> np.ndarray:
-    """The 64x64 image PDQ's DCT and quality score are computed from."""
+    """The 64x64 image PDQ's DCT and quality score are computed from.
+
+    ``luma`` is float luma, or 8-bit grey (then only the rows the filter
+    reads are converted to float).
+    """
     rows, cols = luma.shape
-    return (_downsample_matrix(rows) @ luma.astype(np.float32, copy=False)
-            @ _downsample_matrix(cols).T).astype(np.float64)
+    row_idx, row_w = _band(rows)
+    col_idx, col_w = _band(cols)
+    gathered = luma[row_idx].astype(np.float32, copy=False)        # 64 x K x cols
+    across = np.matmul(row_w[:, None, :], gathered)[:, 0, :]        # 64 x cols
+    picked = across[:, col_idx]                                     # 64 x 64 x K
+    return np.einsum("rck,ck->rc", picked, col_w, dtype=np.float64)
 
 
 def quality(buf64: np.ndarray) -> int:
