@@ -560,10 +560,14 @@ class Catalog:
                                  "VALUES (?, ?, ?, ?)", (image_id, *row.features))
             if linker is not None and result.new_images:
                 result.links_added = self._insert_links(linker(result.new_images))
+            new_ids = {sha256: image_id for image_id, sha256 in result.new_images}
+            # a failure is cleared when its source is seen again; with none on
+            # record (the usual first run) there is nothing to look up
+            any_failures = conn.execute("SELECT EXISTS (SELECT 1 FROM failures)").fetchone()[0]
             for sha256, s in sightings:
                 s = s.normalised()
-                found = conn.execute("SELECT id FROM images WHERE sha256 = ?",
-                                     (sha256,)).fetchone()
+                found = (new_ids[sha256],) if sha256 in new_ids else conn.execute(
+                    "SELECT id FROM images WHERE sha256 = ?", (sha256,)).fetchone()
                 if found is None:
                     raise CatalogError(f"sighting for unknown image {sha256}")
                 cur = conn.execute(
@@ -578,7 +582,7 @@ class Catalog:
                     result.sightings_added += 1
                 else:
                     result.sightings_known += 1
-                if s.source:
+                if s.source and any_failures:
                     conn.execute("DELETE FROM failures WHERE source = ?", (s.source,))
             conn.executemany(
                 "INSERT OR IGNORE INTO payload_digests (digest, image_id) "

@@ -283,12 +283,17 @@ class IndexLinker:
             if not chunks:
                 continue
             codes = np.frombuffer(b"".join(chunks), dtype=np.uint8)
+            owner_of = np.asarray(owners, dtype=np.int64)
             # one pass over each index for the whole batch: older images, then the batch
             for idx in (index, self._batch_index(name, new_images, variants)):
-                for owner, (ids, _) in zip(owners, idx.range_search(codes, threshold)):
-                    # newer queries older only, so the links found do not depend
-                    # on where batches begin and end
-                    candidates[owner].update(int(i) for i in ids if i < owner)
+                found = idx.range_search(codes, threshold)
+                who = np.repeat(owner_of, [len(ids) for ids, _ in found])
+                other = np.concatenate([ids for ids, _ in found]) if found else who
+                # newer queries older only, so the links found do not depend
+                # on where batches begin and end
+                keep = other < who
+                for owner, i in set(zip(who[keep].tolist(), other[keep].tolist())):
+                    candidates[owner].add(i)
         wanted = sorted(set().union(*candidates.values(), *voted.values())) if candidates else []
         stored = self.catalog.signals_of(wanted)
         out: list[LinkRow] = []

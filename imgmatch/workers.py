@@ -33,8 +33,12 @@ from .catalog import KnownImages
 
 #: Default per-file time limit, in seconds (decode and every signal).
 DEFAULT_TIMEOUT = 60.0
-#: Jobs queued per worker, so a worker never waits for its next file.
-QUEUE_DEPTH = 2
+#: Jobs queued per worker, so a worker never waits for its next file, even
+#: while the parent writes a batch (linking a batch of 256 can take 100 ms).
+QUEUE_DEPTH = 8
+#: ... unless the queued jobs carry their bytes (stdin, WARC records): then at
+#: most this many bytes wait per worker.
+QUEUE_BYTES = 64 << 20
 
 
 def single_threaded():
@@ -98,6 +102,7 @@ class _Worker:
     process: mp.process.BaseProcess
     conn: Connection
     queue: deque = field(default_factory=deque)   # jobs sent, oldest first
+    queued_bytes: int = 0                          # of the jobs that carry their bytes
     started: float = 0.0                           # when the oldest job began
 
 
@@ -148,22 +153,28 @@ class ProcessPool:
         child_conn.close()
         return _Worker(process, parent_conn)
 
+    @staticmethod
+    def _has_room(worker: _Worker) -> bool:
+        return len(worker.queue) < QUEUE_DEPTH and worker.queued_bytes < QUEUE_BYTES
+
     @property
     def has_capacity(self) -> bool:
-        return any(len(w.queue) < QUEUE_DEPTH for w in self._workers)
+        return any(self._has_room(w) for w in self._workers)
 
     @property
     def busy(self) -> bool:
         return bool(self._lost) or any(w.queue for w in self._workers)
 
     def submit(self, job: Job) -> None:
-        worker = min(self._workers, key=lambda w: len(w.queue))
+        worker = min([w for w in self._workers if self._has_room(w)] or self._workers,
+                     key=lambda w: len(w.queue))
         self._send(worker, job)
 
     def _send(self, worker: _Worker, job: Job) -> None:
         if not worker.queue:
             worker.started = time.monotonic()
         worker.queue.append(job)
+        worker.queued_bytes += len(job.data or b"")
         try:
             worker.conn.send(job.wire())
         except (BrokenPipeError, OSError):
@@ -176,9 +187,15 @@ class ProcessPool:
         busy = [w for w in self._workers if w.queue]
         if not busy:
             return
-        wait_for = min(timeout, max(0.0, min(w.started + self.timeout for w in busy)
-                                    - time.monotonic()))
-        ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], wait_for)
+        if timeout <= 0:
+            # asked after every submit: a poll per pipe costs a fraction of
+            # building a selector over every pipe and process sentinel (a dead
+            # worker is still noticed below, and by the next waiting call)
+            ready = [w.conn for w in busy if w.conn.poll()]
+        else:
+            wait_for = min(timeout, max(0.0, min(w.started + self.timeout for w in busy)
+                                        - time.monotonic()))
+            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], wait_for)
         for worker in list(busy):
             if worker.conn in ready:
                 while worker.queue and worker.conn.poll():
@@ -186,7 +203,8 @@ class ProcessPool:
                         key, analysis = worker.conn.recv()
                     except (EOFError, OSError):
                         break
-                    worker.queue.popleft()
+                    done = worker.queue.popleft()
+                    worker.queued_bytes -= len(done.data or b"")
                     worker.started = time.monotonic()
                     yield key, analysis
             if worker.queue and not worker.process.is_alive():

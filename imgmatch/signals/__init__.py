@@ -7,8 +7,6 @@ privileged path.
 
 from __future__ import annotations
 
-from importlib import metadata
-
 from ..errors import SignalError
 from .base import DIHEDRAL_OPS, HashValue, SignalType, hamming
 from .imagehashes import DHash, PHash
@@ -40,6 +38,8 @@ def _load_entry_points() -> None:
     if _LOADED_ENTRY_POINTS:
         return
     _LOADED_ENTRY_POINTS = True
+    from importlib import metadata  # only when an unknown name is asked for (30 ms)
+
     for ep in metadata.entry_points(group="imgmatch.signals"):
         if ep.name not in _REGISTRY:
             register(ep.load())

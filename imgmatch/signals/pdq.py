@@ -7,8 +7,9 @@ one bit per coefficient above the median. The quality score (0-100) sums the
 64x64 image's gradients; Meta rejects hashes under 50 as too plain to match.
 
 Filter and decimation are linear and act on one axis at a time, so they
-collapse into one 64 x n matrix per axis: the whole downsample is two matrix
-products, ``R_rows @ Y @ R_cols.T``, instead of pixel loops. The matrices are
+collapse into one 64 x n filter per axis, nonzero only on a band of about n/64
+inputs per output: the downsample gathers those rows, then those columns,
+and weights them, instead of running pixel loops. The bands are
 cached by image size. Bits are laid out as in Meta's hex: the string is the
 256-bit integer in which DCT coefficient (i, j) is bit ``16*i + j``.
 
@@ -39,35 +40,6 @@ WORKING_SIDE = 512
 _WINDOW_DIVISOR = 128
 
 
-@lru_cache(maxsize=256)
-def _downsample_matrix(n: int) -> np.ndarray:
-    """64 x n: two passes of Meta's box filter along one axis, sampled at 64 cell centres.
-
-    Meta's 1-D box filter averages ``in[o - (w - h) .. o + h - 1]`` (h = (w+2)//2,
-    windows shrinking at the edges). Row i of the matrix is the box of the
-    sample point ``p`` applied to the boxes of its neighbours: built from
-    difference arrays in O(64 x window) vectorised steps, not as an n x n
-    product, so a cache miss (a new image size) costs a fraction of a millisecond.
-    """
-    window = (n + _WINDOW_DIVISOR - 1) // _WINDOW_DIVISOR
-    half = (window + 2) // 2
-    o = np.arange(n)
-    lo = np.maximum(0, o - (window - half))
-    hi = np.minimum(n - 1, o + half - 1)
-    count = hi - lo + 1
-    picks = ((np.arange(64) + 0.5) * n / 64).astype(np.int64)
-    # members[i, k]: the k-th input of the first box at pick i (masked past its end)
-    members = lo[picks][:, None] + np.arange(window + 1)[None, :]
-    valid = members <= hi[picks][:, None]
-    members = np.minimum(members, n - 1)
-    weights = np.where(valid, 1.0 / (count[picks][:, None] * count[members]), 0.0)
-    rows = np.broadcast_to(np.arange(64)[:, None], members.shape)
-    diff = np.zeros((64, n + 1), dtype=np.float64)
-    np.add.at(diff, (rows, lo[members]), weights)
-    np.add.at(diff, (rows, hi[members] + 1), -weights)
-    return np.ascontiguousarray(np.cumsum(diff, axis=1)[:, :n].astype(np.float32))
-
-
 def _dct_matrix() -> np.ndarray:
     i = np.arange(1, 17)[:, None]
     j = np.arange(64)[None, :]
@@ -77,29 +49,40 @@ def _dct_matrix() -> np.ndarray:
 _DCT = _dct_matrix()
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=1024)
 def _band(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The nonzero band of :func:`_downsample_matrix`: (64 x K indices, 64 x K weights).
+    """Two passes of Meta's box filter along one axis, sampled at 64 cell centres,
+    as (64 x K input indices, 64 x K weights).
 
-    Each output sample draws on only about n/64 inputs (the tent's support),
-    so gathering those and weighting them costs O(n) per column instead of
-    the dense product's O(64 n): the same sums, a sixtieth of the work.
+    Meta's 1-D box filter averages ``in[o - (w - h) .. o + h - 1]`` (h = (w+2)//2,
+    windows shrinking at the edges). Output i is the box of its sample point
+    ``p`` applied to the boxes of p's neighbours, so it draws on only the K
+    (about n/64) inputs from the first member's box to the last's: gathering
+    those and weighting them costs O(n) per column, where a dense 64 x n
+    filter matrix costs O(64 n). Built in O(64 x K x window) vectorised steps,
+    so a new image size costs a few tens of microseconds.
     """
-    dense = _downsample_matrix(n)
     window = (n + _WINDOW_DIVISOR - 1) // _WINDOW_DIVISOR
     half = (window + 2) // 2
+    o = np.arange(n)
+    lo = np.maximum(0, o - (window - half))
+    hi = np.minimum(n - 1, o + half - 1)
+    count = hi - lo + 1
     picks = ((np.arange(64) + 0.5) * n / 64).astype(np.int64)
-    # the box of a box: from the first input of the first member's box to the
-    # last input of the last member's (the cumulative sums leave rounding dust
-    # outside, which is dropped)
-    first = np.maximum(0, picks - 2 * (window - half))
-    last = np.minimum(n - 1, picks + 2 * (half - 1))
-    width = int((last - first).max()) + 1
-    idx = first[:, None] + np.arange(width)[None, :]
-    inside = idx <= last[:, None]
-    idx = np.minimum(idx, n - 1)
-    weights = np.where(inside, np.take_along_axis(dense, idx, axis=1), 0).astype(np.float32)
-    return np.ascontiguousarray(idx), np.ascontiguousarray(weights)
+    # members[i, m]: the m-th input of the first box at pick i (masked past its end)
+    members = lo[picks][:, None] + np.arange(window + 1)[None, :]
+    valid = members <= hi[picks][:, None]
+    members = np.minimum(members, n - 1)
+    share = np.where(valid, 1.0 / (count[picks][:, None] * count[members]), 0.0)
+    first = lo[members[:, 0]]
+    width = int((hi[members].max(axis=1) - first).max()) + 1
+    idx = np.minimum(first[:, None] + np.arange(width)[None, :], n - 1)   # 64 x K
+    covers = ((lo[members][:, None, :] <= idx[:, :, None])
+              & (idx[:, :, None] <= hi[members][:, None, :]))         # 64 x K x members
+    weights = (covers * share[:, None, :]).sum(axis=2)
+    # positions past the end were clipped onto the last input: count it once
+    weights[(first[:, None] + np.arange(width)[None, :]) > n - 1] = 0.0
+    return np.ascontiguousarray(idx), weights.astype(np.float32)
 
 
 def downsample64(luma: np.ndarray) -> np.ndarray:
