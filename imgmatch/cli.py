@@ -86,6 +86,12 @@ ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
               help="Hash every frame of an animated GIF, WebP or PNG (up to 100) as an image "
                    "of its own, seen where the file was; by default the first frame stands "
                    "for the file.")
+@click.option("--link/--no-link", default=True, show_default=True,
+              help="Link new images to their near-duplicates as they are written. "
+                   "Linking holds the hash indexes in memory (about 40 bytes per image "
+                   "per 64-bit hash); --no-link streams in memory that does not grow, and "
+                   "'imgmatch link' links afterwards (values as stored: mirrored and "
+                   "rotated copies are linked only by an ingest that links).")
 @click.option("--emit-matches", is_flag=True,
               help="Write one JSON line per item to standard output, as soon as it is "
                    "catalogued, with its status and matches (for pipelines; implies "
@@ -96,8 +102,8 @@ ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
 def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl,
            scrapy_items: Path | None, scrapy_store: Path | None, platform: str | None,
            signal_list: str | None, robust: bool, workers: int, timeout: float,
-           batch_size: int, thumbnails: bool, all_frames: bool, emit_matches: bool,
-           quiet: bool, as_json: bool) -> int:
+           batch_size: int, thumbnails: bool, all_frames: bool, link: bool,
+           emit_matches: bool, quiet: bool, as_json: bool) -> int:
     """Catalogue images from files, folders (recursive), manifests, WARC/ARC files,
     JSON lines and Scrapy output. Files ending .warc, .warc.gz, .arc or .arc.gz
     are read as web archives."""
@@ -106,6 +112,9 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
                                "or --scrapy-items")
     if bool(scrapy_items) != bool(scrapy_store):
         raise click.UsageError("--scrapy-items and --scrapy-store go together")
+    if emit_matches and not link:
+        raise click.UsageError("--emit-matches reports the links an ingest finds; "
+                               "it cannot go with --no-link")
     names = registry.parse_list(signal_list)
     if robust and registry.FEATURES not in names:
         names = names + (registry.FEATURES,)
@@ -135,9 +144,9 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
             summary = collection.ingest(
                 items(), signals=names, workers=workers, timeout=timeout,
                 batch_size=1 if emit_matches else batch_size, on_progress=on_progress,
-                on_written=emit, thumbnails=thumbnails, all_frames=all_frames,
+                on_written=emit, thumbnails=thumbnails, all_frames=all_frames, link=link,
                 args={"paths": [str(p) for p in paths], "manifests": [str(m) for m in manifests],
-                      "platform": platform, "signals": list(names)})
+                      "platform": platform, "signals": list(names), "link": link})
         finally:
             progress.finish()
     if as_json and not emit_matches:

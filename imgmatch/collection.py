@@ -199,11 +199,16 @@ class Collection:
                command: str = "ingest", args: dict | None = None, timeout: float = 60.0,
                batch_size: int = DEFAULT_BATCH, run_id: int | None = None,
                on_progress=None, on_written=None, thumbnails: bool = False,
-               all_frames: bool = False) -> IngestSummary:
+               all_frames: bool = False, link: bool = True) -> IngestSummary:
         """Catalogue items, link new images to their near-duplicates, save indexes.
 
         ``all_frames``: every frame of an animated file (up to 100) is an image
         of its own; otherwise the first frame stands for the file.
+
+        ``link=False`` writes images and sightings only, in memory that does not
+        grow with the collection (linking holds the hash indexes in memory);
+        :meth:`link_pairs` links them afterwards, comparing values as stored,
+        so mirrored and rotated copies are linked only by an ingest that links.
 
         Each call is recorded as a run, unless ``run_id`` names one already
         open (a long-lived caller such as the HTTP service keeps one). A
@@ -211,13 +216,7 @@ class Collection:
         tier cannot find images that lack them).
         """
         signals = self._tier(signals)
-        indexes = self.indexes
-        for name in signals:
-            if name not in indexes and name != FEATURES:
-                indexes[name] = BinaryIndex(registry.get(name).bits)
-        descriptors = self.descriptors
-        if FEATURES in signals and descriptors is None:
-            descriptors = self._descriptors = DescriptorIndex()
+        linker = self._linker(signals) if link else None
         own_run = run_id is None
         if own_run:
             run_id = self.catalog.start_run(command, args or {})
@@ -225,18 +224,33 @@ class Collection:
         summary = IngestSummary()
         try:
             summary = ingest(self.catalog, items, signal_names=signals, workers=workers,
-                             run_id=run_id, linker=IndexLinker(self.catalog, indexes, descriptors=descriptors),
+                             run_id=run_id, linker=linker,
                              timeout=timeout, batch_size=batch_size,
                              on_progress=on_progress, on_written=on_written,
                              thumbnails=thumbnails, all_frames=all_frames)
             status = "partial" if summary.failures else "ok"
         finally:
-            if summary.images_added:
+            if summary.images_added and linker is not None:
                 self._dirty.update(signals)
+            elif summary.images_added:
+                # indexes held from before are behind the catalog now: the next
+                # use loads them again and appends the new rows
+                self._indexes = self._descriptors = None
             if own_run:
                 self.save_indexes()
                 self.catalog.finish_run(run_id, status, summary.to_json() | {"failures": None})
         return summary
+
+    def _linker(self, signals: Sequence[str]) -> IndexLinker:
+        """Links an ingest's new images through the indexes (loaded, or made)."""
+        indexes = self.indexes
+        for name in signals:
+            if name not in indexes and name != FEATURES:
+                indexes[name] = BinaryIndex(registry.get(name).bits)
+        descriptors = self.descriptors
+        if FEATURES in signals and descriptors is None:
+            descriptors = self._descriptors = DescriptorIndex()
+        return IndexLinker(self.catalog, indexes, descriptors=descriptors)
 
     def add(self, image: bytes | str | Path, sighting: SightingRow | None = None, *,
             signals: Sequence[str] = registry.DEFAULT_SIGNALS) -> Added:

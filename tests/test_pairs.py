@@ -200,3 +200,41 @@ def test_a_few_new_hashes_keep_the_quality_gate(tmp_path, monkeypatch):
         sources = {s.source for s in seen[a] + seen[b]}
     assert sources == {"old-0.jpg", "good-copy.jpg"} and distances == {"pdq": 3}
     assert calls == [2]  # through the index; the dark copy never took part
+
+
+def test_ingest_without_links_then_link_pass(tmp_path, capsys):
+    """``ingest --no-link`` holds no index; the link pass then finds the pairs an
+    ingest that links finds among the fixtures' reposts (those not mirrored or
+    rotated), and queries see the new images."""
+    from pathlib import Path
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures"
+    args = ["ingest", "--manifest", str(fixtures / "manifest.csv"), "--workers", "0",
+            "--quiet", "--json"]
+    assert main(["--db", str(tmp_path / "linked.db"), *args]) in (0, 1)
+    linked = json.loads(capsys.readouterr().out)
+    assert main(["--db", str(tmp_path / "later.db"), *args, "--no-link"]) in (0, 1)
+    later = json.loads(capsys.readouterr().out)
+    assert later["images_added"] == linked["images_added"] > 0
+    assert later["links_added"] == 0 < linked["links_added"]
+    assert not (tmp_path / "later.db.indexes").exists() or \
+        not any((tmp_path / "later.db.indexes").iterdir())
+    with imgmatch.Collection.open(tmp_path / "later.db") as c:
+        assert c.catalog.counts()["links"] == 0
+        found = c.link_pairs()
+        pairs_later = {(a, b) for a, b, *_ in c.catalog.links()}
+        hits = c.query(fixtures / "originals" / "astronaut.jpg")
+    with imgmatch.Collection.open(tmp_path / "linked.db") as c:
+        pairs_linked = {(a, b) for a, b, *_ in c.catalog.links()}
+    assert sum(r["links_added"] for r in found.values()) == len(pairs_later) > 0
+    # every pair the pass finds, the linking ingest found too; what it misses
+    # are mirrored or rotated copies, found at ingest from the pixels
+    assert pairs_later <= pairs_linked
+    assert len(pairs_later) >= len(pairs_linked) // 2
+    assert hits and hits[0].score == 1.0
+
+
+def test_no_link_cannot_emit_matches(tmp_path, capsys):
+    assert main(["--db", str(tmp_path / "c.db"), "ingest", "x.jpg", "--no-link",
+                 "--emit-matches"]) == 2
+    assert "--no-link" in capsys.readouterr().err
