@@ -212,12 +212,12 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
                 finished[submitted] = item.analysis
                 submitted += 1
             else:
-                while not pool.has_capacity:
+                job = Job(submitted, item.source,
+                          path=None if item.path is None else str(item.path), data=item.data)
+                while not pool.can_take(job):
                     collect(0.05)
                 jobs[submitted] = item
-                pool.submit(Job(submitted, item.source,
-                                path=None if item.path is None else str(item.path),
-                                data=item.data))
+                pool.submit(job)
                 submitted += 1
             collect(0.0)
             if len(batch) >= batch_size or time.monotonic() - batch.opened > FLUSH_SECONDS:

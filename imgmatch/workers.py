@@ -34,10 +34,14 @@ from .catalog import KnownImages
 #: Default per-file time limit, in seconds (decode and every signal).
 DEFAULT_TIMEOUT = 60.0
 #: Jobs queued per worker, so a worker never waits for its next file, even
-#: while the parent writes a batch (linking a batch of 256 can take 100 ms).
-QUEUE_DEPTH = 8
-#: ... unless the queued jobs carry their bytes (stdin, WARC records): then at
-#: most this many bytes wait per worker.
+#: while the parent links and writes a batch (that can take 100 ms or more).
+QUEUE_DEPTH = 32
+#: A job that carries its bytes (stdin, WARC records) goes only to a worker
+#: with fewer than this many jobs queued, and only while less than
+#: QUEUE_BYTES of such bytes wait for it. Sending a large job blocks the
+#: parent until the worker reads it; the worker first sends the results of
+#: the jobs ahead of it, which must then fit in the pipe, unread.
+DATA_QUEUE_DEPTH = 2
 QUEUE_BYTES = 64 << 20
 
 
@@ -77,8 +81,7 @@ class InlinePool:
         self.options = options
         self._done: deque[tuple[int, Analysis]] = deque()
 
-    @property
-    def has_capacity(self) -> bool:
+    def can_take(self, job: Job) -> bool:
         return True
 
     @property
@@ -154,19 +157,21 @@ class ProcessPool:
         return _Worker(process, parent_conn)
 
     @staticmethod
-    def _has_room(worker: _Worker) -> bool:
-        return len(worker.queue) < QUEUE_DEPTH and worker.queued_bytes < QUEUE_BYTES
+    def _has_room(worker: _Worker, job: Job) -> bool:
+        if job.data:
+            return len(worker.queue) < DATA_QUEUE_DEPTH and worker.queued_bytes < QUEUE_BYTES
+        return len(worker.queue) < QUEUE_DEPTH
 
-    @property
-    def has_capacity(self) -> bool:
-        return any(self._has_room(w) for w in self._workers)
+    def can_take(self, job: Job) -> bool:
+        """Whether some worker has room for ``job`` now."""
+        return any(self._has_room(w, job) for w in self._workers)
 
     @property
     def busy(self) -> bool:
         return bool(self._lost) or any(w.queue for w in self._workers)
 
     def submit(self, job: Job) -> None:
-        worker = min([w for w in self._workers if self._has_room(w)] or self._workers,
+        worker = min([w for w in self._workers if self._has_room(w, job)] or self._workers,
                      key=lambda w: len(w.queue))
         self._send(worker, job)
 

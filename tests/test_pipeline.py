@@ -86,6 +86,42 @@ def test_a_crashing_or_hanging_decoder_costs_one_file(tmp_path, saboteur):
     assert summary.workers_replaced == 2
 
 
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(),
+                    reason="the saboteur signal reaches workers only through fork")
+def test_jobs_carrying_bytes_queue_shallow_and_a_crash_among_them_costs_one(
+        tmp_path, saboteur):
+    """Files sent as bytes (stdin, WARC) wait at most DATA_QUEUE_DEPTH deep per
+    worker, paths up to QUEUE_DEPTH; a crash among byte jobs is still pinned on
+    its own file."""
+    from imgmatch.workers import DATA_QUEUE_DEPTH, QUEUE_DEPTH, Job, ProcessPool
+
+    pool = ProcessPool(("saboteur",), 1)
+    try:
+        big = _png((40, 30)) + bytes(1 << 20)  # a valid PNG with trailing bytes
+        for key in range(DATA_QUEUE_DEPTH):
+            assert pool.can_take(Job(key, "b", data=big))
+            pool.submit(Job(key, "b", data=big))
+        assert not pool.can_take(Job(99, "b", data=big))
+        assert pool.can_take(Job(99, "p", path=str(tmp_path / "x.png")))
+        assert DATA_QUEUE_DEPTH < QUEUE_DEPTH
+        done = []
+        while len(done) < DATA_QUEUE_DEPTH:
+            done += list(pool.results(1.0))
+        assert sorted(k for k, _ in done) == list(range(DATA_QUEUE_DEPTH))
+    finally:
+        pool.close()
+    lines = [json.dumps({"data_b64": base64.b64encode(_png((40 + n, 30))).decode(),
+                         "url": f"https://x.example/{n}"}) + "\n" for n in range(5)]
+    lines.insert(2, json.dumps({"data_b64": base64.b64encode(_png((13, 30))).decode(),
+                                "url": "https://x.example/crash"}) + "\n")
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        summary = c.ingest(iter_jsonl_stream(lines), signals=("saboteur",), workers=1, timeout=5)
+    assert [(r, d.split(" (")[0]) for _, r, d in summary.failures] == \
+        [("decoder-crash", "the decoder crashed")]
+    assert summary.failures[0][0] == "<stdin>:3"  # the third line
+    assert summary.images_added == 5
+
+
 def _png(size: tuple[int, int]) -> bytes:
     buf = io.BytesIO()
     Image.new("L", size, 128).save(buf, "PNG")
