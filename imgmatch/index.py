@@ -43,6 +43,9 @@ class Manifest:
     max_image_id: int
     deletions: int
     sha256: str
+    #: kept so manifests of either age load; the tables are numpy arrays of
+    #: imgmatch's own, so nothing of FAISS's is recorded (it cost a package
+    #: metadata lookup, 50 ms, on every save)
     faiss_version: str
     manifest_version: int = MANIFEST_VERSION
 
@@ -101,6 +104,12 @@ class BinaryIndex:
         """All ids within ``threshold`` bits (inclusive) of each query: [(ids, dists)]."""
         return self.mih.range_search(_as_codes(codes, self.bits), threshold)
 
+    def range_pairs(self, codes: np.ndarray, threshold: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(query index, id, distance) of every id within ``threshold`` bits of
+        a query, in query order: one set of arrays for a whole batch."""
+        return self.mih.range_pairs(_as_codes(codes, self.bits), threshold)
+
     def memory_bytes(self) -> int:
         return self.mih.memory_bytes()
 
@@ -111,7 +120,7 @@ class BinaryIndex:
             return asdict(Manifest(
                 collection_id=collection_id, signal=signal, bits=self.bits, factory=FACTORY,
                 count=len(self), max_image_id=self.max_id, deletions=deletions,
-                sha256=digest, faiss_version=_faiss_version()))
+                sha256=digest, faiss_version=""))
         return Manifest(**write_folder(path, self.mih.arrays(), manifest_for))
 
     @classmethod
@@ -218,15 +227,6 @@ def _read_npy(path: Path, digest) -> np.ndarray:
             raise ValueError(f"{path.name} does not hold the array its header describes")
         digest.update(view)
     return array
-
-
-def _faiss_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("faiss-cpu")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def manifest_path(path: Path) -> Path:

@@ -286,9 +286,8 @@ class IndexLinker:
             owner_of = np.asarray(owners, dtype=np.int64)
             # one pass over each index for the whole batch: older images, then the batch
             for idx in (index, self._batch_index(name, new_images, variants)):
-                found = idx.range_search(codes, threshold)
-                who = np.repeat(owner_of, [len(ids) for ids, _ in found])
-                other = np.concatenate([ids for ids, _ in found]) if found else who
+                q, other, _ = idx.range_pairs(codes, threshold)
+                who = owner_of[q]
                 # newer queries older only, so the links found do not depend
                 # on where batches begin and end
                 keep = other < who

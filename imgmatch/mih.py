@@ -250,6 +250,17 @@ class MultiIndexHash:
         """
         queries = np.ascontiguousarray(queries, dtype=np.uint8).reshape(-1, self.nbytes)
         nq = len(queries)
+        q, found, d = self.range_pairs(queries, radius)
+        bounds = np.searchsorted(q, np.arange(nq + 1))
+        return [(found[bounds[i]:bounds[i + 1]], d[bounds[i]:bounds[i + 1]]) for i in range(nq)]
+
+    def range_pairs(self, queries: np.ndarray, radius: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every (query index, id, distance) within ``radius``, by query index:
+        :meth:`range_search` without splitting the answer per query (a batch's
+        thousands of queries are then one array, not thousands)."""
+        queries = np.ascontiguousarray(queries, dtype=np.uint8).reshape(-1, self.nbytes)
+        nq = len(queries)
         qs, ids, dists = [], [], []
         for start in range(0, nq, QUERY_CHUNK):
             chunk = queries[start:start + QUERY_CHUNK]
@@ -272,15 +283,13 @@ class MultiIndexHash:
                 ids.append(self.pending_ids[at])
                 dists.append(d)
         if not qs:
-            return [(np.empty(0, np.int64), np.empty(0, np.int32)) for _ in range(nq)]
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int32)
         q, found, d = np.concatenate(qs), np.concatenate(ids), np.concatenate(dists)
         if self.removed:
             keep = ~np.isin(found, np.fromiter(self.removed, np.int64))
             q, found, d = q[keep], found[keep], d[keep]
         order = np.argsort(q, kind="stable")
-        q, found, d = q[order], found[order], d[order]
-        bounds = np.searchsorted(q, np.arange(nq + 1))
-        return [(found[bounds[i]:bounds[i + 1]], d[bounds[i]:bounds[i + 1]]) for i in range(nq)]
+        return q[order], found[order], d[order]
 
     def _scan_pending(self, queries: np.ndarray, radius: int):
         """(query index, distance, pending position) of pending codes within radius."""

@@ -459,3 +459,14 @@ def test_hex_and_hamming_properties(a_bytes, b_bytes):
     numpy_count = int(np.unpackbits(np.frombuffer(a_bytes, np.uint8)
                                     ^ np.frombuffer(b_bytes, np.uint8)).sum())
     assert numpy_count == expected
+
+
+@given(st.integers(1, 8), st.integers(1, 70), st.integers(0, 2**32 - 1), st.booleans())
+def test_threshold_rows_is_a_bit_per_value_above_numpys_median(rows, width, seed, ties):
+    from imgmatch.signals.base import threshold_rows
+
+    values = np.random.default_rng(seed).normal(size=(rows, width))
+    if ties:
+        values = np.round(values * 2)
+    expected = [np.packbits(row > np.median(row)).tobytes() for row in values]
+    assert threshold_rows(values, lower_median=False) == expected
