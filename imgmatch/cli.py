@@ -13,7 +13,6 @@ one place (:func:`main`):
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from .collection import Collection, default_db_path, hash_bytes
 from .errors import ImgmatchError, InputError
 from .ingest import DEFAULT_BATCH
 from .match import MATCH_SCORE
+from .pairs import default_workers
 from .report import FORMATS
 from .report.table import clean
 from .keys import SCOPES, create_key
@@ -73,8 +73,8 @@ ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
               help="Also store local features (the robust tier, '--signals "
                    f"{','.join(registry.ROBUST_SIGNALS)}'): finds crops, borders, rotations, "
                    "overlays, screenshots and collages; slower, and more bytes per image.")
-@click.option("--workers", type=click.IntRange(0, 256), default=os.cpu_count() or 1,
-              show_default="all cores", help="Worker processes for decoding and hashing "
+@click.option("--workers", type=click.IntRange(0, 256), default=default_workers(),
+              show_default="all cores this process may use", help="Worker processes for decoding and hashing "
               "(0: in this process, without crash isolation).")
 @click.option("--timeout", type=click.FloatRange(0.1), default=DEFAULT_TIMEOUT,
               show_default=True, help="Seconds one file may take before it is given up.")

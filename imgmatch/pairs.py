@@ -222,6 +222,8 @@ def _verify(a: np.ndarray, b: np.ndarray, rows: np.ndarray, n: np.ndarray, lo: n
 
 
 def default_workers() -> int:
+    """The cores this process may run on (its CPU affinity, which a container
+    or ``taskset`` narrows; ``os.cpu_count`` counts the machine's)."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                else (os.cpu_count() or 1))
 
