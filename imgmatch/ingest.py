@@ -27,6 +27,8 @@ from .workers import DEFAULT_TIMEOUT, InlinePool, Job, ProcessPool, single_threa
 #: Images per write transaction, and the longest a result waits to be written.
 DEFAULT_BATCH = 256
 FLUSH_SECONDS = 2.0
+#: How long the writer sleeps when every worker's queue is full.
+FULL_PAUSE = 0.005
 
 __all__ = ["Analysis", "analyse", "ingest", "IngestSummary", "BatchLinker", "DEFAULT_BATCH"]
 
@@ -215,7 +217,11 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
                 job = Job(submitted, item.source,
                           path=None if item.path is None else str(item.path), data=item.data)
                 while not pool.can_take(job):
-                    collect(0.05)
+                    # the workers have their queues full: let them run, then
+                    # take every result that is ready at once (waking for each
+                    # one costs the workers a context switch per file)
+                    time.sleep(FULL_PAUSE)
+                    collect(0.0)
                 jobs[submitted] = item
                 pool.submit(job)
                 submitted += 1
