@@ -195,7 +195,7 @@ class ProcessPool:
         if timeout <= 0:
             # asked after every submit: a poll per pipe costs a fraction of
             # building a selector over every pipe and process sentinel (a dead
-            # worker is still noticed below, and by the next waiting call)
+            # or overrunning worker is still noticed below)
             ready = [w.conn for w in busy if w.conn.poll()]
         else:
             wait_for = min(timeout, max(0.0, min(w.started + self.timeout for w in busy)
