@@ -74,8 +74,9 @@ ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
                    f"{','.join(registry.ROBUST_SIGNALS)}'): finds crops, borders, rotations, "
                    "overlays, screenshots and collages; slower, and more bytes per image.")
 @click.option("--workers", type=click.IntRange(0, 256), default=default_workers(),
-              show_default="all cores this process may use", help="Worker processes for decoding and hashing "
-              "(0: in this process, without crash isolation).")
+              show_default="all cores this process may use",
+              help="Worker processes for decoding and hashing "
+                   "(0: in this process, without crash isolation).")
 @click.option("--timeout", type=click.FloatRange(0.1), default=DEFAULT_TIMEOUT,
               show_default=True, help="Seconds one file may take before it is given up.")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=DEFAULT_BATCH,

@@ -234,8 +234,10 @@ class Collection:
                 self._dirty.update(signals)
             elif summary.images_added:
                 # indexes held from before are behind the catalog now: the next
-                # use loads them again and appends the new rows
+                # use loads them again and appends the new rows (marking them
+                # changed), so nothing unsaved is lost with them
                 self._indexes = self._descriptors = None
+                self._dirty.clear()
             if own_run:
                 self.save_indexes()
                 self.catalog.finish_run(run_id, status, summary.to_json() | {"failures": None})
@@ -402,15 +404,14 @@ class Collection:
                         new_codes: np.ndarray, upto: int) -> tuple[np.ndarray, ...]:
         """(new id, old id, distance) for each usable old code (id <= ``upto``)
         within the threshold of a new one, asked of the index."""
-        found = [(int(n), int(o), int(dist)) for n, (others, dists) in
-                 zip(new_ids, index.range_search(new_codes, sig.threshold))
-                 for o, dist in zip(others, dists) if o <= upto]
-        if sig.min_quality is not None and found:
-            stored = self.catalog.signals_of(sorted({o for _, o, _ in found}))
-            found = [f for f in found if _usable(sig, stored[f[1]][sig.name][1])]
-        if not found:
-            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
-        return tuple(np.array(col, dtype=np.int64) for col in zip(*found))
+        q, old, dist = index.range_pairs(new_codes, sig.threshold)
+        keep = old <= upto
+        q, old, dist = q[keep], old[keep], dist[keep]
+        if sig.min_quality is not None and len(old):
+            stored = self.catalog.signals_of(np.unique(old).tolist())
+            keep = np.array([_usable(sig, stored[o][sig.name][1]) for o in old.tolist()])
+            q, old, dist = q[keep], old[keep], dist[keep]
+        return new_ids[q], old, dist.astype(np.int64)
 
     # ------------------------------------------------------------------ query
     def query(self, image: bytes | str | Path, *, top_k: int = 10,

@@ -45,7 +45,7 @@ class Manifest:
     sha256: str
     #: kept so manifests of either age load; the tables are numpy arrays of
     #: imgmatch's own, so nothing of FAISS's is recorded (it cost a package
-    #: metadata lookup, 50 ms, on every save)
+    #: metadata lookup on every save)
     faiss_version: str
     manifest_version: int = MANIFEST_VERSION
 

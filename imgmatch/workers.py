@@ -34,7 +34,7 @@ from .catalog import KnownImages
 #: Default per-file time limit, in seconds (decode and every signal).
 DEFAULT_TIMEOUT = 60.0
 #: Jobs queued per worker, so a worker never waits for its next file, even
-#: while the parent links and writes a batch (that can take 100 ms or more).
+#: while the parent links and writes a batch.
 QUEUE_DEPTH = 32
 #: A job that carries its bytes (stdin, WARC records) goes only to a worker
 #: with fewer than this many jobs queued, and only while less than

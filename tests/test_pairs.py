@@ -238,3 +238,21 @@ def test_no_link_cannot_emit_matches(tmp_path, capsys):
     assert main(["--db", str(tmp_path / "c.db"), "ingest", "x.jpg", "--no-link",
                  "--emit-matches"]) == 2
     assert "--no-link" in capsys.readouterr().err
+
+
+def test_an_open_collection_sees_images_ingested_without_links(tmp_path):
+    """Indexes held before an ingest --no-link are behind the catalog after it:
+    the next query must load them again and find the new images."""
+    from pathlib import Path
+
+    from imgmatch.sources import iter_paths
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures"
+    first, later = sorted((fixtures / "originals").glob("*.jpg"))[:2]
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        c.ingest(iter_paths([first]), workers=0)
+        assert c.query(first)[0].score == 1.0  # the indexes are now held
+        summary = c.ingest(iter_paths([later]), workers=0, link=False)
+        assert summary.images_added == 1 and summary.links_added == 0
+        hits = c.query(later)
+    assert hits and hits[0].score == 1.0

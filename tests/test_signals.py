@@ -190,6 +190,16 @@ def test_phash_dihedral_equals_hashing_transposed_pixels(path):
         assert variant - PHASH.compute(image.transposed(op)) <= 4, op
 
 
+@pytest.mark.parametrize("path", ORIGINALS, ids=lambda p: p.name)
+def test_dhash_link_variants_equal_hashing_flipped_pixels(path):
+    image = decoded(path)
+    variants = DHASH.link_variants(image)
+    assert len(variants) == 4
+    assert variants[0] == DHASH.compute(image)
+    for op, variant in zip(DIHEDRAL_OPS[:4], variants):
+        assert variant - DHASH.compute(image.transposed(op)) <= 2, op
+
+
 def test_phash_dihedral_of_reference_photo(pdq_reference):
     image = decoded(pdq_reference / "dih" / "bridge-1-original.jpg")
     expected = [PHASH.compute(image.transposed(op)) for op in DIHEDRAL_OPS]

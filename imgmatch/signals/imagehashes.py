@@ -101,9 +101,11 @@ class DHash(SignalType):
         """Identity, mirror, flip and rotate-180 from one 9x8 thumbnail.
 
         Pillow's resampling grid is symmetric, so resizing a mirrored image
-        and mirroring the resized one give the same pixels: the first four
-        of :data:`DIHEDRAL_OPS` cost nothing more (the transposes would need
-        a 8x9 thumbnail of their own).
+        and mirroring the resized one give the same pixels, but for the box
+        reduction's partial last box, which a mirror moves to the other edge
+        (a test bounds the difference): the first four of
+        :data:`DIHEDRAL_OPS` cost nothing more (the transposes would need a
+        8x9 thumbnail of their own).
         """
         px = self._pixels(image)
         q = _flatness(px)
