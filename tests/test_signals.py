@@ -181,23 +181,17 @@ def test_pdq_dihedral_is_close_to_hashing_transposed_pixels(pdq_reference, op):
 
 
 @pytest.mark.parametrize("path", ORIGINALS, ids=lambda p: p.name)
-def test_phash_dihedral_equals_hashing_transposed_pixels(path):
+@pytest.mark.parametrize("signal, variants_of, count, bits", [
+    (PHASH, PHASH.dihedral, 8, 4),         # from one DCT, by sign flips
+    (DHASH, DHASH.link_variants, 4, 2),    # from one 9x8 thumbnail, flipped
+], ids=["phash", "dhash"])
+def test_cheap_variants_equal_hashing_transposed_pixels(path, signal, variants_of, count, bits):
     image = decoded(path)
-    variants = PHASH.dihedral(image)
-    assert len(variants) == 8
-    assert variants[0] == PHASH.compute(image)
-    for op, variant in zip(DIHEDRAL_OPS, variants):
-        assert variant - PHASH.compute(image.transposed(op)) <= 4, op
-
-
-@pytest.mark.parametrize("path", ORIGINALS, ids=lambda p: p.name)
-def test_dhash_link_variants_equal_hashing_flipped_pixels(path):
-    image = decoded(path)
-    variants = DHASH.link_variants(image)
-    assert len(variants) == 4
-    assert variants[0] == DHASH.compute(image)
-    for op, variant in zip(DIHEDRAL_OPS[:4], variants):
-        assert variant - DHASH.compute(image.transposed(op)) <= 2, op
+    variants = variants_of(image)
+    assert len(variants) == count
+    assert variants[0] == signal.compute(image)
+    for op, variant in zip(DIHEDRAL_OPS[:count], variants):
+        assert variant - signal.compute(image.transposed(op)) <= bits, op
 
 
 def test_phash_dihedral_of_reference_photo(pdq_reference):
