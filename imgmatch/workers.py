@@ -109,26 +109,35 @@ class _Worker:
     started: float = 0.0                           # when the oldest job began
 
 
-def _worker_main(conn: Connection, signal_names: tuple[str, ...],
-                 catalog_path: str | None, options: Options) -> None:
+def _worker_main(conn: Connection, parent: int, inherited: Sequence[Connection],
+                 signal_names: tuple[str, ...], catalog_path: str | None,
+                 options: Options) -> None:
+    """Serve jobs until told to stop or the parent (pid ``parent``) is gone.
+
+    A forked worker holds copies of the parent's pipe ends (its own and the
+    earlier workers'); closing them lets a killed parent look like EOF. The
+    parent's pid is taken before the fork: a parent killed while this worker
+    starts has already been replaced by the reaper when ``os.getppid`` runs.
+    """
+    for end in inherited:
+        end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     single_threaded()
     known = KnownImages(catalog_path) if catalog_path else None
-    parent = os.getppid()
     while True:
         try:
-            # a forked worker holds copies of the parent's pipe ends, so a
-            # killed parent never looks like EOF: watch for it instead
+            # anything else the parent forks may hold the ends too, and a
+            # spawned worker is not told: watch the parent as well
             while not conn.poll(1.0):
                 if os.getppid() != parent:
                     return
             job = conn.recv()
-        except (EOFError, OSError):
+            if job is None:
+                return
+            key, source, path, data = job
+            conn.send((key, analyse_source(path, data, signal_names, source, known, options)))
+        except (EOFError, OSError):  # BrokenPipeError included: nobody reads any more
             return
-        if job is None:
-            return
-        key, source, path, data = job
-        conn.send((key, analyse_source(path, data, signal_names, source, known, options)))
 
 
 class ProcessPool:
@@ -143,15 +152,20 @@ class ProcessPool:
         self.options = options
         methods = mp.get_all_start_methods()
         self._ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-        self._workers = [self._spawn() for _ in range(workers)]
+        self._workers: list[_Worker] = []
+        for _ in range(workers):
+            self._workers.append(self._spawn())
         self._lost: deque[tuple[str, Analysis]] = deque()
         self.replaced = 0
 
     def _spawn(self) -> _Worker:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        # only a forked child inherits the parent's ends (and cannot pickle them)
+        inherited = ([parent_conn] + [w.conn for w in self._workers]
+                     if self._ctx.get_start_method() == "fork" else [])
         process = self._ctx.Process(target=_worker_main, daemon=True,
-                                    args=(child_conn, self.signal_names, self.catalog_path,
-                                          self.options))
+                                    args=(child_conn, os.getpid(), inherited,
+                                          self.signal_names, self.catalog_path, self.options))
         process.start()
         child_conn.close()
         return _Worker(process, parent_conn)

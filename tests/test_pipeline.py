@@ -122,6 +122,22 @@ def test_jobs_carrying_bytes_queue_shallow_and_a_crash_among_them_costs_one(
     assert summary.images_added == 5
 
 
+def test_workers_leave_when_their_parent_is_killed_as_they_start(tmp_path):
+    """The parent dies before its workers finish starting: they must not take
+    the reaper for their parent, and must notice without a poll timeout."""
+    script = tmp_path / "orphan_workers.py"
+    script.write_text(
+        "import os, signal\n"
+        "from imgmatch.workers import ProcessPool\n"
+        "pool = ProcessPool(('phash',), 2)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")
+    subprocess.run([sys.executable, str(script)], timeout=60, check=False)
+    deadline = time.monotonic() + 5
+    while _processes_with(str(script)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _processes_with(str(script)), "workers outlived a parent killed at start-up"
+
+
 def _png(size: tuple[int, int]) -> bytes:
     buf = io.BytesIO()
     Image.new("L", size, 128).save(buf, "PNG")
@@ -219,7 +235,7 @@ def test_killed_ingests_resume_to_the_same_catalog(tmp_path):
             con.close()
             assert orphans == 0, "an image was written without its signals"
     assert kills >= 2, "the ingest finished before it could be killed: make it bigger"
-    # the killed parents' workers notice and leave (they are forked: no EOF tells them)
+    # the killed parents' workers notice and leave
     deadline = time.monotonic() + 10
     while _processes_with(str(resumed)) and time.monotonic() < deadline:
         time.sleep(0.2)
