@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from math import comb
@@ -118,7 +120,7 @@ def _run(a: np.ndarray, b: np.ndarray | None, windows: tuple[Window, ...], taus:
     else:
         _SHARED = (a, b, radius)
         try:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            with _fork_pool(workers) as pool:
                 parts = list(pool.map(_shared_table, jobs))
         finally:
             _SHARED = None
@@ -131,6 +133,28 @@ def _run(a: np.ndarray, b: np.ndarray | None, windows: tuple[Window, ...], taus:
     width = int(max(len(a), len(b) if b is not None else 0))
     _, first = np.unique(i * width + j, return_index=True)
     return Pairs(i[first], j[first], d[first].astype(np.int32))
+
+
+def _fork_pool(workers: int) -> ProcessPoolExecutor:
+    """Forked workers that leave when this process is killed.
+
+    They hold copies of the pool's pipe ends, so a killed parent never reads
+    as EOF: they would wait on the queue (or on a full result pipe) for ever,
+    holding the collection's codes. Each watches for its parent instead; the
+    pid is taken before the fork, since a parent killed while a worker starts
+    is the reaper by the time the worker could ask.
+    """
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_exit_with_parent, initargs=(os.getpid(),))
+
+
+def _exit_with_parent(parent: int, every: float = 0.5) -> None:
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _shared_table(job: tuple[Window, int]):

@@ -132,11 +132,15 @@ def _worker_main(conn: Connection, parent: int, inherited: Sequence[Connection],
                 if os.getppid() != parent:
                     return
             job = conn.recv()
-            if job is None:
-                return
-            key, source, path, data = job
-            conn.send((key, analyse_source(path, data, signal_names, source, known, options)))
-        except (EOFError, OSError):  # BrokenPipeError included: nobody reads any more
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        key, source, path, data = job
+        analysis = analyse_source(path, data, signal_names, source, known, options)
+        try:
+            conn.send((key, analysis))
+        except OSError:  # a broken pipe: nobody reads any more
             return
 
 

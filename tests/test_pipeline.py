@@ -138,6 +138,27 @@ def test_workers_leave_when_their_parent_is_killed_as_they_start(tmp_path):
     assert not _processes_with(str(script)), "workers outlived a parent killed at start-up"
 
 
+def test_link_workers_leave_when_their_parent_is_killed(tmp_path):
+    """``imgmatch link`` forks workers that hold the collection's codes; a
+    killed link pass must not leave them waiting for ever."""
+    script = tmp_path / "orphan_link_workers.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "from imgmatch import pairs\n"
+        "pool = pairs._fork_pool(2)\n"
+        "busy = [pool.submit(time.sleep, 60) for _ in range(2)]\n"
+        "time.sleep(0.5)\n"
+        "print(len(pool._processes), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")
+    run = subprocess.run([sys.executable, str(script)], timeout=60, check=False,
+                         capture_output=True, text=True)
+    assert run.stdout.strip() == "2", run.stderr  # both workers were running
+    deadline = time.monotonic() + 5
+    while _processes_with(str(script)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _processes_with(str(script)), "link workers outlived their killed parent"
+
+
 def _png(size: tuple[int, int]) -> bytes:
     buf = io.BytesIO()
     Image.new("L", size, 128).save(buf, "PNG")
