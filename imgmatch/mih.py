@@ -127,6 +127,27 @@ def as_words(codes: np.ndarray) -> np.ndarray:
     return codes.view(">u8").astype(np.uint64)
 
 
+def _tables(codes: np.ndarray, windows: tuple[Window, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Every table's code positions sorted by key, and its run starts per key,
+    one table after another (see :class:`MultiIndexHash`)."""
+    n = len(codes)
+    orders = np.empty(len(windows) * n, np.int32 if n < 2**31 else np.int64)
+    offsets = np.empty(sum((1 << w.width) + 1 for w in windows),
+                       np.uint32 if n < 2**32 else np.int64)
+    words = codes.view(">u8")  # big-endian words, read in place
+    at = 0
+    for j, w in enumerate(windows):
+        keys = words[:, w.word] >> np.uint64(w.shift)
+        keys &= np.uint64((1 << w.width) - 1)
+        keys = keys.astype(np.uint32)
+        orders[j * n:(j + 1) * n] = np.argsort(keys, kind="stable")
+        size = (1 << w.width) + 1
+        offsets[at] = 0
+        offsets[at + 1:at + size] = np.cumsum(np.bincount(keys, minlength=size - 1))
+        at += size
+    return orders, offsets
+
+
 class MultiIndexHash:
     """Exact range search over binary codes with integer ids (see the module doc).
 
@@ -206,32 +227,30 @@ class MultiIndexHash:
         return len(present)
 
     def rebuild(self) -> None:
-        """Merge pending codes and drop removed ones; recut the tables."""
+        """Merge pending codes and drop removed ones; recut the tables.
+
+        The old tables are let go first and every code counts as pending while
+        the new ones are built: the index stays whole if building fails (no
+        memory), and the peak is the new tables plus one table's temporaries,
+        not old and new together.
+        """
         codes = np.concatenate([self.codes, self.pending_codes])
         ids = np.concatenate([self.ids, self.pending_ids])
         if self.removed:
             keep = ~np.isin(ids, np.fromiter(self.removed, np.int64))
             codes, ids = codes[keep], ids[keep]
+        self.codes, self.ids = np.empty((0, self.nbytes), np.uint8), np.empty(0, np.int64)
+        self.windows, self.orders, self.offsets = (), np.empty(0, np.int32), np.empty(0, np.uint32)
+        self.pending_codes, self.pending_ids, self.removed = codes, ids, set()
+        self._plan()
+        windows = windows_for(self.bits, len(ids))
+        orders, offsets = _tables(codes, windows)
         # ids fit 32 bits in any collection one machine holds: 4 bytes per code saved
         narrow = len(ids) and ids.min() >= 0 and ids.max() < 2**31
-        self.codes, self.ids = np.ascontiguousarray(codes), ids.astype(
-            np.int32 if narrow else np.int64)
+        self.codes, self.ids = codes, ids.astype(np.int32) if narrow else ids
+        self.windows, self.orders, self.offsets = windows, orders, offsets
         self.pending_codes = np.empty((0, self.nbytes), np.uint8)
         self.pending_ids = np.empty(0, np.int64)
-        self.removed = set()
-        self.windows = windows_for(self.bits, len(ids))
-        words = as_words(self.codes)
-        index_type = np.int32 if len(ids) < 2**31 else np.int64
-        orders, offsets = [], []
-        for w in self.windows:
-            keys = ((words[:, w.word] >> np.uint64(w.shift)) & np.uint64((1 << w.width) - 1)
-                    ).astype(np.uint32)
-            orders.append(np.argsort(keys, kind="stable").astype(index_type))
-            table = np.zeros((1 << w.width) + 1, dtype=np.int64)
-            np.cumsum(np.bincount(keys, minlength=1 << w.width), out=table[1:])
-            offsets.append(table.astype(np.uint32 if len(ids) < 2**32 else np.int64))
-        self.orders = np.concatenate(orders) if orders else np.empty(0, index_type)
-        self.offsets = np.concatenate(offsets) if offsets else np.empty(0, np.uint32)
         self._plan()
 
     def _plan(self) -> None:

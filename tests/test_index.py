@@ -195,6 +195,31 @@ def test_empty_index_returns_nothing(bits):
     assert (dists > bits).all()
 
 
+def test_a_rebuild_that_fails_leaves_every_code_findable(data, monkeypatch):
+    """Out of memory while the tables are rebuilt: the index is still exact
+    (every code waits, scanned, as pending), and the next rebuild completes it."""
+    from imgmatch import mih
+
+    index = data.index()
+    excluded = {int(data.ids[0])}
+    index.remove(data.ids[:1])
+
+    def no_memory(*args):
+        raise MemoryError
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mih, "_tables", no_memory)
+        with pytest.raises(MemoryError):
+            index.compact()
+    assert len(index.mih.ids) == 0 and len(index) == len(data.ids) - 1
+    assert_range_matches(index.range_search(data.queries, data.threshold), data,
+                         data.threshold, excluded)
+    index.compact()
+    assert len(index.mih.pending_ids) == 0 and len(index.mih.ids) == len(data.ids) - 1
+    assert_range_matches(index.range_search(data.queries, data.threshold), data,
+                         data.threshold, excluded)
+
+
 def test_index_emptied_by_removal_returns_nothing():
     index = BinaryIndex(64)
     codes = np.zeros((2, 8), np.uint8)
