@@ -31,6 +31,8 @@ from .mih import MultiIndexHash
 
 FACTORY = "MIH+BinaryFlat"
 MANIFEST_VERSION = 1
+#: A saved file is read back for its digest this many bytes at a time.
+HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,9 @@ def write_folder(path: Path, arrays: dict[str, np.ndarray], manifest_for) -> dic
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array, allow_pickle=False)
             digest.update(name.encode())
-            digest.update((tmp / f"{name}.npy").read_bytes())
+            with open(tmp / f"{name}.npy", "rb") as fh:  # in pieces: no second copy
+                while chunk := fh.read(HASH_CHUNK):
+                    digest.update(chunk)
         manifest = manifest_for(digest.hexdigest())
         manifest_path(tmp).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         for f in tmp.iterdir():
