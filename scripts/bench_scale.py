@@ -23,7 +23,9 @@ written as a python-threatexchange hash list and loaded with
   scaled to N (all of them would take half an hour at 1e6).
 
 64-bit codes (pHash, dHash) have no hash-list format: their index is measured
-on its own (build, query at pHash's threshold, recall, memory) at the same sizes.
+on its own (build, query at pHash's threshold, recall, memory) at the same sizes,
+with the peak of a merge at 1% growth (traced numpy memory, as a multiple of
+the index's own) and ``--only-64`` to measure nothing else.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -211,7 +214,32 @@ def bench_64(n: int, rng: np.random.Generator) -> dict:
     return {"signal": "64-bit", "n": n, "add_s": build,
             "query_p50_ms": 1000 * float(np.percentile(times, 50)),
             "query_p99_ms": 1000 * float(np.percentile(times, 99)),
-            "recall": hits / truth, "index_bytes_per_image": index.memory_bytes() / n}
+            "recall": hits / truth, "index_bytes_per_image": index.memory_bytes() / n,
+            "merge_peak_x": merge_peak(codes, ids, rng)}
+
+
+def merge_peak(codes: np.ndarray, ids: np.ndarray, rng: np.random.Generator) -> float:
+    """Peak memory while 1% new codes are merged into an index of ``codes``, as a
+    multiple of the memory held just before (traced from the index's creation)."""
+    import gc
+
+    from imgmatch.mih import MultiIndexHash
+
+    extra = rng.integers(0, 256, size=(max(1, len(codes) // 100), 8), dtype=np.uint8)
+    tracemalloc.start()
+    try:
+        index = MultiIndexHash(64)
+        index.add(ids, codes, merge=False)
+        index.rebuild()
+        index.add(np.arange(len(ids) + 1, len(ids) + 1 + len(extra)), extra, merge=False)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        index.rebuild()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak / held
 
 
 def main() -> int:
@@ -222,6 +250,8 @@ def main() -> int:
     parser.add_argument("--md", type=Path, help="also write the Markdown table here")
     parser.add_argument("--skip-pairs", action="store_true",
                         help="leave out the all-pairs link pass and its FAISS baseline")
+    parser.add_argument("--only-64", action="store_true",
+                        help="measure only the 64-bit index (no PDQ collection)")
     parser.add_argument("--keep", type=Path, help="build the collections in this folder and "
                         "keep them; one already there is measured again, not rebuilt (its add "
                         "and link figures are those of its build)")
@@ -230,6 +260,10 @@ def main() -> int:
     rows = []
     for size in (int(float(s)) for s in args.sizes.split(",")):
         rng = np.random.default_rng(size)
+        if args.only_64:
+            rows.append(bench_64(size, rng))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+            continue
         if args.keep:
             work = args.keep / f"pdq-{size}"
             work.mkdir(parents=True, exist_ok=True)
@@ -249,6 +283,7 @@ def main() -> int:
                   "FAISS flat all-vs-all, scaled (s) |", "|---|---|---|---|---|"]
     join_lines = ["| N | query p50 (ms) | index alone p50 (ms) | catalog join and scoring p50 (ms) |",
                   "|---|---|---|---|"]
+    merge_lines = ["| N | 64-bit index: peak of a merge at 1% growth (x the index) |", "|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['signal']} | {r['n']:,} | {r['add_s']:.1f} | "
@@ -259,6 +294,8 @@ def main() -> int:
             + f" | {r['recall']:.4f} | {r['index_bytes_per_image']:.0f} | "
             + (f"{r['disk_bytes_per_image']:.0f} | {r['stats_s']:.2f} |" if "stats_s" in r
                else "- | - |"))
+        if "merge_peak_x" in r:
+            merge_lines.append(f"| {r['n']:,} | {r['merge_peak_x']:.2f} |")
         if "index_p50_ms" in r:
             join_lines.append(f"| {r['n']:,} | {r['query_p50_ms']:.2f} | "
                               f"{r['index_p50_ms']:.2f} | {r['join_p50_ms']:.2f} |")
@@ -267,7 +304,11 @@ def main() -> int:
                 f"| {r['n']:,} | {r['link_s']:.1f} | {r['link_pairs']} / {r['oracle_pairs']} "
                 f"(recall {r['link_recall']:.4f}) | {r['link_extra']} | "
                 f"{r['faiss_all_pairs_s']:.0f} |")
-    return emit(lines + [""] + join_lines + [""] + pair_lines, args.md)
+    out = lines
+    for table in (join_lines, pair_lines, merge_lines):
+        if len(table) > 2:  # tables with rows only (--only-64 fills one)
+            out = out + [""] + table
+    return emit(out, args.md)
 
 
 if __name__ == "__main__":
