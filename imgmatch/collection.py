@@ -395,7 +395,7 @@ class Collection:
         quality gate (an unknown quality is trusted, as in scoring)."""
         sig = registry.get(name)
         rows = [(i, bytes(v)) for chunk in self.catalog.iter_signal(name, after_image_id=after_id)
-                for i, v, q in chunk if _usable(sig, q)]
+                for i, v, q in chunk if sig.trusts(q)]
         ids = np.array([i for i, _ in rows], dtype=np.int64)
         codes = np.frombuffer(b"".join(v for _, v in rows), dtype=np.uint8)
         return ids, codes.reshape(len(rows), sig.bits // 8)
@@ -409,7 +409,7 @@ class Collection:
         q, old, dist = q[keep], old[keep], dist[keep]
         if sig.min_quality is not None and len(old):
             stored = self.catalog.signals_of(np.unique(old).tolist())
-            keep = np.array([_usable(sig, stored[o][sig.name][1]) for o in old.tolist()])
+            keep = np.array([sig.trusts(stored[o][sig.name][1]) for o in old.tolist()])
             q, old, dist = q[keep], old[keep], dist[keep]
         return new_ids[q], old, dist.astype(np.int64)
 
@@ -533,10 +533,6 @@ class Collection:
 #: the index with them (1 to 2 ms each at 1e7) instead of joining,
 #: which sorts every old code once per table.
 FEW_NEW = 100
-
-
-def _usable(sig, quality: int | None) -> bool:
-    return sig.min_quality is None or quality is None or quality >= sig.min_quality
 
 
 def hash_bytes(data: bytes, signals: Sequence[str] = registry.DEFAULT_SIGNALS,

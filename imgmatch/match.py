@@ -155,8 +155,7 @@ def score_candidates(query: Mapping[str, Sequence[HashValue]],
             a["distances"][name] = d
             s = signal_score(d, sig.threshold)
             stored_quality = stored[i][name][1]  # None: an imported hash, trusted too
-            usable = query_ok and (sig.min_quality is None or stored_quality is None
-                                   or stored_quality >= sig.min_quality)
+            usable = query_ok and sig.trusts(stored_quality)
             a["any"] = max(a["any"], s)
             if usable:
                 a["usable"] = max(a["usable"], s)

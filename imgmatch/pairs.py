@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import threading
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from math import comb
@@ -31,6 +29,7 @@ from math import comb
 import numpy as np
 
 from .mih import Window, as_words, budgets, concat_ranges, cut, flip_masks, word_popcount
+from .orphans import exit_with_parent
 
 #: Candidate pairs generated per vectorised step (about 60 bytes each in flight).
 CHUNK = 1 << 22
@@ -136,25 +135,10 @@ def _run(a: np.ndarray, b: np.ndarray | None, windows: tuple[Window, ...], taus:
 
 
 def _fork_pool(workers: int) -> ProcessPoolExecutor:
-    """Forked workers that leave when this process is killed.
-
-    They hold copies of the pool's pipe ends, so a killed parent never reads
-    as EOF: they would wait on the queue (or on a full result pipe) for ever,
-    holding the collection's codes. Each watches for its parent instead; the
-    pid is taken before the fork, since a parent killed while a worker starts
-    is the reaper by the time the worker could ask.
-    """
+    """Forked workers that leave when this process is killed (they hold the
+    collection's codes; see :mod:`imgmatch.orphans`)."""
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_exit_with_parent, initargs=(os.getpid(),))
-
-
-def _exit_with_parent(parent: int, every: float = 0.5) -> None:
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(every)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+                               initializer=exit_with_parent, initargs=(os.getpid(),))
 
 
 def _shared_table(job: tuple[Window, int]):

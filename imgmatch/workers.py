@@ -30,6 +30,7 @@ from multiprocessing.connection import Connection, wait
 
 from .analysis import Analysis, Options, analyse_source
 from .catalog import KnownImages
+from .orphans import exit_with_parent
 
 #: Default per-file time limit, in seconds (decode and every signal).
 DEFAULT_TIMEOUT = 60.0
@@ -114,23 +115,19 @@ def _worker_main(conn: Connection, parent: int, inherited: Sequence[Connection],
                  options: Options) -> None:
     """Serve jobs until told to stop or the parent (pid ``parent``) is gone.
 
-    A forked worker holds copies of the parent's pipe ends (its own and the
-    earlier workers'); closing them lets a killed parent look like EOF. The
-    parent's pid is taken before the fork: a parent killed while this worker
-    starts has already been replaced by the reaper when ``os.getppid`` runs.
+    A forked worker closes the parent's pipe ends it inherited (its own and
+    the earlier workers'), so a killed parent reads as end-of-file at once;
+    the parent is watched as well (:mod:`imgmatch.orphans`), since anything
+    else the parent forks may hold those ends too.
     """
     for end in inherited:
         end.close()
+    exit_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     single_threaded()
     known = KnownImages(catalog_path) if catalog_path else None
     while True:
         try:
-            # anything else the parent forks may hold the ends too, and a
-            # spawned worker is not told: watch the parent as well
-            while not conn.poll(1.0):
-                if os.getppid() != parent:
-                    return
             job = conn.recv()
         except (EOFError, OSError):
             return

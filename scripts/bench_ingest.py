@@ -175,7 +175,7 @@ def stages(name: str, files: list[Path]) -> str:
 def precompile() -> None:
     """Byte-compile imgmatch first, as pip does when it installs a package: an
     editable checkout run with PYTHONDONTWRITEBYTECODE would otherwise compile
-    every module in every measured process (0.15 s of start-up each)."""
+    every module in every measured process, and count that as start-up."""
     import imgmatch
 
     subprocess.run([sys.executable, "-m", "compileall", "-q",

@@ -31,6 +31,7 @@ the index's own) and ``--only-64`` to measure nothing else.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -221,8 +222,6 @@ def bench_64(n: int, rng: np.random.Generator) -> dict:
 def merge_peak(codes: np.ndarray, ids: np.ndarray, rng: np.random.Generator) -> float:
     """Peak memory while 1% new codes are merged into an index of ``codes``, as a
     multiple of the memory held just before (traced from the index's creation)."""
-    import gc
-
     from imgmatch.mih import MultiIndexHash
 
     extra = rng.integers(0, 256, size=(max(1, len(codes) // 100), 8), dtype=np.uint8)

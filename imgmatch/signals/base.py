@@ -157,6 +157,11 @@ class SignalType(ABC):
         """Whether a value carries enough information to count as evidence."""
         return self.min_quality is None or (value.quality or 0) >= self.min_quality
 
+    def trusts(self, quality: int | None) -> bool:
+        """Whether a stored value of this quality counts as evidence; one stored
+        without a quality (an imported hash) is trusted."""
+        return self.min_quality is None or quality is None or quality >= self.min_quality
+
 
 def _dihedral_ops():
     from PIL import Image

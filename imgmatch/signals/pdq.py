@@ -59,8 +59,8 @@ def _band(n: int) -> tuple[np.ndarray, np.ndarray]:
     ``p`` applied to the boxes of p's neighbours, so it draws on only the K
     (about n/64) inputs from the first member's box to the last's: gathering
     those and weighting them costs O(n) per column, where a dense 64 x n
-    filter matrix costs O(64 n). Built in O(64 x K x window) vectorised steps,
-    so a new image size costs a few tens of microseconds.
+    filter matrix costs O(64 n). Built in O(64 x K x window) vectorised steps
+    (not an n x n product), and cached per size.
     """
     window = (n + _WINDOW_DIVISOR - 1) // _WINDOW_DIVISOR
     half = (window + 2) // 2
