@@ -312,26 +312,6 @@ def _write_warc_records(path: Path) -> str:
     return hashlib.sha256(cat).hexdigest()
 
 
-@pytest.mark.parametrize("name", ["crawl.warc", "crawl.warc.gz"])
-def test_warc_images_revisits_non_images_and_truncated_records(tmp_path, name):
-    warc = tmp_path / name
-    cat_sha = _write_warc(warc)
-    with imgmatch.Collection.open(tmp_path / "c.db") as c:
-        summary = c.ingest(iter_warc(warc))
-        info = c.image(cat_sha)
-        counts = c.catalog.counts()
-    assert summary.images_added == 1
-    assert summary.revisits == 1
-    assert summary.skipped == {"not-an-image": 1}
-    assert [r for _, r, _ in summary.failures] == ["truncated-record"]
-    assert counts["images"] == 1 and counts["sightings"] == 2
-    seen = {(s.platform, s.url, s.collected_at) for s in info.sightings}
-    assert seen == {("citylist.example", "https://citylist.example/ads/1/a.jpg",
-                     "2024-01-02T03:04:05Z"),
-                    ("nightads.example", "https://nightads.example/p/9.jpg",
-                     "2025-05-05T05:05:05Z")}
-
-
 def test_revisit_in_a_later_warc_finds_the_image_of_an_earlier_one(tmp_path):
     from warcio.warcwriter import WARCWriter
 
@@ -356,6 +336,86 @@ def test_revisit_in_a_later_warc_finds_the_image_of_an_earlier_one(tmp_path):
         platforms = {s.platform for s in c.catalog.sightings_of([1])[1]}
     assert summary.revisits == 1 and summary.sightings_added == 1
     assert "jobboard.example" in platforms
+
+
+def _write_arc(path: Path) -> str:
+    """An ARC (version 1) file, the Internet Archive's format before WARC, written
+    by hand (warcio reads ARC but writes only WARC): a file header, an image,
+    a page and a truncated image, each record gzipped on its own for .arc.gz."""
+    import gzip
+
+    cat = (FIXTURES / "originals" / "cat.jpg").read_bytes()
+    rocket = (FIXTURES / "originals" / "rocket.jpg").read_bytes()
+
+    def record(url: str, when: str, ctype: str, body: bytes) -> bytes:
+        head = f"{url} 192.0.2.7 {when} {ctype} {len(body)}\n".encode()
+        return head + body + b"\n"
+
+    def http(ctype: str, payload: bytes, declared: int | None = None) -> bytes:
+        return (f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {declared or len(payload)}\r\n\r\n").encode() + payload
+
+    version = b"1 0 imgmatch tests\nURL IP-address Archive-date Content-type Archive-length\n"
+    records = [
+        record(f"filedesc://{path.name}", "20240102030405", "text/plain", version),
+        record("http://escortlist.example/ad/7/photo.jpg", "20240102030405", "image/jpeg",
+               http("image/jpeg", cat)),
+        record("http://escortlist.example/ad/7", "20240102030406", "text/html",
+               http("text/html", b"<html>an ad</html>")),
+        record("http://escortlist.example/ad/8/photo.jpg", "20240103040506", "image/jpeg",
+               http("image/jpeg", rocket[:5000], declared=len(rocket))),
+    ]
+    gz = path.suffix == ".gz"
+    path.write_bytes(b"".join(gzip.compress(r) if gz else r for r in records))
+    return hashlib.sha256(cat).hexdigest()
+
+
+@pytest.mark.parametrize("name", ["crawl.warc", "crawl.warc.gz", "crawl.arc", "crawl.arc.gz"])
+def test_archive_images_revisits_non_images_and_truncated_records(tmp_path, name):
+    archive = tmp_path / name
+    arc = ".arc" in name
+    cat_sha = (_write_arc if arc else _write_warc)(archive)
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        summary = c.ingest(iter_warc(archive))
+        info = c.image(cat_sha)
+        counts = c.catalog.counts()
+    assert summary.images_added == 1
+    assert summary.skipped == {"not-an-image": 1}
+    assert [r for _, r, _ in summary.failures] == ["truncated-record"]
+    seen = {(s.platform, s.url, s.collected_at) for s in info.sightings}
+    if arc:  # ARC has no revisit records
+        assert summary.revisits == 0
+        assert seen == {("escortlist.example", "http://escortlist.example/ad/7/photo.jpg",
+                         "2024-01-02T03:04:05Z")}
+    else:
+        assert summary.revisits == 1
+        assert seen == {("citylist.example", "https://citylist.example/ads/1/a.jpg",
+                         "2024-01-02T03:04:05Z"),
+                        ("nightads.example", "https://nightads.example/p/9.jpg",
+                         "2025-05-05T05:05:05Z")}
+    assert counts["images"] == 1 and counts["sightings"] == len(seen)
+
+
+def test_the_cli_reads_warc_and_arc_files_named_on_its_command_line(tmp_path):
+    import contextlib
+
+    from imgmatch.cli import main
+
+    warc, arc = tmp_path / "one.warc.gz", tmp_path / "two.ARC"
+    cat_sha = _write_warc(warc)
+    assert _write_arc(arc) == cat_sha
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["--db", str(tmp_path / "c.db"), "ingest", str(warc), str(arc), "--json",
+                     "--quiet"])
+    summary = json.loads(out.getvalue())
+    assert code == 1  # partial: a truncated record in each archive
+    assert summary["failure_reasons"] == {"truncated-record": 2}
+    assert summary["images_added"] == 1 and summary["revisits"] == 1
+    assert summary["skipped"] == {"not-an-image": 2}
+    with imgmatch.Collection.open(tmp_path / "c.db", readonly=True) as c:
+        platforms = sorted(s.platform for s in c.image(cat_sha).sightings)
+    assert platforms == ["citylist.example", "escortlist.example", "nightads.example"]
 
 
 def test_a_warc_that_breaks_off_is_one_failure_and_keeps_what_came_before(tmp_path):
