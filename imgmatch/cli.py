@@ -134,10 +134,12 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
             yield from iter_jsonl_stream(jsonl, label=jsonl.name, platform=platform)
 
     progress = Progress(enabled=False if (quiet or as_json or emit_matches) else None)
-    progress.count_in_background(lambda: items(stream_ok=False))
+    if jsonl is None:  # a stream cannot be counted ahead: no total, no ETA
+        progress.count_in_background(lambda: items(stream_ok=False))
 
-    def on_progress(summary) -> None:
-        progress.update(summary.files_seen, summary.images_added, len(summary.failures))
+    def on_progress(summary, final: bool = False) -> None:
+        progress.update(summary.files_seen, summary.images_added, len(summary.failures),
+                        force=final)
 
     with Collection.open(db) as collection:
         emit = _match_emitter(collection) if emit_matches else None
@@ -148,6 +150,7 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
                 on_written=emit, thumbnails=thumbnails, all_frames=all_frames, link=link,
                 args={"paths": [str(p) for p in paths], "manifests": [str(m) for m in manifests],
                       "platform": platform, "signals": list(names), "link": link})
+            on_progress(summary, final=True)  # the last line shows the whole run
         finally:
             progress.finish()
     if as_json and not emit_matches:

@@ -1,8 +1,9 @@
 """A one-line progress display for long ingests: count, rate, ETA.
 
 Drawn on standard error only when it is a terminal, at most five times a
-second; the total is counted in a background thread (walking a tree is fast
-next to hashing it) so the ETA appears once it is known.
+second, and once more at the end with the final counts; the total is counted
+in a background thread (walking a tree is fast next to hashing it) so the
+bar and ETA appear once it is known.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Progress:
         elapsed = max(now - self.started, 1e-9)
         rate = done / elapsed
         line = f"{done:,} files  {rate:,.0f}/s  {added:,} new  {failed:,} failed"
-        if self.total:
+        if self.total and done <= self.total:  # more done than counted: the count was off
             share = min(done / self.total, 1.0)
             filled = int(share * 24)
             eta = (self.total - done) / rate if rate > 0 else 0
