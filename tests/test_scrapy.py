@@ -1,4 +1,5 @@
-"""A real Scrapy crawl of a local site, through FilesPipeline and imgmatch's pipeline."""
+"""Real Scrapy crawls of a local site: through imgmatch's item pipeline, and through
+Scrapy's FilesPipeline and ImagesPipeline with a feed that `imgmatch ingest` reads."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ SPIDER = textwrap.dedent('''
                     "url": response.urljoin(ad.css("a::attr(href)").get()),
                     "ad_id": ad.attrib["data-id"],
                     "phone": ad.css("span.phone::text").get(),
-                    "file_urls": [response.urljoin(src) for src in ad.css("img::attr(src)").getall()],
+                    {field!r}: [response.urljoin(src) for src in ad.css("img::attr(src)").getall()],
                 }}
 ''')
 
@@ -71,7 +72,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 def test_crawl_through_files_pipeline_into_the_catalog(tmp_path, site):
     start, photos = site
     spider = tmp_path / "spider.py"
-    spider.write_text(SPIDER.format(start=start))
+    spider.write_text(SPIDER.format(start=start, field="file_urls"))
     db, store = tmp_path / "case.db", tmp_path / "files"
     done = subprocess.run(
         [sys.executable, "-m", "scrapy", "runspider", str(spider),
@@ -98,3 +99,52 @@ def test_crawl_through_files_pipeline_into_the_catalog(tmp_path, site):
     # the repost of the cat photo is linked to it
     assert cat.sha256 in {link.sha256 for link in repost.links}
     assert [f["reason"] for f in failures] == ["decode-error"]
+
+
+@pytest.mark.parametrize("pipeline", ["files", "images"])
+def test_feed_and_store_of_scrapys_media_pipelines_through_the_cli(tmp_path, site, pipeline):
+    """A crawl with Scrapy's own FilesPipeline or ImagesPipeline and a JSON lines
+    feed, catalogued afterwards by 'imgmatch ingest --scrapy-items'."""
+    from imgmatch.cli import main
+
+    start, photos = site
+    spider = tmp_path / "spider.py"
+    spider.write_text(SPIDER.format(start=start, field=f"{pipeline[:-1]}_urls"))
+    store, feed = tmp_path / "store", tmp_path / "items.jsonl"
+    stage = "files.FilesPipeline" if pipeline == "files" else "images.ImagesPipeline"
+    done = subprocess.run(
+        [sys.executable, "-m", "scrapy", "runspider", str(spider),
+         "-s", f"ITEM_PIPELINES={{\"scrapy.pipelines.{stage}\": 1}}",
+         "-s", f"{pipeline.upper()}_STORE={store}", "-o", f"{feed}:jsonlines",
+         "-s", "TELNETCONSOLE_ENABLED=False", "-s", "LOG_LEVEL=WARNING",
+         "-s", "ROBOTSTXT_OBEY=False"],
+        capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    db = tmp_path / "case.db"
+    code = main(["--db", str(db), "ingest", "--scrapy-items", str(feed), "--scrapy-store",
+                 str(store), "--platform", "citylist", "--quiet", "--json"])
+    with imgmatch.Collection.open(db, readonly=True) as c:
+        shas = [row[0] for row in c.catalog.conn.execute("SELECT sha256 FROM images")]
+        images = {sha: c.image(sha) for sha in shas}
+    by_url = {}
+    for image in images.values():
+        for s in image.sightings:
+            by_url.setdefault(s.url.rsplit("/", 1)[-1], set()).add((image.sha256, s.ad_id))
+    cat = {sha for sha, _ in by_url["a.jpg"]}
+    assert len(cat) == 1, "one stored file per URL: one image, seen in two ads"
+    assert sorted(ad for _, ad in by_url["a.jpg"]) == ["101", "103"]
+    assert {ad for _, ad in by_url["c.jpg"]} == {"103"}
+    original = hashlib.sha256(photos["a.jpg"].read_bytes()).hexdigest()
+    if pipeline == "files":
+        # FilesPipeline keeps the bytes: the catalogue's SHA-256 is the original's,
+        # and the broken download is stored as it came, then recorded as failed
+        assert cat == {original}
+        assert code == 1 and "broken.jpg" not in by_url
+    else:
+        # ImagesPipeline re-encodes to JPEG (and drops what it cannot open): the
+        # SHA-256 is of its copy, not of the photo as published; the copy of
+        # the repost is still linked to it by the perceptual hashes
+        assert cat != {original} and code == 0 and "broken.jpg" not in by_url
+        (copy,) = cat
+        (repost,) = {digest for digest, _ in by_url["b.jpg"]}
+        assert repost in {link.sha256 for link in images[copy].links}
