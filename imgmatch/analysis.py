@@ -15,8 +15,8 @@ import numpy as np
 from . import features
 from . import signals as registry
 from .catalog import ImageRow, SignalRow
-from .decode import Decoded, decode, decode_frames
-from .errors import DecodeError, InputError, ModelError
+from .decode import Decoded, decode, decode_frames, out_of_memory
+from .errors import DecodeError, InputError, ModelError, OutOfMemory
 from .signals import FEATURES, HashValue
 
 
@@ -129,8 +129,8 @@ def _measure(decoded_by: Callable[[], Decoded], data: bytes, hashes: Sequence[st
         return Analysis(digest, reason=exc.reason, detail=exc.detail)
     except ModelError as exc:
         return Analysis(digest, reason="model-error", detail=str(exc))
-    except MemoryError:
-        return Analysis(digest, reason="decode-error", detail="ran out of memory decoding")
+    except MemoryError:  # a signal's own arrays, past the worker's memory limit
+        return Analysis(digest, reason=OutOfMemory.reason, detail=out_of_memory(None).detail)
     rows = tuple(SignalRow(name, registry.get(name).version, vs[0].data, vs[0].quality)
                  for name, vs in variants.items())
     stored = (features.VERSION, len(found[0]), found[0].to_bytes()) if found else None

@@ -30,7 +30,7 @@ from .keys import SCOPES, create_key
 from .progress import Progress
 from .sources import iter_jsonl_stream, iter_manifest, iter_paths, iter_scrapy, parse_when
 from .warc import iter_warc
-from .workers import DEFAULT_TIMEOUT
+from .workers import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 
@@ -79,6 +79,10 @@ ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
                    "(0: in this process, without crash isolation).")
 @click.option("--timeout", type=click.FloatRange(0.1), default=DEFAULT_TIMEOUT,
               show_default=True, help="Seconds one file may take before it is given up.")
+@click.option("--max-memory", type=click.IntRange(0), default=DEFAULT_MAX_MEMORY >> 20,
+              show_default=True, metavar="MB",
+              help="Memory one worker may take beyond its size at start (0: no cap); a file "
+                   "that needs more is recorded as out-of-memory. Linux only.")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=DEFAULT_BATCH,
               show_default=True, help="Images per catalog transaction.")
 @click.option("--thumbnails", is_flag=True, help="Also store a small thumbnail of each new "
@@ -103,6 +107,7 @@ ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
 def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl,
            scrapy_items: Path | None, scrapy_store: Path | None, platform: str | None,
            signal_list: str | None, robust: bool, workers: int, timeout: float,
+           max_memory: int,
            batch_size: int, thumbnails: bool, all_frames: bool, link: bool,
            emit_matches: bool, quiet: bool, as_json: bool) -> int:
     """Catalogue images from files, folders (recursive), manifests, WARC/ARC files,
@@ -146,6 +151,7 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
         try:
             summary = collection.ingest(
                 items(), signals=names, workers=workers, timeout=timeout,
+                max_memory=(max_memory << 20) or None,
                 batch_size=1 if emit_matches else batch_size, on_progress=on_progress,
                 on_written=emit, thumbnails=thumbnails, all_frames=all_frames, link=link,
                 args={"paths": [str(p) for p in paths], "manifests": [str(m) for m in manifests],

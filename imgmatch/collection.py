@@ -25,6 +25,7 @@ from .descriptors import DescriptorIndex
 from .errors import ImgmatchError, IndexFileError, MissingFile, error_for
 from .index import BinaryIndex
 from .ingest import DEFAULT_BATCH, IngestSummary, analyse, ingest
+from .workers import DEFAULT_MAX_MEMORY
 from .match import MATCH_SCORE, IndexLinker, find_matches, signal_score
 from .model import Added, Cluster, ImageRecord, Link, Match
 from .signals import FEATURES, HashValue
@@ -199,11 +200,15 @@ class Collection:
                command: str = "ingest", args: dict | None = None, timeout: float = 60.0,
                batch_size: int = DEFAULT_BATCH, run_id: int | None = None,
                on_progress=None, on_written=None, thumbnails: bool = False,
-               all_frames: bool = False, link: bool = True) -> IngestSummary:
+               all_frames: bool = False, link: bool = True,
+               max_memory: int | None = DEFAULT_MAX_MEMORY) -> IngestSummary:
         """Catalogue items, link new images to their near-duplicates, save indexes.
 
         ``all_frames``: every frame of an animated file (up to 100) is an image
         of its own; otherwise the first frame stands for the file.
+
+        ``max_memory``: bytes each worker may take beyond its size at start
+        (a file that needs more is recorded as ``out-of-memory``; None: no cap).
 
         ``link=False`` writes images and sightings only, in memory that does not
         grow with the collection (linking holds the hash indexes in memory);
@@ -227,7 +232,8 @@ class Collection:
                              run_id=run_id, linker=linker,
                              timeout=timeout, batch_size=batch_size,
                              on_progress=on_progress, on_written=on_written,
-                             thumbnails=thumbnails, all_frames=all_frames)
+                             thumbnails=thumbnails, all_frames=all_frames,
+                             max_memory=max_memory)
             status = "partial" if summary.failures else "ok"
         finally:
             if summary.images_added and linker is not None:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DecodeError, EmptyFile, ImageTooLarge, UnsupportedFormat
+from .errors import DecodeError, EmptyFile, ImageTooLarge, OutOfMemory, UnsupportedFormat
 
 #: Formats imgmatch opens. Anything else is refused before a decoder runs.
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO",
@@ -181,7 +181,9 @@ def decode(data: bytes, *, source: str | None = None, target: int = DEFAULT_TARG
     try:
         if frame:
             img.seek(frame)
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error) as exc:
+    except MemoryError:
+        raise out_of_memory(source) from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise DecodeError(f"cannot decode the image: {exc}", source=source) from None
     return _finish(img, data, source, target, max_pixels, max_side, frame, frames, colour)
 
@@ -202,7 +204,10 @@ def decode_frames(data: bytes, *, source: str | None = None, target: int = DEFAU
         except DecodeError as exc:
             yield k, exc
             return
-        except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error) as exc:
+        except MemoryError:
+            yield k, out_of_memory(source)
+            return
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
             yield k, DecodeError(f"cannot decode frame {k}: {exc}", source=source)
             return
 
@@ -225,7 +230,9 @@ def _finish(img, data: bytes, source: str | None, target: int, max_pixels: int, 
         pixels = _to_rgb_or_grey(img)
         if not colour and pixels.mode != "L":
             pixels = pixels.convert("L")
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error) as exc:
+    except MemoryError:
+        raise out_of_memory(source) from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise DecodeError(f"cannot decode the image: {exc}", source=source) from None
     pixels = _reduce(pixels, target)
     if orientation in _TRANSPOSE:
@@ -237,6 +244,13 @@ def _finish(img, data: bytes, source: str | None, target: int, max_pixels: int, 
                                            max_pixels=max_pixels, max_side=max_side,
                                            frame=frame, colour=True)
     return decoded
+
+
+def out_of_memory(source: str | None) -> OutOfMemory:
+    """The error for a file whose decoding ran out of memory: under an ingest
+    worker's cap, the file's own doing (a hostile or runaway decode)."""
+    return OutOfMemory("decoding needed more memory than it may use (an ingest worker's "
+                       "limit is set by --max-memory)", source=source)
 
 
 def _draft_box(size: tuple[int, int], target: int) -> tuple[int, int]:

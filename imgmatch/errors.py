@@ -11,6 +11,7 @@ can go on and a report can say what was not examined.
     │   ├── EmptyFile
     │   ├── UnsupportedFormat
     │   ├── DecodeError
+    │   │   └── OutOfMemory     decoding needed more memory than a worker may use
     │   ├── ImageTooLarge
     │   ├── ImageTooSmall
     │   ├── UnsafePath
@@ -57,6 +58,13 @@ class DecodeError(InputError):
     reason = "decode-error"
 
 
+class OutOfMemory(DecodeError):
+    """Decoding or hashing one file needed more memory than allowed (an ingest
+    worker's ``--max-memory``, or the machine's)."""
+
+    reason = "out-of-memory"
+
+
 class ImageTooLarge(InputError):
     reason = "too-large"
 
@@ -101,8 +109,8 @@ def error_for(reason: str | None, detail: str | None, source: str | None = None)
     return InputError(detail or reason or "unusable input", source=source, reason=reason)
 
 
-_INPUT_ERRORS = (EmptyFile, UnsupportedFormat, DecodeError, ImageTooLarge, ImageTooSmall,
-                 UnsafePath, MissingFile)
+_INPUT_ERRORS = (EmptyFile, UnsupportedFormat, DecodeError, OutOfMemory, ImageTooLarge,
+                 ImageTooSmall, UnsafePath, MissingFile)
 
 __all__ = [
     "ImgmatchError",
@@ -110,6 +118,7 @@ __all__ = [
     "EmptyFile",
     "UnsupportedFormat",
     "DecodeError",
+    "OutOfMemory",
     "ImageTooLarge",
     "ImageTooSmall",
     "UnsafePath",

@@ -22,7 +22,8 @@ from .analysis import Analysis, Options, analyse
 from .catalog import BatchResult, Catalog, ImageRow, LinkRow, SightingRow
 from .signals import HashValue
 from .sources import Item
-from .workers import DEFAULT_TIMEOUT, InlinePool, Job, ProcessPool, single_threaded
+from .workers import (DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT, InlinePool, Job, ProcessPool,
+                      single_threaded)
 
 #: Images per write transaction, and the longest a result waits to be written.
 DEFAULT_BATCH = 256
@@ -112,11 +113,13 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
            linker: BatchLinker | None = None, timeout: float = DEFAULT_TIMEOUT,
            on_progress: Callable[[IngestSummary], None] | None = None,
            on_written: Callable[[list], None] | None = None,
-           thumbnails: bool = False, all_frames: bool = False) -> IngestSummary:
+           thumbnails: bool = False, all_frames: bool = False,
+           max_memory: int | None = DEFAULT_MAX_MEMORY) -> IngestSummary:
     """Analyse and catalogue every item; bad items are recorded, never fatal.
 
     ``workers`` = 0 analyses in this process (no isolation); N >= 1 uses N
-    supervised worker processes with a per-file ``timeout``. ``on_written``
+    supervised worker processes with a per-file ``timeout``, each allowed
+    ``max_memory`` bytes beyond its size at start (None: no cap). ``on_written``
     receives, after each committed batch, its records: (item, sha256 or None,
     "added" | "known" | "failed", failure detail). With ``all_frames``, each
     further frame of an animated file new to the catalog is an image of its
@@ -132,7 +135,7 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
     options = Options(thumbnails=thumbnails, all_frames=all_frames)
     if workers >= 1:
         pool = ProcessPool(names, workers, timeout, catalog_path=str(catalog.path),
-                           options=options)
+                           options=options, max_memory=max_memory)
     else:
         pool = InlinePool(names, is_known=catalog.has_image, options=options)
     limits = single_threaded()  # this process's FAISS and BLAS work is small and per batch

@@ -4,7 +4,9 @@ Native decoders can crash (a segfault in a codec) or hang on hostile input.
 Each worker is a separate process with its own pipe; the parent knows which
 job each worker is on, so when a worker dies or overruns the per-file time
 limit, that one job is recorded as failed with the reason, the worker is
-replaced, and the jobs queued behind it are sent elsewhere. A standard
+replaced, and the jobs queued behind it are sent elsewhere. Each worker's
+memory is capped too, so a decoder that runs away fails on its own file
+instead of taking the machine's memory. A standard
 process pool cannot do this: one dead worker breaks the whole pool and does
 not say which file killed it.
 
@@ -34,6 +36,10 @@ from .orphans import exit_with_parent
 
 #: Default per-file time limit, in seconds (decode and every signal).
 DEFAULT_TIMEOUT = 60.0
+#: Default memory a worker may take beyond what it holds when it starts, in
+#: bytes: room for the largest image the pixel limit lets through (150
+#: megapixels of 16-bit grey, converted), and a cap on a decoder run away.
+DEFAULT_MAX_MEMORY = 4 << 30
 #: Jobs queued per worker, so a worker never waits for its next file, even
 #: while the parent links and writes a batch.
 QUEUE_DEPTH = 32
@@ -110,9 +116,32 @@ class _Worker:
     started: float = 0.0                           # when the oldest job began
 
 
+def cap_memory(extra: int) -> bool:
+    """Cap this process's address space at its current size plus ``extra`` bytes.
+
+    A decoder that runs away then fails to allocate (a MemoryError, recorded
+    as the file's ``out-of-memory``; or a crash, which costs the worker) before
+    it can take the machine's memory from the parent and the other workers.
+    Linux only (elsewhere the cap is not enforced, and False is returned).
+    """
+    try:
+        import resource
+
+        with open("/proc/self/statm") as fh:
+            size = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        want = size + extra
+        if hard != resource.RLIM_INFINITY:
+            want = min(want, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (want, hard))
+    except (ImportError, OSError, ValueError, AttributeError):
+        return False
+    return True
+
+
 def _worker_main(conn: Connection, parent: int, inherited: Sequence[Connection],
                  signal_names: tuple[str, ...], catalog_path: str | None,
-                 options: Options) -> None:
+                 options: Options, max_memory: int | None) -> None:
     """Serve jobs until told to stop or the parent (pid ``parent``) is gone.
 
     A forked worker closes the parent's pipe ends it inherited (its own and
@@ -126,6 +155,8 @@ def _worker_main(conn: Connection, parent: int, inherited: Sequence[Connection],
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     single_threaded()
     known = KnownImages(catalog_path) if catalog_path else None
+    if max_memory:
+        cap_memory(max_memory)
     while True:
         try:
             job = conn.recv()
@@ -142,13 +173,16 @@ def _worker_main(conn: Connection, parent: int, inherited: Sequence[Connection],
 
 
 class ProcessPool:
-    """``workers`` supervised processes with a per-file time limit."""
+    """``workers`` supervised processes with a per-file time limit and a memory
+    cap each (``max_memory`` bytes beyond their size at start; None: no cap)."""
 
     def __init__(self, signal_names: Sequence[str], workers: int,
                  timeout: float = DEFAULT_TIMEOUT, catalog_path: str | None = None,
-                 options: Options = Options()) -> None:
+                 options: Options = Options(),
+                 max_memory: int | None = DEFAULT_MAX_MEMORY) -> None:
         self.signal_names = tuple(signal_names)
         self.timeout = timeout
+        self.max_memory = max_memory
         self.catalog_path = catalog_path
         self.options = options
         methods = mp.get_all_start_methods()
@@ -166,7 +200,8 @@ class ProcessPool:
                      if self._ctx.get_start_method() == "fork" else [])
         process = self._ctx.Process(target=_worker_main, daemon=True,
                                     args=(child_conn, os.getpid(), inherited,
-                                          self.signal_names, self.catalog_path, self.options))
+                                          self.signal_names, self.catalog_path, self.options,
+                                          self.max_memory))
         process.start()
         child_conn.close()
         return _Worker(process, parent_conn)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,26 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures"
 ORIGINALS = FIXTURES / "originals"
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_bomb(side: int = 40_000) -> bytes:
+    """A valid, all-black 1-bit PNG of side x side pixels (under 1 MB on disk).
+
+    The same file as ``Image.new("1", (side, side)).save(...)``, written
+    directly because Pillow needs several seconds to encode 1.6 gigapixels.
+    """
+    row = bytes(1 + (side + 7) // 8)  # filter byte + packed bits
+    rows_per_block = 1000
+    z = zlib.compressobj(1)
+    body = b"".join(z.compress(row * rows_per_block) for _ in range(side // rows_per_block))
+    body += z.compress(row * (side % rows_per_block)) + z.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", body)
+            + _png_chunk(b"IEND", b""))
 
 
 def shared_dir() -> Path:

@@ -10,8 +10,6 @@ import json
 import os
 import random
 import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
@@ -21,8 +19,8 @@ import imgmatch
 from imgmatch.cli import main
 from imgmatch.sources import IMAGE_EXTENSIONS, iter_manifest, iter_paths
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-ORIGINALS = FIXTURES / "originals"
+from conftest import FIXTURES, ORIGINALS, png_bomb
+
 MANIFEST = FIXTURES / "manifest.csv"
 
 
@@ -31,26 +29,6 @@ def sha256_of(data: bytes) -> str:
 
 
 # --------------------------------------------------------------- bad inputs
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def png_bomb(side: int = 40_000) -> bytes:
-    """A valid, all-black 1-bit PNG of side x side pixels (under 1 MB on disk).
-
-    The same file as ``Image.new("1", (side, side)).save(...)``, written
-    directly because Pillow needs several seconds to encode 1.6 gigapixels.
-    """
-    row = bytes(1 + (side + 7) // 8)  # filter byte + packed bits
-    rows_per_block = 1000
-    z = zlib.compressobj(1)
-    body = b"".join(z.compress(row * rows_per_block) for _ in range(side // rows_per_block))
-    body += z.compress(row * (side % rows_per_block)) + z.flush()
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", body)
-            + _png_chunk(b"IEND", b""))
-
-
 def ico_bytes() -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (32, 32), (200, 20, 20)).save(out, format="ICO")

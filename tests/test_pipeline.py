@@ -30,6 +30,8 @@ from imgmatch.signals.base import HashValue, SignalType
 from imgmatch.sources import iter_jsonl_stream, iter_paths, iter_scrapy
 from imgmatch.warc import iter_warc
 
+from conftest import png_bomb
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
@@ -45,7 +47,8 @@ def jpeg_bytes(seed: int, size: tuple[int, int] = (96, 72), quality: int = 90) -
 
 # ----------------------------------------------------------- worker isolation
 class _Saboteur(SignalType):
-    """A signal whose 'decoder' segfaults on 13-px-wide images and hangs on 17."""
+    """A signal whose 'decoder' segfaults on 13-px-wide images, hangs on 17 and
+    asks for more memory than a worker may take on 19."""
 
     name = "saboteur"
     bits = 64
@@ -57,6 +60,8 @@ class _Saboteur(SignalType):
             os.kill(os.getpid(), signal.SIGSEGV)
         if image.image.size[0] == 17:
             time.sleep(3600)
+        if image.image.size[0] == 19:  # runs away: asks for 8 GB (never touched)
+            np.empty(8 << 30, np.uint8)
         return HashValue(self.name, bytes(8), 100)
 
 
@@ -84,6 +89,45 @@ def test_a_crashing_or_hanging_decoder_costs_one_file(tmp_path, saboteur):
     assert "SIGSEGV" in details and "3 s limit" in details
     assert summary.images_added == 6
     assert summary.workers_replaced == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the cap is Linux's RLIMIT_AS")
+def test_a_file_that_needs_more_memory_than_a_worker_may_take_costs_that_file_alone(
+        tmp_path, saboteur):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for n in range(3):
+        (folder / f"good{n}.png").write_bytes(_png((40 + n, 30)))
+    (folder / "greedy.png").write_bytes(_png((19, 30)))      # the signal runs away
+    (folder / "huge.png").write_bytes(png_bomb(12_000))     # 144 MP: within the pixel limit
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        summary = c.ingest(iter_paths([folder]), signals=("saboteur",), workers=1,
+                           max_memory=128 << 20)
+    reasons = {Path(source).name: reason for source, reason, _ in summary.failures}
+    assert reasons == {"greedy.png": "out-of-memory", "huge.png": "out-of-memory"}
+    assert all("--max-memory" in detail for _, _, detail in summary.failures)
+    assert summary.images_added == 3
+    assert summary.workers_replaced == 0  # the worker survived both
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the cap is Linux's RLIMIT_AS")
+def test_the_cli_caps_each_workers_memory(tmp_path):
+    import contextlib
+
+    from imgmatch.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "huge.png").write_bytes(png_bomb(12_000))
+    (folder / "small.jpg").write_bytes(jpeg_bytes(1))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["--db", str(tmp_path / "c.db"), "ingest", str(folder), "--workers", "1",
+                     "--max-memory", "128", "--json"])
+    summary = json.loads(out.getvalue())
+    assert code == 1
+    assert summary["failure_reasons"] == {"out-of-memory": 1}
+    assert summary["images_added"] == 1
 
 
 @pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(),
