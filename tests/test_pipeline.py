@@ -209,6 +209,46 @@ def _png(size: tuple[int, int]) -> bytes:
     return buf.getvalue()
 
 
+# ------------------------------------------------------- nothing hashed twice
+class _Tally(SignalType):
+    """A signal that notes each image it is computed for, in a file (workers too)."""
+
+    name = "tally"
+    bits = 64
+    threshold = 0
+    description = "test only"
+    log: Path | None = None
+
+    def compute(self, image: Decoded) -> HashValue:
+        with open(type(self).log, "a") as fh:
+            fh.write(f"{image.image.size[0]}\n")
+        return HashValue(self.name, image.image.size[0].to_bytes(8, "big"), 100)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_rerun_decodes_only_bytes_it_has_not_seen(tmp_path, workers):
+    _Tally.log = tmp_path / "computed.txt"
+    registry.register(_Tally)
+    try:
+        folder = tmp_path / "in"
+        folder.mkdir()
+        for n in range(4):
+            (folder / f"photo{n}.png").write_bytes(_png((40 + n, 30)))
+        with imgmatch.Collection.open(tmp_path / "c.db") as c:
+            c.ingest(iter_paths([folder]), signals=("tally",), workers=workers)
+            first = _Tally.log.read_text().split()  # an image and its mirror
+            assert sorted(set(first)) == ["40", "41", "42", "43"]
+            # the same files, a copy under a new name and one new photo
+            (folder / "copy_of_photo1.png").write_bytes((folder / "photo1.png").read_bytes())
+            (folder / "new.png").write_bytes(_png((50, 30)))
+            summary = c.ingest(iter_paths([folder]), signals=("tally",), workers=workers)
+    finally:
+        registry._REGISTRY.pop("tally", None)
+    assert set(_Tally.log.read_text().split()[len(first):]) == {"50"}
+    assert (summary.images_added, summary.images_known) == (1, 5)
+    assert (summary.sightings_added, summary.sightings_known) == (2, 4)
+
+
 # ------------------------------------------------------------ kill and resume
 def _make_crawl(root: Path, n_images: int = 240) -> Path:
     """Images with duplicates, near-duplicates, a bad file, and a manifest."""
