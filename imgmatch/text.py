@@ -8,9 +8,12 @@ made safe here, at the edge, so nothing downstream has to care.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+#: A UTC offset of less than a second, which Python 3.11's ``fromisoformat``
+#: reads as no offset at all (an offset of 0:00:01 or more it reads right).
+_SUBSECOND_OFFSET = re.compile(r"([+-])00:00:00\.(\d{1,6})$")
 
 
 def parse_when(text: str) -> str | None:
@@ -26,7 +29,14 @@ def parse_when(text: str) -> str | None:
             when = datetime.fromtimestamp(int(text), timezone.utc)
         else:
             candidate = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
-            when = datetime.fromisoformat(candidate)
+            tiny = _SUBSECOND_OFFSET.search(candidate)
+            if tiny:
+                sign = -1 if tiny.group(1) == "-" else 1
+                offset = timedelta(microseconds=sign * int(tiny.group(2).ljust(6, "0")))
+                when = datetime.fromisoformat(candidate[:tiny.start()]).replace(
+                    tzinfo=timezone(offset))
+            else:
+                when = datetime.fromisoformat(candidate)
             if when.tzinfo is None:
                 when = when.replace(tzinfo=timezone.utc)
             when = when.astimezone(timezone.utc)

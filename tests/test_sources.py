@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from imgmatch.cli import main
@@ -80,6 +80,9 @@ fixed_offsets = st.builds(
 @settings(max_examples=200, deadline=None, database=None)
 @given(st.datetimes(min_value=datetime(1900, 1, 2), max_value=datetime(2200, 12, 30),
                     timezones=fixed_offsets))
+# an offset under a second, which Python 3.11's fromisoformat reads as UTC
+@example(datetime(2000, 1, 1, tzinfo=timezone(timedelta(microseconds=1))))
+@example(datetime(2000, 1, 1, tzinfo=timezone(-timedelta(microseconds=500_000))))
 def test_aware_datetimes_round_trip_to_the_utc_second(when):
     expected = when.astimezone(UTC).replace(microsecond=0)
     assert as_utc(parse_when(when.isoformat())) == expected
