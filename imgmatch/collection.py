@@ -25,11 +25,11 @@ from .descriptors import DescriptorIndex
 from .errors import ImgmatchError, IndexFileError, MissingFile, error_for
 from .index import BinaryIndex
 from .ingest import DEFAULT_BATCH, IngestSummary, analyse, ingest
-from .workers import DEFAULT_MAX_MEMORY
 from .match import MATCH_SCORE, IndexLinker, find_matches, signal_score
 from .model import Added, Cluster, ImageRecord, Link, Match
 from .signals import FEATURES, HashValue
 from .sources import Item
+from .workers import DEFAULT_MAX_MEMORY
 
 DEFAULT_DB = "imgmatch.db"
 ENV_DB = "IMGMATCH_DB"

@@ -292,16 +292,21 @@ def _to_rgb_or_grey(img: Image.Image) -> Image.Image:
     if mode in ("L", "RGB"):
         return img
     if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        # one float32 copy, scaled in place: a 150-megapixel 16-bit image then
+        # needs 0.6 GB beside its decode, not several float64 temporaries
+        arr = np.array(img, dtype=np.float32)
         hi = float(arr.max()) if arr.size else 0.0
         lo = float(arr.min()) if arr.size else 0.0
         if lo >= 0 and hi <= 255:
-            scaled = arr
+            pass
         elif lo >= 0 and hi <= 65535:
-            scaled = arr / 257.0  # 16-bit samples
+            arr /= 257.0  # 16-bit samples
         else:
-            scaled = (arr - lo) * (255.0 / max(hi - lo, 1e-12))
-        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+            arr -= lo
+            arr *= 255.0 / max(hi - lo, 1e-12)
+        np.rint(arr, out=arr)
+        np.clip(arr, 0, 255, out=arr)
+        return Image.fromarray(arr.astype(np.uint8), "L")
     if mode in ("LA", "La", "PA", "RGBA", "RGBa") or (mode == "P" and "transparency" in img.info):
         # Flatten onto white, as a browser shows a transparent ad photo.
         rgba = img.convert("RGBA")

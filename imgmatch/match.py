@@ -290,7 +290,7 @@ class IndexLinker:
                 # newer queries older only, so the links found do not depend
                 # on where batches begin and end
                 keep = other < who
-                for owner, i in set(zip(who[keep].tolist(), other[keep].tolist())):
+                for owner, i in zip(who[keep].tolist(), other[keep].tolist()):
                     candidates[owner].add(i)
         wanted = sorted(set().union(*candidates.values(), *voted.values())) if candidates else []
         stored = self.catalog.signals_of(wanted)

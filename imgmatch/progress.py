@@ -50,7 +50,7 @@ class Progress:
         rate = done / elapsed
         line = f"{done:,} files  {rate:,.0f}/s  {added:,} new  {failed:,} failed"
         if self.total and done <= self.total:  # more done than counted: the count was off
-            share = min(done / self.total, 1.0)
+            share = done / self.total
             filled = int(share * 24)
             eta = (self.total - done) / rate if rate > 0 else 0
             line = (f"[{'#' * filled}{'.' * (24 - filled)}] {share:4.0%}  " + line

@@ -45,6 +45,18 @@ def jpeg_bytes(seed: int, size: tuple[int, int] = (96, 72), quality: int = 90) -
     return buf.getvalue()
 
 
+def _cli_ingest(db: Path, *args: object) -> tuple[int, dict]:
+    """``imgmatch --db DB ingest ARGS... --json`` in this process: (exit code, summary)."""
+    import contextlib
+
+    from imgmatch.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["--db", str(db), "ingest", *map(str, args), "--json"])
+    return code, json.loads(out.getvalue())
+
+
 # ----------------------------------------------------------- worker isolation
 class _Saboteur(SignalType):
     """A signal whose 'decoder' segfaults on 13-px-wide images, hangs on 17 and
@@ -112,19 +124,12 @@ def test_a_file_that_needs_more_memory_than_a_worker_may_take_costs_that_file_al
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the cap is Linux's RLIMIT_AS")
 def test_the_cli_caps_each_workers_memory(tmp_path):
-    import contextlib
-
-    from imgmatch.cli import main
-
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "huge.png").write_bytes(png_bomb(12_000))
     (folder / "small.jpg").write_bytes(jpeg_bytes(1))
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(["--db", str(tmp_path / "c.db"), "ingest", str(folder), "--workers", "1",
-                     "--max-memory", "128", "--json"])
-    summary = json.loads(out.getvalue())
+    code, summary = _cli_ingest(tmp_path / "c.db", folder, "--workers", "1",
+                                "--max-memory", "128")
     assert code == 1
     assert summary["failure_reasons"] == {"out-of-memory": 1}
     assert summary["images_added"] == 1
@@ -481,18 +486,10 @@ def test_archive_images_revisits_non_images_and_truncated_records(tmp_path, name
 
 
 def test_the_cli_reads_warc_and_arc_files_named_on_its_command_line(tmp_path):
-    import contextlib
-
-    from imgmatch.cli import main
-
     warc, arc = tmp_path / "one.warc.gz", tmp_path / "two.ARC"
     cat_sha = _write_warc(warc)
     assert _write_arc(arc) == cat_sha
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(["--db", str(tmp_path / "c.db"), "ingest", str(warc), str(arc), "--json",
-                     "--quiet"])
-    summary = json.loads(out.getvalue())
+    code, summary = _cli_ingest(tmp_path / "c.db", warc, arc)
     assert code == 1  # partial: a truncated record in each archive
     assert summary["failure_reasons"] == {"truncated-record": 2}
     assert summary["images_added"] == 1 and summary["revisits"] == 1
