@@ -7,9 +7,8 @@ cluster of one image with several sightings.
 
 Chaining guard. Plain connected components let one ambiguous image (a
 collage, a photo under a big site logo, a stock background) join unrelated
-pictures into one cluster. So only *strong* links (two or more signals
-agree, or one agrees with a score of at least ``STRONG_SCORE``) build the
-cores; a *weak* link (one signal, near its threshold) can only attach a lone
+pictures into one cluster. So only *strong* links (a calibrated score of
+at least ``STRONG_SCORE``) build the cores; a *weak* link (one signal, near its threshold) can only attach a lone
 image to the core of its best link, and two lone images only to each other
 when each is the other's best link. Weak links never merge two cores, and an
 image attaches to one core at most. Images marked with ``imgmatch ignore``
@@ -60,12 +59,15 @@ def group(image_ids: Iterable[int], links: Iterable[tuple[int, int]]) -> list[li
     return sorted((sorted(c) for c in components.values()), key=lambda c: c[0])
 
 
-#: A one-signal link at or above this score counts as strong (half the threshold).
+#: A link at or above this score counts as strong. Scores are calibrated
+#: (imgmatch.evidence); a partial overlap alone (a collage's tile, a
+#: screenshot's photo) is capped below it at linking, so it can attach an
+#: image to a cluster but never join two.
 STRONG_SCORE = 0.75
 
 
 def is_strong(score: float, agreed: tuple[str, ...]) -> bool:
-    return len(agreed) >= 2 or score >= STRONG_SCORE
+    return score >= STRONG_SCORE
 
 
 def guarded_groups(nodes: Iterable[int],

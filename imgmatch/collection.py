@@ -25,7 +25,7 @@ from .descriptors import DescriptorIndex
 from .errors import ImgmatchError, IndexFileError, MissingFile, error_for
 from .index import BinaryIndex
 from .ingest import DEFAULT_BATCH, IngestSummary, analyse, ingest
-from .match import MATCH_SCORE, IndexLinker, find_matches, signal_score
+from .match import MATCH_SCORE, IndexLinker, find_matches, score_pairs
 from .model import Added, Cluster, ImageRecord, Link, Match
 from .signals import FEATURES, HashValue
 from .sources import Item
@@ -391,8 +391,7 @@ class Collection:
         a = np.concatenate([new_ids[found.i], i])
         b = np.concatenate([new_ids[found.j], j])
         d = np.concatenate([found.distances, dist])
-        rows = (LinkRow(int(min(x, y)), int(max(x, y)), signal_score(int(z), sig.threshold),
-                        {name: int(z)}, (name,), "identity") for x, y, z in zip(a, b, d))
+        rows = score_pairs(self.catalog, a, b)
         added = self.catalog.add_links(rows, {key: str(int(max(upto, index.max_id)))})
         return {"searched": int(len(new_ids)), "pairs": int(len(a)), "links_added": added}
 

@@ -48,6 +48,8 @@ CONCLUSIVE_SUPPORT = 60.0
 FULL_OVERLAP = 0.25
 #: ... and when they span at least this share of that region's area.
 FULL_COVERAGE = 0.15
+#: Cells per side of the grid that :attr:`Verification.spread` counts in.
+SPREAD_GRID = 6
 
 _MAGIC = b"ORB1"
 _HEADER = struct.Struct("<4sHHH")  # magic, count, width, height
@@ -179,6 +181,15 @@ class Verification:
     #: keypoints in the common region span: a logo or a stamped phone number
     #: is a small patch of a picture, a repost is most of it
     coverage: float = 0.0
+    #: the share of the common region's keypoints that lie in a cell (of a
+    #: :data:`SPREAD_GRID` grid) holding an inlier, among the cells where
+    #: both images have keypoints: a screenshot's status and app bars, or a
+    #: site's frame, are bands at the edges that a convex hull spans whole,
+    #: while the photo between them matches nothing
+    spread: float = 0.0
+    #: the smaller of the two images' shares that the region they share
+    #: covers: a photo in a collage or a screenshot is a part of it
+    shared_area: float = 0.0
 
     @property
     def support(self) -> float:
@@ -231,7 +242,62 @@ def verify(query: LocalFeatures, stored: LocalFeatures) -> Verification:
     spanned = _hull_area(cv2, dst[mask.ravel() == 1])
     return Verification(inliers, n_good, 1.0 / scale, float(np.degrees(np.arctan2(b, a))),
                         inliers / max(shared, inliers, 1),
-                        min(1.0, spanned / region) if region > 0 else 0.0)
+                        min(1.0, spanned / region) if region > 0 else 0.0,
+                        _spread(stored.points[in_query], dst[mask.ravel() == 1],
+                                _moved(query.points, transform)),
+                        _shared_area(cv2, transform, query, stored))
+
+
+def _moved(points: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    return points @ transform[:, :2].T + transform[:, 2]
+
+
+def _spread(region: np.ndarray, inliers: np.ndarray,
+            other: np.ndarray | None = None) -> float:
+    """The share of the region's keypoints in grid cells that hold an inlier.
+
+    ``region`` holds the stored image's keypoints inside the common region;
+    ``other``, the query's keypoints moved onto the stored image: only cells
+    where both images have keypoints count (a photo pasted on a blank page
+    shares no detail with the page's blank part, so that part is not a
+    hole; a different photo in the same app's frame is).
+    """
+    if len(region) == 0 or len(inliers) == 0:
+        return 0.0
+    lo = region.min(axis=0)
+    size = np.maximum(region.max(axis=0) - lo, 1e-6)
+    cells = SPREAD_GRID * SPREAD_GRID
+
+    def cell(points: np.ndarray) -> np.ndarray:
+        g = np.clip(((points - lo) / size * SPREAD_GRID).astype(int), 0, SPREAD_GRID - 1)
+        return g[:, 1] * SPREAD_GRID + g[:, 0]
+
+    hit = np.zeros(cells, bool)
+    hit[cell(inliers)] = True
+    counted = cell(region)
+    if other is not None and len(other):
+        inside = np.all((other >= lo) & (other <= lo + size), axis=1)
+        both = np.zeros(cells, bool)
+        both[cell(other[inside])] = True
+        both |= hit
+        counted = counted[both[counted]]
+    return float(hit[counted].mean()) if len(counted) else 0.0
+
+
+def _shared_area(cv2, transform: np.ndarray, query: LocalFeatures,
+                 stored: LocalFeatures) -> float:
+    """The smaller of the two images' shares covered by their common region."""
+    def frame(w: int, h: int) -> np.ndarray:
+        return np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+
+    moved = (frame(query.width, query.height) @ transform[:, :2].T
+             + transform[:, 2]).astype(np.float32)
+    box = frame(stored.width, stored.height)
+    area, _ = cv2.intersectConvexConvex(moved, box)
+    moved_area = abs(float(cv2.contourArea(moved)))
+    if area <= 0 or moved_area <= 0 or stored.width * stored.height == 0:
+        return 0.0
+    return float(min(area / (stored.width * stored.height), area / moved_area))
 
 
 def _inside(points: np.ndarray, transform: np.ndarray, width: int, height: int) -> np.ndarray:

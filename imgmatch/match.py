@@ -4,19 +4,21 @@ This is the only layer that joins indexes (ids and distances) with the
 catalog (everything else). Candidates come from each signal's index, searched
 with all of the query's dihedral variants, so one stored hash per image
 matches mirrored and rotated copies. Every candidate is then re-measured on
-every signal both sides have, and scored.
+every signal both sides have, verified geometrically where the robust tier
+is on, and scored from all of that evidence at once (:mod:`imgmatch.evidence`):
+agreement raises the score, a clear disagreement lowers it, and the score
+estimates the probability that the two images show the same picture.
 
-Score: per usable signal, ``1 - d / (2 * threshold)`` clipped to [0, 1], so
-a distance exactly at the threshold scores 0.5; the match's score is the
-best of its usable signals. A value is unusable when its quality is below
-its signal's gate (PDQ: 50), on either side: plain images (blank, flat, very
-dark) all hash alike and must not make confident matches; their score is
-capped below 0.5 and the match says ``low_information``.
+A pair is *low-information* when either image is too plain for its hashes
+to be evidence: a PDQ quality under Meta's gate (50), a pHash quality (the
+picture's :func:`~imgmatch.signals.imagehashes.information`) under its gate,
+or a hash whose bits are degenerate (periodic or lopsided). Such a pair
+matches only on strong geometric evidence and says ``low_information``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -24,19 +26,21 @@ from . import features
 from . import signals as registry
 from .catalog import Catalog, LinkRow
 from .descriptors import DescriptorIndex
+from .evidence import SCALES, Evidence, Verified
 from .index import BinaryIndex
 from .model import Match
-from .signals import FEATURES, HashValue
+from .signals import HashValue
+from .signals.base import degenerate
 
-#: Default minimum score of a reported match: at the thresholds.
+#: Default minimum score of a reported match: the score at which precision
+#: reached 0.99 on held-out data (docs/benchmarks.md, the score-to-precision
+#: tables). ``--min-score`` lowers it to see weaker leads.
 MATCH_SCORE = 0.5
-#: Ceiling for matches resting on low-information hashes only.
-LOW_INFORMATION_CAP = 0.45
 #: How many neighbours per query variant each index is asked for (at least).
 MIN_CANDIDATES = 32
+#: Signals whose plain or degenerate values make the whole pair low-information.
+INFORMATION_SIGNALS = ("pdq", "phash")
 
-#: Inliers at which a geometric verification alone scores the match score.
-INLIERS_AT_THRESHOLD = 20
 #: Candidates verified geometrically: the best by hash score, and the most
 #: voted by the descriptor index.
 VERIFY_FROM_HASHES = 4
@@ -50,39 +54,29 @@ VERIFY_PER_TILE = 3
 #: strongest descriptors vote for it many times over.
 LINK_MIN_VOTES = 12
 LINK_VERIFY = 4
+#: A link whose only evidence is a partial overlap (a photo inside a
+#: collage or a screenshot: the shared region covers less than this share of
+#: one image) is capped at :data:`PARTIAL_LINK_CAP`, so that clusters treat
+#: it as a weak link: it attaches the collage or screenshot to one picture,
+#: and never joins two pictures' clusters through it.
+PARTIAL_AREA = 0.5
+PARTIAL_LINK_CAP = 0.74
 
 TRANSFORM_NAMES = ("identity", "mirror", "flip", "rotate-180", "transpose",
                    "rotate-90", "rotate-270", "transverse")
-
-
-def signal_score(distance: int, threshold: int) -> float:
-    """1 at distance 0, 0.5 at the threshold, 0 at twice it (a threshold of 0: exact only)."""
-    return max(0.0, min(1.0, 1.0 - distance / (2.0 * max(threshold, 0.5))))
-
-
-def feature_score(support: float) -> float:
-    """0 without inliers, 0.5 at :data:`INLIERS_AT_THRESHOLD`, towards 1 beyond.
-
-    ``support`` is the inlier count discounted for a small overlap
-    (:attr:`imgmatch.features.Verification.support`).
-    """
-    return 1.0 - 0.5 ** (support / INLIERS_AT_THRESHOLD)
 
 
 LocalQuery = tuple[features.LocalFeatures, features.LocalFeatures | None]
 
 
 def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterable[int]]],
-                      scored: dict[int, dict]) -> None:
-    """Verify candidates geometrically and fold the evidence into their results.
+                      found: dict[int, Evidence]) -> None:
+    """Verify candidates geometrically and add what it finds to their evidence.
 
     ``views`` pairs the query's local features (the whole image, or a tile
     of it) with the candidates to verify against them; an image verified in
-    several views keeps its best. A verified pair's score is the better of
-    its hash score and its feature score; the local features join ``agreed``
-    at or above the threshold, the inlier count is kept, and strong geometric
-    evidence overrides a low-information flag (plain images give few
-    keypoints and few inliers).
+    several views keeps its best. Every candidate of the pair's query is
+    marked as seen by the robust tier, verified or not.
     """
     wanted = sorted({i for _, ids in views for i in ids})
     blobs = catalog.features_of(wanted)
@@ -95,22 +89,28 @@ def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterab
             result, flipped = features.best_of(plain, mirrored, stored[image_id])
             if image_id not in best or result.support > best[image_id][0].support:
                 best[image_id] = (result, flipped)
+    for ev in found.values():
+        ev.robust = True
     for image_id, (result, flipped) in best.items():
-        a = scored.setdefault(image_id, {"distances": {}, "agreed": (), "score": 0.0,
-                                         "low_information": False, "transform": "identity"})
-        a["inliers"] = result.inliers
-        s = feature_score(result.support)
-        if result.support >= INLIERS_AT_THRESHOLD:
-            a["agreed"] = tuple(a["agreed"]) + (FEATURES,)
-            a["low_information"] = False
-        if s > a["score"]:
-            a["score"] = s
-            a["transform"] = "mirror" if flipped else "identity"
+        ev = found.setdefault(image_id, Evidence(robust=True))
+        ev.verified = Verified(result.inliers, result.support, result.spread,
+                               result.shared_area, result.overlap)
+        if not ev.hashes or ev.strong_geometry:
+            ev.transform = "mirror" if flipped else "identity"
 
 
-def radius_for(min_score: float, threshold: int) -> int:
-    """Largest distance whose signal score is still >= min_score."""
-    return int(np.floor(2.0 * max(threshold, 0.5) * (1.0 - min_score) + 1e-9))
+#: How far (a share of the evidence scale, :data:`imgmatch.evidence.SCALES`)
+#: hash candidates are looked up: a pair farther apart on every hash than
+#: this needs verified geometry to score, and the robust tier's descriptor
+#: votes find those.
+CANDIDATE_REACH = 0.75
+
+
+def radius_for(name: str, threshold: int) -> int:
+    """The range searched for hash candidates of a signal: three quarters of its
+    evidence scale (PDQ 48 bits, pHash and dHash 12), or its threshold."""
+    scale = SCALES.get(name)
+    return int(CANDIDATE_REACH * scale) if scale else int(threshold)
 
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
@@ -127,17 +127,28 @@ def min_distances(variants: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray,
     return d[which, np.arange(d.shape[1])], which
 
 
-def score_candidates(query: Mapping[str, Sequence[HashValue]],
-                     stored: Mapping[int, Mapping[str, tuple[bytes, int | None]]]
-                     ) -> dict[int, dict]:
-    """Distances, agreeing signals and score of stored images against a query.
+def _plain(name: str, data: bytes, quality: int | None) -> bool:
+    """Whether a value says its image is too plain for hashes to be evidence."""
+    sig = registry.get(name)
+    return not sig.trusts(quality) or degenerate(data)
+
+
+def gather_evidence(query: Mapping[str, Sequence[HashValue]],
+                    stored: Mapping[int, Mapping[str, tuple[bytes, int | None]]]
+                    ) -> dict[int, Evidence]:
+    """Distances and informativeness of stored images' hashes against a query.
 
     Vectorised over candidates, signal by signal. ``stored`` maps an image id
-    to its values ``{signal: (bytes, quality)}``.
+    to its values ``{signal: (bytes, quality)}``. A bare hash (a partner's
+    PDQ, no quality) is trusted, but its bits are still checked.
     """
     ids = list(stored)
-    acc = {i: {"distances": {}, "agreed": [], "usable": 0.0, "any": 0.0,
-               "best": -1.0, "transform": 0} for i in ids}
+    out = {i: Evidence() for i in ids}
+    best_transform: dict[int, tuple[float, int]] = {}
+    query_plain = any(_plain(name, vs[0].data, vs[0].quality) for name, vs in query.items()
+                      if vs and name in INFORMATION_SIGNALS)
+    query_degenerate = any(degenerate(vs[0].data) for name, vs in query.items()
+                           if vs and name in INFORMATION_SIGNALS)
     for name, variants in query.items():
         have = [i for i in ids if name in stored[i]]
         if not have or not variants:
@@ -148,36 +159,30 @@ def score_candidates(query: Mapping[str, Sequence[HashValue]],
         values = np.frombuffer(b"".join(stored[i][name][0] for i in have),
                                np.uint8).reshape(-1, width)
         dist, which = min_distances(codes, values)
-        # a bare hash (a partner's PDQ) comes without its quality: trust it
         query_ok = variants[0].quality is None or sig.usable(variants[0])
         for i, d, w in zip(have, dist.tolist(), which.tolist()):
-            a = acc[i]
-            a["distances"][name] = d
-            s = signal_score(d, sig.threshold)
-            stored_quality = stored[i][name][1]  # None: an imported hash, trusted too
-            usable = query_ok and sig.trusts(stored_quality)
-            a["any"] = max(a["any"], s)
-            if usable:
-                a["usable"] = max(a["usable"], s)
-                if d <= sig.threshold:
-                    a["agreed"].append(name)
-            if s > a["best"]:
-                a["best"], a["transform"] = s, w
-    out = {}
-    for i, a in acc.items():
-        low_information = a["usable"] < a["any"] and a["usable"] < MATCH_SCORE
-        score = a["usable"] if not low_information else min(a["any"], LOW_INFORMATION_CAP)
-        out[i] = {"distances": a["distances"], "agreed": tuple(a["agreed"]), "score": score,
-                  "low_information": low_information,
-                  "transform": TRANSFORM_NAMES[a["transform"]]
-                  if a["transform"] < len(TRANSFORM_NAMES) else "identity"}
+            data, quality = stored[i][name]
+            ev = out[i]
+            if name not in SCALES:
+                ev.extra_thresholds[name] = sig.threshold
+            ev.hashes[name] = (d, query_ok and sig.trusts(quality))
+            known = [q for q in (variants[0].quality, quality) if q is not None]
+            if known:
+                ev.qualities[name] = min(known)
+            if name in INFORMATION_SIGNALS:
+                if query_plain or _plain(name, data, quality):
+                    ev.weak_values = True
+                if query_degenerate or degenerate(data):
+                    ev.degenerate = True
+            closeness = 1.0 - d / sig.bits
+            if i not in best_transform or closeness > best_transform[i][0]:
+                best_transform[i] = (closeness, w)
+    for i, (_, w) in best_transform.items():
+        out[i].transform = TRANSFORM_NAMES[w] if w < len(TRANSFORM_NAMES) else "identity"
+    if query_plain:
+        for ev in out.values():
+            ev.weak_values = True
     return out
-
-
-def score_candidate(query: Mapping[str, Sequence[HashValue]],
-                    stored: Mapping[str, tuple[bytes, int | None]]) -> dict:
-    """Distances, agreeing signals and score of one stored image against a query."""
-    return score_candidates(query, {0: stored})[0]
 
 
 def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
@@ -205,8 +210,8 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
         codes = np.frombuffer(b"".join(v.data for v in variants), dtype=np.uint8)
         threshold = registry.get(name).threshold
         if min_score > 0:
-            # exact: an image scores >= min_score only through a signal within this radius
-            for ids, _ in index.range_search(codes, radius_for(min_score, threshold)):
+            # hash candidates near enough to agree; the evidence decides the rest
+            for ids, _ in index.range_search(codes, radius_for(name, threshold)):
                 candidates.update(int(i) for i in ids)
         else:
             _, ids = index.search(codes, max(top_k * 2, MIN_CANDIDATES))
@@ -222,29 +227,62 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
     if not candidates:
         return []
     stored = catalog.signals_of(sorted(candidates))
-    results = score_candidates(query, stored)
+    found = gather_evidence(query, stored)
     if views:
-        views[0][1].update(sorted(results, key=lambda i: (-results[i]["score"], i))
+        by_hashes = {i: ev.score() for i, ev in found.items()}
+        views[0][1].update(sorted(by_hashes, key=lambda i: (-by_hashes[i], i))
                            [:VERIFY_FROM_HASHES])
-        verify_candidates(catalog, views, results)
-    scored = [(image_id, result, stored.get(image_id, {}))
-              for image_id, result in results.items() if result["score"] >= min_score]
-    scored.sort(key=lambda t: (-t[1]["score"], sum(t[1]["distances"].values()), t[0]))
+        verify_candidates(catalog, views, found)
+    scores = {i: ev.settle() for i, ev in found.items()}
+    scored = [(image_id, ev, stored.get(image_id, {})) for image_id, ev in found.items()
+              if scores[image_id] >= min_score]
+    scored.sort(key=lambda t: (-scores[t[0]], sum(d for d, _ in t[1].hashes.values()), t[0]))
     scored = scored[:top_k]
     ids = [image_id for image_id, _, _ in scored]
     images = catalog.images(ids)
     sightings = catalog.sightings_of(ids) if with_sightings else {}
     out = []
-    for image_id, result, values in scored:
+    for image_id, ev, values in scored:
         image = images.get(image_id, {})
         out.append(Match(
-            sha256=image.get("sha256"), image_id=image_id, score=result["score"],
-            distances=result["distances"], agreed=result["agreed"],
+            sha256=image.get("sha256"), image_id=image_id, score=scores[image_id],
+            distances={n: d for n, (d, _) in ev.hashes.items()}, agreed=ev.agreed,
             signals={name: value.hex() for name, (value, _) in sorted(values.items())},
             sightings=tuple(sightings.get(image_id, ())), image=image,
-            low_information=result["low_information"], transform=result["transform"],
-            inliers=result.get("inliers")))
+            low_information=ev.low_information, transform=ev.transform,
+            inliers=ev.verified.inliers if ev.verified else None,
+            disagreed=ev.disagreed, evidence=ev.to_json()))
     return out
+
+
+def score_pairs(catalog: Catalog, a: np.ndarray, b: np.ndarray,
+                min_score: float = MATCH_SCORE, chunk: int = 20_000) -> Iterator[LinkRow]:
+    """Links from pairs that one signal's all-pairs search found, each scored on
+    every signal both images have (as stored: no rotations), so that the link
+    pass weighs the same evidence as ingest and queries."""
+    for start in range(0, len(a), chunk):
+        xs, ys = a[start:start + chunk].tolist(), b[start:start + chunk].tolist()
+        stored = catalog.signals_of(sorted(set(xs) | set(ys)))
+        for x, y in zip(xs, ys):
+            if x not in stored or y not in stored:
+                continue
+            query = {name: [HashValue(name, bytes(data), quality)]
+                     for name, (data, quality) in stored[x].items()}
+            ev = gather_evidence(query, {y: stored[y]})[y]
+            score = ev.settle()
+            if score >= min_score and ev.agreed:
+                yield LinkRow(min(x, y), max(x, y), score,
+                              {n: d for n, (d, _) in ev.hashes.items()}, ev.agreed, "identity")
+
+
+def link_score(ev: Evidence) -> float:
+    """A pair's score as a link: a partial overlap alone (a collage's tile, a
+    screenshot's photo) is capped so that clusters treat it as weak."""
+    score = ev.settle()
+    partial = ev.verified is not None and ev.verified.shared_area < PARTIAL_AREA
+    if partial and not any(n != "orb" for n in ev.agreed):
+        score = min(score, PARTIAL_LINK_CAP)
+    return score
 
 
 class IndexLinker:
@@ -299,14 +337,15 @@ class IndexLinker:
             query = {name: list(vs) for name, vs in variants.get(sha256, {}).items()}
             others = {o: stored.get(o, {}) for o in
                       sorted(candidates[image_id] | set(voted.get(image_id, ())))}
-            results = score_candidates(query, others)
+            found = gather_evidence(query, others)
             if voted.get(image_id):
-                verify_candidates(self.catalog, [(local[sha256], voted[image_id])], results)
-            for other, result in results.items():
-                if result["score"] >= self.min_score and result["agreed"]:
-                    out.append(LinkRow(min(image_id, other), max(image_id, other),
-                                       result["score"], result["distances"],
-                                       result["agreed"], result["transform"]))
+                verify_candidates(self.catalog, [(local[sha256], voted[image_id])], found)
+            for other, ev in found.items():
+                score = link_score(ev)
+                if score >= self.min_score and ev.agreed:
+                    out.append(LinkRow(min(image_id, other), max(image_id, other), score,
+                                       {n: d for n, (d, _) in ev.hashes.items()},
+                                       ev.agreed, ev.transform))
         return out
 
     def _voted(self, new_images: list[tuple[int, str]],

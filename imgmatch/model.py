@@ -23,11 +23,16 @@ Sighting = SightingRow
 class Match:
     """A catalogued image found for a query.
 
-    ``score`` is in [0, 1], higher is surer; 0.5 means "at the match threshold
-    of the strongest usable signal". ``distances`` are Hamming bits per signal
-    (the smallest over the query's rotations and mirrors); ``agreed`` names
-    the signals within their thresholds; ``low_information`` says that the
-    query or the image was too plain for its hashes to count as evidence.
+    ``score`` is in [0, 1], higher is surer: an estimate, calibrated on held-out
+    benchmark data, of the probability that both show the same picture (the
+    score-to-precision tables are in docs/benchmarks.md). ``distances`` are
+    Hamming bits per signal (the smallest over the query's rotations and
+    mirrors); ``agreed`` names the signals that say "same" (``orb``: verified
+    geometry), ``disagreed`` those that say "different"; ``evidence`` gives
+    every signal's distance and whether its values were informative, and
+    the verification's inliers, their spread and the shared area;
+    ``low_information`` says that the query or the image was too plain for
+    its hashes to count as evidence.
     """
 
     sha256: str | None
@@ -43,6 +48,8 @@ class Match:
     #: local-feature matches that one similarity transform explains (robust
     #: tier; None when the pair was not verified geometrically)
     inliers: int | None = None
+    disagreed: tuple[str, ...] = ()
+    evidence: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -50,6 +57,7 @@ class Match:
             "score": round(self.score, 4),
             "distances": self.distances,
             "agreed": list(self.agreed),
+            "disagreed": list(self.disagreed),
             "transform": self.transform,
             "low_information": self.low_information,
             **({"inliers": self.inliers} if self.inliers is not None else {}),
@@ -57,6 +65,7 @@ class Match:
             "image": {k: v for k, v in self.image.items() if k not in ("id", "sha256")
                       and v is not None},
             "sightings": [s.to_json() for s in self.sightings],
+            **({"evidence": self.evidence} if self.evidence else {}),
         }
 
 

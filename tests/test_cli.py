@@ -242,12 +242,12 @@ def test_query_pdq_hash_ranks_the_original_first(built):
     assert top["signals"]["pdq"] == astronaut_pdq_hex()
 
 
-def test_query_pdq_hash_finds_the_original_at_score_one(built):
+def test_query_pdq_hash_finds_the_original_near_certainly(built):
     code, lines = query_json(built.db, "--pdq", astronaut_pdq_hex())
     assert code == 0
     by_sha = {m["sha256"]: m for m in lines[0]["matches"]}
     match = by_sha[sha256_of(ASTRONAUT)]
-    assert match["score"] == 1.0
+    assert match["score"] > 0.99
     assert match["distances"]["pdq"] == 0
 
 
@@ -282,7 +282,7 @@ def test_hash_agrees_with_the_catalog(built):
     assert code == 0
     top = lines[0]["matches"][0]
     assert top["sha256"] == sha256_of(ASTRONAUT)
-    assert top["score"] == 1.0
+    assert top["score"] > 0.99
     assert top["signals"] == signals
 
 

@@ -14,10 +14,13 @@ import imgmatch
 from imgmatch import features
 from imgmatch.descriptors import DescriptorIndex
 from imgmatch.errors import IndexFileError, SignalError
-from imgmatch.match import INLIERS_AT_THRESHOLD
+from imgmatch.evidence import STRONG_SUPPORT
 from imgmatch.signals import ROBUST_SIGNALS
 
 from conftest import FIXTURES, ORIGINALS
+
+#: what a verification must reach for local features to count as agreeing
+INLIERS_AT_THRESHOLD = STRONG_SUPPORT / 2
 
 PHOTOS = ("astronaut", "cat", "coffee", "flower", "rocket", "temple")
 
@@ -345,3 +348,23 @@ def test_inverted_file_cells_are_saved(tmp_path, monkeypatch) -> None:
     back.remove(np.array([PHOTOS.index("rocket") + 1]))
     assert len(back.cells) == len(back.codes)
     assert all(i != PHOTOS.index("rocket") + 1 for i, _ in back.candidates(query, 6))
+
+
+def test_spread_counts_the_region_holding_inliers() -> None:
+    # keypoints everywhere on a 6x6 grid; inliers only on the top row of cells
+    xs, ys = np.meshgrid(np.arange(6) * 100 + 50, np.arange(6) * 100 + 50)
+    region = np.column_stack([xs.ravel(), ys.ravel()]).astype(np.float32)
+    band = region[region[:, 1] < 100]
+    assert features._spread(region, band) == pytest.approx(1 / 6)
+    assert features._spread(region, region) == 1.0
+    assert features._spread(region, region[:0]) == 0.0
+
+
+def test_a_photo_in_a_collage_shares_a_part_of_it() -> None:
+    tile = features.extract_both(grey(collage([rgb("astronaut"), rgb("coffee"),
+                                               rgb("flower"), rgb("rocket")])))
+    found, _ = features.best_of(*tile, features.extract(grey(rgb("astronaut"))))
+    assert found.inliers >= INLIERS_AT_THRESHOLD and found.shared_area < 0.5
+    whole, _ = features.best_of(*features.extract_both(grey(crop(rgb("astronaut"), 0.8))),
+                                features.extract(grey(rgb("astronaut"))))
+    assert whole.shared_area > 0.7 and whole.spread > 0.5

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import ClassVar
 
 import numpy as np
@@ -59,6 +60,42 @@ class HashValue:
 def hamming(a: bytes, b: bytes) -> int:
     """Number of differing bits between two equal-length byte strings."""
     return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).bit_count()
+
+
+#: A hash whose bit pattern repeats itself this closely under a small shift
+#: is a texture's, not a picture's (see :func:`degenerate`).
+PERIODIC_CORRELATION = 0.85
+
+
+@lru_cache(maxsize=4)
+def _shifts(side: int) -> np.ndarray:
+    """(shifts, side*side) gather indices of a square's cyclic shifts by up to 3."""
+    y, x = np.divmod(np.arange(side * side), side)
+    out = [((y - dy) % side) * side + (x - dx) % side
+           for dy in range(0, 4) for dx in range(-3, 4) if dy > 0 or dx > 0]
+    return np.array(out)
+
+
+@lru_cache(maxsize=1 << 16)
+def degenerate(data: bytes) -> bool:
+    """Whether a square hash (8x8 or 16x16 bits) is periodic or lopsided.
+
+    Median-thresholded DCT hashes of pictures look like noise; those of
+    periodic textures, star fields and near-black photos repeat a stripe
+    pattern (such as ``cc663399cc663399``), which unrelated images of the
+    same kind share. Recognised by the bits' cyclic autocorrelation at
+    shifts of up to 3 in each direction, and by a popcount far from half.
+    Cached: a collection's candidates come back query after query.
+    """
+    bits = np.unpackbits(np.frombuffer(data, np.uint8)).astype(np.int8)
+    side = int(round(len(bits) ** 0.5))
+    if side * side != len(bits) or side < 4:
+        return False
+    if abs(int(bits.sum()) - len(bits) / 2) > 0.4 * len(bits):
+        return True
+    signs = 2 * bits - 1
+    correlation = np.abs((signs[None, :] * signs[_shifts(side)]).mean(axis=1))
+    return bool(correlation.max() >= PERIODIC_CORRELATION)
 
 
 def pack_bits(bits: np.ndarray) -> bytes:

@@ -1,0 +1,355 @@
+"""How sure a match is: every signal's evidence, for and against, as one calibrated score.
+
+A match used to score as its best single signal, so two unrelated dark
+photos whose 64-bit pHash happened to agree scored 1.0 while their PDQ
+hashes, 100 bits apart, said plainly that they differ. Here each signal
+that both images have, with values informative enough to be evidence,
+contributes in both directions: agreement raises the log-odds, a clear
+disagreement lowers them. Geometric verification contributes by its
+inliers, counted only where they are well spread over the region the two
+images share. The sum goes through a logistic function whose weights were
+fitted on one benchmark set and checked on another (``scripts/bench
+calibrate``, docs/benchmarks.md): the score is an estimate of the
+probability that the two images show the same picture, among the
+candidates a query or a link pass considers.
+
+Two rules hold whatever the weights say:
+
+- a low-information image (blank, near-black or near-white with sparse
+  detail, flat clip art, a logo or a banner on a plain background, a
+  periodic texture, a degenerate hash) matches only on strong geometric
+  evidence; its hashes alone are capped at :data:`LOW_INFORMATION_CAP`;
+- 64-bit hashes alone (no PDQ to confirm, no verification) are capped at
+  :data:`HASH64_CAP`, below the precision-0.99 score;
+- two good PDQ hashes :data:`PDQ_APART` bits or more apart keep the pair
+  under the match score unless geometry is strong.
+
+This module is pure: numbers in, numbers out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: The hash signals the model weighs, with the distance (bits) at which
+#: agreement turns into disagreement, a quarter of their length. Each gets
+#: three pieces of a linear spline: ``near`` falls from 1 at distance 0 to 0
+#: at the scale; ``mid`` rises from the scale to 1.5 times it, ``far`` from
+#: there to twice it (half the bits: where unrelated pictures lie).
+SCALES: dict[str, float] = {"pdq": 64.0, "phash": 16.0, "dhash": 16.0}
+HASH_PIECES = ("near", "mid", "far")
+#: How plain a pair is (:attr:`Evidence.plainness`) times its hashes' mean
+#: agreement: icons of one series, signs of one template and dark photos
+#: agree on hashes without being the same picture.
+PLAIN_FEATURES = ("plain_x_agree",)
+#: The rest of the feature vector: verification's evidence.
+VERIFY_FEATURES = ("support", "spread", "support_x_spread", "overlap", "holes", "partial",
+                   "verified")
+#: Spread under which a verification has holes: cells of the shared region
+#: with keypoints but no inlier (a template's glyph, a screenshot's photo).
+HOLE_FREE_SPREAD = 0.95
+#: Shared area under which a verification is partial (``partial`` grows to 1
+#: as the shared region shrinks to nothing): a photo in a collage, but also
+#: two screenshots aligned on a strip of their common interface.
+PARTIAL_SHARE = 0.5
+FEATURE_NAMES: tuple[str, ...] = tuple(
+    f"{s}_{piece}" for s in SCALES for piece in HASH_PIECES) + PLAIN_FEATURES \
+    + VERIFY_FEATURES
+#: The information (pHash quality, 0-100) from which a picture counts in full.
+FULL_INFORMATION = 60.0
+
+#: Support (discounted inliers) at which verification alone counts for a
+#: low-information pair, and the share of the shared region its inliers
+#: must reach: plain images give few keypoints, and those few cluster.
+STRONG_SUPPORT = 40.0
+STRONG_SPREAD = 0.5
+#: ... and the smaller share of either image that the shared region must
+#: cover: letters of two banners in one font align at another scale.
+STRONG_SHARED_AREA = 0.3
+#: Ceiling of a match resting on low-information hashes only.
+LOW_INFORMATION_CAP = 0.45
+#: Ceiling of a match resting on 64-bit hashes only (no PDQ, no verification).
+HASH64_CAP = 0.9
+#: PDQ hashes this far apart (3/8 of the bits; unrelated pictures lie around
+#: half), both of good quality, say "different pictures" whatever the 64-bit
+#: hashes say: without strong geometry the pair stays under the match score.
+PDQ_APART = 96
+#: Log-odds that a signal the model was not fitted with (an extension, such
+#: as the learned ``onnx`` descriptor) adds at distance 0, and takes away
+#: past twice its threshold. Not calibrated: such scores say so in the docs.
+UNCALIBRATED_WEIGHT = 4.0
+
+
+@dataclass(frozen=True)
+class Model:
+    """A logistic model: score = 1 / (1 + exp(-(bias + weights . features))).
+
+    ``gate``: a pair is low-information when either image's information (its
+    pHash quality) is under it; the tiers differ, since geometry can still
+    vouch for a plain pair in the robust tier.
+    """
+
+    bias: float
+    weights: tuple[float, ...]
+    gate: int = 0
+
+    def score(self, x: np.ndarray, offset: float = 0.0) -> float:
+        z = self.bias + float(np.dot(self.weights, x)) + offset
+        return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+
+#: Fitted by ``scripts/bench calibrate`` on the ``fit`` half of the second
+#: benchmark set (docs/benchmarks.md); checked on its ``check`` half and on
+#: ../shared/bench's dev set. One model per tier (see :attr:`Evidence.tier`):
+#: in the robust tier an unverified candidate is weaker evidence than in the
+#: hash tier, and PDQ alone must say more than PDQ beside two other hashes.
+MODELS: dict[str, Model] = {
+    "pdq": Model(0.517, (7.501, -4.921, -7.235) + (0.0,) * 14, gate=50),
+    "hashes": Model(-1.917, (5.633, -0.565, -2.138, 4.356, -2.453, -1.087, 2.403, -2.182, 0.0,
+                             -5.777) + (0.0,) * 7, gate=10),
+    "robust": Model(-9.042, (6.798, 0.0, 0.0, 1.817, 0.0, 0.0, 0.182, 0.0, 0.0, 0.0,
+                             2.169, 1.401, 5.022, 0.814, -0.835, -3.085, 2.970), gate=10),
+}
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What geometric verification found (see :class:`imgmatch.features.Verification`)."""
+
+    inliers: int
+    support: float
+    spread: float
+    #: the smaller of the two images' shares covered by the region they share:
+    #: a photo in a collage or a screenshot covers a part of it
+    shared_area: float = 1.0
+    #: inliers as a share of the keypoints in the region the two share
+    overlap: float = 0.0
+
+
+@dataclass
+class Evidence:
+    """Everything known about one candidate pair."""
+
+    #: per hash signal both images have: (distance in bits, both values informative)
+    hashes: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    verified: Verified | None = None
+    #: local features were compared at all (the robust tier)
+    robust: bool = False
+    #: a value of either image is under its own signal's gate (PDQ quality < 50)
+    weak_values: bool = False
+    #: either image is too plain for its hashes to be evidence, as the tier
+    #: sees it (:meth:`settle` sets it)
+    low_information: bool = False
+    transform: str = "identity"
+    #: thresholds (bits) of the signals the model does not know (extensions)
+    extra_thresholds: dict[str, int] = field(default_factory=dict)
+    #: per hash signal, the lower of the two values' qualities (where known)
+    qualities: dict[str, int] = field(default_factory=dict)
+    #: a hash of either image has degenerate bits (periodic or lopsided)
+    degenerate: bool = False
+
+    def features(self, plain: bool = False) -> np.ndarray:
+        """The model's inputs; a plain pair's hashes are no evidence."""
+        x = np.zeros(len(FEATURE_NAMES))
+        if not plain:
+            near = []
+            for k, (name, scale) in enumerate(SCALES.items()):
+                if name in self.hashes and self.hashes[name][1]:
+                    r = self.hashes[name][0] / scale
+                    x[3 * k:3 * k + 3] = (max(0.0, 1.0 - r), min(1.0, max(0.0, 2 * r - 2)),
+                                          min(1.0, max(0.0, 2 * r - 3)))
+                    near.append(x[3 * k])
+            if near:
+                x[3 * len(SCALES)] = self.plainness * sum(near) / len(near)
+        v = self.verified
+        if v is not None:
+            base = len(HASH_PIECES) * len(SCALES) + len(PLAIN_FEATURES)
+            support = math.log1p(v.support) / math.log1p(100.0)
+            holes = min(1.0, max(0.0, (HOLE_FREE_SPREAD - v.spread) / 0.3))
+            partial = min(1.0, max(0.0, (PARTIAL_SHARE - v.shared_area) / PARTIAL_SHARE))
+            x[base:base + 7] = (support, v.spread, support * v.spread, min(1.0, v.overlap),
+                                holes, partial, 1.0)
+        return x
+
+    def _uncalibrated(self) -> float:
+        """Log-odds from signals outside the model: +w at distance 0, 0 at the
+        threshold, -w from twice the threshold on."""
+        z = 0.0
+        for name, threshold in self.extra_thresholds.items():
+            d, ok = self.hashes.get(name, (0, False))
+            if ok:
+                z += UNCALIBRATED_WEIGHT * max(-1.0, 1.0 - d / max(threshold, 1))
+        return z
+
+    @property
+    def plainness(self) -> float:
+        """0 for pictures with information to spare, up to 1 for the plainest
+        (the lower pHash quality of the two images)."""
+        info = self.qualities.get("phash")
+        return 0.0 if info is None else min(1.0, max(0.0, 1.0 - info / FULL_INFORMATION))
+
+    @property
+    def strong_geometry(self) -> bool:
+        v = self.verified
+        return v is not None and v.support >= STRONG_SUPPORT and v.spread >= STRONG_SPREAD
+
+    @property
+    def strong_for_plain(self) -> bool:
+        """Strong geometry over a large enough shared region: what a plain pair
+        needs (a partial overlap is fine for a photo in a collage, whose PDQ
+        rightly disagrees, but not for two banners' letters)."""
+        v = self.verified
+        return self.strong_geometry and v is not None and v.shared_area >= STRONG_SHARED_AREA
+
+    @property
+    def tier(self) -> str:
+        """Which model weighs this pair: ``robust`` where local features were
+        compared, ``pdq`` where PDQ is the only hash (a partner's list, a
+        PDQ-only collection: the absence of the others is no evidence),
+        else ``hashes``."""
+        if self.robust:
+            return "robust"
+        return "hashes" if {"phash", "dhash"} & set(self.hashes) else "pdq"
+
+    def model(self, models: Mapping[str, Model] | None = None) -> Model:
+        return (models or MODELS)[self.tier]
+
+    def plain(self, models: Mapping[str, Model] | None = None) -> bool:
+        """Whether either image is too plain for its hashes to be evidence: a value
+        under its signal's gate, degenerate bits, or information under the tier's gate."""
+        return (self.weak_values or self.degenerate
+                or self.qualities.get("phash", 100) < self.model(models).gate)
+
+    def settle(self, models: Mapping[str, Model] | None = None) -> float:
+        """The score, with ``low_information`` set as the tier sees it."""
+        self.low_information = self.plain(models)
+        return self.score(models)
+
+    def score(self, models: Mapping[str, Model] | None = None) -> float:
+        model = self.model(models)
+        plain = self.plain(models)
+        s = model.score(self.features(plain), 0.0 if plain else self._uncalibrated())
+        if plain and not self.strong_for_plain:
+            # its hashes are not evidence, and neither are a few clustered inliers:
+            # kept below the cap, in the order of the hashes' closeness
+            closeness = max((1.0 - d / self._scale(n) for n, (d, _) in self.hashes.items()),
+                            default=0.0)
+            return LOW_INFORMATION_CAP * max(0.0, closeness)
+        pdq_used = "pdq" in self.hashes and self.hashes["pdq"][1]
+        if not pdq_used and self.verified is None:
+            s = min(s, HASH64_CAP)
+        if pdq_used and self.hashes["pdq"][0] >= PDQ_APART and not self.strong_geometry:
+            s = min(s, LOW_INFORMATION_CAP)
+        return s
+
+    @property
+    def agreed(self) -> tuple[str, ...]:
+        """Signals within a quarter of their scale: the ones that say "same"."""
+        out = [n for n, (d, ok) in self.hashes.items()
+               if ok and not self.low_information and d <= self._scale(n) / 2]
+        if self.verified is not None and self.verified.support >= STRONG_SUPPORT / 2:
+            out.append("orb")
+        return tuple(out)
+
+    @property
+    def disagreed(self) -> tuple[str, ...]:
+        """Signals past their scale: the ones that say "different"."""
+        return tuple(n for n, (d, ok) in self.hashes.items()
+                     if ok and not self.low_information and d > self._scale(n))
+
+    def _scale(self, name: str) -> float:
+        return SCALES.get(name) or 2.0 * self.extra_thresholds.get(name, 8)
+
+    @classmethod
+    def from_json(cls, data: dict, *, robust: bool = False) -> Evidence:
+        """The evidence a match reported (:meth:`to_json`), to score it again."""
+        v = data.get("verification")
+        return cls({n: (h["distance"], h["informative"]) for n, h in data["hashes"].items()},
+                   Verified(v["inliers"], v["support"], v["spread"], v["shared_area"],
+                            v.get("overlap", 0.0)) if v else None, robust, bool(data.get("weak_values")),
+                   bool(data.get("low_information")),
+                   qualities={n: h["quality"] for n, h in data["hashes"].items()
+                              if h.get("quality") is not None},
+                   degenerate=bool(data.get("degenerate")))
+
+    def to_json(self) -> dict:
+        out: dict = {"hashes": {n: {"distance": d, "informative": ok,
+                                    **({"quality": self.qualities[n]}
+                                       if n in self.qualities else {})}
+                                for n, (d, ok) in sorted(self.hashes.items())},
+                     "low_information": self.low_information}
+        if self.degenerate:
+            out["degenerate"] = True
+        if self.weak_values:
+            out["weak_values"] = True
+        if self.verified is not None:
+            v = self.verified
+            out["verification"] = {"inliers": v.inliers, "support": round(v.support, 2),
+                                   "spread": round(v.spread, 3),
+                                   "shared_area": round(v.shared_area, 3),
+                                   "overlap": round(v.overlap, 3)}
+        return out
+
+
+#: The sign each weight may take: agreement (+1) never lowers a score,
+#: disagreement (-1) never raises it; 0 is free (having been verified at
+#: all, whatever the inliers, may count either way).
+SIGNS: tuple[int, ...] = tuple(
+    -1 if n.endswith(("_mid", "_far")) or n in PLAIN_FEATURES or n in ("holes", "partial")
+    else 0 if n == "verified" else 1 for n in FEATURE_NAMES)
+
+
+def fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int = 50,
+        signs: tuple[int, ...] | None = None, negative_weight: float = 1.0) -> Model:
+    """Logistic regression by Newton's method (IRLS), with an L2 penalty on the
+    weights (not the bias): a few features, tens of thousands of pairs.
+
+    With ``signs``, a feature whose fitted weight takes the forbidden sign is
+    left out (weight 0) and the rest refitted, until none does: a score must
+    move the right way with each piece of evidence, whatever one set says.
+    ``negative_weight`` > 1 makes wrong pairs count more, which steers the
+    fit towards the high-precision end; :func:`recalibrate` then restores
+    probabilities without changing the order.
+    """
+    n, k = x.shape
+    keep = np.ones(k, bool)
+    sample = np.where(y > 0, 1.0, negative_weight)
+    while True:
+        w = _irls(x[:, keep], y, l2, iterations, sample)
+        weights = np.zeros(k)
+        weights[keep] = w[1:]
+        wrong = [j for j in range(k) if signs and signs[j] * weights[j] < 0]
+        if not wrong:
+            return Model(float(w[0]), tuple(float(v) for v in weights))
+        keep[wrong] = False
+
+
+def recalibrate(model: Model, x: np.ndarray, y: np.ndarray) -> Model:
+    """Platt scaling: the model's log-odds, scaled and shifted so that its scores
+    are probabilities on ``x`` (the order, and so every ranking, is unchanged)."""
+    z = model.bias + x @ np.asarray(model.weights)
+    scale = _irls(z[:, None], y, 0.0, 50, np.ones(len(y)))
+    a, c = float(scale[1]), float(scale[0])
+    return Model(a * model.bias + c, tuple(a * w for w in model.weights), model.gate)
+
+
+def _irls(x: np.ndarray, y: np.ndarray, l2: float, iterations: int,
+          sample: np.ndarray) -> np.ndarray:
+    n, k = x.shape
+    a = np.hstack([np.ones((n, 1)), x])
+    w = np.zeros(k + 1)
+    penalty = np.full(k + 1, l2)
+    penalty[0] = 0.0
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(a @ w, -50, 50)))
+        grad = a.T @ (sample * (p - y)) + penalty * w
+        hess = (a * (sample * p * (1 - p))[:, None]).T @ a + np.diag(penalty + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w
