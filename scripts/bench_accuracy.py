@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import emit, ensure_dev_corpus, shared_bench  # noqa: E402
+from bench_sets import ensure as ensure_second  # noqa: E402
 
 SYSTEMS = {
     "pdq": {"signals": ("pdq",)},
@@ -55,6 +57,8 @@ class ImgmatchSystem:
         self.collection = None
         self.ref_of: dict[str, str] = {}
         self.query_ms: list[float] = []
+        #: candidates per query (the scorer pools the top 10)
+        self.top_k = 10
         #: per query file stem, the evidence of each returned match
         self.evidence: dict[str, list[dict]] = {}
 
@@ -73,13 +77,13 @@ class ImgmatchSystem:
 
     def search(self, query_path: str) -> list[tuple[str, float]]:
         t = time.perf_counter()
-        matches = self.collection.query(query_path, top_k=10, min_score=0.0)
+        matches = self.collection.query(query_path, top_k=self.top_k, min_score=0.0)
         self.query_ms.append((time.perf_counter() - t) * 1000)
         self.evidence[Path(query_path).stem] = [
             {"reference": self.ref_of[m.sha256], "score": m.score, "distances": m.distances,
              "inliers": m.inliers, "agreed": list(m.agreed),
-             "low_information": m.low_information} for m in matches]
-        return [(self.ref_of[m.sha256], m.score) for m in matches]
+             "low_information": m.low_information, "evidence": m.evidence} for m in matches]
+        return [(self.ref_of[m.sha256], m.score) for m in matches][:10]
 
     def memory_bytes(self) -> float:
         """Bytes per image of every index in memory (hash tables and descriptor votes),
@@ -179,44 +183,21 @@ def negatives_over(predictions, ds, score: float) -> float:
     return sum(1 for s in top.values() if s >= score) / max(len(negatives), 1)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--systems", default="pdq,hashes,robust")
-    ap.add_argument("--data", type=Path,
-                    help="a built benchmark folder in ../shared/bench's format (default: "
-                         "its dev set, built beside the repository if missing)")
-    ap.add_argument("--max-queries", type=int, default=0,
-                    help="a stratified subsample of the queries (0: all)")
-    ap.add_argument("--calibration", action="store_true")
-    ap.add_argument("--per-image", type=int, default=0,
-                    help="descriptors per image in the vote index (default: the library's)")
-    ap.add_argument("--composites", type=int, default=100,
-                    help="screenshots and collages made from the references (0: none)")
-    ap.add_argument("--ivf-rows", type=int, default=0,
-                    help="search local descriptors with the inverted file from this many "
-                         "rows on (default: the library's threshold; the dev set is below it)")
-    ap.add_argument("--md", type=Path, help="also write the Markdown tables here")
-    ap.add_argument("--json", type=Path, help="write every figure as JSON")
-    args = ap.parse_args(argv)
-
-    from imgmatch import descriptors
-    if args.ivf_rows:
-        descriptors.IVF_ROWS = args.ivf_rows
-    if args.per_image:
-        descriptors.PER_IMAGE = args.per_image
-    scorer = load_scorer()
-    ds_dir = args.data or ensure_dev_corpus()
+def run_set(scorer, ds_dir: Path, args) -> tuple[dict, list[str]]:
+    """Every system on one set: metrics, false clusters among its references, and
+    optionally the simulated crawl. Returns (figures, Markdown lines)."""
     ds = scorer.load_dataset(ds_dir)
     queries = scorer.subsample_queries(ds.queries, args.max_queries or None)
     results = {}
     for name in args.systems.split(","):
         system = ImgmatchSystem(**SYSTEMS[name])
-        print(f"running {name} on {len(ds.references)} references, {len(queries)} queries",
-              file=sys.stderr)
+        print(f"{ds_dir.name}: running {name} on {len(ds.references)} references, "
+              f"{len(queries)} queries", file=sys.stderr)
         run = scorer.run_system(system, ds, queries=queries, progress=False)
         metrics = scorer.evaluate(run["predictions"], ds, queries)
         ms = sorted(system.query_ms)
+        clustered = sum(len(c.image_ids) for c in system.collection.clusters(min_sightings=1)
+                        if len(c.image_ids) > 1)
         results[name] = {
             "metrics": metrics, "cost": run["cost"],
             "false_alarm_at_0.5": negatives_over(run["predictions"], ds, 0.5),
@@ -224,42 +205,61 @@ def main(argv: list[str] | None = None) -> int:
             "bytes_per_image": system.stored_bytes(),
             "memory_per_image": system.memory_bytes(),
             "calibration": calibration(scorer, run["predictions"], ds),
+            "false_clusters": {"images": clustered, "references": len(ds.references)},
             "evidence": system.evidence,
         }
         if args.composites:
             made = composites(ds_dir, Path(system.tmp.name) / "composites", args.composites)
             results[name]["composites"] = composite_recall(system, made)
         system.collection.close()
+        if args.crawl and name in CRAWL_ARGS:
+            results[name]["crawl"] = crawl(ds_dir, CRAWL_ARGS[name])
 
-    lines = [f"{ds_dir.name}: {len(ds.references)} references, {len(queries)} queries "
+    lines = [f"**{ds_dir.name}**: {len(ds.references)} references, {len(queries)} queries "
              f"({sum(not q.is_negative for q in queries)} positive).", "",
              "| system | µAP | R@P99 | R@P90 | negatives ≥ P99 threshold | negatives ≥ 0.5 "
-             "| index img/s | query p50 / p99 ms | on disk B/img | in memory B/img |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| references in false clusters | index img/s | query p50 / p99 ms "
+             "| on disk B/img | in memory B/img |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         m = r["metrics"]
+        fc = r["false_clusters"]
         lines.append(
             f"| {name} | {m['uAP']:.3f} | {m['recall_at_p99']:.3f} | {m['recall_at_p90']:.3f} "
             f"| {100 * m['overall']['neg_false_alarm_at_t99']:.1f}% "
-            f"| {100 * r['false_alarm_at_0.5']:.1f}% | {r['cost']['index_images_per_s']:.1f} "
+            f"| {100 * r['false_alarm_at_0.5']:.1f}% "
+            f"| {fc['images']} ({100 * fc['images'] / max(fc['references'], 1):.1f}%) "
+            f"| {r['cost']['index_images_per_s']:.1f} "
             f"| {r['query_ms_p50']:.0f} / {r['query_ms_p99']:.0f} | {r['bytes_per_image']:,.0f} "
             f"| {r['memory_per_image']:,.0f} |")
     families = sorted({f for r in results.values() for f in r["metrics"]["per_family"]})
-    lines += ["", "Recall at precision 0.99, per transform family (negatives: share of "
-              "negative queries at or above the P99 threshold):", "",
+    lines += ["", "Recall@1 / recall at precision 0.99, per transform family:", "",
               "| family | " + " | ".join(results) + " |",
               "|---|" + "---|" * len(results)]
     for fam in families:
         cells = []
         for r in results.values():
             row = r["metrics"]["per_family"].get(fam, {})
-            value = row.get("recall_at_t99")
-            cells.append("n/a" if value is None else f"{value:.3f}")
+            r1, value = row.get("recall_at_1"), row.get("recall_at_t99")
+            cells.append("n/a" if value is None else
+                         f"{r1 if r1 is not None else float('nan'):.3f} / {value:.3f}")
         lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    crawled = {n: r["crawl"] for n, r in results.items() if "crawl" in r}
+    if crawled:
+        lines += ["", "The simulated crawl (``crawl_eval.py``: every image an ad, clusters of "
+                  "the report scored against the pictures they show):", "",
+                  "| ingest | B-cubed precision | B-cubed recall | clusters mixing pictures "
+                  "| largest of them (images) |", "|---|---|---|---|---|"]
+        for n, c in crawled.items():
+            lines.append(f"| {n} ({' '.join(CRAWL_ARGS[n]) or 'default'}) "
+                         f"| {c.get('bcubed_precision', float('nan')):.3f} "
+                         f"| {c.get('bcubed_recall', float('nan')):.3f} "
+                         f"| {c.get('false_merges', 'n/a')} "
+                         f"| {c.get('largest_false_merge', 'n/a')} |")
     if args.composites:
         lines += ["", f"Screenshots and collages made from the references ({args.composites}, "
-                  "seeded; the dev set has none): share of the pictured references found "
-                  "at score >= 0.5, and wrong matches at >= 0.5:", "",
+                  "seeded): share of the pictured references found at score >= 0.5, and "
+                  "wrong matches at >= 0.5:", "",
                   "| system | screenshots found | collage photos found | wrong matches |",
                   "|---|---|---|---|"]
         for name, r in results.items():
@@ -273,9 +273,65 @@ def main(argv: list[str] | None = None) -> int:
         for name, r in results.items():
             lines += ["", f"Score to precision, {name} (pooled top-10 predictions):", "",
                       "| score ≥ | precision | recall |", "|---|---|---|"]
-            lines += [f"| {t:.2f} | {p:.3f} | {rc:.3f} |" for t, p, rc in r["calibration"]]
+            lines += [f"| {t:.2f} | {p:.4f} | {rc:.3f} |" for t, p, rc in r["calibration"]]
+    return results, lines
+
+
+#: Which ingest each system's crawl uses (the CLI's flags).
+CRAWL_ARGS = {"hashes": [], "robust": ["--robust"]}
+
+
+def crawl(ds_dir: Path, ingest_args: list[str]) -> dict:
+    """../shared/bench/crawl_eval.py on a set, through this environment's CLI."""
+    exe = Path(sys.executable).parent / "imgmatch"
+    with tempfile.TemporaryDirectory(prefix="imgmatch-crawl-") as work:
+        out = Path(work) / "crawl.json"
+        cmd = [sys.executable, str(shared_bench() / "crawl_eval.py"), "--data", str(ds_dir),
+               "--exe", str(exe), "--json", str(out), "--work", work]
+        cmd += [f"--ingest-arg={a}" for a in ingest_args]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--systems", default="pdq,hashes,robust")
+    ap.add_argument("--data", type=Path, action="append",
+                    help="a built benchmark folder in ../shared/bench's format; repeat for "
+                         "several (default: ../shared/bench's dev set and the check half "
+                         "of the second set, both built beside the repository if missing)")
+    ap.add_argument("--max-queries", type=int, default=0,
+                    help="a stratified subsample of the queries (0: all)")
+    ap.add_argument("--calibration", action="store_true")
+    ap.add_argument("--crawl", action="store_true",
+                    help="also score the report of each set as a simulated crawl")
+    ap.add_argument("--per-image", type=int, default=0,
+                    help="descriptors per image in the vote index (default: the library's)")
+    ap.add_argument("--composites", type=int, default=0,
+                    help="screenshots and collages made from the references (0: none; the "
+                         "second set has its own)")
+    ap.add_argument("--ivf-rows", type=int, default=0,
+                    help="search local descriptors with the inverted file from this many "
+                         "rows on (default: the library's threshold; the dev set is below it)")
+    ap.add_argument("--md", type=Path, help="also write the Markdown tables here")
+    ap.add_argument("--json", type=Path, help="write every figure as JSON")
+    args = ap.parse_args(argv)
+
+    from imgmatch import descriptors
+    if args.ivf_rows:
+        descriptors.IVF_ROWS = args.ivf_rows
+    if args.per_image:
+        descriptors.PER_IMAGE = args.per_image
+    scorer = load_scorer()
+    sets = args.data or [ensure_dev_corpus(), ensure_second("check")]
+    lines: list[str] = []
+    figures = {}
+    for ds_dir in sets:
+        figures[ds_dir.name], more = run_set(scorer, ds_dir, args)
+        lines += more + [""]
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=str))
+        args.json.write_text(json.dumps(figures, indent=1, default=str))
     return emit(lines, args.md)
 
 
