@@ -8,10 +8,11 @@ cluster of one image with several sightings.
 Chaining guard. Plain connected components let one ambiguous image (a
 collage, a photo under a big site logo, a stock background) join unrelated
 pictures into one cluster. So only *strong* links (a calibrated score of
-at least ``STRONG_SCORE``) build the cores; a *weak* link (one signal, near its threshold) can only attach a lone
-image to the core of its best link, and two lone images only to each other
-when each is the other's best link. Weak links never merge two cores, and an
-image attaches to one core at most. Images marked with ``imgmatch ignore``
+at least ``STRONG_SCORE``) build the cores; a *weak* link (a lead: a score under ``STRONG_SCORE``) can only
+attach a lone image to the core of its best link, which corroborates it.
+Two lone images never pair up on a weak link (on the second benchmark set,
+such pairs were icons of one series and signs of one template), weak links
+never merge two cores, and an image attaches to one core at most. Images marked with ``imgmatch ignore``
 (and images matching an ignored hash) take no part.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .catalog import Catalog
+from .evidence import PRECISE
 from .model import Cluster
 
 
@@ -59,11 +61,12 @@ def group(image_ids: Iterable[int], links: Iterable[tuple[int, int]]) -> list[li
     return sorted((sorted(c) for c in components.values()), key=lambda c: c[0])
 
 
-#: A link at or above this score counts as strong. Scores are calibrated
-#: (imgmatch.evidence); a partial overlap alone (a collage's tile, a
-#: screenshot's photo) is capped below it at linking, so it can attach an
-#: image to a cluster but never join two.
-STRONG_SCORE = 0.75
+#: A link at or above this score counts as strong: the score from which every
+#: tier reached precision 0.99 on the fit half of the second benchmark set
+#: (:data:`imgmatch.evidence.PRECISE`, docs/benchmarks.md). A partial
+#: overlap alone (a collage's tile, a screenshot's photo) is capped below it
+#: at linking, so it can attach an image to a cluster but never join two.
+STRONG_SCORE = PRECISE
 
 
 def is_strong(score: float, agreed: tuple[str, ...]) -> bool:
@@ -94,7 +97,7 @@ def guarded_groups(nodes: Iterable[int],
             if size[core[x]] == 1 and (x not in best or (score, -y) > (best[x][0], -best[x][1])):
                 best[x] = (score, y)
     for x, (_, y) in best.items():
-        if size[core[y]] > 1 or best.get(y, (0.0, None))[1] == x:
+        if size[core[y]] > 1:
             uf.union(x, y)
     components: dict[int, list[int]] = {}
     for node in list(uf.parent):

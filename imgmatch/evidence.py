@@ -96,11 +96,18 @@ class Model:
     bias: float
     weights: tuple[float, ...]
     gate: int = 0
+    #: the lowest score from which precision reached 0.99 on the fit half (the
+    #: 95% lower bound: a margin for the sample the weights were fitted on)
+    precise: float = 1.0
 
     def score(self, x: np.ndarray, offset: float = 0.0) -> float:
         z = self.bias + float(np.dot(self.weights, x)) + offset
         return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
+
+#: The score from which every tier reached precision 0.99 on the fit half:
+#: clusters are built from links at least this strong.
+PRECISE = 0.98
 
 #: Fitted by ``scripts/bench calibrate`` on the ``fit`` half of the second
 #: benchmark set (docs/benchmarks.md); checked on its ``check`` half and on
@@ -108,11 +115,12 @@ class Model:
 #: in the robust tier an unverified candidate is weaker evidence than in the
 #: hash tier, and PDQ alone must say more than PDQ beside two other hashes.
 MODELS: dict[str, Model] = {
-    "pdq": Model(0.517, (7.501, -4.921, -7.235) + (0.0,) * 14, gate=50),
+    "pdq": Model(0.517, (7.501, -4.921, -7.235) + (0.0,) * 14, gate=50, precise=0.98),
     "hashes": Model(-1.917, (5.633, -0.565, -2.138, 4.356, -2.453, -1.087, 2.403, -2.182, 0.0,
-                             -5.777) + (0.0,) * 7, gate=10),
+                             -5.777) + (0.0,) * 7, gate=10, precise=0.93),
     "robust": Model(-9.042, (6.798, 0.0, 0.0, 1.817, 0.0, 0.0, 0.182, 0.0, 0.0, 0.0,
-                             2.169, 1.401, 5.022, 0.814, -0.835, -3.085, 2.970), gate=10),
+                             2.169, 1.401, 5.022, 0.814, -0.835, -3.085, 2.970), gate=10,
+                    precise=0.98),
 }
 
 
@@ -334,7 +342,8 @@ def recalibrate(model: Model, x: np.ndarray, y: np.ndarray) -> Model:
     z = model.bias + x @ np.asarray(model.weights)
     scale = _irls(z[:, None], y, 0.0, 50, np.ones(len(y)))
     a, c = float(scale[1]), float(scale[0])
-    return Model(a * model.bias + c, tuple(a * w for w in model.weights), model.gate)
+    return Model(a * model.bias + c, tuple(a * w for w in model.weights), model.gate,
+                 model.precise)
 
 
 def _irls(x: np.ndarray, y: np.ndarray, l2: float, iterations: int,

@@ -32,9 +32,10 @@ from .model import Match
 from .signals import HashValue
 from .signals.base import degenerate
 
-#: Default minimum score of a reported match: the score at which precision
-#: reached 0.99 on held-out data (docs/benchmarks.md, the score-to-precision
-#: tables). ``--min-score`` lowers it to see weaker leads.
+#: Default minimum score of a reported match and of a stored link: a lead
+#: (precision 0.93 to 0.96 among the fit half's candidates). From 0.98
+#: (:data:`imgmatch.evidence.PRECISE`) every tier reached precision 0.99
+#: there; clusters are built from those (:data:`imgmatch.cluster.STRONG_SCORE`).
 MATCH_SCORE = 0.5
 #: How many neighbours per query variant each index is asked for (at least).
 MIN_CANDIDATES = 32
@@ -60,7 +61,7 @@ LINK_VERIFY = 4
 #: it as a weak link: it attaches the collage or screenshot to one picture,
 #: and never joins two pictures' clusters through it.
 PARTIAL_AREA = 0.5
-PARTIAL_LINK_CAP = 0.74
+PARTIAL_LINK_CAP = 0.97
 
 TRANSFORM_NAMES = ("identity", "mirror", "flip", "rotate-180", "transpose",
                    "rotate-90", "rotate-270", "transverse")

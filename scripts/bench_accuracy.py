@@ -160,7 +160,8 @@ def composite_recall(system: ImgmatchSystem, made) -> dict[str, dict]:
     return out
 
 
-def calibration(scorer, predictions, ds, steps=(0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9)):
+def calibration(scorer, predictions, ds,
+                steps=(0.3, 0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.98, 0.99)):
     """Precision and recall of the pooled top-10 predictions at or above each score."""
     gt = {q.query_id: q.reference_id for q in ds.queries if not q.is_negative}
     best: dict[tuple[str, str], float] = {}

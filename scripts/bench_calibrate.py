@@ -34,6 +34,27 @@ def table(scores: np.ndarray, labels: np.ndarray, positives: int,
     return rows
 
 
+def wilson_low(right: int, total: int, z: float = 1.96) -> float:
+    """The lower end of the 95% Wilson interval of a proportion."""
+    if total == 0:
+        return 0.0
+    p = right / total
+    centre = p + z * z / (2 * total)
+    spread = z * ((p * (1 - p) + z * z / (4 * total)) / total) ** 0.5
+    return (centre - spread) / (1 + z * z / total)
+
+
+def precise_score(scores: np.ndarray, labels: np.ndarray, target: float = 0.99) -> float:
+    """The lowest score (in steps of 0.01) from which the precision's 95% lower
+    bound reaches ``target`` on these pairs: the score to document, with a
+    margin for the sample the weights were fitted on."""
+    for t in np.arange(0.5, 1.0, 0.01):
+        kept = scores >= t
+        if kept.any() and wilson_low(int(labels[kept].sum()), int(kept.sum())) >= target:
+            return round(float(t), 2)
+    return 1.0
+
+
 def recall_at_precision(rows: list[tuple[str, int, float]], positives: int,
                         top: int = 10, precision: float = 0.99) -> float:
     """The scorer's R@P99: each query's top predictions pooled and sorted by
@@ -151,10 +172,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             evs, ys, qids, refs_of = collect(ds, tier, truth, args.top_k)
         r, gate, model, scores = fit_tier(evs, ys, qids, positives, gates, args.l2)
+        at99 = precise_score(scores, np.array(ys, float))
         fitted[tier] = {"gate": gate, "bias": model.bias, "weights": model.weights,
-                        "recall_at_p99": r}
+                        "recall_at_p99": r, "precision_99_score": at99}
         lines += ["", f"{tier}: {len(evs)} candidate pairs ({sum(ys)} right); pHash gate "
-                  f"{gate}; R@P99 on these pairs {r:.3f}", "",
+                  f"{gate}; R@P99 on these pairs {r:.3f}; precision >= 0.99 (95% lower "
+                  f"bound) from score {at99}", "",
                   *table(scores, np.array(ys, float), positives),
                   "", f'    "{tier}": Model({model.bias:.3f}, ('
                   + ", ".join(f"{w:.3f}" for w in model.weights) + f"), gate={gate}),"]

@@ -16,7 +16,7 @@ from imgmatch.signals import ROBUST_SIGNALS
 from imgmatch.sources import iter_manifest
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-STRONG = (0.9, ("pdq", "phash"))
+STRONG = (STRONG_SCORE, ("pdq", "phash"))
 WEAK = (0.55, ("dhash",))
 
 
@@ -36,11 +36,12 @@ def test_a_weak_link_never_merges_two_clusters():
     assert groups == [[1, 2], [3, 4, 5]]  # 5 joins its best link's cluster only
 
 
-def test_lone_images_pair_only_with_their_mutual_best_link():
-    # 1 is a collage of 2 and 3: weak links to both; 2's and 1's best is each other
+def test_lone_images_do_not_pair_on_a_weak_link():
+    # 1 is a collage of 2 and 3, or an icon of their series: weak links to both,
+    # and no cluster to corroborate either
     groups = guarded_groups([1, 2, 3], links((1, 2, (0.7, ("dhash",))),
                                              (1, 3, (0.6, ("dhash",)))))
-    assert groups == [[1, 2], [3]]
+    assert groups == [[1], [2], [3]]
 
 
 def test_one_strong_signal_is_enough():
