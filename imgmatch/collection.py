@@ -17,7 +17,7 @@ import numpy as np
 from . import descriptors as descriptor_files
 from . import features
 from . import signals as registry
-from .catalog import Catalog, LinkRow, SightingRow
+from .catalog import Catalog, SightingRow
 from .cluster import build_clusters
 from .decode import decode
 from .analysis import analyse_source
@@ -375,7 +375,7 @@ class Collection:
             # the catalog and ask the tables for their old neighbours, rather than
             # copying every code, scanning every quality and sorting per table
             new_ids, new_codes = self._usable_values(name, upto)
-            i, j, dist = self._old_neighbours(index, sig, new_ids, new_codes, upto)
+            i, j, _ = self._old_neighbours(index, sig, new_ids, new_codes, upto)
         else:
             codes, ids = index.mih.live()
             if sig.min_quality is not None:
@@ -386,11 +386,11 @@ class Collection:
             new = ids > upto
             new_codes, new_ids = codes[new], ids[new]
             cross = pairs.cross_pairs(new_codes, codes[~new], sig.threshold, workers=workers)
-            i, j, dist = new_ids[cross.i], ids[~new][cross.j], cross.distances
+            i, j = new_ids[cross.i], ids[~new][cross.j]
         found = pairs.near_pairs(new_codes, sig.threshold, workers=workers)
         a = np.concatenate([new_ids[found.i], i])
         b = np.concatenate([new_ids[found.j], j])
-        d = np.concatenate([found.distances, dist])
+        # each pair is scored on every signal the two images have, not this one alone
         rows = score_pairs(self.catalog, a, b)
         added = self.catalog.add_links(rows, {key: str(int(max(upto, index.max_id)))})
         return {"searched": int(len(new_ids)), "pairs": int(len(a)), "links_added": added}

@@ -13,7 +13,7 @@ calibrate``, docs/benchmarks.md): the score is an estimate of the
 probability that the two images show the same picture, among the
 candidates a query or a link pass considers.
 
-Two rules hold whatever the weights say:
+Three rules hold whatever the weights say:
 
 - a low-information image (blank, near-black or near-white with sparse
   detail, flat clip art, a logo or a banner on a plain background, a
@@ -105,10 +105,6 @@ class Model:
         return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
 
-#: The score from which every tier reached precision 0.99 on the fit half:
-#: clusters are built from links at least this strong.
-PRECISE = 0.98
-
 #: Fitted by ``scripts/bench calibrate`` on the ``fit`` half of the second
 #: benchmark set (docs/benchmarks.md); checked on its ``check`` half and on
 #: ../shared/bench's dev set. One model per tier (see :attr:`Evidence.tier`):
@@ -122,6 +118,9 @@ MODELS: dict[str, Model] = {
                              2.169, 1.401, 5.022, 0.814, -0.835, -3.085, 2.970), gate=10,
                     precise=0.98),
 }
+#: The score from which every tier reached precision 0.99 on the fit half:
+#: clusters are built from links at least this strong.
+PRECISE = max(model.precise for model in MODELS.values())
 
 
 @dataclass(frozen=True)

@@ -82,9 +82,9 @@ def fit_tier(evs: list, ys: list[int], qids: list[str], positives: int, gates, l
     """The gate, negative weight and model with the best R@P99 on these pairs
     (ties: the higher gate, precision first), recalibrated (Platt) so that its
     scores are probabilities again."""
-    from imgmatch import evidence
-
     from dataclasses import replace
+
+    from imgmatch import evidence
 
     y = np.array(ys, float)
     tier = evs[0].tier
@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"bound) from score {at99}", "",
                   *table(scores, np.array(ys, float), positives),
                   "", f'    "{tier}": Model({model.bias:.3f}, ('
-                  + ", ".join(f"{w:.3f}" for w in model.weights) + f"), gate={gate}),"]
+                  + ", ".join(f"{w:.3f}" for w in model.weights)
+                  + f"), gate={gate}, precise={at99}),"]
         if args.pairs:
             with open(args.pairs.with_suffix(f".{tier}.jsonl"), "w") as fh:
                 for q, ev, label, score in zip(qids, evs, ys, scores.tolist()):

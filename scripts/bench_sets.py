@@ -308,7 +308,7 @@ POOL = DATA / "second-pool.json"
 EXCLUDED = DATA / "second-duplicates.json"
 
 
-def _pool(B, T, cache: Path):
+def _pool(B, cache: Path):
     """The de-duplicated pool, as the shared builder makes it (fonts first: the
     transforms need them; then every source, minus the dev set's pictures)."""
     provenance, report = {}, {}
@@ -343,15 +343,15 @@ def build(out: Path = DATA / "second", cache: Path = DATA / ".cache") -> Path:
 
 
 def write_pool(cache: Path = DATA / ".cache") -> None:
-    B, T = _builder()
-    items, _, _ = _pool(B, T, cache)
+    B, _ = _builder()
+    items, _, _ = _pool(B, cache)
     POOL.write_text(json.dumps([{"key": it.cand.key, "staged": str(it.staged),
                                  "kind": it.cand.kind_label} for it in items], indent=0))
 
 
 def write_set(out: Path = DATA / "second", cache: Path = DATA / ".cache") -> None:
     B, T = _builder()
-    items, provenance, report = _pool(B, T, cache)
+    items, provenance, report = _pool(B, cache)
     dropped = json.loads(EXCLUDED.read_text())
     rejected = report.setdefault("rejected", {})
     for key, why in dropped.items():
