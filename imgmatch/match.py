@@ -101,15 +101,16 @@ def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterab
 
 
 #: How far (a share of the evidence scale, :data:`imgmatch.evidence.SCALES`)
-#: hash candidates are looked up: a pair farther apart on every hash than
-#: this needs verified geometry to score, and the robust tier's descriptor
-#: votes find those.
-CANDIDATE_REACH = 0.75
+#: hash candidates are looked up: PDQ 40 bits, pHash and dHash 10. Farther
+#: pairs score under the match score on hashes alone; the robust tier's
+#: descriptor votes find those that geometry vouches for. Each bit further
+#: costs the multi-index tables more probes, so the reach stops there.
+CANDIDATE_REACH = 0.625
 
 
 def radius_for(name: str, threshold: int) -> int:
-    """The range searched for hash candidates of a signal: three quarters of its
-    evidence scale (PDQ 48 bits, pHash and dHash 12), or its threshold."""
+    """The range searched for hash candidates of a signal: :data:`CANDIDATE_REACH`
+    of its evidence scale, or its threshold for a signal outside the model."""
     scale = SCALES.get(name)
     return int(CANDIDATE_REACH * scale) if scale else int(threshold)
 
