@@ -8,12 +8,13 @@ cluster of one image with several sightings.
 Chaining guard. Plain connected components let one ambiguous image (a
 collage, a photo under a big site logo, a stock background) join unrelated
 pictures into one cluster. So only *strong* links (a calibrated score of
-at least ``STRONG_SCORE``) build the cores; a *weak* link (a lead: a score under ``STRONG_SCORE``) can only
-attach a lone image to the core of its best link, which corroborates it.
-Two lone images never pair up on a weak link (on the second benchmark set,
-such pairs were icons of one series and signs of one template), weak links
-never merge two cores, and an image attaches to one core at most. Images marked with ``imgmatch ignore``
-(and images matching an ignored hash) take no part.
+at least ``STRONG_SCORE``) build the cores; a *weak* link (a lead, under
+``STRONG_SCORE``) can only attach a lone image to the core of its best
+link, which corroborates it. Two lone images never pair up on a weak link
+(on the second benchmark set, such pairs were icons of one series and signs
+of one template), weak links never merge two cores, and an image attaches
+to one core at most. Images marked with ``imgmatch ignore`` (and images
+matching an ignored hash) take no part.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def group(image_ids: Iterable[int], links: Iterable[tuple[int, int]]) -> list[li
 STRONG_SCORE = PRECISE
 
 
-def is_strong(score: float, agreed: tuple[str, ...]) -> bool:
+def is_strong(score: float) -> bool:
     return score >= STRONG_SCORE
 
 
@@ -81,17 +82,17 @@ def guarded_groups(nodes: Iterable[int],
     for n in nodes:
         uf.find(n)
     best: dict[int, tuple[float, int]] = {}
-    for a, b, score, agreed in links:
+    for a, b, score, _ in links:
         uf.find(a), uf.find(b)
-        if is_strong(score, agreed):
+        if is_strong(score):
             uf.union(a, b)
     size: dict[int, int] = {}
     for n in list(uf.parent):
         root = uf.find(n)
         size[root] = size.get(root, 0) + 1
     core = {n: uf.find(n) for n in list(uf.parent)}
-    for a, b, score, agreed in links:
-        if is_strong(score, agreed):
+    for a, b, score, _ in links:
+        if is_strong(score):
             continue
         for x, y in ((a, b), (b, a)):
             if size[core[x]] == 1 and (x not in best or (score, -y) > (best[x][0], -best[x][1])):

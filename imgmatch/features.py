@@ -249,6 +249,7 @@ def verify(query: LocalFeatures, stored: LocalFeatures) -> Verification:
 
 
 def _moved(points: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    """Points under a 2x3 affine transform."""
     return points @ transform[:, :2].T + transform[:, 2]
 
 
@@ -290,8 +291,7 @@ def _shared_area(cv2, transform: np.ndarray, query: LocalFeatures,
     def frame(w: int, h: int) -> np.ndarray:
         return np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
 
-    moved = (frame(query.width, query.height) @ transform[:, :2].T
-             + transform[:, 2]).astype(np.float32)
+    moved = _moved(frame(query.width, query.height), transform).astype(np.float32)
     box = frame(stored.width, stored.height)
     area, _ = cv2.intersectConvexConvex(moved, box)
     moved_area = abs(float(cv2.contourArea(moved)))
@@ -302,7 +302,7 @@ def _shared_area(cv2, transform: np.ndarray, query: LocalFeatures,
 
 def _inside(points: np.ndarray, transform: np.ndarray, width: int, height: int) -> np.ndarray:
     """Which points the 2x3 transform puts inside a width x height image."""
-    moved = points @ transform[:, :2].T + transform[:, 2]
+    moved = _moved(points, transform)
     return ((moved[:, 0] >= 0) & (moved[:, 0] < width)
             & (moved[:, 1] >= 0) & (moved[:, 1] < height))
 

@@ -129,10 +129,9 @@ def min_distances(variants: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray,
     return d[which, np.arange(d.shape[1])], which
 
 
-def _plain(name: str, data: bytes, quality: int | None) -> bool:
-    """Whether a value says its image is too plain for hashes to be evidence."""
-    sig = registry.get(name)
-    return not sig.trusts(quality) or degenerate(data)
+def _weak(name: str, quality: int | None) -> bool:
+    """Whether a value is under its own signal's quality gate (PDQ: 50)."""
+    return not registry.get(name).trusts(quality)
 
 
 def gather_evidence(query: Mapping[str, Sequence[HashValue]],
@@ -145,12 +144,11 @@ def gather_evidence(query: Mapping[str, Sequence[HashValue]],
     PDQ, no quality) is trusted, but its bits are still checked.
     """
     ids = list(stored)
-    out = {i: Evidence() for i in ids}
+    own = [vs[0] for name, vs in query.items() if vs and name in INFORMATION_SIGNALS]
+    query_weak = any(_weak(v.signal, v.quality) for v in own)
+    query_degenerate = any(degenerate(v.data) for v in own)
+    out = {i: Evidence(weak_values=query_weak, degenerate=query_degenerate) for i in ids}
     best_transform: dict[int, tuple[float, int]] = {}
-    query_plain = any(_plain(name, vs[0].data, vs[0].quality) for name, vs in query.items()
-                      if vs and name in INFORMATION_SIGNALS)
-    query_degenerate = any(degenerate(vs[0].data) for name, vs in query.items()
-                           if vs and name in INFORMATION_SIGNALS)
     for name, variants in query.items():
         have = [i for i in ids if name in stored[i]]
         if not have or not variants:
@@ -172,18 +170,13 @@ def gather_evidence(query: Mapping[str, Sequence[HashValue]],
             if known:
                 ev.qualities[name] = min(known)
             if name in INFORMATION_SIGNALS:
-                if query_plain or _plain(name, data, quality):
-                    ev.weak_values = True
-                if query_degenerate or degenerate(data):
-                    ev.degenerate = True
+                ev.weak_values = ev.weak_values or _weak(name, quality)
+                ev.degenerate = ev.degenerate or degenerate(data)
             closeness = 1.0 - d / sig.bits
             if i not in best_transform or closeness > best_transform[i][0]:
                 best_transform[i] = (closeness, w)
     for i, (_, w) in best_transform.items():
         out[i].transform = TRANSFORM_NAMES[w] if w < len(TRANSFORM_NAMES) else "identity"
-    if query_plain:
-        for ev in out.values():
-            ev.weak_values = True
     return out
 
 
