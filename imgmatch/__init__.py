@@ -30,6 +30,7 @@ from .errors import (
 from .ingest import IngestSummary
 from .model import Added, Cluster, ImageRecord, Link, Match, Sighting
 from .signals import DEFAULT_SIGNALS, ROBUST_SIGNALS, HashValue
+from .upgrade import UpgradeSummary
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,7 @@ __all__ = [
     "DEFAULT_SIGNALS",
     "ROBUST_SIGNALS",
     "IngestSummary",
+    "UpgradeSummary",
     "hash_bytes",
     "ImgmatchError",
     "InputError",

@@ -57,6 +57,9 @@ class Analysis:
     known: bool = False
     #: local features of the image and of its mirror (robust tier only)
     features: tuple | None = None
+    #: the grey pixels they were taken from (at most :data:`features.SIDE`),
+    #: for the aligned comparison of link candidates; never stored
+    grey: np.ndarray | None = None
     #: with ``Options.all_frames``: (frame number, its analysis) of frames 1, 2, ...
     frames: tuple[tuple[int, Analysis], ...] = ()
 
@@ -123,7 +126,8 @@ def _measure(decoded_by: Callable[[], Decoded], data: bytes, hashes: Sequence[st
     try:
         decoded = decoded_by()
         variants = {name: registry.get(name).link_variants(decoded) for name in hashes}
-        found = features.extract_both(np.asarray(decoded.grey)) if local else None
+        grey = features.prepare(np.asarray(decoded.grey)) if local else None
+        found = features.extract_both(grey) if local else None
         thumb = make_thumbnail(decoded) if options.thumbnails else None
     except InputError as exc:
         return Analysis(digest, reason=exc.reason, detail=exc.detail)
@@ -138,7 +142,7 @@ def _measure(decoded_by: Callable[[], Decoded], data: bytes, hashes: Sequence[st
         sha256=digest, size_bytes=len(data), width=decoded.width, height=decoded.height,
         format=decoded.format, mode=decoded.mode, frames=decoded.frames, signals=rows,
         thumbnail=thumb, features=stored),
-        variants=variants, features=found)
+        variants=variants, features=found, grey=grey)
 
 
 def make_thumbnail(decoded) -> bytes:

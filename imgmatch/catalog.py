@@ -597,6 +597,42 @@ class Catalog:
                     (source, reason, detail, run_id, now))
         return result
 
+    def add_signals(self, rows: Sequence[tuple[int, ImageRow]],
+                    linker: Linker | None = None) -> int:
+        """Give catalogued images signals they lacked (or held from another
+        version), in one transaction; returns the links added.
+
+        ``rows`` pairs an image id with the analysis holding the new values.
+        With ``linker``, those images' links are dropped and found again with
+        every signal they now have, in the same transaction: a kill leaves
+        each image either as it was or upgraded with its links.
+        """
+        conn = self.conn
+        links_added = 0
+        with self._transaction():
+            for image_id, row in rows:
+                conn.executemany(
+                    "INSERT INTO signals (image_id, signal, version, value, quality) "
+                    "VALUES (?,?,?,?,?) ON CONFLICT(signal, image_id) DO UPDATE SET "
+                    "version = excluded.version, value = excluded.value, "
+                    "quality = excluded.quality",
+                    [(image_id, s.signal, s.version, s.value, s.quality) for s in row.signals])
+                if row.features is not None:
+                    conn.execute(
+                        "INSERT INTO features (image_id, version, count, data) VALUES (?,?,?,?) "
+                        "ON CONFLICT(image_id) DO UPDATE SET version = excluded.version, "
+                        "count = excluded.count, data = excluded.data",
+                        (image_id, *row.features))
+            if linker is not None and rows:
+                ids = [image_id for image_id, _ in rows]
+                for chunk in _chunks(ids, 400):
+                    marks = ",".join("?" * len(chunk))
+                    conn.execute(f"DELETE FROM links WHERE a IN ({marks}) OR b IN ({marks})",
+                                 chunk + chunk)
+                links_added = self._insert_links(
+                    linker([(image_id, row.sha256) for image_id, row in rows]))
+        return links_added
+
     def _insert_links(self, links: Iterable[LinkRow]) -> int:
         """Insert links, one per pair (the best-scored); returns the new pairs."""
         best: dict[tuple[int, int], LinkRow] = {}
@@ -654,6 +690,16 @@ class Catalog:
             "runs": q("SELECT count(*) FROM runs").fetchone()[0],
             "features": q("SELECT count(*) FROM features").fetchone()[0],
         }
+
+    def hash_only_counts(self) -> tuple[int, dict[str, int]]:
+        """Images known only by a hash (partners' lists), and how many of them
+        hold each signal: they have no bytes, so no other signal to gain."""
+        total = int(self.conn.execute(
+            "SELECT count(*) FROM images WHERE hash_key IS NOT NULL").fetchone()[0])
+        held = dict(self.conn.execute(
+            "SELECT s.signal, count(*) FROM images i JOIN signals s ON s.image_id = i.id "
+            "WHERE i.hash_key IS NOT NULL GROUP BY s.signal").fetchall()) if total else {}
+        return total, held
 
     def signal_counts(self) -> dict[str, int]:
         return {k.split(":", 1)[1]: n for k, n in sorted(self._tallies().items())

@@ -165,7 +165,18 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
         click.echo(json.dumps(summary.to_json() | {"failures": None}), err=True)
     else:
         _print_summary(summary)
+    if summary.lacking and not as_json:
+        _lacking_note(summary.lacking, names)
     return EXIT_PARTIAL if summary.failures else EXIT_OK
+
+
+def _lacking_note(lacking: dict[str, int], signals) -> None:
+    """Say which signals some images lack, and the command that adds them."""
+    what = ", ".join(f"{n} image{'s' if n != 1 else ''} lack{'s' if n == 1 else ''} {name}"
+                     for name, n in sorted(lacking.items()))
+    click.echo(f"note: {what} (catalogued with fewer signals, so no query finds them "
+               f"through it); 'imgmatch upgrade --signals {','.join(signals)}' adds them",
+               err=True)
 
 
 def _match_emitter(collection: Collection):
@@ -227,6 +238,12 @@ def query(db: Path, images: tuple[Path, ...], pdq_hex: tuple[str, ...],
     pdq = registry.get("pdq")
     failed = False
     with Collection.open(db, readonly=True) as collection:
+        asked = ("pdq",) if (pdq_hex or pdq_file) else ()
+        asked += tuple(collection.coverage()) if images else ()
+        lacking = collection.missing_signals(tuple(dict.fromkeys(asked)))
+        if lacking:  # a query cannot find images through a signal they lack
+            _lacking_note(lacking, tuple(dict.fromkeys(
+                (*registry.DEFAULT_SIGNALS, *collection.coverage(), *lacking))))
         if pdq_file is not None:
             return _query_hash_list(collection, pdq_file, top_k, min_score)
         jobs = [(str(p), p, None) for p in images] + [(h, None, h) for h in pdq_hex]
@@ -610,6 +627,47 @@ def reindex(db: Path) -> int:
     for name, n in counts.items():
         click.echo(f"{name}: {n} codes")
     return EXIT_OK
+
+
+@cli.command()
+@click.option("--signals", "signal_list", default=None,
+              help="Signals every image should have (default: the collection's own and "
+                   "pdq,phash,dhash).")
+@click.option("--robust", is_flag=True, help="Also local features (the robust tier).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.pass_obj
+def upgrade(db: Path, signal_list: str | None, robust: bool, quiet: bool,
+            as_json: bool) -> int:
+    """Give every image the signals it lacks, read again from where it was seen
+    (its file, WARC record or Scrapy store), and link it anew. Images that no
+    source holds any more are listed with the reason; run again when they are
+    back: what was done is kept."""
+    with Collection.open(db) as collection:
+        names = registry.parse_list(signal_list) if signal_list else \
+            tuple(dict.fromkeys((*registry.DEFAULT_SIGNALS, *collection.coverage())))
+        if robust and registry.FEATURES not in names:
+            names = names + (registry.FEATURES,)
+        progress = Progress(enabled=False if (quiet or as_json) else None)
+        try:
+            summary = collection.upgrade(names, on_progress=lambda s: progress.update(
+                s.images_upgraded + len(s.unreachable), s.images_upgraded,
+                len(s.unreachable)))
+        finally:
+            progress.finish()
+    if as_json:
+        _echo_json(summary.to_json())
+    else:
+        click.echo(f"signals:          {', '.join(summary.signals)}")
+        click.echo(f"images lacking:   {summary.images_missing}")
+        click.echo(f"upgraded:         {summary.images_upgraded} in {summary.seconds:.1f} s")
+        click.echo(f"new links:        {summary.links_added}")
+        click.echo(f"unreachable:      {len(summary.unreachable)}")
+        for key, why in summary.unreachable[:50]:
+            click.echo(f"  {key[:16]}  {clean(why, 160)}")
+        if len(summary.unreachable) > 50:
+            click.echo(f"  ... and {len(summary.unreachable) - 50} more (--json lists 1000)")
+    return EXIT_PARTIAL if summary.unreachable else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,8 @@ then appended rather than rebuilt). Anything else is rebuilt.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ from .match import MATCH_SCORE, IndexLinker, find_matches, score_pairs
 from .model import Added, Cluster, ImageRecord, Link, Match
 from .signals import FEATURES, HashValue
 from .sources import Item
+from .upgrade import UpgradeSummary
+from .upgrade import batches as upgrade_batches
 from .workers import DEFAULT_MAX_MEMORY
 
 DEFAULT_DB = "imgmatch.db"
@@ -235,6 +238,7 @@ class Collection:
                              thumbnails=thumbnails, all_frames=all_frames,
                              max_memory=max_memory)
             status = "partial" if summary.failures else "ok"
+            summary.lacking = self.missing_signals(signals)
         finally:
             if summary.images_added and linker is not None:
                 self._dirty.update(signals)
@@ -249,7 +253,87 @@ class Collection:
                 self.catalog.finish_run(run_id, status, summary.to_json() | {"failures": None})
         return summary
 
-    def _linker(self, signals: Sequence[str]) -> IndexLinker:
+    def upgrade(self, signals: Sequence[str] | None = None, *,
+                on_progress: Callable[[UpgradeSummary], None] | None = None
+                ) -> UpgradeSummary:
+        """Give every catalogued image the signals it lacks, read again from
+        where it was seen (see :mod:`imgmatch.upgrade`), and link it anew.
+
+        ``signals``: the signals every image should have (default: the
+        collection's own, :meth:`coverage`, plus the defaults). Images no
+        source can give again are listed in the summary with the reason.
+        """
+        started = time.monotonic()
+        wanted = tuple(dict.fromkeys(signals or (*registry.DEFAULT_SIGNALS,
+                                                 *self.coverage())))
+        for name in wanted:
+            if name != FEATURES:
+                registry.get(name).prepare()
+        summary = UpgradeSummary(wanted)
+        run_id = self.catalog.start_run("upgrade", {"signals": list(wanted)})
+        status = "interrupted"
+        replaced: set[str] = set()
+        try:
+            linker = self._linker(wanted, older_only=False)
+            for batch in upgrade_batches(self.catalog, wanted, summary):
+                variants = {a.sha256: a.variants for _, a, _ in batch}
+                local = {a.sha256: a.features for _, a, _ in batch if a.features is not None}
+                rows = [(image_id, row) for image_id, _, row in batch]
+                new = [(image_id, a.sha256) for image_id, a, _ in batch]
+                greys = {a.sha256: a.grey for _, a, _ in batch if a.grey is not None}
+                summary.links_added += self.catalog.add_signals(
+                    rows, lambda images: linker.links(images, variants, local, greys))
+                # the indexes take the values they lacked (the others are there)
+                linker.committed(
+                    new, {a.sha256: {s.signal: a.variants[s.signal] for s in row.signals
+                                     if s.signal in a.variants} for _, a, row in batch},
+                    {a.sha256: a.features for _, a, row in batch
+                     if row.features is not None and a.features is not None})
+                replaced.update(s.signal for _, row in rows for s in row.signals)
+                if any(row.features is not None for _, row in rows):
+                    replaced.add(FEATURES)
+                summary.images_upgraded += len(batch)
+                if on_progress is not None:
+                    on_progress(summary)
+            status = "partial" if summary.unreachable else "ok"
+        finally:
+            # indexes appended to while linking may hold a value replaced since
+            # (another version): rebuilt from the catalog, which is the truth
+            for name in replaced:
+                if name == FEATURES:
+                    self._descriptors = DescriptorIndex()
+                    self._append_descriptors(self._descriptors, 0)
+                else:
+                    self.indexes[name] = self._build(name)
+            self._dirty.update(replaced)
+            self.save_indexes()
+            summary.seconds = time.monotonic() - started
+            self.catalog.finish_run(run_id, status, summary.to_json()
+                                    | {"unreachable_images": None})
+        return summary
+
+    def coverage(self) -> dict[str, int]:
+        """Per signal (local features as ``orb``), how many images hold it."""
+        out = dict(self.catalog.signal_counts())
+        if self.catalog.feature_count():
+            out[FEATURES] = self.catalog.feature_count()
+        return {name: n for name, n in out.items() if n}
+
+    def missing_signals(self, signals: Sequence[str]) -> dict[str, int]:
+        """Of ``signals``, those some images lack, with how many lack each:
+        what a query on them cannot see until ``imgmatch upgrade`` adds them."""
+        images = self.catalog.counts()["images"]
+        have = self.coverage()
+        short = [name for name in signals if have.get(name, 0) < images]
+        if not short:  # the usual case, from the tallies alone
+            return {}
+        # images known only by a partner's hash have no bytes to take more from
+        hash_only, held = self.catalog.hash_only_counts()
+        lacking = {name: (images - hash_only) - (have.get(name, 0) - held.get(name, 0))
+                   for name in short}
+        return {name: n for name, n in lacking.items() if n > 0}
+
+    def _linker(self, signals: Sequence[str], *, older_only: bool = True) -> IndexLinker:
         """Links an ingest's new images through the indexes (loaded, or made)."""
         indexes = self.indexes
         for name in signals:
@@ -258,7 +342,8 @@ class Collection:
         descriptors = self.descriptors
         if FEATURES in signals and descriptors is None:
             descriptors = self._descriptors = DescriptorIndex()
-        return IndexLinker(self.catalog, indexes, descriptors=descriptors)
+        return IndexLinker(self.catalog, indexes, descriptors=descriptors,
+                           older_only=older_only)
 
     def add(self, image: bytes | str | Path, sighting: SightingRow | None = None, *,
             signals: Sequence[str] = registry.DEFAULT_SIGNALS) -> Added:
@@ -437,13 +522,13 @@ class Collection:
         query = {name: variants.get(name) or registry.get(name).dihedral(pixels())
                  for name in self.indexes}
         descriptors = self.descriptors
-        views = None
+        views = grey = None
         if descriptors is not None:
             grey = np.asarray(pixels().grey)
             views = [local or features.extract_both(grey)]
             views += [features.extract_both(tile) for tile in features.tiles(grey)]
         return find_matches(self.catalog, self.indexes, query, top_k=top_k, min_score=min_score,
-                            local=views, descriptors=descriptors)
+                            local=views, descriptors=descriptors, grey=grey)
 
     def _tier(self, signals: Sequence[str]) -> tuple[str, ...]:
         """The signals to compute: as asked, plus local features in a robust collection."""

@@ -49,6 +49,9 @@ PLAIN_FEATURES = ("plain_x_agree",)
 #: The rest of the feature vector: verification's evidence.
 VERIFY_FEATURES = ("support", "spread", "support_x_spread", "overlap", "holes", "partial",
                    "verified")
+#: The aligned comparison (:attr:`Verified.aligned`), a spline like a hash's
+#: on PDQ's scale: does the region the two share show the same picture?
+ALIGNED_FEATURES = tuple(f"aligned_{piece}" for piece in ("near", "mid", "far"))
 #: Spread under which a verification has holes: cells of the shared region
 #: with keypoints but no inlier (a template's glyph, a screenshot's photo).
 HOLE_FREE_SPREAD = 0.95
@@ -58,7 +61,7 @@ HOLE_FREE_SPREAD = 0.95
 PARTIAL_SHARE = 0.5
 FEATURE_NAMES: tuple[str, ...] = tuple(
     f"{s}_{piece}" for s in SCALES for piece in HASH_PIECES) + PLAIN_FEATURES \
-    + VERIFY_FEATURES
+    + VERIFY_FEATURES + ALIGNED_FEATURES
 #: The information (pHash quality, 0-100) from which a picture counts in full.
 FULL_INFORMATION = 60.0
 
@@ -82,6 +85,12 @@ PDQ_APART = 96
 #: as the learned ``onnx`` descriptor) adds at distance 0, and takes away
 #: past twice its threshold. Not calibrated: such scores say so in the docs.
 UNCALIBRATED_WEIGHT = 4.0
+
+
+def _pieces(r: float) -> tuple[float, float, float]:
+    """A distance (in units of its scale) as three spline pieces: near falls
+    from 1 at 0 to 0 at the scale, mid rises to 1 at 1.5 times it, far at twice."""
+    return max(0.0, 1.0 - r), min(1.0, max(0.0, 2 * r - 2)), min(1.0, max(0.0, 2 * r - 3))
 
 
 @dataclass(frozen=True)
@@ -111,11 +120,12 @@ class Model:
 #: in the robust tier an unverified candidate is weaker evidence than in the
 #: hash tier, and PDQ alone must say more than PDQ beside two other hashes.
 MODELS: dict[str, Model] = {
-    "pdq": Model(0.517, (7.501, -4.921, -7.235) + (0.0,) * 14, gate=50, precise=0.98),
+    "pdq": Model(0.517, (7.501, -4.921, -7.235) + (0.0,) * 17, gate=50, precise=0.98),
     "hashes": Model(-1.917, (5.633, -0.565, -2.138, 4.356, -2.453, -1.087, 2.403, -2.182, 0.0,
-                             -5.777) + (0.0,) * 7, gate=10, precise=0.93),
+                             -5.777) + (0.0,) * 10, gate=10, precise=0.93),
     "robust": Model(-9.042, (6.798, 0.0, 0.0, 1.817, 0.0, 0.0, 0.182, 0.0, 0.0, 0.0,
-                             2.169, 1.401, 5.022, 0.814, -0.835, -3.085, 2.970), gate=10,
+                             2.169, 1.401, 5.022, 0.814, -0.835, -3.085, 2.970, 0.0, 0.0, 0.0),
+                    gate=10,
                     precise=0.98),
 }
 #: The score from which every tier reached precision 0.99 on the fit half:
@@ -135,6 +145,10 @@ class Verified:
     shared_area: float = 1.0
     #: inliers as a share of the keypoints in the region the two share
     overlap: float = 0.0
+    #: PDQ bits between the stored image and the query moved onto its frame
+    #: (:func:`imgmatch.features.aligned`); None where not compared (the query
+    #: covers too little of the stored image, or its pixels are not at hand)
+    aligned: int | None = None
 
 
 @dataclass
@@ -162,17 +176,15 @@ class Evidence:
     def features(self, plain: bool = False) -> np.ndarray:
         """The model's inputs; a plain pair's hashes are no evidence."""
         x = np.zeros(len(FEATURE_NAMES))
+        v = self.verified
         if not plain:
             near = []
             for k, (name, scale) in enumerate(SCALES.items()):
                 if name in self.hashes and self.hashes[name][1]:
-                    r = self.hashes[name][0] / scale
-                    x[3 * k:3 * k + 3] = (max(0.0, 1.0 - r), min(1.0, max(0.0, 2 * r - 2)),
-                                          min(1.0, max(0.0, 2 * r - 3)))
+                    x[3 * k:3 * k + 3] = _pieces(self.hashes[name][0] / scale)
                     near.append(x[3 * k])
             if near:
                 x[3 * len(SCALES)] = self.plainness * sum(near) / len(near)
-        v = self.verified
         if v is not None:
             base = len(HASH_PIECES) * len(SCALES) + len(PLAIN_FEATURES)
             support = math.log1p(v.support) / math.log1p(100.0)
@@ -180,6 +192,8 @@ class Evidence:
             partial = min(1.0, max(0.0, (PARTIAL_SHARE - v.shared_area) / PARTIAL_SHARE))
             x[base:base + 7] = (support, v.spread, support * v.spread, min(1.0, v.overlap),
                                 holes, partial, 1.0)
+            if v.aligned is not None:
+                x[base + 7:base + 10] = _pieces(v.aligned / SCALES["pdq"])
         return x
 
     def _uncalibrated(self) -> float:
@@ -277,7 +291,8 @@ class Evidence:
         v = data.get("verification")
         return cls({n: (h["distance"], h["informative"]) for n, h in data["hashes"].items()},
                    Verified(v["inliers"], v["support"], v["spread"], v["shared_area"],
-                            v.get("overlap", 0.0)) if v else None, robust, bool(data.get("weak_values")),
+                            v.get("overlap", 0.0), v.get("aligned"))
+                   if v else None, robust, bool(data.get("weak_values")),
                    bool(data.get("low_information")),
                    qualities={n: h["quality"] for n, h in data["hashes"].items()
                               if h.get("quality") is not None},
@@ -299,6 +314,8 @@ class Evidence:
                                    "spread": round(v.spread, 3),
                                    "shared_area": round(v.shared_area, 3),
                                    "overlap": round(v.overlap, 3)}
+            if v.aligned is not None:
+                out["verification"]["aligned"] = v.aligned
         return out
 
 

@@ -148,15 +148,21 @@ def extract_both(grey: np.ndarray) -> tuple[LocalFeatures, LocalFeatures]:
 MIN_TILED_SIDE = 256
 
 
+def tile_boxes(height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """(x0, y0, x1, y1) of the four quarters of an image and its centre, or none
+    when the image is too small to tile."""
+    if min(height, width) < MIN_TILED_SIDE:
+        return []
+    hh, hw = height // 2, width // 2
+    return [(x, y, x + hw, y + hh)
+            for y, x in ((0, 0), (0, hw), (hh, 0), (hh, hw), (hh // 2, hw // 2))]
+
+
 def tiles(grey: np.ndarray) -> list[np.ndarray]:
     """The four quarters of an image and its centre: a collage's photos, or a
     screenshot's, each seen at the resolution of a whole image."""
-    h, w = grey.shape
-    if min(h, w) < MIN_TILED_SIDE:
-        return []
-    hh, hw = h // 2, w // 2
-    return [np.ascontiguousarray(grey[y:y + hh, x:x + hw])
-            for y, x in ((0, 0), (0, hw), (hh, 0), (hh, hw), (hh // 2, hw // 2))]
+    return [np.ascontiguousarray(grey[y0:y1, x0:x1])
+            for x0, y0, x1, y1 in tile_boxes(*grey.shape)]
 
 
 @dataclass(frozen=True)
@@ -190,6 +196,11 @@ class Verification:
     #: the smaller of the two images' shares that the region they share
     #: covers: a photo in a collage or a screenshot is a part of it
     shared_area: float = 0.0
+    #: the query's share alone, and the stored image's
+    query_share: float = 0.0
+    stored_share: float = 0.0
+    #: the similarity, query pixels (at the analysed size) to stored pixels
+    matrix: tuple[float, ...] | None = None
 
     @property
     def support(self) -> float:
@@ -240,12 +251,14 @@ def verify(query: LocalFeatures, stored: LocalFeatures) -> Verification:
     shared = min(int(in_stored.sum()), int(in_query.sum()))
     region = _hull_area(cv2, stored.points[in_query])
     spanned = _hull_area(cv2, dst[mask.ravel() == 1])
+    query_share, stored_share = _shares(cv2, transform, query, stored)
     return Verification(inliers, n_good, 1.0 / scale, float(np.degrees(np.arctan2(b, a))),
                         inliers / max(shared, inliers, 1),
                         min(1.0, spanned / region) if region > 0 else 0.0,
                         _spread(stored.points[in_query], dst[mask.ravel() == 1],
                                 _moved(query.points, transform)),
-                        _shared_area(cv2, transform, query, stored))
+                        min(query_share, stored_share), query_share, stored_share,
+                        tuple(float(v) for v in transform.ravel()))
 
 
 def _moved(points: np.ndarray, transform: np.ndarray) -> np.ndarray:
@@ -285,9 +298,9 @@ def _spread(region: np.ndarray, inliers: np.ndarray,
     return float(hit[counted].mean()) if len(counted) else 0.0
 
 
-def _shared_area(cv2, transform: np.ndarray, query: LocalFeatures,
-                 stored: LocalFeatures) -> float:
-    """The smaller of the two images' shares covered by their common region."""
+def _shares(cv2, transform: np.ndarray, query: LocalFeatures,
+            stored: LocalFeatures) -> tuple[float, float]:
+    """The query's and the stored image's shares covered by their common region."""
     def frame(w: int, h: int) -> np.ndarray:
         return np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
 
@@ -296,8 +309,8 @@ def _shared_area(cv2, transform: np.ndarray, query: LocalFeatures,
     area, _ = cv2.intersectConvexConvex(moved, box)
     moved_area = abs(float(cv2.contourArea(moved)))
     if area <= 0 or moved_area <= 0 or stored.width * stored.height == 0:
-        return 0.0
-    return float(min(area / (stored.width * stored.height), area / moved_area))
+        return 0.0, 0.0
+    return float(min(1.0, area / moved_area)), float(min(1.0, area / (stored.width * stored.height)))
 
 
 def _inside(points: np.ndarray, transform: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -311,6 +324,49 @@ def _hull_area(cv2, points: np.ndarray) -> float:
     if len(points) < 3:
         return 0.0
     return float(cv2.contourArea(cv2.convexHull(np.ascontiguousarray(points, np.float32))))
+
+
+#: The stored image's share the query must cover for an aligned comparison:
+#: past it, the part the query lacks (filled from its edges) moves few bits.
+ALIGN_SHARE = 0.8
+
+
+def aligned(grey: np.ndarray, box: tuple[int, int, int, int], found: Verification,
+            mirrored: bool, stored: LocalFeatures) -> np.ndarray | None:
+    """The query's pixels moved onto the stored image's frame (at the stored
+    image's analysed size) by the verified similarity, or None when the query
+    covers too little of the stored image to stand for it.
+
+    ``grey`` is the whole query; ``box`` the part its verified features were
+    taken from (the whole image, or a tile). Comparing the stored image's hash
+    with the hash of this picture asks whether the region the two share shows
+    the same picture: a photo in a screenshot does, and so does a crop or a
+    rotation; two signs of one template, or two screenshots of one app, match
+    many keypoints but not this.
+    """
+    if found.matrix is None or found.stored_share < ALIGN_SHARE or not stored.width:
+        return None
+    cv2 = _cv2()
+    x0, y0, x1, y1 = box
+    bw, bh = x1 - x0, y1 - y0
+    scale = min(1.0, SIDE / max(bw, bh))  # as :func:`prepare` scaled the view
+    # the view's analysed pixels from the whole query's: shift, scale, mirror
+    to_view = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale], [0, 0, 1]])
+    if mirrored:
+        width = max(1, round(bw * scale))
+        to_view = np.array([[-1.0, 0, width], [0, 1, 0], [0, 0, 1]]) @ to_view
+    similarity = np.vstack([np.asarray(found.matrix).reshape(2, 3), [0, 0, 1]])
+    to_stored = similarity @ to_view
+    # a large query is first reduced by area (a warp samples, and would alias)
+    shrink = min(1.0, 2 * SIDE / max(grey.shape))
+    if shrink < 1.0:
+        h, w = grey.shape
+        grey = cv2.resize(grey, (max(1, round(w * shrink)), max(1, round(h * shrink))),
+                          interpolation=cv2.INTER_AREA)
+        to_stored = to_stored @ np.diag([1 / shrink, 1 / shrink, 1.0])
+    return cv2.warpAffine(np.ascontiguousarray(grey), to_stored[:2],
+                          (stored.width, stored.height), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 def best_of(query: LocalFeatures, mirrored: LocalFeatures | None,

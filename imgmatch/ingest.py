@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
+import numpy as np
+
 from . import signals as signal_registry
 from .analysis import Analysis, Options, analyse
 from .catalog import BatchResult, Catalog, ImageRow, LinkRow, SightingRow
@@ -39,7 +41,8 @@ class BatchLinker(Protocol):
 
     def links(self, new_images: list[tuple[int, str]],
               variants: Mapping[str, Mapping[str, Sequence[HashValue]]],
-              local: Mapping[str, tuple] = ...) -> list[LinkRow]: ...
+              local: Mapping[str, tuple] = ...,
+              greys: Mapping[str, np.ndarray] = ...) -> list[LinkRow]: ...
 
     def committed(self, new_images: list[tuple[int, str]],
                   variants: Mapping[str, Mapping[str, Sequence[HashValue]]],
@@ -64,6 +67,10 @@ class IngestSummary:
     skipped: dict[str, int] = field(default_factory=dict)
     workers_replaced: int = 0
     seconds: float = 0.0
+    #: signals of this ingest that images of the collection lack, with how
+    #: many lack each (images catalogued before with fewer signals):
+    #: ``imgmatch upgrade`` adds them
+    lacking: dict[str, int] = field(default_factory=dict)
 
     def skip(self, why: str) -> None:
         self.skipped[why] = self.skipped.get(why, 0) + 1
@@ -95,6 +102,7 @@ class _Batch:
         self.variants: dict[str, dict[str, list[HashValue]]] = {}
         #: local features (the image's and its mirror's) of new images, robust tier
         self.local: dict[str, tuple] = {}
+        self.greys: dict[str, np.ndarray] = {}
         self.sightings: list[tuple[str, SightingRow]] = []
         self.failures: list[tuple[str, str, str]] = []
         self.payload_digests: list[tuple[str, str]] = []
@@ -181,6 +189,8 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
             batch.variants[digest] = analysis.variants
             if analysis.features is not None:
                 batch.local[digest] = analysis.features
+                if analysis.grey is not None:
+                    batch.greys[digest] = analysis.grey
             batch.digests.add(digest)
             batch.records.append((item, digest, "added", None))
         batch.sightings.append((digest, item.sighting))
@@ -258,7 +268,8 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
 def _write(catalog: Catalog, batch: _Batch, run_id: int | None,
            linker: BatchLinker | None, summary: IngestSummary) -> None:
     variants = batch.variants
-    link_fn = None if linker is None else (lambda new: linker.links(new, variants, batch.local))
+    link_fn = None if linker is None else (
+        lambda new: linker.links(new, variants, batch.local, batch.greys))
     result = catalog.write_batch(batch.images, batch.sightings, batch.failures, run_id, link_fn,
                                  batch.payload_digests)
     if linker is not None:

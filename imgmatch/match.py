@@ -31,6 +31,7 @@ from .index import BinaryIndex
 from .model import Match
 from .signals import HashValue
 from .signals.base import degenerate
+from .signals.pdq import hash_luma
 
 #: Default minimum score of a reported match and of a stored link: a lead
 #: (precision 0.93 to 0.96 among the fit half's candidates). From 0.98
@@ -71,33 +72,55 @@ LocalQuery = tuple[features.LocalFeatures, features.LocalFeatures | None]
 
 
 def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterable[int]]],
-                      found: dict[int, Evidence]) -> None:
+                      found: dict[int, Evidence], grey: np.ndarray | None = None,
+                      stored_pdq: Mapping[int, bytes] | None = None) -> None:
     """Verify candidates geometrically and add what it finds to their evidence.
 
-    ``views`` pairs the query's local features (the whole image, or a tile
-    of it) with the candidates to verify against them; an image verified in
-    several views keeps its best. Every candidate of the pair's query is
-    marked as seen by the robust tier, verified or not.
+    ``views`` pairs the query's local features (the whole image first, then
+    its tiles, :func:`imgmatch.features.tiles`) with the candidates to verify
+    against them; an image verified in several views keeps its best. Every
+    candidate of the pair's query is marked as seen by the robust tier,
+    verified or not.
+
+    With the query's pixels (``grey``, the whole image) and the candidates'
+    PDQ hashes, a candidate whose frame the query covers is also compared
+    aligned: the query moved onto the candidate's frame, hashed with PDQ
+    (:func:`imgmatch.features.aligned`).
     """
     wanted = sorted({i for _, ids in views for i in ids})
     blobs = catalog.features_of(wanted)
     stored = {i: features.LocalFeatures.from_bytes(b) for i, b in blobs.items()}
-    best: dict[int, tuple[features.Verification, bool]] = {}
-    for (plain, mirrored), ids in views:
+    boxes = [] if grey is None else \
+        [(0, 0, grey.shape[1], grey.shape[0])] + features.tile_boxes(*grey.shape)
+    best: dict[int, tuple[features.Verification, bool, int]] = {}
+    for n, ((plain, mirrored), ids) in enumerate(views):
         for image_id in ids:
             if image_id not in stored:
                 continue
             result, flipped = features.best_of(plain, mirrored, stored[image_id])
             if image_id not in best or result.support > best[image_id][0].support:
-                best[image_id] = (result, flipped)
+                best[image_id] = (result, flipped, n)
     for ev in found.values():
         ev.robust = True
-    for image_id, (result, flipped) in best.items():
+    for image_id, (result, flipped, n) in best.items():
         ev = found.setdefault(image_id, Evidence(robust=True))
+        aligned = None
+        pdq = (stored_pdq or {}).get(image_id)
+        if pdq is not None and n < len(boxes) and result.support >= ALIGN_SUPPORT:
+            moved = features.aligned(grey, boxes[n], result, flipped, stored[image_id])
+            if moved is not None:
+                aligned = int(min_distances(
+                    np.frombuffer(hash_luma(moved), np.uint8)[None, :],
+                    np.frombuffer(pdq, np.uint8)[None, :])[0][0])
         ev.verified = Verified(result.inliers, result.support, result.spread,
-                               result.shared_area, result.overlap)
+                               result.shared_area, result.overlap, aligned)
         if not ev.hashes or ev.strong_geometry:
             ev.transform = "mirror" if flipped else "identity"
+
+
+#: Verifications with less support are not worth an aligned comparison (a
+#: warp and a PDQ hash): a few inliers fix no frame.
+ALIGN_SUPPORT = 8.0
 
 
 #: How far (a share of the evidence scale, :data:`imgmatch.evidence.SCALES`)
@@ -184,7 +207,8 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
                  query: Mapping[str, Sequence[HashValue]], *, top_k: int = 10,
                  min_score: float = MATCH_SCORE, with_sightings: bool = True,
                  local: LocalQuery | Sequence[LocalQuery] | None = None,
-                 descriptors: DescriptorIndex | None = None) -> list[Match]:
+                 descriptors: DescriptorIndex | None = None,
+                 grey: np.ndarray | None = None) -> list[Match]:
     """The best ``top_k`` catalogued images for a query, best first.
 
     ``query`` maps a signal name to the query's values for it (the dihedral
@@ -195,7 +219,8 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
     and its mirror's; or a list of such views, the whole image first, then
     its tiles) adds the robust tier: candidates voted by the ``descriptors``
     index, and geometric verification of the best candidates. Tiles find the
-    photos of a collage: each gets its own votes and verifications.
+    photos of a collage: each gets its own votes and verifications. ``grey``
+    (the query's pixels, the views' source) adds the aligned comparison.
     """
     candidates: set[int] = set()
     for name, variants in query.items():
@@ -227,7 +252,9 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
         by_hashes = {i: ev.score() for i, ev in found.items()}
         views[0][1].update(sorted(by_hashes, key=lambda i: (-by_hashes[i], i))
                            [:VERIFY_FROM_HASHES])
-        verify_candidates(catalog, views, found)
+        verify_candidates(catalog, views, found, grey,
+                          {i: values["pdq"][0] for i, values in stored.items()
+                           if "pdq" in values})
     scores = {i: ev.settle() for i, ev in found.items()}
     scored = [(image_id, ev, stored.get(image_id, {})) for image_id, ev in found.items()
               if scores[image_id] >= min_score]
@@ -292,16 +319,24 @@ class IndexLinker:
 
     def __init__(self, catalog: Catalog, indexes: Mapping[str, BinaryIndex],
                  min_score: float = MATCH_SCORE,
-                 descriptors: DescriptorIndex | None = None) -> None:
+                 descriptors: DescriptorIndex | None = None, *, older_only: bool = True) -> None:
         self.catalog = catalog
         self.indexes = indexes
         self.min_score = min_score
         self.descriptors = descriptors
+        #: False: images already catalogued are linked again (an upgrade gave
+        #: them new signals), to every image in the indexes, older or newer
+        self.older_only = older_only
 
     def links(self, new_images: list[tuple[int, str]],
               variants: Mapping[str, Mapping[str, Sequence[HashValue]]],
-              local: Mapping[str, LocalQuery] | None = None) -> list[LinkRow]:
+              local: Mapping[str, LocalQuery] | None = None,
+              greys: Mapping[str, np.ndarray] | None = None) -> list[LinkRow]:
+        """Links of new images; ``local`` and ``greys`` (by sha256: local
+        features, and the grey pixels they were taken from) add the robust
+        tier's verification and its aligned comparison."""
         local = local or {}
+        greys = greys or {}
         candidates: dict[int, set[int]] = {image_id: set() for image_id, _ in new_images}
         voted = self._voted(new_images, local)
         for name, index in self.indexes.items():
@@ -317,12 +352,12 @@ class IndexLinker:
             codes = np.frombuffer(b"".join(chunks), dtype=np.uint8)
             owner_of = np.asarray(owners, dtype=np.int64)
             # one pass over each index for the whole batch: older images, then the batch
-            for idx in (index, self._batch_index(name, new_images, variants)):
+            for n, idx in enumerate((index, self._batch_index(name, new_images, variants))):
                 q, other, _ = idx.range_pairs(codes, threshold)
                 who = owner_of[q]
                 # newer queries older only, so the links found do not depend
                 # on where batches begin and end
-                keep = other < who
+                keep = other < who if self.older_only or n else other != who
                 for owner, i in zip(who[keep].tolist(), other[keep].tolist()):
                     candidates[owner].add(i)
         wanted = sorted(set().union(*candidates.values(), *voted.values())) if candidates else []
@@ -334,7 +369,10 @@ class IndexLinker:
                       sorted(candidates[image_id] | set(voted.get(image_id, ())))}
             found = gather_evidence(query, others)
             if voted.get(image_id):
-                verify_candidates(self.catalog, [(local[sha256], voted[image_id])], found)
+                verify_candidates(self.catalog, [(local[sha256], voted[image_id])], found,
+                                  greys.get(sha256),
+                                  {o: stored[o]["pdq"][0] for o in voted[image_id]
+                                   if "pdq" in stored.get(o, {})})
             for other, ev in found.items():
                 score = link_score(ev)
                 if score >= self.min_score and ev.agreed:
@@ -362,7 +400,8 @@ class IndexLinker:
                 batch.candidates(queries, LINK_VERIFY, exclude_from=image_id)
             found.sort(key=lambda t: (-t[1], t[0]))
             ids = sorted({i for i, votes in found[:LINK_VERIFY]
-                          if votes >= LINK_MIN_VOTES and i < image_id})
+                          if votes >= LINK_MIN_VOTES
+                          and (i < image_id or not self.older_only and i != image_id)})
             if ids:
                 out[image_id] = ids
         return out

@@ -110,6 +110,12 @@ class ServiceState:
             matches = self.writer.query_hash(value, top_k=top_k, min_score=min_score)
         return [m.to_json() for m in matches]
 
+    def lacking(self, signals: tuple[str, ...] | None = None) -> dict[str, int]:
+        """Signals of a query that images of the collection lack (a query
+        cannot find them through those): said beside the matches."""
+        with self.lock:
+            return self.writer.missing_signals(signals or tuple(self.writer.coverage()))
+
 
 # ----------------------------------------------------------------- upload limit
 class _TooLarge(Exception):
@@ -253,10 +259,12 @@ def create_app(db: str | Path, *, max_upload_mb: float = 20.0,
             data = await upload.read()
             matches = await run_in_threadpool(state().query_image, data, _top_k(top_k),
                                               min_score)
-            return {"query": upload.filename, "matches": matches}
+            return {"query": upload.filename, "matches": matches,
+                    **_lacking(await run_in_threadpool(state().lacking))}
         if isinstance(pdq, str):
             matches = await run_in_threadpool(state().query_pdq, pdq, _top_k(top_k), min_score)
-            return {"query": pdq, "matches": matches}
+            return {"query": pdq, "matches": matches,
+                    **_lacking(await run_in_threadpool(state().lacking, ("pdq",)))}
         raise HTTPException(400, "send an image in the field 'image' or a hash in 'pdq'")
 
     @app.get("/v1/images/{sha256}", dependencies=[require("read")])
@@ -276,6 +284,12 @@ def create_app(db: str | Path, *, max_upload_mb: float = 20.0,
         return report_dict(clusters)
 
     return app
+
+
+def _lacking(lacking: dict[str, int]) -> dict:
+    """The ``lacking`` member of a query's reply, when some images lack a signal."""
+    return {"lacking": lacking, "hint": "imgmatch upgrade adds the signals images lack"} \
+        if lacking else {}
 
 
 def _top_k(value: int) -> int:

@@ -368,3 +368,61 @@ def test_a_photo_in_a_collage_shares_a_part_of_it() -> None:
     whole, _ = features.best_of(*features.extract_both(grey(crop(rgb("astronaut"), 0.8))),
                                 features.extract(grey(rgb("astronaut"))))
     assert whole.shared_area > 0.7 and whole.spread > 0.5
+
+
+def _aligned_distance(query: Image.Image, stored: Image.Image) -> int | None:
+    """PDQ bits between ``stored`` and ``query`` moved onto its frame."""
+    from imgmatch.signals.pdq import hash_luma
+
+    q = grey(query)
+    found, flipped = features.best_of(*features.extract_both(q),
+                                      features.extract(grey(stored)))
+    moved = features.aligned(q, (0, 0, q.shape[1], q.shape[0]), found, flipped,
+                             features.extract(grey(stored)))
+    if moved is None:
+        return None
+    a = np.unpackbits(np.frombuffer(hash_luma(moved), np.uint8))
+    b = np.unpackbits(np.frombuffer(hash_luma(grey(stored).astype(np.float32)), np.uint8))
+    return int((a != b).sum())
+
+
+@pytest.mark.parametrize("edit, photo", [
+    ("screenshot", "astronaut"), ("screenshot", "temple"), ("letterbox 9:16", "temple"),
+    ("blurred pillarbox", "cat"),
+    # a square photo: the collage's square cell holds all of it
+    ("quarter of a collage", "astronaut")])
+def test_the_query_moved_onto_the_stored_frame_hashes_like_it(edit: str, photo: str) -> None:
+    """The whole-image PDQ of a photo inside a screenshot, a letterbox or a
+    collage is as far from the photo's as another picture's; aligned, close.
+    (Where the query shows other content over a part of the stored frame, a
+    collage's neighbouring cell, aligned hashes differ too: only closeness
+    is evidence.)"""
+    from imgmatch.signals.pdq import hash_luma
+
+    query = EDITS[edit](rgb(photo))
+    whole = np.unpackbits(np.frombuffer(hash_luma(grey(query).astype(np.float32)), np.uint8))
+    own = np.unpackbits(np.frombuffer(hash_luma(grey(rgb(photo)).astype(np.float32)),
+                                      np.uint8))
+    assert (whole != own).sum() >= 80
+    assert _aligned_distance(query, rgb(photo)) <= 16
+
+
+def test_two_photos_in_one_frame_do_not_align_into_the_same_picture() -> None:
+    """A shared frame (a template, an app's interface) gives inliers, but the
+    picture inside it, moved onto the other's frame, is another picture."""
+    def framed(photo: Image.Image) -> Image.Image:
+        out = ImageOps.expand(ImageOps.fit(photo, (300, 300)), border=110, fill="white")
+        out.paste(ImageOps.fit(rgb("coffee"), (520, 100)), (0, 0))
+        out.paste(ImageOps.fit(rgb("flower"), (520, 100)), (0, 420))
+        return out
+
+    one, other = framed(rgb("astronaut")), framed(rgb("cat"))
+    found, _ = features.best_of(*features.extract_both(grey(one)),
+                                features.extract(grey(other)))
+    assert found.inliers >= INLIERS_AT_THRESHOLD  # the frame matches
+    assert _aligned_distance(one, other) >= 80
+
+
+def test_a_query_covering_little_of_the_stored_frame_is_not_aligned() -> None:
+    # a crop of 30%: the rest of the stored image would be made up
+    assert _aligned_distance(crop(rgb("temple"), 0.3), rgb("temple")) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import io
@@ -81,26 +82,34 @@ def service(tmp_path_factory):
     cli(db, "ingest", "--quiet", "--manifest", str(FIXTURES / "manifest.csv"))
     keys = {scope: cli(db, "keys", "add", f"{scope}-client", "--scope", scope)
             .strip().splitlines()[-1] for scope in ("read", "ingest", "admin")}
+    with serving(db, root) as port:
+        yield {"port": port, "keys": keys, "db": db}
+
+
+@contextlib.contextmanager
+def serving(db: Path, root: Path):
+    """``imgmatch serve`` on a free loopback port, until the block ends."""
     port = free_port()
     log = (root / "serve.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "imgmatch.cli", "--db", str(db), "serve",
                              "--port", str(port), "--max-upload-mb", "1"],
                             stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if Client(port).request("GET", "/healthz")[0] == 200:
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            log.close()
-            pytest.fail("the service did not start:\n" + (root / "serve.log").read_text())
-        time.sleep(0.1)
-    yield {"port": port, "keys": keys, "db": db}
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if Client(port).request("GET", "/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("the service did not start:\n" + (root / "serve.log").read_text())
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
 
 
 def test_health_needs_no_key(service):
@@ -146,6 +155,7 @@ def test_query_finds_the_original_with_its_sightings(service):
     pdq = info["signals"]["pdq"]["hex"]
     status, body = client.post_form("/v1/query", {"pdq": pdq})
     assert status == 200 and body["matches"][0]["sha256"] == original
+    assert "lacking" not in body  # every image has every signal
     assert client.request("GET", "/v1/images/" + "0" * 64)[0] == 404
     assert client.post_form("/v1/query", {"pdq": "xyz"})[0] == 400
 
@@ -234,3 +244,19 @@ def test_sixteen_clients_ingesting_at_once_lose_nothing(service):
         status, info = reader.request("GET", f"/v1/images/{sha}")
         assert status == 200
         assert len([s for s in info["sightings"] if s["ad_id"]]) == count
+
+
+def test_a_query_says_which_signals_the_collection_lacks(tmp_path):
+    """A PDQ query on a collection catalogued without PDQ finds nothing, and
+    says why and what adds them."""
+    db = tmp_path / "c.db"
+    cli(db, "ingest", "--quiet", "--signals", "phash,dhash", str(ASTRONAUT))
+    key = cli(db, "keys", "add", "reader", "--scope", "read").strip().splitlines()[-1]
+    with serving(db, tmp_path) as port:
+        client = Client(port, key)
+        status, body = client.post_form("/v1/query", {"pdq": "ab" * 32})
+        assert status == 200 and body["matches"] == []
+        assert body["lacking"] == {"pdq": 1} and "imgmatch upgrade" in body["hint"]
+        status, body = client.post_form("/v1/query", {}, {"image": ("a.jpg",
+                                                                    ASTRONAUT.read_bytes())})
+        assert status == 200 and body["matches"] and "lacking" not in body

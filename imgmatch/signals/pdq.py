@@ -118,6 +118,14 @@ def bits_from_dct(coeffs: np.ndarray) -> list[bytes]:
     return threshold_rows(coeffs.reshape(-1, 256), lower_median=True, reverse=True)
 
 
+def hash_luma(luma: np.ndarray) -> bytes:
+    """The PDQ bits of a luma (or 8-bit grey) array, with no decoding: what an
+    aligned region of another image is compared by (:mod:`imgmatch.features`)."""
+    if min(luma.shape) < MIN_HASHABLE_SIDE:
+        return bytes(32)
+    return bits_from_dct(dct16(downsample64(luma)))[0]
+
+
 class PDQ(SignalType):
     name = "pdq"
     bits = 256

@@ -1,0 +1,179 @@
+"""Adding signals to a collection in place: each image read again from where it was seen.
+
+A collection made with fewer signals (``--signals phash,dhash``, the hash
+tier before local features were asked for) or by an older version of a
+signal cannot answer what the missing signal would: a PDQ query finds
+nothing, the robust tier cannot find images without local features. The
+catalog keeps no pictures, but it keeps where each was seen: a file path, a
+WARC record (``archive.warc.gz#offset``) or a file of a Scrapy store. Each
+image lacking a signal is read from the first of its sources that still
+holds the same bytes (the SHA-256 must agree), analysed for the missing
+signals only, and written in batches, one transaction each, so that a kill
+leaves the catalog consistent and a second run goes on where the first
+stopped. Images no source can give again are counted with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from . import signals as registry
+from .analysis import Analysis, analyse
+from .catalog import Catalog, ImageRow
+from .errors import InputError
+from .signals import FEATURES
+
+#: Images written per transaction.
+BATCH = 200
+#: A WARC record's source: the archive, then ``#`` and the record's offset.
+_WARC_SOURCE = re.compile(r"^(?P<path>.+\.(?:warc|arc)(?:\.gz)?)#(?P<offset>\d+)$", re.I)
+#: A frame of an animated file (``--all-frames``): ``file#frame=N``.
+_FRAME_SOURCE = re.compile(r"#frame=\d+$")
+
+
+@dataclass
+class UpgradeSummary:
+    """What an upgrade did: images given the missing signals, and the ones
+    no recorded source could give again, with the reason."""
+
+    signals: tuple[str, ...]
+    images_missing: int = 0
+    images_upgraded: int = 0
+    links_added: int = 0
+    #: (sha256 or hash key, reason) of each image left as it was
+    unreachable: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        reasons: dict[str, int] = {}
+        for _, reason in self.unreachable:
+            key = reason.split(":")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        return {"signals": list(self.signals), "images_missing": self.images_missing,
+                "images_upgraded": self.images_upgraded, "links_added": self.links_added,
+                "unreachable": len(self.unreachable), "unreachable_reasons": reasons,
+                "unreachable_images": [{"image": k, "reason": r}
+                                       for k, r in self.unreachable[:1000]],
+                "seconds": round(self.seconds, 3)}
+
+
+def missing(catalog: Catalog, signals: Sequence[str]) -> dict[int, tuple[str, ...]]:
+    """Per image id, the signals it lacks (or holds from another version).
+    Images known only by a partner's hash are left out: they have no bytes."""
+    out: dict[int, list[str]] = {}
+    for name in signals:
+        if name == FEATURES:
+            from .features import VERSION
+            rows = catalog.conn.execute(
+                "SELECT i.id FROM images i LEFT JOIN features f ON f.image_id = i.id "
+                "WHERE i.sha256 IS NOT NULL AND (f.image_id IS NULL OR f.version != ?)",
+                (VERSION,))
+        else:
+            rows = catalog.conn.execute(
+                "SELECT i.id FROM images i LEFT JOIN signals s "
+                "ON s.image_id = i.id AND s.signal = ? "
+                "WHERE i.sha256 IS NOT NULL AND (s.image_id IS NULL OR s.version != ?)",
+                (name, registry.get(name).version))
+        for (image_id,) in rows:
+            out.setdefault(image_id, []).append(name)
+    return {i: tuple(names) for i, names in sorted(out.items())}
+
+
+def read_source(source: str) -> bytes:
+    """The bytes a sighting's source names: a WARC record or a file.
+
+    Raises :class:`~imgmatch.errors.InputError` saying why they cannot be read.
+    """
+    if _FRAME_SOURCE.search(source):
+        raise InputError("a frame of an animated file: ingest the file again with "
+                         "--all-frames", source=source, reason="animated-frame")
+    warc = _WARC_SOURCE.match(source)
+    if warc:
+        return _read_warc_record(Path(warc["path"]), int(warc["offset"]), source)
+    path = Path(source)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", source=source,
+                         reason="missing-file") from None
+
+
+def _read_warc_record(path: Path, offset: int, source: str) -> bytes:
+    from warcio.archiveiterator import ArchiveIterator
+
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            record = next(iter(ArchiveIterator(fh, arc2warc=True)), None)
+            if record is None or record.rec_type not in ("response", "resource"):
+                raise InputError(f"no image record at offset {offset}", source=source,
+                                 reason="missing-record")
+            return record.content_stream().read()
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", source=source,
+                         reason="missing-file") from None
+    except InputError:
+        raise
+    except Exception as exc:  # warcio's parse errors: the archive changed or broke
+        raise InputError(f"unreadable record at offset {offset}: {exc}", source=source,
+                         reason="missing-record") from None
+
+
+def reanalyse(catalog: Catalog, image_id: int, names: Sequence[str]
+              ) -> tuple[Analysis | None, str | None]:
+    """The image's missing signals from the first source that still holds its
+    bytes: (analysis, None), or (None, why not)."""
+    row = catalog.conn.execute("SELECT sha256 FROM images WHERE id = ?",
+                               (image_id,)).fetchone()
+    if row is None or row[0] is None:
+        return None, "hash-only: imported from a hash list, there are no bytes to read"
+    sha256 = row[0]
+    sources = [s for (s,) in catalog.conn.execute(
+        "SELECT DISTINCT source FROM sightings WHERE image_id = ? AND source IS NOT NULL "
+        "ORDER BY id", (image_id,))]
+    why = "no-source: no sighting names a file or a record"
+    for source in sources:
+        try:
+            data = read_source(source)
+        except InputError as exc:
+            why = f"{exc.reason}: {exc}"
+            continue
+        if hashlib.sha256(data).hexdigest() != sha256:
+            why = f"source-changed: {source} holds other bytes now"
+            continue
+        analysis = analyse(data, names, source, sha256)
+        if analysis.image is None:
+            return None, f"{analysis.reason}: {analysis.detail}"
+        return analysis, None
+    return None, why
+
+
+def batches(catalog: Catalog, signals: Sequence[str], summary: UpgradeSummary
+            ) -> Iterator[list[tuple[int, Analysis, ImageRow]]]:
+    """The images lacking any of ``signals``, in batches: (image id, analysis
+    for every one of ``signals``, the row of the missing values to write). The
+    analysis covers all of them because new links weigh every signal. Images
+    that cannot be read again are added to ``summary.unreachable``."""
+    todo = missing(catalog, signals)
+    summary.images_missing = len(todo)
+    batch: list[tuple[int, Analysis, ImageRow]] = []
+    for image_id, names in todo.items():
+        analysis, why = reanalyse(catalog, image_id, signals)
+        if analysis is None or analysis.image is None:
+            key = catalog.conn.execute("SELECT coalesce(sha256, hash_key) FROM images "
+                                       "WHERE id = ?", (image_id,)).fetchone()[0]
+            summary.unreachable.append((key, why or "unknown"))
+            continue
+        row = replace(analysis.image,
+                      signals=tuple(s for s in analysis.image.signals if s.signal in names),
+                      features=analysis.image.features if FEATURES in names else None)
+        batch.append((image_id, analysis, row))
+        if len(batch) >= BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,207 @@
+"""Upgrade in place: images catalogued with fewer signals get the missing ones
+from the files and WARC records they were seen in, and say so when they cannot."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import io
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from imgmatch import Collection
+from imgmatch import upgrade as upgrade_module
+from imgmatch.catalog import Catalog
+from imgmatch.cli import cli
+from imgmatch.collection import hash_bytes
+from imgmatch.sources import iter_paths
+from imgmatch.warc import iter_warc
+
+from conftest import ORIGINALS
+
+
+def _copy_originals(folder: Path) -> list[Path]:
+    folder.mkdir()
+    out = []
+    for path in sorted(ORIGINALS.glob("*.jpg")):
+        out.append(Path(shutil.copy(path, folder / path.name)))
+    return out
+
+
+def _signal_rows(db: Path) -> dict[str, int]:
+    with Catalog.open(db, readonly=True) as catalog:
+        counts = dict(catalog.conn.execute(
+            "SELECT signal, count(*) FROM signals GROUP BY signal").fetchall())
+        counts["orb"] = catalog.conn.execute("SELECT count(*) FROM features").fetchone()[0]
+        assert catalog.counts() == catalog.recount()  # the tallies followed
+    return counts
+
+
+def test_a_pdq_query_on_a_collection_without_pdq_says_so_and_upgrade_fixes_it(tmp_path):
+    photos = _copy_originals(tmp_path / "photos")
+    db = tmp_path / "c.db"
+    runner = CliRunner()
+    done = runner.invoke(cli, ["--db", str(db), "ingest", "--signals", "phash,dhash", "-q",
+                               "--workers", "0", str(tmp_path / "photos")])
+    assert done.exit_code == 0, done.output
+    pdq = hash_bytes(photos[0].read_bytes(), ("pdq",))["signals"]["pdq"]["hex"]
+
+    before = runner.invoke(cli, ["--db", str(db), "query", "--pdq", pdq])
+    assert "0 matches" in before.output
+    assert f"{len(photos)} images lack pdq" in before.output
+    assert "imgmatch upgrade --signals" in before.output
+
+    done = runner.invoke(cli, ["--db", str(db), "upgrade", "--signals", "pdq,phash,dhash",
+                               "--json"])
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.output)
+    assert summary["images_missing"] == summary["images_upgraded"] == len(photos)
+    assert summary["unreachable"] == 0
+    assert _signal_rows(db) == {"pdq": len(photos), "phash": len(photos),
+                                "dhash": len(photos), "orb": 0}
+
+    after = runner.invoke(cli, ["--db", str(db), "query", "--pdq", pdq, "--json"])
+    assert "lack" not in after.output
+    found = json.loads(after.output)["matches"]
+    assert found and found[0]["distances"]["pdq"] == 0
+
+    again = runner.invoke(cli, ["--db", str(db), "upgrade", "--signals", "pdq", "--json"])
+    assert json.loads(again.output)["images_missing"] == 0  # nothing left to do
+
+
+def test_robust_ingest_over_known_images_names_what_they_lack(tmp_path):
+    _copy_originals(tmp_path / "photos")
+    db = tmp_path / "c.db"
+    runner = CliRunner()
+    runner.invoke(cli, ["--db", str(db), "ingest", "-q", "--workers", "0",
+                        str(tmp_path / "photos")])
+    done = runner.invoke(cli, ["--db", str(db), "ingest", "--robust", "-q", "--workers", "0",
+                               str(tmp_path / "photos")])
+    assert done.exit_code == 0, done.output
+    assert "images added:     0" in done.output
+    assert "6 images lack orb" in done.output
+    assert "imgmatch upgrade --signals pdq,phash,dhash,orb" in done.output
+    with Collection.open(db) as c:
+        summary = c.ingest(iter_paths([tmp_path / "photos"]), signals=("pdq", "orb"))
+        assert summary.lacking == {"orb": 6}
+
+
+def test_upgrade_links_a_crop_that_only_local_features_find(tmp_path):
+    """A tight crop is beyond the hashes; once the collection has local
+    features, upgrade verifies it against its original and links the two."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    original = Image.open(ORIGINALS / "temple.jpg").convert("RGB")
+    original.save(photos / "temple.jpg", quality=92)
+    w, h = original.size
+    original.crop((0, 0, int(w * 0.55), int(h * 0.7))).save(photos / "crop.jpg", quality=85)
+    db = tmp_path / "c.db"
+    with Collection.open(db) as c:
+        c.ingest(iter_paths([photos]))
+        assert c.catalog.counts()["links"] == 0
+        summary = c.upgrade(("pdq", "phash", "dhash", "orb"))
+        assert summary.images_upgraded == 2 and not summary.unreachable
+        assert summary.links_added == 1
+        assert c.robust and len(c.descriptors) == 2
+        matches = c.query(photos / "crop.jpg")
+        assert matches and matches[0].inliers
+    with Collection.open(db) as reopened:  # the indexes on disk are current
+        assert len(reopened.descriptors) == 2
+        assert {m.sha256 for m in reopened.query(photos / "crop.jpg")} >= {
+            hashlib.sha256((photos / "temple.jpg").read_bytes()).hexdigest()}
+
+
+def test_images_whose_files_are_gone_or_changed_are_listed_and_the_rest_upgraded(tmp_path):
+    photos = _copy_originals(tmp_path / "photos")
+    db = tmp_path / "c.db"
+    with Collection.open(db) as c:
+        c.ingest(iter_paths([tmp_path / "photos"]), signals=("phash",))
+    moved = photos[0].rename(tmp_path / photos[0].name)
+    Image.new("RGB", (64, 64), "red").save(photos[1])  # other bytes under the same name
+    with Collection.open(db) as c:
+        summary = c.upgrade(("phash", "pdq"))
+    assert summary.images_missing == 6
+    assert summary.images_upgraded == 4
+    reasons = sorted(why.split(":")[0] for _, why in summary.unreachable)
+    assert reasons == ["missing-file", "source-changed"]
+    assert summary.to_json()["unreachable_reasons"] == {"missing-file": 1, "source-changed": 1}
+    moved.rename(photos[0])  # back where it was seen: a second run finishes the job
+    with Collection.open(db) as c:
+        again = c.upgrade(("phash", "pdq"))
+    assert again.images_missing == 2 and again.images_upgraded == 1
+    assert _signal_rows(db)["pdq"] == 5
+
+
+def _warc(path: Path) -> None:
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        with path.open("wb") as fh:
+            writer = WARCWriter(fh, gzip=True)
+            for n, name in enumerate(("cat.jpg", "rocket.jpg", "coffee.jpg")):
+                payload = (ORIGINALS / name).read_bytes()
+                headers = StatusAndHeaders("200 OK", [
+                    ("Content-Type", "image/jpeg"), ("Content-Length", str(len(payload)))],
+                    protocol="HTTP/1.1")
+                writer.write_record(writer.create_warc_record(
+                    f"https://citylist.example/ads/{n}.jpg", "response",
+                    payload=io.BytesIO(payload), http_headers=headers))
+        gc.collect()
+
+
+def test_upgrade_reads_images_back_from_their_warc_records(tmp_path):
+    archive = tmp_path / "crawl.warc.gz"
+    _warc(archive)
+    db = tmp_path / "c.db"
+    with Collection.open(db) as c:
+        c.ingest(iter_warc(archive), signals=("pdq",))
+        summary = c.upgrade(("pdq", "orb"))
+    assert summary.images_upgraded == 3 and not summary.unreachable
+    assert _signal_rows(db) == {"pdq": 3, "orb": 3}
+
+
+def test_a_hash_only_image_is_not_counted_as_lacking(tmp_path):
+    hashes = tmp_path / "partner.txt"
+    hashes.write_text("pdq " + "f" * 32 + "0" * 32 + "\n")
+    db = tmp_path / "c.db"
+    with Collection.open(db) as c:
+        c.import_hashes(hashes)
+        assert c.missing_signals(("pdq", "phash")) == {}
+        assert c.upgrade(("pdq", "phash")).images_missing == 0
+
+
+def test_an_upgrade_stopped_midway_keeps_what_it_wrote_and_resumes(tmp_path, monkeypatch):
+    _copy_originals(tmp_path / "photos")
+    db = tmp_path / "c.db"
+    with Collection.open(db) as c:
+        c.ingest(iter_paths([tmp_path / "photos"]), signals=("phash",))
+    monkeypatch.setattr(upgrade_module, "BATCH", 2)
+    real = upgrade_module.analyse
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # a kill between two batches' transactions
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(upgrade_module, "analyse", failing)
+    with Collection.open(db) as c, pytest.raises(KeyboardInterrupt):
+        c.upgrade(("phash", "pdq"))
+    assert _signal_rows(db)["pdq"] == 2  # the first batch, whole
+    with Catalog.open(db, readonly=True) as catalog:
+        run = catalog.last_runs(1)[0]
+        assert run["status"] == "interrupted" and run["stats"]["images_upgraded"] == 2
+    monkeypatch.setattr(upgrade_module, "analyse", real)
+    with Collection.open(db) as c:
+        rest = c.upgrade(("phash", "pdq"))
+    assert rest.images_missing == 4 and rest.images_upgraded == 4
+    assert _signal_rows(db)["pdq"] == 6
