@@ -13,7 +13,7 @@ calibrate``, docs/benchmarks.md): the score is an estimate of the
 probability that the two images show the same picture, among the
 candidates a query or a link pass considers.
 
-Three rules hold whatever the weights say:
+Four rules hold whatever the weights say:
 
 - a low-information image (blank, near-black or near-white with sparse
   detail, flat clip art, a logo or a banner on a plain background, a
@@ -22,7 +22,9 @@ Three rules hold whatever the weights say:
 - 64-bit hashes alone (no PDQ to confirm, no verification) are capped at
   :data:`HASH64_CAP`, below the precision-0.99 score;
 - two good PDQ hashes :data:`PDQ_APART` bits or more apart keep the pair
-  under the match score unless geometry is strong.
+  under the match score unless geometry is strong;
+- and, the other way round, the hash tier scores a pair at least as PDQ
+  alone would: 64-bit hashes never outvote PDQ's agreement either.
 
 This module is pure: numbers in, numbers out.
 """
@@ -123,10 +125,9 @@ MODELS: dict[str, Model] = {
     "pdq": Model(0.517, (7.501, -4.921, -7.235) + (0.0,) * 17, gate=50, precise=0.98),
     "hashes": Model(-1.917, (5.633, -0.565, -2.138, 4.356, -2.453, -1.087, 2.403, -2.182, 0.0,
                              -5.777) + (0.0,) * 10, gate=10, precise=0.93),
-    "robust": Model(-9.042, (6.798, 0.0, 0.0, 1.817, 0.0, 0.0, 0.182, 0.0, 0.0, 0.0,
-                             2.169, 1.401, 5.022, 0.814, -0.835, -3.085, 2.970, 0.0, 0.0, 0.0),
-                    gate=10,
-                    precise=0.98),
+    "robust": Model(-8.943, (6.101, 0.0, 0.0, 1.240, 0.0, 0.0, 0.810, 0.0, 0.0, 0.0,
+                             2.537, 1.474, 4.584, 1.275, -0.385, -3.252, 2.555,
+                             1.362, -2.499, 0.0), gate=10, precise=0.95),
 }
 #: The score from which every tier reached precision 0.99 on the fit half:
 #: clusters are built from links at least this strong.
@@ -261,6 +262,13 @@ class Evidence:
                             default=0.0)
             return LOW_INFORMATION_CAP * max(0.0, closeness)
         pdq_used = "pdq" in self.hashes and self.hashes["pdq"][1]
+        if pdq_used and self.tier == "hashes":
+            # 64-bit hashes never outvote PDQ's agreement, as they never outvote
+            # its disagreement (below): the hash tier scores at least what PDQ
+            # alone would, where PDQ alone would trust the pair
+            alone = (models or MODELS)["pdq"]
+            if self.qualities.get("phash", 100) >= alone.gate:
+                s = max(s, alone.score(self.features()))
         if not pdq_used and self.verified is None:
             s = min(s, HASH64_CAP)
         if pdq_used and self.hashes["pdq"][0] >= PDQ_APART and not self.strong_geometry:
