@@ -13,7 +13,7 @@ calibrate``, docs/benchmarks.md): the score is an estimate of the
 probability that the two images show the same picture, among the
 candidates a query or a link pass considers.
 
-Four rules hold whatever the weights say:
+Three rules hold whatever the weights say:
 
 - a low-information image (blank, near-black or near-white with sparse
   detail, flat clip art, a logo or a banner on a plain background, a
@@ -22,9 +22,7 @@ Four rules hold whatever the weights say:
 - 64-bit hashes alone (no PDQ to confirm, no verification) are capped at
   :data:`HASH64_CAP`, below the precision-0.99 score;
 - two good PDQ hashes :data:`PDQ_APART` bits or more apart keep the pair
-  under the match score unless geometry is strong;
-- and, the other way round, the hash tier scores a pair at least as PDQ
-  alone would: 64-bit hashes never outvote PDQ's agreement either.
+  under the match score unless geometry is strong.
 
 This module is pure: numbers in, numbers out.
 """
@@ -262,13 +260,6 @@ class Evidence:
                             default=0.0)
             return LOW_INFORMATION_CAP * max(0.0, closeness)
         pdq_used = "pdq" in self.hashes and self.hashes["pdq"][1]
-        if pdq_used and self.tier == "hashes":
-            # 64-bit hashes never outvote PDQ's agreement, as they never outvote
-            # its disagreement (below): the hash tier scores at least what PDQ
-            # alone would, where PDQ alone would trust the pair
-            alone = (models or MODELS)["pdq"]
-            if self.qualities.get("phash", 100) >= alone.gate:
-                s = max(s, alone.score(self.features()))
         if not pdq_used and self.verified is None:
             s = min(s, HASH64_CAP)
         if pdq_used and self.hashes["pdq"][0] >= PDQ_APART and not self.strong_geometry:

@@ -77,19 +77,6 @@ PLAIN = {
 
 
 # ------------------------------------------------------------------ the model
-@given(st.integers(0, 256), st.integers(0, 64), st.integers(0, 64), st.integers(0, 100))
-def test_the_hash_tier_scores_at_least_what_pdq_alone_would(pdq: int, phash: int, dhash: int,
-                                                            quality: int) -> None:
-    """The default tier is no worse than its best signal: whatever pHash and
-    dHash say, a pair PDQ alone would trust keeps PDQ's score."""
-    alone = Evidence(hashes={"pdq": (pdq, True)}, qualities={"pdq": 100, "phash": quality})
-    both = Evidence(hashes={"pdq": (pdq, True), "phash": (phash, True), "dhash": (dhash, True)},
-                    qualities={"pdq": 100, "phash": quality})
-    assert both.tier == "hashes" and alone.tier == "pdq"
-    if not alone.plain():
-        assert both.score() >= alone.score() - 1e-12
-
-
 def test_a_clear_pdq_disagreement_outweighs_a_64_bit_agreement() -> None:
     # the issue's night-sky pair: pHash identical, PDQ as far apart as unrelated photos
     pair = Evidence(hashes={"pdq": (100, True), "phash": (0, True), "dhash": (3, True)})
