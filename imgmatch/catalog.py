@@ -800,6 +800,18 @@ class Catalog:
                                 (sha256.lower(),)).fetchone()
         return None if row is None else int(row[0])
 
+    def sha256s_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        """Up to ``limit`` SHA-256s that start with ``prefix`` (hex), in order.
+
+        A range scan of the unique index (every such hash lies in [prefix,
+        prefix + 'g'), 'g' sorting after every hex digit), so it costs the same
+        at any size; ``limit`` 2 is enough to tell unique from ambiguous.
+        """
+        prefix = prefix.lower()
+        return [r[0] for r in self.conn.execute(
+            "SELECT sha256 FROM images WHERE sha256 >= ? AND sha256 < ? ORDER BY sha256 "
+            "LIMIT ?", (prefix, prefix + "g", limit))]
+
     def sightings_of(self, image_ids: Sequence[int]) -> dict[int, list[SightingRow]]:
         """Each image's sightings, oldest first (by posted_at, else collected_at)."""
         out: dict[int, list[SightingRow]] = {i: [] for i in image_ids}

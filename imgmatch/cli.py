@@ -13,19 +13,22 @@ one place (:func:`main`):
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
 import click
 
 from . import signals as registry
-from .collection import Collection, default_db_path, hash_bytes
-from .errors import ImgmatchError, InputError
-from .ingest import DEFAULT_BATCH
+from .collection import MIN_SHA256_PREFIX, Collection, default_db_path, hash_bytes
+from .errors import ImgmatchError, InputError, SignalError
+from .ingest import DEFAULT_BATCH, IngestSummary
 from .match import MATCH_SCORE
 from .pairs import default_workers
 from .report import FORMATS
 from .report.table import clean
+from .signals import HashValue
 from .keys import SCOPES, create_key
 from .progress import Progress
 from .sources import iter_jsonl_stream, iter_manifest, iter_paths, iter_scrapy, parse_when
@@ -37,6 +40,91 @@ EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 
 def _echo_json(obj: object) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False, sort_keys=False, default=str))
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    """'1 image', '2 images': counts people read."""
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
+# ------------------------------------------------------------------ arguments
+# Malformed arguments are refused while click parses them, as click.BadParameter:
+# exit code 2 with one line naming the option, before any collection is opened.
+
+def _pdq_hashes(ctx: click.Context, param: click.Parameter,
+                values: tuple[str, ...]) -> tuple[tuple[str, HashValue], ...]:
+    """--pdq HEX...: (the text as given, its value)."""
+    pdq = registry.get("pdq")
+    try:
+        return tuple((text, pdq.from_hex(text)) for text in values)
+    except SignalError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _signal_list(ctx: click.Context, param: click.Parameter,
+                 value: str | None) -> tuple[str, ...] | None:
+    """--signals a,b: the names, each known (None when not given)."""
+    if not value:
+        return None
+    try:
+        return registry.parse_list(value)
+    except SignalError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _signal_names(ctx: click.Context, param: click.Parameter,
+                  values: tuple[str, ...]) -> tuple[str, ...]:
+    """--signal NAME (repeatable): each a known signal."""
+    try:
+        return tuple(dict.fromkeys(name for v in values if v.strip()
+                                   for name in registry.parse_list(v)))
+    except SignalError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+_SHA256_PREFIX = re.compile(rf"[0-9a-fA-F]{{{MIN_SHA256_PREFIX},64}}")
+
+
+def _sha256_prefixes(ctx: click.Context, param: click.Parameter,
+                     value: str | tuple[str, ...] | None) -> str | tuple[str, ...] | None:
+    """SHA256 arguments: whole SHA-256s or prefixes of them (tables print them
+    shortened); which image a prefix names is the collection's to say."""
+    for text in (value,) if isinstance(value, str) else value or ():
+        if not _SHA256_PREFIX.fullmatch(text.strip()):
+            raise click.BadParameter(
+                f"{text!r} is not a SHA-256: give {MIN_SHA256_PREFIX} to 64 hex digits "
+                "(a unique prefix is enough)")
+    return value
+
+
+def _check_db(db: Path) -> None:
+    """--db's folder must exist: a mistyped path should not leave new folders,
+    and an empty collection in them, behind."""
+    folder = db.parent
+    if not folder.is_dir():
+        why = "is not a folder" if folder.exists() else "does not exist"
+        raise click.BadParameter(f"the folder {folder} {why}; create it first or name "
+                                 "another (imgmatch creates no folders)", param_hint="'--db'")
+
+
+def _open(db: Path, *, readonly: bool = False) -> Collection:
+    """The collection at --db, once :func:`_check_db` agrees."""
+    _check_db(db)
+    return Collection.open(db, readonly=readonly)
+
+
+def _check_output(path: Path | None) -> None:
+    """-o FILE: refuse a file that cannot be written before any work is done."""
+    if path is None:
+        return
+    folder = path.parent
+    if not folder.is_dir():
+        why = "is not a folder" if folder.exists() else "does not exist"
+        raise click.BadParameter(f"the folder {folder} {why}; create it first or write "
+                                 "elsewhere", param_hint="'-o' / '--output'")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise click.BadParameter(f"{path} cannot be written here (permissions)",
+                                 param_hint="'-o' / '--output'")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,18 +143,23 @@ ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
 
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--manifest", "manifests", multiple=True, type=click.Path(path_type=Path),
+@click.option("--manifest", "manifests", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV or JSONL manifest: a 'path' per row (relative to the manifest's "
                    "folder) and sighting metadata. Repeatable.")
 @click.option("--jsonl", "jsonl", type=click.File("r", encoding="utf-8", errors="replace"),
               help="JSON lines ('-' for standard input), each with a 'path' or base64 "
                    "'data' and sighting metadata.")
-@click.option("--scrapy-items", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--scrapy-items", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Items feed (JSON lines) of Scrapy's FilesPipeline or ImagesPipeline.")
-@click.option("--scrapy-store", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--scrapy-store", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The FILES_STORE/IMAGES_STORE folder the items' paths are relative to.")
 @click.option("--platform", help="Platform (site) name for sightings that do not give one.")
-@click.option("--signals", "signal_list", default=None,
+@click.option("--file-times", is_flag=True,
+              help="Take each image file's modification time (of files and folders given "
+                   "as PATH) as its collected_at: only for files as the crawler saved them, "
+                   "never for copies.")
+@click.option("--signals", "signal_list", default=None, callback=_signal_list,
               help=f"Comma-separated signals to compute (default: "
                    f"{','.join(registry.DEFAULT_SIGNALS)}; 'phash,dhash' is a fast first pass).")
 @click.option("--robust", is_flag=True,
@@ -106,7 +199,8 @@ ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
 @click.pass_obj
 def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl,
            scrapy_items: Path | None, scrapy_store: Path | None, platform: str | None,
-           signal_list: str | None, robust: bool, workers: int, timeout: float,
+           file_times: bool,
+           signal_list: tuple[str, ...] | None, robust: bool, workers: int, timeout: float,
            max_memory: int,
            batch_size: int, thumbnails: bool, all_frames: bool, link: bool,
            emit_matches: bool, quiet: bool, as_json: bool) -> int:
@@ -121,14 +215,22 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
     if emit_matches and not link:
         raise click.UsageError("--emit-matches reports the links an ingest finds; "
                                "it cannot go with --no-link")
-    names = registry.parse_list(signal_list)
+    if paths and not (manifests or jsonl or scrapy_items) and \
+            not any(p.exists() for p in paths):
+        # beside inputs that exist, a missing file is a failure recorded with the
+        # batch; alone, it is a mistyped command line, and nothing is created
+        raise click.BadParameter(
+            f"{_listing(paths)} {'does' if len(paths) == 1 else 'do'} not exist; "
+            "nothing to ingest", param_hint="PATHS")
+    _check_db(db)  # before the background count starts
+    names = signal_list or registry.DEFAULT_SIGNALS
     if robust and registry.FEATURES not in names:
         names = names + (registry.FEATURES,)
     archives = [p for p in paths if str(p).lower().endswith(ARCHIVE_SUFFIXES)]
     plain = [p for p in paths if p not in archives]
 
     def items(stream_ok: bool = True):
-        yield from iter_paths(plain, platform=platform)
+        yield from iter_paths(plain, platform=platform, file_times=file_times)
         for manifest in manifests:
             yield from iter_manifest(manifest, platform=platform)
         for archive in archives:
@@ -142,18 +244,23 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
     if jsonl is None:  # a stream cannot be counted ahead: no total, no ETA
         progress.count_in_background(lambda: items(stream_ok=False))
 
+    emitter: _MatchEmitter | None = None
+
     def on_progress(summary, final: bool = False) -> None:
+        if emitter is not None:
+            emitter.summarised(summary)
         progress.update(summary.files_seen, summary.images_added, len(summary.failures),
                         force=final)
 
-    with Collection.open(db) as collection:
-        emit = _match_emitter(collection) if emit_matches else None
+    with _open(db) as collection:
+        emitter = _MatchEmitter(collection) if emit_matches else None
         try:
             summary = collection.ingest(
                 items(), signals=names, workers=workers, timeout=timeout,
                 max_memory=(max_memory << 20) or None,
                 batch_size=1 if emit_matches else batch_size, on_progress=on_progress,
-                on_written=emit, thumbnails=thumbnails, all_frames=all_frames, link=link,
+                on_written=emitter.written if emitter else None, thumbnails=thumbnails,
+                all_frames=all_frames, link=link,
                 args={"paths": [str(p) for p in paths], "manifests": [str(m) for m in manifests],
                       "platform": platform, "signals": list(names), "link": link})
             on_progress(summary, final=True)  # the last line shows the whole run
@@ -161,8 +268,9 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
             progress.finish()
     if as_json and not emit_matches:
         _echo_json(summary.to_json())
-    elif emit_matches:
-        click.echo(json.dumps(summary.to_json() | {"failures": None}), err=True)
+    elif emit_matches:  # each failure was a line of its own: the summary counts them
+        click.echo(json.dumps({k: v for k, v in summary.to_json().items()
+                               if k != "failures"}), err=True)
     else:
         _print_summary(summary)
     if summary.lacking and not as_json:
@@ -179,20 +287,48 @@ def _lacking_note(lacking: dict[str, int], signals) -> None:
                err=True)
 
 
-def _match_emitter(collection: Collection):
-    """A callback printing each committed item with its linked matches."""
-    def emit(records) -> None:
-        for item, sha256, status, detail in records:
+def _listing(paths, shown: int = 5) -> str:
+    """'a.jpg, b.jpg and 3 more': paths named in a message."""
+    names = ", ".join(str(p) for p in paths[:shown])
+    return names + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
+
+
+class _MatchEmitter:
+    """Prints each committed item of an ingest as a JSON line with its matches,
+    or with its error as ``{"reason", "message"}`` (the shape of query errors).
+
+    Ingest hands over a batch's records once it is committed, and its summary
+    right after; a failed record carries its message but not its reason, which
+    is in the summary's failures (appended in the records' order). So records
+    wait for the summary, at most one batch.
+    """
+
+    def __init__(self, collection: Collection) -> None:
+        self.collection = collection
+        self.pending: list = []
+
+    def written(self, records: list) -> None:
+        self.pending.extend(records)
+
+    def summarised(self, summary: IngestSummary) -> None:
+        if not self.pending:
+            return
+        n_failed = sum(1 for r in self.pending if r[2] == "failed")
+        recent = summary.failures[len(summary.failures) - n_failed:] if n_failed else []
+        reasons = {source: reason for source, reason, _ in recent}
+        for item, sha256, status, detail in self.pending:
             out = {"source": item.source, "sha256": sha256, "status": status}
             if status == "failed":
-                out["error"] = detail
+                reason = item.error.reason if item.error is not None else \
+                    reasons.get(item.source, "error")
+                out["error"] = {"reason": reason, "message": detail or reason}
             else:
                 out["matches"] = [link.to_json() | {"sightings": [
-                    s.to_json() for s in collection.image(link.sha256).sightings]}
-                    for link in collection.image(sha256).links]
+                    s.to_json() for s in self.collection.image(link.sha256).sightings]}
+                    for link in self.collection.image(sha256).links]
             click.echo(json.dumps(out, ensure_ascii=False))
+        self.pending.clear()
         sys.stdout.flush()
-    return emit
 
 
 def _print_summary(summary) -> None:
@@ -218,26 +354,26 @@ def _print_summary(summary) -> None:
 
 @cli.command()
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--pdq", "pdq_hex", multiple=True, help="Query a PDQ hash (64 hex digits). "
-              "Repeatable.")
-@click.option("--pdq-file", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--pdq", "pdq_hex", multiple=True, callback=_pdq_hashes,
+              help="Query a PDQ hash (64 hex digits). Repeatable.")
+@click.option("--pdq-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Query every hash of a hash list ('pdq HEX' lines or Meta's "
                    "hash,quality,filename CSV), one JSON line each with its elapsed_ms.")
-@click.option("--top-k", type=click.IntRange(1, 10_000), default=10, show_default=True)
+@click.option("--top-k", type=click.IntRange(1, 10_000), default=10, show_default=True,
+              help="Most matches reported per query, best first.")
 @click.option("--min-score", type=click.FloatRange(0, 1), default=MATCH_SCORE,
               show_default=True, help="Lowest score reported (scores estimate the chance "
                                       "of the same picture; from 0.98 precision reached "
                                       "0.99 where they were fitted); 0 returns the top K candidates.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query per line.")
 @click.pass_obj
-def query(db: Path, images: tuple[Path, ...], pdq_hex: tuple[str, ...],
+def query(db: Path, images: tuple[Path, ...], pdq_hex: tuple[tuple[str, HashValue], ...],
           pdq_file: Path | None, top_k: int, min_score: float, as_json: bool) -> int:
     """Where else has this image appeared? Matches best first."""
     if not images and not pdq_hex and not pdq_file:
         raise click.UsageError("give image files, --pdq HEX or --pdq-file FILE")
-    pdq = registry.get("pdq")
     failed = False
-    with Collection.open(db, readonly=True) as collection:
+    with _open(db, readonly=True) as collection:
         asked = ("pdq",) if (pdq_hex or pdq_file) else ()
         asked += tuple(collection.coverage()) if images else ()
         lacking = collection.missing_signals(tuple(dict.fromkeys(asked)))
@@ -246,12 +382,11 @@ def query(db: Path, images: tuple[Path, ...], pdq_hex: tuple[str, ...],
                 (*registry.DEFAULT_SIGNALS, *collection.coverage(), *lacking))))
         if pdq_file is not None:
             return _query_hash_list(collection, pdq_file, top_k, min_score)
-        jobs = [(str(p), p, None) for p in images] + [(h, None, h) for h in pdq_hex]
-        for label, path, hex_value in jobs:
+        jobs = [(str(p), p, None) for p in images] + [(h, None, v) for h, v in pdq_hex]
+        for label, path, value in jobs:
             try:
-                if hex_value is not None:
-                    matches = collection.query_hash(pdq.from_hex(hex_value), top_k=top_k,
-                                                    min_score=min_score)
+                if value is not None:
+                    matches = collection.query_hash(value, top_k=top_k, min_score=min_score)
                 else:
                     matches = collection.query(path, top_k=top_k, min_score=min_score)
             except (InputError, OSError, ImgmatchError) as exc:
@@ -298,7 +433,7 @@ def _query_hash_list(collection: Collection, path: Path, top_k: int,
 
 
 def _print_matches(label: str, matches) -> None:
-    click.echo(f"{clean(label)}: {len(matches)} match{'es' if len(matches) != 1 else ''}")
+    click.echo(f"{clean(label)}: {_plural(len(matches), 'match', 'matches')}")
     for m in matches:
         dist = ", ".join(f"{k} {v}" for k, v in sorted(m.distances.items()))
         if m.inliers is not None:  # verified geometrically (robust tier)
@@ -313,11 +448,13 @@ def _print_matches(label: str, matches) -> None:
 
 @cli.command("hash")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--signals", "signal_list", default=None, help="Comma-separated signals.")
+@click.option("--signals", "signal_list", default=None, callback=_signal_list,
+              help=f"Comma-separated signals (default: {','.join(registry.DEFAULT_SIGNALS)}).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file per line.")
-def hash_cmd(images: tuple[Path, ...], signal_list: str | None, as_json: bool) -> int:
+def hash_cmd(images: tuple[Path, ...], signal_list: tuple[str, ...] | None,
+             as_json: bool) -> int:
     """Print the signals of image files; stores nothing."""
-    names = registry.parse_list(signal_list)
+    names = signal_list or registry.DEFAULT_SIGNALS
     failed = False
     for path in images:
         try:
@@ -363,13 +500,17 @@ def report(db: Path, fmt: str, output: Path | None, min_sightings: int,
     """Clusters of the same picture with their sightings, cross-platform first."""
     since_d, until_d = _date_option(since, "--since"), _date_option(until, "--until")
     names = tuple(f.strip() for f in fields.split(",") if f.strip())
-    with Collection.open(db, readonly=True) as collection:
+    _check_output(output)
+    with _open(db, readonly=True) as collection:
         clusters = collection.clusters(min_sightings=min_sightings, platforms=platforms,
                                        cross_platform_only=cross_platform, since=since_d,
                                        until=until_d)
         thumbnails = collection.thumbnails(
             img["sha256"] for c in clusters for img in c.images) if fmt == "html" else {}
-    out = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
+    try:
+        out = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
+    except OSError as exc:  # checked above; a race, or a place only opening tells
+        raise click.FileError(str(output), hint=exc.strerror or str(exc)) from None
     try:
         if fmt in ("csv", "links-csv"):
             FORMATS[fmt](clusters, out, raw=raw)
@@ -390,22 +531,24 @@ def _date_option(value: str | None, name: str) -> str | None:
         return None
     parsed = parse_when(value)
     if parsed is None:
-        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=name)
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=f"'{name}'")
     return parsed[:10] if len(value.strip()) <= 10 else parsed
 
 
 @cli.command()
-@click.argument("sha256", required=False)
+@click.argument("sha256", required=False, callback=_sha256_prefixes)
 @click.option("--cluster", "cluster_id", type=int, help="Show this cluster instead.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (the image's, or the cluster's as in the report).")
 @click.pass_obj
 def show(db: Path, sha256: str | None, cluster_id: int | None, as_json: bool) -> int:
-    """One image (its signals, sightings and links) or one cluster."""
+    """One image (its signals, sightings and links) or one cluster. SHA256 may be
+    any unique prefix of 8 or more hex digits."""
     if (sha256 is None) == (cluster_id is None):
         raise click.UsageError("give an image's SHA256 or --cluster ID")
-    with Collection.open(db, readonly=True) as collection:
+    with _open(db, readonly=True) as collection:
         if sha256 is not None:
-            record = collection.image(sha256)
+            record = collection.image(collection.resolve(sha256))
             if as_json:
                 _echo_json(record.to_json())
                 return EXIT_OK
@@ -434,28 +577,30 @@ def show(db: Path, sha256: str | None, cluster_id: int | None, as_json: bool) ->
 
 
 @cli.command()
-@click.argument("sha256s", nargs=-1)
-@click.option("--pdq", "pdq_hex", multiple=True, help="Ignore every image within the PDQ "
-              "threshold of this hash. Repeatable.")
+@click.argument("sha256s", nargs=-1, callback=_sha256_prefixes)
+@click.option("--pdq", "pdq_hex", multiple=True, callback=_pdq_hashes,
+              help="Ignore every image within the PDQ threshold of this hash (64 hex "
+                   "digits). Repeatable.")
 @click.option("--reason", default="ignored", show_default=True,
               help="Why (stock photo, site logo, template...).")
 @click.option("--list", "list_", is_flag=True, help="List what is ignored.")
 @click.option("--remove", "remove", type=int, multiple=True, help="Stop ignoring entry ID.")
 @click.pass_obj
-def ignore(db: Path, sha256s: tuple[str, ...], pdq_hex: tuple[str, ...], reason: str,
-           list_: bool, remove: tuple[int, ...]) -> int:
+def ignore(db: Path, sha256s: tuple[str, ...], pdq_hex: tuple[tuple[str, HashValue], ...],
+           reason: str, list_: bool, remove: tuple[int, ...]) -> int:
     """Mark images or hashes as known stock photos, logos or templates, so their
-    links stop shaping clusters."""
+    links stop shaping clusters. A SHA256 may be a unique prefix of 8+ hex digits."""
     if not (sha256s or pdq_hex or list_ or remove):
         raise click.UsageError("give image SHA256s, --pdq HEX, --list or --remove ID")
-    with Collection.open(db, readonly=list_ and not (sha256s or pdq_hex or remove)) as c:
+    with _open(db, readonly=list_ and not (sha256s or pdq_hex or remove)) as c:
+        images = [c.resolve(prefix) for prefix in sha256s]  # each names one, or nothing changes
         for entry in remove:
             if not c.catalog.unignore(entry):
                 raise ImgmatchError(f"no ignore entry {entry} ('imgmatch ignore --list')")
-        for sha in sha256s:
+        for sha in images:
             c.ignore(sha256=sha, reason=reason)
-        for hex_value in pdq_hex:
-            c.ignore(value=registry.get("pdq").from_hex(hex_value), reason=reason)
+        for _, value in pdq_hex:
+            c.ignore(value=value, reason=reason)
         if list_:
             for row in c.catalog.ignored():
                 what = row["sha256"] or f"{row['signal']} {row['hex']}"
@@ -465,19 +610,21 @@ def ignore(db: Path, sha256s: tuple[str, ...], pdq_hex: tuple[str, ...], reason:
 
 
 @cli.command("import-hashes")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--platform", help="Platform of the sightings (for example the partner's name).")
 @click.option("--link/--no-link", default=True, show_default=True,
               help="Link the new hashes to their near-duplicates (as 'imgmatch link' does).")
 @click.option("--workers", type=click.IntRange(0), default=0,
               help="Processes for linking (0: all cores).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary (lines, hashes and sightings added, bad lines with "
+                   "their numbers) as one JSON object.")
 @click.pass_obj
 def import_hashes(db: Path, file: Path, platform: str | None, link: bool, workers: int,
                   as_json: bool) -> int:
     """Load a hash list without pictures: 'pdq HEX' lines (python-threatexchange)
     or the hash,quality,filename CSV of Meta's hasher."""
-    with Collection.open(db) as collection:
+    with _open(db) as collection:
         summary = collection.import_hashes(file, platform=platform, link=link, workers=workers)
     if as_json:
         _echo_json(summary)
@@ -492,10 +639,12 @@ def import_hashes(db: Path, file: Path, platform: str | None, link: bool, worker
 
 
 @cli.command()
-@click.option("--signal", "signals", multiple=True,
+@click.option("--signal", "signals", multiple=True, callback=_signal_names,
               help="Signal to link on (repeatable; default: every hash signal held).")
 @click.option("--workers", type=click.IntRange(0), default=0, help="Processes (0: all cores).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print, per signal, the images searched, pairs found and links added "
+                   "as one JSON object.")
 @click.pass_obj
 def link(db: Path, signals: tuple[str, ...], workers: int, as_json: bool) -> int:
     """Link near-duplicates among images added since the last link pass.
@@ -504,33 +653,37 @@ def link(db: Path, signals: tuple[str, ...], workers: int, as_json: bool) -> int
     each other and against the older ones. Ingest links images as they
     arrive; this is for hash lists and for collections built without it.
     """
-    with Collection.open(db) as collection:
+    with _open(db) as collection:
         result = collection.link_pairs(list(signals) or None, workers=workers)
     if as_json:
         _echo_json(result)
     else:
         for name, r in result.items():
-            click.echo(f"{name}: {r['searched']} new images searched, {r['pairs']} pairs "
-                       f"within the threshold, {r['links_added']} links added")
+            click.echo(f"{name}: {_plural(r['searched'], 'new image')} searched, "
+                       f"{_plural(r['pairs'], 'pair')} within the threshold, "
+                       f"{_plural(r['links_added'], 'link')} added")
     return EXIT_OK
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: the counts, signals, failure reasons and the "
+                   "last runs.")
 @click.pass_obj
 def stats(db: Path, as_json: bool) -> int:
     """Counts of images, sightings, signals, platforms and failures."""
-    with Collection.open(db, readonly=True) as collection:
+    with _open(db, readonly=True) as collection:
         info = collection.stats()
     if as_json:
-        _echo_json(info)
+        _echo_json(info | {"last_runs": [_run_json(run) for run in info["last_runs"]]})
         return EXIT_OK
     click.echo(f"collection:  {info['path']}")
     for key in ("images", "sightings", "platforms", "links", "failures", "runs"):
         click.echo(f"{key + ':':12} {info[key]}")
     click.echo("signals:     " + ", ".join(f"{k} {v}" for k, v in info["signals"].items()))
     if info["local_features"]:
-        click.echo(f"local features: {info['local_features']} images (robust tier)")
+        click.echo(f"local features: {_plural(info['local_features'], 'image')} "
+                   "(robust tier)")
     if info["platforms_by_sightings"]:
         click.echo("platforms:   " + ", ".join(
             f"{clean(k or '-', 30)} {v}" for k, v in info["platforms_by_sightings"].items()))
@@ -540,14 +693,26 @@ def stats(db: Path, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _run_json(run: dict) -> dict:
+    """A recorded run as stats shows it. A run keeps its counts; the lists it
+    left out (stored as null) are the catalog's to give: its failures are in
+    the failures table, by reason in ``failure_reasons``."""
+    kept = {k: v for k, v in run["stats"].items()
+            if not (v is None and k in ("failures", "unreachable_images"))}
+    return run | {"stats": kept}
+
+
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=8750, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (127.0.0.1: this machine only).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8750, show_default=True,
+              help="Port to listen on.")
 @click.option("--max-upload-mb", type=click.FloatRange(0.01), default=20.0, show_default=True,
               help="Largest upload accepted; larger ones get 413 before they are read.")
 @click.pass_obj
 def serve(db: Path, host: str, port: int, max_upload_mb: float) -> int:
     """Run the HTTP service over this collection (API keys: 'imgmatch keys')."""
+    _check_db(db)  # refused here, not when the service first writes
     try:
         from .service import serve as run
     except ImportError as exc:
@@ -569,7 +734,7 @@ def keys() -> None:
 @click.pass_obj
 def keys_add(db: Path, name: str, scopes: tuple[str, ...]) -> int:
     """Create a key; it is printed once, alone on the last line."""
-    with Collection.open(db) as collection:
+    with _open(db) as collection:
         key = create_key(collection.catalog, name, scopes)
     click.echo(f"key for {clean(name)} with scopes {', '.join(scopes)} (shown only now):")
     click.echo(key)
@@ -577,11 +742,11 @@ def keys_add(db: Path, name: str, scopes: tuple[str, ...]) -> int:
 
 
 @keys.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the keys as one JSON array.")
 @click.pass_obj
 def keys_list(db: Path, as_json: bool) -> int:
     """Keys by name, scopes and dates (never the keys themselves)."""
-    with Collection.open(db, readonly=True) as collection:
+    with _open(db, readonly=True) as collection:
         rows = collection.catalog.api_keys()
     if as_json:
         _echo_json(rows)
@@ -598,23 +763,24 @@ def keys_list(db: Path, as_json: bool) -> int:
 @click.pass_obj
 def keys_revoke(db: Path, name_or_id: str) -> int:
     """Revoke the active keys with this name (or this id)."""
-    with Collection.open(db) as collection:
+    with _open(db) as collection:
         n = collection.catalog.revoke_api_keys(name_or_id)
     if not n:
         raise ImgmatchError(f"no active key named {name_or_id!r}")
-    click.echo(f"revoked {n} key{'s' if n != 1 else ''}")
+    click.echo(f"revoked {_plural(n, 'key')}")
     return EXIT_OK
 
 
 @cli.command()
-@click.argument("sha256s", nargs=-1, required=True)
+@click.argument("sha256s", nargs=-1, required=True, callback=_sha256_prefixes)
 @click.pass_obj
 def erase(db: Path, sha256s: tuple[str, ...]) -> int:
     """Remove images for good (their signals, sightings, links and thumbnails),
-    for example on a takedown or a victim's request."""
-    with Collection.open(db) as collection:
-        n = collection.erase(sha256s)
-    click.echo(f"erased {n} image{'s' if n != 1 else ''}")
+    for example on a takedown or a victim's request. A SHA256 may be a unique
+    prefix of 8+ hex digits; if any names no image, or several, nothing is erased."""
+    with _open(db) as collection:
+        n = collection.erase([collection.resolve(prefix) for prefix in sha256s])
+    click.echo(f"erased {_plural(n, 'image')}")
     return EXIT_OK
 
 
@@ -622,29 +788,29 @@ def erase(db: Path, sha256s: tuple[str, ...]) -> int:
 @click.pass_obj
 def reindex(db: Path) -> int:
     """Rebuild every index from the catalog (indexes are caches)."""
-    with Collection.open(db) as collection:
+    with _open(db) as collection:
         counts = collection.reindex()
     for name, n in counts.items():
-        click.echo(f"{name}: {n} codes")
+        click.echo(f"{name}: {_plural(n, 'code')}")
     return EXIT_OK
 
 
 @cli.command()
-@click.option("--signals", "signal_list", default=None,
+@click.option("--signals", "signal_list", default=None, callback=_signal_list,
               help="Signals every image should have (default: the collection's own and "
                    "pdq,phash,dhash).")
 @click.option("--robust", is_flag=True, help="Also local features (the robust tier).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.pass_obj
-def upgrade(db: Path, signal_list: str | None, robust: bool, quiet: bool,
+def upgrade(db: Path, signal_list: tuple[str, ...] | None, robust: bool, quiet: bool,
             as_json: bool) -> int:
     """Give every image the signals it lacks, read again from where it was seen
     (its file, WARC record or Scrapy store), and link it anew. Images that no
     source holds any more are listed with the reason; run again when they are
     back: what was done is kept."""
-    with Collection.open(db) as collection:
-        names = registry.parse_list(signal_list) if signal_list else \
+    with _open(db) as collection:
+        names = signal_list or \
             tuple(dict.fromkeys((*registry.DEFAULT_SIGNALS, *collection.coverage())))
         if robust and registry.FEATURES not in names:
             names = names + (registry.FEATURES,)

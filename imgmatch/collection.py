@@ -9,6 +9,7 @@ then appended rather than rebuilt). Anything else is rebuilt.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -586,6 +587,28 @@ class Collection:
         ids.pop(None, None)
         return {ids[i]: jpeg for i, jpeg in self.catalog.thumbnails_of(list(ids)).items()}
 
+    def resolve(self, prefix: str) -> str:
+        """The full SHA-256 of the one image whose SHA-256 starts with ``prefix``.
+
+        Tables print SHA-256s shortened; any unique prefix of at least
+        :data:`MIN_SHA256_PREFIX` hex digits names an image (a whole SHA-256
+        names itself). ImgmatchError says when none or several fit.
+        """
+        text = prefix.strip().lower()
+        if not (MIN_SHA256_PREFIX <= len(text) <= 64 and _HEX.fullmatch(text)):
+            raise ImgmatchError(f"{prefix!r} is not a SHA-256 or a prefix of one: give "
+                                f"{MIN_SHA256_PREFIX} to 64 hex digits")
+        found = self.catalog.sha256s_with_prefix(text, limit=AMBIGUOUS_SHOWN + 1)
+        if not found:
+            what = text if len(text) == 64 else f"starting {text}"
+            raise ImgmatchError(f"no image with sha256 {what} in {self.path}")
+        if len(found) > 1:
+            shown = ", ".join(found[:AMBIGUOUS_SHOWN]) + (
+                ", ..." if len(found) > AMBIGUOUS_SHOWN else "")
+            raise ImgmatchError(f"sha256 prefix {text} is ambiguous, it fits {shown}; "
+                                f"give more digits")
+        return found[0]
+
     def image(self, sha256: str) -> ImageRecord:
         """One image: its facts, signals, sightings and links; ImgmatchError if unknown."""
         image_id = self.catalog.image_id(sha256)
@@ -618,6 +641,14 @@ class Collection:
             "last_runs": self.catalog.last_runs(3),
         }
 
+
+#: The fewest hex digits of a SHA-256 that name an image (:meth:`Collection.resolve`);
+#: in a million images, one shares its first 8 digits with another about once
+#: in 4,300 (10**6 / 16**8), and then the error says so.
+MIN_SHA256_PREFIX = 8
+#: How many images an ambiguous prefix's error names.
+AMBIGUOUS_SHOWN = 5
+_HEX = re.compile(r"[0-9a-f]+")
 
 #: A link pass whose new codes are fewer than 1/FEW_NEW of the old ones queries
 #: the index with them (1 to 2 ms each at 1e7) instead of joining,

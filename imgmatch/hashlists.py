@@ -7,8 +7,9 @@ Two line formats are read, and may be mixed:
 - the CSV that Meta's C++ ``pdq-photo-hasher`` prints: ``hash,quality,filename``;
 
 and a bare 64-digit hex hash per line. Blank lines and lines starting with
-``#`` are passed over. A line that is none of these is reported with its
-number, never fatal.
+``#`` are passed over, and so is a CSV header row (``hash,quality,filename``)
+as the first line that holds anything. A line that is none of these is
+reported with its number, never fatal.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 from .errors import ManifestError
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+#: what the hash column of a CSV header is called (Meta's hasher, spreadsheets)
+HEADER_HASH_NAMES = frozenset({"hash", "pdq", "pdq_hash", "pdqhash", "hash_value"})
 
 
 @dataclass(frozen=True)
@@ -34,17 +37,35 @@ class HashLine:
 
 
 def read_hash_list(path: str | Path) -> Iterator[HashLine]:
+    """Each hash line of a list, numbered as in the file (comments, blank lines
+    and a leading CSV header are passed over)."""
     path = Path(path)
-    try:
-        fh = path.open(encoding="utf-8", errors="replace")
+    try:  # utf-8-sig: a list saved by a spreadsheet starts with a byte-order mark
+        fh = path.open(encoding="utf-8-sig", errors="replace")
     except OSError as exc:
         raise ManifestError(f"cannot read hash list {path}: {exc.strerror or exc}") from None
+    first = True
     with fh:
         for line_no, raw in enumerate(fh, start=1):
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
+            if first:
+                first = False
+                if is_header(line):
+                    continue
             yield parse_line(line, line_no)
+
+
+def is_header(line: str) -> bool:
+    """Whether a line is a CSV header (``hash,quality,filename``), not a bad hash.
+
+    Only a list's first line is asked: a header further down is a mistake
+    worth reporting.
+    """
+    cells = [c.strip().lower() for c in line.split(",")]
+    return (len(cells) >= 2 and cells[0] in HEADER_HASH_NAMES
+            and not any(_HEX64.match(c) for c in cells))
 
 
 def parse_line(line: str, line_no: int = 0) -> HashLine:

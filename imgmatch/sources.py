@@ -17,6 +17,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,15 @@ class Item:
     analysis: Any = None
 
 
-def iter_paths(paths: Iterable[str | Path], *, platform: str | None = None) -> Iterator[Item]:
-    """Files given directly, and image files found recursively in directories."""
+def iter_paths(paths: Iterable[str | Path], *, platform: str | None = None,
+               file_times: bool = False) -> Iterator[Item]:
+    """Files given directly, and image files found recursively in directories.
+
+    With ``file_times``, each file's modification time is its ``collected_at``.
+    Never by default: a copied or unpacked file's mtime says when it was
+    copied, not when the picture was seen; ask only for files kept as the
+    crawler saved them.
+    """
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
@@ -65,15 +73,28 @@ def iter_paths(paths: Iterable[str | Path], *, platform: str | None = None) -> I
                 for name in sorted(files):
                     child = Path(root, name)
                     if child.suffix.lower() in IMAGE_EXTENSIONS and not child.is_symlink():
-                        yield _file_item(child, platform)
+                        yield _file_item(child, platform, file_times)
         else:
-            yield _file_item(path, platform)
+            yield _file_item(path, platform, file_times)
 
 
-def _file_item(path: Path, platform: str | None) -> Item:
+def _file_item(path: Path, platform: str | None, file_times: bool = False) -> Item:
     source = str(path)
+    collected_at = modified_at(path) if file_times else None
     return Item(source=source, path=path,
-                sighting=SightingRow(platform=platform, source=source))
+                sighting=SightingRow(platform=platform, source=source,
+                                     collected_at=collected_at))
+
+
+def modified_at(path: Path) -> str | None:
+    """A file's modification time as ISO 8601 UTC, to the second; None when it
+    cannot be read (the ingest then reports the file itself)."""
+    try:
+        when = datetime.fromtimestamp(path.stat().st_mtime_ns // 10**9, timezone.utc)
+    except (OSError, OverflowError, ValueError):
+        return None
+    return (f"{when.year:04d}-{when.month:02d}-{when.day:02d}T"
+            f"{when.hour:02d}:{when.minute:02d}:{when.second:02d}Z")
 
 
 def iter_manifest(manifest: str | Path, *, platform: str | None = None) -> Iterator[Item]:
@@ -123,14 +144,14 @@ def sighting_from_mapping(row: dict, *, default_platform: str | None = None) -> 
     extra: dict = {}
     given_extra = row.get("extra")
     if isinstance(given_extra, dict):
-        extra.update({str(k)[:200]: _clean(v) for k, v in given_extra.items()})
+        extra.update({str(k)[:200]: clean_field(v) for k, v in given_extra.items()})
     for key, value in row.items():
         if key in PATH_KEYS or key == "extra" or value in (None, ""):
             continue
         if key in SIGHTING_FIELDS:
-            values[key] = _clean(value if isinstance(value, str) else json.dumps(value))
+            values[key] = clean_field(value if isinstance(value, str) else json.dumps(value))
         else:
-            extra[str(key)[:200]] = _clean(value)
+            extra[str(key)[:200]] = clean_field(value)
     for key in DATE_FIELDS:
         if values.get(key):
             parsed = parse_when(values[key])
@@ -143,13 +164,16 @@ def sighting_from_mapping(row: dict, *, default_platform: str | None = None) -> 
     return SightingRow(extra=extra, **values)
 
 
-def _clean(value):
+def clean_field(value: Any) -> Any:
+    """A crawled metadata value made safe to store: text that encodes as UTF-8,
+    cut (and marked) beyond MAX_FIELD_CHARS; numbers and None as they are;
+    anything else as its JSON text."""
     if isinstance(value, str):
         value = safe_text(value)
         return value if len(value) <= MAX_FIELD_CHARS else value[:MAX_FIELD_CHARS] + "…[cut]"
     if isinstance(value, (int, float, bool)) or value is None:
         return value
-    return _clean(json.dumps(value, ensure_ascii=False, default=str))
+    return clean_field(json.dumps(value, ensure_ascii=False, default=str))
 
 
 def _csv_rows(manifest: Path) -> Iterator[tuple[int, dict, str | None]]:

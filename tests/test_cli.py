@@ -251,11 +251,11 @@ def test_query_pdq_hash_finds_the_original_near_certainly(built):
     assert match["distances"]["pdq"] == 0
 
 
-def test_query_bad_pdq_hex_is_reported(built):
-    code, lines = query_json(built.db, "--pdq", "abc")
-    assert code == 1
-    assert lines[0]["matches"] == []
-    assert "64" in lines[0]["error"]["message"]
+def test_query_bad_pdq_hex_is_a_usage_error(built):
+    code, out, err = call("--db", built.db, "query", "--pdq", "abc", "--json")
+    assert code == 2
+    assert out == ""  # refused before any query ran
+    assert "--pdq" in err and "64 hex digits" in err
 
 
 # ----------------------------------------------------------------------- hash
@@ -581,3 +581,239 @@ def test_console_exit_code_for_missing_collection(tmp_path):
     assert "no collection" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+# ------------------------------------------------------------- reported bugs
+def error_line(err: str) -> str:
+    """The one 'Error:' line of a usage error (click prints usage lines above it)."""
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("Error:")]
+    return line
+
+
+@pytest.fixture
+def small(tmp_path) -> Path:
+    """A fresh collection of two photos (cheap enough to change in each test)."""
+    db = tmp_path / "small.db"
+    code, _, err = call("--db", db, "ingest", ASTRONAUT, FIXTURES / "originals" / "cat.jpg",
+                        "--workers", "0", "--quiet")
+    assert code == 0, err
+    return db
+
+
+@pytest.mark.parametrize("args, option, expected", [
+    (["query", "--pdq", "123"], "--pdq", "64 hex digits"),
+    (["query", "--pdq", "g" * 64], "--pdq", "hex"),
+    (["ignore", "--pdq", "xyz"], "--pdq", "64 hex digits"),
+    (["ingest", ASTRONAUT, "--signals", "foo"], "--signals", "known signals"),
+    (["hash", ASTRONAUT, "--signals", "foo"], "--signals", "known signals"),
+    (["upgrade", "--signals", "pdq,foo"], "--signals", "known signals"),
+    (["link", "--signal", "foo"], "--signal", "known signals"),
+    (["report", "--since", "last tuesday"], "--since", "YYYY-MM-DD"),
+    (["show", "not-hex-at-all"], "SHA256", "hex"),
+    (["erase", "abc123"], "SHA256", "8"),
+    (["ignore", "12345zz9"], "SHA256", "hex"),
+])
+def test_malformed_arguments_exit_2_naming_the_option(small, args, option, expected):
+    before = call("--db", small, "stats", "--json")[1]
+    code, out, err = call("--db", small, *args)
+    assert code == 2, err
+    line = error_line(err)
+    assert option in line and expected in line
+    assert json.loads(call("--db", small, "stats", "--json")[1])["runs"] == \
+        json.loads(before)["runs"]  # nothing ran
+
+
+def test_malformed_signal_list_creates_no_collection(tmp_path):
+    db = tmp_path / "c.db"
+    code, _, err = call("--db", db, "ingest", ASTRONAUT, "--signals", "pdq,nope")
+    assert code == 2
+    assert "'nope'" in error_line(err)
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("target", ["missing/dir/x.html", "a-file/x.html"])
+def test_report_to_an_unusable_output_is_a_clear_error(built, tmp_path, target):
+    (tmp_path / "a-file").write_text("not a folder")
+    code, out, err = call("--db", built.db, "report", "--format", "html",
+                          "-o", tmp_path / target)
+    assert code == 2, err
+    line = error_line(err)
+    assert "--output" in line and str((tmp_path / target).parent) in line
+    assert not (tmp_path / "missing").exists()
+
+
+def test_report_output_that_cannot_be_opened_is_a_clear_error(built, tmp_path):
+    (tmp_path / "taken").mkdir()
+    code, out, err = call("--db", built.db, "report", "-o", tmp_path / "taken")
+    assert code == 2
+    assert "taken" in error_line(err)
+
+
+@pytest.mark.parametrize("command", [
+    ["ingest", ASTRONAUT], ["stats"], ["report"], ["query", ASTRONAUT], ["show", "a" * 64],
+    ["ignore", "--list"], ["link"], ["reindex"], ["upgrade"], ["erase", "a" * 64],
+    ["keys", "list"], ["keys", "add", "bot", "--scope", "read"],
+])
+def test_db_in_a_missing_folder_is_refused(tmp_path, command):
+    db = tmp_path / "nonexistent" / "dir" / "x.db"
+    code, out, err = call("--db", db, *command)
+    assert code == 2, err
+    line = error_line(err)
+    assert "--db" in line and str(db.parent) in line and "does not exist" in line
+    assert not (tmp_path / "nonexistent").exists()
+
+
+def test_import_hashes_with_db_in_a_missing_folder_is_refused(tmp_path):
+    listing = tmp_path / "l.txt"
+    listing.write_text("pdq " + "a" * 64 + "\n")
+    code, _, err = call("--db", tmp_path / "no" / "x.db", "import-hashes", listing)
+    assert code == 2 and "--db" in error_line(err)
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["nosuch.jpg"],
+    ["nosuch.jpg", "other-missing.warc.gz"],
+    ["--manifest", "nosuch.csv"],
+    [ASTRONAUT, "--manifest", "nosuch.csv"],
+    ["--scrapy-items", "nosuch.jsonl", "--scrapy-store", "."],
+])
+def test_ingest_of_inputs_that_do_not_exist_creates_nothing(tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "c.db"
+    code, out, err = call("--db", db, "ingest", *args)
+    assert code == 2, err
+    assert "nosuch" in error_line(err)
+    assert not db.exists() and not Path(str(db) + ".indexes").exists()
+
+
+def test_import_of_a_missing_hash_list_creates_nothing(tmp_path):
+    db = tmp_path / "c.db"
+    code, _, err = call("--db", db, "import-hashes", tmp_path / "nosuch.txt")
+    assert code == 2 and "nosuch.txt" in error_line(err)
+    assert not db.exists()
+
+
+def test_missing_path_beside_one_that_exists_is_a_recorded_failure(tmp_path):
+    db = tmp_path / "c.db"
+    code, out, err = call("--db", db, "ingest", tmp_path / "gone.jpg", ASTRONAUT,
+                          "--workers", "0", "--json")
+    assert code == 1, err
+    summary = json.loads(out)
+    assert summary["images_added"] == 1
+    assert [(f["source"], f["reason"]) for f in summary["failures"]] == [
+        (str(tmp_path / "gone.jpg"), "missing-file")]
+
+
+def test_show_ignore_and_erase_accept_a_unique_prefix(small):
+    sha = sha256_of(ASTRONAUT)
+    code, out, err = call("--db", small, "show", sha[:8], "--json")
+    assert code == 0, err
+    assert json.loads(out)["sha256"] == sha
+    code, out, _ = call("--db", small, "show", sha[:12].upper())
+    assert code == 0 and f"image {sha}" in out
+    assert call("--db", small, "ignore", sha[:10], "--reason", "stock")[0] == 0
+    code, out, _ = call("--db", small, "ignore", "--list")
+    assert sha in out and "stock" in out
+    code, out, err = call("--db", small, "erase", sha[:8])
+    assert (code, out.strip()) == (0, "erased 1 image"), err
+    assert json.loads(call("--db", small, "stats", "--json")[1])["images"] == 1
+
+
+def test_ambiguous_and_unknown_prefixes_are_clear_errors(small):
+    from imgmatch.catalog import ImageRow
+    from imgmatch.collection import Collection
+
+    twins = ["deadbeef" + "0" * 56, "deadbeef" + "1" * 56]
+    with Collection.open(small) as collection:
+        collection.catalog.write_batch(
+            [ImageRow(s, 1, 1, 1, "PNG", "L", 1, ()) for s in twins], [], [], None)
+        assert collection.resolve("deadbeef1") == twins[1]
+        assert collection.resolve(twins[0].upper()) == twins[0]
+    code, out, err = call("--db", small, "show", "deadbeef")
+    assert code == 3
+    assert "ambiguous" in err and twins[0] in err and twins[1] in err
+    assert "Traceback" not in err and out == ""
+    code, _, err = call("--db", small, "erase", "deadbeef")
+    assert code == 3 and "ambiguous" in err
+    assert json.loads(call("--db", small, "stats", "--json")[1])["images"] == 4
+    code, _, err = call("--db", small, "erase", "0123456789")
+    assert code == 3 and "no image" in err and "0123456789" in err
+
+
+def test_emit_matches_failures_are_objects_and_the_summary_has_no_null(tmp_path):
+    stream = tmp_path / "in.jsonl"
+    stream.write_text(json.dumps({"path": str(ASTRONAUT)}) + "\n"
+                      + json.dumps({"path": str(tmp_path / "gone.jpg")}) + "\n"
+                      + json.dumps({"data_b64": "bm90IGFuIGltYWdl"}) + "\n")
+    db = tmp_path / "c.db"
+    code, out, err = call("--db", db, "ingest", "--jsonl", stream, "--emit-matches",
+                          "--workers", "0")
+    assert code == 1, err
+    lines = json_lines(out)
+    assert [x["status"] for x in lines] == ["added", "failed", "failed"]
+    assert lines[1]["error"]["reason"] == "missing-file"
+    assert lines[2]["error"]["reason"] == "unsupported-format"
+    assert all(isinstance(x["error"]["message"], str) and x["error"]["message"]
+               for x in lines[1:])
+    summary = json.loads(err.strip().splitlines()[-1])
+    assert summary["failed"] == 2
+    assert summary.get("failures", []) is not None
+
+
+def test_stats_last_runs_give_no_null_lists(tmp_path):
+    db = tmp_path / "c.db"
+    code, _, err = call("--db", db, "ingest", tmp_path / "gone.jpg", tmp_path / "gone2.jpg",
+                        ASTRONAUT, "--workers", "0", "--quiet")
+    assert code == 1, err
+    assert call("--db", db, "upgrade", "--quiet")[0] == 0
+    code, out, _ = call("--db", db, "stats", "--json")
+    runs = json.loads(out)["last_runs"]
+    assert [r["command"] for r in runs] == ["upgrade", "ingest"]
+    assert runs[1]["stats"]["failed"] == 2
+    for run in runs:
+        assert None not in (run["stats"].get("failures", []),
+                            run["stats"].get("unreachable_images", []))
+
+
+@pytest.fixture
+def one_picture_db(tmp_path) -> Path:
+    """One photo seen twice in one ad on one platform: every count in the report is 1 or 2."""
+    shutil.copy(ASTRONAUT, tmp_path / "a.jpg")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,platform,url,ad_id\na.jpg,citylist,https://x.example/1,7\n"
+                        "a.jpg,citylist,https://x.example/2,7\n", encoding="utf-8")
+    db = tmp_path / "c.db"
+    code, _, err = call("--db", db, "ingest", "--manifest", manifest, "--robust",
+                        "--workers", "0")
+    assert code == 0, err
+    return db
+
+
+def test_counts_of_one_are_singular(one_picture_db):
+    code, out, _ = call("--db", one_picture_db, "report")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "1 reused picture, 0 seen on more than one platform"
+    assert re.search(r"cluster \d+: 1 platform, 1 image, 2 sightings, 1 ad, ", out)
+    code, out, _ = call("--db", one_picture_db, "stats")
+    assert "local features: 1 image (robust tier)" in out
+    code, out, _ = call("--db", one_picture_db, "reindex")
+    assert "pdq: 1 code\n" in out
+
+
+def test_every_option_has_help_text():
+    from imgmatch.cli import cli
+
+    def walk(group, prefix=""):
+        for name, command in group.commands.items():
+            yield prefix + name, command
+            if hasattr(command, "commands"):
+                yield from walk(command, f"{prefix}{name} ")
+
+    lacking = [f"{name} {param.opts[-1]}" for name, command in walk(cli)
+               for param in command.params
+               if param.param_type_name == "option" and not param.help
+               and param.name not in ("help", "version")]
+    assert lacking == []

@@ -10,7 +10,7 @@ import pytest
 
 import imgmatch
 from imgmatch.cli import main
-from imgmatch.hashlists import parse_line
+from imgmatch.hashlists import parse_line, read_hash_list
 from imgmatch.sources import iter_manifest
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -81,3 +81,40 @@ def test_new_crawl_images_link_to_imported_hashes(tmp_path):
     linked = [link for link in temple.links if link.sha256 is None]
     assert linked and linked[0].agreed == ("pdq",)
     assert any("partner" in cl.platforms for cl in clusters)
+
+
+@pytest.mark.parametrize("header", [
+    "hash,quality,filename",
+    "Hash, Quality, Filename",
+    "\ufeffhash,quality,filename",   # written by a spreadsheet, with a byte-order mark
+    "pdq_hash,quality,filename",
+])
+def test_a_csv_header_row_is_skipped(tmp_path, header):
+    listing = tmp_path / "hashes.csv"
+    listing.write_text(f"{header}\n{H1},100,a.jpg\n", encoding="utf-8")
+    lines = list(read_hash_list(listing))
+    assert [(x.line_no, x.value.hex(), x.name, x.error) for x in lines] == [
+        (2, H1, "a.jpg", None)]
+
+
+def test_a_header_like_line_after_the_first_is_still_reported(tmp_path):
+    listing = tmp_path / "hashes.csv"
+    listing.write_text(f"{H1},100,a.jpg\nhash,quality,filename\n", encoding="utf-8")
+    lines = list(read_hash_list(listing))
+    assert lines[1].value is None and "line 2" in lines[1].error
+
+
+def test_import_of_meta_csv_with_a_header_has_no_bad_line(tmp_path, capsys):
+    listing = tmp_path / "hashes.csv"
+    listing.write_text(f"hash,quality,filename\n{H1},100,a.jpg\n", encoding="utf-8")
+    code = main(["--db", str(tmp_path / "c.db"), "import-hashes", str(listing), "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert (summary["lines"], summary["images_added"], summary["failed"]) == (1, 1, 0)
+
+
+def test_a_first_line_holding_a_hash_is_never_taken_for_a_header(tmp_path):
+    listing = tmp_path / "hashes.csv"
+    listing.write_text(f"pdq,{H1}\n", encoding="utf-8")
+    (line,) = read_hash_list(listing)
+    assert line.line_no == 1 and line.error  # reported, not passed over

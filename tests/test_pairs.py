@@ -137,7 +137,7 @@ def test_link_command_and_quality_gate(tmp_path, capsys):
     assert main(["--db", str(db), "import-hashes", str(listing), "--no-link", "--json"]) == 0
     assert "links_added" not in json.loads(capsys.readouterr().out)
     assert main(["--db", str(db), "link", "--workers", "2"]) == 0
-    assert "2 new images searched, 1 pairs within the threshold, 1 links added" in \
+    assert "2 new images searched, 1 pair within the threshold, 1 link added" in \
         capsys.readouterr().out
     assert main(["--db", str(db), "link", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["pdq"]["searched"] == 0

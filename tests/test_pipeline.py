@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import faulthandler
 import gc
 import hashlib
 import io
@@ -69,6 +70,9 @@ class _Saboteur(SignalType):
 
     def compute(self, image: Decoded) -> HashValue:
         if image.image.size[0] == 13:
+            # a meant crash: no "Fatal Python error" dump (pytest's faulthandler,
+            # inherited through fork, would print one into the test output)
+            faulthandler.disable()
             os.kill(os.getpid(), signal.SIGSEGV)
         if image.image.size[0] == 17:
             time.sleep(3600)
@@ -101,6 +105,32 @@ def test_a_crashing_or_hanging_decoder_costs_one_file(tmp_path, saboteur):
     assert "SIGSEGV" in details and "3 s limit" in details
     assert summary.images_added == 6
     assert summary.workers_replaced == 2
+
+
+def _crash_with_faulthandler_on(log: str) -> None:
+    """The saboteur's crash, in a child whose faulthandler writes to ``log``
+    (as pytest's, inherited through fork, writes to the test output)."""
+    from types import SimpleNamespace
+
+    with open(log, "w") as fh:
+        faulthandler.enable(fh)
+        _Saboteur().compute(SimpleNamespace(image=SimpleNamespace(size=(13, 30))))
+
+
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(),
+                    reason="the saboteur crashes workers made by fork")
+def test_the_saboteurs_crash_prints_no_fatal_error_dump(tmp_path):
+    """The crash is meant: a 'Fatal Python error' dump in the output of a
+    passing run reads as a failure."""
+    import multiprocessing
+
+    log = tmp_path / "stderr.txt"
+    child = multiprocessing.get_context("fork").Process(
+        target=_crash_with_faulthandler_on, args=(str(log),))
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGSEGV  # still a real crash for the pool to isolate
+    assert "Fatal Python error" not in log.read_text()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the cap is Linux's RLIMIT_AS")
@@ -509,6 +539,155 @@ def test_a_warc_that_breaks_off_is_one_failure_and_keeps_what_came_before(tmp_pa
         summary = c.ingest(iter_warc(cut))
     assert summary.images_added == 1
     assert summary.failures, "the broken tail must be recorded"
+
+
+# ------------------------------------------------ WARC: the page an image was on
+def _capture_warc(path: Path, records: list[dict]) -> None:
+    """A WARC of request and response records, each a dict: ``type``, ``name``,
+    ``uri``, and ``referer`` (requests) or ``body`` and ``ctype`` (responses);
+    ``to`` lists the names (or raw ids) its WARC-Concurrent-To headers point at."""
+    # warcio's writer leaves its spooled temporary files to the garbage collector
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        _capture_warc_records(path, records)
+        gc.collect()
+
+
+def _capture_warc_records(path: Path, records: list[dict]) -> None:
+    import uuid
+
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    ids = {r["name"]: f"<urn:uuid:{uuid.uuid4()}>" for r in records}
+    with path.open("wb") as fh:
+        writer = WARCWriter(fh, gzip=path.suffix == ".gz")
+        for r in records:
+            if r["type"] == "request":
+                fields = [("Host", "x")] + ([("Referer", r["referer"])] if "referer" in r else [])
+                http = StatusAndHeaders("GET / HTTP/1.1", fields, is_http_request=True)
+                payload = b""
+            else:
+                payload = r["body"]
+                http = StatusAndHeaders("200 OK", [
+                    ("Content-Type", r["ctype"]), ("Content-Length", str(len(payload)))],
+                    protocol="HTTP/1.1")
+            record = writer.create_warc_record(
+                r["uri"], r["type"], payload=io.BytesIO(payload), http_headers=http,
+                warc_headers_dict={"WARC-Record-ID": ids[r["name"]],
+                                   "WARC-Date": "2024-04-05T06:07:08Z"})
+            for target in r.get("to", ()):
+                record.rec_headers.add_header("WARC-Concurrent-To", ids.get(target, target))
+            writer.write_record(record)
+
+
+def _image(name: str, uri: str, seed: int, to: tuple[str, ...] = ()) -> dict:
+    return {"type": "response", "name": name, "uri": uri, "body": jpeg_bytes(seed),
+            "ctype": "image/jpeg", "to": to}
+
+
+def _request(name: str, uri: str, referer: str | None, to: tuple[str, ...] = ()) -> dict:
+    return {"type": "request", "name": name, "uri": uri, "to": to,
+            **({"referer": referer} if referer is not None else {})}
+
+
+def _pages(archive: Path) -> list[tuple[str | None, str | None]]:
+    """(url, page_url) of each image item, in the order iter_warc gives them."""
+    return [(i.sighting.url, i.sighting.page_url) for i in iter_warc(archive)
+            if i.data is not None or i.revisit_of is not None]
+
+
+IMG, PAGE = "https://citylist.example/img/1.jpg", "https://citylist.example/ad/1"
+
+
+@pytest.mark.parametrize("records", [
+    # wget: the request, then its response naming it in WARC-Concurrent-To
+    [_request("q", IMG, PAGE), _image("r", IMG, 1, to=("q",))],
+    # Heritrix, warcprox, pywb: the response, then its request naming the response
+    [_image("r", IMG, 1), _request("q", IMG, PAGE, to=("r",))],
+    # no record ids at all: the adjacent request for the same URI
+    [_request("q", IMG, PAGE), _image("r", IMG, 1)],
+    [_image("r", IMG, 1), _request("q", IMG, PAGE)],
+], ids=["request-first", "response-first", "request-first-by-uri", "response-first-by-uri"])
+def test_a_warc_response_takes_its_page_from_its_requests_referer(tmp_path, records):
+    archive = tmp_path / "crawl.warc.gz"
+    _capture_warc(archive, records)
+    assert _pages(archive) == [(IMG, PAGE)]
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        c.ingest(iter_warc(archive))
+        (s,) = c.image(hashlib.sha256(jpeg_bytes(1)).hexdigest()).sightings
+    assert (s.url, s.page_url, s.collected_at) == (IMG, PAGE, "2024-04-05T06:07:08Z")
+
+
+@pytest.mark.parametrize("page_first", [True, False])
+def test_a_warc_response_concurrent_to_a_page_record_was_seen_on_that_page(tmp_path,
+                                                                          page_first):
+    page = {"type": "response", "name": "p", "uri": PAGE, "body": b"<html>an ad</html>",
+            "ctype": "text/html; charset=utf-8"}
+    image = _image("r", IMG, 1, to=("p",))
+    _capture_warc(tmp_path / "c.warc", [page, image] if page_first else [image, page])
+    assert _pages(tmp_path / "c.warc") == [(IMG, PAGE)]
+
+
+def test_a_warc_response_without_a_request_has_no_page(tmp_path):
+    other, third = "https://citylist.example/img/2.jpg", "https://citylist.example/img/3.jpg"
+    _capture_warc(tmp_path / "c.warc", [
+        _request("q", other, PAGE),                      # another URI, no id link
+        _image("r", IMG, 1),
+        _request("q2", IMG, None, to=("r",)),            # its request, without a Referer
+        _image("r3", third, 3, to=("elsewhere",)),       # names a record not in the file
+        _request("q3", third, "  \t ", to=("r3",))])     # a blank Referer
+    assert _pages(tmp_path / "c.warc") == [(IMG, None), (third, None)]
+
+
+@pytest.mark.parametrize("linked", [True, False])
+def test_one_image_url_fetched_from_two_pages_keeps_each_page(tmp_path, linked):
+    """The same image URL twice, from two ads: each response gets its own
+    request's page, whether ids link them or only adjacency does."""
+    other = "https://citylist.example/ad/2"
+    heritrix = [_image("r1", IMG, 1), _request("q1", IMG, PAGE, to=("r1",) if linked else ()),
+                _image("r2", IMG, 1), _request("q2", IMG, other, to=("r2",) if linked else ())]
+    wget = [_request("q1", IMG, PAGE), _image("r1", IMG, 1, to=("q1",) if linked else ()),
+            _request("q2", IMG, other), _image("r2", IMG, 1, to=("q2",) if linked else ())]
+    for name, records in (("heritrix", heritrix), ("wget", wget)):
+        _capture_warc(tmp_path / f"{name}.warc", records)
+        assert _pages(tmp_path / f"{name}.warc") == [(IMG, PAGE), (IMG, other)], name
+
+
+@pytest.mark.parametrize("request_first", [True, False])
+def test_warc_links_reach_only_a_few_records(tmp_path, request_first):
+    """Memory stays bounded: a request more than LINK_WINDOW records away from
+    its response is not remembered (nor is the response held back for it), and
+    items still come out in archive order."""
+    from imgmatch.warc import LINK_WINDOW
+
+    filler = [_image(f"f{n}", f"https://citylist.example/other/{n}.jpg", 10 + n)
+              for n in range(LINK_WINDOW + 1)]
+    request, image = _request("q", IMG, PAGE), _image("r", IMG, 1)
+    records = [request, *filler, image] if request_first else [image, *filler, request]
+    _capture_warc(tmp_path / "c.warc", records)
+    pages = _pages(tmp_path / "c.warc")
+    assert (IMG, None) in pages and all(page is None for _, page in pages)
+    assert [url for url, _ in pages] == [r["uri"] for r in records if r["type"] == "response"]
+    # just inside the window, the link is still made
+    near = [request, *filler[:LINK_WINDOW - 1], image] if request_first \
+        else [image, *filler[:LINK_WINDOW - 1], request]
+    _capture_warc(tmp_path / "near.warc", near)
+    assert (IMG, PAGE) in _pages(tmp_path / "near.warc")
+
+
+def test_a_hostile_referer_is_cleaned_like_any_metadata(tmp_path):
+    from imgmatch.sources import MAX_FIELD_CHARS
+
+    long_page = PAGE + "?q=" + "x" * (2 * MAX_FIELD_CHARS)
+    _capture_warc(tmp_path / "c.warc", [_request("q", IMG, long_page),
+                                        _image("r", IMG, 1, to=("q",))])
+    ((_, page),) = _pages(tmp_path / "c.warc")
+    assert page == long_page[:MAX_FIELD_CHARS] + "…[cut]"
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        summary = c.ingest(iter_warc(tmp_path / "c.warc"))
+        (s,) = c.image(hashlib.sha256(jpeg_bytes(1)).hexdigest()).sightings
+    assert summary.images_added == 1 and s.page_url == page
 
 
 # ------------------------------------------------------------- JSONL and stdin

@@ -11,10 +11,12 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 import imgmatch
+from imgmatch.integrations.scrapy import ImgmatchPipeline
 
 pytest.importorskip("scrapy")
 
@@ -94,6 +96,7 @@ def test_crawl_through_files_pipeline_into_the_catalog(tmp_path, site):
     assert {s.page_url for s in cat.sightings} == {start.replace("index.html", "ad/101"),
                                                     start.replace("index.html", "ad/103")}
     assert all(s.url.endswith("/img/a.jpg") for s in cat.sightings)
+    assert all(s.collected_at for s in cat.sightings), "dated when the pipeline took the item"
     assert cat.sightings[0].extra["phone"] in ("555-0101", "555-0103")
     assert [s.ad_id for s in rocket.sightings] == ["103"]
     # the repost of the cat photo is linked to it
@@ -148,3 +151,94 @@ def test_feed_and_store_of_scrapys_media_pipelines_through_the_cli(tmp_path, sit
         (copy,) = cat
         (repost,) = {digest for digest, _ in by_url["b.jpg"]}
         assert repost in {link.sha256 for link in images[copy].links}
+
+
+# ------------------------------------------------- the pipeline, in this process
+def _stored_item(tmp_path: Path, **fields) -> tuple[Path, dict, str]:
+    """A FILES_STORE holding one photo, and the item FilesPipeline would pass on."""
+    store = tmp_path / "files"
+    (store / "full").mkdir(parents=True)
+    data = (FIXTURES / "originals" / "cat.jpg").read_bytes()
+    (store / "full" / "a.jpg").write_bytes(data)
+    item = {"url": "https://citylist.example/ad/1", "ad_id": "1", **fields,
+            "files": [{"url": "https://img.citylist.example/a.jpg", "path": "full/a.jpg"}]}
+    return store, item, hashlib.sha256(data).hexdigest()
+
+
+def _sighting(db: Path, sha256: str):
+    with imgmatch.Collection.open(db, readonly=True) as c:
+        (s,) = c.image(sha256).sightings
+    return s
+
+
+@pytest.mark.filterwarnings("error::scrapy.exceptions.ScrapyDeprecationWarning")
+def test_the_pipeline_follows_scrapys_current_api(tmp_path):
+    """Current Scrapy warns about (and will stop passing) the spider argument
+    of a pipeline's methods; the pipeline finds the spider through its crawler."""
+    import asyncio
+
+    import scrapy
+    from scrapy.pipelines import ItemPipelineManager
+    from scrapy.utils.test import get_crawler
+
+    if not hasattr(ItemPipelineManager, "open_spider_async"):
+        pytest.skip("this Scrapy still passes the spider to every pipeline method")
+
+    class Ads(scrapy.Spider):
+        name = "citylist"
+
+    store, item, sha = _stored_item(tmp_path)
+    db = tmp_path / "case.db"
+    crawler = get_crawler(Ads, {
+        "ITEM_PIPELINES": {"imgmatch.integrations.scrapy.ImgmatchPipeline": 300},
+        "IMGMATCH_DB": str(db), "FILES_STORE": str(store)})
+
+    async def crawl() -> None:
+        manager = ItemPipelineManager.from_crawler(crawler)  # warns here if outdated
+        crawler.spider = Ads.from_crawler(crawler)
+        await manager.open_spider_async()
+        await manager.process_item_async(item)
+        await manager.close_spider_async()
+
+    asyncio.run(crawl())
+    s = _sighting(db, sha)
+    assert (s.platform, s.page_url, s.ad_id) == ("citylist", item["url"], "1")
+
+
+def test_the_pipeline_still_takes_the_spider_older_scrapy_passes(tmp_path):
+    store, item, sha = _stored_item(tmp_path)
+    spider = SimpleNamespace(name="citylist")
+    pipeline = ImgmatchPipeline(tmp_path / "case.db", store)
+    pipeline.open_spider(spider)
+    assert pipeline.process_item(item, spider) is item
+    pipeline.close_spider(spider)
+    assert _sighting(tmp_path / "case.db", sha).platform == "citylist"
+    assert pipeline.stats == {"files": 1, "failed": 0}
+
+
+def test_the_pipeline_dates_each_sighting_when_it_took_the_item(tmp_path):
+    from imgmatch.catalog import utcnow
+
+    store, item, sha = _stored_item(tmp_path)
+    pipeline = ImgmatchPipeline(tmp_path / "case.db", store, platform="citylist")
+    pipeline.open_spider(SimpleNamespace(name="citylist"))
+    before = utcnow()
+    pipeline.process_item(item)
+    after = utcnow()
+    pipeline.close_spider()
+    collected = _sighting(tmp_path / "case.db", sha).collected_at
+    assert collected is not None and before <= collected <= after  # ISO 8601 UTC, to the s
+    assert "collected_at" not in item, "the item is passed on as it came"
+
+
+@pytest.mark.parametrize("given, stored", [
+    ("2024-05-06T07:08:09+02:00", "2024-05-06T05:08:09Z"),
+    ("1714972089", "2024-05-06T05:08:09Z"),
+])
+def test_the_pipeline_keeps_an_items_own_collected_at(tmp_path, given, stored):
+    store, item, sha = _stored_item(tmp_path, collected_at=given)
+    pipeline = ImgmatchPipeline(tmp_path / "case.db", store, platform="citylist")
+    pipeline.open_spider(SimpleNamespace(name="citylist"))
+    pipeline.process_item(item)
+    pipeline.close_spider()
+    assert _sighting(tmp_path / "case.db", sha).collected_at == stored

@@ -267,3 +267,42 @@ def test_iter_paths_on_the_fixtures():
     assert "queries/unrelated.jpg" in names
     assert "manifest.csv" not in names and "README.md" not in names
     assert len(items) == 27
+
+
+def test_iter_paths_dates_files_by_their_modification_time_only_when_asked(tmp_path):
+    root = tmp_path / "crawl"
+    (root / "sub").mkdir(parents=True)
+    named = tmp_path / "named.jpg"
+    for path, mtime in ((root / "a.jpg", 1_700_000_000), (root / "sub" / "b.png", 1_700_000_000.75),
+                        (named, 999_999_999)):
+        path.write_bytes(b"x")
+        os.utime(path, (0, mtime))
+    assert all(i.sighting.collected_at is None for i in iter_paths([root, named]))
+    dated = {Path(i.source).name: i.sighting.collected_at
+             for i in iter_paths([root, named], file_times=True)}
+    assert dated == {"a.jpg": "2023-11-14T22:13:20Z", "b.png": "2023-11-14T22:13:20Z",
+                     "named.jpg": "2001-09-09T01:46:39Z"}
+
+
+def test_file_times_of_a_missing_file_leave_it_to_the_ingest(tmp_path):
+    (item,) = iter_paths([tmp_path / "gone.jpg"], file_times=True)
+    assert item.sighting.collected_at is None and item.error is None
+
+
+@pytest.mark.parametrize("flag, expected", [([], None), (["--file-times"], "2023-11-14T22:13:20Z")])
+def test_cli_ingest_takes_file_times_only_with_its_flag(tmp_path, capsys, flag, expected):
+    import hashlib
+
+    import imgmatch
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photo = folder / "cat.jpg"
+    photo.write_bytes((FIXTURES / "originals" / "cat.jpg").read_bytes())
+    os.utime(photo, (0, 1_700_000_000))
+    db = tmp_path / "c.db"
+    assert main(["--db", str(db), "ingest", str(folder), *flag, "--workers", "0",
+                 "--quiet", "--json"]) == 0
+    with imgmatch.Collection.open(db, readonly=True) as c:
+        (s,) = c.image(hashlib.sha256(photo.read_bytes()).hexdigest()).sightings
+    assert s.collected_at == expected

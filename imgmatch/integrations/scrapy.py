@@ -14,18 +14,25 @@ stored paths::
 
 The item's own fields describe the ad: its ``url`` becomes each sighting's
 page URL, ``ad_id``, ``posted_at`` and the like are kept as they are, and
-other fields as extra metadata. Prefer FilesPipeline to ImagesPipeline:
-ImagesPipeline re-encodes every image to JPEG, so its files (and their
-SHA-256) are not the bytes the site served.
+other fields as extra metadata. ``collected_at`` is the item's own field when
+it has one, else the time the pipeline took the item (ISO 8601 UTC): when it
+was scraped, give or take the download of its files. Prefer FilesPipeline to
+ImagesPipeline: ImagesPipeline re-encodes every image to JPEG, so its files
+(and their SHA-256) are not the bytes the site served.
 
 Scrapy itself is not a dependency of imgmatch: the pipeline only reads the
-crawler's settings and the items, as dicts or anything ``dict()`` accepts.
+crawler's settings and spider, and the items, as dicts or anything ``dict()``
+accepts. Its methods take the spider as an optional argument: older Scrapy
+passes it, current Scrapy warns about a pipeline that requires it and will
+stop passing it, so the spider is found through the crawler.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from ..catalog import utcnow
 from ..collection import Collection
 from ..errors import ImgmatchError
 from ..sources import Item, scrapy_item_files
@@ -39,6 +46,8 @@ class ImgmatchPipeline:
         self.platform = platform
         self.batch = max(1, int(batch))
         self.collection: Collection | None = None
+        #: Scrapy's Crawler, once from_crawler made this pipeline (Scrapy is not a dependency)
+        self.crawler: Any = None
         self.pending: list[Item] = []
         self.stats = {"files": 0, "failed": 0}
 
@@ -50,17 +59,26 @@ class ImgmatchPipeline:
         if not db or not store:
             raise ImgmatchError("set IMGMATCH_DB and FILES_STORE (or IMAGES_STORE) to use "
                                 "imgmatch's Scrapy pipeline")
-        return cls(db, store, settings.get("IMGMATCH_PLATFORM"),
-                   settings.getint("IMGMATCH_BATCH", 64) if hasattr(settings, "getint")
-                   else int(settings.get("IMGMATCH_BATCH", 64)))
+        pipeline = cls(db, store, settings.get("IMGMATCH_PLATFORM"),
+                       settings.getint("IMGMATCH_BATCH", 64) if hasattr(settings, "getint")
+                       else int(settings.get("IMGMATCH_BATCH", 64)))
+        pipeline.crawler = crawler  # its spider names the platform when none is set
+        return pipeline
 
-    def open_spider(self, spider) -> None:
+    def open_spider(self, spider: Any = None) -> None:
+        """Open the collection. ``spider`` is optional: current Scrapy warns about a
+        required one and will stop passing it; older versions still pass it."""
         self.collection = Collection.open(self.db)
+        if spider is None:
+            spider = getattr(self.crawler, "spider", None)
         if self.platform is None:
             self.platform = getattr(spider, "name", None)
 
-    def process_item(self, item, spider=None):
+    def process_item(self, item: Any, spider: Any = None) -> Any:
+        """Queue the item's stored files; the item goes on unchanged."""
         row = dict(item)
+        if row.get("collected_at") in (None, ""):
+            row["collected_at"] = utcnow()  # scraped just now: a timeline needs a date
         label = f"scrapy:{row.get('url') or 'item'}"
         self.pending.extend(scrapy_item_files(row, self.store.resolve(), self.store, label,
                                               self.platform))
@@ -68,7 +86,7 @@ class ImgmatchPipeline:
             self._flush()
         return item
 
-    def close_spider(self, spider=None) -> None:
+    def close_spider(self, spider: Any = None) -> None:
         try:
             self._flush()
         finally:

@@ -26,12 +26,16 @@ def _day(when: str | None) -> str:
 def write_table(clusters: Sequence[Cluster], out: TextIO, *,
                 fields: Sequence[str] = ()) -> None:
     cross = sum(1 for c in clusters if len(c.platforms) > 1)
-    out.write(f"{len(clusters)} reused pictures, {cross} seen on more than one platform\n")
+    out.write(f"{len(clusters)} reused picture{'s' if len(clusters) != 1 else ''}, "
+              f"{cross} seen on more than one platform\n")
     for rank, c in enumerate(clusters, start=1):
         out.write("\n")
         order = " -> ".join(f"{clean(p, 30)} ({_day(d)})" for p, d in c.platform_order)
-        out.write(f"#{rank}  cluster {c.id}: {len(c.platforms)} platforms, "
-                  f"{len(c.images)} images, {len(c.sightings)} sightings, {c.ads} ads, "
+        n_p, n_i, n_s = len(c.platforms), len(c.images), len(c.sightings)
+        out.write(f"#{rank}  cluster {c.id}: {n_p} platform{'s' if n_p != 1 else ''}, "
+                  f"{n_i} image{'s' if n_i != 1 else ''}, "
+                  f"{n_s} sighting{'s' if n_s != 1 else ''}, "
+                  f"{c.ads} ad{'s' if c.ads != 1 else ''}, "
                   f"{_day(c.first_seen)} .. {_day(c.last_seen)}\n")
         if order:
             out.write(f"    route: {order}\n")
