@@ -800,11 +800,20 @@ def reindex(db: Path) -> int:
               help="Signals every image should have (default: the collection's own and "
                    "pdq,phash,dhash).")
 @click.option("--robust", is_flag=True, help="Also local features (the robust tier).")
+@click.option("--workers", type=click.IntRange(0, 256), default=default_workers(),
+              show_default="all cores", help="Worker processes that decode and hash, as "
+                                             "for ingest (0: in this process).")
+@click.option("--timeout", type=click.FloatRange(0.1), default=DEFAULT_TIMEOUT,
+              show_default=True, help="Seconds one file may take before it is recorded "
+                                      "as failed.")
+@click.option("--max-memory", type=click.IntRange(0), default=DEFAULT_MAX_MEMORY >> 20,
+              show_default=True, help="MB each worker may use beyond its size at start "
+                                      "(0: no limit).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.pass_obj
-def upgrade(db: Path, signal_list: tuple[str, ...] | None, robust: bool, quiet: bool,
-            as_json: bool) -> int:
+def upgrade(db: Path, signal_list: tuple[str, ...] | None, robust: bool, workers: int,
+            timeout: float, max_memory: int, quiet: bool, as_json: bool) -> int:
     """Give every image the signals it lacks, read again from where it was seen
     (its file, WARC record or Scrapy store), and link it anew. Images that no
     source holds any more are listed with the reason; run again when they are
@@ -816,7 +825,9 @@ def upgrade(db: Path, signal_list: tuple[str, ...] | None, robust: bool, quiet: 
             names = names + (registry.FEATURES,)
         progress = Progress(enabled=False if (quiet or as_json) else None)
         try:
-            summary = collection.upgrade(names, on_progress=lambda s: progress.update(
+            summary = collection.upgrade(
+                names, workers=workers, timeout=timeout, max_memory=(max_memory << 20) or None,
+                on_progress=lambda s: progress.update(
                 s.images_upgraded + len(s.unreachable), s.images_upgraded,
                 len(s.unreachable)))
         finally:

@@ -254,15 +254,18 @@ class Collection:
                 self.catalog.finish_run(run_id, status, summary.to_json() | {"failures": None})
         return summary
 
-    def upgrade(self, signals: Sequence[str] | None = None, *,
+    def upgrade(self, signals: Sequence[str] | None = None, *, workers: int = 0,
+                timeout: float = 60.0, max_memory: int | None = DEFAULT_MAX_MEMORY,
                 on_progress: Callable[[UpgradeSummary], None] | None = None
                 ) -> UpgradeSummary:
         """Give every catalogued image the signals it lacks, read again from
         where it was seen (see :mod:`imgmatch.upgrade`), and link it anew.
 
         ``signals``: the signals every image should have (default: the
-        collection's own, :meth:`coverage`, plus the defaults). Images no
-        source can give again are listed in the summary with the reason.
+        collection's own, :meth:`coverage`, plus the defaults). ``workers``,
+        ``timeout`` and ``max_memory`` as for :meth:`ingest`: the files are
+        decoded again, so they get the same isolation. Images no source can
+        give again are listed in the summary with the reason.
         """
         started = time.monotonic()
         wanted = tuple(dict.fromkeys(signals or (*registry.DEFAULT_SIGNALS,
@@ -276,7 +279,8 @@ class Collection:
         replaced: set[str] = set()
         try:
             linker = self._linker(wanted, older_only=False)
-            for batch in upgrade_batches(self.catalog, wanted, summary):
+            for batch in upgrade_batches(self.catalog, wanted, summary, workers=workers,
+                                         timeout=timeout, max_memory=max_memory):
                 variants = {a.sha256: a.variants for _, a, _ in batch}
                 local = {a.sha256: a.features for _, a, _ in batch if a.features is not None}
                 rows = [(image_id, row) for image_id, _, row in batch]

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import signals as registry
-from .analysis import Analysis, analyse
+from .analysis import Analysis
 from .catalog import Catalog, ImageRow
 from .errors import InputError
 from .signals import FEATURES
+from .workers import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT, InlinePool, Job, ProcessPool
 
 #: Images written per transaction.
 BATCH = 200
@@ -123,15 +125,13 @@ def _read_warc_record(path: Path, offset: int, source: str) -> bytes:
                          reason="missing-record") from None
 
 
-def reanalyse(catalog: Catalog, image_id: int, names: Sequence[str]
-              ) -> tuple[Analysis | None, str | None]:
-    """The image's missing signals from the first source that still holds its
-    bytes: (analysis, None), or (None, why not)."""
+def reread(catalog: Catalog, image_id: int) -> tuple[str, bytes] | str:
+    """(source, bytes) from the first of the image's sources that still holds
+    its bytes, or why none does."""
     row = catalog.conn.execute("SELECT sha256 FROM images WHERE id = ?",
                                (image_id,)).fetchone()
     if row is None or row[0] is None:
-        return None, "hash-only: imported from a hash list, there are no bytes to read"
-    sha256 = row[0]
+        return "hash-only: imported from a hash list, there are no bytes to read"
     sources = [s for (s,) in catalog.conn.execute(
         "SELECT DISTINCT source FROM sightings WHERE image_id = ? AND source IS NOT NULL "
         "ORDER BY id", (image_id,))]
@@ -142,38 +142,73 @@ def reanalyse(catalog: Catalog, image_id: int, names: Sequence[str]
         except InputError as exc:
             why = f"{exc.reason}: {exc}"
             continue
-        if hashlib.sha256(data).hexdigest() != sha256:
+        if hashlib.sha256(data).hexdigest() != row[0]:
             why = f"source-changed: {source} holds other bytes now"
             continue
-        analysis = analyse(data, names, source, sha256)
-        if analysis.image is None:
-            return None, f"{analysis.reason}: {analysis.detail}"
-        return analysis, None
-    return None, why
+        return source, data
+    return why
 
 
-def batches(catalog: Catalog, signals: Sequence[str], summary: UpgradeSummary
+def batches(catalog: Catalog, signals: Sequence[str], summary: UpgradeSummary, *,
+            workers: int = 0, timeout: float = DEFAULT_TIMEOUT,
+            max_memory: int | None = DEFAULT_MAX_MEMORY
             ) -> Iterator[list[tuple[int, Analysis, ImageRow]]]:
     """The images lacking any of ``signals``, in batches: (image id, analysis
     for every one of ``signals``, the row of the missing values to write). The
-    analysis covers all of them because new links weigh every signal. Images
-    that cannot be read again are added to ``summary.unreachable``."""
+    analysis covers all of them because new links weigh every signal.
+
+    Bytes are read here (their SHA-256 checked) and analysed by ``workers``
+    supervised processes, as an ingest does: a file that crashes or hangs a
+    decoder costs its worker, not the upgrade (0: in this process). Images
+    that cannot be read again or analysed are added to ``summary.unreachable``.
+    """
     todo = missing(catalog, signals)
     summary.images_missing = len(todo)
+    names = tuple(signals)
+    pool = ProcessPool(names, workers, timeout, max_memory=max_memory) if workers >= 1 \
+        else InlinePool(names)
     batch: list[tuple[int, Analysis, ImageRow]] = []
-    for image_id, names in todo.items():
-        analysis, why = reanalyse(catalog, image_id, signals)
-        if analysis is None or analysis.image is None:
-            key = catalog.conn.execute("SELECT coalesce(sha256, hash_key) FROM images "
-                                       "WHERE id = ?", (image_id,)).fetchone()[0]
-            summary.unreachable.append((key, why or "unknown"))
-            continue
-        row = replace(analysis.image,
-                      signals=tuple(s for s in analysis.image.signals if s.signal in names),
-                      features=analysis.image.features if FEATURES in names else None)
-        batch.append((image_id, analysis, row))
-        if len(batch) >= BATCH:
-            yield batch
-            batch = []
+    returned = 0
+
+    def take(timeout: float) -> Iterator[list[tuple[int, Analysis, ImageRow]]]:
+        """Batches completed by the results the workers have ready."""
+        nonlocal batch, returned
+        for image_id, analysis in pool.results(timeout):
+            returned += 1
+            if analysis.image is None:
+                unreachable(image_id, f"{analysis.reason}: {analysis.detail}")
+                continue
+            lacking = todo[image_id]
+            row = replace(analysis.image,
+                          signals=tuple(s for s in analysis.image.signals if s.signal in lacking),
+                          features=analysis.image.features if FEATURES in lacking else None)
+            batch.append((image_id, analysis, row))
+            if len(batch) >= BATCH:
+                yield batch
+                batch = []
+
+    def unreachable(image_id: int, why: str) -> None:
+        key = catalog.conn.execute("SELECT coalesce(sha256, hash_key) FROM images "
+                                   "WHERE id = ?", (image_id,)).fetchone()[0]
+        summary.unreachable.append((key, why))
+
+    submitted = 0
+    try:
+        for image_id in todo:
+            found = reread(catalog, image_id)
+            if isinstance(found, str):
+                unreachable(image_id, found)
+                continue
+            job = Job(image_id, found[0], data=found[1])
+            while not pool.can_take(job):  # the workers' queues are full: let them run
+                time.sleep(0.005)
+                yield from take(0.0)
+            pool.submit(job)
+            submitted += 1
+            yield from take(0.0)
+        while returned < submitted:
+            yield from take(0.1)
+    finally:
+        pool.close()
     if batch:
         yield batch

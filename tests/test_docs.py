@@ -36,6 +36,20 @@ def test_api_examples_run(tmp_path, monkeypatch):
     assert "citylist" in out.getvalue()
 
 
+def test_readme_example_runs(tmp_path, monkeypatch):
+    """The README's Python example, as a new user would paste it: in a folder
+    holding the two files it names (a photo and a repost of it)."""
+    (block,) = python_blocks(ROOT / "README.md")
+    (tmp_path / "ad.jpg").write_bytes((ROOT / "fixtures/originals/astronaut.jpg").read_bytes())
+    (tmp_path / "suspect.jpg").write_bytes(
+        (ROOT / "fixtures/reposts/astronaut_citylist_2023.jpg").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(block, "README.md", "exec"), {})
+    assert "['citylist']" in out.getvalue()
+
+
 def _commands(group: click.Group, prefix: str = "") -> list[str]:
     names = []
     for name, command in group.commands.items():

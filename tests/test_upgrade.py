@@ -17,6 +17,7 @@ from PIL import Image
 
 from imgmatch import Collection
 from imgmatch import upgrade as upgrade_module
+from imgmatch import workers
 from imgmatch.catalog import Catalog
 from imgmatch.cli import cli
 from imgmatch.collection import hash_bytes
@@ -184,7 +185,7 @@ def test_an_upgrade_stopped_midway_keeps_what_it_wrote_and_resumes(tmp_path, mon
     with Collection.open(db) as c:
         c.ingest(iter_paths([tmp_path / "photos"]), signals=("phash",))
     monkeypatch.setattr(upgrade_module, "BATCH", 2)
-    real = upgrade_module.analyse
+    real = workers.analyse_source
     calls = []
 
     def failing(*args, **kwargs):
@@ -193,15 +194,43 @@ def test_an_upgrade_stopped_midway_keeps_what_it_wrote_and_resumes(tmp_path, mon
             raise KeyboardInterrupt  # a kill between two batches' transactions
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(upgrade_module, "analyse", failing)
+    monkeypatch.setattr(workers, "analyse_source", failing)
     with Collection.open(db) as c, pytest.raises(KeyboardInterrupt):
-        c.upgrade(("phash", "pdq"))
+        c.upgrade(("phash", "pdq"))  # in this process (workers=0), so the patch applies
     assert _signal_rows(db)["pdq"] == 2  # the first batch, whole
     with Catalog.open(db, readonly=True) as catalog:
         run = catalog.last_runs(1)[0]
         assert run["status"] == "interrupted" and run["stats"]["images_upgraded"] == 2
-    monkeypatch.setattr(upgrade_module, "analyse", real)
+    monkeypatch.setattr(workers, "analyse_source", real)
     with Collection.open(db) as c:
         rest = c.upgrade(("phash", "pdq"))
     assert rest.images_missing == 4 and rest.images_upgraded == 4
     assert _signal_rows(db)["pdq"] == 6
+
+
+def test_a_file_that_crashes_its_decoder_costs_its_worker_not_the_upgrade(tmp_path,
+                                                                          monkeypatch):
+    """The files are decoded again, so they get an ingest's isolation: the
+    worker analysing a file that kills it is replaced, the file is recorded
+    as unreachable with the reason, and the other images are upgraded."""
+    photos = _copy_originals(tmp_path / "photos")
+    db = tmp_path / "c.db"
+    with Collection.open(db) as c:
+        c.ingest(iter_paths([tmp_path / "photos"]), signals=("phash",))
+    doomed = photos[2].name
+    real = workers.analyse_source
+
+    def crashing(path, data, names, source, *args, **kwargs):
+        if source.endswith(doomed):
+            import faulthandler
+            import os
+            import signal
+            faulthandler.disable()  # no fatal-error dump in a passing run
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return real(path, data, names, source, *args, **kwargs)
+
+    monkeypatch.setattr(workers, "analyse_source", crashing)  # forked workers inherit it
+    with Collection.open(db) as c:
+        summary = c.upgrade(("phash", "pdq"), workers=2, timeout=30)
+    assert summary.images_upgraded == 5
+    assert len(summary.unreachable) == 1 and "crash" in summary.unreachable[0][1]
