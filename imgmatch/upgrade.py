@@ -7,10 +7,11 @@ nothing, the robust tier cannot find images without local features. The
 catalog keeps no pictures, but it keeps where each was seen: a file path, a
 WARC record (``archive.warc.gz#offset``) or a file of a Scrapy store. Each
 image lacking a signal is read from the first of its sources that still
-holds the same bytes (the SHA-256 must agree), analysed for the missing
-signals only, and written in batches, one transaction each, so that a kill
-leaves the catalog consistent and a second run goes on where the first
-stopped. Images no source can give again are counted with the reason.
+holds the same bytes (the SHA-256 must agree), analysed again (by
+supervised workers, as an ingest does), and its missing values written with
+its links found anew, in batches of one transaction each: a kill leaves the
+catalog consistent and a second run goes on where the first stopped. Images
+no source can give again are listed with the reason.
 """
 
 from __future__ import annotations
@@ -63,26 +64,37 @@ class UpgradeSummary:
                 "seconds": round(self.seconds, 3)}
 
 
-def missing(catalog: Catalog, signals: Sequence[str]) -> dict[int, tuple[str, ...]]:
-    """Per image id, the signals it lacks (or holds from another version).
-    Images known only by a partner's hash are left out: they have no bytes."""
-    out: dict[int, list[str]] = {}
-    for name in signals:
-        if name == FEATURES:
-            from .features import VERSION
-            rows = catalog.conn.execute(
-                "SELECT i.id FROM images i LEFT JOIN features f ON f.image_id = i.id "
-                "WHERE i.sha256 IS NOT NULL AND (f.image_id IS NULL OR f.version != ?)",
-                (VERSION,))
-        else:
-            rows = catalog.conn.execute(
-                "SELECT i.id FROM images i LEFT JOIN signals s "
-                "ON s.image_id = i.id AND s.signal = ? "
-                "WHERE i.sha256 IS NOT NULL AND (s.image_id IS NULL OR s.version != ?)",
-                (name, registry.get(name).version))
-        for (image_id,) in rows:
-            out.setdefault(image_id, []).append(name)
-    return {i: tuple(names) for i, names in sorted(out.items())}
+#: Image ids looked at per query for missing signals (memory stays flat).
+WINDOW = 10_000
+
+
+def missing(catalog: Catalog, signals: Sequence[str]) -> Iterator[tuple[int, tuple[str, ...]]]:
+    """Each image id with the signals it lacks (or holds from another
+    version), in id order, a window of ids at a time. Images known only by a
+    partner's hash are left out: they have no bytes."""
+    from .features import VERSION
+
+    last = int(catalog.conn.execute("SELECT coalesce(max(id), 0) FROM images").fetchone()[0])
+    for low in range(0, last, WINDOW):
+        high = low + WINDOW
+        out: dict[int, list[str]] = {}
+        for name in signals:
+            if name == FEATURES:
+                rows = catalog.conn.execute(
+                    "SELECT i.id FROM images i LEFT JOIN features f ON f.image_id = i.id "
+                    "WHERE i.id > ? AND i.id <= ? AND i.sha256 IS NOT NULL "
+                    "AND (f.image_id IS NULL OR f.version != ?)", (low, high, VERSION))
+            else:
+                rows = catalog.conn.execute(
+                    "SELECT i.id FROM images i LEFT JOIN signals s "
+                    "ON s.image_id = i.id AND s.signal = ? "
+                    "WHERE i.id > ? AND i.id <= ? AND i.sha256 IS NOT NULL "
+                    "AND (s.image_id IS NULL OR s.version != ?)",
+                    (name, low, high, registry.get(name).version))
+            for (image_id,) in rows:
+                out.setdefault(image_id, []).append(name)
+        for image_id in sorted(out):
+            yield image_id, tuple(out[image_id])
 
 
 def read_source(source: str) -> bytes:
@@ -132,9 +144,9 @@ def reread(catalog: Catalog, image_id: int) -> tuple[str, bytes] | str:
                                (image_id,)).fetchone()
     if row is None or row[0] is None:
         return "hash-only: imported from a hash list, there are no bytes to read"
-    sources = [s for (s,) in catalog.conn.execute(
-        "SELECT DISTINCT source FROM sightings WHERE image_id = ? AND source IS NOT NULL "
-        "ORDER BY id", (image_id,))]
+    sources = list(dict.fromkeys(s for (s,) in catalog.conn.execute(
+        "SELECT source FROM sightings WHERE image_id = ? AND source IS NOT NULL "
+        "ORDER BY id", (image_id,))))
     why = "no-source: no sighting names a file or a record"
     for source in sources:
         try:
@@ -162,8 +174,7 @@ def batches(catalog: Catalog, signals: Sequence[str], summary: UpgradeSummary, *
     decoder costs its worker, not the upgrade (0: in this process). Images
     that cannot be read again or analysed are added to ``summary.unreachable``.
     """
-    todo = missing(catalog, signals)
-    summary.images_missing = len(todo)
+    lacking_of: dict[int, tuple[str, ...]] = {}  # of the images in the workers' hands
     names = tuple(signals)
     pool = ProcessPool(names, workers, timeout, max_memory=max_memory) if workers >= 1 \
         else InlinePool(names)
@@ -176,9 +187,10 @@ def batches(catalog: Catalog, signals: Sequence[str], summary: UpgradeSummary, *
         for image_id, analysis in pool.results(timeout):
             returned += 1
             if analysis.image is None:
+                lacking_of.pop(image_id, None)
                 unreachable(image_id, f"{analysis.reason}: {analysis.detail}")
                 continue
-            lacking = todo[image_id]
+            lacking = lacking_of.pop(image_id)
             row = replace(analysis.image,
                           signals=tuple(s for s in analysis.image.signals if s.signal in lacking),
                           features=analysis.image.features if FEATURES in lacking else None)
@@ -194,11 +206,13 @@ def batches(catalog: Catalog, signals: Sequence[str], summary: UpgradeSummary, *
 
     submitted = 0
     try:
-        for image_id in todo:
+        for image_id, lacking in missing(catalog, signals):
+            summary.images_missing += 1
             found = reread(catalog, image_id)
             if isinstance(found, str):
                 unreachable(image_id, found)
                 continue
+            lacking_of[image_id] = lacking
             job = Job(image_id, found[0], data=found[1])
             while not pool.can_take(job):  # the workers' queues are full: let them run
                 time.sleep(0.005)

@@ -185,6 +185,7 @@ def test_an_upgrade_stopped_midway_keeps_what_it_wrote_and_resumes(tmp_path, mon
     with Collection.open(db) as c:
         c.ingest(iter_paths([tmp_path / "photos"]), signals=("phash",))
     monkeypatch.setattr(upgrade_module, "BATCH", 2)
+    monkeypatch.setattr(upgrade_module, "WINDOW", 4)  # ids looked at 4 at a time
     real = workers.analyse_source
     calls = []
 
