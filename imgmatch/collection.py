@@ -8,10 +8,12 @@ then appended rather than rebuilt). Anything else is rebuilt.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +29,12 @@ from .descriptors import DescriptorIndex
 from .errors import ImgmatchError, IndexFileError, MissingFile, error_for
 from .index import BinaryIndex
 from .ingest import DEFAULT_BATCH, IngestSummary, analyse, ingest
+from .keys import key_hash
 from .match import MATCH_SCORE, IndexLinker, find_matches, score_pairs
 from .model import Added, Cluster, ImageRecord, Link, Match
 from .signals import FEATURES, HashValue
 from .sources import Item
+from .text import parse_when
 from .upgrade import UpgradeSummary
 from .upgrade import batches as upgrade_batches
 from .workers import DEFAULT_MAX_MEMORY
@@ -359,16 +363,40 @@ class Collection:
         """
         data, source = _read(image)
         signals = self._tier(signals)
-        if sighting is None:  # a path names where the bytes came from; bare bytes do not
-            sighting = SightingRow(source=None if source == "<bytes>" else source)
-        analysis = analyse_source(None, data, signals, sighting.source or source,
-                                  self.catalog.has_image)
-        if analysis.image is None and not analysis.known:
-            raise error_for(analysis.reason, analysis.detail, sighting.source or source)
-        summary = self.ingest([Item(sighting.source or source, sighting, data=data,
-                                    analysis=analysis)], signals=signals)
-        return Added(analysis.sha256, new_image=summary.images_added == 1,
-                     new_sighting=summary.sightings_added == 1)
+        item = _analysed(data, source, sighting, signals, self.catalog.has_image)
+        summary = self.ingest([item], signals=signals)
+        return _added(item, summary)
+
+    def add_and_match(self, image: bytes | str | Path, sighting: SightingRow | None = None,
+                      *, signals: Sequence[str] = registry.DEFAULT_SIGNALS, top_k: int = 10,
+                      run_id: int | None = None,
+                      lock: AbstractContextManager | None = None) -> tuple[Added, list[Match]]:
+        """:meth:`add`, answered with the image's matches among the others (best
+        first, at most ``top_k``): what a crawler sending one image at a time wants.
+
+        ``lock``: for a caller that adds from many threads into one collection
+        (the HTTP service). It is held while the catalog is read or written and
+        the indexes searched, never while the image is decoded and hashed, so
+        uploads are analysed in parallel. ``run_id``: as for :meth:`ingest`.
+        """
+        guard = lock if lock is not None else nullcontext()
+        data, source = _read(image)
+        with guard:
+            signals = self._tier(signals)
+
+        def known(sha256: str) -> bool:  # known bytes are not decoded again
+            with guard:
+                return self.catalog.has_image(sha256)
+
+        item = _analysed(data, source, sighting, signals, known)
+        analysis = item.analysis
+        pixels = functools.cache(lambda: decode(data, source=item.source))  # if known
+        with guard:
+            summary = self.ingest([item], signals=signals, run_id=run_id)
+            matches = self.query_decoded(pixels, top_k=top_k + 1, min_score=MATCH_SCORE,
+                                         variants=analysis.variants, local=analysis.features)
+        return _added(item, summary), \
+            [m for m in matches if m.sha256 != analysis.sha256][:top_k]
 
     def add_many(self, pairs: Iterable[tuple[bytes | str | Path, SightingRow | None]],
                  **kwargs) -> IngestSummary:
@@ -510,11 +538,16 @@ class Collection:
 
     # ------------------------------------------------------------------ query
     def query(self, image: bytes | str | Path, *, top_k: int = 10,
-              min_score: float = MATCH_SCORE) -> list[Match]:
-        """Where else has this image appeared? Best matches first."""
+              min_score: float = MATCH_SCORE,
+              lock: AbstractContextManager | None = None) -> list[Match]:
+        """Where else has this image appeared? Best matches first.
+
+        ``lock``: as for :meth:`add_and_match`, held while searching, not while decoding.
+        """
         data, source = _read(image)
-        return self.query_decoded(decode(data, source=source), top_k=top_k,
-                                  min_score=min_score)
+        decoded = decode(data, source=source)
+        with lock if lock is not None else nullcontext():
+            return self.query_decoded(decoded, top_k=top_k, min_score=min_score)
 
     def query_decoded(self, decoded, *, top_k: int = 10, min_score: float = MATCH_SCORE,
                       variants: dict | None = None, local=None) -> list[Match]:
@@ -545,17 +578,43 @@ class Collection:
         """Whether the collection keeps local features (then new images should too)."""
         return self.catalog.feature_count() > 0
 
-    def query_hash(self, value: HashValue, *, top_k: int = 10,
+    def query_hash(self, value: HashValue | str, *, top_k: int = 10,
                    min_score: float = MATCH_SCORE) -> list[Match]:
-        """Matches for a bare hash (for example a partner's PDQ), no pixels needed."""
+        """Matches for a bare hash (for example a partner's PDQ), no pixels needed.
+
+        A string is read as PDQ in hex (64 digits), the form partners exchange;
+        SignalError says what is wrong with one that is not.
+        """
+        if isinstance(value, str):
+            value = registry.get("pdq").from_hex(value)
         sig = registry.get(value.signal)
         query = {value.signal: sig.dihedral_of_value(value)}
         return find_matches(self.catalog, self.indexes, query, top_k=top_k, min_score=min_score)
 
     # ---------------------------------------------------------------- reports
-    def clusters(self, **kwargs) -> list[Cluster]:
-        """Clusters of the same picture (see :func:`imgmatch.cluster.build_clusters`)."""
-        return build_clusters(self.catalog, ignored=self.ignored_image_ids(), **kwargs)
+    def clusters(self, *, since: str | None = None, until: str | None = None,
+                 ignored: set[int] | None = None, **kwargs) -> list[Cluster]:
+        """Clusters of the same picture (see :func:`imgmatch.cluster.build_clusters`),
+        without ignored images: those ignored by name or matching an ignored hash.
+
+        ``since``/``until``: as ``imgmatch report`` reads them, a date (the whole
+        day) or an ISO 8601 time; ImgmatchError names one that is neither.
+        ``ignored``: :meth:`ignored_image_ids` as another collection on the same
+        catalog gave it, for a reader that does not hold the indexes (the
+        writer of the HTTP service does); by default this one asks its own.
+        """
+        since, until = _date_bound(since, "since"), _date_bound(until, "until")
+        if ignored is None:
+            ignored = self.ignored_image_ids()
+        return build_clusters(self.catalog, ignored=ignored, since=since, until=until,
+                              **kwargs)
+
+    def report_json(self, **filters) -> dict:
+        """The JSON report (what ``imgmatch report --format json`` prints) of the
+        :meth:`clusters` these filters give: the one shape for every program."""
+        from .report.jsonfmt import report_dict
+
+        return report_dict(self.clusters(**filters))
 
     # ----------------------------------------------------------------- ignore
     def ignore(self, *, sha256: str | None = None, value: HashValue | None = None,
@@ -584,6 +643,11 @@ class Collection:
             for found, _ in index.range_search(codes, sig.threshold):
                 ids.update(int(i) for i in found)
         return ids
+
+    def key_scopes(self, key: str) -> tuple[str, ...] | None:
+        """The scopes of an HTTP service API key (see :mod:`imgmatch.keys`), None
+        if it is unknown or revoked; the catalog holds only the key's hash."""
+        return self.catalog.api_key_scopes(key_hash(key))
 
     def thumbnails(self, sha256s: Iterable[str]) -> dict[str, bytes]:
         """Stored thumbnails (only if ingested with thumbnails=True), by sha256."""
@@ -675,6 +739,35 @@ def hash_bytes(data: bytes, signals: Sequence[str] = registry.DEFAULT_SIGNALS,
                     for s in img.signals},
         **({"local_features": {"keypoints": img.features[1]}} if img.features else {}),
     }
+
+
+def _analysed(data: bytes, source: str, sighting: SightingRow | None,
+              signals: Sequence[str], known: Callable[[str], bool]) -> Item:
+    """One image to add, analysed (unless ``known`` holds its bytes), with its
+    sighting; the InputError that says why when it cannot be used."""
+    if sighting is None:  # a path names where the bytes came from; bare bytes do not
+        sighting = SightingRow(source=None if source == "<bytes>" else source)
+    name = sighting.source or source
+    analysis = analyse_source(None, data, signals, name, known)
+    if analysis.image is None and not analysis.known:
+        raise error_for(analysis.reason, analysis.detail, name)
+    return Item(name, sighting, data=data, analysis=analysis)
+
+
+def _added(item: Item, summary: IngestSummary) -> Added:
+    return Added(item.analysis.sha256, new_image=summary.images_added == 1,
+                 new_sighting=summary.sightings_added == 1)
+
+
+def _date_bound(value: str | None, name: str) -> str | None:
+    """A clusters ``since``/``until`` as ``imgmatch report`` reads it: a bare date
+    stays a date (so ``until`` takes the whole day), longer text is a UTC time."""
+    if not value:
+        return None
+    parsed = parse_when(value)
+    if parsed is None:
+        raise ImgmatchError(f"{name}: {value!r} is not a date (YYYY-MM-DD)")
+    return parsed[:10] if len(value.strip()) <= 10 else parsed
 
 
 def _read(image: bytes | str | Path) -> tuple[bytes, str]:

@@ -1,11 +1,17 @@
 """The HTTP service: the library over FastAPI, for crawlers that send images.
 
+A shell over :class:`imgmatch.Collection`, as the CLI is: it parses requests,
+calls the library and turns its values and errors into JSON and status codes,
+so both answer alike (the same clusters for the same filters, the same
+matches for the same image).
+
 One writer, parallel readers. Decoding and hashing run in the request's
 worker thread, outside any lock; only writing a new image (with its links)
-and searching the in-memory indexes hold the service's lock, so many clients
-can send at once without a write lost or a "database is locked". Reads of
-the catalog (images, sightings, clusters) use per-thread read-only
-connections, which SQLite's WAL mode lets run beside the writer.
+and searching the in-memory indexes hold the service's lock (the library
+takes it for those steps alone: ``Collection.add_and_match(lock=...)``), so
+many clients can send at once without a write lost or a "database is
+locked". Reads of the catalog (images, sightings, clusters) use per-thread
+read-only collections, which SQLite's WAL mode lets run beside the writer.
 
 Every endpoint but ``/healthz`` needs ``Authorization: Bearer KEY`` (401
 without a valid key, 403 without the scope). Uploads larger than the limit
@@ -15,33 +21,29 @@ length, and as soon as they pass it when they do not.
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from . import __version__
-from . import signals as registry
-from .analysis import analyse_source
-from .catalog import Catalog, SightingRow
-from .cluster import build_clusters
-from .collection import Collection
-from .decode import decode
-from .errors import ImgmatchError, InputError, SignalError, error_for
-from .keys import allows, key_hash
-from .match import MATCH_SCORE
-from .report.jsonfmt import report_dict
-from .sources import Item, sighting_from_mapping
+from . import DEFAULT_SIGNALS, ROBUST_SIGNALS, Collection, Sighting, __version__
+from .errors import ImgmatchError, InputError, SignalError
+from .keys import allows
+from .sources import sighting_from_mapping
 
 #: Seconds between saves of changed indexes (they are caches: a crash only
 #: means the next start appends what the catalog has beyond them).
 SAVE_EVERY = 30.0
+
+#: What the robust tier adds to the hashes: local features.
+LOCAL_FEATURES = tuple(name for name in ROBUST_SIGNALS if name not in DEFAULT_SIGNALS)
 
 
 class ServiceState:
@@ -50,8 +52,8 @@ class ServiceState:
     def __init__(self, db: Path, signals: tuple[str, ...]) -> None:
         self.db = Path(db)
         self.writer = Collection.open(self.db)
-        if self.writer.robust and registry.FEATURES not in signals:
-            signals = (*signals, registry.FEATURES)  # uploads get what ingest would add
+        if self.writer.robust:  # uploads get what ingest would add
+            signals = tuple(dict.fromkeys((*signals, *LOCAL_FEATURES)))
         self.signals = signals
         self.lock = threading.Lock()
         self.run_id = self.writer.catalog.start_run("serve", {"signals": list(signals)})
@@ -62,12 +64,14 @@ class ServiceState:
         self._saver = threading.Thread(target=self._save_loop, daemon=True)
         self._saver.start()
 
-    def reader(self) -> Catalog:
-        catalog = getattr(self._local, "catalog", None)
-        if catalog is None:
-            catalog = Catalog.open(self.db, readonly=True)
-            self._local.catalog = catalog
-        return catalog
+    def reader(self) -> Collection:
+        """This thread's read-only collection (it never loads the indexes: only
+        the writer keeps them, current, in memory)."""
+        collection = getattr(self._local, "collection", None)
+        if collection is None:
+            collection = Collection.open(self.db, readonly=True)
+            self._local.collection = collection
+        return collection
 
     def _save_loop(self) -> None:
         while not self._stop.wait(SAVE_EVERY):
@@ -81,34 +85,29 @@ class ServiceState:
             self.writer.close()
 
     # ---------------------------------------------------------------- actions
-    def add(self, data: bytes, sighting: SightingRow, top_k: int) -> dict:
-        source = sighting.source or "<upload>"
-        analysis = analyse_source(None, data, self.signals, source, self.reader().has_image)
-        if analysis.image is None and not analysis.known:
-            raise error_for(analysis.reason, analysis.detail, source)
-        with self.lock:
-            summary = self.writer.ingest(
-                [Item(source, sighting, data=data, analysis=analysis)],
-                signals=self.signals, run_id=self.run_id)
-            decoded = functools.cache(lambda: decode(data, source=source))
-            matches = self.writer.query_decoded(
-                decoded, top_k=top_k + 1, min_score=MATCH_SCORE,
-                variants=analysis.variants, local=analysis.features)
-        return {"sha256": analysis.sha256, "new_image": summary.images_added == 1,
-                "new_sighting": summary.sightings_added == 1,
-                "matches": [m.to_json() for m in matches if m.sha256 != analysis.sha256][:top_k]}
+    def add(self, data: bytes, sighting: Sighting, top_k: int) -> dict:
+        added, matches = self.writer.add_and_match(
+            data, sighting, signals=self.signals, top_k=top_k, run_id=self.run_id,
+            lock=self.lock)
+        return added.to_json() | {"matches": [m.to_json() for m in matches]}
 
-    def query_image(self, data: bytes, top_k: int, min_score: float) -> list[dict]:
-        decoded = decode(data, source="<upload>")
-        with self.lock:
-            matches = self.writer.query_decoded(decoded, top_k=top_k, min_score=min_score)
+    def query_image(self, data: bytes, top_k: int, min_score: float | None) -> list[dict]:
+        matches = self.writer.query(data, top_k=top_k, lock=self.lock,
+                                    **_given(min_score=min_score))
         return [m.to_json() for m in matches]
 
-    def query_pdq(self, hex_value: str, top_k: int, min_score: float) -> list[dict]:
-        value = registry.get("pdq").from_hex(hex_value)
+    def query_pdq(self, hex_value: str, top_k: int, min_score: float | None) -> list[dict]:
         with self.lock:
-            matches = self.writer.query_hash(value, top_k=top_k, min_score=min_score)
+            matches = self.writer.query_hash(hex_value, top_k=top_k,
+                                             **_given(min_score=min_score))
         return [m.to_json() for m in matches]
+
+    def clusters(self, **filters) -> dict:
+        """The JSON report, built by this thread's reader; which images an ignored
+        hash covers is the writer's to say (it holds the indexes)."""
+        with self.lock:
+            ignored = self.writer.ignored_image_ids()
+        return self.reader().report_json(ignored=ignored, **filters)
 
     def lacking(self, signals: tuple[str, ...] | None = None) -> dict[str, int]:
         """Signals of a query that images of the collection lack (a query
@@ -171,7 +170,7 @@ async def _reply(send, status: int, reason: str, message: str) -> None:
 
 # --------------------------------------------------------------------- the app
 def create_app(db: str | Path, *, max_upload_mb: float = 20.0,
-               signals: tuple[str, ...] = registry.DEFAULT_SIGNALS) -> FastAPI:
+               signals: tuple[str, ...] = DEFAULT_SIGNALS) -> FastAPI:
     """The FastAPI application serving the collection at ``db``."""
     holder: dict[str, ServiceState] = {}
 
@@ -195,7 +194,7 @@ def create_app(db: str | Path, *, max_upload_mb: float = 20.0,
             if not authorization or not authorization.startswith("Bearer "):
                 raise HTTPException(401, "send an API key: Authorization: Bearer KEY",
                                     headers={"WWW-Authenticate": "Bearer"})
-            scopes = state().reader().api_key_scopes(key_hash(authorization[7:].strip()))
+            scopes = state().reader().key_scopes(authorization[7:].strip())
             if scopes is None:
                 raise HTTPException(401, "unknown or revoked API key",
                                     headers={"WWW-Authenticate": "Bearer"})
@@ -213,10 +212,17 @@ def create_app(db: str | Path, *, max_upload_mb: float = 20.0,
         return JSONResponse(status_code=400, content={
             "error": {"reason": "bad-hash", "message": str(exc)}})
 
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError):
+        """A malformed parameter is the client's mistake: 400 naming it, in the
+        service's error shape (not FastAPI's 422)."""
+        return JSONResponse(status_code=400, content={
+            "error": {"reason": "bad-request", "message": _validation_message(exc)}})
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
-        reason = {401: "unauthorized", 403: "forbidden", 404: "not-found"}.get(
-            exc.status_code, "error")
+        reason = {400: "bad-request", 401: "unauthorized", 403: "forbidden",
+                  404: "not-found"}.get(exc.status_code, "error")
         return JSONResponse(status_code=exc.status_code, headers=exc.headers,
                             content={"error": {"reason": reason, "message": exc.detail}})
 
@@ -245,15 +251,19 @@ def create_app(db: str | Path, *, max_upload_mb: float = 20.0,
         return await run_in_threadpool(state().add, data, sighting, _top_k(top_k))
 
     @app.post("/v1/query", dependencies=[require("read")])
-    async def post_query(request: Request, top_k: int = 10,
-                         min_score: float = MATCH_SCORE) -> dict:
+    async def post_query(
+        request: Request, top_k: int = 10,
+        min_score: Annotated[float | None, Query(description=(
+            "Lowest score reported, 0 to 1 (default: the library's, as for "
+            "imgmatch query)."))] = None,
+    ) -> dict:
         """Matches for an image (multipart field ``image``) or a PDQ hash (field ``pdq``).
 
         Stores nothing.
         """
         form = await request.form()
         upload, pdq = form.get("image"), form.get("pdq")
-        if not 0 <= min_score <= 1:
+        if min_score is not None and not 0 <= min_score <= 1:
             raise HTTPException(400, "min_score is between 0 and 1")
         if upload is not None and not isinstance(upload, str):
             data = await upload.read()
@@ -271,19 +281,48 @@ def create_app(db: str | Path, *, max_upload_mb: float = 20.0,
     def get_image(sha256: str) -> dict:
         """One image: its signals, sightings, and links to near-duplicates."""
         try:
-            return Collection(state().reader()).image(sha256.lower()).to_json()
+            return state().reader().image(sha256.lower()).to_json()
         except ImgmatchError:
             raise HTTPException(404, f"no image with sha256 {sha256}") from None
 
     @app.get("/v1/clusters", dependencies=[require("read")])
-    def get_clusters(min_sightings: int = 2, platform: list[str] | None = None,
-                     cross_platform: bool = False) -> dict:
-        """Clusters of reused pictures, cross-platform first (the JSON report)."""
-        clusters = build_clusters(state().reader(), min_sightings=max(1, min_sightings),
-                                  platforms=platform, cross_platform_only=cross_platform)
-        return report_dict(clusters)
+    def get_clusters(
+        min_sightings: Annotated[int, Query(ge=1, description=(
+            "Only pictures seen at least this many times."))] = 2,
+        platform: Annotated[list[str] | None, Query(description=(
+            "Only clusters seen on this platform. Repeatable."))] = None,
+        cross_platform: Annotated[bool, Query(description=(
+            "Only clusters seen on 2+ platforms."))] = False,
+        since: Annotated[str | None, Query(description=(
+            "Only clusters seen on or after this date (YYYY-MM-DD) or ISO 8601 time."))] = None,
+        until: Annotated[str | None, Query(description=(
+            "Only clusters seen on or before this date (YYYY-MM-DD) or ISO 8601 time."))] = None,
+    ) -> dict:
+        """Clusters of reused pictures, cross-platform first: the JSON report, with
+        the filters of ``imgmatch report`` (the same clusters for the same filters)."""
+        try:
+            return state().clusters(min_sightings=min_sightings, platforms=platform or (),
+                                    cross_platform_only=cross_platform, since=since,
+                                    until=until)
+        except ImgmatchError as exc:  # a bound that is not a date
+            raise HTTPException(400, str(exc)) from None
 
     return app
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    """'min_sightings: Input should be ... (got '0')': each bad parameter named."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ())[1:]) or "request"
+        got = f" (got {error['input']!r})" if isinstance(error.get("input"), str) else ""
+        parts.append(f"{where}: {error.get('msg', 'not valid')}{got}")
+    return "; ".join(parts)
+
+
+def _given(**options) -> dict:
+    """The options a request gave; the library's defaults stand for the others."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def _lacking(lacking: dict[str, int]) -> dict:

@@ -15,6 +15,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlencode
 
 import numpy as np
 import pytest
@@ -260,3 +261,220 @@ def test_a_query_says_which_signals_the_collection_lacks(tmp_path):
         status, body = client.post_form("/v1/query", {}, {"image": ("a.jpg",
                                                                     ASTRONAUT.read_bytes())})
         assert status == 200 and body["matches"] and "lacking" not in body
+
+
+# ------------------------------------------------- the service and the CLI agree
+def run_cli(db: Path, *args: str) -> str:
+    """The CLI's standard output, run in this process (faster than a subprocess)."""
+    from imgmatch.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["--db", str(db), *args])
+    assert code == 0, err.getvalue()
+    return out.getvalue()
+
+
+def service_clusters(client: Client, params: list[tuple[str, str]]) -> dict:
+    status, body = client.request("GET", "/v1/clusters?" + urlencode(params))
+    assert status == 200, body
+    return body
+
+
+def cluster_shas(report: dict) -> set[str]:
+    return {img["sha256"] for c in report["clusters"] for img in c["images"]}
+
+
+#: ``imgmatch report`` options and the query string that means the same.
+FILTERS = [
+    ([], []),
+    (["--platform", "nightads"], [("platform", "nightads")]),
+    (["--platform", "nightads", "--platform", "jobboard"],
+     [("platform", "nightads"), ("platform", "jobboard")]),
+    (["--platform", "nosuch"], [("platform", "nosuch")]),
+    (["--cross-platform"], [("cross_platform", "true")]),
+    (["--min-sightings", "1"], [("min_sightings", "1")]),
+    (["--min-sightings", "3"], [("min_sightings", "3")]),
+    (["--since", "2025-01-01"], [("since", "2025-01-01")]),
+    (["--until", "2023-06-30"], [("until", "2023-06-30")]),
+    # a time, not a date: the nightads repost of 2024 was posted at exactly this one
+    (["--since", "2024-01-01", "--until", "2024-03-09T21:14:00Z"],
+     [("since", "2024-01-01"), ("until", "2024-03-09T21:14:00Z")]),
+    (["--platform", "citylist", "--cross-platform", "--since", "2024-05-21"],
+     [("platform", "citylist"), ("cross_platform", "1"), ("since", "2024-05-21")]),
+]
+
+
+def _filter_ids(filters: list) -> list[str]:
+    return [" ".join(options) or "no filters" for options, _ in filters]
+
+
+@pytest.mark.parametrize("options, params", FILTERS, ids=_filter_ids(FILTERS))
+def test_service_and_cli_report_the_same_clusters(service, options, params):
+    client = Client(service["port"], service["keys"]["read"])
+    expected = json.loads(run_cli(service["db"], "report", "--format", "json", *options))
+    assert service_clusters(client, params) == expected
+
+
+def test_clusters_take_their_filters_from_the_query_string(service):
+    client = Client(service["port"], service["keys"]["read"])
+    everything = service_clusters(client, [])["clusters"]
+    assert len(everything) >= 3
+    assert service_clusters(client, [("platform", "nosuch")])["n_clusters"] == 0
+
+    def ids(found: list[dict]) -> list[int]:
+        return [c["id"] for c in found]
+
+    either = {"nightads", "jobboard"}
+    found = service_clusters(client, [("platform", "nightads"), ("platform", "jobboard")])
+    assert ids(found["clusters"]) == [c["id"] for c in everything
+                                      if either & set(c["platforms"])] != ids(everything)
+    def seen(cluster: dict) -> list[str]:  # as the library reads a sighting's time
+        return [s["posted_at"] or s["collected_at"] or "" for s in cluster["sightings"]]
+
+    found = service_clusters(client, [("since", "2025-04-01")])["clusters"]
+    assert ids(found) == [c["id"] for c in everything
+                          if any(t >= "2025-04-01" for t in seen(c))]
+    assert 0 < len(found) < len(everything)
+    found = service_clusters(client, [("until", "2023-03-01")])["clusters"]
+    assert ids(found) == [c["id"] for c in everything  # the whole day of a bare date
+                          if any(t <= "2023-03-01T23:59:59Z" for t in seen(c))]
+    assert 0 < len(found) < len(everything)
+    found = service_clusters(client, [("cross_platform", "true"), ("min_sightings", "4")])
+    assert ids(found["clusters"]) == [c["id"] for c in everything
+                                      if len(c["platforms"]) > 1 and c["n_sightings"] >= 4]
+
+
+@pytest.mark.parametrize("query, named", [
+    ("/v1/clusters?since=last%20tuesday", "since"),
+    ("/v1/clusters?until=2024-13-45", "until"),
+    ("/v1/clusters?min_sightings=0", "min_sightings"),
+    ("/v1/clusters?min_sightings=two", "min_sightings"),
+    ("/v1/clusters?cross_platform=perhaps", "cross_platform"),
+    ("/v1/query?top_k=ten", "top_k"),
+])
+def test_malformed_parameters_are_a_400_naming_the_parameter(service, query, named):
+    client = Client(service["port"], service["keys"]["read"])
+    status, body = client.request("POST" if query.startswith("/v1/query") else "GET", query)
+    assert status == 400, body
+    assert body["error"]["reason"] == "bad-request" and named in body["error"]["message"]
+
+
+@pytest.mark.parametrize("query", ["astronaut_mirror_crop10.jpg", "cat_mirror_crop10.jpg",
+                                   "unrelated.jpg"])
+@pytest.mark.parametrize("options, params", [
+    ([], ""),
+    (["--top-k", "2", "--min-score", "0"], "?top_k=2&min_score=0"),
+])
+def test_service_and_cli_find_the_same_matches(service, query, options, params):
+    path = FIXTURES / "queries" / query
+    client = Client(service["port"], service["keys"]["read"])
+    status, body = client.post_form("/v1/query" + params, {},
+                                    {"image": (query, path.read_bytes())})
+    assert status == 200, body
+    printed = json.loads(run_cli(service["db"], "query", "--json", *options, str(path)))
+    assert body["matches"] == printed["matches"]
+    if query != "unrelated.jpg":
+        assert body["matches"]
+        status, info = client.request("GET", f"/v1/images/{body['matches'][0]['sha256']}")
+        pdq = info["signals"]["pdq"]["hex"]
+        status, body = client.post_form("/v1/query" + params, {"pdq": pdq})
+        printed = json.loads(run_cli(service["db"], "query", "--json", *options, "--pdq", pdq))
+        assert status == 200 and body["matches"] == printed["matches"]
+
+
+@pytest.fixture(scope="module")
+def ignoring(tmp_path_factory):
+    """A collection of its own, served, for tests that add to its ignore list."""
+    root = tmp_path_factory.mktemp("ignoring")
+    db = root / "c.db"
+    cli(db, "ingest", "--quiet", "--manifest", str(FIXTURES / "manifest.csv"))
+    key = cli(db, "keys", "add", "reader", "--scope", "read").strip().splitlines()[-1]
+    with serving(db, root) as port:
+        yield {"db": db, "client": Client(port, key)}
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _pdq_of(client: Client, path: Path) -> str:
+    status, info = client.request("GET", f"/v1/images/{sha256_of(path)}")
+    assert status == 200, info
+    return info["signals"]["pdq"]["hex"]
+
+
+def test_an_ignored_hash_leaves_the_clusters(ignoring):
+    """``imgmatch ignore --pdq`` takes the picture out of GET /v1/clusters, as out
+    of ``imgmatch report``: every image within the threshold, not only one."""
+    client, db = ignoring["client"], ignoring["db"]
+    astronaut = {sha256_of(FIXTURES / "originals" / "astronaut.jpg"),
+                 sha256_of(FIXTURES / "reposts" / "astronaut_citylist_2023.jpg")}
+    assert astronaut <= cluster_shas(service_clusters(client, []))
+    cli(db, "ignore", "--pdq", _pdq_of(client, ASTRONAUT), "--reason", "stock photo")
+    assert not astronaut & cluster_shas(service_clusters(client, []))
+    assert not astronaut & cluster_shas(service_clusters(client, [("min_sightings", "1")]))
+
+
+CAT = FIXTURES / "reposts" / "cat_citylist_2023.jpg"
+COFFEE = FIXTURES / "originals" / "coffee.jpg"
+
+
+@pytest.fixture(scope="module")
+def more_ignored(ignoring):
+    """The ignoring collection with a hash and an image (by name) ignored too."""
+    client, db = ignoring["client"], ignoring["db"]
+    run_cli(db, "ignore", "--pdq", _pdq_of(client, CAT), "--reason", "stock photo")
+    run_cli(db, "ignore", sha256_of(COFFEE), "--reason", "logo")
+    return ignoring
+
+
+AFTER_IGNORING = FILTERS[:2] + FILTERS[4:6] + FILTERS[7:9]
+
+
+@pytest.mark.parametrize("options, params", AFTER_IGNORING, ids=_filter_ids(AFTER_IGNORING))
+def test_service_and_cli_agree_after_ignoring(more_ignored, options, params):
+    expected = json.loads(run_cli(more_ignored["db"], "report", "--format", "json", *options))
+    assert not {sha256_of(CAT), sha256_of(COFFEE)} & cluster_shas(expected)
+    assert service_clusters(more_ignored["client"], params) == expected
+
+
+def _resized(path: Path, side: int) -> bytes:
+    out = io.BytesIO()
+    Image.open(path).convert("RGB").resize((side, side)).save(out, "JPEG", quality=88)
+    return out.getvalue()
+
+
+def test_an_upload_is_answered_with_its_matches_but_not_itself(service):
+    client = Client(service["port"], service["keys"]["ingest"])
+    data = _resized(ASTRONAUT, 300)
+    sha = hashlib.sha256(data).hexdigest()
+    fields = {"platform": "uploads", "ad_id": "u-1", "posted_at": "2025-07-01T10:00:00Z"}
+    status, body = client.post_form("/v1/images?top_k=3", fields, {"image": ("a.jpg", data)})
+    assert status == 200, body
+    assert list(body) == ["sha256", "new_image", "new_sighting", "matches"]
+    assert body["sha256"] == sha and body["new_image"] and body["new_sighting"]
+    found = [m["sha256"] for m in body["matches"]]
+    assert sha256_of(ASTRONAUT) in found and sha not in found and len(found) <= 3
+    status, again = client.post_form("/v1/images?top_k=3", fields | {"ad_id": "u-2"},
+                                     {"image": ("b.jpg", data)})
+    assert status == 200 and not again["new_image"] and again["new_sighting"]
+    assert [m["sha256"] for m in again["matches"]] == found
+    status, info = Client(service["port"], service["keys"]["read"]).request(
+        "GET", f"/v1/images/{sha}")
+    assert {s["ad_id"] for s in info["sightings"]} == {"u-1", "u-2"}
+    assert {s["source"] for s in info["sightings"]} == {"upload:a.jpg", "upload:b.jpg"}
+
+
+def test_the_service_uses_only_the_public_library():
+    """service.py speaks to the collection through imgmatch's public names (and
+    the API-key policy and the sighting fields of manifests), never its modules."""
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "imgmatch" / "service.py")
+                     .read_text(encoding="utf-8"))
+    used = {node.module or "" for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1}
+    assert used <= {"", "errors", "keys", "sources"}, used
+    assert not [node for node in ast.walk(tree) if isinstance(node, ast.Import)
+                and any(a.name.startswith("imgmatch") for a in node.names)]
