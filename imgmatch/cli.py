@@ -439,7 +439,9 @@ def _print_matches(label: str, matches) -> None:
         if m.inliers is not None:  # verified geometrically (robust tier)
             dist = ", ".join(filter(None, (dist, f"{m.inliers} inliers")))
         flag = "  (low information)" if m.low_information else ""
-        click.echo(f"  {m.score:.3f}  {m.sha256}  [{dist}; {m.transform}]{flag}")
+        # an imported hash has no SHA-256: it is named by its hash (pdq:<hex>)
+        name = m.sha256 or next((f"{k}:{v}" for k, v in sorted(m.signals.items())), "?")
+        click.echo(f"  {m.score:.3f}  {name}  [{dist}; {m.transform}]{flag}")
         for s in m.sightings:
             when = (s.seen_at or "?")[:10]
             click.echo(f"      {when}  {clean(s.platform or '-', 16):16} "
@@ -493,10 +495,13 @@ def hash_cmd(images: tuple[Path, ...], signal_list: tuple[str, ...] | None,
 @click.option("--fields", default="", help="Comma-separated metadata fields whose distinct "
               "values each cluster lists (for example phone,city).")
 @click.option("--raw", is_flag=True, help="CSV: do not neutralise spreadsheet formulas.")
+@click.option("--thumbnails", is_flag=True,
+              help="HTML: embed the thumbnails stored at ingest (each still hidden until "
+                   "clicked). Off by default: the file stays small and holds no pictures.")
 @click.pass_obj
 def report(db: Path, fmt: str, output: Path | None, min_sightings: int,
            platforms: tuple[str, ...], cross_platform: bool, since: str | None,
-           until: str | None, fields: str, raw: bool) -> int:
+           until: str | None, fields: str, raw: bool, thumbnails: bool) -> int:
     """Clusters of the same picture with their sightings, cross-platform first."""
     since_d, until_d = _date_option(since, "--since"), _date_option(until, "--until")
     names = tuple(f.strip() for f in fields.split(",") if f.strip())
@@ -505,8 +510,10 @@ def report(db: Path, fmt: str, output: Path | None, min_sightings: int,
         clusters = collection.clusters(min_sightings=min_sightings, platforms=platforms,
                                        cross_platform_only=cross_platform, since=since_d,
                                        until=until_d)
-        thumbnails = collection.thumbnails(
-            img["sha256"] for c in clusters for img in c.images) if fmt == "html" else {}
+        # images known only by a partner's hash have no bytes, so no thumbnail
+        pictures = collection.thumbnails(
+            img["sha256"] for c in clusters for img in c.images if img["sha256"]) \
+            if fmt == "html" and thumbnails else {}
     try:
         out = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
     except OSError as exc:  # checked above; a race, or a place only opening tells
@@ -517,7 +524,7 @@ def report(db: Path, fmt: str, output: Path | None, min_sightings: int,
         elif fmt == "table":
             FORMATS[fmt](clusters, out, fields=names)
         elif fmt == "html":
-            FORMATS[fmt](clusters, out, thumbnails=thumbnails)
+            FORMATS[fmt](clusters, out, thumbnails=pictures)
         else:
             FORMATS[fmt](clusters, out)
     finally:
@@ -533,6 +540,22 @@ def _date_option(value: str | None, name: str) -> str | None:
     if parsed is None:
         raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=f"'{name}'")
     return parsed[:10] if len(value.strip()) <= 10 else parsed
+
+
+def _linked_names(collection: Collection, record) -> list[str]:
+    """The name of each image ``record`` links to, in order: its SHA-256, else (an
+    imported hash, which has none) its hash, ``pdq:<hex>``, which a Link does not
+    carry and the catalog is asked for."""
+    names = [link.sha256 or "" for link in record.links]
+    if all(names):
+        return names
+    catalog = collection.catalog
+    linked = catalog.links_of(catalog.image_id(record.sha256))
+    info = catalog.images([other for other, *_ in linked])
+    for i, (link, (other, score, *_)) in enumerate(zip(record.links, linked)):
+        if not names[i] and score == link.score:  # the same link, read again
+            names[i] = info[other].get("hash_key") or ""
+    return [name or "imported hash" for name in names]
 
 
 @cli.command()
@@ -562,8 +585,8 @@ def show(db: Path, sha256: str | None, cluster_id: int | None, as_json: bool) ->
                 click.echo(f"  {(s.seen_at or '?')[:10]}  {clean(s.platform or '-', 16):16} "
                            f"{clean(s.url or s.source, 80)}")
             click.echo(f"links ({len(record.links)}):")
-            for link in record.links:
-                click.echo(f"  {link.score:.3f}  {link.sha256}  {', '.join(link.agreed)} "
+            for link, name in zip(record.links, _linked_names(collection, record)):
+                click.echo(f"  {link.score:.3f}  {name}  {', '.join(link.agreed)} "
                            f"({link.transform})")
             return EXIT_OK
         found = [c for c in collection.clusters(min_sightings=1) if c.id == cluster_id]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -163,6 +164,14 @@ def test_show_filters_fields_and_thumbnails(tmp_path, capsys):
         thumbs = c.thumbnails([astronaut])
     thumb = Image.open(io.BytesIO(thumbs[astronaut]))
     assert thumb.format == "JPEG" and max(thumb.size) <= 160
+    # stored thumbnails reach an HTML report only when it asks for them
+    stored = base64.b64encode(thumbs[astronaut]).decode()
+    plain, pictures = tmp_path / "plain.html", tmp_path / "pictures.html"
+    assert main(["--db", str(db), "report", "--format", "html", "-o", str(plain)]) == 0
+    assert main(["--db", str(db), "report", "--format", "html", "--thumbnails",
+                 "-o", str(pictures)]) == 0
+    assert stored not in plain.read_text()
+    assert stored in pictures.read_text()
 
 
 def test_no_thumbnails_unless_asked(tmp_path):

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import base64
 import csv
+import gzip
 import io
 import json
+import math
 import os
 import re
 import subprocess
 import xml.etree.ElementTree as ET
+from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -511,6 +514,24 @@ def parse_html(text: str) -> Element:
     return tree_of(text)
 
 
+def report_data(root: Element) -> dict:
+    """The details' data block of a parsed report (JSON, or gzip in base64)."""
+    block = root.find("script", id="report-data")
+    if block.attrs.get("data-encoding") == "gzip":
+        return json.loads(gzip.decompress(base64.b64decode(block.text())))
+    assert block.attrs.get("type") == "application/json"
+    return json.loads(block.text())
+
+
+def minutes(iso: str) -> int:
+    """A time as the report's data keeps it: whole minutes since 1970, UTC."""
+    return math.floor(datetime.fromisoformat(iso).timestamp() / 60)
+
+
+def data_of(root: Element, cluster_id: int) -> dict:
+    return next(c for c in report_data(root)["c"] if c["id"] == cluster_id)
+
+
 def test_html_is_self_contained_and_strict(hostile, known):
     jpeg = b"\xff\xd8\xff\xe0" + b"\x00" * 40
     text = render("html", hostile + known, thumbnails={SHA_X: jpeg, SHA_H1: jpeg})
@@ -522,75 +543,84 @@ def test_html_is_self_contained_and_strict(hostile, known):
                       "script-src 'unsafe-inline'", "img-src data:"):
         assert directive in CSP
     scripts = list(root.find_all("script"))
-    assert len(scripts) == 1 and scripts[0].text() == SCRIPT.strip()
-    assert scripts[0].attrs == {}
+    code = [s for s in scripts if "type" not in s.attrs]
+    assert len(code) == 1 and code[0].text() == SCRIPT.strip() and code[0].attrs == {}
+    blocks = {s.attrs["id"]: s for s in scripts if "type" in s.attrs}
+    assert set(blocks) == {"report-data", "report-thumbs"}
+    for block in blocks.values():  # data, never code, and nothing in it can close it
+        assert block.attrs["type"] == "application/json"
+        assert not re.search("[<>&]", block.text())
+        json.loads(block.text())
     styles = list(root.find_all("style"))
     assert len(styles) == 1 and styles[0].text() == STYLE.strip()
     for el in root.iter():
         for name, value in el.attrs.items():
             assert not name.startswith("on"), f"event handler {name} on <{el.tag}>"
-            if name in ("href", "src", "action", "formaction", "xlink:href", "poster"):
-                assert value.startswith(("#", "data:")), f"<{el.tag} {name}={value!r}>"
-            if name == "style":
-                assert re.fullmatch(r"background:#[0-9a-f]{6}|width:\d+%", value)
+            assert name not in ("href", "src", "action", "formaction", "xlink:href", "poster",
+                                "style") or (el.tag, value) == ("link", "data:,")
         assert el.tag not in ("iframe", "object", "embed", "form", "base", "frame", "audio",
-                              "video", "source", "input")
+                              "video", "source", "img", "a")
         if el.tag == "link":
             assert el.attrs == {"rel": "icon", "href": "data:,"}
-        if el.tag == "a":
-            assert el.attrs["href"].startswith("#cluster-")
+        if el.tag == "input":
+            assert el.attrs["type"] == "search" and el.attrs["id"] == "find"
     assert not re.search(r"(?i)\b(?:src|href)\s*=\s*[\"']?(?:https?:|//|file:)", text)
     assert "@import" not in text and "url(" not in text
 
 
 def test_html_escapes_the_hostile_text(hostile):
     text = render("html", hostile)
-    root = tree_of(text)
-    body = root.find("main").text()
-    assert SCRIPT_TAG in body  # shown as text
-    assert QUOTES in body
-    assert FORMULAS[0] in body  # shown as is: it is not a spreadsheet
-    assert LONG in body  # whole, behind a click
-    assert "nul\ufffd bell\ufffd esc\ufffd[31mred" in body
-    assert "\ufffdgpj.exe" in body and "bad\ufffd byte" in body
     assert not re.search("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
                          "\ud800-\udfff]", text)
-    section = root.find("section", data_cluster_id="9")
-    assert section.find("svg") is not None
-    assert len(list(section.find_all("circle"))) == 2  # two sightings have a date
-    assert "2 sightings without a usable date not shown" in section.text()
+    root = tree_of(text)
+    body = root.find("main").text()
+    assert SCRIPT_TAG in body and FORMULAS[1] in body  # platforms, shown as text
+    assert "bad\ufffd byte" in body
+    data = report_data(root)
+    assert SCRIPT_TAG in data["p"]
+    assert "nul\ufffd bell\ufffd esc\ufffd[31mred\ufffd[0m\ufffdgpj.exe" in data["p"]
+    evil = data_of(root, 9)
+    values = json.dumps(evil, ensure_ascii=False)
+    for shown in (QUOTES, FORMULAS[0], LONG, "\ufffdgpj.exe", "bad\ufffd byte",
+                  MOJIBAKE.replace("\x9d", "\ufffd")):
+        assert json.dumps(shown, ensure_ascii=False)[1:-1] in values  # whole, as text
+    fields = dict(evil["f"])
+    assert fields["city"] == [SCRIPT_TAG] and fields["caption"] == [LONG]
+    # the unreadable date stays text; the readable ones are minutes since 1970
+    assert [s[2] if len(s) > 2 else None for s in evil["s"]] == [
+        minutes("2023-01-01T00:00:00+00:00"), minutes("2024-02-03T04:05:06+00:00"),
+        "not a date <b>", None]
 
 
-def test_html_summary_and_sections(known, hostile):
+def test_html_summary_index_and_data(known, hostile):
     clusters = [known[1], known[0]] + hostile
     root = tree_of(render("html", clusters, title="Case <7>", generated_at="2025-01-01"))
     assert root.find("title").text() == "Case <7>"
     assert root.find(id="n-clusters").text() == "4"
     assert root.find(id="n-cross-platform").text() == "2"
-    sections = [el for el in root.iter() if el.has_class("cluster")]
-    assert [s.attrs["data-cluster-id"] for s in sections] == ["5", "1", "9", "12"]
-    assert all(s.tag == "section" for s in sections)
-    one = sections[1]
-    assert "citylist" in one.text() and "nightads" in one.text()
-    route = one.find("ol")
-    assert route.has_class("route")
-    assert [li.text() for li in route.children] == [
-        "citylist2023-01-01", "→ 60 days later →", "nightads2023-03-02"]
-    facts = {d.children[0].text(): d.children[1].text() for d in one.find("dl").children}
-    assert facts["Images"] == "2" and facts["Sightings"] == "3" and facts["Ads"] == "2"
-    assert facts["URLs"] == "2" and facts["First seen"] == "2023-01-01"
-    assert facts["Span"] == "60 days"
-    fields = one.find("dl", **{"class": "fields"})
-    assert [dt.text() for dt in fields.find_all("dt")] == ["city", "phone"]
-    assert [dd.text() for dd in fields.find_all("dd")] == ["Houston", "555-0142"]
-    circles = list(one.find("svg").find_all("circle"))
-    assert len(circles) == 3
-    assert all(c.find("title").text().startswith("2023-") for c in circles)
-    tables = [t for t in one.find_all("table")]
-    assert [t.attrs["class"].split()[0] for t in tables] == ["images", "sightings", "links"]
-    link_row = tables[2].find("tbody").children[0]
-    cells = [td.text() for td in link_row.children]
-    assert cells[2:] == ["0.70", "phashdhash", "pdq 40, phash 6, dhash 7", "mirror"]
+    rows = [tr for tr in root.find_all("tr") if tr.attrs.get("id", "").startswith("cluster-")]
+    assert [tr.attrs["id"] for tr in rows] == ["cluster-5", "cluster-1", "cluster-9",
+                                              "cluster-12"]
+    cells = [td.text() for td in rows[1].children]
+    assert cells == ["2", "cluster 1", "citylist → nightads", "2023-01-01", "2023-03-02", "2",
+                     "3", "2"]
+    button = rows[1].find("button")
+    assert button.has_class("open") and button.attrs["aria-expanded"] == "false"
+    data = report_data(root)
+    assert [c["id"] for c in data["c"]] == [5, 1, 9, 12]  # the index's order
+    one = data_of(root, 1)
+    platform = data["p"].index
+    assert one["r"] == [[platform("citylist"), "2023-01-01", None],
+                        [platform("nightads"), "2023-03-02", "60 days"]]
+    assert one["k"] == ["2023-01-01", "2023-03-02", "60 days", 2, 2]
+    assert one["f"] == [["city", ["Houston"]], ["phone", ["555-0142"]]]
+    assert [im[0] for im in one["i"]] == [SHA_X, SHA_Y]
+    assert [s[0] for s in one["s"]] == [0, 0, 1]  # each sighting's image, by position
+    (link,) = one["l"]
+    assert link[:3] == [0, 1, 0.7]
+    assert data["x"][link[3]] == ["phash", "dhash"]
+    assert data["x"][link[4]] == ["pdq", "phash", "dhash"] and link[5] == [40, 6, 7]
+    assert data["x"][link[7]] == "mirror" and link[6] is None  # no geometric check
     years = root.find("table", **{"class": "years"})
     head = [th.text() for th in years.find("thead").find_all("th")]
     assert head == ["Platform", "2023", "2024", "undated", "Total"]
@@ -601,19 +631,49 @@ def test_html_summary_and_sections(known, hostile):
     assert rows["All platforms"][-1] == str(sum(len(c.sightings) for c in clusters))
 
 
+def test_html_index_keeps_each_platform_of_a_route_whole(known):
+    """A route wraps between platforms, never inside one (it did word by word at 700 px)."""
+    root = tree_of(render("html", known))
+    route = root.find("tr", id="cluster-1").find("td", **{"class": "route"})
+    stops = [el for el in route.children if el.tag == "span"]
+    assert [el.text() for el in stops] == ["citylist", "nightads"]
+    assert all(el.has_class("s") for el in stops)
+    assert re.search(r"\.s \{[^}]*white-space: nowrap", STYLE)
+
+
+def test_html_links_carry_their_geometric_check(known):
+    """A verified link's inliers reach the report, wherever the link keeps them."""
+    a = known[0]
+    links = ({"a": SHA_X, "b": SHA_Y, "score": 0.93, "distances": {"pdq": 50, "inliers": 42},
+              "agreed": ["phash", "orb"], "transform": "rot90"},
+             {"a": SHA_X, "b": SHA_Y, "score": 0.91, "distances": {"pdq": 60},
+              "agreed": ["orb"], "transform": "identity",
+              "evidence": {"verification": {"inliers": 17}}},
+             {"a": SHA_X, "b": SHA_Y, "score": 0.9, "distances": {"pdq": 4},
+              "agreed": ["pdq", "orb"], "transform": "identity"})
+    c = Cluster(id=a.id, image_ids=a.image_ids, images=a.images, sightings=a.sightings,
+                links=links)
+    root = tree_of(render("html", [c]))
+    data = report_data(root)
+    rows = data_of(root, 1)["l"]
+    assert [r[6] if len(r) > 6 else None for r in rows] == [42, 17, None]
+    assert data["x"][rows[0][4]] == ["pdq"]  # inliers are not a distance in bits
+    assert "orb" in data["x"][rows[2][3]]  # verified, count not kept: shown as verified
+
+
 def test_html_thumbnails_only_on_request(known):
     jpeg = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4
     png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
     root = tree_of(render("html", known, thumbnails={SHA_X: jpeg, SHA_Z: png}))
-    images = list(root.find_all("img"))
-    assert len(images) == 1  # the PNG bytes are not a JPEG: left out
-    img = images[0]
-    assert "src" not in img.attrs and "hidden" in img.attrs
-    assert img.attrs["data-src"] == "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
-    button = root.find("button", aria_controls=img.attrs["id"])
-    assert button.text() == "show picture" and button.attrs["type"] == "button"
-    assert not list(tree_of(render("html", known)).find_all("img"))
-    assert not list(tree_of(render("html", known)).find_all("button"))
+    assert not list(root.find_all("img"))  # pictures are made only when asked for
+    block = root.find("script", id="report-thumbs")
+    assert json.loads(block.text()) == {SHA_X: base64.b64encode(jpeg).decode()}
+    flags = {im[0]: len(im) > 6 and im[6] == 1
+             for c in report_data(root)["c"] for im in c["i"]}
+    assert flags == {SHA_X: True, SHA_Y: False, SHA_Z: False}  # the PNG is left out
+    plain = tree_of(render("html", known))
+    assert plain.find("script", id="report-thumbs") is None
+    assert not [b for b in plain.find_all("button") if b.has_class("show-picture")]
 
 
 def test_html_survives_dates_at_the_ends_of_the_calendar():
@@ -621,12 +681,14 @@ def test_html_survives_dates_at_the_ends_of_the_calendar():
         return Sighting(platform=platform, posted_at=when, url=when, sha256=SHA_X)
     c = Cluster(id=3, image_ids=(3,), images=(image(SHA_X, 3),), links=(), sightings=(
         at("a", "0001-01-01T00:00:00Z"), at("b", "2024-05-01T00:00:00Z"),
-        at("c", "9999-12-31T23:59:59Z"), at("d", "2024-05-01T00:00:00+14:00")))
+        at("c", "9999-12-31T23:59:59Z"), at("d", "2024-05-01T00:00:00+14:00"),
+        at("e", "0001-01-01T00:00:00+14:00")))
     root = tree_of(render("html", [c]))
-    section = root.find("section", data_cluster_id="3")
-    assert len(list(section.find("svg").find_all("circle"))) == 2
-    assert "2 sightings without a usable date not shown" in section.text()
-    assert c.gaps[0] == ("a", "d", 739_005.4)  # d is 2024-04-30T10:00Z
+    stamps = [s[2] for s in data_of(root, 3)["s"]]
+    assert stamps == [minutes(s.posted_at.replace("Z", "+00:00")) for s in c.sightings]
+    assert stamps[0] < 0 and stamps[2] > 4_000_000_000  # the script plots 1970 to 2200 only
+    route = data_of(root, 3)["r"]  # a day before year 1 in UTC stays as its text
+    assert [r[1] for r in route[:2]] == ["0001-01-01T00:00:00+14:00", "0001-01-01"]
     for fmt in ("graphml", "gexf", "links-csv", "json", "csv", "table"):
         assert render(fmt, [c])
 
@@ -634,6 +696,138 @@ def test_html_survives_dates_at_the_ends_of_the_calendar():
 def test_html_is_deterministic(known, hostile):
     assert render("html", known + hostile) == render("html", known + hostile)
     assert "Generated" not in render("html", known)
+
+
+def test_large_html_data_is_compressed_and_still_reads_back(known, monkeypatch):
+    from imgmatch.report import html as html_report
+
+    plain = tree_of(render("html", known))
+    monkeypatch.setattr(html_report, "PLAIN_DATA_LIMIT", 100)
+    text = render("html", known)
+    packed = tree_of(text).find("script", id="report-data")
+    assert packed.attrs == {"type": "text/plain", "id": "report-data", "data-encoding": "gzip"}
+    assert re.fullmatch(r"[A-Za-z0-9+/=]+", packed.text())
+    assert report_data(tree_of(text)) == report_data(plain)
+    assert text == render("html", known)  # no time stamp in the gzip
+
+
+# ------------------------------------------------------- hash-only images
+PDQ_1, PDQ_2 = "ab" * 32, "cd" * 32
+
+
+def imported(key_hex: str, image_id: int) -> dict:
+    """An image known only by a partner's PDQ hash, as the catalog gives it."""
+    return {"id": image_id, "sha256": None, "size_bytes": None, "width": None, "height": None,
+            "format": None, "frames": None, "created_at": "2024-01-01T00:00:00Z",
+            "hash_key": f"pdq:{key_hex}"}
+
+
+@pytest.fixture
+def with_imports(known) -> list[Cluster]:
+    """Cluster 1 with one imported hash; cluster 7 holding two (which the data cannot
+    tell apart in its sightings)."""
+    a = known[0]
+    one = Cluster(
+        id=1, image_ids=(*a.image_ids, 3), images=(*a.images, imported(PDQ_1, 3)),
+        sightings=(*a.sightings, Sighting(platform="partner", source="case-17/item-1")),
+        links=(*a.links, {"a": SHA_X, "b": None, "score": 0.8, "distances": {"pdq": 12},
+                          "agreed": ["pdq"], "transform": "identity"}))
+    two = Cluster(
+        id=7, image_ids=(7, 8), images=(imported(PDQ_1[:-2] + "00", 7), imported(PDQ_2, 8)),
+        sightings=(Sighting(platform="partner", source="a"),
+                   Sighting(platform="partner", source="b")),
+        links=({"a": None, "b": None, "score": 0.9, "distances": {"pdq": 2},
+                "agreed": ["pdq"], "transform": "identity"},))
+    return [one, two]
+
+
+def test_table_names_an_imported_hash_by_its_hash(with_imports):
+    text = render("table", with_imports)
+    assert "None" not in text
+    assert re.search(r"partner +pdq:abababababab  case-17/item-1", text)
+    assert "imported hash (one of 2)" in text
+
+
+def test_html_names_an_imported_hash_by_its_hash(with_imports):
+    root = tree_of(render("html", with_imports))
+    one, two = data_of(root, 1), data_of(root, 7)
+    assert [im[0] for im in one["i"]] == [SHA_X, SHA_Y, f"pdq:{PDQ_1}"]
+    partner = next(s for s in one["s"] if s[7:8] == ["case-17/item-1"])
+    assert partner[0] == 2  # the one imported hash of its cluster
+    assert one["l"][1][:2] == [0, 2]
+    assert [s[0] for s in two["s"]] == [-1, -1] and two["l"][0][:2] == [-1, -1]
+
+
+def test_graph_gives_each_imported_hash_its_own_node(with_imports):
+    g = build_graph(with_imports)
+    images = {n for n in g.nodes if n.startswith("img:")}
+    assert images == {f"img:{SHA_X}", f"img:{SHA_Y}", f"img:pdq:{PDQ_1}",
+                      f"img:pdq:{PDQ_1[:-2]}00", f"img:pdq:{PDQ_2}", "img:unresolved:7"}
+    assert g.nodes[f"img:pdq:{PDQ_1}"].label == "pdq:abababababab"
+    edges = {(e.source, e.target) for e in g.edges if e.kind == "near_duplicate"}
+    assert (f"img:{SHA_X}", f"img:pdq:{PDQ_1}") in edges
+    rows = list(csv.reader(io.StringIO(render("links-csv", with_imports))))
+    assert not [r for r in rows if "img:None" in r]
+
+
+@pytest.fixture(scope="module")
+def partner_db(tmp_path_factory) -> Path:
+    """The fixture collection and a partner's hash of one of its photos."""
+    import imgmatch
+    from imgmatch.sources import iter_manifest
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures"
+    tmp = tmp_path_factory.mktemp("partner")
+    db = tmp / "c.db"
+    with imgmatch.Collection.open(db) as c:
+        c.ingest(iter_manifest(fixtures / "manifest.csv"), workers=0)
+        temple = imgmatch.hash_bytes((fixtures / "originals" / "temple.jpg").read_bytes())
+        listing = tmp / "partner.txt"
+        listing.write_text(f"pdq {temple['signals']['pdq']['hex']} alert-42\n")
+        c.import_hashes(listing, platform="partner")
+    return db
+
+
+def cli(*argv: object) -> tuple[int, str]:
+    from contextlib import redirect_stdout
+
+    from imgmatch.cli import main
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue()
+
+
+def test_an_imported_hash_in_a_real_collection_is_named_by_its_hash(partner_db, tmp_path):
+    import imgmatch
+    from imgmatch.report.html import write_html
+
+    with imgmatch.Collection.open(partner_db, readonly=True) as c:
+        clusters = c.clusters()
+    cluster = next(cl for cl in clusters if "partner" in cl.platforms)
+    key = next(img["hash_key"] for img in cluster.images if img["sha256"] is None)
+    out = io.StringIO()
+    write_html(clusters, out)
+    data = data_of(tree_of(out.getvalue()), cluster.id)
+    assert key in [im[0] for im in data["i"]]
+    code, text = cli("--db", partner_db, "report")
+    assert code == 0 and f"{key[:16]}  alert-42" in text
+    code, text = cli("--db", partner_db, "show", "--cluster", cluster.id)
+    assert code == 0 and f"{key[:16]}  alert-42" in text
+    code, text = cli("--db", partner_db, "query", "--pdq", key[4:])
+    assert code == 0 and f"  {key}  [pdq 0;" in text and "None" not in text
+    other = next(img["sha256"] for img in cluster.images if img["sha256"])
+    code, text = cli("--db", partner_db, "show", other)
+    assert code == 0 and f"  {key}  pdq (" in text and "None" not in text
+
+
+@pytest.mark.parametrize("pictures", [[], ["--thumbnails"]])
+def test_html_report_of_a_collection_with_an_imported_hash(partner_db, tmp_path, pictures):
+    code, _ = cli("--db", partner_db, "report", "--format", "html", "-o", tmp_path / "r.html",
+                  *pictures)
+    assert code == 0
+    assert "pdq:" in (tmp_path / "r.html").read_text(encoding="utf-8")
 
 
 def test_setup_browser_script_is_executable_bash():

@@ -2,7 +2,10 @@
 
 One graph model behind all three:
 
-- nodes: images (``img:<sha256>``), ads (``ad:<platform>:<ad_id>``, else
+- nodes: images (``img:<sha256>``, or ``img:pdq:<hex>`` for an image known
+  only by an imported hash; ``img:unresolved:<cluster>`` for a sighting or
+  link of one of several such images in a cluster, which the data cannot
+  tell apart), ads (``ad:<platform>:<ad_id>``, else
   ``page:<page_url>``, else ``url:<image url>``, as :meth:`Cluster.ad_key`
   counts them), platforms (``platform:<name>``) and metadata values
   (``meta:<field>:<value>``, one per distinct value of every extra field);
@@ -35,6 +38,7 @@ from typing import TextIO
 
 from ..model import Cluster, Sighting
 from .csvfmt import safe_cell
+from .names import ClusterNames, image_key, short_name
 
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff"
                       "\u202a-\u202e\u2066-\u2069]")
@@ -122,8 +126,10 @@ def _text(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
 
 
-def _short(sha256: object) -> str:
-    return str(sha256 or "")[:12]
+def image_node_id(names: ClusterNames, sha256: str | None) -> str:
+    """The graph id of the image a sighting or link names (see the module docstring)."""
+    key = names.key(sha256)
+    return f"img:{key}" if key is not None else f"img:unresolved:{names.cluster_id}"
 
 
 def build_graph(clusters: Sequence[Cluster]) -> Graph:
@@ -131,29 +137,36 @@ def build_graph(clusters: Sequence[Cluster]) -> Graph:
     g = Graph()
     signals: set[str] = set()
     for c in clusters:
+        names = ClusterNames(c)
         dates: dict[str, list[str]] = {}
         for s in c.sightings:
-            if s.sha256 and s.seen_at:
-                dates.setdefault(s.sha256, []).append(s.seen_at)
+            key = names.key(s.sha256)
+            if key and s.seen_at:
+                dates.setdefault(key, []).append(s.seen_at)
         for img in c.images:
-            seen = sorted(dates.get(img.get("sha256"), []))
-            g.node(f"img:{img.get('sha256')}", _short(img.get("sha256")), kind="image",
-                   cluster=c.id, width=img.get("width"), height=img.get("height"),
-                   format=img.get("format"), first_seen=seen[0] if seen else None,
-                   last_seen=seen[-1] if seen else None)
+            key = image_key(img)
+            seen = sorted(dates.get(key or "", []))
+            g.node(f"img:{key}" if key else f"img:unresolved:{c.id}", short_name(key),
+                   kind="image", cluster=c.id, width=img.get("width"),
+                   height=img.get("height"), format=img.get("format"),
+                   first_seen=seen[0] if seen else None, last_seen=seen[-1] if seen else None)
+
+        def image(sha256: str | None) -> str:
+            return g.node(image_node_id(names, sha256), names.label(sha256), kind="image",
+                          cluster=c.id)
+
         image_ad: dict[tuple[str, str], Edge] = {}
         for s in c.sightings:
-            holder = image = g.node(f"img:{s.sha256}", _short(s.sha256), kind="image",
-                                    cluster=c.id)
+            holder = image_id = image(s.sha256)
             ad_id = ad_node_id(s)
             if ad_id is not None:
                 kind, rest = ad_id.split(":", 1)
                 label = f"{s.platform or '?'} {s.ad_id}" if s.ad_id else rest
                 holder = ad = g.node(ad_id, label, kind=kind, platform=s.platform)
-                edge = image_ad.get((image, ad))
+                edge = image_ad.get((image_id, ad))
                 if edge is None:
-                    edge = image_ad[(image, ad)] = g.edge(
-                        image, ad, "seen_in", cluster=c.id, posted_at=s.posted_at,
+                    edge = image_ad[(image_id, ad)] = g.edge(
+                        image_id, ad, "seen_in", cluster=c.id, posted_at=s.posted_at,
                         collected_at=s.collected_at, url=s.url, sightings=0)
                 edge.attrs["sightings"] += 1
             if s.platform:
@@ -169,10 +182,7 @@ def build_graph(clusters: Sequence[Cluster]) -> Graph:
         for link in c.links:
             distances = link.get("distances") or {}
             signals.update(str(k) for k in distances)
-            a = g.node(f"img:{link.get('a')}", _short(link.get("a")), kind="image",
-                       cluster=c.id)
-            b = g.node(f"img:{link.get('b')}", _short(link.get("b")), kind="image",
-                       cluster=c.id)
+            a, b = image(link.get("a")), image(link.get("b"))
             g.edge(a, b, "near_duplicate", directed=False, cluster=c.id,
                    score=link.get("score"),
                    agreed=",".join(str(x) for x in link.get("agreed") or ()),
@@ -321,11 +331,14 @@ LINK_COLUMNS = ("source", "target", "kind", "score", "agreed", "posted_at", "url
 def link_rows(clusters: Sequence[Cluster]) -> Iterator[list[object]]:
     """One row per sighting (image -> its ad, else its platform) and per link."""
     for c in clusters:
+        names = ClusterNames(c)
         for s in c.sightings:
             target = ad_node_id(s) or (f"platform:{s.platform}" if s.platform else "")
-            yield [f"img:{s.sha256}", target, "seen_in", "", "", s.posted_at, s.url, c.id]
+            yield [image_node_id(names, s.sha256), target, "seen_in", "", "", s.posted_at,
+                   s.url, c.id]
         for link in c.links:
-            yield [f"img:{link.get('a')}", f"img:{link.get('b')}", "near_duplicate",
+            yield [image_node_id(names, link.get("a")), image_node_id(names, link.get("b")),
+                   "near_duplicate",
                    link.get("score"), ",".join(str(a) for a in link.get("agreed") or ()),
                    "", "", c.id]
 

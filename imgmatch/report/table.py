@@ -1,4 +1,8 @@
-"""The terminal report: each cluster's story, platforms first, in plain text."""
+"""The terminal report: each cluster's story, platforms first, in plain text.
+
+An image is named by its SHA-256 (shortened), or by its hash when it has
+none (``pdq:9f3a5c0d11e2``, an imported hash; see :mod:`.names`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from ..model import Cluster
+from .names import ClusterNames
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
 
@@ -21,6 +26,11 @@ def clean(value: object, width: int | None = None) -> str:
 
 def _day(when: str | None) -> str:
     return clean(when[:10]) if when else "?"
+
+
+def _image(names: ClusterNames, sha256: str | None) -> str:
+    """A sighting's image: 12 characters of its SHA-256, else its hash's name."""
+    return clean(sha256, 12) if sha256 else f"{clean(names.label(sha256)):12}"
 
 
 def write_table(clusters: Sequence[Cluster], out: TextIO, *,
@@ -44,11 +54,12 @@ def write_table(clusters: Sequence[Cluster], out: TextIO, *,
             out.write("    " + "; ".join(
                 f"{clean(name, 20)}: {', '.join(clean(v, 40) for v in values.get(name, [])) or '-'}"
                 for name in fields) + "\n")
+        names = ClusterNames(c)
         for s in c.sightings:
             extra = s.extra or {}
             details = ", ".join(f"{clean(k, 20)}={clean(v, 40)}" for k, v in sorted(extra.items())
                                 if not k.endswith("_raw"))
             out.write(f"    {_day(s.seen_at)}  {clean(s.platform or '-', 16):16} "
-                      f"{clean(s.sha256, 12)}  "
+                      f"{_image(names, s.sha256)}  "
                       f"{clean(s.url or s.source, 60)}"
                       f"{'  [' + details + ']' if details else ''}\n")
