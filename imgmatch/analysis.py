@@ -1,11 +1,14 @@
 """One image's bytes -> its catalog row and signal values: a pure function.
 
-This is what worker processes run, so it imports only what decoding and
-hashing need (Pillow, numpy): no SQLite, no FAISS.
+This is what worker processes run: it imports decoding, the signals, local
+features and the plain records (Pillow, numpy, OpenCV on first use), and
+neither SQLite nor FAISS. (A worker asks whether it knows an image through
+a read-only connection of its own: :class:`imgmatch.catalog.KnownImages`.)
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -14,10 +17,10 @@ import numpy as np
 
 from . import features
 from . import signals as registry
-from .catalog import ImageRow, SignalRow
 from .decode import Decoded, decode, decode_frames, out_of_memory
 from .errors import DecodeError, InputError, ModelError, OutOfMemory
-from .signals import FEATURES, HashValue
+from .records import HashValue, ImageRow, SignalRow
+from .signals import FEATURES
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class Analysis:
     known: bool = False
     #: local features of the image and of its mirror (robust tier only)
     features: tuple | None = None
-    #: the grey pixels they were taken from (at most :data:`features.SIDE`),
+    #: the grey pixels they were taken from, reduced to :data:`features.ALIGN_SIDE`,
     #: for the aligned comparison of link candidates; never stored
     grey: np.ndarray | None = None
     #: with ``Options.all_frames``: (frame number, its analysis) of frames 1, 2, ...
@@ -103,10 +106,10 @@ def analyse(data: bytes, signal_names: Sequence[str], source: str | None = None,
                  + ([features.SIDE] if local else []))
     first = _measure(lambda: decode(data, source=source, target=target), data, hashes, local,
                      digest, options)
-    if not options.all_frames or first.image is None or first.image.frames < 2:
+    if not options.all_frames or first.image is None or (first.image.frames or 1) < 2:
         return first
     frames = tuple(
-        (k, _measure(lambda d=decoded: _frame(d), data, hashes, local,
+        (k, _measure(functools.partial(_frame, decoded), data, hashes, local,
                      frame_digest(digest, k), options))
         for k, decoded in decode_frames(data, source=source, target=target, limit=MAX_FRAMES))
     return replace(first, frames=frames)
@@ -126,8 +129,9 @@ def _measure(decoded_by: Callable[[], Decoded], data: bytes, hashes: Sequence[st
     try:
         decoded = decoded_by()
         variants = {name: registry.get(name).link_variants(decoded) for name in hashes}
-        grey = features.prepare(np.asarray(decoded.grey)) if local else None
-        found = features.extract_both(grey) if local else None
+        prepared = features.prepare(np.asarray(decoded.grey)) if local else None
+        found = features.extract_both(prepared) if prepared is not None else None
+        grey = None if prepared is None else features.reduce(prepared, features.ALIGN_SIDE)
         thumb = make_thumbnail(decoded) if options.thumbnails else None
     except InputError as exc:
         return Analysis(digest, reason=exc.reason, detail=exc.detail)
@@ -145,7 +149,7 @@ def _measure(decoded_by: Callable[[], Decoded], data: bytes, hashes: Sequence[st
         variants=variants, features=found, grey=grey)
 
 
-def make_thumbnail(decoded) -> bytes:
+def make_thumbnail(decoded: Decoded) -> bytes:
     """A small colour JPEG of the image, for reports (only when asked for)."""
     import io
 

@@ -8,25 +8,23 @@ caches rebuilt from here, never the other way round.
 One writer: only the process that owns a :class:`Catalog` in write mode
 writes, in batched transactions (``write_batch``), so a crash leaves either a
 whole batch or none of it. The schema is versioned by recorded migrations.
-This module knows SQL and nothing of FAISS.
+This module knows SQL and nothing of FAISS; rows go in and come out as the
+plain records of :mod:`imgmatch.records`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import CatalogError
-
-SIGHTING_FIELDS: tuple[str, ...] = (
-    "platform", "url", "page_url", "ad_id", "posted_at", "collected_at", "source")
+from .records import SIGHTING_FIELDS, ImageRow, LinkRow, Sighting
+from .text import utcnow
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("initial schema", """
@@ -181,113 +179,6 @@ SCHEMA_VERSION = len(MIGRATIONS)
 BULK_CACHE_MB = 256
 
 
-def utcnow() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True)
-class SignalRow:
-    signal: str
-    version: int
-    value: bytes
-    quality: int | None
-
-
-@dataclass(frozen=True)
-class ImageRow:
-    """One analysed image, ready to be written."""
-
-    sha256: str
-    size_bytes: int | None
-    width: int | None
-    height: int | None
-    format: str | None
-    mode: str | None
-    frames: int | None
-    signals: tuple[SignalRow, ...]
-    #: a small JPEG, only when the user asked for thumbnails
-    thumbnail: bytes | None = None
-    #: local features (:mod:`imgmatch.features`), only in the robust tier:
-    #: (version, keypoint count, blob)
-    features: tuple[int, int, bytes] | None = None
-
-
-@dataclass(frozen=True)
-class SightingRow:
-    """Where and when an image was seen. ``extra`` is free JSON-able metadata.
-
-    Given by callers without ``sha256``; read back from the catalog, it names
-    the image it is a sighting of.
-    """
-
-    platform: str | None = None
-    url: str | None = None
-    page_url: str | None = None
-    ad_id: str | None = None
-    posted_at: str | None = None
-    collected_at: str | None = None
-    source: str | None = None
-    extra: dict = field(default_factory=dict)
-    sha256: str | None = None
-
-    @property
-    def seen_at(self) -> str | None:
-        """When it happened: posted_at, else collected_at (ISO 8601 UTC)."""
-        return self.posted_at or self.collected_at
-
-    def to_json(self) -> dict:
-        out = {f: getattr(self, f) for f in SIGHTING_FIELDS}
-        out["extra"] = dict(self.extra)
-        if self.sha256 is not None:
-            out = {"sha256": self.sha256, **out}
-        return out
-
-    def normalised(self) -> SightingRow:
-        """Dates as ISO 8601 UTC (an unreadable one moves to extra as
-        ``<field>_raw``), and text that encodes as UTF-8: what the catalog stores."""
-        from .text import parse_when, safe_text
-
-        def text(v):
-            return safe_text(v) if isinstance(v, str) else v
-
-        values = {f: text(getattr(self, f)) for f in SIGHTING_FIELDS}
-        extra = {text(str(k)): (text(v) if isinstance(v, str) else v)
-                 for k, v in self.extra.items()}
-        for f in ("posted_at", "collected_at"):
-            raw = values[f]
-            if raw is not None:
-                parsed = parse_when(str(raw))
-                if parsed is None:
-                    extra[f"{f}_raw"] = raw
-                values[f] = parsed
-        return SightingRow(**values, extra=extra, sha256=self.sha256)
-
-    def key(self, sha256: str) -> str:
-        """Identity of a sighting: the same image seen with the same metadata.
-
-        Where a sighting says where on the web it was (url, page or ad), the
-        local file it was read from is not part of its identity, so the same
-        crawl ingested from another folder adds nothing twice.
-        """
-        located = bool(self.url or self.page_url or self.ad_id)
-        fields = [f for f in SIGHTING_FIELDS if not (located and f == "source")]
-        payload = [sha256] + [getattr(self, f) for f in fields] + [self.extra]
-        blob = json.dumps(payload, sort_keys=True, ensure_ascii=True, default=str)
-        return hashlib.sha256(blob.encode("ascii")).hexdigest()
-
-
-@dataclass(frozen=True)
-class LinkRow:
-    """A near-duplicate edge between two images (a < b) and its evidence."""
-
-    a: int
-    b: int
-    score: float
-    distances: dict
-    agreed: tuple[str, ...]
-    transform: str
-
-
 #: Called inside a batch's transaction with the new (image_id, sha256) pairs;
 #: returns the links those images make, so images and links commit together.
 Linker = Callable[[list[tuple[int, str]]], list[LinkRow]]
@@ -403,7 +294,7 @@ class Catalog:
         cur = self.conn.execute(
             "INSERT INTO runs (started_at, command, args) VALUES (?, ?, ?)",
             (utcnow(), command, json.dumps(args, default=str)))
-        return int(cur.lastrowid)
+        return _inserted_id(cur)
 
     def finish_run(self, run_id: int, status: str, stats: dict) -> None:
         self.conn.execute(
@@ -443,7 +334,7 @@ class Catalog:
             self.conn.execute(f"PRAGMA cache_size = {int(before)}")
             self.conn.execute("PRAGMA shrink_memory")
 
-    def import_hashes(self, rows: Iterable[tuple[str, bytes, int | None, SightingRow]],
+    def import_hashes(self, rows: Iterable[tuple[str, bytes, int | None, Sighting]],
                       run_id: int | None) -> tuple[int, int, int]:
         """Hash-only images, one transaction: (signal, value, quality, sighting) rows.
 
@@ -518,7 +409,7 @@ class Catalog:
                                  (sha256,)).fetchone() is not None
 
     def write_batch(self, images: Iterable[ImageRow],
-                    sightings: Iterable[tuple[str, SightingRow]],
+                    sightings: Iterable[tuple[str, Sighting]],
                     failures: Iterable[tuple[str, str, str]],
                     run_id: int | None, linker: Linker | None = None,
                     payload_digests: Iterable[tuple[str, str]] = ()) -> BatchResult:
@@ -545,7 +436,7 @@ class Catalog:
                 if cur.rowcount == 0:
                     result.images_known += 1
                     continue
-                image_id = int(cur.lastrowid)
+                image_id = _inserted_id(cur)
                 result.images_added += 1
                 result.new_images.append((image_id, row.sha256))
                 conn.executemany(
@@ -812,9 +703,9 @@ class Catalog:
             "SELECT sha256 FROM images WHERE sha256 >= ? AND sha256 < ? ORDER BY sha256 "
             "LIMIT ?", (prefix, prefix + "g", limit))]
 
-    def sightings_of(self, image_ids: Sequence[int]) -> dict[int, list[SightingRow]]:
+    def sightings_of(self, image_ids: Sequence[int]) -> dict[int, list[Sighting]]:
         """Each image's sightings, oldest first (by posted_at, else collected_at)."""
-        out: dict[int, list[SightingRow]] = {i: [] for i in image_ids}
+        out: dict[int, list[Sighting]] = {i: [] for i in image_ids}
         cols = ", ".join(f"s.{f}" for f in SIGHTING_FIELDS)
         for chunk in _chunks(list(image_ids), 500):
             marks = ",".join("?" * len(chunk))
@@ -824,7 +715,7 @@ class Catalog:
                     f"ORDER BY coalesce(s.posted_at, s.collected_at), s.id", chunk):
                 fields = dict(zip(SIGHTING_FIELDS, row[2:-1]))
                 extra = json.loads(row[-1]) if row[-1] else {}
-                out[row[0]].append(SightingRow(**fields, extra=extra, sha256=row[1]))
+                out[row[0]].append(Sighting(**fields, extra=extra, sha256=row[1]))
         return out
 
     def links_of(self, image_id: int) -> list[tuple[int, float, dict, tuple[str, ...], str]]:
@@ -912,7 +803,7 @@ class Catalog:
         cur = self.conn.execute(
             "INSERT INTO api_keys (name, key_hash, scopes, created_at) VALUES (?,?,?,?)",
             (name, key_hash, ",".join(scopes), utcnow()))
-        return int(cur.lastrowid)
+        return _inserted_id(cur)
 
     def api_keys(self) -> list[dict]:
         cols = ("id", "name", "scopes", "created_at", "revoked_at")
@@ -955,6 +846,13 @@ class KnownImages:
                                       (sha256,)).fetchone() is not None
         except sqlite3.OperationalError:  # no images table yet
             return False
+
+
+def _inserted_id(cursor: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT just added (SQLite gives None only when none was)."""
+    if cursor.lastrowid is None:
+        raise CatalogError("the catalog added no row where one was expected")
+    return int(cursor.lastrowid)
 
 
 def _split_sql(script: str) -> list[str]:

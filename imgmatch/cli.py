@@ -1,8 +1,10 @@
 """The ``imgmatch`` command line: parse, call the library, format.
 
-No logic lives here that the library lacks. ``--json`` output is the stable
-machine interface (docs/cli.md); tables are for people. Exit codes, mapped in
-one place (:func:`main`):
+No logic lives here that the library lacks: it imports only the public names
+of :mod:`imgmatch` and its exceptions (and its own progress display), as any
+program would. ``--json`` output is the stable machine interface
+(docs/cli.md); tables are for people. Exit codes, mapped in one place
+(:func:`main`):
 
     0  everything worked
     1  partial: some inputs failed (each was recorded or reported with its reason)
@@ -16,24 +18,42 @@ import json
 import os
 import re
 import sys
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any, TextIO
 
 import click
 
-from . import signals as registry
-from .collection import MIN_SHA256_PREFIX, Collection, default_db_path, hash_bytes
+from . import (
+    DEFAULT_BATCH,
+    DEFAULT_MAX_MEMORY,
+    DEFAULT_SIGNALS,
+    DEFAULT_TIMEOUT,
+    KEY_SCOPES,
+    MATCH_SCORE,
+    MIN_SHA256_PREFIX,
+    REPORT_FORMATS,
+    ROBUST_SIGNALS,
+    Collection,
+    HashValue,
+    ImageRecord,
+    IngestSummary,
+    Item,
+    Match,
+    date_bound,
+    default_db_path,
+    default_workers,
+    hash_bytes,
+    parse_hash,
+    parse_signals,
+    printable,
+    read_hash_list,
+    sources_for,
+    write_report,
+)
+from .cli_progress import Progress
 from .errors import ImgmatchError, InputError, SignalError
-from .ingest import DEFAULT_BATCH, IngestSummary
-from .match import MATCH_SCORE
-from .pairs import default_workers
-from .report import FORMATS
-from .report.table import clean
-from .signals import HashValue
-from .keys import SCOPES, create_key
-from .progress import Progress
-from .sources import iter_jsonl_stream, iter_manifest, iter_paths, iter_scrapy, parse_when
-from .warc import iter_warc
-from .workers import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 
@@ -54,9 +74,8 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
 def _pdq_hashes(ctx: click.Context, param: click.Parameter,
                 values: tuple[str, ...]) -> tuple[tuple[str, HashValue], ...]:
     """--pdq HEX...: (the text as given, its value)."""
-    pdq = registry.get("pdq")
     try:
-        return tuple((text, pdq.from_hex(text)) for text in values)
+        return tuple((text, parse_hash(text, "pdq")) for text in values)
     except SignalError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -67,7 +86,7 @@ def _signal_list(ctx: click.Context, param: click.Parameter,
     if not value:
         return None
     try:
-        return registry.parse_list(value)
+        return parse_signals(value)
     except SignalError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -77,7 +96,7 @@ def _signal_names(ctx: click.Context, param: click.Parameter,
     """--signal NAME (repeatable): each a known signal."""
     try:
         return tuple(dict.fromkeys(name for v in values if v.strip()
-                                   for name in registry.parse_list(v)))
+                                   for name in parse_signals(v)))
     except SignalError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -138,9 +157,6 @@ def cli(ctx: click.Context, db: Path | None) -> None:
     ctx.obj = db or default_db_path()
 
 
-ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
-
-
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--manifest", "manifests", multiple=True,
@@ -161,10 +177,10 @@ ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
                    "never for copies.")
 @click.option("--signals", "signal_list", default=None, callback=_signal_list,
               help=f"Comma-separated signals to compute (default: "
-                   f"{','.join(registry.DEFAULT_SIGNALS)}; 'phash,dhash' is a fast first pass).")
+                   f"{','.join(DEFAULT_SIGNALS)}; 'phash,dhash' is a fast first pass).")
 @click.option("--robust", is_flag=True,
               help="Also store local features (the robust tier, '--signals "
-                   f"{','.join(registry.ROBUST_SIGNALS)}'): finds crops, borders, rotations, "
+                   f"{','.join(ROBUST_SIGNALS)}'): finds crops, borders, rotations, "
                    "overlays, screenshots and collages; slower, and more bytes per image.")
 @click.option("--workers", type=click.IntRange(0, 256), default=default_workers(),
               show_default="all cores this process may use",
@@ -197,7 +213,7 @@ ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.pass_obj
-def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl,
+def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl: TextIO | None,
            scrapy_items: Path | None, scrapy_store: Path | None, platform: str | None,
            file_times: bool,
            signal_list: tuple[str, ...] | None, robust: bool, workers: int, timeout: float,
@@ -223,30 +239,19 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
             f"{_listing(paths)} {'does' if len(paths) == 1 else 'do'} not exist; "
             "nothing to ingest", param_hint="PATHS")
     _check_db(db)  # before the background count starts
-    names = signal_list or registry.DEFAULT_SIGNALS
-    if robust and registry.FEATURES not in names:
-        names = names + (registry.FEATURES,)
-    archives = [p for p in paths if str(p).lower().endswith(ARCHIVE_SUFFIXES)]
-    plain = [p for p in paths if p not in archives]
+    names = _with_local_features(signal_list or DEFAULT_SIGNALS, robust)
 
-    def items(stream_ok: bool = True):
-        yield from iter_paths(plain, platform=platform, file_times=file_times)
-        for manifest in manifests:
-            yield from iter_manifest(manifest, platform=platform)
-        for archive in archives:
-            yield from iter_warc(archive, platform=platform)
-        if scrapy_items:
-            yield from iter_scrapy(scrapy_items, scrapy_store, platform=platform)
-        if jsonl is not None and stream_ok:
-            yield from iter_jsonl_stream(jsonl, label=jsonl.name, platform=platform)
+    def items() -> Iterator[Item]:
+        return sources_for(paths, manifests=manifests, jsonl=jsonl, scrapy_items=scrapy_items,
+                           scrapy_store=scrapy_store, platform=platform, file_times=file_times)
 
     progress = Progress(enabled=False if (quiet or as_json or emit_matches) else None)
     if jsonl is None:  # a stream cannot be counted ahead: no total, no ETA
-        progress.count_in_background(lambda: items(stream_ok=False))
+        progress.count_in_background(items)
 
     emitter: _MatchEmitter | None = None
 
-    def on_progress(summary, final: bool = False) -> None:
+    def on_progress(summary: IngestSummary, final: bool = False) -> None:
         if emitter is not None:
             emitter.summarised(summary)
         progress.update(summary.files_seen, summary.images_added, len(summary.failures),
@@ -278,7 +283,14 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
     return EXIT_PARTIAL if summary.failures else EXIT_OK
 
 
-def _lacking_note(lacking: dict[str, int], signals) -> None:
+def _with_local_features(names: tuple[str, ...], robust: bool) -> tuple[str, ...]:
+    """--robust: the signals asked for, and the robust tier's local features."""
+    if not robust:
+        return names
+    return names + tuple(n for n in ROBUST_SIGNALS if n not in DEFAULT_SIGNALS + names)
+
+
+def _lacking_note(lacking: dict[str, int], signals: Sequence[str]) -> None:
     """Say which signals some images lack, and the command that adds them."""
     what = ", ".join(f"{n} image{'s' if n != 1 else ''} lack{'s' if n == 1 else ''} {name}"
                      for name, n in sorted(lacking.items()))
@@ -287,7 +299,7 @@ def _lacking_note(lacking: dict[str, int], signals) -> None:
                err=True)
 
 
-def _listing(paths, shown: int = 5) -> str:
+def _listing(paths: Sequence[Path], shown: int = 5) -> str:
     """'a.jpg, b.jpg and 3 more': paths named in a message."""
     names = ", ".join(str(p) for p in paths[:shown])
     return names + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
@@ -305,9 +317,9 @@ class _MatchEmitter:
 
     def __init__(self, collection: Collection) -> None:
         self.collection = collection
-        self.pending: list = []
+        self.pending: list[Any] = []
 
-    def written(self, records: list) -> None:
+    def written(self, records: list[Any]) -> None:
         self.pending.extend(records)
 
     def summarised(self, summary: IngestSummary) -> None:
@@ -317,21 +329,27 @@ class _MatchEmitter:
         recent = summary.failures[len(summary.failures) - n_failed:] if n_failed else []
         reasons = {source: reason for source, reason, _ in recent}
         for item, sha256, status, detail in self.pending:
-            out = {"source": item.source, "sha256": sha256, "status": status}
+            out: dict[str, Any] = {"source": item.source, "sha256": sha256, "status": status}
             if status == "failed":
                 reason = item.error.reason if item.error is not None else \
                     reasons.get(item.source, "error")
                 out["error"] = {"reason": reason, "message": detail or reason}
             else:
-                out["matches"] = [link.to_json() | {"sightings": [
-                    s.to_json() for s in self.collection.image(link.sha256).sightings]}
-                    for link in self.collection.image(sha256).links]
+                out["matches"] = [link.to_json() | {"sightings": self._sightings(link.sha256)}
+                                  for link in self.collection.image(sha256).links]
             click.echo(json.dumps(out, ensure_ascii=False))
         self.pending.clear()
         sys.stdout.flush()
 
+    def _sightings(self, sha256: str | None) -> list[dict[str, Any]]:
+        """A linked image's sightings (none for an imported hash, which is
+        known by its hash, not a SHA-256)."""
+        if sha256 is None:
+            return []
+        return [s.to_json() for s in self.collection.image(sha256).sightings]
 
-def _print_summary(summary) -> None:
+
+def _print_summary(summary: IngestSummary) -> None:
     rate = summary.files_seen / summary.seconds if summary.seconds else 0.0
     click.echo(f"files seen:       {summary.files_seen} in {summary.seconds:.1f} s "
                f"({rate:,.0f}/s)")
@@ -347,7 +365,7 @@ def _print_summary(summary) -> None:
             f"{k} {v}" for k, v in sorted(summary.skipped.items())))
     click.echo(f"failures:         {len(summary.failures)}")
     for source, reason, detail in summary.failures[:50]:
-        click.echo(f"  {reason:18} {clean(source, 80)}: {clean(detail, 160)}")
+        click.echo(f"  {reason:18} {printable(source, 80)}: {printable(detail, 160)}")
     if len(summary.failures) > 50:
         click.echo(f"  ... and {len(summary.failures) - 50} more ('imgmatch stats')")
 
@@ -374,21 +392,22 @@ def query(db: Path, images: tuple[Path, ...], pdq_hex: tuple[tuple[str, HashValu
         raise click.UsageError("give image files, --pdq HEX or --pdq-file FILE")
     failed = False
     with _open(db, readonly=True) as collection:
-        asked = ("pdq",) if (pdq_hex or pdq_file) else ()
+        asked: tuple[str, ...] = ("pdq",) if (pdq_hex or pdq_file) else ()
         asked += tuple(collection.coverage()) if images else ()
         lacking = collection.missing_signals(tuple(dict.fromkeys(asked)))
         if lacking:  # a query cannot find images through a signal they lack
             _lacking_note(lacking, tuple(dict.fromkeys(
-                (*registry.DEFAULT_SIGNALS, *collection.coverage(), *lacking))))
+                (*DEFAULT_SIGNALS, *collection.coverage(), *lacking))))
         if pdq_file is not None:
             return _query_hash_list(collection, pdq_file, top_k, min_score)
-        jobs = [(str(p), p, None) for p in images] + [(h, None, v) for h, v in pdq_hex]
-        for label, path, value in jobs:
+        jobs: list[tuple[str, Path | HashValue]] = \
+            [(str(p), p) for p in images] + [(h, v) for h, v in pdq_hex]
+        for label, asked_for in jobs:
             try:
-                if value is not None:
-                    matches = collection.query_hash(value, top_k=top_k, min_score=min_score)
+                if isinstance(asked_for, HashValue):
+                    matches = collection.query_hash(asked_for, top_k=top_k, min_score=min_score)
                 else:
-                    matches = collection.query(path, top_k=top_k, min_score=min_score)
+                    matches = collection.query(asked_for, top_k=top_k, min_score=min_score)
             except (InputError, OSError, ImgmatchError) as exc:
                 failed = True
                 reason = getattr(exc, "reason", "error")
@@ -397,7 +416,7 @@ def query(db: Path, images: tuple[Path, ...], pdq_hex: tuple[tuple[str, HashValu
                     _echo_json({"query": label, "error": {"reason": reason, "message": message},
                                 "matches": []})
                 else:
-                    click.echo(f"{clean(label)}: error ({reason}): {clean(message)}")
+                    click.echo(f"{printable(label)}: error ({reason}): {printable(message)}")
                 continue
             if as_json:
                 _echo_json({"query": label, "matches": [m.to_json() for m in matches]})
@@ -409,31 +428,25 @@ def query(db: Path, images: tuple[Path, ...], pdq_hex: tuple[tuple[str, HashValu
 def _query_hash_list(collection: Collection, path: Path, top_k: int,
                      min_score: float) -> int:
     """One JSON line per hash of a list, each with the time its query took."""
-    import time
-
-    from .hashlists import read_hash_list
-    from .signals import HashValue
-
-    collection.indexes  # open the indexes before the clock starts
+    collection.load_indexes(local_features=False)  # hash queries; before the clock starts
     failed = False
     for line in read_hash_list(path):
         label = line.name or f"{path.name}:{line.line_no}"
-        if line.value is None:
+        if line.hash is None:
             failed = True
             _echo_json({"query": label, "error": {"reason": "bad-hash", "message": line.error},
                         "matches": []})
             continue
         started = time.perf_counter()
-        matches = collection.query_hash(HashValue(line.signal, line.value, line.quality),
-                                        top_k=top_k, min_score=min_score)
+        matches = collection.query_hash(line.hash, top_k=top_k, min_score=min_score)
         elapsed = (time.perf_counter() - started) * 1000
-        _echo_json({"query": label, "pdq": line.value.hex(), "elapsed_ms": round(elapsed, 3),
+        _echo_json({"query": label, "pdq": line.hash.hex, "elapsed_ms": round(elapsed, 3),
                     "matches": [m.to_json() for m in matches]})
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
-def _print_matches(label: str, matches) -> None:
-    click.echo(f"{clean(label)}: {_plural(len(matches), 'match', 'matches')}")
+def _print_matches(label: str, matches: list[Match]) -> None:
+    click.echo(f"{printable(label)}: {_plural(len(matches), 'match', 'matches')}")
     for m in matches:
         dist = ", ".join(f"{k} {v}" for k, v in sorted(m.distances.items()))
         if m.inliers is not None:  # verified geometrically (robust tier)
@@ -444,21 +457,22 @@ def _print_matches(label: str, matches) -> None:
         click.echo(f"  {m.score:.3f}  {name}  [{dist}; {m.transform}]{flag}")
         for s in m.sightings:
             when = (s.seen_at or "?")[:10]
-            click.echo(f"      {when}  {clean(s.platform or '-', 16):16} "
-                       f"{clean(s.url or s.source, 80)}")
+            click.echo(f"      {when}  {printable(s.platform or '-', 16):16} "
+                       f"{printable(s.url or s.source, 80)}")
 
 
 @cli.command("hash")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--signals", "signal_list", default=None, callback=_signal_list,
-              help=f"Comma-separated signals (default: {','.join(registry.DEFAULT_SIGNALS)}).")
+              help=f"Comma-separated signals (default: {','.join(DEFAULT_SIGNALS)}).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file per line.")
 def hash_cmd(images: tuple[Path, ...], signal_list: tuple[str, ...] | None,
              as_json: bool) -> int:
     """Print the signals of image files; stores nothing."""
-    names = signal_list or registry.DEFAULT_SIGNALS
+    names = signal_list or DEFAULT_SIGNALS
     failed = False
     for path in images:
+        result: dict[str, Any]
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -469,17 +483,17 @@ def hash_cmd(images: tuple[Path, ...], signal_list: tuple[str, ...] | None,
         if as_json:
             _echo_json({"file": str(path), **result})
         elif "error" in result:
-            click.echo(f"{clean(path)}: error ({result['error']['reason']}): "
-                       f"{clean(result['error']['message'])}")
+            click.echo(f"{printable(path)}: error ({result['error']['reason']}): "
+                       f"{printable(result['error']['message'])}")
         else:
             parts = [f"{k}={v['hex']}" + (f" q={v['quality']}" if k == "pdq" else "")
                      for k, v in result["signals"].items()]
-            click.echo(f"{clean(path)}  sha256={result['sha256']}  " + "  ".join(parts))
+            click.echo(f"{printable(path)}  sha256={result['sha256']}  " + "  ".join(parts))
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
 @cli.command()
-@click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), default="table",
+@click.option("--format", "fmt", type=click.Choice(REPORT_FORMATS), default="table",
               show_default=True, help="table and json for people and programs; csv "
               "(one row per sighting), links-csv, graphml and gexf for link-analysis tools; "
               "html: one offline file with timelines.")
@@ -519,14 +533,7 @@ def report(db: Path, fmt: str, output: Path | None, min_sightings: int,
     except OSError as exc:  # checked above; a race, or a place only opening tells
         raise click.FileError(str(output), hint=exc.strerror or str(exc)) from None
     try:
-        if fmt in ("csv", "links-csv"):
-            FORMATS[fmt](clusters, out, raw=raw)
-        elif fmt == "table":
-            FORMATS[fmt](clusters, out, fields=names)
-        elif fmt == "html":
-            FORMATS[fmt](clusters, out, thumbnails=pictures)
-        else:
-            FORMATS[fmt](clusters, out)
+        write_report(clusters, out, fmt, raw=raw, fields=names, thumbnails=pictures)
     finally:
         if output:
             out.close()
@@ -536,26 +543,16 @@ def report(db: Path, fmt: str, output: Path | None, min_sightings: int,
 def _date_option(value: str | None, name: str) -> str | None:
     if not value:
         return None
-    parsed = parse_when(value)
-    if parsed is None:
+    bound = date_bound(value)
+    if bound is None:
         raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=f"'{name}'")
-    return parsed[:10] if len(value.strip()) <= 10 else parsed
+    return bound
 
 
-def _linked_names(collection: Collection, record) -> list[str]:
+def _linked_names(record: ImageRecord) -> list[str]:
     """The name of each image ``record`` links to, in order: its SHA-256, else (an
-    imported hash, which has none) its hash, ``pdq:<hex>``, which a Link does not
-    carry and the catalog is asked for."""
-    names = [link.sha256 or "" for link in record.links]
-    if all(names):
-        return names
-    catalog = collection.catalog
-    linked = catalog.links_of(catalog.image_id(record.sha256))
-    info = catalog.images([other for other, *_ in linked])
-    for i, (link, (other, score, *_)) in enumerate(zip(record.links, linked)):
-        if not names[i] and score == link.score:  # the same link, read again
-            names[i] = info[other].get("hash_key") or ""
-    return [name or "imported hash" for name in names]
+    imported hash, which has none) its hash, ``pdq:<hex>``."""
+    return [link.sha256 or link.hash_key or "imported hash" for link in record.links]
 
 
 @cli.command()
@@ -582,10 +579,10 @@ def show(db: Path, sha256: str | None, cluster_id: int | None, as_json: bool) ->
                                                        if value.quality is not None else ""))
             click.echo(f"sightings ({len(record.sightings)}):")
             for s in record.sightings:
-                click.echo(f"  {(s.seen_at or '?')[:10]}  {clean(s.platform or '-', 16):16} "
-                           f"{clean(s.url or s.source, 80)}")
+                click.echo(f"  {(s.seen_at or '?')[:10]}  {printable(s.platform or '-', 16):16} "
+                           f"{printable(s.url or s.source, 80)}")
             click.echo(f"links ({len(record.links)}):")
-            for link, name in zip(record.links, _linked_names(collection, record)):
+            for link, name in zip(record.links, _linked_names(record)):
                 click.echo(f"  {link.score:.3f}  {name}  {', '.join(link.agreed)} "
                            f"({link.transform})")
             return EXIT_OK
@@ -595,7 +592,7 @@ def show(db: Path, sha256: str | None, cluster_id: int | None, as_json: bool) ->
     if as_json:
         _echo_json(found[0].to_json())
     else:
-        FORMATS["table"](found, sys.stdout)
+        write_report(found, sys.stdout, "table")
     return EXIT_OK
 
 
@@ -618,16 +615,16 @@ def ignore(db: Path, sha256s: tuple[str, ...], pdq_hex: tuple[tuple[str, HashVal
     with _open(db, readonly=list_ and not (sha256s or pdq_hex or remove)) as c:
         images = [c.resolve(prefix) for prefix in sha256s]  # each names one, or nothing changes
         for entry in remove:
-            if not c.catalog.unignore(entry):
+            if not c.unignore(entry):
                 raise ImgmatchError(f"no ignore entry {entry} ('imgmatch ignore --list')")
         for sha in images:
             c.ignore(sha256=sha, reason=reason)
         for _, value in pdq_hex:
             c.ignore(value=value, reason=reason)
         if list_:
-            for row in c.catalog.ignored():
+            for row in c.ignored():
                 what = row["sha256"] or f"{row['signal']} {row['hex']}"
-                click.echo(f"{row['id']:4}  {what}  {clean(row['reason'], 60)}  "
+                click.echo(f"{row['id']:4}  {what}  {printable(row['reason'], 60)}  "
                            f"{row['created_at']}")
     return EXIT_OK
 
@@ -657,7 +654,7 @@ def import_hashes(db: Path, file: Path, platform: str | None, link: bool, worker
                    f"{summary['failed']}" + (f", links added: {summary['links_added']}"
                                               if "links_added" in summary else ""))
         for f in summary["failures"][:20]:
-            click.echo(f"  {clean(f['detail'], 160)}")
+            click.echo(f"  {printable(f['detail'], 160)}")
     return EXIT_PARTIAL if summary["failed"] else EXIT_OK
 
 
@@ -709,7 +706,7 @@ def stats(db: Path, as_json: bool) -> int:
                    "(robust tier)")
     if info["platforms_by_sightings"]:
         click.echo("platforms:   " + ", ".join(
-            f"{clean(k or '-', 30)} {v}" for k, v in info["platforms_by_sightings"].items()))
+            f"{printable(k or '-', 30)} {v}" for k, v in info["platforms_by_sightings"].items()))
     if info["failure_reasons"]:
         click.echo("failures:    " + ", ".join(
             f"{k} {v}" for k, v in info["failure_reasons"].items()))
@@ -753,13 +750,13 @@ def keys() -> None:
 @keys.command("add")
 @click.argument("name")
 @click.option("--scope", "scopes", multiple=True, required=True,
-              type=click.Choice(SCOPES), help="read, ingest or admin. Repeatable.")
+              type=click.Choice(KEY_SCOPES), help="read, ingest or admin. Repeatable.")
 @click.pass_obj
 def keys_add(db: Path, name: str, scopes: tuple[str, ...]) -> int:
     """Create a key; it is printed once, alone on the last line."""
     with _open(db) as collection:
-        key = create_key(collection.catalog, name, scopes)
-    click.echo(f"key for {clean(name)} with scopes {', '.join(scopes)} (shown only now):")
+        key = collection.add_key(name, scopes)
+    click.echo(f"key for {printable(name)} with scopes {', '.join(scopes)} (shown only now):")
     click.echo(key)
     return EXIT_OK
 
@@ -770,13 +767,13 @@ def keys_add(db: Path, name: str, scopes: tuple[str, ...]) -> int:
 def keys_list(db: Path, as_json: bool) -> int:
     """Keys by name, scopes and dates (never the keys themselves)."""
     with _open(db, readonly=True) as collection:
-        rows = collection.catalog.api_keys()
+        rows = collection.keys()
     if as_json:
         _echo_json(rows)
         return EXIT_OK
     for r in rows:
         state = f"revoked {r['revoked_at']}" if r["revoked_at"] else "active"
-        click.echo(f"{r['id']:4}  {clean(r['name'], 30):30} {r['scopes']:20} "
+        click.echo(f"{r['id']:4}  {printable(r['name'], 30):30} {r['scopes']:20} "
                    f"created {r['created_at']}  {state}")
     return EXIT_OK
 
@@ -787,7 +784,7 @@ def keys_list(db: Path, as_json: bool) -> int:
 def keys_revoke(db: Path, name_or_id: str) -> int:
     """Revoke the active keys with this name (or this id)."""
     with _open(db) as collection:
-        n = collection.catalog.revoke_api_keys(name_or_id)
+        n = collection.revoke_key(name_or_id)
     if not n:
         raise ImgmatchError(f"no active key named {name_or_id!r}")
     click.echo(f"revoked {_plural(n, 'key')}")
@@ -842,10 +839,9 @@ def upgrade(db: Path, signal_list: tuple[str, ...] | None, robust: bool, workers
     source holds any more are listed with the reason; run again when they are
     back: what was done is kept."""
     with _open(db) as collection:
-        names = signal_list or \
-            tuple(dict.fromkeys((*registry.DEFAULT_SIGNALS, *collection.coverage())))
-        if robust and registry.FEATURES not in names:
-            names = names + (registry.FEATURES,)
+        names = _with_local_features(
+            signal_list or tuple(dict.fromkeys((*DEFAULT_SIGNALS, *collection.coverage()))),
+            robust)
         progress = Progress(enabled=False if (quiet or as_json) else None)
         try:
             summary = collection.upgrade(
@@ -864,7 +860,7 @@ def upgrade(db: Path, signal_list: tuple[str, ...] | None, robust: bool, workers
         click.echo(f"new links:        {summary.links_added}")
         click.echo(f"unreachable:      {len(summary.unreachable)}")
         for key, why in summary.unreachable[:50]:
-            click.echo(f"  {key[:16]}  {clean(why, 160)}")
+            click.echo(f"  {key[:16]}  {printable(why, 160)}")
         if len(summary.unreachable) > 50:
             click.echo(f"  ... and {len(summary.unreachable) - 50} more (--json lists 1000)")
     return EXIT_PARTIAL if summary.unreachable else EXIT_OK

@@ -49,19 +49,6 @@ class _UnionFind:
                 self.parent[ra] = rb
 
 
-def group(image_ids: Iterable[int], links: Iterable[tuple[int, int]]) -> list[list[int]]:
-    """Connected components of a graph, each sorted, ordered by smallest id."""
-    uf = _UnionFind()
-    for i in image_ids:
-        uf.find(i)
-    for a, b in links:
-        uf.union(a, b)
-    components: dict[int, list[int]] = {}
-    for node in list(uf.parent):
-        components.setdefault(uf.find(node), []).append(node)
-    return sorted((sorted(c) for c in components.values()), key=lambda c: c[0])
-
-
 #: A link at or above this score counts as strong: the score from which every
 #: tier reached precision 0.99 on the fit half of the second benchmark set
 #: (:data:`imgmatch.evidence.PRECISE`, docs/benchmarks.md). A partial

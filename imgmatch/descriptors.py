@@ -25,14 +25,16 @@ the catalog: plain .npy arrays with a verified manifest, rebuilt from the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .errors import IndexFileError
-from .features import DESCRIPTOR_BYTES, VERSION, LocalFeatures
-from .index import read_arrays, read_manifest, write_folder
+from .features import DESCRIPTOR_BYTES, NAME, VERSION, LocalFeatures
+from .index_files import Manifest, load_folder, save_folder
 
 #: Descriptors indexed per image (the strongest): the memory budget of the tier.
 PER_IMAGE = 128
@@ -66,7 +68,7 @@ class DescriptorIndex:
         self.owners = (np.zeros(0, np.int64) if owners is None
                        else np.ascontiguousarray(owners, np.int64))
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self._faiss = None
+        self._faiss: Any = None  # FAISS's flat or inverted-file index, built on first use
         self._faiss_rows = 0
         # the inverted file: its cell centres, each row's cell (saved, so that
         # opening a large collection does not assign every row again), and
@@ -109,7 +111,7 @@ class DescriptorIndex:
             self.owners = np.concatenate([self.owners] + [o for _, o in self._pending])
             self._pending = []
 
-    def _index(self):
+    def _index(self) -> Any:
         """The FAISS index (flat or inverted file), extended with rows added since."""
         self._fold()
         rows = len(self.codes)
@@ -148,13 +150,13 @@ class DescriptorIndex:
         each query descriptor votes once per image. ``exclude_from`` drops
         images with ids at or above it (linking: newer images query older).
         """
-        codes = [q.descriptors[:VOTERS] for q in queries if len(q)]
-        if not codes:
+        parts = [q.descriptors[:VOTERS] for q in queries if len(q)]
+        if not parts:
             return []
         index = self._index()
         if not index.ntotal:
             return []
-        codes = np.ascontiguousarray(np.concatenate(codes), np.uint8)
+        codes = np.ascontiguousarray(np.concatenate(parts), np.uint8)
         distances, rows = _search(index, codes, min(NEIGHBOURS, index.ntotal))
         hit = (rows >= 0) & (distances <= VOTE_DISTANCE)
         voter = np.broadcast_to(np.arange(len(codes))[:, None], rows.shape)[hit]
@@ -195,7 +197,7 @@ class DescriptorIndex:
         return cls(codes, owners, centres, cells, int(arrays["built_at"][0]))
 
 
-def _flat():
+def _flat() -> Any:
     import faiss
 
     return faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
@@ -208,13 +210,13 @@ def _sample_centres(codes: np.ndarray) -> np.ndarray:
         codes[np.random.default_rng(0).choice(len(codes), nlist, replace=False)])
 
 
-def _ptr(array: np.ndarray):
+def _ptr(array: np.ndarray) -> Any:
     import faiss
 
     return faiss.swig_ptr(array)
 
 
-def _inverted_file(centres: np.ndarray):
+def _inverted_file(centres: np.ndarray) -> Any:
     """An IndexBinaryIVF with these cell centres (no training pass)."""
     import faiss
 
@@ -224,17 +226,18 @@ def _inverted_file(centres: np.ndarray):
     index.is_trained = True
     index.nprobe = NPROBE
     index.own_fields = True
-    quantizer.this.disown()  # the IVF owns and frees it
+    # the IVF owns and frees it (SWIG's handle, which faiss's stubs do not declare)
+    quantizer.this.disown()  # type: ignore[attr-defined]
     return index
 
 
-def _search(index, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _search(index: Any, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     with _threads(index.ntotal >= PARALLEL_ROWS):
         return index.search(codes, k)
 
 
 @contextmanager
-def _threads(parallel: bool):
+def _threads(parallel: bool) -> Iterator[None]:
     """FAISS on one thread unless the work is large: OpenMP's start-up and
     spinning cost more than they save on small searches and adds, most of all
     when the ingest's workers keep the other cores busy."""
@@ -257,29 +260,30 @@ PARALLEL_ROWS = 4_000_000
 FACTORY = "ORB-votes+BinaryFlat"
 
 
+def _params() -> dict[str, int]:
+    """The settings an index's rows depend on: a change means a rebuild."""
+    return {"features_version": VERSION, "per_image": PER_IMAGE}
+
+
 def save(index: DescriptorIndex, path: Path, *, collection_id: str, deletions: int,
-         images: int) -> dict:
-    """Write the index folder with its manifest (see :mod:`imgmatch.index`)."""
-    return write_folder(path, index.arrays(), lambda digest: {
-        "collection_id": collection_id, "factory": FACTORY, "features_version": VERSION,
-        "per_image": PER_IMAGE, "images": images, "rows": len(index.owners),
-        "arrays": list(DescriptorIndex.ARRAYS),
-        "max_image_id": index.max_id, "deletions": deletions, "sha256": digest})
+         images: int) -> Manifest:
+    """Write the index folder with its manifest (:mod:`imgmatch.index_files`);
+    ``images``: how many images it holds, as the catalog counts them."""
+    return save_folder(path, index.arrays(), Manifest(
+        collection_id=collection_id, signal=NAME, bits=DESCRIPTOR_BYTES * 8,
+        factory=FACTORY, count=images, rows=len(index.owners), max_image_id=index.max_id,
+        deletions=deletions, params=_params()))
 
 
-def load(path: Path, *, collection_id: str) -> tuple[DescriptorIndex, dict]:
+def load(path: Path, *, collection_id: str) -> tuple[DescriptorIndex, Manifest]:
     """Load an index this collection wrote with today's settings; IndexFileError otherwise."""
-    manifest = read_manifest(path)
-    expected = {"collection_id": collection_id, "factory": FACTORY,
-                "features_version": VERSION, "per_image": PER_IMAGE,
-                "arrays": list(DescriptorIndex.ARRAYS)}
-    if any(manifest.get(k) != v for k, v in expected.items()):
-        raise IndexFileError(f"{path} was written by another collection or other settings")
-    arrays = read_arrays(path, DescriptorIndex.ARRAYS, str(manifest.get("sha256")))
+    manifest, arrays = load_folder(path, collection_id=collection_id, signal=NAME,
+                                   bits=DESCRIPTOR_BYTES * 8, factory=FACTORY,
+                                   arrays=DescriptorIndex.ARRAYS, params=_params())
     try:
         index = DescriptorIndex.from_arrays(arrays)
     except (KeyError, ValueError) as exc:
         raise IndexFileError(f"{path} is not a complete index: {exc}") from None
-    if len(index.owners) != manifest.get("rows"):
+    if len(index.owners) != manifest.rows:
         raise IndexFileError(f"{path} does not hold the rows its manifest says")
     return index, manifest

@@ -25,6 +25,9 @@ import numpy as np
 
 from .errors import SignalError
 
+#: The name local features go by in a signal list (``--signals pdq,orb``) and
+#: in an index manifest: they are chosen like a signal, though not a hash.
+NAME = "orb"
 #: Feature extraction version: bump when anything changes what is stored.
 VERSION = 1
 #: Longer side of the grey image features are taken from (pixels).
@@ -331,42 +334,58 @@ def _hull_area(cv2, points: np.ndarray) -> float:
 ALIGN_SHARE = 0.8
 
 
-def aligned(grey: np.ndarray, box: tuple[int, int, int, int], found: Verification,
-            mirrored: bool, stored: LocalFeatures) -> np.ndarray | None:
+def aligned(grey: np.ndarray, box: tuple[int, int, int, int], view_width: int,
+            found: Verification, mirrored: bool, stored: LocalFeatures) -> np.ndarray | None:
     """The query's pixels moved onto the stored image's frame (at the stored
     image's analysed size) by the verified similarity, or None when the query
     covers too little of the stored image to stand for it.
 
-    ``grey`` is the whole query; ``box`` the part its verified features were
-    taken from (the whole image, or a tile). Comparing the stored image's hash
-    with the hash of this picture asks whether the region the two share shows
-    the same picture: a photo in a screenshot does, and so does a crop or a
-    rotation; two signs of one template, or two screenshots of one app, match
-    many keypoints but not this.
+    ``grey`` is the whole query, at any size (an ingest keeps it at
+    :data:`ALIGN_SIDE`); ``box`` the part of it the verified features were
+    taken from (the whole image, or a tile), ``view_width`` the width those
+    features were analysed at. Comparing the stored image's hash with the
+    hash of this picture asks whether the region the two share shows the
+    same picture: a photo in a screenshot does, and so does a crop or a
+    rotation; two signs of one template, or two screenshots of one app,
+    match many keypoints but not this.
     """
     if found.matrix is None or found.stored_share < ALIGN_SHARE or not stored.width:
         return None
     cv2 = _cv2()
     x0, y0, x1, y1 = box
-    bw, bh = x1 - x0, y1 - y0
-    scale = min(1.0, SIDE / max(bw, bh))  # as :func:`prepare` scaled the view
-    # the view's analysed pixels from the whole query's: shift, scale, mirror
+    scale = view_width / max(1, x1 - x0)  # the view's analysed pixels per grey pixel
+    # the view's analysed pixels from the grey's: shift, scale, mirror
     to_view = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale], [0, 0, 1]])
     if mirrored:
-        width = max(1, round(bw * scale))
-        to_view = np.array([[-1.0, 0, width], [0, 1, 0], [0, 0, 1]]) @ to_view
+        to_view = np.array([[-1.0, 0, view_width], [0, 1, 0], [0, 0, 1]]) @ to_view
     similarity = np.vstack([np.asarray(found.matrix).reshape(2, 3), [0, 0, 1]])
     to_stored = similarity @ to_view
     # a large query is first reduced by area (a warp samples, and would alias)
-    shrink = min(1.0, 2 * SIDE / max(grey.shape))
-    if shrink < 1.0:
-        h, w = grey.shape
-        grey = cv2.resize(grey, (max(1, round(w * shrink)), max(1, round(h * shrink))),
-                          interpolation=cv2.INTER_AREA)
+    if max(grey.shape) > 2 * SIDE:
+        width = grey.shape[1]
+        grey = reduce(grey, 2 * SIDE)
+        shrink = grey.shape[1] / width
         to_stored = to_stored @ np.diag([1 / shrink, 1 / shrink, 1.0])
     return cv2.warpAffine(np.ascontiguousarray(grey), to_stored[:2],
                           (stored.width, stored.height), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
+
+
+#: Longer side of the grey pixels an ingest's analysis keeps of each new
+#: image for the aligned comparison of its link candidates: PDQ looks at
+#: 64x64 cells, so this loses nothing it sees, and the analysis stays small
+#: enough to cross a worker's pipe unread (see :mod:`imgmatch.workers`).
+ALIGN_SIDE = 192
+
+
+def reduce(grey: np.ndarray, side: int) -> np.ndarray:
+    """The grey image scaled down by area so its longer side is at most ``side``."""
+    h, w = grey.shape
+    scale = side / max(h, w)
+    if scale >= 1.0:
+        return np.ascontiguousarray(grey, dtype=np.uint8)
+    return _cv2().resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))),
+                         interpolation=_cv2().INTER_AREA)
 
 
 def best_of(query: LocalFeatures, mirrored: LocalFeatures | None,

@@ -2,14 +2,15 @@
 
 Two line formats are read, and may be mixed:
 
-- python-threatexchange's local format: ``pdq <64 hex digits>`` (anything
-  after the hash on the line is taken as its name);
+- python-threatexchange's local format: ``pdq <64 hex digits>`` (the signal's
+  name, then its hash; anything after the hash on the line is taken as its name);
 - the CSV that Meta's C++ ``pdq-photo-hasher`` prints: ``hash,quality,filename``;
 
-and a bare 64-digit hex hash per line. Blank lines and lines starting with
-``#`` are passed over, and so is a CSV header row (``hash,quality,filename``)
-as the first line that holds anything. A line that is none of these is
-reported with its number, never fatal.
+and a bare hex hash per line. A list holds one signal's hashes: PDQ (64 hex
+digits) unless another is named, with its own number of digits. Blank lines
+and lines starting with ``#`` are passed over, and so is a CSV header row
+(``hash,quality,filename``) as the first line that holds anything. A line
+that is none of these is reported with its number, never fatal.
 """
 
 from __future__ import annotations
@@ -17,17 +18,28 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from .errors import ManifestError
+from .records import HashValue
 
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 #: what the hash column of a CSV header is called (Meta's hasher, spreadsheets)
 HEADER_HASH_NAMES = frozenset({"hash", "pdq", "pdq_hash", "pdqhash", "hash_value"})
+#: The signal of a list unless the caller names another, and its hex digits.
+DEFAULT_SIGNAL = "pdq"
+PDQ_DIGITS = 64
+
+
+@lru_cache(maxsize=8)
+def _hex(digits: int) -> re.Pattern[str]:
+    return re.compile(rf"^[0-9a-fA-F]{{{digits}}}$")
 
 
 @dataclass(frozen=True)
 class HashLine:
+    """One line of a hash list: its hash, quality and name, or why it is unreadable."""
+
     line_no: int
     signal: str
     value: bytes | None       # None: the line could not be read (see ``error``)
@@ -35,10 +47,17 @@ class HashLine:
     name: str | None
     error: str | None = None
 
+    @property
+    def hash(self) -> HashValue | None:
+        """The line's hash as a value of its signal (None for an unreadable line)."""
+        return None if self.value is None else HashValue(self.signal, self.value, self.quality)
 
-def read_hash_list(path: str | Path) -> Iterator[HashLine]:
-    """Each hash line of a list, numbered as in the file (comments, blank lines
-    and a leading CSV header are passed over)."""
+
+def read_hash_list(path: str | Path, *, signal: str = DEFAULT_SIGNAL,
+                   digits: int = PDQ_DIGITS) -> Iterator[HashLine]:
+    """Each hash line of a list of ``signal`` hashes (``digits`` hex digits
+    each), numbered as in the file (comments, blank lines and a leading CSV
+    header are passed over)."""
     path = Path(path)
     try:  # utf-8-sig: a list saved by a spreadsheet starts with a byte-order mark
         fh = path.open(encoding="utf-8-sig", errors="replace")
@@ -52,12 +71,12 @@ def read_hash_list(path: str | Path) -> Iterator[HashLine]:
                 continue
             if first:
                 first = False
-                if is_header(line):
+                if is_header(line, digits):
                     continue
-            yield parse_line(line, line_no)
+            yield parse_line(line, line_no, signal=signal, digits=digits)
 
 
-def is_header(line: str) -> bool:
+def is_header(line: str, digits: int = PDQ_DIGITS) -> bool:
     """Whether a line is a CSV header (``hash,quality,filename``), not a bad hash.
 
     Only a list's first line is asked: a header further down is a mistake
@@ -65,25 +84,29 @@ def is_header(line: str) -> bool:
     """
     cells = [c.strip().lower() for c in line.split(",")]
     return (len(cells) >= 2 and cells[0] in HEADER_HASH_NAMES
-            and not any(_HEX64.match(c) for c in cells))
+            and not any(_hex(digits).match(c) for c in cells))
 
 
-def parse_line(line: str, line_no: int = 0) -> HashLine:
+def parse_line(line: str, line_no: int = 0, *, signal: str = DEFAULT_SIGNAL,
+               digits: int = PDQ_DIGITS) -> HashLine:
+    """One line of a list of ``signal`` hashes of ``digits`` hex digits."""
+    hex_hash = _hex(digits)
     parts = line.split(None, 2)
-    if len(parts) >= 2 and parts[0].lower() == "pdq" and _HEX64.match(parts[1]):
+    if len(parts) >= 2 and parts[0].lower() == signal and hex_hash.match(parts[1]):
         name = parts[2].strip() if len(parts) > 2 else None
-        return HashLine(line_no, "pdq", bytes.fromhex(parts[1]), None, name)
+        return HashLine(line_no, signal, bytes.fromhex(parts[1]), None, name)
     cells = line.split(",", 2)
-    if _HEX64.match(cells[0].strip()):
+    if hex_hash.match(cells[0].strip()):
         quality = None
         if len(cells) > 1 and cells[1].strip():
             try:
                 quality = int(cells[1].strip())
             except ValueError:
-                return HashLine(line_no, "pdq", None, None, None,
-                                f"line {line_no}: quality {cells[1].strip()[:20]!r} is not a number")
+                return HashLine(line_no, signal, None, None, None,
+                                f"line {line_no}: quality {cells[1].strip()[:20]!r} "
+                                "is not a number")
         name = cells[2].strip() if len(cells) > 2 and cells[2].strip() else None
-        return HashLine(line_no, "pdq", bytes.fromhex(cells[0].strip()), quality, name)
-    return HashLine(line_no, "pdq", None, None, None,
-                    f"line {line_no}: neither 'pdq HEX' nor 'hash,quality,filename' "
+        return HashLine(line_no, signal, bytes.fromhex(cells[0].strip()), quality, name)
+    return HashLine(line_no, signal, None, None, None,
+                    f"line {line_no}: neither '{signal} HEX' nor 'hash,quality,filename' "
                     f"({line[:60]!r})")

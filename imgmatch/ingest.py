@@ -21,10 +21,10 @@ import numpy as np
 
 from . import signals as signal_registry
 from .analysis import Analysis, Options, analyse
-from .catalog import BatchResult, Catalog, ImageRow, LinkRow, SightingRow
-from .signals import HashValue
+from .catalog import BatchResult, Catalog
+from .records import HashValue, ImageRow, LinkRow, Sighting
 from .sources import Item
-from .workers import (DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT, InlinePool, Job, ProcessPool,
+from .workers import (DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT, InlinePool, Job, Pool, ProcessPool,
                       single_threaded)
 
 #: Images per write transaction, and the longest a result waits to be written.
@@ -103,7 +103,7 @@ class _Batch:
         #: local features (the image's and its mirror's) of new images, robust tier
         self.local: dict[str, tuple] = {}
         self.greys: dict[str, np.ndarray] = {}
-        self.sightings: list[tuple[str, SightingRow]] = []
+        self.sightings: list[tuple[str, Sighting]] = []
         self.failures: list[tuple[str, str, str]] = []
         self.payload_digests: list[tuple[str, str]] = []
         self.digests: set[str] = set()
@@ -141,6 +141,7 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
     started = time.monotonic()
     summary = IngestSummary()
     options = Options(thumbnails=thumbnails, all_frames=all_frames)
+    pool: Pool
     if workers >= 1:
         pool = ProcessPool(names, workers, timeout, catalog_path=str(catalog.path),
                            options=options, max_memory=max_memory)
@@ -175,17 +176,18 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
                 part)
 
     def add(item: Item, analysis: Analysis) -> None:
-        digest = analysis.sha256
-        if analysis.image is None and not analysis.known:
+        digest, image = analysis.sha256, analysis.image
+        if image is None and not analysis.known:
             batch.failures.append((item.source, analysis.reason or "error",
                                    analysis.detail or ""))
             batch.records.append((item, digest or None, "failed", analysis.detail))
             return
-        if analysis.known or digest in batch.digests or catalog.has_image(digest):
+        if analysis.known or image is None or digest in batch.digests \
+                or catalog.has_image(digest):
             summary.images_known += 1
             batch.records.append((item, digest, "known", None))
         else:
-            batch.images.append(analysis.image)
+            batch.images.append(image)
             batch.variants[digest] = analysis.variants
             if analysis.features is not None:
                 batch.local[digest] = analysis.features

@@ -37,5 +37,7 @@ def create_key(catalog: Catalog, name: str, scopes: Sequence[str]) -> str:
     return key
 
 
-def allows(scopes: Sequence[str], needed: str) -> bool:
+def scopes_allow(scopes: Sequence[str], needed: str) -> bool:
+    """Whether a key with ``scopes`` may do what needs the scope ``needed``
+    (``admin`` may do everything)."""
     return needed in scopes or "admin" in scopes

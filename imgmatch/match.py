@@ -24,12 +24,12 @@ import numpy as np
 
 from . import features
 from . import signals as registry
-from .catalog import Catalog, LinkRow
+from .catalog import Catalog
 from .descriptors import DescriptorIndex
 from .evidence import SCALES, Evidence, Verified
 from .index import BinaryIndex
 from .model import Match
-from .signals import HashValue
+from .records import HashValue, LinkRow
 from .signals.base import degenerate
 from .signals.pdq import hash_luma
 
@@ -106,8 +106,10 @@ def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterab
         ev = found.setdefault(image_id, Evidence(robust=True))
         aligned = None
         pdq = (stored_pdq or {}).get(image_id)
-        if pdq is not None and n < len(boxes) and result.support >= ALIGN_SUPPORT:
-            moved = features.aligned(grey, boxes[n], result, flipped, stored[image_id])
+        if grey is not None and pdq is not None and n < len(boxes) \
+                and result.support >= ALIGN_SUPPORT:
+            moved = features.aligned(grey, boxes[n], views[n][0][0].width, result, flipped,
+                                     stored[image_id])
             if moved is not None:
                 aligned = int(min_distances(
                     np.frombuffer(hash_luma(moved), np.uint8)[None, :],
@@ -231,11 +233,11 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
         threshold = registry.get(name).threshold
         if min_score > 0:
             # hash candidates near enough to agree; the evidence decides the rest
-            for ids, _ in index.range_search(codes, radius_for(name, threshold)):
-                candidates.update(int(i) for i in ids)
+            for near, _ in index.range_search(codes, radius_for(name, threshold)):
+                candidates.update(int(i) for i in near)
         else:
-            _, ids = index.search(codes, max(top_k * 2, MIN_CANDIDATES))
-            candidates.update(int(i) for i in ids.ravel() if i >= 0)
+            _, nearest = index.search(codes, max(top_k * 2, MIN_CANDIDATES))
+            candidates.update(int(i) for i in nearest.ravel() if i >= 0)
     views: list[tuple[LocalQuery, set[int]]] = []
     if local is not None and descriptors is not None:
         for n, view in enumerate([local] if isinstance(local, tuple) else local):
@@ -353,12 +355,12 @@ class IndexLinker:
             owner_of = np.asarray(owners, dtype=np.int64)
             # one pass over each index for the whole batch: older images, then the batch
             for n, idx in enumerate((index, self._batch_index(name, new_images, variants))):
-                q, other, _ = idx.range_pairs(codes, threshold)
+                q, hits, _ = idx.range_pairs(codes, threshold)
                 who = owner_of[q]
                 # newer queries older only, so the links found do not depend
                 # on where batches begin and end
-                keep = other < who if self.older_only or n else other != who
-                for owner, i in zip(who[keep].tolist(), other[keep].tolist()):
+                keep = hits < who if self.older_only or n else hits != who
+                for owner, i in zip(who[keep].tolist(), hits[keep].tolist()):
                     candidates[owner].add(i)
         wanted = sorted(set().union(*candidates.values(), *voted.values())) if candidates else []
         stored = self.catalog.signals_of(wanted)

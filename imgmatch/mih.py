@@ -372,24 +372,6 @@ class MultiIndexHash:
         positions = self.orders[concat_ranges(starts, ends)].astype(np.int64)
         return np.repeat(keep // len(word), ends - starts), positions
 
-    def knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact k nearest by a chunked scan (an oracle; indexes use FAISS for this)."""
-        queries = np.ascontiguousarray(queries, dtype=np.uint8).reshape(-1, self.nbytes)
-        codes, ids = self.live()
-        k = max(1, min(k, len(ids)))
-        out_d = np.full((len(queries), k), self.bits + 1, np.int32)
-        out_i = np.full((len(queries), k), -1, np.int64)
-        if not len(ids):
-            return out_d, out_i
-        for qi, q in enumerate(queries):
-            d = np.concatenate([popcount_rows(codes[s:s + 262_144] ^ q)
-                                for s in range(0, len(codes), 262_144)])
-            best = np.argpartition(d, k - 1)[:k] if k < len(d) else np.arange(len(d))
-            best = best[np.lexsort((ids[best], d[best]))]
-            out_d[qi, :len(best)] = d[best]
-            out_i[qi, :len(best)] = ids[best]
-        return out_d, out_i
-
     def live(self) -> tuple[np.ndarray, np.ndarray]:
         """(codes, ids) of every code not removed, indexed or pending."""
         codes = np.concatenate([self.codes, self.pending_codes])
@@ -402,11 +384,11 @@ class MultiIndexHash:
     # ---------------------------------------------------------------- storage
     def arrays(self) -> dict[str, np.ndarray]:
         """Everything needed to reopen the index, pending codes and removals included."""
-        out = {"codes": self.codes, "ids": self.ids,
-               "pending_codes": self.pending_codes, "pending_ids": self.pending_ids,
-               "removed": np.array(sorted(self.removed), dtype=np.int64),
-               "windows": np.array([(w.word, w.shift, w.width) for w in self.windows],
-                                   dtype=np.int64).reshape(-1, 3)}
+        out: dict[str, np.ndarray] = {"codes": self.codes, "ids": self.ids,
+            "pending_codes": self.pending_codes, "pending_ids": self.pending_ids,
+            "removed": np.array(sorted(self.removed), dtype=np.int64),
+            "windows": np.array([(w.word, w.shift, w.width) for w in self.windows],
+                                dtype=np.int64).reshape(-1, 3)}
         out["orders"] = self.orders
         out["offsets"] = self.offsets
         return out
@@ -435,8 +417,8 @@ class MultiIndexHash:
         return out
 
     def memory_bytes(self) -> int:
-        arrays = [self.codes, self.ids, self.pending_codes, self.pending_ids,
-                  self.orders, self.offsets]
+        arrays: list[np.ndarray] = [self.codes, self.ids, self.pending_codes,
+                                    self.pending_ids, self.orders, self.offsets]
         return int(sum(a.nbytes for a in arrays))
 
 

@@ -1,7 +1,9 @@
-"""The public value types: sightings, matches, clusters, images (frozen dataclasses).
+"""The public value types: matches, clusters, images, links (frozen dataclasses).
 
 These are what the library returns and what the CLI and every report format
 serialise; ``to_json`` gives the stable JSON shape documented in docs/cli.md.
+Like :mod:`imgmatch.records` (sightings and hash values, which they carry),
+they know nothing of storage: this module imports only the records.
 """
 
 from __future__ import annotations
@@ -12,11 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import pairwise
 
-from .catalog import SightingRow
-from .signals import HashValue
-
-#: A sighting as given by a caller (where and when an image was seen).
-Sighting = SightingRow
+from .records import HashValue, Sighting
 
 
 @dataclass(frozen=True)
@@ -220,13 +218,18 @@ def _days_between(a: str, b: str) -> float:
 
 @dataclass(frozen=True)
 class Link:
-    """A near-duplicate link from one image to another, with its evidence."""
+    """A near-duplicate link from one image to another, with its evidence.
 
-    sha256: str
+    The other image is named by its ``sha256``; one known only by a partner's
+    hash has none, and is named by ``hash_key`` (``pdq:<hex>``) instead.
+    """
+
+    sha256: str | None
     score: float
     distances: dict[str, int]
     agreed: tuple[str, ...]
     transform: str
+    hash_key: str | None = None
 
     def to_json(self) -> dict:
         return {"sha256": self.sha256, "score": round(self.score, 4),

@@ -154,13 +154,15 @@ def _keys(words: np.ndarray, w: Window) -> np.ndarray:
 
 def _table(a: np.ndarray, b: np.ndarray | None, w: Window, flips: int,
            radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Verified pairs found through one substring: (i, j, distance) positions."""
+    """Verified pairs found through one substring: (i, j, distance) positions;
+    ``b`` None: pairs within ``a`` (a self-join)."""
     same = b is None
-    keys_b = _keys(a if same else b, w)
+    other = a if b is None else b
+    keys_b = _keys(other, w)
     order = np.argsort(keys_b, kind="stable")
     counts = np.bincount(keys_b, minlength=1 << w.width)
     starts = np.cumsum(counts) - counts
-    sorted_b = (a if same else b)[order]
+    sorted_b = other[order]
     if same:
         sorted_a, keys_a = sorted_b, keys_b[order]
     else:
@@ -215,11 +217,10 @@ def _verify(a: np.ndarray, b: np.ndarray, rows: np.ndarray, n: np.ndarray, lo: n
     ``radius``, screened on two words first, then measured in full."""
     jb = concat_ranges(lo, hi)
     if screen:
-        part = None
-        for col_a, col_b in screen:   # a's side is a run of repeats: no gather needed
-            bits = np.bitwise_count(np.repeat(col_a[rows], n) ^ np.take(col_b, jb))
-            part = bits if part is None else part + bits
-        close = np.flatnonzero(part <= radius)
+        # a's side is a run of repeats: no gather needed
+        bits = [np.bitwise_count(np.repeat(col_a[rows], n) ^ np.take(col_b, jb))
+                for col_a, col_b in screen]
+        close = np.flatnonzero(sum(bits[1:], bits[0]) <= radius)
     else:
         close = np.arange(len(jb))
     ia = rows[np.searchsorted(np.cumsum(n), close, side="right")]

@@ -1,9 +1,9 @@
 """The HTTP service: the library over FastAPI, for crawlers that send images.
 
 A shell over :class:`imgmatch.Collection`, as the CLI is: it parses requests,
-calls the library and turns its values and errors into JSON and status codes,
-so both answer alike (the same clusters for the same filters, the same
-matches for the same image).
+calls the library (the public names of :mod:`imgmatch` alone) and turns its
+values and errors into JSON and status codes, so both answer alike (the same
+clusters for the same filters, the same matches for the same image).
 
 One writer, parallel readers. Decoding and hashing run in the request's
 worker thread, outside any lock; only writing a new image (with its links)
@@ -33,10 +33,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from . import DEFAULT_SIGNALS, ROBUST_SIGNALS, Collection, Sighting, __version__
+from . import DEFAULT_SIGNALS, ROBUST_SIGNALS, Collection, Sighting, __version__, scopes_allow
 from .errors import ImgmatchError, InputError, SignalError
-from .keys import allows
-from .sources import sighting_from_mapping
 
 #: Seconds between saves of changed indexes (they are caches: a crash only
 #: means the next start appends what the catalog has beyond them).
@@ -56,9 +54,10 @@ class ServiceState:
             signals = tuple(dict.fromkeys((*signals, *LOCAL_FEATURES)))
         self.signals = signals
         self.lock = threading.Lock()
-        self.run_id = self.writer.catalog.start_run("serve", {"signals": list(signals)})
+        self.run_id = self.writer.start_run("serve", {"signals": list(signals)})
         with self.lock:
-            self.writer.indexes  # load or build now, not on the first request
+            # the hash indexes now, not on the first request
+            self.writer.load_indexes(local_features=False)
         self._local = threading.local()
         self._stop = threading.Event()
         self._saver = threading.Thread(target=self._save_loop, daemon=True)
@@ -81,7 +80,7 @@ class ServiceState:
     def close(self) -> None:
         self._stop.set()
         with self.lock:
-            self.writer.catalog.finish_run(self.run_id, "ok", {})
+            self.writer.finish_run(self.run_id, "ok", {})
             self.writer.close()
 
     # ---------------------------------------------------------------- actions
@@ -198,7 +197,7 @@ def create_app(db: str | Path, *, max_upload_mb: float = 20.0,
             if scopes is None:
                 raise HTTPException(401, "unknown or revoked API key",
                                     headers={"WWW-Authenticate": "Bearer"})
-            if not allows(scopes, scope):
+            if not scopes_allow(scopes, scope):
                 raise HTTPException(403, f"this key lacks the '{scope}' scope")
         return Depends(check)
 
@@ -245,7 +244,7 @@ def create_app(db: str | Path, *, max_upload_mb: float = 20.0,
             raise HTTPException(400, "send the image in the multipart field 'image'")
         data = await upload.read()
         fields = {k: v for k, v in form.multi_items() if k != "image" and isinstance(v, str)}
-        sighting = sighting_from_mapping(fields)
+        sighting = Sighting.from_fields(fields)
         if not sighting.source:
             sighting = replace(sighting, source=f"upload:{upload.filename or 'image'}")
         return await run_in_threadpool(state().add, data, sighting, _top_k(top_k))

@@ -21,18 +21,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .catalog import SIGHTING_FIELDS, SightingRow
-from .text import parse_when, safe_text
 from .errors import InputError, ManifestError, MissingFile, UnsafePath
+from .records import PATH_KEYS, Sighting
 
-#: Longest metadata string kept; longer values are cut (and marked) to bound storage.
-MAX_FIELD_CHARS = 8192
 #: Files a directory walk picks up (by extension); manifests name files explicitly.
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".bmp", ".dib",
     ".tif", ".tiff", ".heic", ".heif", ".avif", ".mpo"})
-DATE_FIELDS = ("posted_at", "collected_at")
-PATH_KEYS = ("path", "file", "filename")
 
 
 @dataclass(frozen=True)
@@ -40,7 +35,7 @@ class Item:
     """One input to ingest: a file (or bytes) and the sighting it belongs to."""
 
     source: str
-    sighting: SightingRow
+    sighting: Sighting
     path: Path | None = None
     data: bytes | None = None
     error: InputError | None = None
@@ -82,7 +77,7 @@ def _file_item(path: Path, platform: str | None, file_times: bool = False) -> It
     source = str(path)
     collected_at = modified_at(path) if file_times else None
     return Item(source=source, path=path,
-                sighting=SightingRow(platform=platform, source=source,
+                sighting=Sighting(platform=platform, source=source,
                                      collected_at=collected_at))
 
 
@@ -108,7 +103,7 @@ def iter_manifest(manifest: str | Path, *, platform: str | None = None) -> Itera
     for line_no, row, error in rows:
         label = f"{manifest}:{line_no}"
         if error is not None:
-            yield Item(source=label, sighting=SightingRow(source=label),
+            yield Item(source=label, sighting=Sighting(source=label),
                        error=InputError(error, source=label))
             continue
         yield _manifest_item(row, base, manifest.parent, label, platform)
@@ -118,7 +113,7 @@ def _manifest_item(row: dict, base: Path, shown_base: Path, label: str,
                    platform: str | None) -> Item:
     """An item for a row naming a file that must lie inside ``base``."""
     raw_path = next((row[k] for k in PATH_KEYS if row.get(k)), None)
-    sighting = sighting_from_mapping(row, default_platform=platform)
+    sighting = Sighting.from_fields(row, default_platform=platform)
     if not raw_path or not isinstance(raw_path, str):
         return Item(label, replace(sighting, source=label),
                     error=InputError("the row names no file (a 'path' column)", source=label))
@@ -136,44 +131,6 @@ def _manifest_item(row: dict, base: Path, shown_base: Path, label: str,
         return Item(source, sighting, error=MissingFile(
             f"file {raw_path!r} named in {label} does not exist", source=source))
     return Item(source, sighting, path=resolved)
-
-
-def sighting_from_mapping(row: dict, *, default_platform: str | None = None) -> SightingRow:
-    """Build a sighting from manifest/JSON fields; unknown fields go to ``extra``."""
-    values: dict[str, str | None] = {}
-    extra: dict = {}
-    given_extra = row.get("extra")
-    if isinstance(given_extra, dict):
-        extra.update({str(k)[:200]: clean_field(v) for k, v in given_extra.items()})
-    for key, value in row.items():
-        if key in PATH_KEYS or key == "extra" or value in (None, ""):
-            continue
-        if key in SIGHTING_FIELDS:
-            values[key] = clean_field(value if isinstance(value, str) else json.dumps(value))
-        else:
-            extra[str(key)[:200]] = clean_field(value)
-    for key in DATE_FIELDS:
-        if values.get(key):
-            parsed = parse_when(values[key])
-            if parsed is None:
-                extra[f"{key}_raw"] = values[key]
-            values[key] = parsed
-    values.setdefault("platform", default_platform)
-    if values.get("platform") is None:
-        values["platform"] = default_platform
-    return SightingRow(extra=extra, **values)
-
-
-def clean_field(value: Any) -> Any:
-    """A crawled metadata value made safe to store: text that encodes as UTF-8,
-    cut (and marked) beyond MAX_FIELD_CHARS; numbers and None as they are;
-    anything else as its JSON text."""
-    if isinstance(value, str):
-        value = safe_text(value)
-        return value if len(value) <= MAX_FIELD_CHARS else value[:MAX_FIELD_CHARS] + "…[cut]"
-    if isinstance(value, (int, float, bool)) or value is None:
-        return value
-    return clean_field(json.dumps(value, ensure_ascii=False, default=str))
 
 
 def _csv_rows(manifest: Path) -> Iterator[tuple[int, dict, str | None]]:
@@ -238,14 +195,14 @@ def iter_jsonl_stream(stream: Iterable[str], *, label: str = "<stdin>",
         try:
             row = json.loads(line)
         except ValueError as exc:
-            yield Item(where, SightingRow(source=where),
+            yield Item(where, Sighting(source=where),
                        error=InputError(f"not valid JSON: {exc}", source=where))
             continue
         if not isinstance(row, dict):
-            yield Item(where, SightingRow(source=where),
+            yield Item(where, Sighting(source=where),
                        error=InputError("a JSON line must be an object", source=where))
             continue
-        sighting = sighting_from_mapping(
+        sighting = Sighting.from_fields(
             {k: v for k, v in row.items() if k not in ("data", "data_b64")},
             default_platform=platform)
         encoded = row.get("data_b64", row.get("data"))
@@ -291,7 +248,7 @@ def iter_scrapy(items_jsonl: str | Path, store: str | Path, *,
     for line_no, row, error in _jsonl_rows(items_jsonl):
         label = f"{items_jsonl}:{line_no}"
         if error is not None:
-            yield Item(label, SightingRow(source=label), error=InputError(error, source=label))
+            yield Item(label, Sighting(source=label), error=InputError(error, source=label))
             continue
         yield from scrapy_item_files(row, base, Path(store), label, platform)
 

@@ -1,14 +1,18 @@
-"""Small pure helpers for text that came from a crawl: dates and encodings.
+"""Small pure helpers for text that came from a crawl: dates, encodings, lengths.
 
 Crawled metadata is hostile. Dates arrive in any format (or as junk); strings
-can carry lone surrogates (valid in JSON, not encodable as UTF-8). Both are
-made safe here, at the edge, so nothing downstream has to care.
+can carry lone surrogates (valid in JSON, not encodable as UTF-8), endless
+lengths, or control characters that would rewrite an analyst's terminal.
+All are made safe here, at the edge, so nothing downstream has to care.
+Imports nothing from imgmatch.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 #: A UTC offset of less than a second, which Python 3.11's ``fromisoformat``
@@ -53,3 +57,46 @@ def safe_text(value: str) -> str:
         return value
     except UnicodeEncodeError:
         return _SURROGATE.sub("\ufffd", value)
+
+
+#: Longest metadata string kept; longer values are cut (and marked) to bound storage.
+MAX_FIELD_CHARS = 8192
+
+
+def clean_field(value: Any) -> Any:
+    """A crawled metadata value made safe to store: text that encodes as UTF-8,
+    cut (and marked) beyond MAX_FIELD_CHARS; numbers and None as they are;
+    anything else as its JSON text."""
+    if isinstance(value, str):
+        value = safe_text(value)
+        return value if len(value) <= MAX_FIELD_CHARS else value[:MAX_FIELD_CHARS] + "…[cut]"
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    return clean_field(json.dumps(value, ensure_ascii=False, default=str))
+
+
+def utcnow() -> str:
+    """Now, as the catalog writes times: 'YYYY-MM-DDTHH:MM:SSZ' in UTC."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def date_bound(value: str) -> str | None:
+    """A report's ``since``/``until`` bound: a bare date stays a date (so
+    ``until`` takes the whole day), longer text is a UTC time; None when it
+    is neither."""
+    parsed = parse_when(value)
+    if parsed is None:
+        return None
+    return parsed[:10] if len(value.strip()) <= 10 else parsed
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def printable(value: object, width: int | None = None) -> str:
+    """Text for a terminal: control and bidi-override characters become '?',
+    and text longer than ``width`` is cut with an ellipsis."""
+    text = _CONTROL.sub("?", "" if value is None else str(value))
+    if width is not None and len(text) > width:
+        text = text[:width - 1] + "…"
+    return text

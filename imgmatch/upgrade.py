@@ -25,10 +25,11 @@ from pathlib import Path
 
 from . import signals as registry
 from .analysis import Analysis
-from .catalog import Catalog, ImageRow
+from .catalog import Catalog
 from .errors import InputError
+from .records import ImageRow
 from .signals import FEATURES
-from .workers import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT, InlinePool, Job, ProcessPool
+from .workers import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT, InlinePool, Job, Pool, ProcessPool
 
 #: Images written per transaction.
 BATCH = 200
@@ -176,7 +177,7 @@ def batches(catalog: Catalog, signals: Sequence[str], summary: UpgradeSummary, *
     """
     lacking_of: dict[int, tuple[str, ...]] = {}  # of the images in the workers' hands
     names = tuple(signals)
-    pool = ProcessPool(names, workers, timeout, max_memory=max_memory) if workers >= 1 \
+    pool: Pool = ProcessPool(names, workers, timeout, max_memory=max_memory) if workers >= 1 \
         else InlinePool(names)
     batch: list[tuple[int, Analysis, ImageRow]] = []
     returned = 0

@@ -26,9 +26,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .catalog import SightingRow
 from .errors import DecodeError, InputError, ManifestError
-from .sources import Item, clean_field, parse_when
+from .records import Sighting
+from .sources import Item
+from .text import clean_field, parse_when
 
 #: How many records apart an image response and the record naming its page
 #: may be. Crawlers write a request next to its response; remembering no more
@@ -86,9 +87,9 @@ def iter_warc(path: str | Path, *, platform: str | None = None) -> Iterator[Item
             broken = exc
         yield from links.flush()
         if broken is not None:
-            label = f"{path}#{offset}"
-            yield Item(label, SightingRow(source=label), error=DecodeError(
-                f"the archive breaks off after offset {offset}: {broken}", source=label))
+            where = f"{path}#{offset}"
+            yield Item(where, Sighting(source=where), error=DecodeError(
+                f"the archive breaks off after offset {offset}: {broken}", source=where))
 
 
 @dataclass
@@ -217,8 +218,8 @@ def _record_item(record, make_label, platform: str | None) -> Item | None:
 
     def done(**kwargs) -> Item:
         label = make_label()
-        sighting = SightingRow(platform=platform or host, url=uri, collected_at=when,
-                               source=label)
+        sighting = Sighting(platform=platform or host, url=uri, collected_at=when,
+                            source=label)
         error = kwargs.pop("error", None)
         if error is not None:
             error = type(error)(error.detail, source=label, reason=error.reason)

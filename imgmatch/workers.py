@@ -29,10 +29,14 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Protocol
 
 from .analysis import Analysis, Options, analyse_source
 from .catalog import KnownImages
 from .orphans import exit_with_parent
+
+if TYPE_CHECKING:
+    from multiprocessing.context import ForkContext, SpawnContext
 
 #: Default per-file time limit, in seconds (decode and every signal).
 DEFAULT_TIMEOUT = 60.0
@@ -75,6 +79,21 @@ class Job:
 
     def wire(self) -> tuple:
         return (self.key, self.source, self.path, self.data)
+
+
+class Pool(Protocol):
+    """What runs jobs for an ingest or an upgrade: in this process, or in workers."""
+
+    def can_take(self, job: Job) -> bool: ...
+
+    @property
+    def busy(self) -> bool: ...
+
+    def submit(self, job: Job) -> None: ...
+
+    def results(self, timeout: float = 0.0) -> Iterator[tuple[int, Analysis]]: ...
+
+    def close(self) -> None: ...
 
 
 class InlinePool:
@@ -186,11 +205,11 @@ class ProcessPool:
         self.catalog_path = catalog_path
         self.options = options
         methods = mp.get_all_start_methods()
-        self._ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+        self._ctx: ForkContext | SpawnContext = \
+            mp.get_context("fork") if "fork" in methods else mp.get_context("spawn")
         self._workers: list[_Worker] = []
         for _ in range(workers):
             self._workers.append(self._spawn())
-        self._lost: deque[tuple[str, Analysis]] = deque()
         self.replaced = 0
 
     def _spawn(self) -> _Worker:
@@ -218,7 +237,7 @@ class ProcessPool:
 
     @property
     def busy(self) -> bool:
-        return bool(self._lost) or any(w.queue for w in self._workers)
+        return any(w.queue for w in self._workers)
 
     def submit(self, job: Job) -> None:
         worker = min([w for w in self._workers if self._has_room(w, job)] or self._workers,
@@ -237,8 +256,6 @@ class ProcessPool:
 
     def results(self, timeout: float = 0.0) -> Iterator[tuple[int, Analysis]]:
         """Results ready within ``timeout`` seconds (0: only those ready now)."""
-        while self._lost:
-            yield self._lost.popleft()
         busy = [w for w in self._workers if w.queue]
         if not busy:
             return
@@ -246,11 +263,12 @@ class ProcessPool:
             # asked after every submit: a poll per pipe costs a fraction of
             # building a selector over every pipe and process sentinel (a dead
             # or overrunning worker is still noticed below)
-            ready = [w.conn for w in busy if w.conn.poll()]
+            ready: list[object] = [w.conn for w in busy if w.conn.poll()]
         else:
             wait_for = min(timeout, max(0.0, min(w.started + self.timeout for w in busy)
                                         - time.monotonic()))
-            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], wait_for)
+            ready = list(wait([w.conn for w in busy] + [w.process.sentinel for w in busy],
+                              wait_for))
         for worker in list(busy):
             if worker.conn in ready:
                 while worker.queue and worker.conn.poll():
@@ -300,7 +318,7 @@ class ProcessPool:
 
 
 def _kill(worker: _Worker) -> None:
-    if worker.process.is_alive():
+    if worker.process.is_alive() and worker.process.pid is not None:
         try:
             os.kill(worker.process.pid, signal.SIGKILL)
         except ProcessLookupError:

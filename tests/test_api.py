@@ -44,6 +44,8 @@ def test_all_names_exist_and_are_unique():
 
 
 def test_all_is_exactly_what_the_package_defines():
+    for name in imgmatch.__all__:  # names other than the exceptions load on first use
+        getattr(imgmatch, name)
     defined = {name for name, value in vars(imgmatch).items()
                if not name.startswith("_") and not inspect.ismodule(value)
                and not isinstance(value, __future__._Feature)}

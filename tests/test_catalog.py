@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from imgmatch.catalog import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    Catalog,
-    ImageRow,
-    SignalRow,
-    SightingRow,
-)
+from imgmatch.catalog import MIGRATIONS, SCHEMA_VERSION, Catalog
 from imgmatch.errors import CatalogError, ImgmatchError
+from imgmatch.records import ImageRow, SignalRow, Sighting
 
 
 def image_row(seed: str) -> ImageRow:
@@ -141,7 +135,7 @@ def test_readonly_catalog_cannot_write(tmp_path):
 def test_write_batch_counts_and_is_idempotent(tmp_path):
     path = tmp_path / "c.db"
     row = image_row("a")
-    sighting = SightingRow(platform="citylist", url="https://x.example/1", source="a.jpg")
+    sighting = Sighting(platform="citylist", url="https://x.example/1", source="a.jpg")
     with Catalog.open(path) as catalog:
         first = catalog.write_batch([row], [(row.sha256, sighting)],
                                     [("bad.jpg", "decode-error", "broken")], None)
@@ -165,8 +159,8 @@ def test_write_batch_is_atomic(tmp_path):
         with pytest.raises(CatalogError, match=unknown):
             catalog.write_batch(
                 [good],
-                [(good.sha256, SightingRow(platform="citylist")),
-                 (unknown, SightingRow(platform="nightads"))],
+                [(good.sha256, Sighting(platform="citylist")),
+                 (unknown, Sighting(platform="nightads"))],
                 [("bad.jpg", "decode-error", "broken")], None)
         assert catalog.counts() | {"runs": 0} == {
             "images": 0, "sightings": 0, "platforms": 0, "failures": 0, "links": 0,
@@ -174,7 +168,7 @@ def test_write_batch_is_atomic(tmp_path):
         assert catalog.signal_counts() == {}
         assert not catalog.has_image(good.sha256)
         # the connection is usable afterwards, and a good batch commits
-        result = catalog.write_batch([good], [(good.sha256, SightingRow(platform="x"))], [],
+        result = catalog.write_batch([good], [(good.sha256, Sighting(platform="x"))], [],
                                      None)
         assert (result.images_added, result.sightings_added) == (1, 1)
     assert counts(path)["images"] == 1
@@ -197,16 +191,16 @@ def test_sighting_clears_the_failure_of_its_source(tmp_path):
     with Catalog.open(tmp_path / "c.db") as catalog:
         catalog.write_batch([], [], [("crawl/a.jpg", "decode-error", "broken"),
                                      ("crawl/b.jpg", "empty-file", "empty")], None)
-        catalog.write_batch([row], [(row.sha256, SightingRow(source="crawl/a.jpg"))], [], None)
+        catalog.write_batch([row], [(row.sha256, Sighting(source="crawl/a.jpg"))], [], None)
         assert [f["source"] for f in catalog.failures()] == ["crawl/b.jpg"]
 
 
 def test_sighting_key_depends_on_metadata():
     sha = "0" * 64
-    a = SightingRow(platform="citylist", url="u", extra={"phone": "1"})
-    assert a.key(sha) == SightingRow(platform="citylist", url="u", extra={"phone": "1"}).key(sha)
-    assert a.key(sha) != SightingRow(platform="citylist", url="u", extra={"phone": "2"}).key(sha)
-    assert a.key(sha) != SightingRow(platform="nightads", url="u", extra={"phone": "1"}).key(sha)
+    a = Sighting(platform="citylist", url="u", extra={"phone": "1"})
+    assert a.key(sha) == Sighting(platform="citylist", url="u", extra={"phone": "1"}).key(sha)
+    assert a.key(sha) != Sighting(platform="citylist", url="u", extra={"phone": "2"}).key(sha)
+    assert a.key(sha) != Sighting(platform="nightads", url="u", extra={"phone": "1"}).key(sha)
     assert a.key(sha) != a.key("1" * 64)
 
 

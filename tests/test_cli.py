@@ -722,7 +722,7 @@ def test_show_ignore_and_erase_accept_a_unique_prefix(small):
 
 
 def test_ambiguous_and_unknown_prefixes_are_clear_errors(small):
-    from imgmatch.catalog import ImageRow
+    from imgmatch.records import ImageRow
     from imgmatch.collection import Collection
 
     twins = ["deadbeef" + "0" * 56, "deadbeef" + "1" * 56]

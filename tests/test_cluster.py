@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import imgmatch
-from imgmatch.cluster import build_clusters, group
+from imgmatch.cluster import STRONG_SCORE, build_clusters, guarded_groups
 from imgmatch.signals import ROBUST_SIGNALS
 from imgmatch.sources import iter_manifest
 
@@ -20,7 +20,13 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MANIFEST = FIXTURES / "manifest.csv"
 
 
-# ---------------------------------------------------------------- group()
+# ------------------------------------------------- strong links: components
+def group(nodes, edges) -> list[list[int]]:
+    """Clusters of strong links only: the chaining guard has nothing to refuse,
+    so they are the connected components of the graph."""
+    return guarded_groups(nodes, ((a, b, STRONG_SCORE, ()) for a, b in edges))
+
+
 def reference_components(nodes, edges) -> list[list[int]]:
     """Connected components by breadth-first search, in group()'s order."""
     neighbours: dict[int, set[int]] = defaultdict(set)

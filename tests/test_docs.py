@@ -125,3 +125,16 @@ def test_emit_matches_writes_one_line_per_item(tmp_path):
 def test_docs_name_no_machine_paths(doc):
     text = (ROOT / doc).read_text()
     assert "/tmp/" not in text and "/work/" not in text and "/root/" not in text
+
+
+def test_api_md_names_every_public_name_and_collection_method():
+    """The Types tables of docs/api.md list what the package exports (the
+    exceptions have errors.py's tree) and everything a Collection offers."""
+    import imgmatch
+    from imgmatch import errors
+
+    doc = (ROOT / "docs" / "api.md").read_text()
+    names = set(imgmatch.__all__) - set(errors.__all__)
+    assert [n for n in sorted(names) if f"`{n}" not in doc] == []
+    members = [n for n in vars(imgmatch.Collection) if not n.startswith("_")]
+    assert [m for m in members if not re.search(rf"`{m}[`(]", doc)] == []

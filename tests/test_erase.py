@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import imgmatch
-from imgmatch.collection import Collection
+from imgmatch.index_cache import IndexCache
 from imgmatch.sources import iter_manifest
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -43,7 +43,7 @@ def test_erase_removes_rows_links_and_index_entries(tmp_path, monkeypatch):
     def no_rebuild(self, name):
         raise AssertionError(f"the {name} index was rebuilt")
 
-    monkeypatch.setattr(Collection, "_build", no_rebuild)
+    monkeypatch.setattr(IndexCache, "_build_hashes", no_rebuild)
     with imgmatch.Collection.open(db, readonly=True) as c:
         after = [(m.sha256, m.score) for m in c.query(QUERY)]
     monkeypatch.undo()
@@ -61,7 +61,7 @@ def test_an_index_saved_before_an_erase_is_not_trusted(tmp_path):
     # erase through a second handle whose indexes are not written back
     with imgmatch.Collection.open(db) as c:
         c.catalog.erase([c.catalog.image_id(sha(photo))])
-        c._indexes = None  # as if the process died before saving its indexes
+        c._cache.forget()  # as if the process died before saving its indexes
     with imgmatch.Collection.open(db, readonly=True) as c:
         assert c.query(photo) == []
 

@@ -221,7 +221,7 @@ def test_descriptor_index_files_are_verified(tmp_path) -> None:
     path = tmp_path / "orb.descriptors"
     descriptors.save(index, path, collection_id="c1", deletions=0, images=1)
     back, manifest = descriptors.load(path, collection_id="c1")
-    assert manifest["images"] == 1 and np.array_equal(back.owners, index.owners)
+    assert manifest.count == 1 and np.array_equal(back.owners, index.owners)
     with pytest.raises(IndexFileError):
         descriptors.load(path, collection_id="another")
     codes = path / "codes.npy"
@@ -377,7 +377,8 @@ def _aligned_distance(query: Image.Image, stored: Image.Image) -> int | None:
     q = grey(query)
     found, flipped = features.best_of(*features.extract_both(q),
                                       features.extract(grey(stored)))
-    moved = features.aligned(q, (0, 0, q.shape[1], q.shape[0]), found, flipped,
+    view = features.extract(q)
+    moved = features.aligned(q, (0, 0, q.shape[1], q.shape[0]), view.width, found, flipped,
                              features.extract(grey(stored)))
     if moved is None:
         return None
@@ -426,3 +427,26 @@ def test_two_photos_in_one_frame_do_not_align_into_the_same_picture() -> None:
 def test_a_query_covering_little_of_the_stored_frame_is_not_aligned() -> None:
     # a crop of 30%: the rest of the stored image would be made up
     assert _aligned_distance(crop(rgb("temple"), 0.3), rgb("temple")) is None
+
+
+def test_an_ingest_aligns_from_its_small_grey_as_a_query_does_from_the_whole() -> None:
+    """An ingest keeps only a 128-pixel grey of each new image (it crosses a
+    worker's pipe); aligned from it, a photo in a screenshot still hashes
+    like the photo, and an unrelated picture still does not."""
+    from imgmatch.signals.pdq import hash_luma
+
+    def distance(query: Image.Image, photo: Image.Image) -> int:
+        q = features.prepare(grey(query))
+        found, flipped = features.best_of(*features.extract_both(q),
+                                          features.extract(grey(photo)))
+        small = features.reduce(q, features.ALIGN_SIDE)
+        assert max(small.shape) == features.ALIGN_SIDE
+        moved = features.aligned(small, (0, 0, small.shape[1], small.shape[0]), q.shape[1],
+                                 found, flipped, features.extract(grey(photo)))
+        assert moved is not None
+        a = np.unpackbits(np.frombuffer(hash_luma(moved), np.uint8))
+        b = np.unpackbits(np.frombuffer(hash_luma(grey(photo).astype(np.float32)), np.uint8))
+        return int((a != b).sum())
+
+    assert distance(screenshot(rgb("temple")), rgb("temple")) <= 24
+    assert distance(ImageOps.mirror(rgb("astronaut")), rgb("astronaut")) <= 24

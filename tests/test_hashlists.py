@@ -118,3 +118,18 @@ def test_a_first_line_holding_a_hash_is_never_taken_for_a_header(tmp_path):
     listing.write_text(f"pdq,{H1}\n", encoding="utf-8")
     (line,) = read_hash_list(listing)
     assert line.line_no == 1 and line.error  # reported, not passed over
+
+
+def test_a_list_of_another_signal_is_imported_as_that_signal(tmp_path):
+    """import_hashes takes the list's signal: pHash lines are 16 hex digits."""
+    record = imgmatch.hash_bytes((FIXTURES / "originals" / "temple.jpg").read_bytes())
+    phash = record["signals"]["phash"]["hex"]
+    listing = tmp_path / "phash.txt"
+    listing.write_text(f"phash {phash} alert-1\n{phash[:-1]},50,x.jpg\npdq {H1}\n")
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        summary = c.import_hashes(listing, signal="phash", platform="partner")
+        assert (summary["lines"], summary["images_added"], summary["failed"]) == (3, 1, 2)
+        assert summary["links_added"] == 0 and c.coverage() == {"phash": 1}
+        (match,) = c.query_hash(imgmatch.parse_hash(phash, "phash"))
+    assert match.sha256 is None and match.signals == {"phash": phash}
+    assert [s.source for s in match.sightings] == ["alert-1"]

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 import imgmatch
-from imgmatch.catalog import ImageRow, LinkRow, SightingRow
+from imgmatch.records import ImageRow, LinkRow
 from imgmatch.model import Cluster, Sighting
 from imgmatch.report.html import ROWS_SHOWN, write_html
 from imgmatch.report.jsonfmt import report_dict
@@ -470,7 +470,7 @@ def synthetic_collection(db: Path, n_images: int, seed: int = 7) -> None:
                 p = rng.choice(home)
                 when = base + timedelta(minutes=rng.randrange(400 * 24 * 60))
                 ad = str(rng.randrange(10**6, 10**7))
-                sightings[sha].append(SightingRow(
+                sightings[sha].append(Sighting(
                     platform=p, ad_id=ad,
                     url=f"https://img.{p}.example/{when:%Y/%m}/{rng.getrandbits(64):016x}.jpg",
                     page_url=f"https://{p}.example/{city.lower()}/post/{ad}",

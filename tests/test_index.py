@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imgmatch.errors import IndexFileError
-from imgmatch.index import FACTORY, BinaryIndex, Manifest, manifest_path
+from imgmatch.index import FACTORY, BinaryIndex
+from imgmatch.index_files import Manifest, manifest_path
 from imgmatch.mih import MultiIndexHash, budgets, popcount_rows
 
 #: (bits, inclusive threshold) as used for PDQ and for the 64-bit hashes

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import imgmatch
-from imgmatch import pairs
+from imgmatch import link_pass, pairs
 from imgmatch.cli import main
 from imgmatch.evidence import Evidence
 from imgmatch.mih import popcount_rows
@@ -156,9 +156,9 @@ def test_a_few_new_hashes_are_linked_through_the_index(tmp_path, monkeypatch):
     rng.shuffle(codes)
     old, new = codes[:2980], codes[2980:]
     calls = []
-    real = imgmatch.Collection._old_neighbours
-    monkeypatch.setattr(imgmatch.Collection, "_old_neighbours",
-                        lambda self, *args: calls.append(len(args[2])) or real(self, *args))
+    real = link_pass.old_neighbours
+    monkeypatch.setattr(link_pass, "old_neighbours",
+                        lambda *args: calls.append(len(args[3])) or real(*args))
     # plant near copies of old codes among the new ones
     new[:10] = old[:10] ^ np.eye(32, dtype=np.uint8)[:10] * 0b1011
     with imgmatch.Collection.open(tmp_path / "c.db") as c:
@@ -178,9 +178,9 @@ def test_a_few_new_hashes_are_linked_through_the_index(tmp_path, monkeypatch):
 def test_a_few_new_hashes_keep_the_quality_gate(tmp_path, monkeypatch):
     """The index path drops values below the gate on both sides, as the join does."""
     calls = []
-    real = imgmatch.Collection._old_neighbours
-    monkeypatch.setattr(imgmatch.Collection, "_old_neighbours",
-                        lambda self, *args: calls.append(len(args[2])) or real(self, *args))
+    real = link_pass.old_neighbours
+    monkeypatch.setattr(link_pass, "old_neighbours",
+                        lambda *args: calls.append(len(args[3])) or real(*args))
     rng = np.random.default_rng(12)
     old = rng.integers(0, 256, (400, 32), dtype=np.uint8)
     dark, good = old[0], old[1]

@@ -66,7 +66,6 @@ class _Saboteur(SignalType):
     name = "saboteur"
     bits = 64
     threshold = 0
-    description = "test only"
 
     def compute(self, image: Decoded) -> HashValue:
         if image.image.size[0] == 13:
@@ -251,7 +250,6 @@ class _Tally(SignalType):
     name = "tally"
     bits = 64
     threshold = 0
-    description = "test only"
     log: Path | None = None
 
     def compute(self, image: Decoded) -> HashValue:
@@ -677,7 +675,7 @@ def test_warc_links_reach_only_a_few_records(tmp_path, request_first):
 
 
 def test_a_hostile_referer_is_cleaned_like_any_metadata(tmp_path):
-    from imgmatch.sources import MAX_FIELD_CHARS
+    from imgmatch.text import MAX_FIELD_CHARS
 
     long_page = PAGE + "?q=" + "x" * (2 * MAX_FIELD_CHARS)
     _capture_warc(tmp_path / "c.warc", [_request("q", IMG, long_page),
@@ -789,3 +787,25 @@ def test_library_sightings_are_normalised_too(tmp_path):
         (s,) = c.image(added.sha256).sightings
     assert s.posted_at == "2024-03-09T21:14:00Z"
     assert s.collected_at is None and s.extra["collected_at_raw"] == "not a date"
+
+
+def test_a_robust_ingest_of_large_images_as_bytes_through_one_worker_finishes(tmp_path):
+    """Jobs that carry their bytes (JSON lines, WARC records) block the parent
+    while it sends them, so each analysis a worker sends back must fit in
+    the pipe unread: the grey pixels a robust analysis keeps for linking are
+    small for that. Kept at full size, this ingest never finished."""
+    lines = []
+    for n, path in enumerate(sorted((FIXTURES / "originals").glob("*.jpg")) * 4):
+        out = io.BytesIO()
+        image = Image.open(path).convert("RGB")
+        w, h = image.size
+        image.crop((n, n, w - n, h - 2 * n)).resize((1600, 1200)).save(out, "JPEG",
+                                                                       quality=97)
+        lines.append(json.dumps({"data_b64": base64.b64encode(out.getvalue()).decode()}))
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text("\n".join(lines) + "\n")
+    done = subprocess.run([sys.executable, "-m", "imgmatch.cli", "--db", str(tmp_path / "c.db"),
+                           "ingest", "--robust", "--workers", "1", "--quiet", "--json",
+                           "--jsonl", str(feed)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["images_added"] == len(lines)

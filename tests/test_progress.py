@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from imgmatch.progress import Progress
+from imgmatch.cli_progress import Progress
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

@@ -217,7 +217,7 @@ def test_the_pipeline_still_takes_the_spider_older_scrapy_passes(tmp_path):
 
 
 def test_the_pipeline_dates_each_sighting_when_it_took_the_item(tmp_path):
-    from imgmatch.catalog import utcnow
+    from imgmatch.text import utcnow
 
     store, item, sha = _stored_item(tmp_path)
     pipeline = ImgmatchPipeline(tmp_path / "case.db", store, platform="citylist")

@@ -14,13 +14,9 @@ from hypothesis import strategies as st
 
 from imgmatch.cli import main
 from imgmatch.errors import ManifestError, MissingFile
-from imgmatch.sources import (
-    MAX_FIELD_CHARS,
-    iter_manifest,
-    iter_paths,
-    parse_when,
-    sighting_from_mapping,
-)
+from imgmatch.records import Sighting
+from imgmatch.sources import iter_manifest, iter_paths
+from imgmatch.text import MAX_FIELD_CHARS, parse_when
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ISO_Z = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
@@ -105,7 +101,7 @@ def test_unix_seconds(seconds):
 
 # ------------------------------------------------------------------ mappings
 def test_sighting_from_mapping_sorts_fields_into_columns_and_extra():
-    s = sighting_from_mapping({
+    s = Sighting.from_fields({
         "path": "a.jpg", "platform": "citylist", "url": "https://x.example/1", "ad_id": 42,
         "posted_at": "2024-03-09 21:14", "collected_at": "soon", "phone": "555-0100",
         "city": "", "extra": {"lang": "en"},
@@ -118,17 +114,17 @@ def test_sighting_from_mapping_sorts_fields_into_columns_and_extra():
 
 
 def test_default_platform_only_fills_gaps():
-    assert sighting_from_mapping({"path": "a"}, default_platform="jobboard").platform == "jobboard"
-    assert sighting_from_mapping({"path": "a", "platform": ""},
+    assert Sighting.from_fields({"path": "a"}, default_platform="jobboard").platform == "jobboard"
+    assert Sighting.from_fields({"path": "a", "platform": ""},
                                  default_platform="jobboard").platform == "jobboard"
-    assert sighting_from_mapping({"path": "a", "platform": "nightads"},
+    assert Sighting.from_fields({"path": "a", "platform": "nightads"},
                                  default_platform="jobboard").platform == "nightads"
 
 
 @pytest.mark.parametrize("field", ["url", "caption"])
 def test_long_fields_are_cut(field):
     long = "x" * (MAX_FIELD_CHARS + 500)
-    s = sighting_from_mapping({"path": "a.jpg", field: long})
+    s = Sighting.from_fields({"path": "a.jpg", field: long})
     value = s.url if field == "url" else s.extra["caption"]
     assert value != long
     assert value.startswith("x" * MAX_FIELD_CHARS)
@@ -138,7 +134,7 @@ def test_long_fields_are_cut(field):
 
 def test_field_at_the_limit_is_kept_whole():
     exact = "y" * MAX_FIELD_CHARS
-    assert sighting_from_mapping({"path": "a.jpg", "caption": exact}).extra["caption"] == exact
+    assert Sighting.from_fields({"path": "a.jpg", "caption": exact}).extra["caption"] == exact
 
 
 def test_long_csv_cell_is_cut(tmp_path):
@@ -306,3 +302,18 @@ def test_cli_ingest_takes_file_times_only_with_its_flag(tmp_path, capsys, flag, 
     with imgmatch.Collection.open(db, readonly=True) as c:
         (s,) = c.image(hashlib.sha256(photo.read_bytes()).hexdigest()).sightings
     assert s.collected_at == expected
+
+
+def test_sources_for_chains_the_inputs_in_the_order_ingest_reads_them(tmp_path):
+    """Files and folders, then manifests, then web archives (known by name)."""
+    import imgmatch
+
+    archive = tmp_path / "crawl.warc.gz"   # named as an archive: read as one, not an image
+    archive.write_bytes(b"")                # (an empty one holds no record)
+    photo = FIXTURES / "originals" / "cat.jpg"
+    items = list(imgmatch.sources_for([archive, photo], manifests=[FIXTURES / "manifest.csv"],
+                                      platform="given"))
+    assert items[0].source == str(photo) and items[0].sighting.platform == "given"
+    assert items[1:] == list(iter_manifest(FIXTURES / "manifest.csv", platform="given"))
+    with pytest.raises(imgmatch.ImgmatchError, match="go together"):
+        imgmatch.sources_for(scrapy_items=tmp_path / "items.jsonl")

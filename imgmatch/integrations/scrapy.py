@@ -32,10 +32,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..catalog import utcnow
-from ..collection import Collection
+from .. import Collection, Item, scrapy_item_sources
 from ..errors import ImgmatchError
-from ..sources import Item, scrapy_item_files
 
 
 class ImgmatchPipeline:
@@ -76,12 +74,7 @@ class ImgmatchPipeline:
 
     def process_item(self, item: Any, spider: Any = None) -> Any:
         """Queue the item's stored files; the item goes on unchanged."""
-        row = dict(item)
-        if row.get("collected_at") in (None, ""):
-            row["collected_at"] = utcnow()  # scraped just now: a timeline needs a date
-        label = f"scrapy:{row.get('url') or 'item'}"
-        self.pending.extend(scrapy_item_files(row, self.store.resolve(), self.store, label,
-                                              self.platform))
+        self.pending.extend(scrapy_item_sources(dict(item), self.store, platform=self.platform))
         if len(self.pending) >= self.batch:
             self._flush()
         return item

@@ -9,9 +9,10 @@ forbids, and the HTML report escapes everything and loads nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TextIO
 
+from ..errors import ImgmatchError
 from ..model import Cluster
 from .csvfmt import write_csv
 from .graph import write_gexf, write_graphml, write_links_csv
@@ -31,5 +32,30 @@ FORMATS: dict[str, Writer] = {
     "html": write_html,
 }
 
-__all__ = ["FORMATS", "write_csv", "write_gexf", "write_graphml", "write_html", "write_json",
-           "write_links_csv", "write_table"]
+#: The names of the formats, for a choice of them.
+REPORT_FORMATS: tuple[str, ...] = tuple(sorted(FORMATS))
+
+
+def write_report(clusters: Sequence[Cluster], out: TextIO, format: str = "table", *,
+                 raw: bool = False, fields: Sequence[str] = (),
+                 thumbnails: Mapping[str, bytes] | None = None) -> None:
+    """Write clusters in one of :data:`REPORT_FORMATS`, with the options that
+    format takes: ``raw`` (csv, links-csv: do not neutralise spreadsheet
+    formulas), ``fields`` (table: the metadata fields whose values each cluster
+    lists), ``thumbnails`` (html: JPEG bytes by sha256, embedded)."""
+    if format == "csv":
+        write_csv(clusters, out, raw=raw)
+    elif format == "links-csv":
+        write_links_csv(clusters, out, raw=raw)
+    elif format == "table":
+        write_table(clusters, out, fields=fields)
+    elif format == "html":
+        write_html(clusters, out, thumbnails=dict(thumbnails or {}))
+    elif format in FORMATS:
+        FORMATS[format](clusters, out)
+    else:
+        raise ImgmatchError(f"no report format {format!r}; one of {', '.join(REPORT_FORMATS)}")
+
+
+__all__ = ["FORMATS", "REPORT_FORMATS", "write_report", "write_csv", "write_gexf",
+           "write_graphml", "write_html", "write_json", "write_links_csv", "write_table"]

@@ -34,7 +34,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from ..model import Cluster, Sighting
 from .csvfmt import safe_cell
@@ -99,15 +99,17 @@ class Graph:
         return node_id
 
     def edge(self, source: str, target: str, kind: str, *, directed: bool = True,
-             once: bool = False, **attrs) -> Edge | None:
-        """Add an edge; with ``once``, only the first between these nodes of this kind."""
-        if once:
-            if (source, target, kind) in self._edge_keys:
-                return None
-            self._edge_keys.add((source, target, kind))
+             **attrs: Any) -> Edge:
+        """Add an edge."""
         edge = Edge(source, target, kind, directed, attrs)
         self.edges.append(edge)
         return edge
+
+    def edge_once(self, source: str, target: str, kind: str) -> None:
+        """Add an edge, unless these nodes have one of this kind already."""
+        if (source, target, kind) not in self._edge_keys:
+            self._edge_keys.add((source, target, kind))
+            self.edge(source, target, kind)
 
 
 def ad_node_id(sighting: Sighting) -> str | None:
@@ -171,14 +173,14 @@ def build_graph(clusters: Sequence[Cluster]) -> Graph:
                 edge.attrs["sightings"] += 1
             if s.platform:
                 platform = g.node(f"platform:{s.platform}", s.platform, kind="platform")
-                g.edge(holder, platform, "seen_in", once=True)
+                g.edge_once(holder, platform, "seen_in")
             for key, value in sorted((s.extra or {}).items(), key=lambda kv: str(kv[0])):
                 if value is None or value == "":
                     continue
                 text = _text(value)
                 meta = g.node(f"meta:{key}:{text}", f"{key}: {text}", kind="meta",
                               field=str(key), value=text)
-                g.edge(holder, meta, "has", once=True)
+                g.edge_once(holder, meta, "has")
         for link in c.links:
             distances = link.get("distances") or {}
             signals.update(str(k) for k in distances)
@@ -198,7 +200,9 @@ def _attr_table(g: Graph) -> tuple[list[tuple[str, str, str]], list[tuple[str, s
     return list(NODE_ATTRS), edge_attrs
 
 
-def _value(value: object, kind: str) -> str:
+def _value(value: Any, kind: str) -> str:
+    """A value as text of a declared type; ValueError or TypeError (from
+    ``float`` or ``int``) when it is not one."""
     if kind == "double":
         number = float(value)
         if not math.isfinite(number):
@@ -295,9 +299,9 @@ def write_gexf(clusters: Sequence[Cluster], out: TextIO) -> None:
                                                     "type": gtype})
 
     def attvalues(parent: ET.Element, where: str, attrs: dict) -> None:
-        values = [(ids[(where, name)], value) for name, value in attrs.items()
-                  if (where, name) in ids]
-        values = [(aid, gtype, value) for (aid, gtype), value in values
+        declared = [(ids[(where, name)], value) for name, value in attrs.items()
+                    if (where, name) in ids]
+        values = [(aid, gtype, value) for (aid, gtype), value in declared
                   if _usable(value, gtype)]
         if values:
             block = ET.SubElement(parent, ns + "attvalues")

@@ -1197,8 +1197,10 @@ def _cluster(c: Cluster, rank_of: dict[str, int], shared: _Shared,
     for img, key in zip(c.images, names.keys):
         sha = img.get("sha256")
         jpeg = thumbnails.get(sha) if isinstance(sha, str) else None
-        picture = isinstance(jpeg, (bytes, bytearray)) and bytes(jpeg[:3]) == _JPEG_MAGIC
-        if picture and key:
+        if not isinstance(jpeg, (bytes, bytearray)) or bytes(jpeg[:3]) != _JPEG_MAGIC:
+            jpeg = None  # not a JPEG: never embedded
+        picture = jpeg is not None
+        if jpeg is not None and key:
             pictures[printable(key)] = base64.b64encode(bytes(jpeg)).decode("ascii")
         frames, nbytes = img.get("frames"), img.get("size_bytes")
         images.append(_trim([

@@ -7,8 +7,10 @@ privileged path.
 
 from __future__ import annotations
 
+from .. import features
 from ..errors import SignalError
-from .base import DIHEDRAL_OPS, HashValue, SignalType, hamming
+from ..records import HashValue, hamming
+from .base import DIHEDRAL_OPS, SignalType
 from .imagehashes import DHash, PHash
 from .learned import OnnxSignal
 from .pdq import PDQ
@@ -20,7 +22,7 @@ _LOADED_ENTRY_POINTS = False
 DEFAULT_SIGNALS: tuple[str, ...] = ("pdq", "phash", "dhash")
 #: The name of local features (:mod:`imgmatch.features`) in a signal list:
 #: not a hash, but chosen the same way (``--signals pdq,phash,dhash,orb``).
-FEATURES = "orb"
+FEATURES = features.NAME
 #: The robust tier: the hashes plus local features.
 ROBUST_SIGNALS: tuple[str, ...] = DEFAULT_SIGNALS + (FEATURES,)
 
@@ -76,10 +78,16 @@ def parse_list(text: str | None) -> tuple[str, ...]:
     return chosen
 
 
+def parse_hash(text: str, signal: str = "pdq") -> HashValue:
+    """A hash of ``signal`` written in hex (PDQ: 64 digits, the form partners
+    exchange); SignalError says what is wrong with it."""
+    return get(signal).from_hex(text)
+
+
 for _builtin in (PDQ, PHash, DHash, OnnxSignal):
     register(_builtin)
 
 __all__ = ["SignalType", "HashValue", "hamming", "DIHEDRAL_OPS", "DEFAULT_SIGNALS",
            "FEATURES", "ROBUST_SIGNALS",
-           "register", "get", "names", "parse_list", "PDQ", "PHash", "DHash",
+           "register", "get", "names", "parse_list", "parse_hash", "PDQ", "PHash", "DHash",
            "OnnxSignal"]

@@ -1,17 +1,16 @@
 """What a signal is: a named type, and the values it computes.
 
-A :class:`HashValue` is a small immutable value in the spirit of imagehash's
-``ImageHash``: it prints as hex, ``a - b`` is the Hamming distance, and it
-always knows which signal it belongs to, so a pHash is never compared with a
-PDQ hash by mistake. Storage uses the packed bytes; hex is for display and
-exchange.
+A signal's value is a :class:`~imgmatch.records.HashValue`, a small immutable
+value in the spirit of imagehash's ``ImageHash``: it prints as hex, ``a - b``
+is the Hamming distance, and it always knows which signal it belongs to, so a
+pHash is never compared with a PDQ hash by mistake. It is defined with the
+other plain records, which know nothing of pixels, and re-exported here.
 """
 
 from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import ClassVar
 
@@ -19,47 +18,10 @@ import numpy as np
 
 from ..decode import Decoded
 from ..errors import SignalError
+from ..records import HashValue
 
 
 _HEX = re.compile(r"[0-9a-f]+")
-
-
-@dataclass(frozen=True)
-class HashValue:
-    """A binary hash of one signal type; ``a - b`` is their Hamming distance."""
-
-    signal: str
-    data: bytes
-    quality: int | None = field(default=None, compare=False)
-
-    def __sub__(self, other: HashValue) -> int:
-        if not isinstance(other, HashValue):
-            return NotImplemented
-        if other.signal != self.signal or len(other.data) != len(self.data):
-            raise SignalError(f"cannot compare a {self.signal} hash with a {other.signal} hash")
-        return hamming(self.data, other.data)
-
-    @property
-    def hex(self) -> str:
-        return self.data.hex()
-
-    @property
-    def bits(self) -> int:
-        return len(self.data) * 8
-
-    def __str__(self) -> str:
-        return self.hex
-
-    def to_json(self) -> dict:
-        out: dict = {"signal": self.signal, "hex": self.hex}
-        if self.quality is not None:
-            out["quality"] = self.quality
-        return out
-
-
-def hamming(a: bytes, b: bytes) -> int:
-    """Number of differing bits between two equal-length byte strings."""
-    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).bit_count()
 
 
 #: A hash whose bit pattern repeats itself this closely under a small shift
@@ -141,7 +103,6 @@ class SignalType(ABC):
     version: ClassVar[int] = 1
     #: values below this quality are too plain to be evidence (None: no gate)
     min_quality: ClassVar[int | None] = None
-    description: ClassVar[str] = ""
     #: the longer side the decoded image needs for this signal
     min_side: ClassVar[int] = 64
 

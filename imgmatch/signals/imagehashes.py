@@ -82,6 +82,8 @@ def information(pixels: np.ndarray) -> int:
 
 
 class PHash(SignalType):
+    """imagehash's pHash: median-thresholded 8x8 low DCT of a 32x32 thumbnail."""
+
     name = "phash"
     bits = 64
     threshold = PHASH_THRESHOLD
@@ -89,7 +91,6 @@ class PHash(SignalType):
     #: evidence at all, and each tier's gate for plain pictures was chosen on the
     #: fit half of the second benchmark set (:data:`imgmatch.evidence.MODELS`)
     min_quality = 5
-    description = "imagehash's pHash: median-thresholded 8x8 low DCT of a 32x32 thumbnail"
 
 
     def _low(self, image: Decoded) -> tuple[np.ndarray, int]:
@@ -113,11 +114,12 @@ class PHash(SignalType):
 
 
 class DHash(SignalType):
+    """imagehash's dHash: left-right gradient signs of a 9x8 thumbnail."""
+
     name = "dhash"
     bits = 64
     threshold = DHASH_THRESHOLD
     min_quality = 5
-    description = "imagehash's dHash: left-right gradient signs of a 9x8 thumbnail"
 
     def _pixels(self, image: Decoded) -> np.ndarray:
         return np.asarray(image.grey.resize((9, 8), Image.Resampling.LANCZOS,

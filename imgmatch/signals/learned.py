@@ -131,7 +131,6 @@ class OnnxSignal(SignalType):
     name = "onnx"
     bits = BITS
     threshold = 59
-    description = "a learned copy-detection embedding (ONNX model via IMGMATCH_ONNX_MODEL)"
     min_side = DEFAULT_SIZE
 
     def prepare(self) -> None:

@@ -127,12 +127,13 @@ def hash_luma(luma: np.ndarray) -> bytes:
 
 
 class PDQ(SignalType):
+    """Meta's PDQ: 256 bits with a 0-100 quality score."""
+
     name = "pdq"
     bits = 256
     min_side = WORKING_SIDE
     threshold = PDQ_THRESHOLD
     min_quality = PDQ_MIN_QUALITY
-    description = "Meta's PDQ, 256 bits with a 0-100 quality score"
 
     def _dct_and_quality(self, image: Decoded) -> tuple[np.ndarray | None, int]:
         coeffs, q = self._from_luma(image.luma)

@@ -1,4 +1,6 @@
-"""A one-line progress display for long ingests: count, rate, ETA.
+"""The CLI's one-line progress display for long ingests: count, rate, ETA.
+
+Private to the command line (:mod:`imgmatch.cli`); the library never prints.
 
 Drawn on standard error only when it is a terminal, at most five times a
 second, and once more at the end with the final counts; the total is counted
