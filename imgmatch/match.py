@@ -299,6 +299,15 @@ def score_pairs(catalog: Catalog, a: np.ndarray, b: np.ndarray,
                               {n: d for n, (d, _) in ev.hashes.items()}, ev.agreed, "identity")
 
 
+def link_distances(ev: Evidence) -> dict[str, int]:
+    """What a link keeps of its evidence: each hash's distance in bits and, for
+    a pair verified geometrically, its ``inliers`` (shown in reports)."""
+    out = {n: d for n, (d, _) in ev.hashes.items()}
+    if ev.verified is not None and ev.verified.inliers:
+        out["inliers"] = ev.verified.inliers
+    return out
+
+
 def link_score(ev: Evidence) -> float:
     """A pair's score as a link: a partial overlap alone (a collage's tile, a
     screenshot's photo) is capped so that clusters treat it as weak."""
@@ -379,8 +388,7 @@ class IndexLinker:
                 score = link_score(ev)
                 if score >= self.min_score and ev.agreed:
                     out.append(LinkRow(min(image_id, other), max(image_id, other), score,
-                                       {n: d for n, (d, _) in ev.hashes.items()},
-                                       ev.agreed, ev.transform))
+                                       link_distances(ev), ev.agreed, ev.transform))
         return out
 
     def _voted(self, new_images: list[tuple[int, str]],

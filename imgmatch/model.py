@@ -218,7 +218,9 @@ def _days_between(a: str, b: str) -> float:
 
 @dataclass(frozen=True)
 class Link:
-    """A near-duplicate link from one image to another, with its evidence.
+    """A near-duplicate link from one image to another, with its evidence:
+    ``distances`` in bits per hash, and ``inliers`` among them for a pair
+    verified geometrically (links stored before they kept it have none).
 
     The other image is named by its ``sha256``; one known only by a partner's
     hash has none, and is named by ``hash_key`` (``pdq:<hex>``) instead.

@@ -235,3 +235,23 @@ def test_a_file_that_crashes_its_decoder_costs_its_worker_not_the_upgrade(tmp_pa
         summary = c.upgrade(("phash", "pdq"), workers=2, timeout=30)
     assert summary.images_upgraded == 5
     assert len(summary.unreachable) == 1 and "crash" in summary.unreachable[0][1]
+
+
+def test_a_link_verified_geometrically_keeps_its_inliers(tmp_path):
+    """A link found by local features says how many keypoints one similarity
+    explained, so a report can show the check and not only that it passed."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    original = Image.open(ORIGINALS / "temple.jpg").convert("RGB")
+    original.save(photos / "temple.jpg", quality=92)
+    w, h = original.size
+    original.crop((0, 0, int(w * 0.8), int(h * 0.85))).save(photos / "crop.jpg", quality=85)
+    with Collection.open(tmp_path / "c.db") as c:
+        for name in ("temple.jpg", "crop.jpg"):  # the crop, newer, finds its original
+            c.ingest(iter_paths([photos / name]), signals=("pdq", "phash", "dhash", "orb"))
+        record = c.image(hashlib.sha256((photos / "crop.jpg").read_bytes()).hexdigest())
+        (link,) = record.links
+        assert "orb" in link.agreed and link.distances["inliers"] >= 20
+        (linked,) = c.report_json(min_sightings=1)["clusters"][0]["links"]
+    # the reports read it there (the HTML report shows "N inliers")
+    assert linked["distances"]["inliers"] == link.distances["inliers"]
