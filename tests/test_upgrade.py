@@ -93,15 +93,20 @@ def test_robust_ingest_over_known_images_names_what_they_lack(tmp_path):
         assert summary.lacking == {"orb": 6}
 
 
+def _photo_and_crop(folder: Path, width: float, height: float) -> Path:
+    """A folder with temple.jpg and crop.jpg, its top-left corner at these shares."""
+    folder.mkdir()
+    original = Image.open(ORIGINALS / "temple.jpg").convert("RGB")
+    original.save(folder / "temple.jpg", quality=92)
+    w, h = original.size
+    original.crop((0, 0, int(w * width), int(h * height))).save(folder / "crop.jpg", quality=85)
+    return folder
+
+
 def test_upgrade_links_a_crop_that_only_local_features_find(tmp_path):
     """A tight crop is beyond the hashes; once the collection has local
     features, upgrade verifies it against its original and links the two."""
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    original = Image.open(ORIGINALS / "temple.jpg").convert("RGB")
-    original.save(photos / "temple.jpg", quality=92)
-    w, h = original.size
-    original.crop((0, 0, int(w * 0.55), int(h * 0.7))).save(photos / "crop.jpg", quality=85)
+    photos = _photo_and_crop(tmp_path / "photos", 0.55, 0.7)
     db = tmp_path / "c.db"
     with Collection.open(db) as c:
         c.ingest(iter_paths([photos]))
@@ -240,12 +245,7 @@ def test_a_file_that_crashes_its_decoder_costs_its_worker_not_the_upgrade(tmp_pa
 def test_a_link_verified_geometrically_keeps_its_inliers(tmp_path):
     """A link found by local features says how many keypoints one similarity
     explained, so a report can show the check and not only that it passed."""
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    original = Image.open(ORIGINALS / "temple.jpg").convert("RGB")
-    original.save(photos / "temple.jpg", quality=92)
-    w, h = original.size
-    original.crop((0, 0, int(w * 0.8), int(h * 0.85))).save(photos / "crop.jpg", quality=85)
+    photos = _photo_and_crop(tmp_path / "photos", 0.8, 0.85)
     with Collection.open(tmp_path / "c.db") as c:
         for name in ("temple.jpg", "crop.jpg"):  # the crop, newer, finds its original
             c.ingest(iter_paths([photos / name]), signals=("pdq", "phash", "dhash", "orb"))
