@@ -330,6 +330,8 @@ class _MatchEmitter:
         reasons = {source: reason for source, reason, _ in recent}
         for item, sha256, status, detail in self.pending:
             out: dict[str, Any] = {"source": item.source, "sha256": sha256, "status": status}
+            if item.line is not None:
+                out["line"] = item.line
             if status == "failed":
                 reason = item.error.reason if item.error is not None else \
                     reasons.get(item.source, "error")

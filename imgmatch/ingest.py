@@ -220,13 +220,13 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
             if item.revisit_of:
                 pending_revisits.append(item)
                 continue
-            if item.error is not None:
-                summary.files_seen += 1
-                batch.failures.append((item.source, item.error.reason, item.error.detail))
-                batch.records.append((item, None, "failed", item.error.detail))
-            elif item.analysis is not None:
+            if item.error is not None or item.analysis is not None:
+                # known already (a failure found while reading the input, or an
+                # analysis the caller made): released in turn like any result,
+                # so records keep the input's order
                 jobs[submitted] = item
-                finished[submitted] = item.analysis
+                finished[submitted] = item.analysis if item.error is None else Analysis(
+                    "", reason=item.error.reason, detail=item.error.detail)
                 submitted += 1
             else:
                 job = Job(submitted, item.source,

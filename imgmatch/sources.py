@@ -49,6 +49,9 @@ class Item:
     #: already analysed by the caller (the HTTP service does it outside its
     #: write lock); ingest then uses it as the worker's result
     analysis: Any = None
+    #: the input line it came from (JSON lines), for a pipeline to match its
+    #: output lines to its input
+    line: int | None = None
 
 
 def iter_paths(paths: Iterable[str | Path], *, platform: str | None = None,
@@ -195,11 +198,11 @@ def iter_jsonl_stream(stream: Iterable[str], *, label: str = "<stdin>",
         try:
             row = json.loads(line)
         except ValueError as exc:
-            yield Item(where, Sighting(source=where),
+            yield Item(where, Sighting(source=where), line=line_no,
                        error=InputError(f"not valid JSON: {exc}", source=where))
             continue
         if not isinstance(row, dict):
-            yield Item(where, Sighting(source=where),
+            yield Item(where, Sighting(source=where), line=line_no,
                        error=InputError("a JSON line must be an object", source=where))
             continue
         sighting = Sighting.from_fields(
@@ -214,18 +217,19 @@ def iter_jsonl_stream(stream: Iterable[str], *, label: str = "<stdin>",
                 data = None
             if not data:
                 yield Item(where, replace(sighting, source=sighting.source or where),
+                           line=line_no,
                            error=InputError("'data' is not valid base64", source=where))
                 continue
             yield Item(sighting.source or where, replace(sighting, source=sighting.source or where),
-                       data=data)
+                       data=data, line=line_no)
             continue
         raw_path = next((row[k] for k in PATH_KEYS if isinstance(row.get(k), str)), None)
         if not raw_path:
-            yield Item(where, replace(sighting, source=where), error=InputError(
+            yield Item(where, replace(sighting, source=where), line=line_no, error=InputError(
                 "the line gives neither 'path' nor base64 'data'", source=where))
             continue
         yield Item(raw_path, replace(sighting, source=sighting.source or raw_path),
-                   path=Path(raw_path))
+                   path=Path(raw_path), line=line_no)
 
 
 #: Item fields of Scrapy's media pipelines that describe files, not the ad.

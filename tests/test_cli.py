@@ -762,6 +762,29 @@ def test_emit_matches_failures_are_objects_and_the_summary_has_no_null(tmp_path)
     assert summary.get("failures", []) is not None
 
 
+def test_emit_matches_keeps_the_input_order_and_names_each_line(tmp_path):
+    """A pipeline matches output lines to input lines: in the input's order
+    (a line that fails while it is read waits for the lines before it, which
+    the workers are still decoding) and each with its input line number."""
+    originals = sorted((FIXTURES / "originals").glob("*.jpg"))
+    rows = [json.dumps({"path": str(p)}) for p in originals[:3]]
+    rows.insert(2, "not json")
+    rows.insert(3, json.dumps({"data_b64": "%%%"}))
+    rows.append("")  # a blank line is skipped, and counts
+    rows.append(json.dumps({"path": str(originals[3])}))
+    stream = tmp_path / "in.jsonl"
+    stream.write_text("\n".join(rows) + "\n")
+    code, out, err = call("--db", tmp_path / "c.db", "ingest", "--jsonl", stream,
+                          "--emit-matches", "--workers", "2")
+    assert code == 1, err
+    lines = json_lines(out)
+    assert [x["line"] for x in lines] == [1, 2, 3, 4, 5, 7]
+    assert [x["status"] for x in lines] == ["added", "added", "failed", "failed", "added",
+                                            "added"]
+    assert [x["source"] for x in lines if x["status"] == "added"] == \
+        [str(p) for p in originals[:4]]
+
+
 def test_stats_last_runs_give_no_null_lists(tmp_path):
     db = tmp_path / "c.db"
     code, _, err = call("--db", db, "ingest", tmp_path / "gone.jpg", tmp_path / "gone2.jpg",
