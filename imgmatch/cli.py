@@ -210,7 +210,9 @@ def cli(ctx: click.Context, db: Path | None) -> None:
               help="Write one JSON line per item to standard output, as soon as it is "
                    "catalogued, with its status and matches (for pipelines; implies "
                    "--quiet and a summary on standard error).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress display and no summary: nothing on standard output, "
+                   "a count of the files that failed on standard error.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.pass_obj
 def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl: TextIO | None,
@@ -276,8 +278,11 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
     elif emit_matches:  # each failure was a line of its own: the summary counts them
         click.echo(json.dumps({k: v for k, v in summary.to_json().items()
                                if k != "failures"}), err=True)
-    else:
+    elif not quiet:
         _print_summary(summary)
+    elif summary.failures:
+        click.echo(f"{_plural(len(summary.failures), 'file')} could not be used "
+                   "('imgmatch stats' lists them)", err=True)
     if summary.lacking and not as_json:
         _lacking_note(summary.lacking, names)
     return EXIT_PARTIAL if summary.failures else EXIT_OK
@@ -831,7 +836,9 @@ def reindex(db: Path) -> int:
 @click.option("--max-memory", type=click.IntRange(0), default=DEFAULT_MAX_MEMORY >> 20,
               show_default=True, help="MB each worker may use beyond its size at start "
                                       "(0: no limit).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress display and no summary: nothing on standard output, "
+                   "a count of the images left as they were on standard error.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.pass_obj
 def upgrade(db: Path, signal_list: tuple[str, ...] | None, robust: bool, workers: int,
@@ -855,6 +862,10 @@ def upgrade(db: Path, signal_list: tuple[str, ...] | None, robust: bool, workers
             progress.finish()
     if as_json:
         _echo_json(summary.to_json())
+    elif quiet:
+        if summary.unreachable:
+            click.echo(f"{_plural(len(summary.unreachable), 'image')} could not be read "
+                       "again ('imgmatch upgrade --json' lists them)", err=True)
     else:
         click.echo(f"signals:          {', '.join(summary.signals)}")
         click.echo(f"images lacking:   {summary.images_missing}")

@@ -785,6 +785,18 @@ def test_emit_matches_keeps_the_input_order_and_names_each_line(tmp_path):
         [str(p) for p in originals[:4]]
 
 
+def test_quiet_prints_nothing_but_a_count_of_failures(tmp_path):
+    db = tmp_path / "c.db"
+    code, out, err = call("--db", db, "ingest", ASTRONAUT, "--workers", "0", "--quiet")
+    assert (code, out, err) == (0, "", "")
+    code, out, err = call("--db", db, "ingest", ASTRONAUT, tmp_path / "gone.jpg",
+                          "--workers", "0", "--quiet")
+    assert code == 1 and out == ""
+    assert err.strip() == "1 file could not be used ('imgmatch stats' lists them)"
+    code, out, err = call("--db", db, "upgrade", "--robust", "--workers", "0", "--quiet")
+    assert (code, out, err) == (0, "", "")
+
+
 def test_stats_last_runs_give_no_null_lists(tmp_path):
     db = tmp_path / "c.db"
     code, _, err = call("--db", db, "ingest", tmp_path / "gone.jpg", tmp_path / "gone2.jpg",

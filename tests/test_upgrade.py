@@ -82,7 +82,7 @@ def test_robust_ingest_over_known_images_names_what_they_lack(tmp_path):
     runner = CliRunner()
     runner.invoke(cli, ["--db", str(db), "ingest", "-q", "--workers", "0",
                         str(tmp_path / "photos")])
-    done = runner.invoke(cli, ["--db", str(db), "ingest", "--robust", "-q", "--workers", "0",
+    done = runner.invoke(cli, ["--db", str(db), "ingest", "--robust", "--workers", "0",
                                str(tmp_path / "photos")])
     assert done.exit_code == 0, done.output
     assert "images added:     0" in done.output
