@@ -145,7 +145,7 @@ def _measure(decoded_by: Callable[[], Decoded], data: bytes, hashes: Sequence[st
     return Analysis(digest, image=ImageRow(
         sha256=digest, size_bytes=len(data), width=decoded.width, height=decoded.height,
         format=decoded.format, mode=decoded.mode, frames=decoded.frames, signals=rows,
-        thumbnail=thumb, features=stored),
+        thumbnail=thumb, features=stored, captured_at=decoded.captured_at),
         variants=variants, features=found, grey=grey)
 
 

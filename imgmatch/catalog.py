@@ -172,6 +172,9 @@ MIGRATIONS: list[tuple[str, str]] = [
         UPDATE tallies SET n = n - 1 WHERE key = 'sightings';
         UPDATE tallies SET n = n - 1 WHERE key = 'platform' || coalesce(':' || OLD.platform, ''); END;
     """),
+    ("when the camera took each image (EXIF), where its file says", """
+    ALTER TABLE images ADD COLUMN captured_at TEXT;
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -429,10 +432,10 @@ class Catalog:
             for row in images:
                 cur = conn.execute(
                     "INSERT INTO images (sha256, size_bytes, width, height, format, mode, "
-                    "frames, created_at, run_id) VALUES (?,?,?,?,?,?,?,?,?) "
+                    "frames, created_at, run_id, captured_at) VALUES (?,?,?,?,?,?,?,?,?,?) "
                     "ON CONFLICT(sha256) DO NOTHING",
                     (row.sha256, row.size_bytes, row.width, row.height, row.format,
-                     row.mode, row.frames, now, run_id))
+                     row.mode, row.frames, now, run_id, row.captured_at))
                 if cur.rowcount == 0:
                     result.images_known += 1
                     continue
@@ -678,12 +681,14 @@ class Catalog:
             marks = ",".join("?" * len(chunk))
             for row in self.conn.execute(
                     f"SELECT id, sha256, size_bytes, width, height, format, frames, created_at, "
-                    f"hash_key FROM images WHERE id IN ({marks})", chunk):
+                    f"hash_key, captured_at FROM images WHERE id IN ({marks})", chunk):
                 out[row[0]] = dict(zip(
                     ("id", "sha256", "size_bytes", "width", "height", "format", "frames",
-                     "created_at"), row[:-1]))
+                     "created_at"), row[:-2]))
+                if row[-2]:
+                    out[row[0]]["hash_key"] = row[-2]
                 if row[-1]:
-                    out[row[0]]["hash_key"] = row[-1]
+                    out[row[0]]["captured_at"] = row[-1]
         return out
 
     def image_id(self, sha256: str) -> int | None:

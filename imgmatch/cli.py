@@ -580,7 +580,9 @@ def show(db: Path, sha256: str | None, cluster_id: int | None, as_json: bool) ->
                 _echo_json(record.to_json())
                 return EXIT_OK
             click.echo(f"image {record.sha256}: {record.width}x{record.height} "
-                       f"{record.format}, {record.size_bytes} bytes")
+                       f"{record.format}, {record.size_bytes} bytes"
+                       + (f", taken {record.captured_at} (camera's clock)"
+                          if record.captured_at else ""))
             for name, value in sorted(record.signals.items()):
                 click.echo(f"  {name:6} {value.hex}" + (f"  quality {value.quality}"
                                                        if value.quality is not None else ""))

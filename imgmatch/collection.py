@@ -549,7 +549,7 @@ class Collection:
         return ImageRecord(
             sha256=info["sha256"], size_bytes=info["size_bytes"], width=info["width"],
             height=info["height"], format=info["format"], frames=info["frames"],
-            created_at=info["created_at"],
+            created_at=info["created_at"], captured_at=info.get("captured_at"),
             signals={name: registry.get(name).from_bytes(v, q)
                      for name, (v, q) in values.items()},
             sightings=tuple(self.catalog.sightings_of([image_id])[image_id]),

@@ -16,9 +16,11 @@ in one place, so every signal hashes what a viewer shows.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 from collections.abc import Callable, Iterator
+from datetime import datetime
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -47,17 +49,20 @@ class Decoded:
     ``width`` and ``height`` are the original's, after EXIF orientation.
     """
 
-    __slots__ = ("image", "width", "height", "format", "mode", "frames", "_luma", "_grey",
-                 "_redecode")
+    __slots__ = ("image", "width", "height", "format", "mode", "frames", "captured_at",
+                 "_luma", "_grey", "_redecode")
 
     def __init__(self, image: Image.Image, width: int, height: int, format: str,
-                 mode: str, frames: int = 1) -> None:
+                 mode: str, frames: int = 1, captured_at: str | None = None) -> None:
         self.image = image
         self.width = width
         self.height = height
         self.format = format
         self.mode = mode
         self.frames = frames
+        #: when the camera took it (EXIF DateTimeOriginal, ISO 8601, no zone:
+        #: cameras record local time), if the file says so plausibly
+        self.captured_at = captured_at
         self._luma: np.ndarray | None = None
         self._grey: Image.Image | None = None
         self._redecode: Callable[[], Decoded] | None = None
@@ -218,6 +223,7 @@ def _finish(img, data: bytes, source: str | None, target: int, max_pixels: int, 
     fmt = img.format or "unknown"
     try:
         orientation = _orientation(img)
+        captured_at = _captured_at(img)
         src_mode = img.mode
         header_size = img.size
         if fmt in ("JPEG", "MPO"):
@@ -238,7 +244,7 @@ def _finish(img, data: bytes, source: str | None, target: int, max_pixels: int, 
     if orientation in _TRANSPOSE:
         pixels = pixels.transpose(_TRANSPOSE[orientation])
     width, height = _oriented(header_size, orientation)
-    decoded = Decoded(pixels, width, height, fmt, src_mode, frames)
+    decoded = Decoded(pixels, width, height, fmt, src_mode, frames, captured_at)
     if not colour:
         decoded._redecode = lambda: decode(data, source=source, target=target,
                                            max_pixels=max_pixels, max_side=max_side,
@@ -284,6 +290,33 @@ def _orientation(img: Image.Image) -> int:
     except Exception:  # a broken EXIF block must not cost the image
         return 1
     return value if 1 <= value <= 8 else 1
+
+
+#: EXIF's date format, "YYYY:MM:DD HH:MM:SS".
+_EXIF_DATE = re.compile(r"(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
+
+
+def _captured_at(img: Image.Image) -> str | None:
+    """EXIF DateTimeOriginal as ISO 8601 (local time, no zone), or None.
+
+    Crawled metadata is hostile: only a well-formed date between 1970 and
+    2100 is kept, and nothing else from the EXIF block."""
+    try:
+        value = img.getexif().get_ifd(0x8769).get(0x9003)
+    except Exception:  # a broken EXIF block must not cost the image
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    match = _EXIF_DATE.fullmatch(value.strip().rstrip("\x00")) if isinstance(value, str) \
+        else None
+    if match is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in match.groups())
+    try:
+        when = datetime(year, month, day, hour, minute, second)
+    except ValueError:
+        return None
+    return when.isoformat() if 1970 <= year <= 2100 else None
 
 
 def _to_rgb_or_grey(img: Image.Image) -> Image.Image:

@@ -253,12 +253,14 @@ class ImageRecord:
     signals: dict[str, HashValue]
     sightings: tuple[Sighting, ...]
     links: tuple[Link, ...]
+    #: when the camera took it (EXIF DateTimeOriginal, local time), if known
+    captured_at: str | None = None
 
     def to_json(self) -> dict:
         return {
             "sha256": self.sha256, "size_bytes": self.size_bytes, "width": self.width,
             "height": self.height, "format": self.format, "frames": self.frames,
-            "created_at": self.created_at,
+            "created_at": self.created_at, "captured_at": self.captured_at,
             "signals": {k: v.to_json() for k, v in sorted(self.signals.items())},
             "sightings": [s.to_json() for s in self.sightings],
             "links": [k.to_json() for k in self.links],

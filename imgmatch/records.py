@@ -188,6 +188,8 @@ class ImageRow:
     #: local features (:mod:`imgmatch.features`), only in the robust tier:
     #: (version, keypoint count, blob)
     features: tuple[int, int, bytes] | None = None
+    #: when the camera took it (EXIF DateTimeOriginal), where the file says so
+    captured_at: str | None = None
 
 
 @dataclass(frozen=True)

@@ -261,7 +261,8 @@ def test_tallies_follow_every_write(tmp_path):
         "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'tally_%'")]
     assert len(triggers) == 12
     conn.executescript("".join(f"DROP TRIGGER {t};" for t in triggers)
-                       + "DROP TABLE tallies; DELETE FROM migrations WHERE version = 7;"
+                       + "DROP TABLE tallies; ALTER TABLE images DROP COLUMN captured_at;"
+                       + "DELETE FROM migrations WHERE version >= 7;"
                        + "PRAGMA user_version = 6;")
     conn.close()
     with imgmatch.Collection.open(db) as c:

@@ -797,6 +797,28 @@ def test_quiet_prints_nothing_but_a_count_of_failures(tmp_path):
     assert (code, out, err) == (0, "", "")
 
 
+def test_the_camera_capture_date_is_metadata_of_the_image(tmp_path):
+    """A timeline of crawl dates says when ads ran; the camera's date (EXIF) says
+    when the picture was taken, often years before: kept with the image."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9003] = "2019:07:14 22:05:00"
+    photo, repost = tmp_path / "photo.jpg", tmp_path / "repost.jpg"
+    Image.open(ASTRONAUT).save(photo, exif=exif)
+    Image.open(ASTRONAUT).save(repost, quality=70)  # re-encoded: no EXIF
+    db = tmp_path / "c.db"
+    assert call("--db", db, "ingest", photo, repost, "--workers", "0", "--quiet")[0] == 0
+    sha = hashlib.sha256(photo.read_bytes()).hexdigest()
+    record = json.loads(call("--db", db, "show", sha, "--json")[1])
+    assert record["captured_at"] == "2019-07-14T22:05:00"
+    assert "taken 2019-07-14T22:05:00" in call("--db", db, "show", sha)[1]
+    report = json.loads(call("--db", db, "report", "--format", "json")[1])
+    (cluster,) = report["clusters"]
+    assert {i["sha256"]: i.get("captured_at") for i in cluster["images"]}[sha] == \
+        "2019-07-14T22:05:00"
+
+
 def test_stats_last_runs_give_no_null_lists(tmp_path):
     db = tmp_path / "c.db"
     code, _, err = call("--db", db, "ingest", tmp_path / "gone.jpg", tmp_path / "gone2.jpg",

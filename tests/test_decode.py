@@ -347,6 +347,25 @@ def test_every_exif_orientation_matches_pillows_exif_transpose(orientation):
         assert expected.size == (40, 60)
 
 
+def _with_capture_date(value) -> bytes:
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9003] = value  # DateTimeOriginal, in the Exif sub-IFD
+    return encode(patterned(80, 60), "JPEG", exif=exif)
+
+
+def test_the_camera_capture_date_is_kept_as_iso_8601():
+    assert decode(_with_capture_date("2023:05:06 19:03:07")).captured_at == \
+        "2023-05-06T19:03:07"
+    assert decode(encode(patterned(80, 60), "JPEG")).captured_at is None
+
+
+@pytest.mark.parametrize("value", ["2023:13:06 19:03:07", "0000:00:00 00:00:00",
+                                   "not a date", "2023:05:06 19:03:07<script>", "1800:01:01 00:00:00",
+                                   "    :  :     :  :  "])
+def test_a_hostile_or_impossible_capture_date_is_dropped(value):
+    assert decode(_with_capture_date(value)).captured_at is None
+
+
 def test_broken_orientation_value_is_ignored():
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = 42
