@@ -19,7 +19,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -146,6 +146,26 @@ def _check_output(path: Path | None) -> None:
                                  param_hint="'-o' / '--output'")
 
 
+def _worker_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--workers, --timeout and --max-memory: how the files a command decodes
+    are isolated (ingest, and upgrade, which decodes them again)."""
+    for option in reversed((
+            click.option("--workers", type=click.IntRange(0, 256), default=default_workers(),
+                         show_default="all cores this process may use",
+                         help="Worker processes for decoding and hashing "
+                              "(0: in this process, without crash isolation)."),
+            click.option("--timeout", type=click.FloatRange(0.1), default=DEFAULT_TIMEOUT,
+                         show_default=True,
+                         help="Seconds one file may take before it is given up."),
+            click.option("--max-memory", type=click.IntRange(0),
+                         default=DEFAULT_MAX_MEMORY >> 20, show_default=True, metavar="MB",
+                         help="Memory one worker may take beyond its size at start (0: no "
+                              "cap); a file that needs more is recorded as out-of-memory. "
+                              "Linux only."))):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), envvar="IMGMATCH_DB",
               help="Catalog file of the collection (env IMGMATCH_DB; default ./imgmatch.db). "
@@ -182,16 +202,7 @@ def cli(ctx: click.Context, db: Path | None) -> None:
               help="Also store local features (the robust tier, '--signals "
                    f"{','.join(ROBUST_SIGNALS)}'): finds crops, borders, rotations, "
                    "overlays, screenshots and collages; slower, and more bytes per image.")
-@click.option("--workers", type=click.IntRange(0, 256), default=default_workers(),
-              show_default="all cores this process may use",
-              help="Worker processes for decoding and hashing "
-                   "(0: in this process, without crash isolation).")
-@click.option("--timeout", type=click.FloatRange(0.1), default=DEFAULT_TIMEOUT,
-              show_default=True, help="Seconds one file may take before it is given up.")
-@click.option("--max-memory", type=click.IntRange(0), default=DEFAULT_MAX_MEMORY >> 20,
-              show_default=True, metavar="MB",
-              help="Memory one worker may take beyond its size at start (0: no cap); a file "
-                   "that needs more is recorded as out-of-memory. Linux only.")
+@_worker_options
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=DEFAULT_BATCH,
               show_default=True, help="Images per catalog transaction.")
 @click.option("--thumbnails", is_flag=True, help="Also store a small thumbnail of each new "
@@ -829,15 +840,7 @@ def reindex(db: Path) -> int:
               help="Signals every image should have (default: the collection's own and "
                    "pdq,phash,dhash).")
 @click.option("--robust", is_flag=True, help="Also local features (the robust tier).")
-@click.option("--workers", type=click.IntRange(0, 256), default=default_workers(),
-              show_default="all cores", help="Worker processes that decode and hash, as "
-                                             "for ingest (0: in this process).")
-@click.option("--timeout", type=click.FloatRange(0.1), default=DEFAULT_TIMEOUT,
-              show_default=True, help="Seconds one file may take before it is recorded "
-                                      "as failed.")
-@click.option("--max-memory", type=click.IntRange(0), default=DEFAULT_MAX_MEMORY >> 20,
-              show_default=True, help="MB each worker may use beyond its size at start "
-                                      "(0: no limit).")
+@_worker_options
 @click.option("--quiet", "-q", is_flag=True,
               help="No progress display and no summary: nothing on standard output, "
                    "a count of the images left as they were on standard error.")

@@ -196,14 +196,18 @@ class Verification:
     #: site's frame, are bands at the edges that a convex hull spans whole,
     #: while the photo between them matches nothing
     spread: float = 0.0
-    #: the smaller of the two images' shares that the region they share
-    #: covers: a photo in a collage or a screenshot is a part of it
-    shared_area: float = 0.0
-    #: the query's share alone, and the stored image's
+    #: the query's share that the region the two images share covers, and
+    #: the stored image's
     query_share: float = 0.0
     stored_share: float = 0.0
     #: the similarity, query pixels (at the analysed size) to stored pixels
     matrix: tuple[float, ...] | None = None
+
+    @property
+    def shared_area(self) -> float:
+        """The smaller of the two shares: a photo in a collage or a screenshot
+        is a part of it."""
+        return min(self.query_share, self.stored_share)
 
     @property
     def support(self) -> float:
@@ -260,7 +264,7 @@ def verify(query: LocalFeatures, stored: LocalFeatures) -> Verification:
                         min(1.0, spanned / region) if region > 0 else 0.0,
                         _spread(stored.points[in_query], dst[mask.ravel() == 1],
                                 _moved(query.points, transform)),
-                        min(query_share, stored_share), query_share, stored_share,
+                        query_share, stored_share,
                         tuple(float(v) for v in transform.ravel()))
 
 
