@@ -21,6 +21,8 @@ from importlib import import_module as _import_module
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from .errors import (
+    AuditError,
+    Busy,
     CatalogError,
     DecodeError,
     EmptyFile,
@@ -32,6 +34,7 @@ from .errors import (
     ManifestError,
     MissingFile,
     ModelError,
+    NotAFile,
     OutOfMemory,
     SignalError,
     UnsafePath,
@@ -46,7 +49,16 @@ if _TYPE_CHECKING:
     from .keys import SCOPES as KEY_SCOPES
     from .keys import scopes_allow
     from .match import MATCH_SCORE
-    from .model import Added, Cluster, ImageRecord, Link, Match
+    from .model import (
+        Added,
+        AuditEntry,
+        Cluster,
+        Explanation,
+        ImageRecord,
+        Link,
+        Match,
+        SignalComparison,
+    )
     from .pairs import default_workers
     from .records import HashValue, Sighting
     from .report import REPORT_FORMATS, write_report
@@ -54,6 +66,7 @@ if _TYPE_CHECKING:
     from .signals import parse_list as parse_signals
     from .sources import Item
     from .text import date_bound, printable
+    from .sandbox import DecodeSandbox
     from .upgrade import UpgradeSummary
     from .workers import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT
 
@@ -74,7 +87,11 @@ _LAZY: dict[str, str] = {
     "ImageRecord": "model",
     "Link": "model",
     "Added": "model",
+    "Explanation": "model",
+    "SignalComparison": "model",
+    "AuditEntry": "model",
     "Item": "sources",
+    "DecodeSandbox": "sandbox",
     "sources_for": "inputs",
     "scrapy_item_sources": "inputs",
     "IngestSummary": "ingest",
@@ -116,6 +133,7 @@ def __dir__() -> list[str]:
 __all__ = [
     # the collection, and what it takes and gives
     "Collection",
+    "DecodeSandbox",
     "Sighting",
     "Item",
     "Match",
@@ -123,6 +141,9 @@ __all__ = [
     "ImageRecord",
     "Link",
     "Added",
+    "Explanation",
+    "SignalComparison",
+    "AuditEntry",
     "HashValue",
     "IngestSummary",
     "UpgradeSummary",
@@ -161,9 +182,12 @@ __all__ = [
     "ImageTooSmall",
     "UnsafePath",
     "MissingFile",
+    "NotAFile",
     "ManifestError",
+    "Busy",
     "SignalError",
     "ModelError",
     "CatalogError",
     "IndexFileError",
+    "AuditError",
 ]

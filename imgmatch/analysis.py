@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
 from . import features
 from . import signals as registry
 from .decode import Decoded, decode, decode_frames, out_of_memory
-from .errors import DecodeError, InputError, ModelError, OutOfMemory
+from .errors import DecodeError, InputError, ModelError, NotAFile, OutOfMemory
 from .records import HashValue, ImageRow, SignalRow
 from .signals import FEATURES
 
@@ -77,8 +80,9 @@ def analyse_source(path: str | None, data: bytes | None, signal_names: Sequence[
     """
     if data is None:
         try:
-            with open(path or "", "rb") as fh:
-                data = fh.read()
+            data = read_regular_file(path or "")
+        except NotAFile as exc:
+            return Analysis("", reason=exc.reason, detail=exc.detail)
         except OSError as exc:
             return Analysis("", reason="missing-file",
                             detail=f"cannot read: {exc.strerror or exc}")
@@ -88,6 +92,33 @@ def analyse_source(path: str | None, data: bytes | None, signal_names: Sequence[
     if not data:
         return Analysis(digest, reason="empty-file", detail="the file is empty (0 bytes)")
     return analyse(data, signal_names, source, digest, options)
+
+
+def read_regular_file(path: str | Path) -> bytes:
+    """The bytes of a regular file; anything else (a FIFO, a device, a socket
+    named ``*.jpg``) is refused at once instead of holding a worker until its
+    time limit, or reading forever from ``/dev/zero``.
+
+    Opened without blocking (a FIFO with no writer would block ``open``),
+    then checked on the open descriptor, so nothing can swap the file between
+    the check and the read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else
+                    "a directory" if stat.S_ISDIR(mode) else
+                    "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
+                    "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+            raise NotAFile(f"{kind}, not an image file; not read")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as fh:
+            fd = -1  # the file object closes it
+            return fh.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 #: Longer side and JPEG quality of opt-in thumbnails (small on purpose: enough

@@ -2,12 +2,15 @@
 
 Images are keyed by the SHA-256 of their bytes; sightings say where and when
 an image was seen; signals hold packed hash bytes; failures record every input
-that could not be used, with its reason; runs record each ingest. Indexes are
-caches rebuilt from here, never the other way round.
+that could not be used, with its reason; runs record each ingest; the audit
+log records who queried, exported and erased (hash-chained, append-only, see
+:mod:`imgmatch.audit`). Indexes are caches rebuilt from here, never the other
+way round.
 
 One writer: only the process that owns a :class:`Catalog` in write mode
 writes, in batched transactions (``write_batch``), so a crash leaves either a
-whole batch or none of it. The schema is versioned by recorded migrations.
+whole batch or none of it. The one exception is the audit log, which a
+read-only catalog appends to through a connection of its own. The schema is versioned by recorded migrations.
 This module knows SQL and nothing of FAISS; rows go in and come out as the
 plain records of :mod:`imgmatch.records`.
 """
@@ -15,6 +18,8 @@ plain records of :mod:`imgmatch.records`.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,9 +27,45 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .audit import GENESIS, digest_of
 from .errors import CatalogError
+from .model import AuditEntry
 from .records import SIGHTING_FIELDS, ImageRow, LinkRow, Sighting
 from .text import utcnow
+
+#: The id of the next image: above every id the catalog holds or has held.
+#: An erased image's id is never given again, so no index or process that
+#: still remembers it can mistake a new image for it.
+NEXT_IMAGE_ID = ("(SELECT max(coalesce((SELECT max(id) FROM images), 0), "
+                 "coalesce((SELECT CAST(value AS INTEGER) FROM meta "
+                 "WHERE key = 'image_id_floor'), 0)) + 1)")
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this host has this id (a reused id reads as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process: alive
+    return True
+
+
+def create_private(path: Path) -> None:
+    """Create the catalog file (and its folder) readable by its owner only,
+    unless it exists: SQLite gives its WAL and shared-memory files the
+    database file's permissions, so they are private too. Victims' data must
+    not be readable by every local user under the usual umask 022."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("initial schema", """
@@ -175,6 +216,25 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("when the camera took each image (EXIF), where its file says", """
     ALTER TABLE images ADD COLUMN captured_at TEXT;
     """),
+    ("an audit log: who queried, explained, exported, erased and used a key, hash-chained", """
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        details TEXT NOT NULL,
+        prev TEXT NOT NULL,
+        digest TEXT NOT NULL
+    );
+    CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit BEGIN
+        SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit BEGIN
+        SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    """),
+    ("which process runs each run, so a killed one is seen as ended", """
+    ALTER TABLE runs ADD COLUMN pid INTEGER;
+    ALTER TABLE runs ADD COLUMN host TEXT;
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -205,6 +265,8 @@ class Catalog:
         self.conn = conn
         self.path = path
         self.readonly = readonly
+        #: a read-only catalog's one writable connection, for its audit entries
+        self._audit_conn: sqlite3.Connection | None = None
 
     # ----------------------------------------------------------------- opening
     @classmethod
@@ -216,12 +278,15 @@ class Catalog:
             uri = f"{path.resolve().as_uri()}?mode=ro"
             conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            create_private(path)
             conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         try:
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA busy_timeout = 30000")
             if not readonly:
+                # deleted rows are overwritten with zeros, not left in free pages:
+                # an erased image's hashes and URLs must not stay in the file
+                conn.execute("PRAGMA secure_delete = ON")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as exc:
@@ -232,6 +297,8 @@ class Catalog:
         return catalog
 
     def close(self) -> None:
+        if self._audit_conn is not None:
+            self._audit_conn.close()
         self.conn.close()
 
     def __enter__(self) -> Catalog:
@@ -294,10 +361,27 @@ class Catalog:
 
     # -------------------------------------------------------------------- runs
     def start_run(self, command: str, args: dict) -> int:
+        """A new run, owned by this process; runs still 'running' whose process
+        is gone (killed, or its machine restarted) are marked 'killed' first."""
+        self.close_dead_runs()
         cur = self.conn.execute(
-            "INSERT INTO runs (started_at, command, args) VALUES (?, ?, ?)",
-            (utcnow(), command, json.dumps(args, default=str)))
+            "INSERT INTO runs (started_at, command, args, pid, host) VALUES (?, ?, ?, ?, ?)",
+            (utcnow(), command, json.dumps(args, default=str), os.getpid(),
+             socket.gethostname()))
         return _inserted_id(cur)
+
+    def close_dead_runs(self) -> int:
+        """Mark 'killed' the runs left 'running' by a process of this host that
+        no longer exists (a run of another host cannot be checked from here)."""
+        host = socket.gethostname()
+        dead = [run_id for run_id, pid in self.conn.execute(
+                    "SELECT id, pid FROM runs WHERE status = 'running' AND host = ?", (host,))
+                if pid is not None and not _alive(int(pid))]
+        for run_id in dead:
+            self.conn.execute(
+                "UPDATE runs SET status = 'killed', finished_at = ? WHERE id = ? "
+                "AND status = 'running'", (utcnow(), run_id))
+        return len(dead)
 
     def finish_run(self, run_id: int, status: str, stats: dict) -> None:
         self.conn.execute(
@@ -312,14 +396,16 @@ class Catalog:
         return None if row is None else row[0]
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One write transaction: committed whole, or rolled back and re-raised."""
-        self.conn.execute("BEGIN IMMEDIATE")
+    def _transaction(self, conn: sqlite3.Connection | None = None) -> Iterator[None]:
+        """One write transaction (on ``conn``, by default the catalog's own):
+        committed whole, or rolled back and re-raised."""
+        conn = conn or self.conn
+        conn.execute("BEGIN IMMEDIATE")
         try:
             yield
-            self.conn.execute("COMMIT")
+            conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            conn.execute("ROLLBACK")
             raise
 
     @contextmanager
@@ -351,10 +437,11 @@ class Catalog:
         keys = [f"{signal}:{value.hex()}" for signal, value, _, _ in rows]
         with self._transaction():
             # new rows get ids above the largest one now: the caller indexes from there
-            first = int(conn.execute("SELECT coalesce(max(id), 0) FROM images").fetchone()[0]) + 1
+            first = int(conn.execute(f"SELECT {NEXT_IMAGE_ID}").fetchone()[0])
             # rowcount, not total_changes: the tally triggers' changes count in the latter
             added = conn.executemany(
-                "INSERT INTO images (hash_key, created_at, run_id) VALUES (?,?,?) "
+                f"INSERT INTO images (id, hash_key, created_at, run_id) "
+                f"VALUES ({NEXT_IMAGE_ID},?,?,?) "
                 "ON CONFLICT(hash_key) WHERE hash_key IS NOT NULL DO NOTHING",
                 [(k, now, run_id) for k in dict.fromkeys(keys)]).rowcount
             ids: dict[str, int] = {}
@@ -397,15 +484,48 @@ class Catalog:
         thumbnails) in one transaction, and count the deletion so that indexes
         saved before it are known to be behind."""
         conn = self.conn
+        image_ids = [int(i) for i in image_ids]
         with self._transaction():
+            traces: set[str] = set()
             erased = 0
-            for chunk in _chunks(list(image_ids), 500):
+            for chunk in _chunks(image_ids, 500):
                 marks = ",".join("?" * len(chunk))
+                for row in conn.execute(
+                        f"SELECT source, url, page_url, ad_id FROM sightings "
+                        f"WHERE image_id IN ({marks}) UNION ALL SELECT sha256, NULL, NULL, "
+                        f"NULL FROM images WHERE id IN ({marks})", chunk + chunk):
+                    traces.update(v for v in row if isinstance(v, str) and len(v) >= 4)
                 erased += conn.execute(f"DELETE FROM images WHERE id IN ({marks})",
                                        chunk).rowcount
+            self._scrub_runs(traces)
+            if image_ids:  # their ids are never given again (an index may still mask them)
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('image_id_floor', ?) ON CONFLICT(key)"
+                    " DO UPDATE SET value = max(CAST(value AS INTEGER), excluded.value)",
+                    (max(image_ids),))
             conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
                          "WHERE key = 'deletions'")
+        # the deleted rows' old pages live on in the write-ahead log until it is
+        # checkpointed: copy it back (secure_delete has zeroed them) and empty it
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return erased
+
+    def _scrub_runs(self, traces: set[str]) -> None:
+        """Take an erased image's file names, addresses and SHA-256 out of the
+        run records (a run's arguments name the files it was given)."""
+        if not traces:
+            return
+        forms = {form for t in traces for form in (t, json.dumps(t)[1:-1])}
+        for run_id, args, stats in self.conn.execute(
+                "SELECT id, args, stats FROM runs").fetchall():
+            new_args, new_stats = args, stats
+            for form in forms:
+                if form in new_args or form in new_stats:
+                    new_args = new_args.replace(form, "[erased]")
+                    new_stats = new_stats.replace(form, "[erased]")
+            if (new_args, new_stats) != (args, stats):
+                self.conn.execute("UPDATE runs SET args = ?, stats = ? WHERE id = ?",
+                                  (new_args, new_stats, run_id))
 
     def has_image(self, sha256: str) -> bool:
         return self.conn.execute("SELECT 1 FROM images WHERE sha256 = ?",
@@ -431,9 +551,9 @@ class Catalog:
         with self._transaction():
             for row in images:
                 cur = conn.execute(
-                    "INSERT INTO images (sha256, size_bytes, width, height, format, mode, "
-                    "frames, created_at, run_id, captured_at) VALUES (?,?,?,?,?,?,?,?,?,?) "
-                    "ON CONFLICT(sha256) DO NOTHING",
+                    "INSERT INTO images (id, sha256, size_bytes, width, height, format, mode, "
+                    f"frames, created_at, run_id, captured_at) VALUES ({NEXT_IMAGE_ID},"
+                    "?,?,?,?,?,?,?,?,?,?) ON CONFLICT(sha256) DO NOTHING",
                     (row.sha256, row.size_bytes, row.width, row.height, row.format,
                      row.mode, row.frames, now, run_id, row.captured_at))
                 if cur.rowcount == 0:
@@ -650,6 +770,26 @@ class Catalog:
                 f"SELECT image_id, data FROM features WHERE image_id IN ({marks})", chunk))
         return out
 
+    def signal_versions(self, image_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        """The algorithm version each image's values were computed with, by signal."""
+        out: dict[int, dict[str, int]] = {}
+        for chunk in _chunks(list(image_ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for image_id, signal, version in self.conn.execute(
+                    f"SELECT image_id, signal, version FROM signals "
+                    f"WHERE image_id IN ({marks})", chunk):
+                out.setdefault(image_id, {})[signal] = int(version)
+        return out
+
+    def feature_versions(self, image_ids: Sequence[int]) -> dict[int, int]:
+        """The extraction version of each image's local features (those without none)."""
+        out: dict[int, int] = {}
+        for chunk in _chunks(list(image_ids), 500):
+            marks = ",".join("?" * len(chunk))
+            out.update((i, int(v)) for i, v in self.conn.execute(
+                f"SELECT image_id, version FROM features WHERE image_id IN ({marks})", chunk))
+        return out
+
     def feature_count(self) -> int:
         """Images with local features (a tally: no counting)."""
         row = self.conn.execute("SELECT n FROM tallies WHERE key = 'features'").fetchone()
@@ -827,6 +967,94 @@ class Catalog:
             "SELECT scopes FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
             (key_hash,)).fetchone()
         return None if row is None else tuple(x for x in row[0].split(",") if x)
+
+    def api_key_name(self, key_hash: str) -> str | None:
+        """The name of an active key, or None for an unknown or revoked one."""
+        row = self.conn.execute(
+            "SELECT name FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+            (key_hash,)).fetchone()
+        return None if row is None else str(row[0])
+
+    # ------------------------------------------------------------------- audit
+    def append_audit(self, actor: str, action: str, details: dict) -> AuditEntry:
+        """Append one entry to the audit log, chained to the last one, in a
+        transaction of its own: the last entry is read inside it, so two
+        writers never chain to the same entry.
+
+        A catalog opened read-only writes its audit entries through a second
+        connection that writes nothing else (``imgmatch query`` reads
+        read-only, and still leaves its trace). CatalogError says when the
+        file cannot be written at all.
+        """
+        try:
+            conn = self._audit_writer()
+            with self._transaction(conn):
+                last = conn.execute(
+                    "SELECT seq, digest FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+                seq, prev = (int(last[0]) + 1, str(last[1])) if last else (1, GENESIS)
+                at = utcnow()
+                digest = digest_of(prev, seq, at, actor, action, details)
+                conn.execute(
+                    "INSERT INTO audit (seq, at, actor, action, details, prev, digest) "
+                    "VALUES (?,?,?,?,?,?,?)",
+                    (seq, at, actor, action, json.dumps(details, sort_keys=True,
+                                                        separators=(",", ":"),
+                                                        ensure_ascii=False), prev, digest))
+        except sqlite3.Error as exc:
+            raise CatalogError(f"cannot append to the audit log of {self.path}: {exc}; "
+                               "every query, export and erasure is recorded, so the "
+                               "catalog (and its folder) must be writable") from None
+        return AuditEntry(seq, at, actor, action, details, prev, digest)
+
+    def _audit_writer(self) -> sqlite3.Connection:
+        """The connection audit entries are written through: the catalog's own,
+        or, for a read-only catalog, one opened for them (never creating a file)."""
+        if not self.readonly:
+            return self.conn
+        if self._audit_conn is None:
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", uri=True,
+                                   check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            self._audit_conn = conn
+        return self._audit_conn
+
+    def audit_entries(self, limit: int | None = None) -> list[AuditEntry]:
+        """The last ``limit`` entries of the audit log (all by default), oldest first."""
+        if limit is None:
+            return list(self.iter_audit())
+        rows = self.conn.execute(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY seq DESC LIMIT ?",
+            (int(limit),)).fetchall()
+        return [_audit_entry(row) for row in reversed(rows)]
+
+    def iter_audit(self, chunk: int = 10_000) -> Iterator[AuditEntry]:
+        """Every entry of the audit log in order, read in chunks."""
+        last = None
+        while True:
+            rows = self.conn.execute(
+                f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE ? IS NULL OR seq > ? "
+                f"ORDER BY seq LIMIT ?", (last, last, chunk)).fetchall()
+            if not rows:
+                return
+            yield from (_audit_entry(row) for row in rows)
+            last = rows[-1][0]
+
+
+_AUDIT_COLUMNS = "seq, at, actor, action, details, prev, digest"
+
+
+def _audit_entry(row: Sequence) -> AuditEntry:
+    """An audit row as an entry. Details that are not JSON any more (the row
+    was edited) are kept as text, so that the chain's check reports the entry
+    rather than failing on it."""
+    try:
+        details = json.loads(row[4])
+    except (TypeError, ValueError):
+        details = {"unreadable": str(row[4])}
+    if not isinstance(details, dict):
+        details = {"unreadable": str(row[4])}
+    return AuditEntry(int(row[0]), str(row[1]), str(row[2]), str(row[3]), details,
+                      str(row[5]), str(row[6]))
 
 
 class KnownImages:

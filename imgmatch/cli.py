@@ -14,6 +14,7 @@ program would. ``--json`` output is the stable machine interface
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import re
@@ -36,6 +37,7 @@ from . import (
     REPORT_FORMATS,
     ROBUST_SIGNALS,
     Collection,
+    Explanation,
     HashValue,
     ImageRecord,
     IngestSummary,
@@ -53,7 +55,7 @@ from . import (
     write_report,
 )
 from .cli_progress import Progress
-from .errors import ImgmatchError, InputError, SignalError
+from .errors import AuditError, ImgmatchError, InputError, SignalError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 
@@ -132,6 +134,15 @@ def _open(db: Path, *, readonly: bool = False) -> Collection:
     return Collection.open(db, readonly=readonly)
 
 
+def _actor() -> str:
+    """Who runs this command, as the audit log names them: the operating
+    system's user name (a uid where the system has no name for it)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+
+
 def _check_output(path: Path | None) -> None:
     """-o FILE: refuse a file that cannot be written before any work is done."""
     if path is None:
@@ -175,6 +186,9 @@ def _worker_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def cli(ctx: click.Context, db: Path | None) -> None:
     """Find where the same photos are reused across websites and over time."""
     ctx.obj = db or default_db_path()
+    # everything a command writes (catalogs, indexes, reports, exports) is
+    # about victims: readable by its owner only, whatever the shell's umask
+    os.umask(os.umask(0o077) | 0o077)
 
 
 @cli.command()
@@ -408,7 +422,7 @@ def query(db: Path, images: tuple[Path, ...], pdq_hex: tuple[tuple[str, HashValu
     """Where else has this image appeared? Matches best first."""
     if not images and not pdq_hex and not pdq_file:
         raise click.UsageError("give image files, --pdq HEX or --pdq-file FILE")
-    failed = False
+    failed = found = 0
     with _open(db, readonly=True) as collection:
         asked: tuple[str, ...] = ("pdq",) if (pdq_hex or pdq_file) else ()
         asked += tuple(collection.coverage()) if images else ()
@@ -427,7 +441,7 @@ def query(db: Path, images: tuple[Path, ...], pdq_hex: tuple[tuple[str, HashValu
                 else:
                     matches = collection.query(asked_for, top_k=top_k, min_score=min_score)
             except (InputError, OSError, ImgmatchError) as exc:
-                failed = True
+                failed += 1
                 reason = getattr(exc, "reason", "error")
                 message = getattr(exc, "detail", None) or str(exc)
                 if as_json:
@@ -436,10 +450,15 @@ def query(db: Path, images: tuple[Path, ...], pdq_hex: tuple[tuple[str, HashValu
                 else:
                     click.echo(f"{printable(label)}: error ({reason}): {printable(message)}")
                 continue
+            found += len(matches)
             if as_json:
                 _echo_json({"query": label, "matches": [m.to_json() for m in matches]})
             else:
                 _print_matches(label, matches)
+        # what was asked, never which picture: see the audit section of docs/cli.md
+        collection.audit("query", _actor(), {
+            "images": len(images), "hashes": len(pdq_hex), "failed": failed,
+            "matches": found, "top_k": top_k, "min_score": min_score})
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
@@ -447,19 +466,24 @@ def _query_hash_list(collection: Collection, path: Path, top_k: int,
                      min_score: float) -> int:
     """One JSON line per hash of a list, each with the time its query took."""
     collection.load_indexes(local_features=False)  # hash queries; before the clock starts
-    failed = False
+    failed = asked = found = 0
     for line in read_hash_list(path):
         label = line.name or f"{path.name}:{line.line_no}"
         if line.hash is None:
-            failed = True
+            failed += 1
             _echo_json({"query": label, "error": {"reason": "bad-hash", "message": line.error},
                         "matches": []})
             continue
         started = time.perf_counter()
         matches = collection.query_hash(line.hash, top_k=top_k, min_score=min_score)
         elapsed = (time.perf_counter() - started) * 1000
+        asked += 1
+        found += len(matches)
         _echo_json({"query": label, "pdq": line.hash.hex, "elapsed_ms": round(elapsed, 3),
                     "matches": [m.to_json() for m in matches]})
+    collection.audit("query", _actor(), {"hash_list": True, "hashes": asked, "failed": failed,
+                                         "matches": found, "top_k": top_k,
+                                         "min_score": min_score})
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
@@ -546,12 +570,20 @@ def report(db: Path, fmt: str, output: Path | None, min_sightings: int,
         pictures = collection.thumbnails(
             img["sha256"] for c in clusters for img in c.images if img["sha256"]) \
             if fmt == "html" and thumbnails else {}
+        made = collection.made_with()
+        # an export, and with thumbnails a reveal of pictures: recorded before it is written
+        collection.audit("report", _actor(), {
+            "format": fmt, "clusters": len(clusters), "min_sightings": min_sightings,
+            "platforms": list(platforms), "cross_platform": cross_platform,
+            "since": since_d, "until": until_d, "fields": list(names), "raw": raw,
+            "thumbnails": len(pictures), "to_file": output is not None})
     try:
         out = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
     except OSError as exc:  # checked above; a race, or a place only opening tells
         raise click.FileError(str(output), hint=exc.strerror or str(exc)) from None
     try:
-        write_report(clusters, out, fmt, raw=raw, fields=names, thumbnails=pictures)
+        write_report(clusters, out, fmt, raw=raw, fields=names, thumbnails=pictures,
+                     made_with=made)
     finally:
         if output:
             out.close()
@@ -585,6 +617,7 @@ def show(db: Path, sha256: str | None, cluster_id: int | None, as_json: bool) ->
     if (sha256 is None) == (cluster_id is None):
         raise click.UsageError("give an image's SHA256 or --cluster ID")
     with _open(db, readonly=True) as collection:
+        collection.audit("show", _actor(), {"what": "image" if sha256 else "cluster"})
         if sha256 is not None:
             record = collection.image(collection.resolve(sha256))
             if as_json:
@@ -614,6 +647,76 @@ def show(db: Path, sha256: str | None, cluster_id: int | None, as_json: bool) ->
     else:
         write_report(found, sys.stdout, "table")
     return EXIT_OK
+
+
+@cli.command()
+@click.argument("a", callback=_sha256_prefixes)
+@click.argument("b", callback=_sha256_prefixes)
+@click.option("--json", "as_json", is_flag=True, help="Print the explanation as one JSON object.")
+@click.pass_obj
+def explain(db: Path, a: str, b: str, as_json: bool) -> int:
+    """Why two catalogued images match or not: each signal's values, distance,
+    threshold, version and verdict, the geometric verification, the score, the
+    rules that capped it and the precision measured at it. A and B are
+    SHA-256s or unique prefixes of 8+ hex digits; A plays the query."""
+    with _open(db, readonly=True) as collection:
+        explanation = collection.explain(a, b)
+        collection.audit("explain", _actor(), {
+            "verdict": explanation.verdict, "score": round(explanation.score, 4),
+            "linked": explanation.link is not None})
+    if as_json:
+        _echo_json(explanation.to_json())
+    else:
+        _print_explanation(explanation)
+    return EXIT_OK
+
+
+def _print_explanation(e: Explanation) -> None:
+    """The verdict first, then a line per signal, the verification, the score
+    and where it falls in the calibration table."""
+    click.echo(e.summary)
+    click.echo(f"  A {e.a}  (the query)")
+    click.echo(f"  B {e.b}")
+    click.echo(f"signals (tier {e.tier}, best as A's {e.transform}):")
+    for s in e.signals:
+        scale = f", scale {s.scale:g}" if s.scale is not None else ""
+        quality = f", quality {s.quality}" if s.quality is not None else ""
+        stored = "" if s.versions == (s.version, s.version) else \
+            f" (values of versions {s.versions[0]} and {s.versions[1]})"
+        click.echo(f"  {s.signal:6} {s.verdict:13} {s.distance:3} of {s.bits} bits "
+                   f"(threshold {s.threshold}{scale}{quality}), version {s.version}{stored}")
+        click.echo(f"         A {s.a}" + ("" if s.transform == "identity"
+                                               else f"  (A's {s.transform})"))
+        click.echo(f"         B {s.b}")
+    v = e.verification
+    if v is None:
+        click.echo("verification: none (local features were not compared)")
+    else:
+        aligned = "not measured" if v["aligned"] is None else f"{v['aligned']} bits"
+        click.echo(f"verification: {v['inliers']} inliers of {v['matches']} matches, "
+                   f"support {v['support']}, spread {v['spread']}, coverage {v['coverage']}, "
+                   f"shared area {v['shared_area']}, overlap {v['overlap']}, aligned PDQ "
+                   f"{aligned}: {'agreed' if v['agreed'] else 'not enough to agree'}")
+    click.echo(f"score: {e.score:.4f} (the {e.tier} model: {e.model_score:.4f})")
+    for name, meaning in e.rules.items():
+        click.echo(f"  capped by {name}: {meaning}")
+    click.echo("  log-odds: " + ", ".join(f"{k} {v:+.2f}" for k, v in e.terms.items()))
+    cal = e.calibration
+    if cal:
+        click.echo(f"calibration: precision {cal['precision']:.4f}, recall {cal['recall']:.3f} "
+                   f"at scores >= {cal['at_least']:.2f} ({e.tier} tier, {cal['table']})")
+    else:
+        click.echo("calibration: under the lowest row of the table (0.30)")
+    t = e.thresholds
+    click.echo(f"thresholds: a lead from {t['match']}, links from {t['link']}, "
+               f"clusters from {t['cluster']}")
+    if e.link is None:
+        click.echo("link: none stored")
+    else:
+        click.echo(f"link: stored, score {e.link.score:.4f}, agreed "
+                   f"{', '.join(e.link.agreed) or '-'} ({e.link.transform})")
+    for note in e.notes:
+        click.echo(f"note: {note}")
 
 
 @cli.command()
@@ -749,16 +852,33 @@ def _run_json(run: dict) -> dict:
               help="Port to listen on.")
 @click.option("--max-upload-mb", type=click.FloatRange(0.01), default=20.0, show_default=True,
               help="Largest upload accepted; larger ones get 413 before they are read.")
+@click.option("--header-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
+              help="Seconds a client has to send a request's headers; slower ones are "
+                   "disconnected.")
+@click.option("--max-connections", type=click.IntRange(1), default=1000, show_default=True,
+              help="Open connections at most; more are closed at once.")
+@click.option("--decode-workers", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Processes that decode uploads: at most this many decodes at once.")
+@click.option("--timeout", type=click.FloatRange(0.1), default=DEFAULT_TIMEOUT,
+              show_default=True, help="Seconds one upload may take to decode and hash.")
+@click.option("--max-memory", type=click.IntRange(0), default=DEFAULT_MAX_MEMORY >> 20,
+              show_default=True, metavar="MB",
+              help="Memory each decoding process may take beyond its size at start "
+                   "(0: no cap).")
 @click.pass_obj
-def serve(db: Path, host: str, port: int, max_upload_mb: float) -> int:
+def serve(db: Path, host: str, port: int, max_upload_mb: float, header_timeout: float,
+          max_connections: int, decode_workers: int, timeout: float, max_memory: int) -> int:
     """Run the HTTP service over this collection (API keys: 'imgmatch keys')."""
     _check_db(db)  # refused here, not when the service first writes
     try:
+        from .service import DecodeLimits
         from .service import serve as run
     except ImportError as exc:
         raise ImgmatchError(f"the HTTP service needs its extra packages ({exc.name}): "
                             "pip install 'imgmatch[service]'") from None
-    run(db, host, port, max_upload_mb)
+    run(db, host, port, max_upload_mb, header_timeout=header_timeout,
+        max_connections=max_connections,
+        decoding=DecodeLimits(decode_workers, timeout, (max_memory << 20) or None))
     return EXIT_OK
 
 
@@ -776,6 +896,7 @@ def keys_add(db: Path, name: str, scopes: tuple[str, ...]) -> int:
     """Create a key; it is printed once, alone on the last line."""
     with _open(db) as collection:
         key = collection.add_key(name, scopes)
+        collection.audit("keys-add", _actor(), {"key": name, "scopes": list(scopes)})
     click.echo(f"key for {printable(name)} with scopes {', '.join(scopes)} (shown only now):")
     click.echo(key)
     return EXIT_OK
@@ -805,9 +926,54 @@ def keys_revoke(db: Path, name_or_id: str) -> int:
     """Revoke the active keys with this name (or this id)."""
     with _open(db) as collection:
         n = collection.revoke_key(name_or_id)
+        # a name that matched no key may be anything (a key pasted by mistake): not kept
+        collection.audit("keys-revoke", _actor(),
+                         {"revoked": n, **({"key": name_or_id} if n else {})})
     if not n:
         raise ImgmatchError(f"no active key named {name_or_id!r}")
     click.echo(f"revoked {_plural(n, 'key')}")
+    return EXIT_OK
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per entry per line.")
+@click.option("--limit", type=click.IntRange(0), default=None,
+              help="Only the last N entries (default: all).")
+@click.pass_context
+def audit(ctx: click.Context, as_json: bool, limit: int | None) -> int:
+    """The audit log: who queried, explained, exported, erased and used a key,
+    oldest first ('imgmatch audit verify' checks its hash chain)."""
+    if ctx.invoked_subcommand is not None:
+        return EXIT_OK
+    with _open(ctx.obj, readonly=True) as collection:
+        entries = collection.audit_entries(limit)
+    for entry in entries:
+        if as_json:
+            _echo_json(entry.to_json())
+        else:
+            details = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}"
+                                for k, v in entry.details.items())
+            click.echo(f"{entry.seq:6}  {entry.at}  {printable(entry.actor, 30):30} "
+                       f"{entry.action:12} {printable(details, 200)}")
+    return EXIT_OK
+
+
+@audit.command("verify")
+@click.option("--json", "as_json", is_flag=True, help="Print the check as one JSON object.")
+@click.pass_obj
+def audit_verify(db: Path, as_json: bool) -> int:
+    """Check the audit log's hash chain; exit code 3 naming the first entry
+    that was changed, or that follows a removed one."""
+    with _open(db, readonly=True) as collection:
+        check = collection.verify_audit()
+    if as_json:
+        _echo_json(check)
+    elif check["ok"]:
+        click.echo(f"audit log intact: {_plural(check['entries'], 'entry', 'entries')}"
+                   + (f", last digest {check['head']}" if check["head"] else ""))
+    if not check["ok"]:
+        raise AuditError(f"the audit log is broken at entry {check['first_bad']}: "
+                         f"{check['problem']}")
     return EXIT_OK
 
 
@@ -820,6 +986,7 @@ def erase(db: Path, sha256s: tuple[str, ...]) -> int:
     prefix of 8+ hex digits; if any names no image, or several, nothing is erased."""
     with _open(db) as collection:
         n = collection.erase([collection.resolve(prefix) for prefix in sha256s])
+        collection.audit("erase", _actor(), {"images": n})  # how many, never which
     click.echo(f"erased {_plural(n, 'image')}")
     return EXIT_OK
 

@@ -11,6 +11,8 @@ The catalog is the truth; the indexes are caches of it
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.metadata
 import os
 import re
 import time
@@ -21,23 +23,25 @@ from typing import Any
 
 import numpy as np
 
-from . import features
 from . import signals as registry
 from .analysis import Analysis, analyse_source
+from .audit import checked_details, checked_entry, verify_chain
 from .catalog import Catalog
 from .cluster import build_clusters
 from .decode import Decoded, decode
 from .descriptors import DescriptorIndex
 from .errors import ImgmatchError, MissingFile, error_for
+from .explain import Prepare, decode_here, explain_pair
 from .hash_import import BATCH as HASH_BATCH
 from .hash_import import import_hash_list
 from .index import BinaryIndex
 from .index_cache import IndexCache
 from .ingest import DEFAULT_BATCH, IngestSummary, analyse, ingest
 from .keys import create_key, key_hash
-from .match import MATCH_SCORE, IndexLinker, LocalQuery, find_matches
-from .model import Added, Cluster, ImageRecord, Link, Match
+from .match import MATCH_SCORE, IndexLinker, LocalQuery, find_matches, pixel_query
+from .model import Added, AuditEntry, Cluster, Explanation, ImageRecord, Link, Match
 from .records import HashValue, Sighting
+from .sandbox import DecodeSandbox, Prepared
 from .signals import FEATURES
 from .sources import Item
 from .text import date_bound
@@ -109,11 +113,23 @@ class Collection:
         """Write every changed index to disk (atomically), if writable."""
         self._cache.save()
 
+    def refresh(self) -> bool:
+        """Catch the loaded indexes up with what other processes wrote to the
+        catalog (a CLI ingest or erase beside a running service): new images
+        become findable, erased ones stop being found. Cheap when nothing
+        changed; whether anything did."""
+        return self._cache.follow()
+
     def erase(self, sha256s: Iterable[str]) -> int:
         """Remove images for good: catalog rows (signals, sightings, links,
-        thumbnails) and index entries, without rebuilding the indexes."""
+        thumbnails, and their names in run records), overwritten rather than
+        left in free pages, and index entries, rebuilt without them.
+
+        The write-ahead log is emptied after the deletion; an erased image's
+        id is never reused. A running service follows (:meth:`refresh`)."""
         ids = [self._image_id(sha) for sha in sha256s]
         self._cache.load()  # against the catalog as it was before the deletion
+        self._cache.follow()
         erased = self.catalog.erase(ids)
         self._cache.remove(ids)
         self.save_indexes()
@@ -278,7 +294,8 @@ class Collection:
     def add_and_match(self, image: bytes | str | Path, sighting: Sighting | None = None,
                       *, signals: Sequence[str] = registry.DEFAULT_SIGNALS, top_k: int = 10,
                       run_id: int | None = None,
-                      lock: AbstractContextManager[Any] | None = None
+                      lock: AbstractContextManager[Any] | None = None,
+                      sandbox: DecodeSandbox | None = None
                       ) -> tuple[Added, list[Match]]:
         """:meth:`add`, answered with the image's matches among the others (best
         first, at most ``top_k``): what a crawler sending one image at a time wants.
@@ -287,11 +304,16 @@ class Collection:
         (the HTTP service). It is held while the catalog is read or written and
         the indexes searched, never while the image is decoded and hashed, so
         uploads are analysed in parallel. ``run_id``: as for :meth:`ingest`.
+        ``sandbox``: decode and hash in its capped worker processes, never in
+        this one (a long-lived process such as the HTTP service).
         """
         guard: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
         data, source = _read(image)
         with guard:
             signals = self._tier(signals)
+        if sandbox is not None:
+            return self._add_prepared(data, source, sighting, signals, top_k, run_id, guard,
+                                      sandbox)
 
         def known(sha256: str) -> bool:  # known bytes are not decoded again
             with guard:
@@ -299,13 +321,53 @@ class Collection:
 
         item = _analysed(data, source, sighting, signals, known)
         analysis: Analysis = item.analysis
-        pixels = functools.cache(lambda: decode(data, source=item.source))  # if known
+        pixels = functools.cache(lambda: decode(data, source=item.source))
+        if analysis.known:  # its signals were not computed: decode now, not under the lock
+            pixels()
         with guard:
             summary = self.ingest([item], signals=signals, run_id=run_id)
             matches = self.query_decoded(pixels, top_k=top_k + 1, min_score=MATCH_SCORE,
                                          variants=analysis.variants, local=analysis.features)
         return _added(item, summary), \
             [m for m in matches if m.sha256 != analysis.sha256][:top_k]
+
+    def _add_prepared(self, data: bytes, source: str, sighting: Sighting | None,
+                      signals: tuple[str, ...], top_k: int, run_id: int | None,
+                      guard: AbstractContextManager[Any],
+                      sandbox: DecodeSandbox) -> tuple[Added, list[Match]]:
+        """:meth:`add_and_match` with the pixels handled in ``sandbox`` only."""
+        digest = hashlib.sha256(data).hexdigest()
+        with guard:
+            known = self.catalog.has_image(digest)
+            names, local_features = self._query_shape()
+        if sighting is None:
+            sighting = Sighting(source=None if source == "<bytes>" else source)
+        name = sighting.source or source
+        prepared = sandbox.prepare(data, source=name, signals=signals, query_signals=names,
+                                   local_features=local_features, known=known)
+        analysis = prepared.analysis
+        if analysis.reason is not None:
+            raise error_for(analysis.reason, analysis.detail, name)
+        item = Item(name, sighting, data=data, analysis=analysis)
+        with guard:
+            summary = self.ingest([item], signals=signals, run_id=run_id)
+            matches = self._search_prepared(prepared, top_k + 1, MATCH_SCORE)
+        return _added(item, summary), [m for m in matches if m.sha256 != digest][:top_k]
+
+    def _query_shape(self) -> tuple[list[str], bool]:
+        """What a query of this collection searches with: its hash signals, and
+        whether local features (call with the indexes' lock held)."""
+        return list(self.indexes), self.descriptors is not None
+
+    def _search_prepared(self, prepared: Prepared, top_k: int, min_score: float) -> list[Match]:
+        """Search the indexes with a query a sandbox made (lock held). Signals
+        indexed since it was made (another process added them) are left out."""
+        query = {name: prepared.query[name] for name in self.indexes if name in prepared.query}
+        descriptors = self.descriptors if prepared.views is not None else None
+        return find_matches(self.catalog, self.indexes, query, top_k=top_k, min_score=min_score,
+                            local=prepared.views if descriptors is not None else None,
+                            descriptors=descriptors,
+                            grey=prepared.grey if descriptors is not None else None)
 
     def add_many(self, pairs: Iterable[tuple[bytes | str | Path, Sighting | None]],
                  **kwargs: Any) -> IngestSummary:
@@ -363,14 +425,26 @@ class Collection:
     # ------------------------------------------------------------------ query
     def query(self, image: bytes | str | Path, *, top_k: int = 10,
               min_score: float = MATCH_SCORE,
-              lock: AbstractContextManager[Any] | None = None) -> list[Match]:
+              lock: AbstractContextManager[Any] | None = None,
+              sandbox: DecodeSandbox | None = None) -> list[Match]:
         """Where else has this image appeared? Best matches first.
 
-        ``lock``: as for :meth:`add_and_match`, held while searching, not while decoding.
+        ``lock``: as for :meth:`add_and_match`, held while searching, not while
+        decoding. ``sandbox``: decode in its capped workers, not here.
         """
         data, source = _read(image)
+        guard: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
+        if sandbox is not None:
+            with guard:
+                names, local_features = self._query_shape()
+            prepared = sandbox.prepare(data, source=source, signals=(), query_signals=names,
+                                       local_features=local_features, known=True)
+            if prepared.analysis.reason is not None:
+                raise error_for(prepared.analysis.reason, prepared.analysis.detail, source)
+            with guard:
+                return self._search_prepared(prepared, top_k, min_score)
         decoded = decode(data, source=source)
-        with lock if lock is not None else nullcontext():
+        with guard:
             return self.query_decoded(decoded, top_k=top_k, min_score=min_score)
 
     def query_decoded(self, decoded: Decoded | Callable[[], Decoded], *, top_k: int = 10,
@@ -382,15 +456,10 @@ class Collection:
         already computed; anything missing is computed from ``decoded``, which
         may be a callable that decodes on demand."""
         pixels: Callable[[], Decoded] = decoded if callable(decoded) else (lambda: decoded)
-        given = variants or {}
-        query = {name: given.get(name) or registry.get(name).dihedral(pixels())
-                 for name in self.indexes}
+        names = list(self.indexes)
         descriptors = self.descriptors
-        views = grey = None
-        if descriptors is not None:
-            grey = np.asarray(pixels().grey)
-            views = [local or features.extract_both(grey)]
-            views += [features.extract_both(tile) for tile in features.tiles(grey)]
+        query, views, grey = pixel_query(pixels, names, local_features=descriptors is not None,
+                                         variants=variants, local=local)
         return find_matches(self.catalog, self.indexes, query, top_k=top_k, min_score=min_score,
                             local=views, descriptors=descriptors, grey=grey)
 
@@ -440,7 +509,16 @@ class Collection:
         :meth:`clusters` these filters give: the one shape for every program."""
         from .report.jsonfmt import report_dict  # the writers: only when reporting
 
-        return report_dict(self.clusters(**filters))
+        return report_dict(self.clusters(**filters), made_with=self.made_with())
+
+    def made_with(self) -> dict[str, Any]:
+        """What this collection's matches are made with, for reports and
+        exports to state: imgmatch's version, each signal's version and
+        threshold, the evidence model's digest, the scores that decide."""
+        from .report.provenance import made_with
+
+        held = list(self.catalog.signal_counts()) + ([FEATURES] if self.robust else [])
+        return made_with(held, _version())
 
     # ----------------------------------------------------------------- ignore
     def ignore(self, *, sha256: str | None = None, value: HashValue | None = None,
@@ -507,6 +585,43 @@ class Collection:
         if it is unknown or revoked; the catalog holds only the key's hash."""
         return self.catalog.api_key_scopes(key_hash(key))
 
+    def key_name(self, key: str) -> str | None:
+        """The name an HTTP service API key was given (``keys add NAME``), None
+        if it is unknown or revoked: who used it, for the audit log."""
+        return self.catalog.api_key_name(key_hash(key))
+
+    # ------------------------------------------------------------------ audit
+    def audit(self, action: str, actor: str,
+              details: dict[str, Any] | None = None) -> AuditEntry:
+        """Append an entry to the collection's audit log: ``actor`` (who: an
+        operating system user, ``key:<name>`` for an API key) did ``action``
+        (a short word: ``query``, ``explain``, ``report``, ``erase``,
+        ``key-use``...) with these ``details``.
+
+        Details are counts, options, filters, formats, match counts and
+        scores, never what would name a picture: AuditError refuses text that
+        looks like a SHA-256 (or a prefix), a hash value or a URL, so that
+        erasing an image leaves nothing of it in the log. The library's other
+        methods write no entries; the CLI and the HTTP service record what
+        their users do (a program calling :meth:`query` in a loop is not
+        logged once per query). Works on a collection opened read-only too.
+        """
+        action, actor = checked_entry(action, actor)
+        return self.catalog.append_audit(actor, action, checked_details(details or {}))
+
+    def audit_entries(self, limit: int | None = None) -> list[AuditEntry]:
+        """The audit log's last ``limit`` entries (all by default), oldest first."""
+        if limit is not None and limit < 0:
+            raise ImgmatchError(f"limit is a number of entries, 0 or more; got {limit}")
+        return self.catalog.audit_entries(limit)
+
+    def verify_audit(self) -> dict[str, Any]:
+        """Check the audit log's hash chain from its first entry: ``ok``,
+        ``entries`` (read), ``head`` (the last good digest: note it elsewhere to
+        notice entries cut off the end later), and for a broken chain
+        ``first_bad`` (the number of the first entry that fails) and ``problem``."""
+        return verify_chain(self.catalog.iter_audit())
+
     # ----------------------------------------------------------------- images
     def thumbnails(self, sha256s: Iterable[str]) -> dict[str, bytes]:
         """Stored thumbnails (only if ingested with thumbnails=True), by sha256."""
@@ -538,6 +653,19 @@ class Collection:
             raise ImgmatchError(f"sha256 prefix {text} is ambiguous, it fits {shown}; "
                                 f"give more digits")
         return found[0]
+
+    def explain(self, a: str, b: str, *, sandbox: DecodeSandbox | None = None) -> Explanation:
+        """Why two catalogued images match or not (see :mod:`imgmatch.explain`):
+        each signal's values, distance, threshold, version and verdict, the
+        geometric verification, the score, the rules that capped it and the
+        precision measured at it, and their stored link if any. ``a`` and
+        ``b`` are SHA-256s or unique prefixes (:meth:`resolve`); ``a`` plays
+        the query, read again from where it was seen when it can be.
+        ``sandbox``: decode it in the sandbox's capped workers, not here."""
+        first, second = self.resolve(a), self.resolve(b)
+        return explain_pair(self.catalog, (self._image_id(first), first),
+                            (self._image_id(second), second),
+                            decode_here if sandbox is None else _prepared_in(sandbox))
 
     def image(self, sha256: str) -> ImageRecord:
         """One image: its facts, signals, sightings and links; ImgmatchError if unknown."""
@@ -615,6 +743,25 @@ def _analysed(data: bytes, source: str, sighting: Sighting | None,
     if analysis.image is None and not analysis.known:
         raise error_for(analysis.reason, analysis.detail, name)
     return Item(name, sighting, data=data, analysis=analysis)
+
+
+def _prepared_in(sandbox: DecodeSandbox) -> Prepare:
+    """What a query searches with, made in the sandbox's workers (for explain)."""
+    def prepare(data: bytes, source: str, names: list[str], local_features: bool) -> Any:
+        made = sandbox.prepare(data, source=source, signals=(), query_signals=names,
+                               local_features=local_features, known=True)
+        if made.analysis.reason is not None:
+            raise error_for(made.analysis.reason, made.analysis.detail, source)
+        return made.query, made.views, made.grey
+    return prepare
+
+
+def _version() -> str:
+    """This imgmatch's version, as installed."""
+    try:
+        return importlib.metadata.version("imgmatch")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _added(item: Item, summary: IngestSummary) -> Added:

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import io
 import re
-import struct
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DecodeError, EmptyFile, ImageTooLarge, OutOfMemory, UnsupportedFormat
+from .errors import DecodeError, EmptyFile, ImageTooLarge, InputError, OutOfMemory, \
+    UnsupportedFormat
 
 #: Formats imgmatch opens. Anything else is refused before a decoder runs.
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO",
@@ -121,18 +121,52 @@ def open_image(data: bytes, *, source: str | None = None,
             "not an image in a supported format "
             f"({', '.join(f.lower() for f in ALLOWED_FORMATS if f != 'MPO')})",
             source=source) from None
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(str(exc), source=source) from None
-    except (OSError, SyntaxError, ValueError, struct.error) as exc:
-        raise DecodeError(f"cannot read the image header: {exc}", source=source) from None
-    width, height = img.size
+    except MemoryError:
+        raise out_of_memory(source) from None
+    except Exception as exc:  # see _unusable: Pillow raises any type on hostile bytes
+        raise _unusable(exc, "cannot read the image header", source) from None
+    _check_size(img.size, source, max_pixels, max_side)
+    return img
+
+
+def _check_size(size: tuple[int, int], source: str | None, max_pixels: int,
+                max_side: int) -> None:
+    """Refuse an image (or one frame of it: a later TIFF page or animation frame
+    may be far larger than the first) before its pixels are decoded."""
+    width, height = size
     if width < 1 or height < 1:
         raise DecodeError(f"the image has no pixels ({width}x{height})", source=source)
     if width > max_side or height > max_side or width * height > max_pixels:
         raise ImageTooLarge(
             f"{width}x{height} pixels exceeds the limit of {max_pixels:,} pixels "
             f"or {max_side:,} per side (a possible decompression bomb)", source=source)
-    return img
+
+
+def _unusable(exc: Exception, what: str, source: str | None) -> InputError:
+    """The input error for an exception Pillow raised while reading a file.
+
+    Pillow's format plugins raise almost any exception type on malformed bytes
+    (SyntaxError, TypeError, IndexError, KeyError, ...: its own fuzzing harness
+    catches Exception), so every one of them is the file's fault, not a bug to
+    stop a batch for; its own decompression-bomb check is a size refusal.
+    """
+    if isinstance(exc, InputError):
+        return exc
+    if isinstance(exc, Image.DecompressionBombError):
+        return ImageTooLarge(str(exc), source=source)
+    return DecodeError(f"{what}: {exc}", source=source)
+
+
+def _frame_count(img: Image.Image, source: str | None) -> int | None:
+    """How many frames the file says it has, or None when counting fails: Pillow
+    reads every frame's header to count them, and a later frame can be broken or
+    cut off (a partial download) while the first is sound."""
+    try:
+        return int(getattr(img, "n_frames", 1) or 1)
+    except MemoryError:
+        raise out_of_memory(source) from None
+    except Exception:  # see _unusable
+        return None
 
 
 def _registered_formats() -> tuple[str, ...]:
@@ -182,14 +216,17 @@ def decode(data: bytes, *, source: str | None = None, target: int = DEFAULT_TARG
     cannot be used; never returns a partial image.
     """
     img = open_image(data, source=source, max_pixels=max_pixels, max_side=max_side)
-    frames = int(getattr(img, "n_frames", 1) or 1)
+    frames = _frame_count(img, source)
+    if frames is None:  # later frames unreadable: the first one alone, opened afresh
+        img, frames = open_image(data, source=source, max_pixels=max_pixels,
+                                 max_side=max_side), 1
     try:
         if frame:
             img.seek(frame)
     except MemoryError:
         raise out_of_memory(source) from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-        raise DecodeError(f"cannot decode the image: {exc}", source=source) from None
+    except Exception as exc:  # see _unusable
+        raise _unusable(exc, "cannot decode the image", source) from None
     return _finish(img, data, source, target, max_pixels, max_side, frame, frames, colour)
 
 
@@ -201,7 +238,7 @@ def decode_frames(data: bytes, *, source: str | None = None, target: int = DEFAU
     (frame number, its image, or the DecodeError that stopped it). A frame
     that cannot be decoded ends the sequence, as later ones build on it."""
     img = open_image(data, source=source, max_pixels=max_pixels, max_side=max_side)
-    frames = int(getattr(img, "n_frames", 1) or 1)
+    frames = _frame_count(img, source) or 1
     for k in range(first, min(frames, limit)):
         try:
             img.seek(k)
@@ -212,14 +249,16 @@ def decode_frames(data: bytes, *, source: str | None = None, target: int = DEFAU
         except MemoryError:
             yield k, out_of_memory(source)
             return
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-            yield k, DecodeError(f"cannot decode frame {k}: {exc}", source=source)
+        except Exception as exc:  # see _unusable; a frame too large ends the sequence too
+            error = _unusable(exc, f"cannot decode frame {k}", source)
+            yield k, DecodeError(error.detail, source=source, reason=error.reason)
             return
 
 
 def _finish(img, data: bytes, source: str | None, target: int, max_pixels: int, max_side: int,
             frame: int, frames: int, colour: bool) -> Decoded:
     """The current frame of an opened image, decoded, reduced and oriented."""
+    _check_size(img.size, source, max_pixels, max_side)
     fmt = img.format or "unknown"
     try:
         orientation = _orientation(img)
@@ -238,8 +277,8 @@ def _finish(img, data: bytes, source: str | None, target: int, max_pixels: int, 
             pixels = pixels.convert("L")
     except MemoryError:
         raise out_of_memory(source) from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-        raise DecodeError(f"cannot decode the image: {exc}", source=source) from None
+    except Exception as exc:  # see _unusable
+        raise _unusable(exc, "cannot decode the image", source) from None
     pixels = _reduce(pixels, target)
     if orientation in _TRANSPOSE:
         pixels = pixels.transpose(_TRANSPOSE[orientation])
@@ -340,17 +379,39 @@ def _to_rgb_or_grey(img: Image.Image) -> Image.Image:
         np.rint(arr, out=arr)
         np.clip(arr, 0, 255, out=arr)
         return Image.fromarray(arr.astype(np.uint8), "L")
-    if mode in ("LA", "La", "PA", "RGBA", "RGBa") or (mode == "P" and "transparency" in img.info):
-        # Flatten onto white, as a browser shows a transparent ad photo.
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        return _flatten_palette(img)
+    if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        return _on_white(img)
     if mode == "LAB":
         # Pillow cannot convert LAB to RGB directly; L* is already lightness.
         return img.getchannel("L")
     if mode == "1":
         return img.convert("L")
     return img.convert("RGB")
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    """Flattened onto white, as a browser shows a transparent ad photo (RGB)."""
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _flatten_palette(img: Image.Image) -> Image.Image:
+    """A palette image with transparency flattened onto white through its
+    palette: the same pixels as :func:`_on_white`, without its three full-size
+    RGBA copies (a GIF of 600 bytes can declare a 130-megapixel canvas, which
+    flattening pixel by pixel took 2 GB for)."""
+    rawmode = "RGBA" if img.palette is not None and img.palette.mode == "RGBA" else "RGB"
+    swatch = Image.new("P", (256, 1))
+    swatch.putdata(range(256))
+    swatch.putpalette(img.getpalette(rawmode) or [], rawmode)
+    swatch.info["transparency"] = img.info["transparency"]
+    indexed = img.copy()  # the frame itself stays as it was: later frames build on it
+    indexed.putpalette(_on_white(swatch).tobytes(), "RGB")
+    del indexed.info["transparency"]
+    return indexed.convert("RGB")
 
 
 def _reduce(pixels: Image.Image, target: int) -> Image.Image:

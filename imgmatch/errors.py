@@ -15,11 +15,14 @@ can go on and a report can say what was not examined.
     │   ├── ImageTooLarge
     │   ├── ImageTooSmall
     │   ├── UnsafePath
-    │   └── MissingFile
+    │   ├── MissingFile
+    │   └── NotAFile            a FIFO, device or socket where a file was expected
     ├── ManifestError               a manifest file as a whole cannot be read
+    ├── Busy                        every decoder of a service is busy: send it again
     ├── SignalError                 a hash string or signal name is not valid
     ├── CatalogError                the catalog cannot be opened or is from the future
-    └── IndexFileError              an index file is corrupt or foreign (rebuilt, never trusted)
+    ├── IndexFileError              an index file is corrupt or foreign (rebuilt, never trusted)
+    └── AuditError                  an audit entry would name a picture, or the log's chain is broken
 """
 
 from __future__ import annotations
@@ -81,8 +84,20 @@ class MissingFile(InputError):
     reason = "missing-file"
 
 
+class NotAFile(InputError):
+    """A path names a FIFO, a device, a socket or a folder, not a file: never
+    read (a FIFO would hold a worker, a device could be endless)."""
+
+    reason = "not-a-file"
+
+
 class ManifestError(ImgmatchError):
     """A manifest cannot be read at all (as opposed to one bad row)."""
+
+
+class Busy(ImgmatchError):
+    """Every worker that decodes uploads is busy (the HTTP service answers 503):
+    the request may be sent again in a moment."""
 
 
 class SignalError(ImgmatchError):
@@ -101,6 +116,12 @@ class IndexFileError(ImgmatchError):
     """An index file is missing, stale, corrupt or was not written by this collection."""
 
 
+class AuditError(ImgmatchError):
+    """The audit log refused an entry (its details would name a picture: a
+    SHA-256, a hash, a URL), or its hash chain does not hold (an entry was
+    changed or removed after it was written)."""
+
+
 def error_for(reason: str | None, detail: str | None, source: str | None = None) -> InputError:
     """The InputError subclass for a recorded failure reason (InputError if none fits)."""
     for cls in _INPUT_ERRORS:
@@ -110,7 +131,7 @@ def error_for(reason: str | None, detail: str | None, source: str | None = None)
 
 
 _INPUT_ERRORS = (EmptyFile, UnsupportedFormat, DecodeError, OutOfMemory, ImageTooLarge,
-                 ImageTooSmall, UnsafePath, MissingFile)
+                 ImageTooSmall, UnsafePath, MissingFile, NotAFile)
 
 __all__ = [
     "ImgmatchError",
@@ -123,9 +144,12 @@ __all__ = [
     "ImageTooSmall",
     "UnsafePath",
     "MissingFile",
+    "NotAFile",
     "ManifestError",
+    "Busy",
     "SignalError",
     "ModelError",
     "CatalogError",
     "IndexFileError",
+    "AuditError",
 ]

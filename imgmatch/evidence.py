@@ -131,6 +131,42 @@ MODELS: dict[str, Model] = {
 #: clusters are built from links at least this strong.
 PRECISE = max(model.precise for model in MODELS.values())
 
+#: Score to precision on data the weights never saw: per tier, rows of (score
+#: bound, precision, recall) among the pooled top-10 predictions of the
+#: second set's *check* half that score at least the bound (the table of
+#: docs/benchmarks.md, "Score to precision on held-out data"; a test holds
+#: the two equal). An explanation says where a pair's score falls in it.
+CALIBRATION: dict[str, tuple[tuple[float, float, float], ...]] = {
+    "pdq": ((0.30, 0.9325, 0.547), (0.50, 0.9501, 0.518), (0.70, 0.9637, 0.503),
+            (0.80, 0.9755, 0.492), (0.90, 0.9863, 0.474), (0.93, 0.9878, 0.467),
+            (0.95, 0.9893, 0.460), (0.98, 0.9943, 0.435), (0.99, 1.0000, 0.412)),
+    "hashes": ((0.30, 0.8454, 0.587), (0.50, 0.9358, 0.529), (0.70, 0.9567, 0.510),
+               (0.80, 0.9661, 0.493), (0.90, 0.9830, 0.477), (0.93, 0.9878, 0.469),
+               (0.95, 0.9894, 0.460), (0.98, 0.9926, 0.445), (0.99, 0.9981, 0.432)),
+    "robust": ((0.30, 0.8876, 0.906), (0.50, 0.9541, 0.874), (0.70, 0.9709, 0.855),
+               (0.80, 0.9806, 0.834), (0.90, 0.9877, 0.795), (0.93, 0.9916, 0.780),
+               (0.95, 0.9923, 0.749), (0.98, 0.9928, 0.687), (0.99, 0.9987, 0.612)),
+}
+
+
+def calibration_at(tier: str, score: float) -> tuple[float, float, float] | None:
+    """The row of :data:`CALIBRATION` a score falls in: the highest bound it
+    reaches, with the precision and recall measured from there; None under
+    the lowest bound (or for a tier without a table)."""
+    rows = [row for row in CALIBRATION.get(tier, ()) if score >= row[0]]
+    return rows[-1] if rows else None
+
+
+#: The rules that hold a score down whatever the weights say, by the name
+#: :meth:`Evidence.scored` gives them, with what each means.
+RULES: dict[str, str] = {
+    "low-information": f"either image is too plain for its hashes to be evidence and "
+                       f"geometry is not strong: at most {LOW_INFORMATION_CAP}",
+    "hashes-64-only": f"64-bit hashes alone (no PDQ, no verification): at most {HASH64_CAP}",
+    "pdq-apart": f"two good PDQ hashes {PDQ_APART} bits or more apart, without strong "
+                 f"geometry: at most {LOW_INFORMATION_CAP}",
+}
+
 
 @dataclass(frozen=True)
 class Verified:
@@ -148,6 +184,11 @@ class Verified:
     #: (:func:`imgmatch.features.aligned`); None where not compared (the query
     #: covers too little of the stored image, or its pixels are not at hand)
     aligned: int | None = None
+    #: descriptor matches that passed the ratio test, and the share of the
+    #: shared region the inliers span (for explanations; the model does not
+    #: weigh them, and matches reported before they were kept have none)
+    matches: int | None = None
+    coverage: float | None = None
 
 
 @dataclass
@@ -250,21 +291,50 @@ class Evidence:
         return self.score(models)
 
     def score(self, models: Mapping[str, Model] | None = None) -> float:
-        model = self.model(models)
+        return self.scored(models)[0]
+
+    def scored(self, models: Mapping[str, Model] | None = None) -> tuple[float, tuple[str, ...]]:
+        """The score, and the :data:`RULES` that lowered it (mostly none): one
+        computation for the score a query ranks by and the one it explains."""
         plain = self.plain(models)
-        s = model.score(self.features(plain), 0.0 if plain else self._uncalibrated())
+        s = self.model_score(models)
         if plain and not self.strong_for_plain:
             # its hashes are not evidence, and neither are a few clustered inliers:
             # kept below the cap, in the order of the hashes' closeness
             closeness = max((1.0 - d / self._scale(n) for n, (d, _) in self.hashes.items()),
                             default=0.0)
-            return LOW_INFORMATION_CAP * max(0.0, closeness)
+            return LOW_INFORMATION_CAP * max(0.0, closeness), ("low-information",)
+        rules: list[str] = []
         pdq_used = "pdq" in self.hashes and self.hashes["pdq"][1]
-        if not pdq_used and self.verified is None:
-            s = min(s, HASH64_CAP)
-        if pdq_used and self.hashes["pdq"][0] >= PDQ_APART and not self.strong_geometry:
-            s = min(s, LOW_INFORMATION_CAP)
-        return s
+        if not pdq_used and self.verified is None and s > HASH64_CAP:
+            s = HASH64_CAP
+            rules.append("hashes-64-only")
+        if pdq_used and self.hashes["pdq"][0] >= PDQ_APART and not self.strong_geometry \
+                and s > LOW_INFORMATION_CAP:
+            s = LOW_INFORMATION_CAP
+            rules.append("pdq-apart")
+        return s, tuple(rules)
+
+    def model_score(self, models: Mapping[str, Model] | None = None) -> float:
+        """The tier's logistic model on this evidence, before :data:`RULES`."""
+        plain = self.plain(models)
+        return self.model(models).score(self.features(plain),
+                                         0.0 if plain else self._uncalibrated())
+
+    def terms(self, models: Mapping[str, Model] | None = None) -> dict[str, float]:
+        """The model's log-odds term by term (``bias``, then each feature's weight
+        times its value, where not 0; ``uncalibrated`` for extension signals):
+        what raised the score and what lowered it, before :data:`RULES`."""
+        model = self.model(models)
+        plain = self.plain(models)
+        out = {"bias": model.bias}
+        for name, weight, value in zip(FEATURE_NAMES, model.weights, self.features(plain)):
+            if weight * value:
+                out[name] = float(weight * value)
+        extra = 0.0 if plain else self._uncalibrated()
+        if extra:
+            out["uncalibrated"] = extra
+        return out
 
     @property
     def agreed(self) -> tuple[str, ...]:

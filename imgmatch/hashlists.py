@@ -29,6 +29,8 @@ HEADER_HASH_NAMES = frozenset({"hash", "pdq", "pdq_hash", "pdqhash", "hash_value
 #: The signal of a list unless the caller names another, and its hex digits.
 DEFAULT_SIGNAL = "pdq"
 PDQ_DIGITS = 64
+#: The qualities a line may give: PDQ's, as Meta's hasher prints them.
+QUALITY_RANGE = range(0, 101)
 
 
 @lru_cache(maxsize=8)
@@ -99,14 +101,24 @@ def parse_line(line: str, line_no: int = 0, *, signal: str = DEFAULT_SIGNAL,
     if hex_hash.match(cells[0].strip()):
         quality = None
         if len(cells) > 1 and cells[1].strip():
-            try:
-                quality = int(cells[1].strip())
-            except ValueError:
+            quality = _quality(cells[1].strip())
+            if quality is None:
                 return HashLine(line_no, signal, None, None, None,
                                 f"line {line_no}: quality {cells[1].strip()[:20]!r} "
-                                "is not a number")
+                                f"is not a whole number from {QUALITY_RANGE[0]} to "
+                                f"{QUALITY_RANGE[-1]}")
         name = cells[2].strip() if len(cells) > 2 and cells[2].strip() else None
         return HashLine(line_no, signal, bytes.fromhex(cells[0].strip()), quality, name)
     return HashLine(line_no, signal, None, None, None,
                     f"line {line_no}: neither '{signal} HEX' nor 'hash,quality,filename' "
                     f"({line[:60]!r})")
+
+
+def _quality(text: str) -> int | None:
+    """A quality cell as a number in :data:`QUALITY_RANGE`, or None. Bounded here
+    because the catalog stores it: a 20-digit "quality" would stop the import."""
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if value in QUALITY_RANGE else None

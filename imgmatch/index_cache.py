@@ -37,6 +37,9 @@ class IndexCache:
         self.folder = folder
         self._hashes: dict[str, BinaryIndex] | None = None
         self._descriptors: DescriptorIndex | None = None
+        #: the catalog's deletion counter when the indexes were loaded: what
+        #: they agree with, and what their saved manifests say
+        self._deletions: int | None = None
         #: indexes changed since they were loaded or saved
         self.changed: set[str] = set()
 
@@ -50,6 +53,7 @@ class IndexCache:
     def hashes(self) -> dict[str, BinaryIndex]:
         """Every hash signal's index, by signal."""
         if self._hashes is None:
+            self._deletions = self.catalog.deletions
             self._hashes = {name: self._load_hashes(name)
                             for name in self.catalog.signal_counts()}
         return self._hashes
@@ -86,6 +90,7 @@ class IndexCache:
         that did not link). The next use loads them again and appends the new
         rows (marking them changed), so nothing unsaved is lost with them."""
         self._hashes = self._descriptors = None
+        self._deletions = None
         self.changed.clear()
 
     # --------------------------------------------------------------- loading
@@ -153,6 +158,7 @@ class IndexCache:
     def rebuild_all(self) -> dict[str, int]:
         """Every index built anew from the catalog; what each was given (codes,
         or images with local features)."""
+        self._deletions = self.catalog.deletions
         self._hashes = {name: self._build_hashes(name) for name in self.catalog.signal_counts()}
         counts = {name: len(index) for name, index in self._hashes.items()}
         if self.catalog.feature_count():
@@ -168,22 +174,57 @@ class IndexCache:
         return added
 
     def remove(self, image_ids: Sequence[int]) -> None:
-        """Mask erased images in every loaded index (their rows are gone from
-        the catalog: the indexes must have been loaded before)."""
+        """Take erased images out of every loaded index (their rows are gone
+        from the catalog: the indexes must have been loaded before), for good:
+        the hash tables are rebuilt without them, so that no saved file keeps
+        their codes behind a mask."""
         ids = np.array(image_ids, dtype=np.int64)
         for name, index in (self._hashes or {}).items():
-            index.remove(ids)
+            if index.remove(ids):
+                index.compact()
             self.changed.add(name)
         if self._descriptors is not None:
             self._descriptors.remove(ids)
             self.changed.add(FEATURES)
+        self._deletions = self.catalog.deletions
+
+    def follow(self) -> bool:
+        """Catch up with what other processes wrote to the catalog since the
+        indexes were loaded: their new images are appended; after an erasure
+        the indexes are loaded again (from the eraser's saved files, or
+        rebuilt), so nothing erased stays findable or is saved back.
+        Whether anything changed."""
+        if self._hashes is None:
+            return False
+        if self.catalog.deletions != self._deletions:
+            descriptors = self._descriptors is not None
+            self.forget()
+            self.load(local_features=descriptors)
+            return True
+        changed = False
+        for name in self.catalog.signal_counts():
+            if name not in self._hashes:
+                self._hashes[name] = self._load_hashes(name)
+                changed = True
+            elif self.append(name, self._hashes[name].max_id):
+                changed = True
+        if self._descriptors is not None:
+            if _append_features(self.catalog, self._descriptors, self._descriptors.max_id):
+                self.changed.add(FEATURES)
+                changed = True
+        elif self.catalog.feature_count():
+            changed = self.descriptors is not None or changed
+        return changed
 
     # ---------------------------------------------------------------- saving
     def save(self) -> None:
         """Write every changed index to disk (atomically), if writable."""
         if self.catalog.readonly or self._hashes is None or not self.changed:
             return
-        collection_id, deletions = self.catalog.collection_id, self.catalog.deletions
+        # the deletions these indexes agree with, not the catalog's now: if
+        # another process erased meanwhile, the files must read as behind
+        collection_id = self.catalog.collection_id
+        deletions = self.catalog.deletions if self._deletions is None else self._deletions
         for name in sorted(self.changed):
             if name == FEATURES:
                 if self._descriptors is not None:

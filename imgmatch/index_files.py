@@ -17,6 +17,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -66,7 +68,7 @@ def save_folder(path: Path, arrays: dict[str, np.ndarray], manifest: Manifest) -
     """Save arrays as .npy files with ``manifest`` (its digest and array names
     filled in) in a new folder, fsynced and moved into place; returns it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the owner's only
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
     try:
         digest = hashlib.sha256()
@@ -80,7 +82,8 @@ def save_folder(path: Path, arrays: dict[str, np.ndarray], manifest: Manifest) -
         manifest_path(tmp).write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True))
         for f in tmp.iterdir():
             _fsync(f)
-        _replace_dir(tmp, path)
+        with _saving(path):
+            _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -181,6 +184,25 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+@contextmanager
+def _saving(path: Path) -> Iterator[None]:
+    """Lock the folder that holds the index while swapping it: two processes
+    saving one index (the service and a CLI command) take turns instead of
+    renaming each other's folders away. Where ``fcntl`` is missing the swap
+    goes unguarded."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))  # the folder itself
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _replace_dir(new: Path, target: Path) -> None:
     """Put folder ``new`` at ``target``: the old one is moved aside first, then removed.
 
@@ -189,8 +211,8 @@ def _replace_dir(new: Path, target: Path) -> None:
     """
     old = None
     if target.exists():
-        old = target.with_name(target.name + f".old-{os.getpid()}")
-        os.replace(target, old)
+        old = Path(tempfile.mkdtemp(prefix=target.name + ".old-", dir=target.parent))
+        os.replace(target, old)  # over the empty folder just made: a name no one else has
     os.replace(new, target)
     _fsync(target.parent)
     if old is not None:

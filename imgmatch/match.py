@@ -18,13 +18,14 @@ matches only on strong geometric evidence and says ``low_information``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from . import features
 from . import signals as registry
 from .catalog import Catalog
+from .decode import Decoded
 from .descriptors import DescriptorIndex
 from .evidence import SCALES, Evidence, Verified
 from .index import BinaryIndex
@@ -115,7 +116,8 @@ def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterab
                     np.frombuffer(hash_luma(moved), np.uint8)[None, :],
                     np.frombuffer(pdq, np.uint8)[None, :])[0][0])
         ev.verified = Verified(result.inliers, result.support, result.spread,
-                               result.shared_area, result.overlap, aligned)
+                               result.shared_area, result.overlap, aligned,
+                               matches=result.matches, coverage=result.coverage)
         if not ev.hashes or ev.strong_geometry:
             ev.transform = "mirror" if flipped else "identity"
 
@@ -248,15 +250,7 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
             views.append((view, voted))
     if not candidates:
         return []
-    stored = catalog.signals_of(sorted(candidates))
-    found = gather_evidence(query, stored)
-    if views:
-        by_hashes = {i: ev.score() for i, ev in found.items()}
-        views[0][1].update(sorted(by_hashes, key=lambda i: (-by_hashes[i], i))
-                           [:VERIFY_FROM_HASHES])
-        verify_candidates(catalog, views, found, grey,
-                          {i: values["pdq"][0] for i, values in stored.items()
-                           if "pdq" in values})
+    found, stored = measure(catalog, query, candidates, views, grey)
     scores = {i: ev.settle() for i, ev in found.items()}
     scored = [(image_id, ev, stored.get(image_id, {})) for image_id, ev in found.items()
               if scores[image_id] >= min_score]
@@ -277,6 +271,50 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
             inliers=ev.verified.inliers if ev.verified else None,
             disagreed=ev.disagreed, evidence=ev.to_json()))
     return out
+
+
+def pixel_query(pixels: Callable[[], Decoded], names: Iterable[str], *, local_features: bool,
+                variants: Mapping[str, list[HashValue]] | None = None,
+                local: LocalQuery | None = None
+                ) -> tuple[dict[str, list[HashValue]], list[LocalQuery] | None, np.ndarray | None]:
+    """What a query searches with, from its pixels: each of ``names``' values
+    for the picture's 8 rotations and mirrors and, with ``local_features``,
+    the local features of the picture and its mirror, then of its tiles
+    (:func:`imgmatch.features.tiles`), with the grey pixels they came from.
+    ``variants`` and ``local`` reuse what an analysis already computed."""
+    given = variants or {}
+    query = {name: given.get(name) or registry.get(name).dihedral(pixels()) for name in names}
+    views: list[LocalQuery] | None = None
+    grey = None
+    if local_features:
+        grey = np.asarray(pixels().grey)
+        views = [local or features.extract_both(grey)]
+        views += [features.extract_both(tile) for tile in features.tiles(grey)]
+    return query, views, grey
+
+
+def measure(catalog: Catalog, query: Mapping[str, Sequence[HashValue]], candidates: Iterable[int],
+            views: Sequence[tuple[LocalQuery, set[int]]] = (), grey: np.ndarray | None = None
+            ) -> tuple[dict[int, Evidence], dict[int, dict[str, tuple[bytes, int | None]]]]:
+    """The evidence a query weighs for each candidate: every signal both have
+    re-measured exactly (:func:`gather_evidence`) and, with ``views`` (the
+    query's local features, each with the candidates it voted for), geometric
+    verification of those and of the best few by hashes. Returns the evidence
+    and the candidates' stored values by image id.
+
+    Queries rank what this measures; ``imgmatch explain`` shows it for one
+    pair, so the two cannot disagree on how a pair is weighed.
+    """
+    stored = catalog.signals_of(sorted(candidates))
+    found = gather_evidence(query, stored)
+    if views:
+        by_hashes = {i: ev.score() for i, ev in found.items()}
+        views[0][1].update(sorted(by_hashes, key=lambda i: (-by_hashes[i], i))
+                           [:VERIFY_FROM_HASHES])
+        verify_candidates(catalog, views, found, grey,
+                          {i: values["pdq"][0] for i, values in stored.items()
+                           if "pdq" in values})
+    return found, stored
 
 
 def score_pairs(catalog: Catalog, a: np.ndarray, b: np.ndarray,

@@ -278,3 +278,131 @@ class Added:
     def to_json(self) -> dict:
         return {"sha256": self.sha256, "new_image": self.new_image,
                 "new_sighting": self.new_sighting}
+
+
+@dataclass(frozen=True)
+class SignalComparison:
+    """One hash signal of two images, compared as a query compares it.
+
+    ``distance`` is the Hamming distance in bits (the smallest over the first
+    image's rotations and mirrors, where the signal can derive them from a
+    value); ``threshold`` is the signal's own (inclusive) match threshold and
+    ``scale`` the distance at which the evidence model turns agreement into
+    disagreement (None for a signal outside the model). ``verdict`` is
+    ``agreed`` (within half the scale), ``disagreed`` (beyond the scale),
+    ``inconclusive`` (between) or ``uninformative`` (a value too plain to be
+    evidence, or a low-information pair). ``versions`` are the algorithm
+    versions the two values were computed with; ``version`` is this
+    imgmatch's. ``a`` is the value of the first image's ``transform`` (the
+    rotation or mirror closest to ``b``) that the distance is measured from.
+    """
+
+    signal: str
+    a: str
+    b: str
+    distance: int
+    bits: int
+    threshold: int
+    scale: float | None
+    version: int
+    versions: tuple[int, int]
+    quality: int | None
+    informative: bool
+    verdict: str
+    transform: str = "identity"
+
+    def to_json(self) -> dict:
+        return {"signal": self.signal, "a": self.a, "transform": self.transform, "b": self.b,
+                "distance": self.distance,
+                "bits": self.bits, "threshold": self.threshold, "scale": self.scale,
+                "version": self.version, "versions": list(self.versions),
+                "quality": self.quality, "informative": self.informative,
+                "verdict": self.verdict}
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why two catalogued images match or not: the evidence a query weighs,
+    the score it makes and what that score is worth.
+
+    ``verdict`` is ``same`` (score at or above ``thresholds["cluster"]``, the
+    score clusters are built from), ``lead`` (at or above
+    ``thresholds["match"]``, what a query reports by default) or
+    ``different``. ``model_score`` is the evidence model's score before the
+    ``rules`` that capped it (each rule's name and what it says);
+    ``terms`` its log-odds, term by term. ``verification`` holds the local
+    features' comparison (robust tier; None when they were not compared);
+    ``calibration`` the precision measured on held-out data at this score
+    (``at_least``: the row of the table the score reaches; empty under the
+    lowest row). ``link`` is the stored near-duplicate link between the two,
+    if there is one; ``notes`` say what this comparison could not do.
+    """
+
+    a: str
+    b: str
+    verdict: str
+    score: float
+    model_score: float
+    tier: str
+    rules: dict[str, str]
+    low_information: bool
+    transform: str
+    signals: tuple[SignalComparison, ...]
+    verification: dict | None
+    calibration: dict
+    thresholds: dict[str, float]
+    terms: dict[str, float]
+    link: Link | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def summary(self) -> str:
+        """One line: the verdict, the score and the precision measured at it."""
+        what = {"same": "same picture", "lead": "possibly the same picture (a lead)",
+                "different": "different pictures"}[self.verdict]
+        cal = self.calibration
+        if cal:
+            where = (f"precision {cal['precision']:.4f} at scores >= {cal['at_least']:.2f} "
+                     f"on held-out data")
+        else:
+            where = "below every row of the calibration table"
+        return f"{what} (score {self.score:.4f}, {where})"
+
+    def to_json(self) -> dict:
+        return {
+            "a": self.a, "b": self.b, "verdict": self.verdict, "summary": self.summary,
+            "score": round(self.score, 4), "model_score": round(self.model_score, 4),
+            "tier": self.tier, "rules": dict(self.rules),
+            "low_information": self.low_information, "transform": self.transform,
+            "signals": [s.to_json() for s in self.signals],
+            "verification": self.verification, "calibration": self.calibration,
+            "thresholds": self.thresholds,
+            "terms": {k: round(v, 4) for k, v in self.terms.items()},
+            "link": self.link.to_json() if self.link is not None else None,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One entry of a collection's audit log: who (``actor``) did what
+    (``action``, with ``details``: counts, options, filters, formats; never
+    a picture's SHA-256, hashes, URLs or metadata) and when (``at``, UTC).
+
+    Entries are chained: ``digest`` is the SHA-256 of ``prev`` (the previous
+    entry's digest) and the entry's canonical JSON
+    (:func:`imgmatch.audit.digest_of`), so changing or removing an entry
+    breaks every digest after it.
+    """
+
+    seq: int
+    at: str
+    actor: str
+    action: str
+    details: dict
+    prev: str
+    digest: str
+
+    def to_json(self) -> dict:
+        return {"seq": self.seq, "at": self.at, "actor": self.actor, "action": self.action,
+                "details": self.details, "prev": self.prev, "digest": self.digest}

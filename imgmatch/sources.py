@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, ManifestError, MissingFile, UnsafePath
+from .errors import ImageTooLarge, InputError, ManifestError, MissingFile, UnsafePath
 from .records import PATH_KEYS, Sighting
 
 #: Files a directory walk picks up (by extension); manifests name files explicitly.
@@ -120,8 +120,15 @@ def _manifest_item(row: dict, base: Path, shown_base: Path, label: str,
     if not raw_path or not isinstance(raw_path, str):
         return Item(label, replace(sighting, source=label),
                     error=InputError("the row names no file (a 'path' column)", source=label))
+    if "\x00" in raw_path:  # no file system takes it: refuse the row, not the manifest
+        return Item(label, replace(sighting, source=label), error=UnsafePath(
+            f"path {raw_path!r} contains a NUL byte; refused", source=label))
     candidate = Path(raw_path)
-    resolved = (base / candidate).resolve()
+    try:
+        resolved = (base / candidate).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long
+        return Item(label, replace(sighting, source=label), error=UnsafePath(
+            f"path {raw_path!r} cannot be resolved ({exc}); refused", source=label))
     try:
         rel = resolved.relative_to(base)
     except ValueError:
@@ -130,7 +137,13 @@ def _manifest_item(row: dict, base: Path, shown_base: Path, label: str,
             source=label))
     source = str(shown_base / rel)
     sighting = replace(sighting, source=sighting.source or source)
-    if not resolved.is_file():
+    try:
+        is_file = resolved.is_file()
+    except OSError as exc:  # a name too long for the file system
+        return Item(source, sighting, error=MissingFile(
+            f"file {raw_path!r} named in {label} cannot be read ({exc.strerror or exc})",
+            source=source))
+    if not is_file:
         return Item(source, sighting, error=MissingFile(
             f"file {raw_path!r} named in {label} does not exist", source=source))
     return Item(source, sighting, path=resolved)
@@ -175,13 +188,39 @@ def _jsonl_rows(manifest: Path) -> Iterator[tuple[int, dict, str | None]]:
                 continue
             try:
                 row = json.loads(line)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # nested too deep: RecursionError
                 yield line_no, {}, f"not valid JSON: {exc}"
                 continue
             if not isinstance(row, dict):
                 yield line_no, {}, "a JSONL row must be an object"
                 continue
             yield line_no, row, None
+
+
+#: Longest JSON line read (a base64 image of about 64 MB and its metadata): a
+#: longer one is skipped in pieces, never held, so a stream cannot exhaust
+#: the ingest parent's memory with one endless line.
+MAX_LINE_CHARS = 96 << 20
+
+
+def bounded_lines(stream: Iterable[str], limit: int = MAX_LINE_CHARS) -> Iterator[str | None]:
+    """The stream's lines, None for each longer than ``limit`` characters (read
+    past in pieces). A stream without ``readline`` is taken line by line."""
+    readline = getattr(stream, "readline", None)
+    if readline is None:
+        for line in stream:
+            yield line if len(line) <= limit else None
+        return
+    while True:
+        line = readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or line.endswith("\n"):
+            yield line
+            continue
+        while line and not line.endswith("\n"):  # the rest of the long line
+            line = readline(1 << 20)
+        yield None
 
 
 def iter_jsonl_stream(stream: Iterable[str], *, label: str = "<stdin>",
@@ -191,13 +230,18 @@ def iter_jsonl_stream(stream: Iterable[str], *, label: str = "<stdin>",
     A path here is the pipeline's own, like a command-line argument, so it is
     taken relative to the working directory, not confined to a folder.
     """
-    for line_no, line in enumerate(stream, start=1):
+    for line_no, line in enumerate(bounded_lines(stream, MAX_LINE_CHARS), start=1):
+        where = f"{label}:{line_no}"
+        if line is None:
+            yield Item(where, Sighting(source=where), line=line_no, error=ImageTooLarge(
+                f"the line is longer than {MAX_LINE_CHARS >> 20} M characters; skipped "
+                "unread", source=where))
+            continue
         if not line.strip():
             continue
-        where = f"{label}:{line_no}"
         try:
             row = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             yield Item(where, Sighting(source=where), line=line_no,
                        error=InputError(f"not valid JSON: {exc}", source=where))
             continue
@@ -227,6 +271,10 @@ def iter_jsonl_stream(stream: Iterable[str], *, label: str = "<stdin>",
         if not raw_path:
             yield Item(where, replace(sighting, source=where), line=line_no, error=InputError(
                 "the line gives neither 'path' nor base64 'data'", source=where))
+            continue
+        if "\x00" in raw_path:
+            yield Item(where, replace(sighting, source=where), line=line_no, error=UnsafePath(
+                f"path {raw_path!r} contains a NUL byte; refused", source=where))
             continue
         yield Item(raw_path, replace(sighting, source=sighting.source or raw_path),
                    path=Path(raw_path), line=line_no)

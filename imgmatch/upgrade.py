@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import signals as registry
-from .analysis import Analysis
+from .analysis import Analysis, read_regular_file
 from .catalog import Catalog
 from .errors import InputError
 from .records import ImageRow
@@ -109,9 +109,10 @@ def read_source(source: str) -> bytes:
     warc = _WARC_SOURCE.match(source)
     if warc:
         return _read_warc_record(Path(warc["path"]), int(warc["offset"]), source)
-    path = Path(source)
     try:
-        return path.read_bytes()
+        # a regular file only: a source recorded as a FIFO or a device (an upload
+        # may name any source) would hold the reader, or never end
+        return read_regular_file(source)
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror or exc}", source=source,
                          reason="missing-file") from None
@@ -141,7 +142,7 @@ def _read_warc_record(path: Path, offset: int, source: str) -> bytes:
 def reread(catalog: Catalog, image_id: int) -> tuple[str, bytes] | str:
     """(source, bytes) from the first of the image's sources that still holds
     its bytes, or why none does."""
-    row = catalog.conn.execute("SELECT sha256 FROM images WHERE id = ?",
+    row = catalog.conn.execute("SELECT sha256, size_bytes FROM images WHERE id = ?",
                                (image_id,)).fetchone()
     if row is None or row[0] is None:
         return "hash-only: imported from a hash list, there are no bytes to read"
@@ -150,6 +151,10 @@ def reread(catalog: Catalog, image_id: int) -> tuple[str, bytes] | str:
         "ORDER BY id", (image_id,))))
     why = "no-source: no sighting names a file or a record"
     for source in sources:
+        if row[1] is not None and not _WARC_SOURCE.match(source) and _size(source) not in (
+                None, row[1]):  # cannot be those bytes: not read (it may be huge)
+            why = f"source-changed: {source} holds other bytes now"
+            continue
         try:
             data = read_source(source)
         except InputError as exc:
@@ -160,6 +165,14 @@ def reread(catalog: Catalog, image_id: int) -> tuple[str, bytes] | str:
             continue
         return source, data
     return why
+
+
+def _size(source: str) -> int | None:
+    """A file's size, None where it cannot be known without reading."""
+    try:
+        return Path(source).stat().st_size
+    except (OSError, ValueError):
+        return None
 
 
 def batches(catalog: Catalog, signals: Sequence[str], summary: UpgradeSummary, *,

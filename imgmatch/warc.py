@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import DecodeError, InputError, ManifestError
+from .errors import DecodeError, ImageTooLarge, InputError, ManifestError
 from .records import Sighting
 from .sources import Item
 from .text import clean_field, parse_when
@@ -36,6 +36,11 @@ from .text import clean_field, parse_when
 #: bounds memory (a few headers behind, at most this many items held back
 #: waiting for a request written after its response).
 LINK_WINDOW = 8
+#: Largest payload read from one record, after its transfer and content
+#: encodings (gzip, deflate, brotli, chunked) are undone. A record that
+#: inflates to gigabytes is cut off here, in bounded memory, and recorded as
+#: too large: the parent reads archives, outside the workers' memory cap.
+MAX_PAYLOAD_BYTES = 64 << 20
 #: Content types of a page record, which an image's WARC-Concurrent-To may name.
 _PAGE_TYPES = ("text/html", "application/xhtml+xml")
 
@@ -81,15 +86,28 @@ def iter_warc(path: str | Path, *, platform: str | None = None) -> Iterator[Item
         broken: Exception | None = None
         try:
             for record in iterator:
-                about = _links_of(record)
-                yield from links.add(about, _record_item(record, label, platform))
+                try:
+                    about = _links_of(record)
+                    item = _record_item(record, label, platform)
+                except Exception as exc:  # one hostile record: warcio raises any type
+                    about, item = _Links(0, None, None, frozenset()), _bad_record(path, exc)
+                yield from links.add(about, item)
         except (ArchiveLoadFailed, EOFError, OSError, ValueError) as exc:
+            broken = exc
+        except Exception as exc:  # the same, between records: the archive ends there
             broken = exc
         yield from links.flush()
         if broken is not None:
             where = f"{path}#{offset}"
             yield Item(where, Sighting(source=where), error=DecodeError(
                 f"the archive breaks off after offset {offset}: {broken}", source=where))
+
+
+def _bad_record(path: Path, exc: Exception) -> Item:
+    """The failure of one record whose headers or payload could not be read."""
+    where = f"{path}#record"
+    return Item(where, Sighting(source=where), error=DecodeError(
+        f"unreadable record ({type(exc).__name__}: {exc})", source=where))
 
 
 @dataclass
@@ -247,9 +265,13 @@ def _record_item(record, make_label, platform: str | None) -> Item | None:
     if not looks_like_image(content_type, head):
         return done(skipped="not-an-image")
     try:
-        payload = head + stream.read()
+        payload = head + stream.read(MAX_PAYLOAD_BYTES + 1 - len(head))
     except Exception as exc:  # zlib/chunking errors inside one record
         return done(error=DecodeError(f"unreadable record: {exc}"))
+    if len(payload) > MAX_PAYLOAD_BYTES:  # the rest is skipped unread (never held)
+        return done(error=ImageTooLarge(
+            f"the record's payload is larger than {MAX_PAYLOAD_BYTES >> 20} MB once "
+            "decoded (a compression bomb, or not an ad's image); not read further"))
     truncated = (declared is not None and declared.isdigit() and len(payload) < int(declared)) \
         or getattr(record.digest_checker, "passed", None) is False
     if truncated:

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .analysis import Analysis, Options, analyse_source
 from .catalog import KnownImages
@@ -170,10 +170,23 @@ def _worker_main(conn: Connection, parent: int, inherited: Sequence[Connection],
     """
     for end in inherited:
         end.close()
-    exit_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    single_threaded()
     known = KnownImages(catalog_path) if catalog_path else None
+
+    def handle(job: tuple) -> tuple:
+        key, source, path, data = job
+        return key, analyse_source(path, data, signal_names, source, known, options)
+
+    serve_jobs(conn, parent, max_memory, handle)
+
+
+def serve_jobs(conn: Connection, parent: int, max_memory: int | None,
+               handle: Callable[[Any], Any]) -> None:
+    """A worker's life: leave with the parent, ignore Ctrl-C (the parent
+    decides when to stop), one BLAS thread, the memory cap; then answer each
+    job with ``handle(job)`` until told to stop (None) or the pipe breaks."""
+    exit_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    single_threaded()
     if max_memory:
         cap_memory(max_memory)
     while True:
@@ -183,10 +196,9 @@ def _worker_main(conn: Connection, parent: int, inherited: Sequence[Connection],
             return
         if job is None:
             return
-        key, source, path, data = job
-        analysis = analyse_source(path, data, signal_names, source, known, options)
+        answer = handle(job)
         try:
-            conn.send((key, analysis))
+            conn.send(answer)
         except OSError:  # a broken pipe: nobody reads any more
             return
 

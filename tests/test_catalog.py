@@ -262,6 +262,9 @@ def test_tallies_follow_every_write(tmp_path):
     assert len(triggers) == 12
     conn.executescript("".join(f"DROP TRIGGER {t};" for t in triggers)
                        + "DROP TABLE tallies; ALTER TABLE images DROP COLUMN captured_at;"
+                       + "DROP TRIGGER audit_append_only_update;"
+                       + "DROP TRIGGER audit_append_only_delete; DROP TABLE audit;"
+                       + "ALTER TABLE runs DROP COLUMN pid; ALTER TABLE runs DROP COLUMN host;"
                        + "DELETE FROM migrations WHERE version >= 7;"
                        + "PRAGMA user_version = 6;")
     conn.close()

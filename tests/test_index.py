@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -426,3 +429,27 @@ def test_flip_budgets_keep_the_pigeonhole_bound(widths, radius):
     taus = budgets(widths, radius, [1.0] * len(widths))
     assert sum(taus) >= radius - len(widths) + 1
     assert sum(t + 1 for t in taus) == radius + 1  # no flip more than the bound needs
+
+
+def _save_many(path: str, rounds: int) -> None:
+    rng = np.random.default_rng(os.getpid())
+    for _ in range(rounds):
+        index = BinaryIndex(64)
+        index.add(np.arange(1, 51), rng.integers(0, 256, (50, 8), dtype=np.uint8))
+        index.save(Path(path), collection_id="c1", signal="phash", deletions=0)
+
+
+def test_two_processes_saving_one_index_take_turns(tmp_path):
+    """Each save swaps a whole folder in; two at once used to rename each
+    other's folders away (FileNotFoundError, 1 run in 80)."""
+    path = tmp_path / "indexes" / "phash.mih"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_save_many, args=(str(path), 40)) for _ in range(3)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+    assert [proc.exitcode for proc in procs] == [0, 0, 0]
+    loaded, manifest = BinaryIndex.load(path, collection_id="c1", signal="phash", bits=64)
+    assert len(loaded) == manifest.count == 50
+    assert [p.name for p in path.parent.iterdir()] == [path.name]

@@ -13,10 +13,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 import imgmatch
-from imgmatch.cli import main
+from imgmatch.cli import cli, main
 from imgmatch.sources import IMAGE_EXTENSIONS, iter_manifest, iter_paths
 
 from conftest import FIXTURES, ORIGINALS, png_bomb
@@ -374,3 +375,62 @@ def test_reopened_collection_is_idempotent_too(tmp_path):
             assert summary.sightings_added == expected_added
     with imgmatch.Collection.open(db, readonly=True) as collection:
         assert collection.stats()["sightings"] == 2
+
+
+def test_a_nul_byte_in_a_manifest_path_costs_that_row_only(tmp_path, case):
+    """The row is recorded as unsafe, the other rows are catalogued, and a
+    re-run gives the same (no traceback, nothing lost)."""
+    csv_manifest = case / "manifest.csv"
+    csv_manifest.write_text("path,platform\nimg/go\x00od.jpg,citylist\ngood2.jpg,nightads\n",
+                            encoding="utf-8")
+    jsonl_manifest = case / "manifest.jsonl"
+    jsonl_manifest.write_text(json.dumps({"path": "img/good.jpg\x00.png"}) + "\n"
+                              + json.dumps({"path": "img/good.jpg"}) + "\n", encoding="utf-8")
+    lines = tmp_path / "lines.jsonl"  # a pipeline's JSON lines: paths not confined
+    lines.write_text(json.dumps({"path": str(case / "good2.jpg") + "\x00"}) + "\n")
+    for _ in range(2):
+        result = CliRunner().invoke(
+            cli, ["--db", str(tmp_path / "c.db"), "ingest", "--json",
+                  "--manifest", str(csv_manifest), "--manifest", str(jsonl_manifest),
+                  "--jsonl", str(lines)])
+        assert not isinstance(result.exception, Exception) or \
+            isinstance(result.exception, SystemExit), result.output
+        summary = json.loads(result.stdout)
+        assert summary["failure_reasons"] == {"unsafe-path": 3}
+        assert all("NUL byte" in f["detail"] for f in summary["failures"])
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        assert collection.stats()["images"] == 2
+
+
+def test_a_fifo_named_like_an_image_is_refused_at_once(tmp_path):
+    """A named pipe with no writer would block a worker's open() until its
+    time limit; it is recorded as not-a-file, quickly, and the batch goes on."""
+    folder = tmp_path / "crawl"
+    folder.mkdir()
+    os.mkfifo(folder / "pipe.jpg")
+    shutil.copy(ORIGINALS / "cat.jpg", folder / "cat.jpg")
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        summary = collection.ingest(iter_paths([folder]), workers=1, timeout=5)
+        assert [(Path(s).name, r) for s, r, _ in summary.failures] == [("pipe.jpg", "not-a-file")]
+        assert "named pipe" in summary.failures[0][2]
+        assert summary.images_added == 1
+        # in process too (workers=0 reads in the parent, which must not block either)
+        summary = collection.ingest(iter_paths([folder / "pipe.jpg"]), workers=0)
+        assert [r for _, r, _ in summary.failures] == ["not-a-file"]
+
+
+def test_an_endless_json_line_is_skipped_in_pieces_not_held(monkeypatch):
+    """One line longer than the limit costs that line only; the lines after
+    it are read as usual (the limit stands for 96 M characters)."""
+    import imgmatch.sources as sources
+
+    monkeypatch.setattr(sources, "MAX_LINE_CHARS", 1000)
+    good = json.dumps({"path": str(ORIGINALS / "cat.jpg"), "platform": "p"})
+    stream = io.StringIO(json.dumps({"data": "A" * 5000}) + "\n" + good + "\n"
+                         + "x" * 3000)  # the last one without its newline
+    items = list(sources.iter_jsonl_stream(stream, label="in"))
+    assert [(i.line, i.error.reason if i.error else None) for i in items] == [
+        (1, "too-large"), (2, None), (3, "too-large")]
+    assert items[1].path == ORIGINALS / "cat.jpg"
+    lines = list(sources.bounded_lines(["short\n", "y" * 2000], 1000))
+    assert lines == ["short\n", None]

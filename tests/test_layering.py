@@ -37,14 +37,15 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
         "imgmatch.ingest", "imgmatch.upgrade", "imgmatch.match", "imgmatch.cluster",
         "imgmatch.report", "imgmatch.analysis", "imgmatch.workers", "imgmatch.sources",
         "imgmatch.warc", "imgmatch.inputs", "imgmatch.hashlists", "imgmatch.hash_import",
-        "imgmatch.link_pass", "imgmatch.index_cache", "imgmatch.keys"})),
+        "imgmatch.link_pass", "imgmatch.index_cache", "imgmatch.keys", "imgmatch.explain",
+        "imgmatch.sandbox"})),
     ("storage", frozenset({
         "imgmatch.catalog", "imgmatch.index", "imgmatch.index_files", "imgmatch.descriptors",
         "imgmatch.mih", "imgmatch.pairs", "imgmatch.signals", "imgmatch.features",
         "imgmatch.evidence"})),
     ("base", frozenset({
         "imgmatch.decode", "imgmatch.errors", "imgmatch.text", "imgmatch.records",
-        "imgmatch.model", "imgmatch.orphans"})),
+        "imgmatch.model", "imgmatch.orphans", "imgmatch.audit"})),
 ]
 
 #: What the shells may import of imgmatch: the public names and the exceptions.
@@ -61,11 +62,17 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("imgmatch.upgrade", "imgmatch.analysis"): "an upgrade analyses images again",
     ("imgmatch.upgrade", "imgmatch.workers"): "... in supervised workers, as ingest does",
     ("imgmatch.workers", "imgmatch.analysis"): "the analysis is what a worker runs",
+    ("imgmatch.sandbox", "imgmatch.analysis"): "a sandbox worker analyses an upload",
+    ("imgmatch.sandbox", "imgmatch.match"): "... and makes its query as a query does",
+    ("imgmatch.sandbox", "imgmatch.workers"): "... capped as an ingest worker is",
     ("imgmatch.warc", "imgmatch.sources"): "web archive records become the same items",
     ("imgmatch.inputs", "imgmatch.sources"): "inputs chains every kind of source",
     ("imgmatch.inputs", "imgmatch.warc"): "... web archives included",
     ("imgmatch.hash_import", "imgmatch.hashlists"): "importing a list reads it",
     ("imgmatch.link_pass", "imgmatch.match"): "the link pass scores pairs as queries do",
+    ("imgmatch.report", "imgmatch.match"): "a report states the score a match needs",
+    ("imgmatch.explain", "imgmatch.match"): "an explanation measures a pair as a query does",
+    ("imgmatch.explain", "imgmatch.upgrade"): "... reading the picture again as an upgrade does",
     ("imgmatch.index", "imgmatch.index_files"): "an index saves through the shared folder code",
     ("imgmatch.index", "imgmatch.mih"): "a hash index is multi-index tables",
     ("imgmatch.descriptors", "imgmatch.index_files"): "... and so does the descriptor index",
@@ -76,6 +83,8 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("imgmatch.records", "imgmatch.text"): "a sighting cleans crawled text and dates",
     ("imgmatch.model", "imgmatch.records"): "results carry sightings and hash values",
     ("imgmatch.decode", "imgmatch.errors"): "decoding raises the input errors",
+    ("imgmatch.audit", "imgmatch.errors"): "an entry that would name a picture raises AuditError",
+    ("imgmatch.audit", "imgmatch.model"): "the chain is checked over audit entries",
 }
 
 #: Third-party modules a module must never import (STYLE: the catalog never

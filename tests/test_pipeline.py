@@ -809,3 +809,66 @@ def test_a_robust_ingest_of_large_images_as_bytes_through_one_worker_finishes(tm
                            "--jsonl", str(feed)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["images_added"] == len(lines)
+
+
+def _gzip_bomb(size: int) -> bytes:
+    """A JPEG's first bytes and then ``size`` zero bytes, gzipped (about 1/1000 of it)."""
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # the gzip container
+    parts = [packer.compress(b"\xff\xd8\xff\xe0")]
+    zeros = bytes(1 << 20)
+    for _ in range(size >> 20):
+        parts.append(packer.compress(zeros))
+    parts.append(packer.flush())
+    return b"".join(parts)
+
+
+def _write_bomb_warc(path: Path, payload: bytes) -> None:
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        with path.open("wb") as fh:
+            writer = WARCWriter(fh, gzip=True)
+            headers = StatusAndHeaders("200 OK", [
+                ("Content-Type", "image/jpeg"), ("Content-Encoding", "gzip"),
+                ("Content-Length", str(len(payload)))], protocol="HTTP/1.1")
+            writer.write_record(writer.create_warc_record(
+                "https://bomb.example/a.jpg", "response", payload=io.BytesIO(payload),
+                http_headers=headers, warc_headers_dict={"WARC-Date": "2024-01-01T00:00:00Z"}))
+            cat = (FIXTURES / "originals" / "cat.jpg").read_bytes()
+            headers = StatusAndHeaders("200 OK", [
+                ("Content-Type", "image/jpeg"), ("Content-Length", str(len(cat)))],
+                protocol="HTTP/1.1")
+            writer.write_record(writer.create_warc_record(
+                "https://fine.example/cat.jpg", "response", payload=io.BytesIO(cat),
+                http_headers=headers, warc_headers_dict={"WARC-Date": "2024-01-01T00:00:00Z"}))
+        gc.collect()
+
+
+def test_a_compression_bomb_in_a_warc_is_cut_off_in_bounded_memory(tmp_path):
+    """A 1 MB record that inflates to 1 GB: recorded as too large, the next
+    record still catalogued, and the ingest's peak memory stays far below the
+    bomb's size (the parent reads archives, outside the workers' cap). The
+    peak is the kernel's high-water mark of the new process (VmHWM: unlike
+    ru_maxrss, not carried over from the test process it was forked from)."""
+    warc = tmp_path / "bomb.warc.gz"
+    _write_bomb_warc(warc, _gzip_bomb(1 << 30))
+    assert warc.stat().st_size < 2 << 20
+    script = (
+        "import json, sys, imgmatch\n"
+        "from imgmatch.warc import iter_warc\n"
+        "with imgmatch.Collection.open(sys.argv[1]) as c:\n"
+        "    s = c.ingest(iter_warc(sys.argv[2]), workers=1)\n"
+        "peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "print(json.dumps({'peak_kb': int(peak.split()[1]),\n"
+        "                  'added': s.images_added, 'failures': s.failures}))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "c.db"), str(warc)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["added"] == 1
+    assert [(f[1], "64 MB" in f[2]) for f in result["failures"]] == [("too-large", True)]
+    assert result["peak_kb"] < 600 << 10, result  # the bomb alone would be 1,048,576 KB

@@ -266,6 +266,31 @@ def test_safe_csv_neutralises_formulas_and_raw_keeps_them(hostile):
     assert json.loads(raw[0]["extra"])["neg"] == "-2+3"
 
 
+LINE_BREAK_FORMULA = "http://x.example/a\r=cmd|' /C calc'!A0\n+1\r\n@x\x85-y\u2028=z"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "links-csv", "csv-raw", "links-csv-raw"])
+def test_a_line_break_inside_a_cell_cannot_start_a_formula(fmt):
+    """A reader that ends lines at any CR or LF (quoted or not) sees no cell
+    starting a formula in the safe formats; the raw ones keep the value and
+    quote it (a CSV reader gets it back whole)."""
+    cluster = Cluster(id=3, image_ids=(3,), images=(image(SHA_X, 3),),
+                      sightings=(Sighting(platform="p", url=LINE_BREAK_FORMULA, sha256=SHA_X),
+                                 Sighting(platform="p", url="u2", sha256=SHA_X)),
+                      links=())
+    text = render(fmt, [cluster])
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if fmt.endswith("raw"):
+        assert LINE_BREAK_FORMULA in {r["url"] for r in rows}  # untouched, and quoted:
+        assert '"' + LINE_BREAK_FORMULA + '"' in text
+        return
+    assert "http://x.example/a\\r=cmd|' /C calc'!A0\\n+1\\r\\n@x\\x85-y\\u2028=z" in {
+        r["url"] for r in rows}
+    for line in re.split("[\r\n\x85\u2028\u2029]", text):
+        for cell in line.split(","):
+            assert not cell.lstrip('"').startswith(("=", "+", "@", "-", "\t")), line
+
+
 def test_links_csv_rows_and_formulas(hostile, known):
     safe = list(csv.DictReader(io.StringIO(render("links-csv", hostile + known))))
     raw = list(csv.DictReader(io.StringIO(render("links-csv-raw", hostile + known))))
@@ -835,3 +860,28 @@ def test_setup_browser_script_is_executable_bash():
     assert os.access(script, os.X_OK)
     assert script.read_text().startswith("#!/usr/bin/env bash\n")
     subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+@pytest.mark.parametrize("fmt", ["json", "html", "graphml", "gexf", "table"])
+def test_every_report_with_room_for_it_says_what_made_it(partner_db, tmp_path, fmt):
+    """The version, each signal's version and threshold, the evidence model:
+    a lead handed on says how it was found."""
+    import imgmatch
+    from imgmatch.signals import get
+
+    out = tmp_path / f"r.{fmt}"
+    code, _ = cli("--db", partner_db, "report", "--format", fmt, "-o", out)
+    assert code == 0
+    text = out.read_text(encoding="utf-8")
+    with imgmatch.Collection.open(partner_db, readonly=True) as c:
+        made = c.made_with()
+    assert set(made["signals"]) == {"pdq", "phash", "dhash"}
+    assert made["signals"]["pdq"] == {"version": get("pdq").version, "bits": 256,
+                                      "threshold": get("pdq").threshold}
+    assert made["scores"]["match"] == imgmatch.MATCH_SCORE and len(made["model"]) == 12
+    if fmt == "json":
+        assert json.loads(text)["made_with"] == made
+    else:
+        assert f"imgmatch {made['imgmatch']}" in text
+        assert f"pdq v{get('pdq').version} (within {get('pdq').threshold} bits)" in text
+        assert f"evidence model {made['model']}" in text

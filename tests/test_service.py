@@ -88,12 +88,20 @@ def service(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def serving(db: Path, root: Path):
-    """``imgmatch serve`` on a free loopback port, until the block ends."""
+def serving(db: Path, root: Path, *extra: str):
+    """``imgmatch serve`` on a free loopback port, until the block ends: its port."""
+    with serving_process(db, root, *extra) as (port, _, _):
+        yield port
+
+
+@contextlib.contextmanager
+def serving_process(db: Path, root: Path, *extra: str):
+    """``imgmatch serve`` with extra options: (port, process, log file)."""
     port = free_port()
-    log = (root / "serve.log").open("w")
+    log_path = root / f"serve-{port}.log"
+    log = log_path.open("w")
     proc = subprocess.Popen([sys.executable, "-m", "imgmatch.cli", "--db", str(db), "serve",
-                             "--port", str(port), "--max-upload-mb", "1"],
+                             "--port", str(port), "--max-upload-mb", "1", *extra],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
@@ -104,9 +112,9 @@ def serving(db: Path, root: Path):
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("the service did not start:\n" + (root / "serve.log").read_text())
+                pytest.fail("the service did not start:\n" + log_path.read_text())
             time.sleep(0.1)
-        yield port
+        yield port, proc, log_path
     finally:
         proc.terminate()
         proc.wait(timeout=30)

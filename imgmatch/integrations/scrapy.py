@@ -38,11 +38,14 @@ from ..errors import ImgmatchError
 
 class ImgmatchPipeline:
     def __init__(self, db: str | Path, store: str | Path, platform: str | None = None,
-                 batch: int = 64) -> None:
+                 batch: int = 64, workers: int = 1) -> None:
         self.db = Path(db)
         self.store = Path(store)
         self.platform = platform
         self.batch = max(1, int(batch))
+        #: crawled files are decoded in supervised, capped worker processes,
+        #: never in the crawler's own (0: in process, for tests only)
+        self.workers = max(0, int(workers))
         self.collection: Collection | None = None
         #: Scrapy's Crawler, once from_crawler made this pipeline (Scrapy is not a dependency)
         self.crawler: Any = None
@@ -57,9 +60,12 @@ class ImgmatchPipeline:
         if not db or not store:
             raise ImgmatchError("set IMGMATCH_DB and FILES_STORE (or IMAGES_STORE) to use "
                                 "imgmatch's Scrapy pipeline")
+        def number(name: str, default: int) -> int:
+            return settings.getint(name, default) if hasattr(settings, "getint") \
+                else int(settings.get(name, default))
+
         pipeline = cls(db, store, settings.get("IMGMATCH_PLATFORM"),
-                       settings.getint("IMGMATCH_BATCH", 64) if hasattr(settings, "getint")
-                       else int(settings.get("IMGMATCH_BATCH", 64)))
+                       number("IMGMATCH_BATCH", 64), number("IMGMATCH_WORKERS", 1))
         pipeline.crawler = crawler  # its spider names the platform when none is set
         return pipeline
 
@@ -91,6 +97,6 @@ class ImgmatchPipeline:
         if not self.pending or self.collection is None:
             return
         items, self.pending = self.pending, []
-        summary = self.collection.ingest(items, command="scrapy")
+        summary = self.collection.ingest(items, command="scrapy", workers=self.workers)
         self.stats["files"] += summary.files_seen
         self.stats["failed"] += len(summary.failures)

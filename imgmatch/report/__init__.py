@@ -38,21 +38,26 @@ REPORT_FORMATS: tuple[str, ...] = tuple(sorted(FORMATS))
 
 def write_report(clusters: Sequence[Cluster], out: TextIO, format: str = "table", *,
                  raw: bool = False, fields: Sequence[str] = (),
-                 thumbnails: Mapping[str, bytes] | None = None) -> None:
+                 thumbnails: Mapping[str, bytes] | None = None,
+                 made_with: dict | None = None) -> None:
     """Write clusters in one of :data:`REPORT_FORMATS`, with the options that
     format takes: ``raw`` (csv, links-csv: do not neutralise spreadsheet
     formulas), ``fields`` (table: the metadata fields whose values each cluster
-    lists), ``thumbnails`` (html: JPEG bytes by sha256, embedded)."""
+    lists), ``thumbnails`` (html: JPEG bytes by sha256, embedded), and
+    ``made_with`` (:meth:`Collection.made_with`: the version, signals and
+    thresholds, stated by every format with room for it; the CSV formats,
+    one row per sighting or link, have none)."""
     if format == "csv":
         write_csv(clusters, out, raw=raw)
     elif format == "links-csv":
         write_links_csv(clusters, out, raw=raw)
     elif format == "table":
-        write_table(clusters, out, fields=fields)
+        write_table(clusters, out, fields=fields, made_with=made_with)
     elif format == "html":
-        write_html(clusters, out, thumbnails=dict(thumbnails or {}))
-    elif format in FORMATS:
-        FORMATS[format](clusters, out)
+        write_html(clusters, out, thumbnails=dict(thumbnails or {}), made_with=made_with)
+    elif format in ("json", "graphml", "gexf"):
+        writer = {"json": write_json, "graphml": write_graphml, "gexf": write_gexf}[format]
+        writer(clusters, out, made_with=made_with)
     else:
         raise ImgmatchError(f"no report format {format!r}; one of {', '.join(REPORT_FORMATS)}")
 

@@ -38,6 +38,7 @@ from typing import Any, TextIO
 
 from ..model import Cluster, Sighting
 from .csvfmt import safe_cell
+from .provenance import describe
 from .names import ClusterNames, image_key, short_name
 
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff"
@@ -233,7 +234,8 @@ def _write_xml(root: ET.Element, out: TextIO) -> None:
     out.write("\n")
 
 
-def write_graphml(clusters: Sequence[Cluster], out: TextIO) -> None:
+def write_graphml(clusters: Sequence[Cluster], out: TextIO, *,
+                  made_with: dict | None = None) -> None:
     """GraphML: node and edge data declared as typed keys."""
     g = build_graph(clusters)
     node_attrs, edge_attrs = _attr_table(g)
@@ -251,6 +253,8 @@ def write_graphml(clusters: Sequence[Cluster], out: TextIO) -> None:
             ET.SubElement(root, ns + "key", {"id": key, "for": where,
                                              "attr.name": xml_text(name), "attr.type": gtype})
     graph = ET.SubElement(root, ns + "graph", {"id": "imgmatch", "edgedefault": "directed"})
+    if made_with:
+        ET.SubElement(graph, ns + "desc").text = xml_text(f"Made with {describe(made_with)}")
 
     def data(parent: ET.Element, where: str, attrs: dict) -> None:
         for name, value in attrs.items():
@@ -272,7 +276,8 @@ def write_graphml(clusters: Sequence[Cluster], out: TextIO) -> None:
     _write_xml(root, out)
 
 
-def write_gexf(clusters: Sequence[Cluster], out: TextIO) -> None:
+def write_gexf(clusters: Sequence[Cluster], out: TextIO, *,
+               made_with: dict | None = None) -> None:
     """GEXF 1.3, a static graph with attributes declared up front (for Gephi)."""
     g = build_graph(clusters)
     node_attrs, edge_attrs = _attr_table(g)
@@ -286,7 +291,8 @@ def write_gexf(clusters: Sequence[Cluster], out: TextIO) -> None:
     ET.SubElement(meta, ns + "creator").text = "imgmatch"
     ET.SubElement(meta, ns + "description").text = (
         "Reused ad photos: images, the ads and platforms that showed them, their "
-        "metadata values, and near-duplicate links")
+        "metadata values, and near-duplicate links"
+        + (f". Made with {xml_text(describe(made_with))}" if made_with else ""))
     graph = ET.SubElement(root, ns + "graph", {"mode": "static",
                                                "defaultedgetype": "directed"})
     ids: dict[tuple[str, str], tuple[str, str]] = {}
@@ -357,7 +363,8 @@ def write_links_csv(clusters: Sequence[Cluster], out: TextIO, *, raw: bool = Fal
     UTF-8), which no UTF-8 file can hold: they become U+FFFD.
     """
     cell = (lambda v: "" if v is None else str(v)) if raw else safe_cell
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv.writer(out, lineterminator="\n",
+                        quoting=csv.QUOTE_ALL if raw else csv.QUOTE_MINIMAL)
     writer.writerow(LINK_COLUMNS)
     for row in link_rows(clusters):
         writer.writerow([_SURROGATE.sub("\ufffd", cell(v)) for v in row])

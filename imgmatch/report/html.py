@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from typing import TextIO
 
 from ..model import Cluster, parse_utc
+from .provenance import describe
 from .names import ClusterNames
 
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
@@ -944,12 +945,14 @@ def _dot(rank_of: dict[str, int], platform: str | None) -> str:
 # ---------------------------------------------------------------- the file
 def write_html(clusters: Sequence[Cluster], out: TextIO, *,
                thumbnails: dict[str, bytes] | None = None,
-               title: str = "imgmatch reuse report", generated_at: str | None = None) -> None:
+               title: str = "imgmatch reuse report", generated_at: str | None = None,
+               made_with: dict | None = None) -> None:
     """Write the report. ``thumbnails`` maps an image's sha256 to JPEG bytes
     shown (on request) beside it; anything that is not a JPEG is left out.
     Every thumbnail given is embedded, so the caller decides which to give."""
     platforms = sorted({p for c in clusters for p in c.platforms})
     rank_of = {p: i for i, p in enumerate(platforms)}
+    data, pictures = _data(clusters, platforms, rank_of, thumbnails or {})
     w = out.write
     w('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
       f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
@@ -961,14 +964,24 @@ def write_html(clusters: Sequence[Cluster], out: TextIO, *,
     w(f'<header class="page"><h1>{esc(title)}</h1><p class="note">')
     if generated_at:
         w(f"Generated {esc(generated_at)}. ")
+    if made_with:
+        w(f"Made with {esc(describe(made_with))}. ")
     w("A self-contained file: nothing in it loads from the network, and web addresses "
       "from the data are shown as text, not links. Times are UTC; a sighting's time is "
-      "when it was posted, else when it was collected.</p></header>\n<main>\n")
+      "when it was posted, else when it was collected.</p>")
+    if pictures:
+        w(f'<p class="note pictures"><strong>This file contains {len(pictures):,} '
+          f'{"picture" if len(pictures) == 1 else "pictures"}</strong> (small thumbnails, '
+          "each hidden until its \u201cshow picture\u201d button is pressed). They may show "
+          "victims: keep and share this file as you would the pictures themselves.</p>")
+    else:
+        w('<p class="note pictures">This file contains no pictures, only text '
+          "(imgmatch report --thumbnails adds the thumbnails stored at ingest).</p>")
+    w("</header>\n<main>\n")
     _summary(clusters, platforms, rank_of, w)
     _index(clusters, rank_of, w)
     w("</main>\n<footer>Written by imgmatch. Pictures are shown only on request; "
       "printing leaves hidden pictures out.</footer>\n")
-    data, pictures = _data(clusters, platforms, rank_of, thumbnails or {})
     w(_data_block(data))
     if pictures:
         w(f'<script type="application/json" id="report-thumbs">{_json(pictures)}</script>\n')

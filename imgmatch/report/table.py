@@ -11,6 +11,7 @@ from typing import TextIO
 
 from ..model import Cluster
 from ..text import printable
+from .provenance import describe
 from .names import ClusterNames
 
 
@@ -24,7 +25,7 @@ def _image(names: ClusterNames, sha256: str | None) -> str:
 
 
 def write_table(clusters: Sequence[Cluster], out: TextIO, *,
-                fields: Sequence[str] = ()) -> None:
+                fields: Sequence[str] = (), made_with: dict | None = None) -> None:
     cross = sum(1 for c in clusters if len(c.platforms) > 1)
     out.write(f"{len(clusters)} reused picture{'s' if len(clusters) != 1 else ''}, "
               f"{cross} seen on more than one platform\n")
@@ -54,3 +55,5 @@ def write_table(clusters: Sequence[Cluster], out: TextIO, *,
                       f"{_image(names, s.sha256)}  "
                       f"{printable(s.url or s.source, 60)}"
                       f"{'  [' + details + ']' if details else ''}\n")
+    if made_with:
+        out.write(f"made with {printable(describe(made_with))}\n")
