@@ -1080,6 +1080,11 @@ class KnownImages:
         except sqlite3.OperationalError:  # no images table yet
             return False
 
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
 
 def _inserted_id(cursor: sqlite3.Cursor) -> int:
     """The id of the row an INSERT just added (SQLite gives None only when none was)."""

@@ -8,10 +8,19 @@ transaction (images, their sightings, their near-duplicate links and the
 batch's failures together), so a kill at any moment leaves the catalog
 consistent and the next run picks up exactly what is missing. Nothing holds
 the whole file list: memory stays flat however large the crawl.
+
+With worker processes, a batch is written (and its links found) by a
+writer thread while the main thread goes on feeding the workers and taking
+their results: in the robust tier, finding links costs more than analysing
+an image, and with the two in turn the workers waited for every batch. One
+batch is written at a time, in order; the main thread asks a read-only
+connection of its own whether bytes are catalogued, and remembers the
+batch being written (not yet visible there).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -21,7 +30,7 @@ import numpy as np
 
 from . import signals as signal_registry
 from .analysis import Analysis, Options, analyse
-from .catalog import BatchResult, Catalog
+from .catalog import BatchResult, Catalog, KnownImages
 from .records import HashValue, ImageRow, LinkRow, Sighting
 from .sources import Item
 from .workers import (DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT, InlinePool, Job, Pool, ProcessPool,
@@ -94,6 +103,50 @@ class IngestSummary:
         return out
 
 
+class _Writer:
+    """Writes batches, one at a time and in order: in a thread of its own
+    (``overlap``), or at once in the caller's. ``wait`` re-raises a failed
+    write. Shared counts and the callbacks go under ``lock``."""
+
+    def __init__(self, write: Callable[[_Batch], None], overlap: bool) -> None:
+        self._write = write
+        self.overlap = overlap
+        self.lock = threading.RLock()
+        self.writing: _Batch | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, batch: _Batch) -> None:
+        self.wait()
+        if not self.overlap:
+            self._write(batch)
+            return
+        self.writing = batch
+        self._thread = threading.Thread(target=self._run, args=(batch,),
+                                        name="imgmatch-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self, batch: _Batch) -> None:
+        try:
+            self._write(batch)
+        except BaseException as exc:  # re-raised in the caller's thread by wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.writing = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def in_flight(self, digest: str) -> bool:
+        """Whether the batch being written holds these bytes."""
+        writing = self.writing
+        return writing is not None and digest in writing.digests
+
+
 class _Batch:
     """What the next transaction will write."""
 
@@ -148,6 +201,10 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
     else:
         pool = InlinePool(names, is_known=catalog.has_image, options=options)
     limits = single_threaded()  # this process's FAISS and BLAS work is small and per batch
+    # overlap writing with analysis when workers analyse; then the main thread
+    # reads through a connection of its own (the writer's is the writer's)
+    overlap = workers >= 1
+    known = KnownImages(catalog.path) if overlap else catalog.has_image
     jobs: dict[int, Item] = {}             # submitted, by sequence number
     finished: dict[int, Analysis] = {}     # results waiting for earlier ones
     next_release = 0
@@ -155,18 +212,27 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
     pending_revisits: list[Item] = []      # resolved once everything else is written
     batch = _Batch()
 
+    def write(done: _Batch) -> None:
+        result = _write(catalog, done, run_id, linker)
+        with writer.lock:
+            summary.absorb(result)
+            summary.failures.extend(done.failures)
+            if on_written is not None:
+                on_written(done.records)
+            if on_progress is not None:
+                on_progress(summary)
+
+    writer = _Writer(write, overlap)
+
     def flush() -> None:
         nonlocal batch
         if len(batch):
-            _write(catalog, batch, run_id, linker, summary)
-            if on_written is not None:
-                on_written(batch.records)
-            if on_progress is not None:
-                on_progress(summary)
+            writer.submit(batch)
         batch = _Batch()
 
     def release(item: Item, analysis: Analysis) -> None:
-        summary.files_seen += 1
+        with writer.lock:
+            summary.files_seen += 1
         add(item, analysis)
         for frame, part in analysis.frames:
             add(replace(item, source=f"{item.source}#frame={frame}", data=None,
@@ -183,8 +249,9 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
             batch.records.append((item, digest or None, "failed", analysis.detail))
             return
         if analysis.known or image is None or digest in batch.digests \
-                or catalog.has_image(digest):
-            summary.images_known += 1
+                or writer.in_flight(digest) or known(digest):
+            with writer.lock:
+                summary.images_known += 1
             batch.records.append((item, digest, "known", None))
         else:
             batch.images.append(image)
@@ -215,7 +282,8 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
     try:
         for item in items:
             if item.skipped:
-                summary.skip(item.skipped)
+                with writer.lock:
+                    summary.skip(item.skipped)
                 continue
             if item.revisit_of:
                 pending_revisits.append(item)
@@ -244,10 +312,12 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
             if len(batch) >= batch_size or time.monotonic() - batch.opened > FLUSH_SECONDS:
                 flush()
             elif on_progress is not None:
-                on_progress(summary)
+                with writer.lock:
+                    on_progress(summary)
         while next_release < submitted:
             collect(0.1)
         flush()
+        writer.wait()  # revisits name images the last batches may have written
         for item in pending_revisits:
             digest = catalog.sha256_for_payload_digest(item.revisit_of or "")
             if digest is None:
@@ -259,7 +329,14 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
             if len(batch) >= batch_size:
                 flush()
         flush()
+        writer.wait()
     finally:
+        try:
+            writer.wait()  # a batch under way is committed or rolled back whole
+        except BaseException:
+            pass  # already raised above, or the run is being interrupted anyway
+        if isinstance(known, KnownImages):
+            known.close()
         summary.workers_replaced = getattr(pool, "replaced", 0)
         pool.close()
         limits.restore_original_limits()
@@ -268,7 +345,7 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
 
 
 def _write(catalog: Catalog, batch: _Batch, run_id: int | None,
-           linker: BatchLinker | None, summary: IngestSummary) -> None:
+           linker: BatchLinker | None) -> BatchResult:
     variants = batch.variants
     link_fn = None if linker is None else (
         lambda new: linker.links(new, variants, batch.local, batch.greys))
@@ -276,5 +353,4 @@ def _write(catalog: Catalog, batch: _Batch, run_id: int | None,
                                  batch.payload_digests)
     if linker is not None:
         linker.committed(result.new_images, variants, batch.local)
-    summary.absorb(result)
-    summary.failures.extend(batch.failures)
+    return result

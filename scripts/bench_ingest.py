@@ -89,6 +89,11 @@ def modes(listfile: Path, jsonl: Path, db: Path) -> dict[str, tuple[list[str], s
         "imgmatch upgrade default to robust, 1 core": (upgrade + ["--workers", "1",
                                                                   "--robust"], {0}),
         "imgmatch default, 2 cores": (ingest + ["--workers", "2"], {0, 1}),
+        # one worker with a core of its own, the parent (writer) on the other:
+        # the robust tier finds links in a writer thread beside the analysis
+        "imgmatch default, 1 worker, 2 cores": (ingest + ["--workers", "1"], {0, 1}),
+        "imgmatch robust, 1 worker, 2 cores": (ingest + ["--workers", "1", "--robust"], {0, 1}),
+        "imgmatch robust, 2 cores": (ingest + ["--workers", "2", "--robust"], {0, 1}),
         "imgmatch default, in-process (--workers 0)": (ingest + ["--workers", "0"], {0}),
         "imgmatch phash,dhash, in-process (--workers 0)": (ingest + ["--workers", "0",
                                                                        "--signals",
@@ -194,6 +199,10 @@ def ratios(rows: list[dict]) -> list[tuple[str, float, float, str]]:
          / rate["imgmatch default, 1 core"], 0.5),
         ("robust / hash-only (phash,dhash)", rate["imgmatch robust (--robust), 1 core"]
          / rate["imgmatch phash,dhash, 1 core"], 0.5),
+        ("robust / default, 1 worker on 2 cores", rate["imgmatch robust, 1 worker, 2 cores"]
+         / rate["imgmatch default, 1 worker, 2 cores"], 0.5),
+        ("robust, 2 cores / 1 core", rate["imgmatch robust, 2 cores"]
+         / rate["imgmatch robust (--robust), 1 core"], 1.8),
     ]
     return [(what, value, target, "met" if value >= target else "NOT met")
             for what, value, target in checks]

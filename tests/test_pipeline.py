@@ -872,3 +872,24 @@ def test_a_compression_bomb_in_a_warc_is_cut_off_in_bounded_memory(tmp_path):
     assert result["added"] == 1
     assert [(f[1], "64 MB" in f[2]) for f in result["failures"]] == [("too-large", True)]
     assert result["peak_kb"] < 600 << 10, result  # the bomb alone would be 1,048,576 KB
+
+
+def test_linking_beside_the_workers_gives_the_catalog_of_an_ingest_in_turn(tmp_path):
+    """With workers, a writer thread links each batch while the next is
+    analysed; small batches make many of them overlap. The catalog (images,
+    ids in input order, links) is the one an in-process ingest writes."""
+    files = sorted((FIXTURES / "originals").glob("*.jpg")) + \
+        sorted((FIXTURES / "reposts").glob("*.jpg")) * 2  # repeats: known while in flight
+    states, ids = [], []
+    for workers in (0, 2):
+        db = tmp_path / f"w{workers}.db"
+        with imgmatch.Collection.open(db) as c:
+            summary = c.ingest(iter_paths(files), signals=imgmatch.ROBUST_SIGNALS,
+                               workers=workers, batch_size=3)
+        assert summary.files_seen == len(files) and not summary.failures
+        assert summary.images_added + summary.images_known == len(files)
+        states.append(_catalog_state(db))
+        with sqlite3.connect(db) as con:
+            ids.append(con.execute("SELECT id, sha256 FROM images ORDER BY id").fetchall())
+    assert states[0] == states[1] and ids[0] == ids[1]
+    assert states[0]["links"]
