@@ -147,14 +147,16 @@ class DescriptorIndex:
         return self._faiss
 
     def candidates(self, queries: list[LocalFeatures], limit: int,
-                   exclude_from: int | None = None) -> list[tuple[int, int]]:
+                   exclude_from: int | None = None,
+                   voters: int = VOTERS) -> list[tuple[int, int]]:
         """The ``limit`` images with the most votes: [(image_id, votes)], most first.
 
         ``queries`` are the query's feature sets (the image and its mirror);
         each query descriptor votes once per image. ``exclude_from`` drops
         images with ids at or above it (linking: newer images query older).
+        ``voters``: how many of each set's strongest descriptors vote.
         """
-        parts = [q.descriptors[:VOTERS] for q in queries if len(q)]
+        parts = [q.descriptors[:voters] for q in queries if len(q)]
         if not parts:
             return []
         index = self._index()
