@@ -202,11 +202,19 @@ class IndexCache:
             self.load(local_features=descriptors)
             return True
         changed = False
-        for name in self.catalog.signal_counts():
+        held = self.catalog.signal_counts()  # tallies: no counting
+        for name, count in held.items():
             if name not in self._hashes:
                 self._hashes[name] = self._load_hashes(name)
                 changed = True
-            elif self.append(name, self._hashes[name].max_id):
+                continue
+            if self.append(name, self._hashes[name].max_id):
+                changed = True
+            if len(self._hashes[name]) != count:
+                # another process committed an image below one this process
+                # wrote since (ids go by commit order): appending past the
+                # largest id cannot find it, so the index is built again
+                self._hashes[name] = self._build_hashes(name)
                 changed = True
         if self._descriptors is not None:
             if _append_features(self.catalog, self._descriptors, self._descriptors.max_id):

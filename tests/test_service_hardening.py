@@ -251,3 +251,23 @@ def test_uploads_are_decoded_in_capped_workers_not_in_the_service(tmp_path):
         status, body = client.post_form("/v1/query", {}, {
             "image": ("c.jpg", (FIXTURES / "originals" / "cat.jpg").read_bytes())})
         assert status == 200 and body["matches"], body
+
+
+def test_following_the_catalog_catches_an_image_committed_below_its_own(tmp_path):
+    """Ids go by commit order: another process may commit an image just before
+    this one writes its own, so appending past the largest id it holds would
+    miss that image. Following the catalog notices, and finds it."""
+    import imgmatch
+
+    db = tmp_path / "c.db"
+    originals = FIXTURES / "originals"
+    with imgmatch.Collection.open(db) as service_side:
+        service_side.add(originals / "cat.jpg")
+        service_side.load_indexes()
+        with imgmatch.Collection.open(db) as other:  # the CLI, say
+            other.add(originals / "astronaut.jpg")
+        service_side.add(originals / "rocket.jpg")  # written without a follow in between
+        assert service_side.refresh()
+        assert not service_side.refresh()  # in step again: nothing rebuilt twice
+        found = {m.sha256 for m in service_side.query(originals / "astronaut.jpg")}
+        assert imgmatch.hash_bytes((originals / "astronaut.jpg").read_bytes())["sha256"] in found
