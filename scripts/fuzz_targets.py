@@ -384,7 +384,8 @@ def warc_seeds() -> Seeds:
             writer.write_record(writer.create_revisit_record(
                 "https://ads.example/3/c.jpg", image.rec_headers.get_header("WARC-Payload-Digest"),
                 "https://ads.example/1/a.jpg", "2024-01-02T03:04:05Z"))
-            del writer, request, image
+            del request, image
+            writer = None  # its spooled temporary files go with it  # noqa: F841
             gc.collect()
         yield ("crawl.warc.gz" if gz else "crawl.warc"), out.getvalue()
 
