@@ -72,11 +72,13 @@ class Analysis:
 
 def analyse_source(path: str | None, data: bytes | None, signal_names: Sequence[str],
                    source: str, is_known: Callable[[str], bool] | None = None,
-                   options: Options = Options()) -> Analysis:
+                   options: Options = Options(),
+                   decoded_by: Callable[[], Decoded] | None = None) -> Analysis:
     """Read (if given a path), take the SHA-256, and analyse unless already known.
 
     This is the whole of a worker's job: reading and hashing the bytes where
-    they are decoded saves sending them between processes.
+    they are decoded saves sending them between processes. ``decoded_by``:
+    as for :func:`analyse`.
     """
     if data is None:
         try:
@@ -91,7 +93,7 @@ def analyse_source(path: str | None, data: bytes | None, signal_names: Sequence[
         return Analysis(digest, known=True)
     if not data:
         return Analysis(digest, reason="empty-file", detail="the file is empty (0 bytes)")
-    return analyse(data, signal_names, source, digest, options)
+    return analyse(data, signal_names, source, digest, options, decoded_by)
 
 
 def read_regular_file(path: str | Path) -> bytes:
@@ -127,16 +129,24 @@ THUMBNAIL_PX = 160
 THUMBNAIL_QUALITY = 70
 
 
+def decode_target(signal_names: Sequence[str]) -> int:
+    """The smallest longer side the signals need a decode to keep."""
+    return max([registry.get(name).min_side for name in signal_names if name != FEATURES]
+               + ([features.SIDE] if FEATURES in signal_names else []))
+
+
 def analyse(data: bytes, signal_names: Sequence[str], source: str | None = None,
-            sha256: str | None = None, options: Options = Options()) -> Analysis:
-    """Decode once and compute every signal; never raises for bad input."""
+            sha256: str | None = None, options: Options = Options(),
+            decoded_by: Callable[[], Decoded] | None = None) -> Analysis:
+    """Decode once and compute every signal; never raises for bad input.
+    ``decoded_by``: the (first frame's) decode at :func:`decode_target`,
+    when the caller needs the pixels too and decodes them on demand."""
     digest = sha256 or hashlib.sha256(data).hexdigest()
     hashes = [name for name in signal_names if name != FEATURES]
     local = FEATURES in signal_names
-    target = max([registry.get(name).min_side for name in hashes]
-                 + ([features.SIDE] if local else []))
-    first = _measure(lambda: decode(data, source=source, target=target), data, hashes, local,
-                     digest, options)
+    target = decode_target(signal_names)
+    first = _measure(decoded_by or (lambda: decode(data, source=source, target=target)),
+                     data, hashes, local, digest, options)
     if not options.all_frames or first.image is None or (first.image.frames or 1) < 2:
         return first
     frames = tuple(

@@ -49,8 +49,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
-        return True  # someone else's process: alive
+    except OSError:  # not ours to signal (PermissionError): alive
+        return True
     return True
 
 

@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 
 from . import signals as registry
-from .analysis import Analysis, analyse_source
+from .analysis import Analysis, analyse_source, decode_target
 from .audit import checked_details, checked_entry, verify_chain
 from .catalog import Catalog
 from .cluster import build_clusters
-from .decode import Decoded, decode
+from .decode import DEFAULT_TARGET, Decoded, decode
 from .descriptors import DescriptorIndex
 from .errors import ImgmatchError, MissingFile, error_for
-from .explain import Prepare, decode_here, explain_pair
+from .explain import decode_here, explain_pair
 from .hash_import import BATCH as HASH_BATCH
 from .hash_import import import_hash_list
 from .index import BinaryIndex
@@ -41,7 +41,7 @@ from .keys import create_key, key_hash
 from .match import MATCH_SCORE, IndexLinker, LocalQuery, find_matches, pixel_query
 from .model import Added, AuditEntry, Cluster, Explanation, ImageRecord, Link, Match
 from .records import HashValue, Sighting
-from .sandbox import DecodeSandbox, Prepared
+from .sandbox import DecodeSandbox
 from .signals import FEATURES
 from .sources import Item
 from .text import date_bound
@@ -319,9 +319,13 @@ class Collection:
             with guard:
                 return self.catalog.has_image(sha256)
 
-        item = _analysed(data, source, sighting, signals, known)
+        # the query's pixels, decoded once for the analysis too when it needs
+        # the same decode (the default and robust tiers)
+        pixels = functools.cache(lambda: decode(data, source=source))
+        shared = decode_target(signals) == DEFAULT_TARGET
+        item = _analysed(data, source, sighting, signals, known,
+                         decoded_by=pixels if shared else None)
         analysis: Analysis = item.analysis
-        pixels = functools.cache(lambda: decode(data, source=item.source))
         if analysis.known:  # its signals were not computed: decode now, not under the lock
             pixels()
         with guard:
@@ -351,7 +355,8 @@ class Collection:
         item = Item(name, sighting, data=data, analysis=analysis)
         with guard:
             summary = self.ingest([item], signals=signals, run_id=run_id)
-            matches = self._search_prepared(prepared, top_k + 1, MATCH_SCORE)
+            matches = self._search(prepared.query, prepared.views, prepared.grey, top_k + 1,
+                                   MATCH_SCORE)
         return _added(item, summary), [m for m in matches if m.sha256 != digest][:top_k]
 
     def _query_shape(self) -> tuple[list[str], bool]:
@@ -359,15 +364,17 @@ class Collection:
         whether local features (call with the indexes' lock held)."""
         return list(self.indexes), self.descriptors is not None
 
-    def _search_prepared(self, prepared: Prepared, top_k: int, min_score: float) -> list[Match]:
-        """Search the indexes with a query a sandbox made (lock held). Signals
-        indexed since it was made (another process added them) are left out."""
-        query = {name: prepared.query[name] for name in self.indexes if name in prepared.query}
-        descriptors = self.descriptors if prepared.views is not None else None
+    def _search(self, query: dict[str, list[HashValue]], views: list[LocalQuery] | None,
+                grey: np.ndarray | None, top_k: int, min_score: float) -> list[Match]:
+        """Search the indexes with what :func:`imgmatch.match.pixel_query` made
+        (lock held). Signals indexed since it was made elsewhere (another
+        process added them) are left out; so are views without a descriptor index."""
+        query = {name: query[name] for name in self.indexes if name in query}
+        descriptors = self.descriptors if views is not None else None
         return find_matches(self.catalog, self.indexes, query, top_k=top_k, min_score=min_score,
-                            local=prepared.views if descriptors is not None else None,
+                            local=views if descriptors is not None else None,
                             descriptors=descriptors,
-                            grey=prepared.grey if descriptors is not None else None)
+                            grey=grey if descriptors is not None else None)
 
     def add_many(self, pairs: Iterable[tuple[bytes | str | Path, Sighting | None]],
                  **kwargs: Any) -> IngestSummary:
@@ -437,12 +444,9 @@ class Collection:
         if sandbox is not None:
             with guard:
                 names, local_features = self._query_shape()
-            prepared = sandbox.prepare(data, source=source, signals=(), query_signals=names,
-                                       local_features=local_features, known=True)
-            if prepared.analysis.reason is not None:
-                raise error_for(prepared.analysis.reason, prepared.analysis.detail, source)
+            query, views, grey = sandbox.query_input(data, source, names, local_features)
             with guard:
-                return self._search_prepared(prepared, top_k, min_score)
+                return self._search(query, views, grey, top_k, min_score)
         decoded = decode(data, source=source)
         with guard:
             return self.query_decoded(decoded, top_k=top_k, min_score=min_score)
@@ -456,12 +460,10 @@ class Collection:
         already computed; anything missing is computed from ``decoded``, which
         may be a callable that decodes on demand."""
         pixels: Callable[[], Decoded] = decoded if callable(decoded) else (lambda: decoded)
-        names = list(self.indexes)
-        descriptors = self.descriptors
-        query, views, grey = pixel_query(pixels, names, local_features=descriptors is not None,
+        names, local_features = self._query_shape()
+        query, views, grey = pixel_query(pixels, names, local_features=local_features,
                                          variants=variants, local=local)
-        return find_matches(self.catalog, self.indexes, query, top_k=top_k, min_score=min_score,
-                            local=views, descriptors=descriptors, grey=grey)
+        return self._search(query, views, grey, top_k, min_score)
 
     def _tier(self, signals: Sequence[str]) -> tuple[str, ...]:
         """The signals to compute: as asked, plus local features in a robust collection."""
@@ -665,7 +667,7 @@ class Collection:
         first, second = self.resolve(a), self.resolve(b)
         return explain_pair(self.catalog, (self._image_id(first), first),
                             (self._image_id(second), second),
-                            decode_here if sandbox is None else _prepared_in(sandbox))
+                            decode_here if sandbox is None else sandbox.query_input)
 
     def image(self, sha256: str) -> ImageRecord:
         """One image: its facts, signals, sightings and links; ImgmatchError if unknown."""
@@ -733,27 +735,18 @@ def hash_bytes(data: bytes, signals: Sequence[str] = registry.DEFAULT_SIGNALS,
 
 
 def _analysed(data: bytes, source: str, sighting: Sighting | None,
-              signals: Sequence[str], known: Callable[[str], bool]) -> Item:
+              signals: Sequence[str], known: Callable[[str], bool],
+              decoded_by: Callable[[], Decoded] | None = None) -> Item:
     """One image to add, analysed (unless ``known`` holds its bytes), with its
-    sighting; the InputError that says why when it cannot be used."""
+    sighting; the InputError that says why when it cannot be used.
+    ``decoded_by``: a decode the caller shares (see :func:`analyse`)."""
     if sighting is None:  # a path names where the bytes came from; bare bytes do not
         sighting = Sighting(source=None if source == "<bytes>" else source)
     name = sighting.source or source
-    analysis = analyse_source(None, data, signals, name, known)
+    analysis = analyse_source(None, data, signals, name, known, decoded_by=decoded_by)
     if analysis.image is None and not analysis.known:
         raise error_for(analysis.reason, analysis.detail, name)
     return Item(name, sighting, data=data, analysis=analysis)
-
-
-def _prepared_in(sandbox: DecodeSandbox) -> Prepare:
-    """What a query searches with, made in the sandbox's workers (for explain)."""
-    def prepare(data: bytes, source: str, names: list[str], local_features: bool) -> Any:
-        made = sandbox.prepare(data, source=source, signals=(), query_signals=names,
-                               local_features=local_features, known=True)
-        if made.analysis.reason is not None:
-            raise error_for(made.analysis.reason, made.analysis.detail, source)
-        return made.query, made.views, made.grey
-    return prepare
 
 
 def _version() -> str:

@@ -29,15 +29,11 @@ from . import signals as registry
 from .catalog import Catalog
 from .errors import ImgmatchError, InputError, SignalError
 from .decode import decode
-from .evidence import PRECISE, RULES, SCALES, Evidence, calibration_at
-from .match import MATCH_SCORE, TRANSFORM_NAMES, LocalQuery, measure, pixel_query
+from .evidence import RULES, SCALES, Evidence, calibration_at
+from .match import THRESHOLDS, TRANSFORM_NAMES, LocalQuery, measure, pixel_query
 from .model import Explanation, Link, SignalComparison
 from .records import HashValue
 from .upgrade import reread
-
-#: The scores an explanation places a pair against: a query's default
-#: minimum (a lead), the lowest stored link, and the links clusters are built from.
-THRESHOLDS: dict[str, float] = {"match": MATCH_SCORE, "link": MATCH_SCORE, "cluster": PRECISE}
 
 #: What a query searches with, made from an image's bytes: (bytes, a name for
 #: messages, the hash signals, whether local features) -> (values per signal

@@ -27,7 +27,7 @@ from . import signals as registry
 from .catalog import Catalog
 from .decode import Decoded
 from .descriptors import DescriptorIndex
-from .evidence import SCALES, Evidence, Verified
+from .evidence import PRECISE, SCALES, Evidence, Verified
 from .index import BinaryIndex
 from .model import Match
 from .records import HashValue, LinkRow
@@ -57,6 +57,10 @@ VERIFY_PER_TILE = 3
 #: strongest descriptors vote for it many times over.
 LINK_MIN_VOTES = 12
 LINK_VERIFY = 4
+#: The scores that decide, for explanations and reports to state: a query's
+#: default minimum (a lead), the lowest stored link, and the links clusters
+#: are built from.
+THRESHOLDS: dict[str, float] = {"match": MATCH_SCORE, "link": MATCH_SCORE, "cluster": PRECISE}
 #: A new image's strongest descriptors that vote at ingest (queries use
 #: :data:`imgmatch.descriptors.VOTERS`). Chosen on the fit half's simulated
 #: crawl, robust B-cubed precision / recall: 250 voters 0.9912 / 0.8380,

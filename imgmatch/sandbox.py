@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import Analysis, analyse
-from .decode import decode, out_of_memory
-from .errors import Busy, InputError
+from .analysis import Analysis, analyse, decode_target
+from .decode import DEFAULT_TARGET, decode, out_of_memory
+from .errors import Busy, InputError, error_for
 from .match import pixel_query
 from .workers import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT, serve_jobs
 
@@ -74,13 +74,17 @@ class Prepared:
 def prepare(job: Job) -> Prepared:
     """What a worker does with one upload (also usable in process, for tests)."""
     digest = hashlib.sha256(job.data).hexdigest()
+    # the pixels a query decodes, shared with the analysis when it needs the
+    # same decode (the robust tier's and the default's): decoded once
+    pixels = functools.cache(lambda: decode(job.data, source=job.source))
     if job.known:
         analysis = Analysis(digest, known=True)
     else:
-        analysis = analyse(job.data, job.signals, job.source, digest)
+        shared = decode_target(job.signals) == DEFAULT_TARGET
+        analysis = analyse(job.data, job.signals, job.source, digest,
+                           decoded_by=pixels if shared else None)
         if analysis.image is None:
             return Prepared(analysis, {})
-    pixels = functools.cache(lambda: decode(job.data, source=job.source))
     try:
         query, views, grey = pixel_query(
             pixels, job.query_signals, local_features=job.local_features,
@@ -162,6 +166,18 @@ class DecodeSandbox:
                                      detail=why), {})
         finally:
             self._free.put(worker)
+
+    def query_input(self, data: bytes, source: str, names: Sequence[str],
+                    local_features: bool) -> tuple[dict[str, Any], list[Any] | None,
+                                                   np.ndarray | None]:
+        """What a query of ``data`` searches with (``names``' values for its
+        rotations and mirrors; with ``local_features`` its views and grey
+        pixels), made in a worker; the InputError that says why it cannot be."""
+        made = self.prepare(data, source=source, signals=(), query_signals=names,
+                            local_features=local_features, known=True)
+        if made.analysis.reason is not None:
+            raise error_for(made.analysis.reason, made.analysis.detail, source)
+        return made.query, made.views, made.grey
 
     def _replace(self, worker: _Worker) -> _Worker:
         worker.stop(kill=True)

@@ -194,7 +194,8 @@ def test_a_known_image_sent_again_is_decoded_outside_the_write_lock(tmp_path, mo
     with imgmatch.Collection.open(tmp_path / "c.db") as collection:
         for _ in range(2):
             collection.add_and_match(data, lock=lock)
-    assert held_while_decoding == [False]  # the second time, known, decoded once, unlocked
+    # once per call (the analysis shares the query's decode), never under the lock
+    assert held_while_decoding == [False, False]
 
 
 def _rgba_png_bomb(side: int) -> bytes:
@@ -271,3 +272,25 @@ def test_following_the_catalog_catches_an_image_committed_below_its_own(tmp_path
         assert not service_side.refresh()  # in step again: nothing rebuilt twice
         found = {m.sha256 for m in service_side.query(originals / "astronaut.jpg")}
         assert imgmatch.hash_bytes((originals / "astronaut.jpg").read_bytes())["sha256"] in found
+
+
+def test_a_sandbox_worker_decodes_an_upload_once(monkeypatch):
+    """The analysis and the query it makes share one decode (robust tier)."""
+    import imgmatch
+    import imgmatch.analysis as analysis
+    import imgmatch.sandbox as sandbox
+
+    calls: list[int] = []
+    real = sandbox.decode
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sandbox, "decode", counted)
+    monkeypatch.setattr(analysis, "decode", counted)
+    data = (FIXTURES / "originals" / "astronaut.jpg").read_bytes()
+    made = sandbox.prepare(sandbox.Job(data, "a.jpg", imgmatch.ROBUST_SIGNALS,
+                                       ("pdq", "phash", "dhash"), True, False))
+    assert made.analysis.image is not None and made.views and made.grey is not None
+    assert len(calls) == 1

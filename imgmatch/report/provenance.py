@@ -15,8 +15,8 @@ from typing import Any
 from .. import features
 from .. import signals as registry
 from ..errors import SignalError
-from ..evidence import MODELS, PRECISE
-from ..match import MATCH_SCORE
+from ..evidence import MODELS
+from ..match import THRESHOLDS
 from ..signals import FEATURES
 
 
@@ -41,7 +41,7 @@ def made_with(signal_names: Iterable[str], version: str) -> dict[str, Any]:
             continue
         signals[name] = {"version": sig.version, "bits": sig.bits, "threshold": sig.threshold}
     return {"imgmatch": version, "signals": signals, "model": model_digest(),
-            "scores": {"match": MATCH_SCORE, "link": MATCH_SCORE, "cluster": PRECISE}}
+            "scores": dict(THRESHOLDS)}
 
 
 def describe(made: dict[str, Any]) -> str:
