@@ -26,6 +26,7 @@ from .errors import (
     CatalogError,
     DecodeError,
     EmptyFile,
+    ExportError,
     ImageTooLarge,
     ImageTooSmall,
     ImgmatchError,
@@ -39,10 +40,13 @@ from .errors import (
     SignalError,
     UnsafePath,
     UnsupportedFormat,
+    DeliveryError,
+    WatchlistError,
 )
 
 if _TYPE_CHECKING:
     from .collection import MIN_SHA256_PREFIX, Collection, default_db_path, hash_bytes
+    from .hash_export import HASH_EXPORT_FORMATS
     from .hashlists import HashLine, read_hash_list
     from .ingest import DEFAULT_BATCH, IngestSummary
     from .inputs import scrapy_item_sources, sources_for
@@ -63,12 +67,15 @@ if _TYPE_CHECKING:
     from .records import HashValue, Sighting
     from .report import REPORT_FORMATS, write_report
     from .signals import DEFAULT_SIGNALS, ROBUST_SIGNALS, parse_hash
+    from .signals import describe as hash_signals
     from .signals import parse_list as parse_signals
     from .sources import Item
     from .text import date_bound, printable
     from .sandbox import DecodeSandbox
     from .upgrade import UpgradeSummary
     from .workers import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT
+    from .alert_delivery import AlertDeliverer, FileSink, WebhookSink
+    from .watchlists import DEFAULT_FLOOD, WatchMatch
 
 __version__ = "0.1.0"
 
@@ -100,12 +107,14 @@ _LAZY: dict[str, str] = {
     "ROBUST_SIGNALS": "signals",
     "parse_signals": "signals:parse_list",
     "parse_hash": "signals",
+    "hash_signals": "signals:describe",
     "MATCH_SCORE": "match",
     "DEFAULT_BATCH": "ingest",
     "DEFAULT_TIMEOUT": "workers",
     "DEFAULT_MAX_MEMORY": "workers",
     "default_workers": "pairs",
     "REPORT_FORMATS": "report",
+    "HASH_EXPORT_FORMATS": "hash_export",
     "write_report": "report",
     "read_hash_list": "hashlists",
     "HashLine": "hashlists",
@@ -113,6 +122,11 @@ _LAZY: dict[str, str] = {
     "scopes_allow": "keys",
     "date_bound": "text",
     "printable": "text",
+    "WatchMatch": "watchlists",
+    "DEFAULT_FLOOD": "watchlists",
+    "AlertDeliverer": "alert_delivery",
+    "FileSink": "alert_delivery",
+    "WebhookSink": "alert_delivery",
 }
 
 
@@ -148,6 +162,10 @@ __all__ = [
     "IngestSummary",
     "UpgradeSummary",
     "HashLine",
+    "WatchMatch",
+    "AlertDeliverer",
+    "FileSink",
+    "WebhookSink",
     # inputs and outputs without a collection
     "hash_bytes",
     "sources_for",
@@ -156,6 +174,7 @@ __all__ = [
     "write_report",
     "parse_signals",
     "parse_hash",
+    "hash_signals",
     "date_bound",
     "printable",
     "scopes_allow",
@@ -170,7 +189,9 @@ __all__ = [
     "DEFAULT_MAX_MEMORY",
     "MIN_SHA256_PREFIX",
     "REPORT_FORMATS",
+    "HASH_EXPORT_FORMATS",
     "KEY_SCOPES",
+    "DEFAULT_FLOOD",
     # the exceptions
     "ImgmatchError",
     "InputError",
@@ -189,5 +210,8 @@ __all__ = [
     "ModelError",
     "CatalogError",
     "IndexFileError",
+    "ExportError",
     "AuditError",
+    "WatchlistError",
+    "DeliveryError",
 ]

@@ -23,15 +23,17 @@ import socket
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from .audit import GENESIS, digest_of
 from .errors import CatalogError
 from .model import AuditEntry
 from .records import SIGHTING_FIELDS, ImageRow, LinkRow, Sighting
 from .text import utcnow
+from .watch_store import WatchStore
 
 #: The id of the next image: above every id the catalog holds or has held.
 #: An erased image's id is never given again, so no index or process that
@@ -235,6 +237,60 @@ MIGRATIONS: list[tuple[str, str]] = [
     ALTER TABLE runs ADD COLUMN pid INTEGER;
     ALTER TABLE runs ADD COLUMN host TEXT;
     """),
+    ("watchlists: partners' hashes with provenance, their hits, and alerts", """
+    CREATE TABLE watchlists (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        signal TEXT NOT NULL,
+        source TEXT,
+        licence TEXT,
+        threshold INTEGER,
+        negative INTEGER NOT NULL DEFAULT 0,
+        flood INTEGER,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE watch_entries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        watchlist_id INTEGER NOT NULL REFERENCES watchlists(id) ON DELETE CASCADE,
+        value BLOB NOT NULL,
+        quality INTEGER,
+        name TEXT,
+        line INTEGER,
+        added_at TEXT NOT NULL,
+        quarantined_at TEXT,
+        UNIQUE (watchlist_id, value)
+    );
+    CREATE TABLE watch_hits (
+        entry_id INTEGER NOT NULL REFERENCES watch_entries(id) ON DELETE CASCADE,
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        distance INTEGER NOT NULL,
+        transform TEXT NOT NULL,
+        score REAL NOT NULL,
+        alerting INTEGER NOT NULL,
+        grp INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (entry_id, image_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX watch_hits_by_image ON watch_hits(image_id);
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        entry_id INTEGER REFERENCES watch_entries(id) ON DELETE CASCADE,
+        image_id INTEGER REFERENCES images(id) ON DELETE CASCADE,
+        sighting_id INTEGER REFERENCES sightings(id) ON DELETE CASCADE,
+        created_at TEXT NOT NULL,
+        body TEXT NOT NULL,
+        UNIQUE (entry_id, sighting_id)
+    );
+    CREATE TABLE alert_deliveries (
+        target TEXT PRIMARY KEY,
+        delivered_to INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        updated_at TEXT NOT NULL
+    );
+    INSERT INTO meta (key, value) VALUES ('watch_version', '0');
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -255,7 +311,17 @@ class BatchResult:
     sightings_known: int = 0
     failures: int = 0
     links_added: int = 0
+    alerts_added: int = 0
     new_images: list[tuple[int, str]] = field(default_factory=list)
+
+
+class BatchWatcher(Protocol):
+    """Checks a batch's new images against the watchlists and raises alerts
+    for its new sightings, inside the batch's transaction (see watchlists.py)."""
+
+    def check(self, new_images: list[tuple[int, str]]) -> set[int]: ...
+
+    def alert(self, sighting_ids: list[int]) -> int: ...
 
 
 class Catalog:
@@ -408,6 +474,15 @@ class Catalog:
             conn.execute("ROLLBACK")
             raise
 
+    def transaction(self) -> AbstractContextManager[None]:
+        """One write transaction on the catalog's connection (see :meth:`_transaction`)."""
+        return self._transaction()
+
+    @property
+    def watch(self) -> WatchStore:
+        """The watchlist tables: lists, entries, hits, alerts and deliveries."""
+        return WatchStore(self.conn, self._transaction)
+
     @contextmanager
     def bulk_cache(self, mebibytes: int = BULK_CACHE_MB) -> Iterator[None]:
         """A larger page cache for a bulk load: millions of keyed inserts land
@@ -535,7 +610,8 @@ class Catalog:
                     sightings: Iterable[tuple[str, Sighting]],
                     failures: Iterable[tuple[str, str, str]],
                     run_id: int | None, linker: Linker | None = None,
-                    payload_digests: Iterable[tuple[str, str]] = ()) -> BatchResult:
+                    payload_digests: Iterable[tuple[str, str]] = (),
+                    watcher: BatchWatcher | None = None) -> BatchResult:
         """Write analysed images, their sightings and failures in one transaction.
 
         ``sightings`` pairs an image's sha256 with where it was seen; the image
@@ -544,6 +620,10 @@ class Catalog:
         are counted, not duplicated. ``linker`` computes the new images'
         near-duplicate links within the same transaction. ``payload_digests``
         pairs a crawler's digest with the sha256 of the image it names.
+        ``watcher`` checks the new images against the watchlists and raises
+        the new sightings' alerts, in the same transaction: an alert is
+        committed with the image that raised it, or neither is. Images a
+        negative watchlist hits get no links.
         """
         result = BatchResult()
         now = utcnow()
@@ -572,8 +652,13 @@ class Catalog:
                 if row.features is not None:
                     conn.execute("INSERT INTO features (image_id, version, count, data) "
                                  "VALUES (?, ?, ?, ?)", (image_id, *row.features))
+            suppressed = watcher.check(result.new_images) \
+                if watcher is not None and result.new_images else set()
             if linker is not None and result.new_images:
-                result.links_added = self._insert_links(linker(result.new_images))
+                result.links_added = self._insert_links(
+                    k for k in linker(result.new_images)
+                    if k.a not in suppressed and k.b not in suppressed)
+            new_sightings: list[int] = []
             new_ids = {sha256: image_id for image_id, sha256 in result.new_images}
             # a failure is cleared when its source is seen again; with none on
             # record (the usual first run) there is nothing to look up
@@ -594,6 +679,7 @@ class Catalog:
                      run_id, s.key(sha256)))
                 if cur.rowcount:
                     result.sightings_added += 1
+                    new_sightings.append(_inserted_id(cur))
                 else:
                     result.sightings_known += 1
                 if s.source and any_failures:
@@ -609,6 +695,8 @@ class Catalog:
                     "reason = excluded.reason, detail = excluded.detail, "
                     "run_id = excluded.run_id, created_at = excluded.created_at",
                     (source, reason, detail, run_id, now))
+            if watcher is not None and new_sightings:
+                result.alerts_added = watcher.alert(new_sightings)
         return result
 
     def add_signals(self, rows: Sequence[tuple[int, ImageRow]],

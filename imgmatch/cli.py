@@ -18,7 +18,9 @@ import getpass
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,9 +30,11 @@ import click
 
 from . import (
     DEFAULT_BATCH,
+    DEFAULT_FLOOD,
     DEFAULT_MAX_MEMORY,
     DEFAULT_SIGNALS,
     DEFAULT_TIMEOUT,
+    HASH_EXPORT_FORMATS,
     KEY_SCOPES,
     MATCH_SCORE,
     MIN_SHA256_PREFIX,
@@ -53,6 +57,9 @@ from . import (
     read_hash_list,
     sources_for,
     write_report,
+    AlertDeliverer,
+    FileSink,
+    WebhookSink,
 )
 from .cli_progress import Progress
 from .errors import AuditError, ImgmatchError, InputError, SignalError
@@ -238,6 +245,13 @@ def cli(ctx: click.Context, db: Path | None) -> None:
 @click.option("--quiet", "-q", is_flag=True,
               help="No progress display and no summary: nothing on standard output, "
                    "a count of the files that failed on standard error.")
+@click.option("--alerts", "alerts_to", type=click.Path(dir_okay=False, path_type=Path),
+              help="Append watchlist alerts to this file as JSON lines ('-': standard "
+                   "output), as they are raised; any left from a run that was killed first.")
+@click.option("--webhook", help="POST each watchlist alert to this address as it is raised "
+              "(retried until it answers 2xx; left ones go with the next run).")
+@click.option("--webhook-token", envvar="IMGMATCH_WEBHOOK_TOKEN",
+              help="Bearer token sent to the webhook.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.pass_obj
 def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl: TextIO | None,
@@ -246,7 +260,8 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
            signal_list: tuple[str, ...] | None, robust: bool, workers: int, timeout: float,
            max_memory: int,
            batch_size: int, thumbnails: bool, all_frames: bool, link: bool,
-           emit_matches: bool, quiet: bool, as_json: bool) -> int:
+           emit_matches: bool, quiet: bool, alerts_to: Path | None, webhook: str | None,
+           webhook_token: str | None, as_json: bool) -> int:
     """Catalogue images from files, folders (recursive), manifests, WARC/ARC files,
     JSON lines and Scrapy output. Files ending .warc, .warc.gz, .arc or .arc.gz
     are read as web archives."""
@@ -265,8 +280,21 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
         raise click.BadParameter(
             f"{_listing(paths)} {'does' if len(paths) == 1 else 'do'} not exist; "
             "nothing to ingest", param_hint="PATHS")
+    if alerts_to is not None and str(alerts_to) == "-" and (emit_matches or not quiet):
+        raise click.UsageError("--alerts - writes alerts to standard output: add --quiet "
+                               "(and not --emit-matches), or give a file")
     _check_db(db)  # before the background count starts
     names = _with_local_features(signal_list or DEFAULT_SIGNALS, robust)
+    deliverers = [AlertDeliverer(db, sink, on_error=lambda e: click.echo(
+        f"alert delivery: {e} (retrying)", err=True)).start()
+        for sink in ([FileSink(alerts_to)] if alerts_to is not None else [])
+        + ([WebhookSink(webhook, token=webhook_token)] if webhook else [])]
+
+    def written(records: list) -> None:
+        if emitter is not None:
+            emitter.written(records)
+        for d in deliverers:
+            d.poke()
 
     def items() -> Iterator[Item]:
         return sources_for(paths, manifests=manifests, jsonl=jsonl, scrapy_items=scrapy_items,
@@ -291,13 +319,20 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
                 items(), signals=names, workers=workers, timeout=timeout,
                 max_memory=(max_memory << 20) or None,
                 batch_size=1 if emit_matches else batch_size, on_progress=on_progress,
-                on_written=emitter.written if emitter else None, thumbnails=thumbnails,
+                on_written=written if emitter or deliverers else None,
+                thumbnails=thumbnails,
                 all_frames=all_frames, link=link,
                 args={"paths": [str(p) for p in paths], "manifests": [str(m) for m in manifests],
                       "platform": platform, "signals": list(names), "link": link})
             on_progress(summary, final=True)  # the last line shows the whole run
         finally:
             progress.finish()
+            for d in deliverers:
+                left = d.close()
+                if left:
+                    click.echo(f"{_plural(left, 'alert')} not yet delivered to "
+                               f"{d.sink.target}: 'imgmatch alerts' delivers them "
+                               "(or the next ingest)", err=True)
     if as_json and not emit_matches:
         _echo_json(summary.to_json())
     elif emit_matches:  # each failure was a line of its own: the summary counts them
@@ -392,6 +427,8 @@ def _print_summary(summary: IngestSummary) -> None:
     if summary.revisits:
         click.echo(f"from revisits:    {summary.revisits}")
     click.echo(f"new links:        {summary.links_added}")
+    if summary.alerts_added:
+        click.echo(f"watchlist alerts: {summary.alerts_added}")
     if summary.skipped:
         click.echo("skipped:          " + ", ".join(
             f"{k} {v}" for k, v in sorted(summary.skipped.items())))
@@ -638,6 +675,16 @@ def show(db: Path, sha256: str | None, cluster_id: int | None, as_json: bool) ->
             for link, name in zip(record.links, _linked_names(record)):
                 click.echo(f"  {link.score:.3f}  {name}  {', '.join(link.agreed)} "
                            f"({link.transform})")
+            if record.watched:
+                click.echo(f"on watchlists ({len(record.watched)}):")
+            for w in record.watched:
+                click.echo(f"  {printable(w['watchlist'], 30)}  entry "
+                           f"{printable(w.get('name') or w['entry_id'], 40)}  "
+                           f"{w['distance']} bits ({w['transform']})  shared by "
+                           f"{printable(w.get('source') or '?', 40)}, terms "
+                           f"{printable(w.get('licence') or '?', 40)}"
+                           + ("  [negative]" if w.get("negative") else "")
+                           + ("" if w.get("alerting") else "  [too plain to alert]"))
             return EXIT_OK
         found = [c for c in collection.clusters(min_sightings=1) if c.id == cluster_id]
     if not found:
@@ -781,6 +828,113 @@ def import_hashes(db: Path, file: Path, platform: str | None, link: bool, worker
     return EXIT_PARTIAL if summary["failed"] else EXIT_OK
 
 
+def _one_signal(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """--signal NAME: one known signal."""
+    try:
+        names = parse_signals(value)
+    except SignalError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if len(names) != 1:
+        raise click.BadParameter(f"name one signal, not {', '.join(names)}")
+    return names[0]
+
+
+class _Staged:
+    """An export written aside, put in place by :meth:`commit` once it is
+    audited: a temporary file beside FILE renamed over it, or a spool copied
+    to standard output. An export that fails half-way leaves nothing."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._temp: Path | None = None
+        if path is None:
+            self.stream: TextIO = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")
+            return
+        try:
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        except OSError as exc:  # checked before; a race, or what only writing tells
+            raise click.FileError(str(path), hint=exc.strerror or str(exc)) from None
+        self._temp = Path(name)
+        self.stream = open(fd, "w", encoding="utf-8", newline="")
+
+    def commit(self) -> None:
+        if self.path is None:
+            self.stream.seek(0)
+            shutil.copyfileobj(self.stream, sys.stdout)
+            sys.stdout.flush()
+            self.stream.close()
+        elif self._temp is not None:
+            self.stream.close()
+            os.replace(self._temp, self.path)
+            self._temp = None
+
+    def discard(self) -> None:
+        self.stream.close()
+        if self._temp is not None:
+            self._temp.unlink(missing_ok=True)
+
+
+@cli.command("export-hashes")
+@click.option("--format", "fmt", type=click.Choice(HASH_EXPORT_FORMATS), default="pytx",
+              show_default=True,
+              help="pytx: 'pdq HEX' lines for python-threatexchange's local file (with -o, "
+                   "FILE.meta.jsonl beside it says what each line is); hma-csv: "
+                   "signal_type,signal_str,quality,content_id rows for HMA's bank API; "
+                   "meta-csv: hash,quality,filename as Meta's pdq-photo-hasher prints; "
+                   "jsonl: a header, then one object per hash with its provenance.")
+@click.option("--signal", default="pdq", show_default=True, callback=_one_signal,
+              help="The signal whose hashes are written (pytx, hma-csv and meta-csv "
+                   "carry pdq only).")
+@click.option("--cluster", "clusters", type=int, multiple=True,
+              help="Only this cluster's images (ids as 'imgmatch report' prints them). "
+                   "Repeatable.")
+@click.option("--platform", "platforms", multiple=True,
+              help="Only images seen on this platform. Repeatable.")
+@click.option("--since", help="Only images seen on or after this date (YYYY-MM-DD).")
+@click.option("--until", help="Only images seen on or before this date (YYYY-MM-DD).")
+@click.option("--min-quality", type=click.IntRange(0, 100), default=None,
+              help="Leave out hashes below this quality (counted as skipped). By default "
+                   "every hash is written, a low-quality one with its quality.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write to this file instead of standard output.")
+@click.pass_obj
+def export_hashes(db: Path, fmt: str, signal: str, clusters: tuple[int, ...],
+                  platforms: tuple[str, ...], since: str | None, until: str | None,
+                  min_quality: int | None, output: Path | None) -> int:
+    """Write the collection's hashes for partners' tools: hashes, qualities
+    and imgmatch's names for the images, never a picture or crawled text. A
+    JSON summary (lines written, low-quality hashes among them) goes to
+    standard error; the export is recorded in the audit log."""
+    since_d, until_d = _date_option(since, "--since"), _date_option(until, "--until")
+    _check_output(output)
+    sidecar = output.with_name(output.name + ".meta.jsonl") \
+        if output is not None and fmt == "pytx" else None
+    with _open(db, readonly=True) as collection:
+        staged = [_Staged(output)] + ([_Staged(sidecar)] if sidecar is not None else [])
+        try:
+            summary = collection.export_hashes(
+                staged[0].stream, fmt, signal=signal, clusters=clusters,
+                platforms=platforms, since=since_d, until=until_d, min_quality=min_quality,
+                sidecar=staged[1].stream if sidecar is not None else None)
+            # hashes leave the collection: recorded before they reach their file
+            collection.audit("export-hashes", _actor(), {
+                "format": fmt, "signal": signal, "lines": summary["lines"],
+                "low_quality": summary["low_quality"],
+                "skipped_low_quality": summary["skipped_low_quality"],
+                "clusters": len(set(clusters)), "platforms": list(platforms),
+                "since": since_d, "until": until_d, "min_quality": min_quality,
+                "to_file": output is not None})
+            for part in staged:
+                part.commit()
+        finally:
+            for part in staged:
+                part.discard()
+    summary |= {"output": str(output) if output else None,
+                "sidecar": str(sidecar) if sidecar else None}
+    click.echo(json.dumps(summary, ensure_ascii=True), err=True)
+    return EXIT_OK
+
+
 @cli.command()
 @click.option("--signal", "signals", multiple=True, callback=_signal_names,
               help="Signal to link on (repeatable; default: every hash signal held).")
@@ -865,9 +1019,14 @@ def _run_json(run: dict) -> dict:
               show_default=True, metavar="MB",
               help="Memory each decoding process may take beyond its size at start "
                    "(0: no cap).")
+@click.option("--webhook", help="POST each watchlist alert to this address as it is raised "
+              "(retried until it answers 2xx).")
+@click.option("--webhook-token", envvar="IMGMATCH_WEBHOOK_TOKEN",
+              help="Bearer token sent to the webhook.")
 @click.pass_obj
 def serve(db: Path, host: str, port: int, max_upload_mb: float, header_timeout: float,
-          max_connections: int, decode_workers: int, timeout: float, max_memory: int) -> int:
+          max_connections: int, decode_workers: int, timeout: float, max_memory: int,
+          webhook: str | None, webhook_token: str | None) -> int:
     """Run the HTTP service over this collection (API keys: 'imgmatch keys')."""
     _check_db(db)  # refused here, not when the service first writes
     try:
@@ -878,7 +1037,8 @@ def serve(db: Path, host: str, port: int, max_upload_mb: float, header_timeout: 
                             "pip install 'imgmatch[service]'") from None
     run(db, host, port, max_upload_mb, header_timeout=header_timeout,
         max_connections=max_connections,
-        decoding=DecodeLimits(decode_workers, timeout, (max_memory << 20) or None))
+        decoding=DecodeLimits(decode_workers, timeout, (max_memory << 20) or None),
+        webhook=WebhookSink(webhook, token=webhook_token) if webhook else None)
     return EXIT_OK
 
 
@@ -1049,6 +1209,147 @@ def upgrade(db: Path, signal_list: tuple[str, ...] | None, robust: bool, workers
         if len(summary.unreachable) > 50:
             click.echo(f"  ... and {len(summary.unreachable) - 50} more (--json lists 1000)")
     return EXIT_PARTIAL if summary.unreachable else EXIT_OK
+
+
+@cli.group()
+def watchlist() -> None:
+    """Partners' hash lists to watch for: every new image is checked against them."""
+
+
+@watchlist.command("add")
+@click.argument("name")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--source", help="Who shared the list (an organisation, an exchange).")
+@click.option("--licence", help="The terms it was shared under.")
+@click.option("--threshold", type=click.IntRange(0), default=None,
+              help="Largest distance that matches (default: the signal's own, PDQ 31).")
+@click.option("--negative", is_flag=True,
+              help="Never alert on these (stock photos, logos, site banners); what they hit "
+                   "is kept out of links and clusters.")
+@click.option("--flood", type=click.IntRange(1), default=None,
+              help=f"Different pictures one entry may hit in a day before it is quarantined "
+                   f"(default {DEFAULT_FLOOD}).")
+@click.option("--signal", default="pdq", show_default=True, help="The list's hash signal.")
+@click.option("--append", is_flag=True, help="Add the file's hashes to an existing list.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@click.pass_obj
+def watchlist_add(db: Path, name: str, file: Path, source: str | None, licence: str | None,
+                  threshold: int | None, negative: bool, flood: int | None, signal: str,
+                  append: bool, as_json: bool) -> int:
+    """Watch the hashes of FILE (lines 'pdq HEX', or 'hash,quality,filename') as
+    watchlist NAME. Images already catalogued are checked at once."""
+    with _open(db) as collection:
+        done = collection.watchlist_add(name, file, source=source, licence=licence,
+                                        threshold=threshold, negative=negative, flood=flood,
+                                        signal=signal, append=append)
+        collection.audit("watchlist-add", _actor(), {
+            "watchlist": name, "entries": done["entries_added"], "negative": negative})
+    if as_json:
+        _echo_json(done)
+    else:
+        added = _plural(done["entries_added"], "hash", "hashes")
+        click.echo(f"watchlist {printable(name)}: {added}"
+                   f" added ({done['already_listed']} already listed, "
+                   f"{done['low_quality']} of low quality); {done['hits']} hits among the "
+                   f"images catalogued, {_plural(done['alerts_added'], 'alert')} raised")
+        for f in done["failures"][:20]:
+            click.echo(f"  unreadable: {printable(f['detail'], 160)}", err=True)
+    return EXIT_PARTIAL if done["failures"] else EXIT_OK
+
+
+@watchlist.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the lists as one JSON array.")
+@click.pass_obj
+def watchlist_list(db: Path, as_json: bool) -> int:
+    """Watchlists with their source, terms, threshold and entries."""
+    with _open(db, readonly=True) as collection:
+        rows = collection.watchlists()
+    if as_json:
+        _echo_json(rows)
+        return EXIT_OK
+    for w in rows:
+        kind = "negative" if w["negative"] else "alerts"
+        threshold = "default" if w["threshold"] is None else w["threshold"]
+        quarantined = f", {w['quarantined']} quarantined" if w["quarantined"] else ""
+        click.echo(f"{printable(w['name'], 30):30} {w['signal']:5} {kind:8} "
+                   f"{w['entries']:>9} entries{quarantined}  threshold {threshold}  "
+                   f"source {printable(w['source'] or '-', 40)}  licence "
+                   f"{printable(w['licence'] or '-', 40)}  since {w['created_at']}")
+    return EXIT_OK
+
+
+@watchlist.command("remove")
+@click.argument("name")
+@click.argument("hashes", nargs=-1)
+@click.option("--file", "hash_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Remove the hashes listed in this file (a partner's deletions).")
+@click.pass_obj
+def watchlist_remove(db: Path, name: str, hashes: tuple[str, ...],
+                     hash_file: Path | None) -> int:
+    """Remove watchlist NAME, or only the HASHES given (or listed in --file),
+    with their hits and alerts."""
+    values = list(hashes)
+    if hash_file is not None:
+        values += [line.value.hex() for line in read_hash_list(hash_file)
+                   if line.value is not None]
+    with _open(db) as collection:
+        if hashes or hash_file is not None:
+            n = collection.watchlist_remove_hashes(name, values)
+        else:
+            n = collection.watchlist_remove(name)
+        collection.audit("watchlist-remove", _actor(), {"watchlist": name, "entries": n})
+    click.echo(f"removed {_plural(n, 'entry', 'entries')}"
+               + ("" if hashes or hash_file else f" and watchlist {printable(name)}"))
+    return EXIT_OK
+
+
+@watchlist.command("release")
+@click.argument("name")
+@click.argument("hashes", nargs=-1)
+@click.pass_obj
+def watchlist_release(db: Path, name: str, hashes: tuple[str, ...]) -> int:
+    """Lift the flood quarantine of NAME's entries (all, or the HASHES given)."""
+    with _open(db) as collection:
+        n = collection.watchlist_release(name, list(hashes) or None)
+        collection.audit("watchlist-release", _actor(), {"watchlist": name, "entries": n})
+    click.echo(f"released {_plural(n, 'entry', 'entries')}")
+    return EXIT_OK
+
+
+@cli.command()
+@click.option("--after", type=click.IntRange(0), default=0, show_default=True,
+              help="Only alerts numbered above this (the last one you have).")
+@click.option("--limit", type=click.IntRange(1), default=1000, show_default=True,
+              help="At most this many.")
+@click.option("--to", "to_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Deliver the alerts this file has not had yet (appended as JSON lines; "
+                   "'-' for standard output), remembering how far it got.")
+@click.option("--webhook", help="Deliver the alerts this address has not had yet "
+              "(POST, one JSON object each), remembering how far it got.")
+@click.option("--webhook-token", envvar="IMGMATCH_WEBHOOK_TOKEN",
+              help="Bearer token sent to the webhook.")
+@click.pass_obj
+def alerts(db: Path, after: int, limit: int, to_file: Path | None, webhook: str | None,
+           webhook_token: str | None) -> int:
+    """Watchlist alerts as JSON lines, oldest first; or, with --to or --webhook,
+    deliver the ones not yet delivered there (at least once, in order)."""
+    if to_file is not None or webhook is not None:
+        sink = FileSink(to_file) if to_file is not None else \
+            WebhookSink(str(webhook), token=webhook_token)
+        deliverer = AlertDeliverer(_db_checked(db), sink,
+                                   on_error=lambda e: click.echo(f"retrying: {e}", err=True))
+        pending = deliverer.start().close(drain=60.0)
+        click.echo(f"delivered {deliverer.delivered}; {pending} still to deliver", err=True)
+        return EXIT_PARTIAL if pending else EXIT_OK
+    with _open(db, readonly=True) as collection:
+        for alert in collection.alerts(after=after, limit=limit):
+            click.echo(json.dumps(alert, ensure_ascii=False, sort_keys=True))
+    return EXIT_OK
+
+
+def _db_checked(db: Path) -> Path:
+    _check_db(db)
+    return db
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,6 +114,7 @@ def build_clusters(catalog: Catalog, *, min_sightings: int = 2, min_score: float
     all_ids = [i for c in components for i in c]
     images = catalog.images(all_ids)
     sightings = catalog.sightings_of(all_ids)
+    hits = catalog.watch.hits_of(all_ids)
     links_by_root: dict[int, list[dict]] = {}
     root_of = {i: c[0] for c in components for i in c}
     for a, b, score, distances, agreed, transform in link_rows:
@@ -132,7 +133,9 @@ def build_clusters(catalog: Catalog, *, min_sightings: int = 2, min_score: float
             id=component[0], image_ids=tuple(component),
             images=tuple(images[i] for i in component),
             sightings=tuple(cluster_sightings),
-            links=tuple(links_by_root.get(component[0], ())))
+            links=tuple(links_by_root.get(component[0], ())),
+            watched=tuple({"image": images[i].get("sha256") or images[i].get("hash_key"), **h}
+                          for i in component for h in hits.get(i, ())))
         if len(cluster.sightings) < min_sightings:
             continue
         if wanted and not wanted & set(cluster.platforms):

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -30,10 +30,11 @@ from .catalog import Catalog
 from .cluster import build_clusters
 from .decode import DEFAULT_TARGET, Decoded, decode
 from .descriptors import DescriptorIndex
-from .errors import ImgmatchError, MissingFile, error_for
+from .errors import ImgmatchError, MissingFile, WatchlistError, error_for
 from .explain import decode_here, explain_pair
 from .hash_import import BATCH as HASH_BATCH
 from .hash_import import import_hash_list
+from .hashlists import read_hash_list
 from .index import BinaryIndex
 from .index_cache import IndexCache
 from .ingest import DEFAULT_BATCH, IngestSummary, analyse, ingest
@@ -47,6 +48,7 @@ from .sources import Item
 from .text import date_bound
 from .upgrade import UpgradeSummary
 from .upgrade import batches as upgrade_batches
+from .watchlists import DEFAULT_FLOOD, WatchMatch, Watchlists
 from .workers import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT
 
 DEFAULT_DB = "imgmatch.db"
@@ -65,6 +67,7 @@ class Collection:
         #: the SQLite catalog (for tests and benchmarks; programs use the methods)
         self.catalog = catalog
         self._cache = IndexCache(catalog, Path(str(catalog.path) + ".indexes"))
+        self._watch = Watchlists(catalog)
 
     @classmethod
     def open(cls, path: str | Path | None = None, *, readonly: bool = False) -> Collection:
@@ -177,7 +180,7 @@ class Collection:
         summary = IngestSummary()
         try:
             summary = ingest(self.catalog, items, signal_names=signals, workers=workers,
-                             run_id=run, linker=linker,
+                             run_id=run, linker=linker, watchlists=self._watch,
                              timeout=timeout, batch_size=batch_size,
                              on_progress=on_progress, on_written=on_written,
                              thumbnails=thumbnails, all_frames=all_frames,
@@ -402,10 +405,11 @@ class Collection:
         self._cache.ensure([signal])
         done = import_hash_list(self.catalog, path, signal=signal, platform=platform,
                                 batch=batch, run_id=run_id)
+        totals = done.to_json()
         if done.first_id:  # tables are cut once, at the end, not as the list grows
             self._cache.append(signal, done.first_id - 1, merge=False)
+            totals["alerts_added"] = self._watch_new_images(done.first_id)
         self.indexes[signal].compact()
-        totals = done.to_json()
         self.save_indexes()
         if link:
             totals["links_added"] = \
@@ -428,6 +432,100 @@ class Collection:
         from .link_pass import link_pairs  # the join's process pool: only when linking
 
         return link_pairs(self.catalog, self.indexes, signals, workers=workers)
+
+    # ------------------------------------------------------------- watchlists
+    def watchlist_add(self, name: str, path: str | Path, *, source: str | None = None,
+                      licence: str | None = None, threshold: int | None = None,
+                      negative: bool = False, flood: int | None = None,
+                      signal: str = "pdq", append: bool = False) -> dict[str, Any]:
+        """Watch a partner's list of ``signal`` hashes (see :mod:`imgmatch.hashlists`)
+        as watchlist ``name``, with who shared it (``source``) and under what
+        terms (``licence``). ``threshold``: the largest distance that matches
+        (default: the signal's own); ``negative``: never alert on these, and
+        keep what they hit out of links and clusters; ``flood``: how many
+        different pictures an entry may hit in a day before it is quarantined.
+
+        Every new image is checked against it from now on; the images already
+        catalogued are checked now, and raise their alerts. ``append`` adds
+        the file's hashes to an existing list. Returns what it did.
+        """
+        sig = registry.get(signal)
+        if threshold is not None and not 0 <= threshold < sig.bits:
+            raise WatchlistError(f"threshold {threshold}: a {signal} distance is 0 to "
+                                 f"{sig.bits - 1}")
+        if flood is not None and flood < 1:
+            raise WatchlistError(f"flood {flood}: at least 1 picture (default {DEFAULT_FLOOD})")
+        store = self.catalog.watch
+        lines = list(read_hash_list(path, signal=signal, digits=sig.bits // 4))
+        if append:
+            row = store.get_list(name)
+            if row.signal != signal:
+                raise WatchlistError(f"watchlist {name!r} holds {row.signal} hashes, not {signal}")
+            list_id = row.id
+        else:
+            list_id = store.add_list(name, signal, source=source, licence=licence,
+                                     threshold=threshold, negative=negative, flood=flood)
+        rows = [(line.value, line.quality, line.name, line.line_no)
+                for line in lines if line.value is not None]
+        new_entries = store.add_entries(list_id, rows)
+        low = sum(1 for _, q, _, _ in rows if q is not None and not sig.trusts(q))
+        hits, alerts = self._watch.backfill(new_entries, self.indexes.get(signal), signal)
+        return {"watchlist": name, "lines": len(lines), "entries_added": len(new_entries),
+                "already_listed": len(rows) - len(new_entries), "low_quality": low,
+                "hits": hits, "alerts_added": alerts,
+                "failures": [{"line": line.line_no, "detail": line.error}
+                             for line in lines if line.value is None]}
+
+    def watchlists(self) -> list[dict[str, Any]]:
+        """Each watchlist with its provenance, threshold, kind and entry counts."""
+        return [w.to_json() for w in self.catalog.watch.lists()]
+
+    def watchlist_remove(self, name: str) -> int:
+        """Remove a watchlist with its entries, hits and alerts; the entries removed."""
+        return self.catalog.watch.remove_list(name)
+
+    def watchlist_remove_hashes(self, name: str, hexes: Iterable[str]) -> int:
+        """Take single hashes off a watchlist (a partner's deletion, such as
+        StopNCII's), with their hits and alerts; the entries removed."""
+        row = self.catalog.watch.get_list(name)
+        values = [registry.parse_hash(h, row.signal).data for h in hexes]
+        return self.catalog.watch.remove_values(name, values)
+
+    def watchlist_release(self, name: str, hexes: Iterable[str] | None = None) -> int:
+        """Lift the flood quarantine of a list's entries (all, or these); how many."""
+        row = self.catalog.watch.get_list(name)
+        values = None if hexes is None else [registry.parse_hash(h, row.signal).data
+                                             for h in hexes]
+        return self.catalog.watch.release(name, values)
+
+    def watch_lookup(self, value: HashValue | str, *, watchlists: Sequence[str] | None = None,
+                     dihedral: bool = False) -> list[WatchMatch]:
+        """Watchlist entries within their list's threshold of a hash (a string
+        is read as PDQ hex), closest first; ``dihedral``: of its mirrors and
+        rotations too."""
+        if isinstance(value, str):
+            value = registry.parse_hash(value)
+        return self._watch.lookup(value, watchlists=watchlists, dihedral=dihedral)
+
+    def alerts(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Alerts numbered above ``after`` (the cursor), oldest first: each
+        one JSON object as delivered (see :mod:`imgmatch.watchlists`)."""
+        return self.catalog.watch.alerts_after(max(0, int(after)), max(1, int(limit)))
+
+    def _watch_new_images(self, first_id: int) -> int:
+        """Check images from ``first_id`` on (hash-only ones an import added)
+        against the watchlists, and raise their sightings' alerts."""
+        if not self._watch.active():
+            return 0
+        ids = [r[0] for r in self.catalog.conn.execute(
+            "SELECT id FROM images WHERE id >= ? ORDER BY id", (first_id,))]
+        alerts = 0
+        for start in range(0, len(ids), HASH_BATCH):
+            chunk = ids[start:start + HASH_BATCH]
+            with self.catalog.transaction():
+                self._watch.check_in([(i, {}) for i in chunk])
+                alerts += self._watch.alert_in(self.catalog.watch.sightings_of_images(chunk))
+        return alerts
 
     # ------------------------------------------------------------------ query
     def query(self, image: bytes | str | Path, *, top_k: int = 10,
@@ -513,6 +611,42 @@ class Collection:
 
         return report_dict(self.clusters(**filters), made_with=self.made_with())
 
+    def export_hashes(self, out: TextIO, format: str = "pytx", *, signal: str = "pdq",
+                      clusters: Iterable[int] = (), platforms: Sequence[str] = (),
+                      since: str | None = None, until: str | None = None,
+                      min_quality: int | None = None,
+                      sidecar: TextIO | None = None) -> dict[str, Any]:
+        """Write the ``signal`` hashes to ``out`` in one of ``HASH_EXPORT_FORMATS``,
+        for partners' tools (:mod:`imgmatch.hash_export`): hashes, qualities and
+        imgmatch's names for the images, never a picture or crawled text.
+
+        ``clusters`` (ids as :meth:`clusters` numbers them), ``platforms`` and
+        ``since``/``until`` (as :meth:`clusters` reads them) narrow it; ignored
+        images are left out. ``sidecar``: where a ``pytx`` export's metadata
+        goes. Returns the counts (``lines``, ``low_quality``...); the caller
+        audits the export, as for reports.
+        """
+        from .errors import ExportError
+        from .hash_export import check_format, export_hashes  # only when exporting
+
+        check_format(format, signal)
+        since, until = _date_bound(since, "since"), _date_bound(until, "until")
+        ignored = self.ignored_image_ids()
+        asked = sorted(set(clusters))
+        cluster_of: dict[int, int] | None = None
+        if asked:
+            found = [c for c in self.clusters(min_sightings=1, ignored=ignored)
+                     if c.id in asked]
+            missing = sorted(set(asked) - {c.id for c in found})
+            if missing:
+                raise ExportError(f"no cluster {', '.join(map(str, missing))} in {self.path} "
+                                  "(cluster ids are in 'imgmatch report')")
+            cluster_of = {i: c.id for c in found for i in c.image_ids}
+        return export_hashes(self.catalog, out, format, signal=signal, cluster_of=cluster_of,
+                             platforms=platforms, since=since, until=until, ignored=ignored,
+                             min_quality=min_quality, made_with=self.made_with(),
+                             sidecar=sidecar).to_json()
+
     def made_with(self) -> dict[str, Any]:
         """What this collection's matches are made with, for reports and
         exports to state: imgmatch's version, each signal's version and
@@ -544,8 +678,9 @@ class Collection:
         return self.catalog.unignore(entry_id)
 
     def ignored_image_ids(self) -> set[int]:
-        """Images ignored by name, and those within threshold of an ignored hash."""
-        ids = self.catalog.ignored_image_ids()
+        """Images ignored by name, those within threshold of an ignored hash,
+        and those a negative watchlist hits."""
+        ids = self.catalog.ignored_image_ids() | self.catalog.watch.negative_image_ids()
         for signal, data in self.catalog.ignored_hashes():
             index = self.indexes.get(signal)
             if index is None:
@@ -682,6 +817,7 @@ class Collection:
             created_at=info["created_at"], captured_at=info.get("captured_at"),
             signals={name: registry.get(name).from_bytes(v, q)
                      for name, (v, q) in values.items()},
+            watched=tuple(self.catalog.watch.hits_of([image_id]).get(image_id, [])),
             sightings=tuple(self.catalog.sightings_of([image_id])[image_id]),
             links=tuple(Link(others[o]["sha256"], score, d, agreed, t,
                              hash_key=others[o].get("hash_key"))

@@ -22,7 +22,10 @@ can go on and a report can say what was not examined.
     ├── SignalError                 a hash string or signal name is not valid
     ├── CatalogError                the catalog cannot be opened or is from the future
     ├── IndexFileError              an index file is corrupt or foreign (rebuilt, never trusted)
-    └── AuditError                  an audit entry would name a picture, or the log's chain is broken
+    ├── ExportError                 a hash export cannot be made as asked (format, cluster)
+    ├── AuditError                  an audit entry would name a picture, or its chain is broken
+    ├── WatchlistError              a watchlist is unknown, exists already, or is named badly
+    └── DeliveryError               an alert could not be delivered (retried from its cursor)
 """
 
 from __future__ import annotations
@@ -116,6 +119,11 @@ class IndexFileError(ImgmatchError):
     """An index file is missing, stale, corrupt or was not written by this collection."""
 
 
+class ExportError(ImgmatchError):
+    """A hash export cannot be made as asked: a format that cannot carry the
+    signal, or a cluster that does not exist."""
+
+
 class AuditError(ImgmatchError):
     """The audit log refused an entry (its details would name a picture: a
     SHA-256, a hash, a URL), or its hash chain does not hold (an entry was
@@ -151,5 +159,17 @@ __all__ = [
     "ModelError",
     "CatalogError",
     "IndexFileError",
+    "ExportError",
     "AuditError",
+    "WatchlistError",
+    "DeliveryError",
 ]
+
+
+class WatchlistError(ImgmatchError):
+    """A watchlist is unknown, exists already, or its name or threshold is not usable."""
+
+
+class DeliveryError(ImgmatchError):
+    """Alerts could not be delivered to a file or webhook; delivery resumes from
+    the last one delivered, so nothing is lost."""

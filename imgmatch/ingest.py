@@ -33,6 +33,7 @@ from .analysis import Analysis, Options, analyse
 from .catalog import BatchResult, Catalog, KnownImages
 from .records import HashValue, ImageRow, LinkRow, Sighting
 from .sources import Item
+from .watchlists import Watchlists
 from .workers import (DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT, InlinePool, Job, Pool, ProcessPool,
                       single_threaded)
 
@@ -75,6 +76,8 @@ class IngestSummary:
     #: records passed over on purpose (not images, HTTP errors), by why
     skipped: dict[str, int] = field(default_factory=dict)
     workers_replaced: int = 0
+    #: watchlist alerts raised by this ingest's new sightings
+    alerts_added: int = 0
     seconds: float = 0.0
     #: signals of this ingest that images of the collection lack, with how
     #: many lack each (images catalogued before with fewer signals):
@@ -90,6 +93,7 @@ class IngestSummary:
         self.links_added += result.links_added
         self.sightings_added += result.sightings_added
         self.sightings_known += result.sightings_known
+        self.alerts_added += result.alerts_added
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -171,7 +175,8 @@ class _Batch:
 def ingest(catalog: Catalog, items: Iterable[Item], *,
            signal_names: Sequence[str] = signal_registry.DEFAULT_SIGNALS,
            workers: int = 0, batch_size: int = DEFAULT_BATCH, run_id: int | None = None,
-           linker: BatchLinker | None = None, timeout: float = DEFAULT_TIMEOUT,
+           linker: BatchLinker | None = None, watchlists: Watchlists | None = None,
+           timeout: float = DEFAULT_TIMEOUT,
            on_progress: Callable[[IngestSummary], None] | None = None,
            on_written: Callable[[list], None] | None = None,
            thumbnails: bool = False, all_frames: bool = False,
@@ -213,7 +218,7 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
     batch = _Batch()
 
     def write(done: _Batch) -> None:
-        result = _write(catalog, done, run_id, linker)
+        result = _write(catalog, done, run_id, linker, watchlists)
         with writer.lock:
             summary.absorb(result)
             summary.failures.extend(done.failures)
@@ -344,13 +349,30 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
     return summary
 
 
+class _BatchWatch:
+    """A batch's check against the watchlists, with its images' variants."""
+
+    def __init__(self, watchlists: Watchlists,
+                 variants: Mapping[str, Mapping[str, Sequence[HashValue]]]) -> None:
+        self.watchlists = watchlists
+        self.variants = variants
+
+    def check(self, new_images: list[tuple[int, str]]) -> set[int]:
+        return self.watchlists.check_in([(i, self.variants.get(sha, {}))
+                                         for i, sha in new_images])
+
+    def alert(self, sighting_ids: list[int]) -> int:
+        return self.watchlists.alert_in(sighting_ids)
+
+
 def _write(catalog: Catalog, batch: _Batch, run_id: int | None,
-           linker: BatchLinker | None) -> BatchResult:
+           linker: BatchLinker | None, watchlists: Watchlists | None = None) -> BatchResult:
     variants = batch.variants
     link_fn = None if linker is None else (
         lambda new: linker.links(new, variants, batch.local, batch.greys))
+    watch = None if watchlists is None else _BatchWatch(watchlists, variants)
     result = catalog.write_batch(batch.images, batch.sightings, batch.failures, run_id, link_fn,
-                                 batch.payload_digests)
+                                 batch.payload_digests, watch)
     if linker is not None:
         linker.committed(result.new_images, variants, batch.local)
     return result

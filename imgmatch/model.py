@@ -76,6 +76,9 @@ class Cluster:
     images: tuple[dict, ...]
     sightings: tuple[Sighting, ...]
     links: tuple[dict, ...]
+    #: watchlist entries that hit its images: each with the image's name
+    #: (``image``), the list and its provenance, the distance and score
+    watched: tuple[dict, ...] = ()
 
     @property
     def platforms(self) -> tuple[str, ...]:
@@ -183,6 +186,7 @@ class Cluster:
             "links": list(self.links),
             "gaps": [{"from": a, "to": b, "days": d} for a, b, d in self.gaps],
             "n_urls": self.urls,
+            "watched": [dict(w) for w in self.watched],
         }
 
 
@@ -255,6 +259,9 @@ class ImageRecord:
     links: tuple[Link, ...]
     #: when the camera took it (EXIF DateTimeOriginal, local time), if known
     captured_at: str | None = None
+    #: watchlist entries that hit it, each with its list's provenance
+    #: (watchlist, source, licence, added_at), distance and score
+    watched: tuple[dict, ...] = ()
 
     def to_json(self) -> dict:
         return {
@@ -264,6 +271,7 @@ class ImageRecord:
             "signals": {k: v.to_json() for k, v in sorted(self.signals.items())},
             "sightings": [s.to_json() for s in self.sightings],
             "links": [k.to_json() for k in self.links],
+            "watched": [dict(w) for w in self.watched],
         }
 
 

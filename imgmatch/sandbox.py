@@ -36,6 +36,7 @@ from .analysis import Analysis, analyse, decode_target
 from .decode import DEFAULT_TARGET, decode, out_of_memory
 from .errors import Busy, InputError, error_for
 from .match import pixel_query
+from .records import HashValue
 from .workers import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT, serve_jobs
 
 #: Seconds a request waits for a free worker before it is told the service is busy.
@@ -178,6 +179,17 @@ class DecodeSandbox:
         if made.analysis.reason is not None:
             raise error_for(made.analysis.reason, made.analysis.detail, source)
         return made.query, made.views, made.grey
+
+    def hash_values(self, data: bytes, *, source: str,
+                    signals: Sequence[str]) -> dict[str, HashValue]:
+        """Each of ``signals``' value for ``data``, as ingest would store it,
+        made in a worker and kept nowhere (hashing an upload for a client);
+        the InputError that says why it cannot be."""
+        made = self.prepare(data, source=source, signals=signals, query_signals=(),
+                            local_features=False)
+        if made.analysis.reason is not None:
+            raise error_for(made.analysis.reason, made.analysis.detail, source)
+        return {name: values[0] for name, values in made.analysis.variants.items()}
 
     def _replace(self, worker: _Worker) -> _Worker:
         worker.stop(kill=True)

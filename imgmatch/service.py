@@ -38,18 +38,23 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import (
+    AlertDeliverer,
     DEFAULT_MAX_MEMORY,
     DEFAULT_SIGNALS,
     DEFAULT_TIMEOUT,
     ROBUST_SIGNALS,
     Collection,
     DecodeSandbox,
+    HashValue,
     Sighting,
+    WatchMatch,
+    WebhookSink,
     __version__,
     date_bound,
     scopes_allow,
 )
 from .errors import AuditError, Busy, ImgmatchError, InputError, SignalError
+from .service_hma import hma_router
 
 #: Seconds between saves of changed indexes (they are caches: a crash only
 #: means the next start appends what the catalog has beyond them).
@@ -82,6 +87,8 @@ class ServiceState:
             # the hash indexes now, not on the first request
             self.writer.load_indexes(local_features=False)
         self._local = threading.local()
+        #: delivers watchlist alerts to a webhook, when the service has one
+        self.deliverer: AlertDeliverer | None = None
         self._stop = threading.Event()
         self._saver = threading.Thread(target=self._save_loop, daemon=True)
         self._saver.start()
@@ -132,6 +139,8 @@ class ServiceState:
         added, matches = self.writer.add_and_match(
             data, sighting, signals=self.signals, top_k=top_k, run_id=self.run_id,
             lock=self.lock, sandbox=self.sandbox)
+        if self.deliverer is not None:  # an alert it raised goes out now
+            self.deliverer.poke()
         return added.to_json() | {"matches": [m.to_json() for m in matches]}
 
     def query_image(self, data: bytes, top_k: int, min_score: float | None) -> list[dict]:
@@ -150,6 +159,17 @@ class ServiceState:
     def erase(self, sha256: str) -> int:
         with self.lock:
             return self.current().erase([sha256])
+
+    def watch_lookup(self, value: HashValue) -> list[WatchMatch]:
+        """The watchlist entries within their list's threshold of a hash or of
+        its rotations and mirrors, closest first: the writer holds the entries'
+        index in memory (one copy, not one per reader thread)."""
+        with self.lock:
+            return self.writer.watch_lookup(value, dihedral=True)
+
+    def watchlists(self) -> list[dict]:
+        """Each watchlist with its signal, threshold, kind and entry counts."""
+        return self.reader().watchlists()
 
     def clusters(self, **filters) -> dict:
         """The JSON report, built by this thread's reader; which images an ignored
@@ -233,16 +253,22 @@ class DecodeLimits:
 
 def create_app(db: str | Path, *, max_upload_mb: float = 20.0,
                signals: tuple[str, ...] = DEFAULT_SIGNALS,
-               decoding: DecodeLimits | None = None) -> FastAPI:
-    """The FastAPI application serving the collection at ``db``."""
+               decoding: DecodeLimits | None = None,
+               webhook: WebhookSink | None = None) -> FastAPI:
+    """The FastAPI application serving the collection at ``db``; with
+    ``webhook``, every watchlist alert is POSTed there as it is raised."""
     holder: dict[str, ServiceState] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         holder["state"] = ServiceState(Path(db), tuple(signals), decoding)
+        deliverer = AlertDeliverer(db, webhook).start() if webhook is not None else None
+        holder["state"].deliverer = deliverer
         try:
             yield
         finally:
+            if deliverer is not None:
+                deliverer.close(drain=5.0)
             holder.pop("state").close()
 
     app = FastAPI(title="imgmatch", version=__version__, lifespan=lifespan,
@@ -427,6 +453,21 @@ def create_app(db: str | Path, *, max_upload_mb: float = 20.0,
             "linked": explanation.link is not None})
         return explanation.to_json()
 
+    @app.get("/v1/alerts", dependencies=[require("read")])
+    def get_alerts(
+        request: Request,
+        after: Annotated[int, Query(ge=0, description=(
+            "Only alerts numbered above this: the 'next' of the previous page."))] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
+    ) -> dict:
+        """Watchlist alerts, oldest first, from a cursor: each one an image, the
+        sighting that raised it, the watchlist entry with its provenance, the
+        evidence and the score (or a ``quarantine`` notice of an entry that
+        flooded). Poll with ``after`` set to the last ``next``."""
+        rows = state().reader().alerts(after=after, limit=limit)
+        state().audit("alerts", request.state.actor, {"after": after, "alerts": len(rows)})
+        return {"alerts": rows, "next": rows[-1]["id"] if rows else after}
+
     @app.get("/v1/clusters", dependencies=[require("read")])
     def get_clusters(
         request: Request,
@@ -456,6 +497,8 @@ def create_app(db: str | Path, *, max_upload_mb: float = 20.0,
             "until": date_bound(until) if until else None, "thumbnails": 0})
         return report
 
+    # the lookups of Meta's HMA, answered from the watchlists (see service_hma)
+    app.include_router(hma_router(state, require, _form))
     return app
 
 
@@ -613,14 +656,15 @@ def _raise_file_limit() -> int:
 def serve(db: str | Path, host: str, port: int, max_upload_mb: float, *,
           header_timeout: float = HEADER_TIMEOUT,
           max_connections: int = MAX_CONNECTIONS,
-          decoding: DecodeLimits | None = None) -> None:
+          decoding: DecodeLimits | None = None, webhook: WebhookSink | None = None) -> None:
     """Run the service with uvicorn until interrupted."""
     import uvicorn
 
     files = _raise_file_limit()
     # room beside the sockets for the catalog, the indexes and the workers' pipes
     max_connections = max(1, min(max_connections, files - 64))
-    uvicorn.run(create_app(db, max_upload_mb=max_upload_mb, decoding=decoding),
+    uvicorn.run(create_app(db, max_upload_mb=max_upload_mb, decoding=decoding,
+                           webhook=webhook),
                 host=host, port=port,
                 log_level="info", access_log=False,
                 http=guarded_protocol(header_timeout, max_connections),

@@ -265,6 +265,9 @@ def test_tallies_follow_every_write(tmp_path):
                        + "DROP TRIGGER audit_append_only_update;"
                        + "DROP TRIGGER audit_append_only_delete; DROP TABLE audit;"
                        + "ALTER TABLE runs DROP COLUMN pid; ALTER TABLE runs DROP COLUMN host;"
+                       + "DROP TABLE alert_deliveries; DROP TABLE alerts; DROP TABLE watch_hits;"
+                       + "DROP TABLE watch_entries; DROP TABLE watchlists;"
+                       + "DELETE FROM meta WHERE key = 'watch_version';"
                        + "DELETE FROM migrations WHERE version >= 7;"
                        + "PRAGMA user_version = 6;")
     conn.close()

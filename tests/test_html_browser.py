@@ -580,3 +580,29 @@ def test_finding_text_in_any_cluster_of_a_large_report(browser, large):
         assert visible.count() == len(clusters)
     finally:
         opened["context"].close()
+
+
+def test_watchlist_hits_are_shown_with_their_provenance_as_text(browser, tmp_path):
+    listing = tmp_path / "list.txt"
+    astronaut = imgmatch.hash_bytes((REPO / "fixtures" / "originals" / "astronaut.jpg")
+                                    .read_bytes(), ["pdq"])["signals"]["pdq"]["hex"]
+    listing.write_text(f"{astronaut},100,<img src=x onerror=alert(1)>\n")
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        collection.watchlist_add("ngo-x", listing, source="<script>alert(2)</script>",
+                                 licence="no onward sharing")
+        collection.ingest(iter_manifest(MANIFEST))
+        clusters = [c for c in collection.clusters() if c.watched]
+    assert clusters
+    path = write_report(clusters, tmp_path / "watched.html")
+    opened = open_report(browser, path)
+    try:
+        pg = opened["page"]
+        open_all(pg, len(clusters))
+        section = pg.locator("section.cluster").first
+        assert section.locator("h3", has_text="On partners' watchlists").count() == 1
+        text = section.inner_text()
+        assert "ngo-x" in text and "shared by <script>alert(2)</script>" in text
+        assert "<img src=x onerror=alert(1)>" in text and "terms: no onward sharing" in text
+        assert opened["dialogs"] == [] and opened["errors"] == []
+    finally:
+        opened["context"].close()

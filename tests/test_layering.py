@@ -30,17 +30,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "imgmatch"
 
 LAYERS: list[tuple[str, frozenset[str]]] = [
     ("shells", frozenset({
-        "imgmatch.cli", "imgmatch.cli_progress", "imgmatch.service",
+        "imgmatch.cli", "imgmatch.cli_progress", "imgmatch.service", "imgmatch.service_hma",
         "imgmatch.integrations", "imgmatch.integrations.scrapy"})),
     ("facade", frozenset({"imgmatch", "imgmatch.collection"})),
     ("pipeline", frozenset({
         "imgmatch.ingest", "imgmatch.upgrade", "imgmatch.match", "imgmatch.cluster",
         "imgmatch.report", "imgmatch.analysis", "imgmatch.workers", "imgmatch.sources",
         "imgmatch.warc", "imgmatch.inputs", "imgmatch.hashlists", "imgmatch.hash_import",
+        "imgmatch.hash_export",
         "imgmatch.link_pass", "imgmatch.index_cache", "imgmatch.keys", "imgmatch.explain",
-        "imgmatch.sandbox"})),
+        "imgmatch.sandbox", "imgmatch.watchlists", "imgmatch.alert_delivery"})),
     ("storage", frozenset({
-        "imgmatch.catalog", "imgmatch.index", "imgmatch.index_files", "imgmatch.descriptors",
+        "imgmatch.catalog", "imgmatch.watch_store", "imgmatch.index", "imgmatch.index_files",
+        "imgmatch.descriptors",
         "imgmatch.mih", "imgmatch.pairs", "imgmatch.signals", "imgmatch.features",
         "imgmatch.evidence"})),
     ("base", frozenset({
@@ -55,6 +57,7 @@ SHELL_IMPORTS = frozenset({"imgmatch", "imgmatch.errors"})
 SAME_LAYER: dict[tuple[str, str], str] = {
     ("imgmatch.cli", "imgmatch.cli_progress"): "the CLI's own progress display",
     ("imgmatch.cli", "imgmatch.service"): "'imgmatch serve' starts the HTTP service",
+    ("imgmatch.service", "imgmatch.service_hma"): "the service answers HMA's lookups too",
     ("imgmatch", "imgmatch.collection"): "the public package is the facade's front door",
     ("imgmatch.ingest", "imgmatch.analysis"): "ingest runs the analysis (in process)",
     ("imgmatch.ingest", "imgmatch.workers"): "ingest hands files to supervised workers",
@@ -70,6 +73,9 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("imgmatch.inputs", "imgmatch.warc"): "... web archives included",
     ("imgmatch.hash_import", "imgmatch.hashlists"): "importing a list reads it",
     ("imgmatch.link_pass", "imgmatch.match"): "the link pass scores pairs as queries do",
+    ("imgmatch.ingest", "imgmatch.watchlists"): "ingest checks new images against watchlists",
+    ("imgmatch.watchlists", "imgmatch.match"): "a watch hit is scored as a match is",
+    ("imgmatch.catalog", "imgmatch.watch_store"): "the catalog's watchlist tables",
     ("imgmatch.report", "imgmatch.match"): "a report states the score a match needs",
     ("imgmatch.explain", "imgmatch.match"): "an explanation measures a pair as a query does",
     ("imgmatch.explain", "imgmatch.upgrade"): "... reading the picture again as an upgrade does",

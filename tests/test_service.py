@@ -474,15 +474,17 @@ def test_an_upload_is_answered_with_its_matches_but_not_itself(service):
     assert {s["source"] for s in info["sightings"]} == {"upload:a.jpg", "upload:b.jpg"}
 
 
-def test_the_service_uses_only_the_public_library():
-    """service.py speaks to the collection through imgmatch's public names (and
-    the API-key policy and the sighting fields of manifests), never its modules."""
+@pytest.mark.parametrize("module", ["service.py", "service_hma.py"])
+def test_the_service_uses_only_the_public_library(module):
+    """The service speaks to the collection through imgmatch's public names (and
+    the API-key policy and the sighting fields of manifests), never its modules;
+    its HMA-compatible routes are its own module."""
     import ast
 
-    tree = ast.parse((Path(__file__).resolve().parents[1] / "imgmatch" / "service.py")
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "imgmatch" / module)
                      .read_text(encoding="utf-8"))
     used = {node.module or "" for node in ast.walk(tree)
             if isinstance(node, ast.ImportFrom) and node.level == 1}
-    assert used <= {"", "errors", "keys", "sources"}, used
+    assert used <= {"", "errors", "keys", "sources", "service_hma"}, used
     assert not [node for node in ast.walk(tree) if isinstance(node, ast.Import)
                 and any(a.name.startswith("imgmatch") for a in node.names)]

@@ -686,6 +686,23 @@ SCRIPT = """
       section.appendChild(fields);
     }
 
+    if (c.w && c.w.length) {
+      section.appendChild(h("h3", null, "On partners' watchlists"));
+      var watched = h("dl", "fields");
+      c.w.forEach(function (w) {
+        watched.appendChild(h("dt", null, [long(w[0], 60), w[6] ? " (negative list)" : ""]));
+        var dd = h("dd");
+        [w[3], w[1] ? "shared by " + w[1] : "source not given",
+         w[2] ? "terms: " + w[2] : "terms not given",
+         w[4] + " bits from image " + (w[5] >= 0 ? String(c.i[w[5]][0]).slice(0, 16) : "?")
+        ].forEach(function (v) {
+          dd.appendChild(h("span", "chip", long(String(v), 120)));
+        });
+        watched.appendChild(dd);
+      });
+      section.appendChild(watched);
+    }
+
     section.appendChild(h("h3", null, "Timeline"));
     section.appendChild(timeline(c));
     section.appendChild(h("h3", null, "Images (" + num(c.i.length) + ")"));
@@ -1173,7 +1190,8 @@ def _data(clusters: Sequence[Cluster], platforms: list[str], rank_of: dict[str, 
 
     ``{"p": platforms, "x": shared values, "c": clusters}``, each cluster
     ``{"id", "p": its platforms, "k": [first seen, last seen, span, ads, urls],
-    "r": route, "f": metadata values, "i": images, "s": sightings, "l": links}``
+    "r": route, "f": metadata values, "i": images, "s": sightings, "l": links,
+    "w": watchlist hits}``
     (see :func:`_cluster`). Times are minutes since 1970 (UTC), or the text
     when it cannot be read.
     """
@@ -1268,7 +1286,13 @@ def _cluster(c: Cluster, rank_of: dict[str, int], shared: _Shared,
             "p": [rank_of[p] for p in c.platforms],
             "k": [_day_text(c.first_seen), _day_text(c.last_seen),
                   _days(span) if span is not None else "–", c.ads, c.urls],
-            "r": route, "f": fields, "i": images, "s": sightings, "l": links}
+            "r": route, "f": fields, "i": images, "s": sightings, "l": links,
+            "w": [_trim([printable(w["watchlist"]), printable(w.get("source") or ""),
+                         printable(w.get("licence") or ""),
+                         printable(w.get("name") or f"entry {w['entry_id']}"),
+                         _value(w.get("distance")), image_of(w.get("image")),
+                         1 if w.get("negative") else None])
+                  for w in c.watched]}
 
 
 def _trim(row: list) -> list:

@@ -12,7 +12,7 @@ from typing import TextIO
 from ..model import Cluster
 from ..text import printable
 from .provenance import describe
-from .names import ClusterNames
+from .names import ClusterNames, short_name
 
 
 def _day(when: str | None) -> str:
@@ -40,6 +40,13 @@ def write_table(clusters: Sequence[Cluster], out: TextIO, *,
                   f"{_day(c.first_seen)} .. {_day(c.last_seen)}\n")
         if order:
             out.write(f"    route: {order}\n")
+        for w in c.watched:
+            out.write(f"    watched: {printable(w['watchlist'], 30)} "
+                      f"({printable(w.get('source') or 'source not given', 40)}; "
+                      f"{printable(w.get('licence') or 'terms not given', 40)}), entry "
+                      f"{printable(w.get('name') or w['entry_id'], 40)} at "
+                      f"{w['distance']} bits of image {short_name(w.get('image'))}"
+                      f"{' (negative list)' if w.get('negative') else ''}\n")
         if fields:
             values = c.field_values(fields)
             out.write("    " + "; ".join(

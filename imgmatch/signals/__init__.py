@@ -65,6 +65,15 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def describe() -> dict[str, dict[str, int]]:
+    """Every hash signal by name, with its ``bits`` and inclusive match
+    ``threshold``: what a program that imports only the package checks a
+    signal's name against and judges a distance by (nothing is loaded: a
+    learned signal lacking its model is described all the same)."""
+    return {name: {"bits": sig.bits, "threshold": sig.threshold}
+            for name in names() for sig in (get(name),)}
+
+
 def parse_list(text: str | None) -> tuple[str, ...]:
     """'pdq,phash' -> ('pdq', 'phash'), each checked; None -> the defaults."""
     if not text:
@@ -89,5 +98,6 @@ for _builtin in (PDQ, PHash, DHash, OnnxSignal):
 
 __all__ = ["SignalType", "HashValue", "hamming", "DIHEDRAL_OPS", "DEFAULT_SIGNALS",
            "FEATURES", "ROBUST_SIGNALS",
-           "register", "get", "names", "parse_list", "parse_hash", "PDQ", "PHash", "DHash",
+           "register", "get", "names", "describe", "parse_list", "parse_hash", "PDQ",
+           "PHash", "DHash",
            "OnnxSignal"]
