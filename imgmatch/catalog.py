@@ -700,14 +700,17 @@ class Catalog:
         return result
 
     def add_signals(self, rows: Sequence[tuple[int, ImageRow]],
-                    linker: Linker | None = None) -> int:
+                    linker: Linker | None = None,
+                    watcher: BatchWatcher | None = None) -> int:
         """Give catalogued images signals they lacked (or held from another
         version), in one transaction; returns the links added.
 
         ``rows`` pairs an image id with the analysis holding the new values.
         With ``linker``, those images' links are dropped and found again with
         every signal they now have, in the same transaction: a kill leaves
-        each image either as it was or upgraded with its links.
+        each image either as it was or upgraded with its links. With
+        ``watcher``, the images are checked against the watchlists with
+        their new values (and their sightings' alerts raised) in it too.
         """
         conn = self.conn
         links_added = 0
@@ -725,6 +728,10 @@ class Catalog:
                         "ON CONFLICT(image_id) DO UPDATE SET version = excluded.version, "
                         "count = excluded.count, data = excluded.data",
                         (image_id, *row.features))
+            images = [(image_id, row.sha256) for image_id, row in rows]
+            suppressed = watcher.check(images) if watcher is not None and rows else set()
+            if watcher is not None and rows:
+                watcher.alert(self.watch.sightings_of_images([i for i, _ in images]))
             if linker is not None and rows:
                 ids = [image_id for image_id, _ in rows]
                 for chunk in _chunks(ids, 400):
@@ -732,7 +739,7 @@ class Catalog:
                     conn.execute(f"DELETE FROM links WHERE a IN ({marks}) OR b IN ({marks})",
                                  chunk + chunk)
                 links_added = self._insert_links(
-                    linker([(image_id, row.sha256) for image_id, row in rows]))
+                    k for k in linker(images) if k.a not in suppressed and k.b not in suppressed)
         return links_added
 
     def _insert_links(self, links: Iterable[LinkRow]) -> int:

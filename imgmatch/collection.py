@@ -231,7 +231,8 @@ class Collection:
                 new = [(image_id, a.sha256) for image_id, a, _ in batch]
                 greys = {a.sha256: a.grey for _, a, _ in batch if a.grey is not None}
                 summary.links_added += self.catalog.add_signals(
-                    rows, lambda images: linker.links(images, variants, local, greys))
+                    rows, lambda images: linker.links(images, variants, local, greys),
+                    self._watch.batch(variants))
                 # the indexes take the values they lacked (the others are there)
                 linker.committed(
                     new, {a.sha256: {s.signal: a.variants[s.signal] for s in row.signals

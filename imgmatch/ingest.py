@@ -349,28 +349,12 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
     return summary
 
 
-class _BatchWatch:
-    """A batch's check against the watchlists, with its images' variants."""
-
-    def __init__(self, watchlists: Watchlists,
-                 variants: Mapping[str, Mapping[str, Sequence[HashValue]]]) -> None:
-        self.watchlists = watchlists
-        self.variants = variants
-
-    def check(self, new_images: list[tuple[int, str]]) -> set[int]:
-        return self.watchlists.check_in([(i, self.variants.get(sha, {}))
-                                         for i, sha in new_images])
-
-    def alert(self, sighting_ids: list[int]) -> int:
-        return self.watchlists.alert_in(sighting_ids)
-
-
 def _write(catalog: Catalog, batch: _Batch, run_id: int | None,
            linker: BatchLinker | None, watchlists: Watchlists | None = None) -> BatchResult:
     variants = batch.variants
     link_fn = None if linker is None else (
         lambda new: linker.links(new, variants, batch.local, batch.greys))
-    watch = None if watchlists is None else _BatchWatch(watchlists, variants)
+    watch = None if watchlists is None else watchlists.batch(variants)
     result = catalog.write_batch(batch.images, batch.sightings, batch.failures, run_id, link_fn,
                                  batch.payload_digests, watch)
     if linker is not None:

@@ -146,6 +146,12 @@ class Watchlists:
             self._version = version
         return self._indexes
 
+    def batch(self, variants: Mapping[str, Mapping[str, Sequence[HashValue]]]
+              ) -> BatchCheck:
+        """The check of one batch's images, given their variants by SHA-256,
+        for the catalog to run inside the batch's transaction."""
+        return BatchCheck(self, variants)
+
     def active(self) -> bool:
         """Whether any list has entries (else checks cost nothing)."""
         return any(len(ix) for ix in self.indexes().values())
@@ -365,6 +371,22 @@ class Watchlists:
                           e["source"], e["licence"], e["added_at"])
                for i, e in entries.items() if wanted is None or e["watchlist"] in wanted]
         return sorted(out, key=lambda m: (m.distance, m.watchlist, m.entry_id))
+
+
+class BatchCheck:
+    """A batch's check against the watchlists (the catalog's ``BatchWatcher``)."""
+
+    def __init__(self, watchlists: Watchlists,
+                 variants: Mapping[str, Mapping[str, Sequence[HashValue]]]) -> None:
+        self.watchlists = watchlists
+        self.variants = variants
+
+    def check(self, new_images: list[tuple[int, str]]) -> set[int]:
+        return self.watchlists.check_in([(i, self.variants.get(sha, {}))
+                                         for i, sha in new_images])
+
+    def alert(self, sighting_ids: list[int]) -> int:
+        return self.watchlists.alert_in(sighting_ids)
 
 
 def _transform(w: int) -> str:

@@ -292,3 +292,12 @@ def test_the_watchlist_and_alert_docs_commands_run(tmp_path):
     first = json.loads(runs[2].stdout.splitlines()[0])
     assert first["kind"] == "match" and first["watchlist"]["name"] == "ngo-x"
     assert all(json.loads(line)["id"] > 1 for line in runs[2].stdout.splitlines()[1:])
+
+
+def test_images_that_gain_pdq_in_an_upgrade_are_checked_then(tmp_path, hash_list):
+    with Collection.open(tmp_path / "c.db") as c:
+        c.ingest(iter_manifest(MANIFEST), signals=["phash", "dhash"])
+        assert c.watchlist_add("ngo", hash_list)["hits"] == 0  # no PDQ to compare yet
+        summary = c.upgrade(["pdq", "phash", "dhash"])
+        assert summary.images_upgraded > 0
+        assert len(c.alerts()) == sightings_of("astronaut") + sightings_of("coffee")
