@@ -41,11 +41,13 @@ from .errors import (
     UnsafePath,
     UnsupportedFormat,
     DeliveryError,
+    DaskError,
     WatchlistError,
 )
 
 if _TYPE_CHECKING:
     from .collection import MIN_SHA256_PREFIX, Collection, default_db_path, hash_bytes
+    from .dask_pool import connect_dask
     from .hash_export import HASH_EXPORT_FORMATS
     from .hashlists import HashLine, read_hash_list
     from .ingest import DEFAULT_BATCH, IngestSummary
@@ -98,6 +100,7 @@ _LAZY: dict[str, str] = {
     "SignalComparison": "model",
     "AuditEntry": "model",
     "Item": "sources",
+    "connect_dask": "dask_pool",
     "DecodeSandbox": "sandbox",
     "sources_for": "inputs",
     "scrapy_item_sources": "inputs",
@@ -180,6 +183,7 @@ __all__ = [
     "scopes_allow",
     "default_db_path",
     "default_workers",
+    "connect_dask",
     # constants: defaults and choices
     "DEFAULT_SIGNALS",
     "ROBUST_SIGNALS",
@@ -214,4 +218,5 @@ __all__ = [
     "AuditError",
     "WatchlistError",
     "DeliveryError",
+    "DaskError",
 ]

@@ -47,6 +47,7 @@ from . import (
     IngestSummary,
     Item,
     Match,
+    connect_dask,
     date_bound,
     default_db_path,
     default_workers,
@@ -184,6 +185,16 @@ def _worker_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def _dask_client(address: str | None) -> Any:
+    """--dask ADDRESS: a client of that scheduler (DaskError, exit code 3, if it
+    cannot be had), closed when the command ends; None without the option."""
+    if not address:
+        return None
+    client = connect_dask(address)
+    click.get_current_context().call_on_close(client.close)
+    return client
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), envvar="IMGMATCH_DB",
               help="Catalog file of the collection (env IMGMATCH_DB; default ./imgmatch.db). "
@@ -224,6 +235,12 @@ def cli(ctx: click.Context, db: Path | None) -> None:
                    f"{','.join(ROBUST_SIGNALS)}'): finds crops, borders, rotations, "
                    "overlays, screenshots and collages; slower, and more bytes per image.")
 @_worker_options
+@click.option("--dask", "dask_address", metavar="ADDRESS",
+              help="Decode and hash on the Dask cluster whose scheduler is at ADDRESS "
+                   "(tcp://HOST:8786) instead of local worker processes, with the same "
+                   "--timeout and --max-memory per file: paths are read by the Dask workers "
+                   "(shared storage), bytes (--jsonl data, WARC records) are sent to them; "
+                   "this process still links and writes. Needs 'imgmatch[dask]'.")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=DEFAULT_BATCH,
               show_default=True, help="Images per catalog transaction.")
 @click.option("--thumbnails", is_flag=True, help="Also store a small thumbnail of each new "
@@ -258,7 +275,7 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
            scrapy_items: Path | None, scrapy_store: Path | None, platform: str | None,
            file_times: bool,
            signal_list: tuple[str, ...] | None, robust: bool, workers: int, timeout: float,
-           max_memory: int,
+           max_memory: int, dask_address: str | None,
            batch_size: int, thumbnails: bool, all_frames: bool, link: bool,
            emit_matches: bool, quiet: bool, alerts_to: Path | None, webhook: str | None,
            webhook_token: str | None, as_json: bool) -> int:
@@ -285,6 +302,7 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
                                "(and not --emit-matches), or give a file")
     _check_db(db)  # before the background count starts
     names = _with_local_features(signal_list or DEFAULT_SIGNALS, robust)
+    client = _dask_client(dask_address)  # fails before any work
     deliverers = [AlertDeliverer(db, sink, on_error=lambda e: click.echo(
         f"alert delivery: {e} (retrying)", err=True)).start()
         for sink in ([FileSink(alerts_to)] if alerts_to is not None else [])
@@ -317,7 +335,7 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
         try:
             summary = collection.ingest(
                 items(), signals=names, workers=workers, timeout=timeout,
-                max_memory=(max_memory << 20) or None,
+                max_memory=(max_memory << 20) or None, client=client,
                 batch_size=1 if emit_matches else batch_size, on_progress=on_progress,
                 on_written=written if emitter or deliverers else None,
                 thumbnails=thumbnails,
@@ -939,19 +957,26 @@ def export_hashes(db: Path, fmt: str, signal: str, clusters: tuple[int, ...],
 @click.option("--signal", "signals", multiple=True, callback=_signal_names,
               help="Signal to link on (repeatable; default: every hash signal held).")
 @click.option("--workers", type=click.IntRange(0), default=0, help="Processes (0: all cores).")
+@click.option("--dask", "dask_address", metavar="ADDRESS",
+              help="Run the search's tables on the Dask cluster whose scheduler is at "
+                   "ADDRESS (tcp://HOST:8786) instead of local processes; the pairs are the "
+                   "same, and this process writes the links. Needs 'imgmatch[dask]'.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print, per signal, the images searched, pairs found and links added "
                    "as one JSON object.")
 @click.pass_obj
-def link(db: Path, signals: tuple[str, ...], workers: int, as_json: bool) -> int:
+def link(db: Path, signals: tuple[str, ...], workers: int, dask_address: str | None,
+         as_json: bool) -> int:
     """Link near-duplicates among images added since the last link pass.
 
     An all-pairs search over each signal's index: the new images against
     each other and against the older ones. Ingest links images as they
     arrive; this is for hash lists and for collections built without it.
     """
+    _check_db(db)
+    client = _dask_client(dask_address)  # fails before any work
     with _open(db) as collection:
-        result = collection.link_pairs(list(signals) or None, workers=workers)
+        result = collection.link_pairs(list(signals) or None, workers=workers, client=client)
     if as_json:
         _echo_json(result)
     else:

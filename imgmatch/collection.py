@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -50,6 +50,9 @@ from .upgrade import UpgradeSummary
 from .upgrade import batches as upgrade_batches
 from .watchlists import DEFAULT_FLOOD, WatchMatch, Watchlists
 from .workers import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 DEFAULT_DB = "imgmatch.db"
 ENV_DB = "IMGMATCH_DB"
@@ -153,7 +156,8 @@ class Collection:
                on_progress: Callable[[IngestSummary], None] | None = None,
                on_written: Callable[[list[Any]], None] | None = None,
                thumbnails: bool = False, all_frames: bool = False, link: bool = True,
-               max_memory: int | None = DEFAULT_MAX_MEMORY) -> IngestSummary:
+               max_memory: int | None = DEFAULT_MAX_MEMORY,
+               client: Client | None = None) -> IngestSummary:
         """Catalogue items, link new images to their near-duplicates, save indexes.
 
         ``all_frames``: every frame of an animated file (up to 100) is an image
@@ -161,6 +165,12 @@ class Collection:
 
         ``max_memory``: bytes each worker may take beyond its size at start
         (a file that needs more is recorded as ``out-of-memory``; None: no cap).
+
+        ``client`` (a ``dask.distributed.Client``, see :func:`imgmatch.connect_dask`):
+        decode and hash on its Dask cluster instead of ``workers`` local
+        processes, with the same ``timeout`` and ``max_memory`` per file; paths
+        are read by the Dask workers (shared storage), bytes are sent to them,
+        and this process still links and writes (see docs/scale-out.md).
 
         ``link=False`` writes images and sightings only, in memory that does not
         grow with the collection (linking holds the hash indexes in memory);
@@ -184,7 +194,7 @@ class Collection:
                              timeout=timeout, batch_size=batch_size,
                              on_progress=on_progress, on_written=on_written,
                              thumbnails=thumbnails, all_frames=all_frames,
-                             max_memory=max_memory)
+                             max_memory=max_memory, client=client)
             status = "partial" if summary.failures else "ok"
             summary.lacking = self.missing_signals(signals)
         finally:
@@ -420,7 +430,7 @@ class Collection:
         return totals
 
     def link_pairs(self, signals: Sequence[str] | None = None, *,
-                   workers: int = 0) -> dict[str, dict[str, int]]:
+                   workers: int = 0, client: Client | None = None) -> dict[str, dict[str, int]]:
         """Link every pair of images within a signal's threshold (all-pairs search;
         see :mod:`imgmatch.link_pass`) among those added since the last pass.
 
@@ -429,10 +439,19 @@ class Collection:
         stored (no rotations: those are for queries and ingest); values below
         their signal's quality gate take no part. Returns per signal the
         images searched, the pairs found and the links added.
+
+        ``client`` (a ``dask.distributed.Client``): the join's substring tables
+        run on its Dask cluster instead of ``workers`` local processes; the
+        pairs are the same, and this process scores and writes them.
         """
         from .link_pass import link_pairs  # the join's process pool: only when linking
 
-        return link_pairs(self.catalog, self.indexes, signals, workers=workers)
+        tables = None
+        if client is not None:
+            from .dask_pool import DaskTables  # dask only when a cluster is asked for
+
+            tables = DaskTables(client)
+        return link_pairs(self.catalog, self.indexes, signals, workers=workers, tables=tables)
 
     # ------------------------------------------------------------- watchlists
     def watchlist_add(self, name: str, path: str | Path, *, source: str | None = None,

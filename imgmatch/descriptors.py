@@ -156,7 +156,17 @@ class DescriptorIndex:
         images with ids at or above it (linking: newer images query older).
         ``voters``: how many of each set's strongest descriptors vote.
         """
-        parts = [q.descriptors[:voters] for q in queries if len(q)]
+        return [(i, sum(v)) for i, v in self.votes_by_set(queries, limit, exclude_from, voters)]
+
+    def votes_by_set(self, queries: list[LocalFeatures], limit: int,
+                     exclude_from: int | None = None,
+                     voters: int = VOTERS) -> list[tuple[int, tuple[int, ...]]]:
+        """:meth:`candidates` with each image's votes split by the query set
+        that cast them: [(image_id, (votes of set 0, of set 1, ...))]. A
+        mirrored repost draws its votes from the mirror's set; verifying the
+        other orientation then costs a matching that cannot succeed."""
+        sets = [q.descriptors[:voters] for q in queries]
+        parts = [d for d in sets if len(d)]
         if not parts:
             return []
         index = self._index()
@@ -174,9 +184,16 @@ class DescriptorIndex:
             return []
         # one vote per (query descriptor, image)
         pairs = np.unique(np.stack([owner, voter], axis=1), axis=0)
-        ids, votes = np.unique(pairs[:, 0], return_counts=True)
+        ids, first, votes = np.unique(pairs[:, 0], return_index=True, return_counts=True)
         order = np.lexsort((ids, -votes))[:limit]
-        return [(int(ids[i]), int(votes[i])) for i in order]
+        # which set each vote came from: sets are stacked in order, skipping empty ones
+        ends = np.cumsum([len(d) for d in sets])
+        which = np.searchsorted(ends, pairs[:, 1], side="right")
+        out = []
+        for i in order:
+            rows = which[first[i]:first[i] + votes[i]]
+            out.append((int(ids[i]), tuple(int(n) for n in np.bincount(rows, minlength=len(sets)))))
+        return out
 
     def memory_bytes(self) -> int:
         self._fold()

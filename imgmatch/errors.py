@@ -25,7 +25,8 @@ can go on and a report can say what was not examined.
     ├── ExportError                 a hash export cannot be made as asked (format, cluster)
     ├── AuditError                  an audit entry would name a picture, or its chain is broken
     ├── WatchlistError              a watchlist is unknown, exists already, or is named badly
-    └── DeliveryError               an alert could not be delivered (retried from its cursor)
+    ├── DeliveryError               an alert could not be delivered (retried from its cursor)
+    └── DaskError                   Dask is missing, its scheduler or workers cannot be used
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ __all__ = [
     "AuditError",
     "WatchlistError",
     "DeliveryError",
+    "DaskError",
 ]
 
 
@@ -173,3 +175,10 @@ class WatchlistError(ImgmatchError):
 class DeliveryError(ImgmatchError):
     """Alerts could not be delivered to a file or webhook; delivery resumes from
     the last one delivered, so nothing is lost."""
+
+
+class DaskError(ImgmatchError):
+    """Work could not be run on a Dask cluster: Dask is not installed
+    (``pip install 'imgmatch[dask]'``), the scheduler cannot be reached, it
+    has no workers, a worker runs another imgmatch, or the connection was lost
+    mid-run (run the same command again: what was written is kept)."""

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from .sources import Item
 from .watchlists import Watchlists
 from .workers import (DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT, InlinePool, Job, Pool, ProcessPool,
                       single_threaded)
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 #: Images per write transaction, and the longest a result waits to be written.
 DEFAULT_BATCH = 256
@@ -180,12 +183,16 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
            on_progress: Callable[[IngestSummary], None] | None = None,
            on_written: Callable[[list], None] | None = None,
            thumbnails: bool = False, all_frames: bool = False,
-           max_memory: int | None = DEFAULT_MAX_MEMORY) -> IngestSummary:
+           max_memory: int | None = DEFAULT_MAX_MEMORY,
+           client: Client | None = None) -> IngestSummary:
     """Analyse and catalogue every item; bad items are recorded, never fatal.
 
     ``workers`` = 0 analyses in this process (no isolation); N >= 1 uses N
     supervised worker processes with a per-file ``timeout``, each allowed
-    ``max_memory`` bytes beyond its size at start (None: no cap). ``on_written``
+    ``max_memory`` bytes beyond its size at start (None: no cap). ``client``
+    (a ``dask.distributed.Client``): the analysis runs on its cluster instead,
+    with the same limits (:mod:`imgmatch.dask_pool`); ``workers`` is unused,
+    and this process still releases, links and writes. ``on_written``
     receives, after each committed batch, its records: (item, sha256 or None,
     "added" | "known" | "failed", failure detail). With ``all_frames``, each
     further frame of an animated file new to the catalog is an image of its
@@ -200,7 +207,12 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
     summary = IngestSummary()
     options = Options(thumbnails=thumbnails, all_frames=all_frames)
     pool: Pool
-    if workers >= 1:
+    if client is not None:
+        from .dask_pool import DaskPool  # dask is imported only when a cluster is asked for
+
+        pool = DaskPool(client, names, timeout, options=options, max_memory=max_memory,
+                        catalog_path=str(catalog.path))
+    elif workers >= 1:
         pool = ProcessPool(names, workers, timeout, catalog_path=str(catalog.path),
                            options=options, max_memory=max_memory)
     else:
@@ -208,7 +220,7 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
     limits = single_threaded()  # this process's FAISS and BLAS work is small and per batch
     # overlap writing with analysis when workers analyse; then the main thread
     # reads through a connection of its own (the writer's is the writer's)
-    overlap = workers >= 1
+    overlap = workers >= 1 or client is not None
     known = KnownImages(catalog.path) if overlap else catalog.has_image
     jobs: dict[int, Item] = {}             # submitted, by sequence number
     finished: dict[int, Analysis] = {}     # results waiting for earlier ones

@@ -34,23 +34,25 @@ FEW_NEW = 100
 
 def link_pairs(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
                signals: Sequence[str] | None = None, *,
-               workers: int = 0) -> dict[str, dict[str, int]]:
+               workers: int = 0,
+               tables: pairs.TableRunner | None = None) -> dict[str, dict[str, int]]:
     """Link the pairs of every signal (default: every hash signal held) among
     images added since the last pass; per signal, the images searched, the
     pairs within the threshold and the links added. ``workers``: processes
-    for the join (0: every core this process may use)."""
+    for the join (0: every core this process may use); ``tables``: where the
+    join's tables run instead (a Dask cluster), the rest staying here."""
     workers = workers or pairs.default_workers()
     names = [n for n in (signals or catalog.signal_counts()) if n != FEATURES]
     out: dict[str, dict[str, int]] = {}
     for name in names:
         if name not in indexes:
             raise ImgmatchError(f"{catalog.path} holds no {name} values to link")
-        out[name] = link_signal(catalog, indexes[name], name, workers)
+        out[name] = link_signal(catalog, indexes[name], name, workers, tables)
     return out
 
 
 def link_signal(catalog: Catalog, index: BinaryIndex, name: str,
-                workers: int) -> dict[str, int]:
+                workers: int, tables: pairs.TableRunner | None = None) -> dict[str, int]:
     """One signal's pass (see the module's text)."""
     sig = registry.get(name)
     key = f"pairs_upto:{name}"
@@ -72,9 +74,10 @@ def link_signal(catalog: Catalog, index: BinaryIndex, name: str,
                 codes, ids = codes[keep], ids[keep]
         new = ids > upto
         new_codes, new_ids = codes[new], ids[new]
-        cross = pairs.cross_pairs(new_codes, codes[~new], sig.threshold, workers=workers)
+        cross = pairs.cross_pairs(new_codes, codes[~new], sig.threshold, workers=workers,
+                                  runner=tables)
         i, j = new_ids[cross.i], ids[~new][cross.j]
-    found = pairs.near_pairs(new_codes, sig.threshold, workers=workers)
+    found = pairs.near_pairs(new_codes, sig.threshold, workers=workers, runner=tables)
     a = np.concatenate([new_ids[found.i], i])
     b = np.concatenate([new_ids[found.j], j])
     # each pair is scored on every signal the two images have, not this one alone

@@ -67,6 +67,11 @@ THRESHOLDS: dict[str, float] = {"match": MATCH_SCORE, "link": MATCH_SCORE, "clus
 #: 200 0.9908 / 0.8401, 150 0.9922 / 0.8449, 100 0.9916 / 0.8406. The weak
 #: descriptors' votes mostly crowd the few candidates verified.
 LINK_VOTERS = 150
+#: At ingest, an orientation (the image, its mirror) is verified against a
+#: candidate only if its own descriptors gave that candidate at least this
+#: many votes, or more than the other's: a mirrored repost votes through the
+#: mirror, and matching the other orientation's descriptors cannot succeed.
+LINK_ORIENTATION_VOTES = LINK_MIN_VOTES
 #: A link whose only evidence is a partial overlap (a photo inside a
 #: collage or a screenshot: the shared region covers less than this share of
 #: one image) is capped at :data:`PARTIAL_LINK_CAP`, so that clusters treat
@@ -84,7 +89,8 @@ LocalQuery = tuple[features.LocalFeatures, features.LocalFeatures | None]
 
 def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterable[int]]],
                       found: dict[int, Evidence], grey: np.ndarray | None = None,
-                      stored_pdq: Mapping[int, bytes] | None = None) -> None:
+                      stored_pdq: Mapping[int, bytes] | None = None,
+                      orientations: Mapping[int, tuple[bool, bool]] | None = None) -> None:
     """Verify candidates geometrically and add what it finds to their evidence.
 
     ``views`` pairs the query's local features (the whole image first, then
@@ -97,6 +103,10 @@ def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterab
     PDQ hashes, a candidate whose frame the query covers is also compared
     aligned: the query moved onto the candidate's frame, hashed with PDQ
     (:func:`imgmatch.features.aligned`).
+
+    ``orientations``: per candidate, whether to try the query as it is and
+    its mirror (default: both, the mirror only when the query's own
+    verification is inconclusive).
     """
     wanted = sorted({i for _, ids in views for i in ids})
     blobs = catalog.features_of(wanted)
@@ -108,7 +118,12 @@ def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterab
         for image_id in ids:
             if image_id not in stored:
                 continue
-            result, flipped = features.best_of(plain, mirrored, stored[image_id])
+            try_plain, try_mirror = (orientations or {}).get(image_id, (True, True))
+            if try_plain or mirrored is None:
+                result, flipped = features.best_of(plain, mirrored if try_mirror else None,
+                                                   stored[image_id])
+            else:
+                result, flipped = features.verify(mirrored, stored[image_id]), True
             if image_id not in best or result.support > best[image_id][0].support:
                 best[image_id] = (result, flipped, n)
     for ev in found.values():
@@ -397,7 +412,7 @@ class IndexLinker:
         local = local or {}
         greys = greys or {}
         candidates: dict[int, set[int]] = {image_id: set() for image_id, _ in new_images}
-        voted = self._voted(new_images, local)
+        voted, orientations = self._voted(new_images, local)
         for name, index in self.indexes.items():
             threshold = registry.get(name).threshold
             owners: list[int] = []
@@ -431,7 +446,8 @@ class IndexLinker:
                 verify_candidates(self.catalog, [(local[sha256], voted[image_id])], found,
                                   greys.get(sha256),
                                   {o: stored[o]["pdq"][0] for o in voted[image_id]
-                                   if "pdq" in stored.get(o, {})})
+                                   if "pdq" in stored.get(o, {})},
+                                  orientations.get(image_id))
             for other, ev in found.items():
                 score = link_score(ev)
                 if score >= self.min_score and ev.agreed:
@@ -439,31 +455,36 @@ class IndexLinker:
                                        link_distances(ev), ev.agreed, ev.transform))
         return out
 
-    def _voted(self, new_images: list[tuple[int, str]],
-               local: Mapping[str, LocalQuery]) -> dict[int, list[int]]:
+    def _voted(self, new_images: list[tuple[int, str]], local: Mapping[str, LocalQuery]
+               ) -> tuple[dict[int, list[int]], dict[int, dict[int, tuple[bool, bool]]]]:
         """Per new image, the older images its local descriptors vote for enough
-        to be worth verifying (in the collection, then earlier in the batch)."""
+        to be worth verifying (in the collection, then earlier in the batch),
+        and for each the orientations worth verifying
+        (:data:`LINK_ORIENTATION_VOTES`)."""
         if self.descriptors is None or not local:
-            return {}
+            return {}, {}
         batch = DescriptorIndex()
         for image_id, sha256 in new_images:
             if sha256 in local:
                 batch.add(image_id, local[sha256][0])
         out: dict[int, list[int]] = {}
+        sides: dict[int, dict[int, tuple[bool, bool]]] = {}
         for image_id, sha256 in new_images:
             if sha256 not in local:
                 continue
             queries = [f for f in local[sha256] if f is not None]
-            found = self.descriptors.candidates(queries, LINK_VERIFY, voters=LINK_VOTERS) + \
-                batch.candidates(queries, LINK_VERIFY, exclude_from=image_id,
-                                 voters=LINK_VOTERS)
-            found.sort(key=lambda t: (-t[1], t[0]))
-            ids = sorted({i for i, votes in found[:LINK_VERIFY]
-                          if votes >= LINK_MIN_VOTES
-                          and (i < image_id or not self.older_only and i != image_id)})
-            if ids:
-                out[image_id] = ids
-        return out
+            found = self.descriptors.votes_by_set(queries, LINK_VERIFY, voters=LINK_VOTERS) + \
+                batch.votes_by_set(queries, LINK_VERIFY, exclude_from=image_id,
+                                   voters=LINK_VOTERS)
+            found.sort(key=lambda t: (-sum(t[1]), t[0]))
+            chosen = {i: votes for i, votes in found[:LINK_VERIFY]
+                      if sum(votes) >= LINK_MIN_VOTES
+                      and (i < image_id or not self.older_only and i != image_id)}
+            if chosen:
+                out[image_id] = sorted(chosen)
+                if len(queries) == 2:
+                    sides[image_id] = {i: _worth_verifying(v) for i, v in chosen.items()}
+        return out, sides
 
     def _batch_index(self, name: str, new_images: list[tuple[int, str]],
                      variants: Mapping[str, Mapping[str, Sequence[HashValue]]]) -> BinaryIndex:
@@ -482,6 +503,14 @@ class IndexLinker:
             for image_id, sha256 in new_images:
                 if sha256 in local:
                     self.descriptors.add(image_id, local[sha256][0])
+
+
+def _worth_verifying(votes: tuple[int, ...]) -> tuple[bool, bool]:
+    """Which orientations (the image, its mirror) a candidate's votes make
+    worth verifying: each with enough votes of its own, or the one with more."""
+    plain, mirror = votes
+    return (plain >= LINK_ORIENTATION_VOTES or plain >= mirror,
+            mirror >= LINK_ORIENTATION_VOTES or mirror > plain)
 
 
 def _identity_codes(name: str, new_images: list[tuple[int, str]],

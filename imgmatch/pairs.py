@@ -14,14 +14,16 @@ differ in about 64 bits, so few survive), then measured in full.
 
 The cut is chosen per call by a cost model (probes grow with the flips,
 candidates with ``N^2 / 2^width``). Tables are independent, so they are
-shared out among worker processes. The result is exact: tests compare it
-with a brute-force scan.
+shared out among worker processes, or among a cluster's machines (a
+``runner``: :class:`imgmatch.dask_pool.DaskTables`). The result is exact:
+tests compare it with a brute-force scan.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from math import comb
@@ -40,6 +42,13 @@ CUTS = (3, 4, 5, 6, 8)
 #: the planner keeps 16-bit tables with one flip, which ran faster there than
 #: 22-bit tables with the sharper budgets.
 PROBE_COST = 2.5
+
+
+#: Runs a join's tables somewhere else (another machine's processes):
+#: ``runner(a, b, tables, radius)`` gives :func:`join_table` of each
+#: ``(window, flips)`` of ``tables``, in order; ``b`` None for a self-join.
+TableRunner = Callable[[np.ndarray, np.ndarray | None, list[tuple[Window, int]], int],
+                       list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 
 
 @dataclass(frozen=True)
@@ -77,20 +86,23 @@ def _masks(width: int, flips: int) -> int:
     return sum(comb(width, k) for k in range(flips + 1))
 
 
-def near_pairs(codes: np.ndarray, radius: int, *, workers: int = 1) -> Pairs:
-    """Every pair ``i < j`` of rows of ``codes`` (N x bytes uint8) within ``radius`` bits."""
+def near_pairs(codes: np.ndarray, radius: int, *, workers: int = 1,
+               runner: TableRunner | None = None) -> Pairs:
+    """Every pair ``i < j`` of rows of ``codes`` (N x bytes uint8) within ``radius``
+    bits. ``runner``: where the tables run (default: ``workers`` local processes)."""
     words = _words(codes)
     windows, taus = plan(words.shape[1] * 64, radius, len(words), len(words))
-    return _run(words, None, windows, taus, radius, workers)
+    return _run(words, None, windows, taus, radius, workers, runner)
 
 
-def cross_pairs(a: np.ndarray, b: np.ndarray, radius: int, *, workers: int = 1) -> Pairs:
+def cross_pairs(a: np.ndarray, b: np.ndarray, radius: int, *, workers: int = 1,
+                runner: TableRunner | None = None) -> Pairs:
     """Every pair (row of ``a``, row of ``b``) within ``radius`` bits."""
     a_words, b_words = _words(a), _words(b)
     if a_words.shape[1] != b_words.shape[1]:
         raise ValueError("both sides must hold codes of the same size")
     windows, taus = plan(a_words.shape[1] * 64, radius, len(a_words), len(b_words))
-    return _run(a_words, b_words, windows, taus, radius, workers)
+    return _run(a_words, b_words, windows, taus, radius, workers, runner)
 
 
 def _words(codes: np.ndarray) -> np.ndarray:
@@ -105,7 +117,7 @@ _SHARED: tuple[np.ndarray, np.ndarray | None, int] | None = None
 
 
 def _run(a: np.ndarray, b: np.ndarray | None, windows: tuple[Window, ...], taus: tuple[int, ...],
-         radius: int, workers: int) -> Pairs:
+         radius: int, workers: int, runner: TableRunner | None = None) -> Pairs:
     global _SHARED
     empty = Pairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int32))
     if not len(a) or (b is not None and not len(b)):
@@ -114,7 +126,9 @@ def _run(a: np.ndarray, b: np.ndarray | None, windows: tuple[Window, ...], taus:
     workers = max(1, min(workers, len(jobs)))
     if workers > 1 and "fork" not in multiprocessing.get_all_start_methods():
         workers = 1  # the workers share the codes by forking; elsewhere, one process
-    if workers == 1:
+    if runner is not None:
+        parts = runner(a, b, jobs, radius)
+    elif workers == 1:
         parts = [_table(a, b, w, t, radius) for w, t in jobs]
     else:
         _SHARED = (a, b, radius)
@@ -145,6 +159,14 @@ def _shared_table(job: tuple[Window, int]):
     assert _SHARED is not None
     a, b, radius = _SHARED
     return _table(a, b, job[0], job[1], radius)
+
+
+def join_table(a: np.ndarray, b: np.ndarray | None, window: Window, flips: int,
+               radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The verified pairs one substring table finds: (i, j, distance) positions
+    in ``a`` (N x words uint64) and ``b`` (None: a self-join, ``i < j``). The
+    unit of work a :data:`TableRunner` runs elsewhere; the caller merges them."""
+    return _table(a, b, window, flips, radius)
 
 
 def _keys(words: np.ndarray, w: Window) -> np.ndarray:

@@ -251,6 +251,11 @@ class ProcessPool:
     def busy(self) -> bool:
         return any(w.queue for w in self._workers)
 
+    def alive(self) -> bool:
+        """Whether every worker still runs: one that died while idle (the
+        system's out-of-memory killer) would be blamed on its next file."""
+        return all(w.process.is_alive() for w in self._workers)
+
     def submit(self, job: Job) -> None:
         worker = min([w for w in self._workers if self._has_room(w, job)] or self._workers,
                      key=lambda w: len(w.queue))

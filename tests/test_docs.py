@@ -121,7 +121,7 @@ def test_emit_matches_writes_one_line_per_item(tmp_path):
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/cli.md", "docs/api.md", "docs/design.md",
-                                 "docs/benchmarks.md"])
+                                 "docs/benchmarks.md", "docs/scale-out.md"])
 def test_docs_name_no_machine_paths(doc):
     text = (ROOT / doc).read_text()
     assert "/tmp/" not in text and "/work/" not in text and "/root/" not in text

@@ -213,6 +213,32 @@ def test_descriptor_votes_rank_the_source_first() -> None:
     assert all(i != PHOTOS.index("temple") + 1 for i, _ in index.candidates(list(query), 6))
 
 
+def test_a_mirrored_copy_votes_through_the_mirror_and_only_that_is_verified() -> None:
+    from imgmatch.match import LINK_ORIENTATION_VOTES, _worth_verifying
+
+    index = DescriptorIndex()
+    for n, name in enumerate(PHOTOS, start=1):
+        index.add(n, features.extract(grey(rgb(name))))
+    temple = PHOTOS.index("temple") + 1
+    for edit, side in (("mirror and crop", 1), ("screenshot", 0)):
+        query = list(features.extract_both(grey(EDITS[edit](rgb("temple")))))
+        split = index.votes_by_set(query, 3)
+        assert [(i, sum(v)) for i, v in split] == index.candidates(query, 3)
+        votes = dict(split)[temple]
+        assert votes[side] > 3 * votes[1 - side]  # the right orientation casts the votes
+        assert _worth_verifying(votes)[side]
+        # a weak candidate's votes come from one side: the other is not verified
+        weak = [v for i, v in split if i != temple and sum(v)]
+        assert weak and all(_worth_verifying(v) != (True, True) for v in weak)
+    assert _worth_verifying((30, LINK_ORIENTATION_VOTES)) == (True, True)
+    assert _worth_verifying((8, 4)) == (True, False)
+    assert _worth_verifying((0, 6)) == (False, True)
+    assert _worth_verifying((5, 5)) == (True, False)  # a tie: the image as it is
+    # a query without a mirror votes with one set
+    plain = features.extract(grey(rgb("temple")))
+    assert dict(index.votes_by_set([plain], 1))[temple][0] > 0
+
+
 def test_descriptor_index_files_are_verified(tmp_path) -> None:
     from imgmatch import descriptors
 
