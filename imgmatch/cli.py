@@ -820,6 +820,8 @@ def ignore(db: Path, sha256s: tuple[str, ...], pdq_hex: tuple[tuple[str, HashVal
 @cli.command("import-hashes")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--platform", help="Platform of the sightings (for example the partner's name).")
+@click.option("--shared-by", help="Who shared the list: kept with every hash it brings.")
+@click.option("--licence", help="The terms it was shared under: kept with every hash.")
 @click.option("--link/--no-link", default=True, show_default=True,
               help="Link the new hashes to their near-duplicates (as 'imgmatch link' does).")
 @click.option("--workers", type=click.IntRange(0), default=0,
@@ -828,12 +830,13 @@ def ignore(db: Path, sha256s: tuple[str, ...], pdq_hex: tuple[tuple[str, HashVal
               help="Print the summary (lines, hashes and sightings added, bad lines with "
                    "their numbers) as one JSON object.")
 @click.pass_obj
-def import_hashes(db: Path, file: Path, platform: str | None, link: bool, workers: int,
-                  as_json: bool) -> int:
+def import_hashes(db: Path, file: Path, platform: str | None, shared_by: str | None,
+                  licence: str | None, link: bool, workers: int, as_json: bool) -> int:
     """Load a hash list without pictures: 'pdq HEX' lines (python-threatexchange)
     or the hash,quality,filename CSV of Meta's hasher."""
     with _open(db) as collection:
-        summary = collection.import_hashes(file, platform=platform, link=link, workers=workers)
+        summary = collection.import_hashes(file, platform=platform, link=link, workers=workers,
+                                           shared_by=shared_by, licence=licence)
     if as_json:
         _echo_json(summary)
     else:

@@ -406,16 +406,22 @@ class Collection:
 
     def import_hashes(self, path: str | Path, *, platform: str | None = None,
                       batch: int = HASH_BATCH, link: bool = True, workers: int = 0,
-                      signal: str = "pdq") -> dict[str, Any]:
+                      signal: str = "pdq", shared_by: str | None = None,
+                      licence: str | None = None) -> dict[str, Any]:
         """Load a list of ``signal`` hashes (see :mod:`imgmatch.hashlists`): each
         hash becomes an image known only by its value, its line's name the
         sighting's source. With ``link``, the new hashes are then linked to
         their near-duplicates (:meth:`link_pairs`), so they join clusters like
-        ingested images."""
+        ingested images. ``shared_by`` and ``licence`` (who shared the list,
+        under what terms) are kept in each hash's sighting, with the list's
+        file name, so the hash shows its provenance wherever it shows up."""
         run_id = self.start_run("import-hashes", {"file": str(path)})
         self._cache.ensure([signal])
         done = import_hash_list(self.catalog, path, signal=signal, platform=platform,
-                                batch=batch, run_id=run_id)
+                                batch=batch, run_id=run_id, provenance={
+                                    "shared_by": shared_by or "", "licence": licence or "",
+                                    "hash_list": Path(path).name if shared_by or licence
+                                    else ""})
         totals = done.to_json()
         if done.first_id:  # tables are cut once, at the end, not as the list grows
             self._cache.append(signal, done.first_id - 1, merge=False)

@@ -46,9 +46,15 @@ class HashImport:
 
 def import_hash_list(catalog: Catalog, path: str | Path, *, signal: str = "pdq",
                      platform: str | None = None, batch: int = BATCH,
-                     run_id: int | None = None) -> HashImport:
-    """Catalogue every hash of a list of ``signal`` hashes, with a sighting each."""
+                     run_id: int | None = None,
+                     provenance: dict[str, str] | None = None) -> HashImport:
+    """Catalogue every hash of a list of ``signal`` hashes, with a sighting each.
+
+    ``provenance`` (who shared the list, under what terms) goes into every
+    sighting's extra fields, so that wherever the hash shows its sightings
+    (``show``, query results, reports) it shows where it came from."""
     bits = registry.get(signal).bits
+    extra = {k: v for k, v in (provenance or {}).items() if v}
     done = HashImport()
     lines = read_hash_list(path, signal=signal, digits=bits // 4)
     with catalog.bulk_cache():
@@ -61,7 +67,8 @@ def import_hash_list(catalog: Catalog, path: str | Path, *, signal: str = "pdq",
                                           line.error or ""))
                     continue
                 rows.append((line.signal, line.value, line.quality, Sighting(
-                    platform=platform, source=line.name or f"{Path(path).name}:{line.line_no}")))
+                    platform=platform, source=line.name or f"{Path(path).name}:{line.line_no}",
+                    extra=dict(extra))))
             added, sightings, first = catalog.import_hashes(rows, run_id)
             done.images_added += added
             done.sightings_added += sightings

@@ -83,6 +83,31 @@ def test_new_crawl_images_link_to_imported_hashes(tmp_path):
     assert any("partner" in cl.platforms for cl in clusters)
 
 
+def test_imported_hashes_carry_who_shared_them_wherever_they_show(tmp_path, capsys):
+    db = tmp_path / "c.db"
+    temple = imgmatch.hash_bytes((FIXTURES / "originals" / "temple.jpg").read_bytes())
+    listing = tmp_path / "hotline-2026-11.txt"
+    listing.write_text(f"pdq {temple['signals']['pdq']['hex']} alert-42\n")
+    assert main(["--db", str(db), "import-hashes", str(listing), "--platform", "hotline",
+                 "--shared-by", "NGO X hotline", "--licence", "no onward sharing"]) == 0
+    assert main(["--db", str(db), "ingest", "--quiet", "--manifest",
+                 str(FIXTURES / "manifest.csv")]) == 0
+    capsys.readouterr()
+    assert main(["--db", str(db), "query", "--json",
+                 str(FIXTURES / "originals" / "temple.jpg")]) == 0
+    matches = json.loads(capsys.readouterr().out.splitlines()[0])["matches"]
+    imported = [m for m in matches if m["sha256"] is None]
+    assert imported and imported[0]["sightings"][0]["extra"] == {
+        "shared_by": "NGO X hotline", "licence": "no onward sharing",
+        "hash_list": "hotline-2026-11.txt"}
+    with imgmatch.Collection.open(db) as c:
+        report = c.report_json(min_sightings=1)
+    extras = [s.get("extra") for cl in report["clusters"] for s in cl["sightings"]
+              if s.get("platform") == "hotline"]
+    assert extras == [{"shared_by": "NGO X hotline", "licence": "no onward sharing",
+                       "hash_list": "hotline-2026-11.txt"}]
+
+
 @pytest.mark.parametrize("header", [
     "hash,quality,filename",
     "Hash, Quality, Filename",
