@@ -1015,6 +1015,16 @@ def stats(db: Path, as_json: bool) -> int:
     if info["failure_reasons"]:
         click.echo("failures:    " + ", ".join(
             f"{k} {v}" for k, v in info["failure_reasons"].items()))
+    watch = info["watch"]
+    if watch["watchlists"]:
+        click.echo(f"watchlists:  {watch['watchlists']} with {watch['entries']} hashes"
+                   + (f" ({watch['quarantined']} quarantined)" if watch["quarantined"] else "")
+                   + f"; {_plural(watch['alerts'], 'alert')}")
+    for d in watch["deliveries"]:
+        click.echo(f"  delivered to {printable(d['target'], 60)}: up to alert "
+                   f"{d['delivered_to']}, {d['waiting']} waiting"
+                   + (f" (last error: {printable(d['last_error'], 80)})"
+                      if d["last_error"] else ""))
     return EXIT_OK
 
 

@@ -866,6 +866,7 @@ class Collection:
             "local_features": local_features,
             "platforms_by_sightings": self.catalog.platform_counts(),
             "failure_reasons": self.catalog.failure_reasons(),
+            "watch": self.catalog.watch.summary(),
             "last_runs": self.catalog.last_runs(3),
         }
 

@@ -351,6 +351,19 @@ class WatchStore:
                 "updated_at = excluded.updated_at",
                 (target, upto, 0 if error is None else 1, error, utcnow()))
 
+    def summary(self) -> dict[str, Any]:
+        """Lists, entries, quarantined entries and alerts, and each delivery
+        target's progress with the alerts still waiting for it."""
+        lists, entries, quarantined = self.conn.execute(
+            "SELECT (SELECT count(*) FROM watchlists), count(*), count(quarantined_at) "
+            "FROM watch_entries").fetchone()
+        last = self.last_alert_id()
+        return {"watchlists": lists, "entries": entries, "quarantined": quarantined,
+                "alerts": self.conn.execute("SELECT count(*) FROM alerts").fetchone()[0],
+                "deliveries": [d | {"waiting": self.conn.execute(
+                    "SELECT count(*) FROM alerts WHERE id > ?", (d["delivered_to"],)
+                ).fetchone()[0]} for d in self.deliveries()] if last else []}
+
     def deliveries(self) -> list[dict[str, Any]]:
         return [{"target": r[0], "delivered_to": r[1], "attempts": r[2], "last_error": r[3],
                  "updated_at": r[4]} for r in self.conn.execute(

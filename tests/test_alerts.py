@@ -118,9 +118,15 @@ def test_a_webhook_that_fails_first_is_retried_until_it_takes_every_alert(tmp_pa
                 imgmatch.alert_delivery.deliver(c.catalog.watch, WebhookSink(receiver.url))
             (state,) = c.catalog.watch.deliveries()
             assert state["delivered_to"] == 0 and "500" in state["last_error"]
+        # stats tell an operator what waits where, and why
+        (waiting,) = json.loads(cli(db, "stats", "--json").stdout)["watch"]["deliveries"]
+        assert waiting["waiting"] == len(expected) and "500" in waiting["last_error"]
+        assert f"{len(expected)} waiting" in cli(db, "stats").stdout
         done = cli(db, "alerts", "--webhook", receiver.url)
         assert done.returncode == 0, done.stderr
         assert "retrying" in done.stderr
+        (state,) = json.loads(cli(db, "stats", "--json").stdout)["watch"]["deliveries"]
+        assert state["waiting"] == 0 and state["last_error"] is None
         assert receiver.taken == expected  # in order, each once
         assert cli(db, "alerts", "--webhook", receiver.url).returncode == 0
         assert receiver.taken == expected
