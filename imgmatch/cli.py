@@ -297,9 +297,10 @@ def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl
         raise click.BadParameter(
             f"{_listing(paths)} {'does' if len(paths) == 1 else 'do'} not exist; "
             "nothing to ingest", param_hint="PATHS")
-    if alerts_to is not None and str(alerts_to) == "-" and (emit_matches or not quiet):
+    if alerts_to is not None and str(alerts_to) == "-" and (emit_matches or as_json
+                                                            or not quiet):
         raise click.UsageError("--alerts - writes alerts to standard output: add --quiet "
-                               "(and not --emit-matches), or give a file")
+                               "(and neither --emit-matches nor --json), or give a file")
     _check_db(db)  # before the background count starts
     names = _with_local_features(signal_list or DEFAULT_SIGNALS, robust)
     client = _dask_client(dask_address)  # fails before any work

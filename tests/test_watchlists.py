@@ -301,3 +301,20 @@ def test_images_that_gain_pdq_in_an_upgrade_are_checked_then(tmp_path, hash_list
         summary = c.upgrade(["pdq", "phash", "dhash"])
         assert summary.images_upgraded > 0
         assert len(c.alerts()) == sightings_of("astronaut") + sightings_of("coffee")
+
+
+def test_alerts_on_standard_output_need_it_to_themselves(tmp_path, hash_list):
+    db = tmp_path / "c.db"
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "imgmatch.cli", "--db", str(db), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    assert run("watchlist", "add", "ngo", str(hash_list)).returncode == 0
+    for extra in ([], ["--quiet", "--json"], ["--quiet", "--emit-matches"]):
+        refused = run("ingest", "--manifest", str(MANIFEST), "--alerts", "-", *extra)
+        assert refused.returncode == 2 and "standard output" in refused.stderr
+    done = run("ingest", "--quiet", "--manifest", str(MANIFEST), "--alerts", "-")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert lines and all(a["kind"] == "match" for a in lines)
