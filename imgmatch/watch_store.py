@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import WatchlistError
+from .records import SIGHTING_FIELDS
 from .text import utcnow
 
 #: A watchlist's name: what commands, feeds and HMA's ``banks`` call it by.
@@ -208,6 +209,26 @@ class WatchStore:
                 "FROM watch_entries e JOIN watchlists w ON w.id = e.watchlist_id "
                 "WHERE w.signal = ? ORDER BY e.id", (signal,)):
             yield EntryRow(r[0], r[1], bytes(r[2]), r[3], r[4], r[5] is not None)
+
+    def values_of(self, ids: Sequence[int]) -> dict[int, tuple[bytes, int | None]]:
+        """Entries' values and qualities, by entry id."""
+        out: dict[int, tuple[bytes, int | None]] = {}
+        for chunk in _chunks(list(ids), 500):
+            out.update((r[0], (bytes(r[1]), r[2])) for r in self.conn.execute(
+                f"SELECT id, value, quality FROM watch_entries WHERE id IN "
+                f"({','.join('?' * len(chunk))})", chunk))
+        return out
+
+    def sightings_by_id(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Sightings' fields an alert carries (those given), by sighting id."""
+        out: dict[int, dict[str, Any]] = {}
+        for chunk in _chunks(list(ids), 500):
+            for row in self.conn.execute(
+                    f"SELECT id, {', '.join(SIGHTING_FIELDS)} FROM sightings "
+                    f"WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                out[row[0]] = {k: v for k, v in zip(SIGHTING_FIELDS, row[1:])
+                               if v is not None}
+        return out
 
     def entries_by_id(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """Entries with their list's provenance, as alerts and lookups show them."""

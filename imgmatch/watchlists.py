@@ -46,10 +46,6 @@ from .watch_store import EntryRow, HitRow, WatchlistRow, WatchStore
 DEFAULT_FLOOD = 10
 FLOOD_WINDOW = timedelta(hours=24)
 
-#: The sighting fields an alert carries.
-SIGHTING_FIELDS = ("platform", "url", "page_url", "ad_id", "posted_at", "collected_at",
-                   "source")
-
 
 @dataclass(frozen=True)
 class WatchMatch:
@@ -131,6 +127,8 @@ class Watchlists:
         self._version = -1
         self._lists: dict[int, WatchlistRow] = {}
         self._indexes: dict[str, WatchIndex] = {}
+        #: each entry's list, over every signal's index
+        self._list_of: dict[int, int] = {}
 
     # -------------------------------------------------------------- indexes
     def indexes(self) -> dict[str, WatchIndex]:
@@ -143,6 +141,8 @@ class Watchlists:
                                            {i: w for i, w in self._lists.items()
                                             if w.signal == s})
                              for s in signals}
+            self._list_of = {e: w for ix in self._indexes.values()
+                             for e, w in ix.list_of.items()}
             self._version = version
         return self._indexes
 
@@ -167,19 +167,14 @@ class Watchlists:
                 found = index.search(variants.get(signal, ()))
                 if not found:
                     continue
-                stored = {e: {signal: (v, q)} for e, v, q in self._values(found)}
+                stored = {e: {signal: (v, q)}
+                          for e, (v, q) in self.store.values_of(sorted(found)).items()}
                 evidence = gather_evidence({signal: list(variants[signal])}, stored)
                 for entry, (d, w) in sorted(found.items()):
                     score, rules = evidence[entry].scored()
                     out.append(HitRow(entry, image_id, d, _transform(w), round(score, 4),
                                       "low-information" not in rules))
         return out
-
-    def _values(self, found: Mapping[int, Any]) -> list[tuple[int, bytes, int | None]]:
-        rows = self.catalog.conn.execute(
-            f"SELECT id, value, quality FROM watch_entries WHERE id IN "
-            f"({','.join('?' * len(found))})", list(found)).fetchall()
-        return [(r[0], bytes(r[1]), r[2]) for r in rows]
 
     def check_in(self, images: Sequence[tuple[int, Mapping[str, Sequence[HashValue]]]]
                  ) -> set[int]:
@@ -191,7 +186,7 @@ class Watchlists:
         self.record_in(hits)
         negative = {w.id for w in self._lists.values() if w.negative}
         return {h.image_id for h in hits
-                if self._indexes_list_of(h.entry_id) in negative}
+                if self._list_of.get(h.entry_id) in negative}
 
     def _with_values(self, images: Sequence[tuple[int, Mapping[str, Sequence[HashValue]]]]
                      ) -> list[tuple[int, Mapping[str, Sequence[HashValue]]]]:
@@ -210,17 +205,11 @@ class Watchlists:
             out.append((image_id, have))
         return out
 
-    def _indexes_list_of(self, entry_id: int) -> int | None:
-        for index in self._indexes.values():
-            if entry_id in index.list_of:
-                return index.list_of[entry_id]
-        return None
-
     def record_in(self, hits: Sequence[HitRow]) -> None:
         """Write hits, each in its flood group, and quarantine entries that flood."""
         since = (datetime.now(timezone.utc) - FLOOD_WINDOW).strftime("%Y-%m-%dT%H:%M:%SZ")
         for h in hits:
-            list_id = self._indexes_list_of(h.entry_id)
+            list_id = self._list_of.get(h.entry_id)
             w = self._lists.get(list_id) if list_id is not None else None
             if w is None:
                 continue
@@ -275,7 +264,7 @@ class Watchlists:
             return 0
         entries = self.store.entries_by_id(sorted({e for e, _, _ in rows}))
         images = self.catalog.images(sorted({i for _, i, _ in rows}))
-        sightings = self._sightings({s for _, _, s in rows})
+        sightings = self.store.sightings_by_id(sorted({s for _, _, s in rows}))
         hits = {(h["entry_id"], image_id): h
                 for image_id, hs in self.store.hits_of(sorted({i for _, i, _ in rows})).items()
                 for h in hs}
@@ -296,18 +285,6 @@ class Watchlists:
                              "transform": hit["transform"]},
                 "score": hit["score"]}))
         return self.store.add_alerts_in(alerts)
-
-    def _sightings(self, ids: set[int]) -> dict[int, dict[str, Any]]:
-        out: dict[int, dict[str, Any]] = {}
-        id_list = sorted(ids)
-        for i in range(0, len(id_list), 500):
-            chunk = id_list[i:i + 500]
-            cols = ", ".join(SIGHTING_FIELDS)
-            for row in self.catalog.conn.execute(
-                    f"SELECT id, {cols} FROM sightings WHERE id IN "
-                    f"({','.join('?' * len(chunk))})", chunk):
-                out[row[0]] = {k: v for k, v in zip(SIGHTING_FIELDS, row[1:]) if v is not None}
-        return out
 
     # ------------------------------------------------------------- backfill
     def backfill(self, entry_ids: Sequence[int], index: BinaryIndex | None,

@@ -121,7 +121,7 @@ def main() -> int:
             with Collection.open(work / f"{name}.db") as c:
                 if attach:
                     c.watchlist_add("partner", listing)
-                    c._watch.indexes()  # built once per process, before its first batch
+                    c.watch_lookup("0" * 64)  # the index is built once per process, first
                 items = [Item(str(p), imgmatch.Sighting(source=str(p)), path=p) for p in queries]
                 t = time.perf_counter()
                 c.ingest(items, signals=["pdq", "phash", "dhash"], link=False)

@@ -1,0 +1,121 @@
+"""Where a robust ingest's time goes, per image, on the ad-sized JPEGs.
+
+Two measures, each in this process on one thread (so they add up to what
+one core spends per image):
+
+- analysis: ``analyse`` (decode, hashes and, in the robust tier, ORB on the
+  image and its mirror) over the files' bytes, for the hash tier and the
+  robust tier, and ORB's ``detectAndCompute`` alone;
+- linking: an in-process robust ingest (``--workers 0``) of the same files,
+  timing ``IndexLinker.links`` (descriptor votes, geometric verification,
+  scoring) and counting the verifications it runs, with the time of the
+  descriptor votes and of the verifications inside it.
+
+``--both-orientations`` verifies the image and its mirror against every
+candidate, as ingest did before it counted votes per orientation
+(``match.LINK_ORIENTATION_VOTES`` set to 0): the baseline of that change.
+
+``scripts/bench ingest`` gives the rates; this says what to make cheaper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import emit, ensure_ad_sized, ensure_dev_corpus  # noqa: E402
+
+
+class Timed:
+    """Wraps a function to add up its calls' seconds (one thread)."""
+
+    def __init__(self, owner: object, name: str) -> None:
+        self.owner, self.name = owner, name
+        self.inner = getattr(owner, name)
+        self.seconds, self.calls = 0.0, 0
+        setattr(owner, name, self)
+
+    def __call__(self, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
+            self.calls += 1
+
+    def __get__(self, obj, objtype=None):  # used as a method: bind like a function
+        return self if obj is None else (lambda *a, **k: self(obj, *a, **k))
+
+    def restore(self) -> None:
+        setattr(self.owner, self.name, self.inner)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=400)
+    ap.add_argument("--both-orientations", action="store_true",
+                    help="verify both orientations of every candidate (the baseline)")
+    ap.add_argument("--md", type=Path, help="also write the table here")
+    args = ap.parse_args()
+
+    import imgmatch
+    from imgmatch import descriptors, features, match
+    from imgmatch.analysis import analyse
+    from imgmatch.sources import Item
+    from imgmatch.workers import single_threaded
+
+    single_threaded()
+    if args.both_orientations:
+        match.LINK_ORIENTATION_VOTES = 0
+    files = sorted(ensure_ad_sized(ensure_dev_corpus()).glob("*.jpg"))[:args.images]
+    datas = [p.read_bytes() for p in files]
+    n = len(datas)
+
+    per_image: dict[str, float] = {}
+    for label, signals in (("hash tier", imgmatch.DEFAULT_SIGNALS),
+                           ("robust tier", imgmatch.ROBUST_SIGNALS)):
+        started = time.perf_counter()
+        for data in datas:
+            analyse(data, signals, "bench")
+        per_image[label] = 1000 * (time.perf_counter() - started) / n
+    orb = Timed(features, "extract")
+    for data in datas:
+        analyse(data, imgmatch.ROBUST_SIGNALS, "bench")
+    orb.restore()
+
+    links = Timed(match.IndexLinker, "links")
+    votes = Timed(descriptors.DescriptorIndex, "votes_by_set")
+    verify = Timed(features, "verify")
+    try:
+        with tempfile.TemporaryDirectory() as tmp, \
+                imgmatch.Collection.open(Path(tmp) / "c.db") as c:
+            items = [Item(str(p), imgmatch.Sighting(source=str(p)), path=p) for p in files]
+            summary = c.ingest(items, signals=imgmatch.ROBUST_SIGNALS, workers=0)
+    finally:
+        for timed in (links, votes, verify):
+            timed.restore()
+    added = summary.images_added
+    lines = [
+        f"{n} ad-sized JPEGs, one thread, milliseconds per image"
+        + (" (both orientations verified):" if args.both_orientations else ":"),
+        "",
+        "| step | ms per image |",
+        "|---|---|",
+        f"| analysis, hash tier (decode, PDQ, pHash, dHash) | {per_image['hash tier']:.1f} |",
+        f"| analysis, robust tier | {per_image['robust tier']:.1f} |",
+        f"| ... of which ORB on the image and its mirror | {1000 * orb.seconds / n:.1f} |",
+        f"| linking at ingest (votes, verification, scores) | {1000 * links.seconds / added:.1f} |",
+        f"| ... of which descriptor votes | {1000 * votes.seconds / added:.1f} |",
+        f"| ... of which geometric verification | {1000 * verify.seconds / added:.1f} |",
+        f"| verifications run (all images) | {verify.calls} |",
+        f"| links found | {summary.links_added} |",
+    ]
+    return emit(lines, args.md)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
