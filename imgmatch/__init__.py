@@ -46,7 +46,13 @@ from .errors import (
 )
 
 if _TYPE_CHECKING:
-    from .collection import MIN_SHA256_PREFIX, Collection, default_db_path, hash_bytes
+    from .collection import (
+        MIN_SHA256_PREFIX,
+        Collection,
+        catalog_address,
+        default_db_path,
+        hash_bytes,
+    )
     from .dask_pool import connect_dask
     from .hash_export import HASH_EXPORT_FORMATS
     from .hashlists import HashLine, read_hash_list
@@ -88,6 +94,7 @@ _LAZY: dict[str, str] = {
     "Collection": "collection",
     "hash_bytes": "collection",
     "default_db_path": "collection",
+    "catalog_address": "collection",
     "MIN_SHA256_PREFIX": "collection",
     "Sighting": "records",
     "HashValue": "records",
@@ -182,6 +189,7 @@ __all__ = [
     "printable",
     "scopes_allow",
     "default_db_path",
+    "catalog_address",
     "default_workers",
     "connect_dask",
     # constants: defaults and choices

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from .catalog import Catalog
+from .catalog import Catalog, catalog_address
 from .errors import DeliveryError
 from .watch_store import WatchStore
 
@@ -147,7 +147,7 @@ class AlertDeliverer:
 
     def __init__(self, db: str | Path, sink: AlertSink, *, interval: float = 1.0,
                  backoff: float = 0.5, on_error: Callable[[str], None] | None = None) -> None:
-        self.db = Path(db)
+        self.db = catalog_address(db)
         self.sink = sink
         self.interval = interval
         self.backoff = backoff

@@ -1,4 +1,4 @@
-"""The SQLite catalog: the collection's single source of truth.
+"""The catalog: the collection's single source of truth, in SQLite or PostgreSQL.
 
 Images are keyed by the SHA-256 of their bytes; sightings say where and when
 an image was seen; signals hold packed hash bytes; failures record every input
@@ -7,12 +7,16 @@ log records who queried, exported and erased (hash-chained, append-only, see
 :mod:`imgmatch.audit`). Indexes are caches rebuilt from here, never the other
 way round.
 
-One writer: only the process that owns a :class:`Catalog` in write mode
-writes, in batched transactions (``write_batch``), so a crash leaves either a
-whole batch or none of it. The one exception is the audit log, which a
-read-only catalog appends to through a connection of its own. The schema is versioned by recorded migrations.
+One writer at a time: writes are batched transactions (``write_batch``) that
+take the catalog's write lock, so a crash leaves either a whole batch or none
+of it, and ids go by commit order. On SQLite the writer is the process that
+owns a :class:`Catalog` in write mode (the audit log excepted: a read-only
+catalog appends to it through a connection of its own); on PostgreSQL any
+number of processes on any nodes write, each transaction in turn. The schema
+is versioned by recorded migrations.
 This module knows SQL and nothing of FAISS; rows go in and come out as the
-plain records of :mod:`imgmatch.records`.
+plain records of :mod:`imgmatch.records`. Its SQL runs on both engines; what
+PostgreSQL needs said differently is :mod:`imgmatch.pg`'s to translate.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from . import pg
 from .audit import GENESIS, digest_of
 from .errors import CatalogError
 from .model import AuditEntry
@@ -38,9 +43,21 @@ from .watch_store import WatchStore
 #: The id of the next image: above every id the catalog holds or has held.
 #: An erased image's id is never given again, so no index or process that
 #: still remembers it can mistake a new image for it.
-NEXT_IMAGE_ID = ("(SELECT max(coalesce((SELECT max(id) FROM images), 0), "
-                 "coalesce((SELECT CAST(value AS INTEGER) FROM meta "
-                 "WHERE key = 'image_id_floor'), 0)) + 1)")
+NEXT_IMAGE_ID = ("(SELECT CASE WHEN m > f THEN m ELSE f END + 1 FROM (SELECT "
+                 "coalesce((SELECT max(id) FROM images), 0) AS m, "
+                 "coalesce((SELECT CAST(value AS BIGINT) FROM meta "
+                 "WHERE key = 'image_id_floor'), 0) AS f) AS next_id)")
+
+
+#: Where a catalog is: an SQLite file's path, or a PostgreSQL URL (a string,
+#: since a Path would fold its "//").
+Address = str | Path
+
+
+def catalog_address(value: str | Path) -> Address:
+    """A catalog address as given on a command line or in the environment: a
+    ``postgresql://`` URL stays a string, anything else is a file path."""
+    return str(value) if pg.is_url(str(value)) else Path(value)
 
 
 def _alive(pid: int) -> bool:
@@ -193,24 +210,24 @@ MIGRATIONS: list[tuple[str, str]] = [
     INSERT INTO tallies SELECT 'signal:' || signal, count(*) FROM signals GROUP BY signal;
     INSERT INTO tallies SELECT 'platform' || coalesce(':' || platform, ''), count(*)
         FROM sightings GROUP BY platform;
-    CREATE TRIGGER tally_images_in AFTER INSERT ON images BEGIN INSERT INTO tallies (key, n) VALUES ('images', 1) ON CONFLICT(key) DO UPDATE SET n = n + 1; END;
+    CREATE TRIGGER tally_images_in AFTER INSERT ON images BEGIN INSERT INTO tallies (key, n) VALUES ('images', 1) ON CONFLICT(key) DO UPDATE SET n = tallies.n + 1; END;
     CREATE TRIGGER tally_images_out AFTER DELETE ON images BEGIN UPDATE tallies SET n = n - 1 WHERE key = 'images'; END;
-    CREATE TRIGGER tally_links_in AFTER INSERT ON links BEGIN INSERT INTO tallies (key, n) VALUES ('links', 1) ON CONFLICT(key) DO UPDATE SET n = n + 1; END;
+    CREATE TRIGGER tally_links_in AFTER INSERT ON links BEGIN INSERT INTO tallies (key, n) VALUES ('links', 1) ON CONFLICT(key) DO UPDATE SET n = tallies.n + 1; END;
     CREATE TRIGGER tally_links_out AFTER DELETE ON links BEGIN UPDATE tallies SET n = n - 1 WHERE key = 'links'; END;
-    CREATE TRIGGER tally_failures_in AFTER INSERT ON failures BEGIN INSERT INTO tallies (key, n) VALUES ('failures', 1) ON CONFLICT(key) DO UPDATE SET n = n + 1; END;
+    CREATE TRIGGER tally_failures_in AFTER INSERT ON failures BEGIN INSERT INTO tallies (key, n) VALUES ('failures', 1) ON CONFLICT(key) DO UPDATE SET n = tallies.n + 1; END;
     CREATE TRIGGER tally_features_in AFTER INSERT ON features BEGIN
         INSERT INTO tallies (key, n) VALUES ('features', 1)
-            ON CONFLICT(key) DO UPDATE SET n = n + 1; END;
+            ON CONFLICT(key) DO UPDATE SET n = tallies.n + 1; END;
     CREATE TRIGGER tally_features_out AFTER DELETE ON features BEGIN
         UPDATE tallies SET n = n - 1 WHERE key = 'features'; END;
     CREATE TRIGGER tally_failures_out AFTER DELETE ON failures BEGIN UPDATE tallies SET n = n - 1 WHERE key = 'failures'; END;
     CREATE TRIGGER tally_signals_in AFTER INSERT ON signals BEGIN
-        INSERT INTO tallies (key, n) VALUES ('signal:' || NEW.signal, 1) ON CONFLICT(key) DO UPDATE SET n = n + 1; END;
+        INSERT INTO tallies (key, n) VALUES ('signal:' || NEW.signal, 1) ON CONFLICT(key) DO UPDATE SET n = tallies.n + 1; END;
     CREATE TRIGGER tally_signals_out AFTER DELETE ON signals BEGIN
         UPDATE tallies SET n = n - 1 WHERE key = 'signal:' || OLD.signal; END;
     CREATE TRIGGER tally_sightings_in AFTER INSERT ON sightings BEGIN
-        INSERT INTO tallies (key, n) VALUES ('sightings', 1) ON CONFLICT(key) DO UPDATE SET n = n + 1;
-        INSERT INTO tallies (key, n) VALUES ('platform' || coalesce(':' || NEW.platform, ''), 1) ON CONFLICT(key) DO UPDATE SET n = n + 1; END;
+        INSERT INTO tallies (key, n) VALUES ('sightings', 1) ON CONFLICT(key) DO UPDATE SET n = tallies.n + 1;
+        INSERT INTO tallies (key, n) VALUES ('platform' || coalesce(':' || NEW.platform, ''), 1) ON CONFLICT(key) DO UPDATE SET n = tallies.n + 1; END;
     CREATE TRIGGER tally_sightings_out AFTER DELETE ON sightings BEGIN
         UPDATE tallies SET n = n - 1 WHERE key = 'sightings';
         UPDATE tallies SET n = n - 1 WHERE key = 'platform' || coalesce(':' || OLD.platform, ''); END;
@@ -325,19 +342,48 @@ class BatchWatcher(Protocol):
 
 
 class Catalog:
-    """A connection to one catalog file. Open with :meth:`open`."""
+    """A connection to one catalog: an SQLite file, or a PostgreSQL database
+    several processes and nodes share (see :mod:`imgmatch.pg`). Open with
+    :meth:`open`."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool) -> None:
+    def __init__(self, conn: Any, address: str | Path, readonly: bool) -> None:
         self.conn = conn
-        self.path = path
+        #: what :meth:`open` was given: a file path, or a postgresql:// URL
+        self.address = str(address)
+        #: whether the catalog is a PostgreSQL database that other nodes may write
+        self.shared = pg.is_url(self.address)
+        #: the address as messages show it (a URL without its password)
+        self.location = pg.redact(self.address) if self.shared else self.address
         self.readonly = readonly
         #: a read-only catalog's one writable connection, for its audit entries
-        self._audit_conn: sqlite3.Connection | None = None
+        self._audit_conn: Any = None
+
+    @property
+    def path(self) -> Path:
+        """The catalog file (an SQLite catalog's; a PostgreSQL one has none)."""
+        if self.shared:
+            raise CatalogError(f"the catalog at {self.location} is a PostgreSQL database, "
+                               "not a file")
+        return Path(self.address)
 
     # ----------------------------------------------------------------- opening
     @classmethod
-    def open(cls, path: str | Path, *, readonly: bool = False) -> Catalog:
-        path = Path(path)
+    def open(cls, address: str | Path, *, readonly: bool = False) -> Catalog:
+        """The catalog at ``address``: an SQLite file (created unless
+        ``readonly``), or a ``postgresql://USER@HOST/DB`` URL whose database
+        exists (the schema is created in it)."""
+        if pg.is_url(address):
+            server = pg.connect(str(address))
+            if readonly:  # writes fail, as on a read-only SQLite file
+                server.raw.execute("SET default_transaction_read_only = on")
+            catalog = cls(server, address, readonly)
+            try:
+                catalog._migrate()
+            except BaseException:
+                catalog.close()
+                raise
+            return catalog
+        path = Path(address)
         if readonly:
             if not path.exists():
                 raise CatalogError(f"no collection at {path}; create one with 'imgmatch ingest'")
@@ -373,25 +419,41 @@ class Catalog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _migrate(self) -> None:
+    def _schema_version(self) -> int:
+        """The last migration applied (SQLite keeps it in the file's header)."""
         try:
-            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise CatalogError(f"{self.path} is not an imgmatch catalog: {exc}") from None
+            if not self.shared:
+                return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+            # a scan of the system table, not to_regclass: that reads a cache
+            # which may not yet know of a table another migrating process made
+            if not self.conn.execute(
+                    "SELECT count(*) FROM pg_catalog.pg_tables WHERE tablename = 'migrations' "
+                    "AND schemaname = current_schema()").fetchone()[0]:
+                return 0
+            return int(self.conn.execute(
+                "SELECT coalesce(max(version), 0) FROM migrations").fetchone()[0])
+        except pg.errors(sqlite3.DatabaseError) as exc:
+            raise CatalogError(f"{self.location} is not an imgmatch catalog: {exc}") from None
+
+    def _migrate(self) -> None:
+        version = self._schema_version()
         if version > SCHEMA_VERSION:
             raise CatalogError(
-                f"{self.path} has schema version {version}, newer than this imgmatch "
+                f"{self.location} has schema version {version}, newer than this imgmatch "
                 f"understands ({SCHEMA_VERSION}); upgrade imgmatch")
         if version == SCHEMA_VERSION:
             return
         if version == 0 and self._has_foreign_tables():
-            raise CatalogError(f"{self.path} is an SQLite file, but not an imgmatch catalog")
+            kind = "a PostgreSQL database" if self.shared else "an SQLite file"
+            raise CatalogError(f"{self.location} is {kind}, but not an imgmatch catalog")
         if self.readonly:
             raise CatalogError(
-                f"{self.path} needs a schema upgrade; open it once for writing "
+                f"{self.location} needs a schema upgrade; open it once for writing "
                 "(for example 'imgmatch stats') first")
         for number, (name, sql) in enumerate(MIGRATIONS[version:], start=version + 1):
             with self._transaction():
+                if self._schema_version() >= number:
+                    continue  # another process applied it while this one waited
                 for statement in _split_sql(sql):
                     self.conn.execute(statement)
                 if number == 1:
@@ -406,8 +468,10 @@ class Catalog:
                 self.conn.execute(f"PRAGMA user_version = {number}")
 
     def _has_foreign_tables(self) -> bool:
-        return self.conn.execute(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] > 0
+        sql = ("SELECT count(*) FROM information_schema.tables "
+               "WHERE table_schema = current_schema()" if self.shared else
+               "SELECT count(*) FROM sqlite_master WHERE type = 'table'")
+        return self.conn.execute(sql).fetchone()[0] > 0
 
     # -------------------------------------------------------------------- meta
     def meta(self, key: str) -> str | None:
@@ -418,7 +482,7 @@ class Catalog:
     def collection_id(self) -> str:
         value = self.meta("collection_id")
         if value is None:
-            raise CatalogError(f"{self.path} has no collection id; it is damaged")
+            raise CatalogError(f"{self.location} has no collection id; it is damaged")
         return value
 
     @property
@@ -462,9 +526,10 @@ class Catalog:
         return None if row is None else row[0]
 
     @contextmanager
-    def _transaction(self, conn: sqlite3.Connection | None = None) -> Iterator[None]:
+    def _transaction(self, conn: Any = None) -> Iterator[None]:
         """One write transaction (on ``conn``, by default the catalog's own):
-        committed whole, or rolled back and re-raised."""
+        committed whole, or rolled back and re-raised. It waits for the write
+        lock first (SQLite's; on PostgreSQL, an advisory lock all nodes share)."""
         conn = conn or self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -490,6 +555,9 @@ class Catalog:
         them re-read pages (adding a million hashes: 203 s before, 146 s with
         it; docs/benchmarks.md). It is given back afterwards, so an ingest's
         memory stays flat."""
+        if self.shared:  # the server's cache is the server's to size
+            yield
+            return
         before = self.conn.execute("PRAGMA cache_size").fetchone()[0]
         self.conn.execute(f"PRAGMA cache_size = {-1024 * int(mebibytes)}")
         try:
@@ -525,8 +593,8 @@ class Catalog:
                 ids.update((k, i) for i, k in conn.execute(
                     f"SELECT id, hash_key FROM images WHERE hash_key IN ({marks})", chunk))
             conn.executemany(
-                "INSERT OR IGNORE INTO signals (image_id, signal, version, value, quality) "
-                "VALUES (?,?,1,?,?)",
+                "INSERT INTO signals (image_id, signal, version, value, quality) "
+                "VALUES (?,?,1,?,?) ON CONFLICT DO NOTHING",
                 [(ids[k], signal, value, quality)
                  for k, (signal, value, quality, _) in zip(keys, rows)])
             sightings = conn.executemany(
@@ -576,9 +644,10 @@ class Catalog:
             if image_ids:  # their ids are never given again (an index may still mask them)
                 conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('image_id_floor', ?) ON CONFLICT(key)"
-                    " DO UPDATE SET value = max(CAST(value AS INTEGER), excluded.value)",
+                    " DO UPDATE SET value = CASE WHEN CAST(meta.value AS BIGINT) > "
+                    "CAST(excluded.value AS BIGINT) THEN meta.value ELSE excluded.value END",
                     (max(image_ids),))
-            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
+            conn.execute("UPDATE meta SET value = CAST(value AS BIGINT) + 1 "
                          "WHERE key = 'deletions'")
         # the deleted rows' old pages live on in the write-ahead log until it is
         # checkpointed: copy it back (secure_delete has zeroed them) and empty it
@@ -611,7 +680,8 @@ class Catalog:
                     failures: Iterable[tuple[str, str, str]],
                     run_id: int | None, linker: Linker | None = None,
                     payload_digests: Iterable[tuple[str, str]] = (),
-                    watcher: BatchWatcher | None = None) -> BatchResult:
+                    watcher: BatchWatcher | None = None,
+                    locked: Callable[[], object] | None = None) -> BatchResult:
         """Write analysed images, their sightings and failures in one transaction.
 
         ``sightings`` pairs an image's sha256 with where it was seen; the image
@@ -623,12 +693,16 @@ class Catalog:
         ``watcher`` checks the new images against the watchlists and raises
         the new sightings' alerts, in the same transaction: an alert is
         committed with the image that raised it, or neither is. Images a
-        negative watchlist hits get no links.
+        negative watchlist hits get no links. ``locked`` is called first
+        inside the transaction, once the write lock is held (the linker
+        takes in what other writers committed before it).
         """
         result = BatchResult()
         now = utcnow()
         conn = self.conn
         with self._transaction():
+            if locked is not None:
+                locked()
             for row in images:
                 cur = conn.execute(
                     "INSERT INTO images (id, sha256, size_bytes, width, height, format, mode, "
@@ -685,8 +759,9 @@ class Catalog:
                 if s.source and any_failures:
                     conn.execute("DELETE FROM failures WHERE source = ?", (s.source,))
             conn.executemany(
-                "INSERT OR IGNORE INTO payload_digests (digest, image_id) "
-                "SELECT ?, id FROM images WHERE sha256 = ?", list(payload_digests))
+                "INSERT INTO payload_digests (digest, image_id) "
+                "SELECT ?, id FROM images WHERE sha256 = ? ON CONFLICT DO NOTHING",
+                list(payload_digests))
             for source, reason, detail in failures:
                 result.failures += 1
                 conn.execute(
@@ -773,7 +848,12 @@ class Catalog:
 
     def _tallies(self) -> dict[str, int]:
         """Counts kept by triggers (migration 7): stats read a few rows, not millions."""
-        return dict(self.conn.execute("SELECT key, n FROM tallies WHERE n > 0"))
+        return dict(self.conn.execute(f"SELECT key, n FROM {self._tally_table} WHERE n > 0"))
+
+    @property
+    def _tally_table(self) -> str:
+        """Where the counters are read from (on PostgreSQL, with what is pending)."""
+        return pg.TALLIES if self.shared else "tallies"
 
     def counts(self) -> dict[str, int]:
         t = self._tallies()
@@ -887,7 +967,8 @@ class Catalog:
 
     def feature_count(self) -> int:
         """Images with local features (a tally: no counting)."""
-        row = self.conn.execute("SELECT n FROM tallies WHERE key = 'features'").fetchone()
+        row = self.conn.execute(
+            f"SELECT n FROM {self._tally_table} WHERE key = 'features'").fetchone()
         return int(row[0]) if row else 0
 
     def count_features_upto(self, max_image_id: int) -> int:
@@ -1095,17 +1176,19 @@ class Catalog:
                     (seq, at, actor, action, json.dumps(details, sort_keys=True,
                                                         separators=(",", ":"),
                                                         ensure_ascii=False), prev, digest))
-        except sqlite3.Error as exc:
-            raise CatalogError(f"cannot append to the audit log of {self.path}: {exc}; "
+        except pg.errors(sqlite3.Error) as exc:
+            raise CatalogError(f"cannot append to the audit log of {self.location}: {exc}; "
                                "every query, export and erasure is recorded, so the "
                                "catalog (and its folder) must be writable") from None
         return AuditEntry(seq, at, actor, action, details, prev, digest)
 
-    def _audit_writer(self) -> sqlite3.Connection:
+    def _audit_writer(self) -> Any:
         """The connection audit entries are written through: the catalog's own,
         or, for a read-only catalog, one opened for them (never creating a file)."""
         if not self.readonly:
             return self.conn
+        if self._audit_conn is None and self.shared:
+            self._audit_conn = pg.connect(self.address)
         if self._audit_conn is None:
             conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", uri=True,
                                    check_same_thread=False, isolation_level=None)
@@ -1124,11 +1207,12 @@ class Catalog:
 
     def iter_audit(self, chunk: int = 10_000) -> Iterator[AuditEntry]:
         """Every entry of the audit log in order, read in chunks."""
-        last = None
+        last: int | None = None  # from the first row, whatever its seq (it may be tampered)
         while True:
+            after = "" if last is None else f"WHERE seq > {int(last)} "
             rows = self.conn.execute(
-                f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE ? IS NULL OR seq > ? "
-                f"ORDER BY seq LIMIT ?", (last, last, chunk)).fetchall()
+                f"SELECT {_AUDIT_COLUMNS} FROM audit {after}ORDER BY seq LIMIT ?",
+                (chunk,)).fetchall()
             if not rows:
                 return
             yield from (_audit_entry(row) for row in rows)
@@ -1155,24 +1239,29 @@ def _audit_entry(row: Sequence) -> AuditEntry:
 class KnownImages:
     """'Is this SHA-256 catalogued?' over a read-only connection of its own.
 
-    For worker processes: reading while the parent writes is what WAL allows;
-    a catalog not yet created knows nothing.
+    For worker processes: reading while the parent writes is what WAL allows
+    (and what PostgreSQL always allows); a catalog not yet created knows
+    nothing.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._conn: sqlite3.Connection | None = None
+    def __init__(self, address: str | Path) -> None:
+        self.address = str(address)
+        self._conn: Any = None
 
     def __call__(self, sha256: str) -> bool:
         if self._conn is None:
-            if not self.path.exists():
-                return False
-            self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
-            self._conn.execute("PRAGMA busy_timeout = 30000")
+            if pg.is_url(self.address):
+                self._conn = pg.connect(self.address)
+            else:
+                path = Path(self.address)
+                if not path.exists():
+                    return False
+                self._conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+                self._conn.execute("PRAGMA busy_timeout = 30000")
         try:
             return self._conn.execute("SELECT 1 FROM images WHERE sha256 = ?",
                                       (sha256,)).fetchone() is not None
-        except sqlite3.OperationalError:  # no images table yet
+        except pg.errors(sqlite3.OperationalError):  # no images table yet
             return False
 
     def close(self) -> None:
@@ -1181,7 +1270,7 @@ class KnownImages:
             self._conn = None
 
 
-def _inserted_id(cursor: sqlite3.Cursor) -> int:
+def _inserted_id(cursor: Any) -> int:
     """The id of the row an INSERT just added (SQLite gives None only when none was)."""
     if cursor.lastrowid is None:
         raise CatalogError("the catalog added no row where one was expected")

@@ -49,6 +49,7 @@ from . import (
     Match,
     connect_dask,
     date_bound,
+    catalog_address,
     default_db_path,
     default_workers,
     hash_bytes,
@@ -126,9 +127,12 @@ def _sha256_prefixes(ctx: click.Context, param: click.Parameter,
     return value
 
 
-def _check_db(db: Path) -> None:
+def _check_db(db: Path | str) -> None:
     """--db's folder must exist: a mistyped path should not leave new folders,
-    and an empty collection in them, behind."""
+    and an empty collection in them, behind. (A PostgreSQL catalog's database
+    must exist too; opening it says so.)"""
+    if not isinstance(db, Path):
+        return
     folder = db.parent
     if not folder.is_dir():
         why = "is not a folder" if folder.exists() else "does not exist"
@@ -136,7 +140,7 @@ def _check_db(db: Path) -> None:
                                  "another (imgmatch creates no folders)", param_hint="'--db'")
 
 
-def _open(db: Path, *, readonly: bool = False) -> Collection:
+def _open(db: Path | str, *, readonly: bool = False) -> Collection:
     """The collection at --db, once :func:`_check_db` agrees."""
     _check_db(db)
     return Collection.open(db, readonly=readonly)
@@ -196,14 +200,16 @@ def _dask_client(address: str | None) -> Any:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), envvar="IMGMATCH_DB",
-              help="Catalog file of the collection (env IMGMATCH_DB; default ./imgmatch.db). "
+@click.option("--db", envvar="IMGMATCH_DB", metavar="FILE|URL",
+              help="Catalog of the collection: an SQLite file, or a PostgreSQL database "
+                   "shared by several nodes (postgresql://USER@HOST/DB) (env IMGMATCH_DB; "
+                   "default ./imgmatch.db). "
                    "Indexes live beside it in DB.indexes/.")
 @click.version_option(package_name="imgmatch")
 @click.pass_context
-def cli(ctx: click.Context, db: Path | None) -> None:
+def cli(ctx: click.Context, db: str | None) -> None:
     """Find where the same photos are reused across websites and over time."""
-    ctx.obj = db or default_db_path()
+    ctx.obj = catalog_address(db) if db else default_db_path()
     # everything a command writes (catalogs, indexes, reports, exports) is
     # about victims: readable by its owner only, whatever the shell's umask
     os.umask(os.umask(0o077) | 0o077)
@@ -271,8 +277,8 @@ def cli(ctx: click.Context, db: Path | None) -> None:
               help="Bearer token sent to the webhook.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.pass_obj
-def ingest(db: Path, paths: tuple[Path, ...], manifests: tuple[Path, ...], jsonl: TextIO | None,
-           scrapy_items: Path | None, scrapy_store: Path | None, platform: str | None,
+def ingest(db: Path | str, paths: tuple[Path, ...], manifests: tuple[Path, ...],
+           jsonl: TextIO | None, scrapy_items: Path | None, scrapy_store: Path | None, platform: str | None,
            file_times: bool,
            signal_list: tuple[str, ...] | None, robust: bool, workers: int, timeout: float,
            max_memory: int, dask_address: str | None,
@@ -473,7 +479,7 @@ def _print_summary(summary: IngestSummary) -> None:
                                       "0.99 where they were fitted); 0 returns the top K candidates.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query per line.")
 @click.pass_obj
-def query(db: Path, images: tuple[Path, ...], pdq_hex: tuple[tuple[str, HashValue], ...],
+def query(db: Path | str, images: tuple[Path, ...], pdq_hex: tuple[tuple[str, HashValue], ...],
           pdq_file: Path | None, top_k: int, min_score: float, as_json: bool) -> int:
     """Where else has this image appeared? Matches best first."""
     if not images and not pdq_hex and not pdq_file:
@@ -611,7 +617,7 @@ def hash_cmd(images: tuple[Path, ...], signal_list: tuple[str, ...] | None,
               help="HTML: embed the thumbnails stored at ingest (each still hidden until "
                    "clicked). Off by default: the file stays small and holds no pictures.")
 @click.pass_obj
-def report(db: Path, fmt: str, output: Path | None, min_sightings: int,
+def report(db: Path | str, fmt: str, output: Path | None, min_sightings: int,
            platforms: tuple[str, ...], cross_platform: bool, since: str | None,
            until: str | None, fields: str, raw: bool, thumbnails: bool) -> int:
     """Clusters of the same picture with their sightings, cross-platform first."""
@@ -667,7 +673,7 @@ def _linked_names(record: ImageRecord) -> list[str]:
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (the image's, or the cluster's as in the report).")
 @click.pass_obj
-def show(db: Path, sha256: str | None, cluster_id: int | None, as_json: bool) -> int:
+def show(db: Path | str, sha256: str | None, cluster_id: int | None, as_json: bool) -> int:
     """One image (its signals, sightings and links) or one cluster. SHA256 may be
     any unique prefix of 8 or more hex digits."""
     if (sha256 is None) == (cluster_id is None):
@@ -720,7 +726,7 @@ def show(db: Path, sha256: str | None, cluster_id: int | None, as_json: bool) ->
 @click.argument("b", callback=_sha256_prefixes)
 @click.option("--json", "as_json", is_flag=True, help="Print the explanation as one JSON object.")
 @click.pass_obj
-def explain(db: Path, a: str, b: str, as_json: bool) -> int:
+def explain(db: Path | str, a: str, b: str, as_json: bool) -> int:
     """Why two catalogued images match or not: each signal's values, distance,
     threshold, version and verdict, the geometric verification, the score, the
     rules that capped it and the precision measured at it. A and B are
@@ -795,7 +801,7 @@ def _print_explanation(e: Explanation) -> None:
 @click.option("--list", "list_", is_flag=True, help="List what is ignored.")
 @click.option("--remove", "remove", type=int, multiple=True, help="Stop ignoring entry ID.")
 @click.pass_obj
-def ignore(db: Path, sha256s: tuple[str, ...], pdq_hex: tuple[tuple[str, HashValue], ...],
+def ignore(db: Path | str, sha256s: tuple[str, ...], pdq_hex: tuple[tuple[str, HashValue], ...],
            reason: str, list_: bool, remove: tuple[int, ...]) -> int:
     """Mark images or hashes as known stock photos, logos or templates, so their
     links stop shaping clusters. A SHA256 may be a unique prefix of 8+ hex digits."""
@@ -831,7 +837,7 @@ def ignore(db: Path, sha256s: tuple[str, ...], pdq_hex: tuple[tuple[str, HashVal
               help="Print the summary (lines, hashes and sightings added, bad lines with "
                    "their numbers) as one JSON object.")
 @click.pass_obj
-def import_hashes(db: Path, file: Path, platform: str | None, shared_by: str | None,
+def import_hashes(db: Path | str, file: Path, platform: str | None, shared_by: str | None,
                   licence: str | None, link: bool, workers: int, as_json: bool) -> int:
     """Load a hash list without pictures: 'pdq HEX' lines (python-threatexchange)
     or the hash,quality,filename CSV of Meta's hasher."""
@@ -920,7 +926,7 @@ class _Staged:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write to this file instead of standard output.")
 @click.pass_obj
-def export_hashes(db: Path, fmt: str, signal: str, clusters: tuple[int, ...],
+def export_hashes(db: Path | str, fmt: str, signal: str, clusters: tuple[int, ...],
                   platforms: tuple[str, ...], since: str | None, until: str | None,
                   min_quality: int | None, output: Path | None) -> int:
     """Write the collection's hashes for partners' tools: hashes, qualities
@@ -969,7 +975,7 @@ def export_hashes(db: Path, fmt: str, signal: str, clusters: tuple[int, ...],
               help="Print, per signal, the images searched, pairs found and links added "
                    "as one JSON object.")
 @click.pass_obj
-def link(db: Path, signals: tuple[str, ...], workers: int, dask_address: str | None,
+def link(db: Path | str, signals: tuple[str, ...], workers: int, dask_address: str | None,
          as_json: bool) -> int:
     """Link near-duplicates among images added since the last link pass.
 
@@ -996,7 +1002,7 @@ def link(db: Path, signals: tuple[str, ...], workers: int, dask_address: str | N
               help="Print one JSON object: the counts, signals, failure reasons and the "
                    "last runs.")
 @click.pass_obj
-def stats(db: Path, as_json: bool) -> int:
+def stats(db: Path | str, as_json: bool) -> int:
     """Counts of images, sightings, signals, platforms and failures."""
     with _open(db, readonly=True) as collection:
         info = collection.stats()
@@ -1063,7 +1069,7 @@ def _run_json(run: dict) -> dict:
 @click.option("--webhook-token", envvar="IMGMATCH_WEBHOOK_TOKEN",
               help="Bearer token sent to the webhook.")
 @click.pass_obj
-def serve(db: Path, host: str, port: int, max_upload_mb: float, header_timeout: float,
+def serve(db: Path | str, host: str, port: int, max_upload_mb: float, header_timeout: float,
           max_connections: int, decode_workers: int, timeout: float, max_memory: int,
           webhook: str | None, webhook_token: str | None) -> int:
     """Run the HTTP service over this collection (API keys: 'imgmatch keys')."""
@@ -1091,7 +1097,7 @@ def keys() -> None:
 @click.option("--scope", "scopes", multiple=True, required=True,
               type=click.Choice(KEY_SCOPES), help="read, ingest or admin. Repeatable.")
 @click.pass_obj
-def keys_add(db: Path, name: str, scopes: tuple[str, ...]) -> int:
+def keys_add(db: Path | str, name: str, scopes: tuple[str, ...]) -> int:
     """Create a key; it is printed once, alone on the last line."""
     with _open(db) as collection:
         key = collection.add_key(name, scopes)
@@ -1104,7 +1110,7 @@ def keys_add(db: Path, name: str, scopes: tuple[str, ...]) -> int:
 @keys.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print the keys as one JSON array.")
 @click.pass_obj
-def keys_list(db: Path, as_json: bool) -> int:
+def keys_list(db: Path | str, as_json: bool) -> int:
     """Keys by name, scopes and dates (never the keys themselves)."""
     with _open(db, readonly=True) as collection:
         rows = collection.keys()
@@ -1121,7 +1127,7 @@ def keys_list(db: Path, as_json: bool) -> int:
 @keys.command("revoke")
 @click.argument("name_or_id")
 @click.pass_obj
-def keys_revoke(db: Path, name_or_id: str) -> int:
+def keys_revoke(db: Path | str, name_or_id: str) -> int:
     """Revoke the active keys with this name (or this id)."""
     with _open(db) as collection:
         n = collection.revoke_key(name_or_id)
@@ -1160,7 +1166,7 @@ def audit(ctx: click.Context, as_json: bool, limit: int | None) -> int:
 @audit.command("verify")
 @click.option("--json", "as_json", is_flag=True, help="Print the check as one JSON object.")
 @click.pass_obj
-def audit_verify(db: Path, as_json: bool) -> int:
+def audit_verify(db: Path | str, as_json: bool) -> int:
     """Check the audit log's hash chain; exit code 3 naming the first entry
     that was changed, or that follows a removed one."""
     with _open(db, readonly=True) as collection:
@@ -1179,7 +1185,7 @@ def audit_verify(db: Path, as_json: bool) -> int:
 @cli.command()
 @click.argument("sha256s", nargs=-1, required=True, callback=_sha256_prefixes)
 @click.pass_obj
-def erase(db: Path, sha256s: tuple[str, ...]) -> int:
+def erase(db: Path | str, sha256s: tuple[str, ...]) -> int:
     """Remove images for good (their signals, sightings, links and thumbnails),
     for example on a takedown or a victim's request. A SHA256 may be a unique
     prefix of 8+ hex digits; if any names no image, or several, nothing is erased."""
@@ -1192,7 +1198,7 @@ def erase(db: Path, sha256s: tuple[str, ...]) -> int:
 
 @cli.command()
 @click.pass_obj
-def reindex(db: Path) -> int:
+def reindex(db: Path | str) -> int:
     """Rebuild every index from the catalog (indexes are caches)."""
     with _open(db) as collection:
         counts = collection.reindex()
@@ -1212,7 +1218,7 @@ def reindex(db: Path) -> int:
                    "a count of the images left as they were on standard error.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.pass_obj
-def upgrade(db: Path, signal_list: tuple[str, ...] | None, robust: bool, workers: int,
+def upgrade(db: Path | str, signal_list: tuple[str, ...] | None, robust: bool, workers: int,
             timeout: float, max_memory: int, quiet: bool, as_json: bool) -> int:
     """Give every image the signals it lacks, read again from where it was seen
     (its file, WARC record or Scrapy store), and link it anew. Images that no
@@ -1272,7 +1278,7 @@ def watchlist() -> None:
 @click.option("--append", is_flag=True, help="Add the file's hashes to an existing list.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
 @click.pass_obj
-def watchlist_add(db: Path, name: str, file: Path, source: str | None, licence: str | None,
+def watchlist_add(db: Path | str, name: str, file: Path, source: str | None, licence: str | None,
                   threshold: int | None, negative: bool, flood: int | None, signal: str,
                   append: bool, as_json: bool) -> int:
     """Watch the hashes of FILE (lines 'pdq HEX', or 'hash,quality,filename') as
@@ -1299,7 +1305,7 @@ def watchlist_add(db: Path, name: str, file: Path, source: str | None, licence: 
 @watchlist.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print the lists as one JSON array.")
 @click.pass_obj
-def watchlist_list(db: Path, as_json: bool) -> int:
+def watchlist_list(db: Path | str, as_json: bool) -> int:
     """Watchlists with their source, terms, threshold and entries."""
     with _open(db, readonly=True) as collection:
         rows = collection.watchlists()
@@ -1323,7 +1329,7 @@ def watchlist_list(db: Path, as_json: bool) -> int:
 @click.option("--file", "hash_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Remove the hashes listed in this file (a partner's deletions).")
 @click.pass_obj
-def watchlist_remove(db: Path, name: str, hashes: tuple[str, ...],
+def watchlist_remove(db: Path | str, name: str, hashes: tuple[str, ...],
                      hash_file: Path | None) -> int:
     """Remove watchlist NAME, or only the HASHES given (or listed in --file),
     with their hits and alerts."""
@@ -1346,7 +1352,7 @@ def watchlist_remove(db: Path, name: str, hashes: tuple[str, ...],
 @click.argument("name")
 @click.argument("hashes", nargs=-1)
 @click.pass_obj
-def watchlist_release(db: Path, name: str, hashes: tuple[str, ...]) -> int:
+def watchlist_release(db: Path | str, name: str, hashes: tuple[str, ...]) -> int:
     """Lift the flood quarantine of NAME's entries (all, or the HASHES given)."""
     with _open(db) as collection:
         n = collection.watchlist_release(name, list(hashes) or None)
@@ -1368,7 +1374,7 @@ def watchlist_release(db: Path, name: str, hashes: tuple[str, ...]) -> int:
 @click.option("--webhook-token", envvar="IMGMATCH_WEBHOOK_TOKEN",
               help="Bearer token sent to the webhook.")
 @click.pass_obj
-def alerts(db: Path, after: int, limit: int, to_file: Path | None, webhook: str | None,
+def alerts(db: Path | str, after: int, limit: int, to_file: Path | None, webhook: str | None,
            webhook_token: str | None) -> int:
     """Watchlist alerts as JSON lines, oldest first; or, with --to or --webhook,
     deliver the ones not yet delivered there (at least once, in order)."""
@@ -1386,7 +1392,7 @@ def alerts(db: Path, after: int, limit: int, to_file: Path | None, webhook: str 
     return EXIT_OK
 
 
-def _db_checked(db: Path) -> Path:
+def _db_checked(db: Path | str) -> Path | str:
     _check_db(db)
     return db
 

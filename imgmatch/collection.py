@@ -26,7 +26,7 @@ import numpy as np
 from . import signals as registry
 from .analysis import Analysis, analyse_source, decode_target
 from .audit import checked_details, checked_entry, verify_chain
-from .catalog import Catalog
+from .catalog import Address, Catalog, catalog_address
 from .cluster import build_clusters
 from .decode import DEFAULT_TARGET, Decoded, decode
 from .descriptors import DescriptorIndex
@@ -56,29 +56,60 @@ if TYPE_CHECKING:
 
 DEFAULT_DB = "imgmatch.db"
 ENV_DB = "IMGMATCH_DB"
+#: Where a PostgreSQL catalog's indexes go on this node (each node keeps its
+#: own, made from the catalog): a folder per collection under this one.
+ENV_INDEX_DIR = "IMGMATCH_INDEX_DIR"
 
 
-def default_db_path() -> Path:
+def default_db_path() -> Address:
     """The collection a caller names none of: $IMGMATCH_DB, else ./imgmatch.db."""
-    return Path(os.environ.get(ENV_DB) or DEFAULT_DB)
+    return catalog_address(os.environ.get(ENV_DB) or DEFAULT_DB)
+
+
+def default_index_dir(catalog: Catalog) -> Path:
+    """Where a collection's indexes live by default. An SQLite catalog's lie
+    beside its file (``DB.indexes``). A PostgreSQL catalog's are this node's
+    cache, made from the catalog and followed: under $IMGMATCH_INDEX_DIR,
+    else the user's cache folder, in a folder named for the collection's id."""
+    if not catalog.shared:
+        return Path(str(catalog.path) + ".indexes")
+    root = os.environ.get(ENV_INDEX_DIR) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "imgmatch")
+    return Path(root) / catalog.collection_id
 
 
 class Collection:
     """A collection of catalogued images. Open with :meth:`open`."""
 
-    def __init__(self, catalog: Catalog) -> None:
-        #: the SQLite catalog (for tests and benchmarks; programs use the methods)
+    def __init__(self, catalog: Catalog, index_dir: str | Path | None = None) -> None:
+        #: the catalog (for tests and benchmarks; programs use the methods)
         self.catalog = catalog
-        self._cache = IndexCache(catalog, Path(str(catalog.path) + ".indexes"))
+        folder = Path(index_dir) if index_dir is not None else default_index_dir(catalog)
+        if catalog.shared and not folder.parent.exists():
+            folder.parent.mkdir(parents=True, mode=0o700)
+        self._cache = IndexCache(catalog, folder)
         self._watch = Watchlists(catalog)
 
     @classmethod
-    def open(cls, path: str | Path | None = None, *, readonly: bool = False) -> Collection:
-        return cls(Catalog.open(path or default_db_path(), readonly=readonly))
+    def open(cls, path: str | Path | None = None, *, readonly: bool = False,
+             index_dir: str | Path | None = None) -> Collection:
+        """The collection whose catalog is at ``path``: an SQLite file, or a
+        ``postgresql://USER@HOST/DB`` URL that several nodes share (default:
+        :func:`default_db_path`). ``index_dir``: where its indexes live (see
+        :func:`default_index_dir`)."""
+        address = catalog_address(path) if path is not None else default_db_path()
+        return cls(Catalog.open(address, readonly=readonly), index_dir)
 
     @property
     def path(self) -> Path:
+        """The catalog file (CatalogError for a PostgreSQL catalog: see :attr:`location`)."""
         return self.catalog.path
+
+    @property
+    def location(self) -> str:
+        """Where the catalog is, as messages say it: its file, or its URL
+        without the password."""
+        return self.catalog.location
 
     @property
     def index_dir(self) -> Path:
@@ -289,8 +320,15 @@ class Collection:
     def _linker(self, signals: Sequence[str], *, older_only: bool = True) -> IndexLinker:
         """Links an ingest's new images through the indexes (loaded, or made)."""
         indexes, descriptors = self._cache.ensure(signals)
+
+        def caught_up() -> tuple[dict[str, BinaryIndex], DescriptorIndex | None]:
+            self._cache.follow()
+            return self._cache.ensure(signals)
+
+        # other nodes write a shared catalog between this process's batches
         return IndexLinker(self.catalog, indexes, descriptors=descriptors,
-                           older_only=older_only)
+                           older_only=older_only,
+                           follow=caught_up if self.catalog.shared else None)
 
     def add(self, image: bytes | str | Path, sighting: Sighting | None = None, *,
             signals: Sequence[str] = registry.DEFAULT_SIGNALS) -> Added:
@@ -665,7 +703,7 @@ class Collection:
                      if c.id in asked]
             missing = sorted(set(asked) - {c.id for c in found})
             if missing:
-                raise ExportError(f"no cluster {', '.join(map(str, missing))} in {self.path} "
+                raise ExportError(f"no cluster {', '.join(map(str, missing))} in {self.location} "
                                   "(cluster ids are in 'imgmatch report')")
             cluster_of = {i: c.id for c in found for i in c.image_ids}
         return export_hashes(self.catalog, out, format, signal=signal, cluster_of=cluster_of,
@@ -809,7 +847,7 @@ class Collection:
         found = self.catalog.sha256s_with_prefix(text, limit=AMBIGUOUS_SHOWN + 1)
         if not found:
             what = text if len(text) == 64 else f"starting {text}"
-            raise ImgmatchError(f"no image with sha256 {what} in {self.path}")
+            raise ImgmatchError(f"no image with sha256 {what} in {self.location}")
         if len(found) > 1:
             shown = ", ".join(found[:AMBIGUOUS_SHOWN]) + (
                 ", ..." if len(found) > AMBIGUOUS_SHOWN else "")
@@ -853,14 +891,14 @@ class Collection:
         """The catalog id of an image; ImgmatchError if there is none."""
         image_id = self.catalog.image_id(sha256)
         if image_id is None:
-            raise ImgmatchError(f"no image with sha256 {sha256} in {self.path}")
+            raise ImgmatchError(f"no image with sha256 {sha256} in {self.location}")
         return image_id
 
     def stats(self) -> dict[str, Any]:
         counts = self.catalog.counts()
         local_features = counts.pop("features")
         return {
-            "path": str(self.path),
+            "path": self.location,
             **counts,
             "signals": self.catalog.signal_counts(),
             "local_features": local_features,

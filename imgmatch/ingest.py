@@ -61,6 +61,8 @@ class BatchLinker(Protocol):
                   variants: Mapping[str, Mapping[str, Sequence[HashValue]]],
                   local: Mapping[str, tuple] = ...) -> None: ...
 
+    def catch_up(self) -> None: ...
+
 
 @dataclass
 class IngestSummary:
@@ -211,9 +213,9 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
         from .dask_pool import DaskPool  # dask is imported only when a cluster is asked for
 
         pool = DaskPool(client, names, timeout, options=options, max_memory=max_memory,
-                        catalog_path=str(catalog.path))
+                        catalog_path=catalog.address)
     elif workers >= 1:
-        pool = ProcessPool(names, workers, timeout, catalog_path=str(catalog.path),
+        pool = ProcessPool(names, workers, timeout, catalog_path=catalog.address,
                            options=options, max_memory=max_memory)
     else:
         pool = InlinePool(names, is_known=catalog.has_image, options=options)
@@ -221,7 +223,7 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
     # overlap writing with analysis when workers analyse; then the main thread
     # reads through a connection of its own (the writer's is the writer's)
     overlap = workers >= 1 or client is not None
-    known = KnownImages(catalog.path) if overlap else catalog.has_image
+    known = KnownImages(catalog.address) if overlap else catalog.has_image
     jobs: dict[int, Item] = {}             # submitted, by sequence number
     finished: dict[int, Analysis] = {}     # results waiting for earlier ones
     next_release = 0
@@ -368,7 +370,8 @@ def _write(catalog: Catalog, batch: _Batch, run_id: int | None,
         lambda new: linker.links(new, variants, batch.local, batch.greys))
     watch = None if watchlists is None else watchlists.batch(variants)
     result = catalog.write_batch(batch.images, batch.sightings, batch.failures, run_id, link_fn,
-                                 batch.payload_digests, watch)
+                                 batch.payload_digests, watch,
+                                 locked=None if linker is None else linker.catch_up)
     if linker is not None:
         linker.committed(result.new_images, variants, batch.local)
     return result

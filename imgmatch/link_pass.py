@@ -46,7 +46,7 @@ def link_pairs(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
     out: dict[str, dict[str, int]] = {}
     for name in names:
         if name not in indexes:
-            raise ImgmatchError(f"{catalog.path} holds no {name} values to link")
+            raise ImgmatchError(f"{catalog.location} holds no {name} values to link")
         out[name] = link_signal(catalog, indexes[name], name, workers, tables)
     return out
 

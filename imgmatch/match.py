@@ -393,7 +393,9 @@ class IndexLinker:
 
     def __init__(self, catalog: Catalog, indexes: Mapping[str, BinaryIndex],
                  min_score: float = MATCH_SCORE,
-                 descriptors: DescriptorIndex | None = None, *, older_only: bool = True) -> None:
+                 descriptors: DescriptorIndex | None = None, *, older_only: bool = True,
+                 follow: Callable[[], tuple[Mapping[str, BinaryIndex],
+                                            DescriptorIndex | None]] | None = None) -> None:
         self.catalog = catalog
         self.indexes = indexes
         self.min_score = min_score
@@ -401,6 +403,19 @@ class IndexLinker:
         #: False: images already catalogued are linked again (an upgrade gave
         #: them new signals), to every image in the indexes, older or newer
         self.older_only = older_only
+        #: catches the indexes up with what other writers committed and gives
+        #: them back (a catalog several processes write: see :meth:`catch_up`)
+        self._follow = follow
+
+    def catch_up(self) -> None:
+        """Take in what other writers committed, before a batch is linked.
+
+        Called with the catalog's write lock held, so no image can be
+        committed between this and the batch's own: each new image is
+        compared with every older one, whichever process wrote it. A no-op
+        for a catalog only this process writes."""
+        if self._follow is not None:
+            self.indexes, self.descriptors = self._follow()
 
     def links(self, new_images: list[tuple[int, str]],
               variants: Mapping[str, Mapping[str, Sequence[HashValue]]],

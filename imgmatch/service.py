@@ -50,6 +50,7 @@ from . import (
     WatchMatch,
     WebhookSink,
     __version__,
+    catalog_address,
     date_bound,
     scopes_allow,
 )
@@ -70,9 +71,9 @@ LOCAL_FEATURES = tuple(name for name in ROBUST_SIGNALS if name not in DEFAULT_SI
 class ServiceState:
     """The writer collection, its lock, and per-thread readers."""
 
-    def __init__(self, db: Path, signals: tuple[str, ...],
+    def __init__(self, db: str | Path, signals: tuple[str, ...],
                  decoding: DecodeLimits | None = None) -> None:
-        self.db = Path(db)
+        self.db = catalog_address(db)
         decoding = decoding or DecodeLimits()
         # uploads are decoded in capped worker processes, never in this one
         self.sandbox = DecodeSandbox(decoding.workers, timeout=decoding.timeout,
@@ -261,7 +262,7 @@ def create_app(db: str | Path, *, max_upload_mb: float = 20.0,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        holder["state"] = ServiceState(Path(db), tuple(signals), decoding)
+        holder["state"] = ServiceState(db, tuple(signals), decoding)
         deliverer = AlertDeliverer(db, webhook).start() if webhook is not None else None
         holder["state"].deliverer = deliverer
         try:

@@ -113,7 +113,7 @@ class WatchStore:
         return int(row[0]) if row else 0
 
     def _bump_in(self) -> None:
-        self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
+        self.conn.execute("UPDATE meta SET value = CAST(value AS BIGINT) + 1 "
                           "WHERE key = 'watch_version'")
 
     def add_list(self, name: str, signal: str, *, source: str | None, licence: str | None,
@@ -366,9 +366,10 @@ class WatchStore:
             self.conn.execute(
                 "INSERT INTO alert_deliveries (target, delivered_to, attempts, last_error, "
                 "updated_at) VALUES (?,?,?,?,?) ON CONFLICT(target) DO UPDATE SET "
-                "delivered_to = max(delivered_to, excluded.delivered_to), "
+                "delivered_to = CASE WHEN alert_deliveries.delivered_to > excluded.delivered_to "
+                "THEN alert_deliveries.delivered_to ELSE excluded.delivered_to END, "
                 "attempts = CASE WHEN excluded.last_error IS NULL THEN 0 "
-                "ELSE attempts + 1 END, last_error = excluded.last_error, "
+                "ELSE alert_deliveries.attempts + 1 END, last_error = excluded.last_error, "
                 "updated_at = excluded.updated_at",
                 (target, upto, 0 if error is None else 1, error, utcnow()))
 

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
+import socket
 import struct
+import subprocess
+import tempfile
+import uuid
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -111,3 +117,71 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         else:
             values = items(ref)
             metafunc.parametrize(name, values, ids=[ident(v) for v in values])
+
+
+# ------------------------------------------------------------------ PostgreSQL
+#: The server the PostgreSQL catalog tests use: .ci/run starts one with
+#: scripts/postgres and names it here; without it, this session starts one
+#: itself where the server's programs are installed (never installing them).
+ENV_TEST_PG = "IMGMATCH_TEST_PG"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The URL of a PostgreSQL server's maintenance database, for tests that
+    make catalogs in databases of their own; skipped, saying why, where no
+    server can be had."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed "
+                                          "(pip install 'imgmatch[postgres]')")
+    url = os.environ.get(ENV_TEST_PG)
+    if url:
+        yield url
+        return
+    # not under pytest's folders: run as root, the server runs as 'postgres',
+    # which must reach its data folder
+    folder = Path(tempfile.mkdtemp(prefix="imgmatch-pg-"))
+    os.chmod(folder, 0o755)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {"IMGMATCH_PG_DIR": str(folder / "server"),
+                        "IMGMATCH_PG_PORT": str(port), "IMGMATCH_PG_NO_INSTALL": "1"}
+    script = REPO / "scripts" / "postgres"
+    started = subprocess.run([str(script), "start"], env=env, capture_output=True, text=True,
+                             timeout=120)
+    if started.returncode != 0:
+        pytest.skip("no PostgreSQL server could be started here (scripts/postgres start: "
+                    f"{started.stderr.strip()[-300:]}); .ci/run starts one and sets "
+                    f"{ENV_TEST_PG}")
+    try:
+        yield started.stdout.strip().split("=", 1)[1]
+    finally:
+        subprocess.run([str(script), "stop"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server, tmp_path, monkeypatch) -> Iterator[str]:
+    """A new, empty database on the test server (dropped afterwards), as a
+    catalog URL; this node's indexes of it go under the test's folder."""
+    import psycopg
+
+    name = f"imgmatch_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    monkeypatch.setenv("IMGMATCH_INDEX_DIR", str(tmp_path / "node-indexes"))
+    base = postgres_server.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(postgres_server, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_address(request, tmp_path) -> str | Path:
+    """A new catalog's address on each engine: an SQLite file, then a
+    PostgreSQL database (the same test runs against both)."""
+    if request.param == "sqlite":
+        return tmp_path / "c.db"
+    return request.getfixturevalue("postgres_url")

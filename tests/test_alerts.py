@@ -106,8 +106,8 @@ def test_a_file_gets_each_alert_once_and_a_new_file_gets_them_all(tmp_path):
         assert oct(first.stat().st_mode & 0o777) == "0o600"  # alerts name victims' ads
 
 
-def test_a_webhook_that_fails_first_is_retried_until_it_takes_every_alert(tmp_path):
-    db = tmp_path / "c.db"
+def test_a_webhook_that_fails_first_is_retried_until_it_takes_every_alert(catalog_address, tmp_path):
+    db = catalog_address
     watched_collection(db, tmp_path)
     cli(db, "ingest", "--quiet", "--manifest", str(MANIFEST))
     expected = alert_ids(db)
@@ -132,8 +132,8 @@ def test_a_webhook_that_fails_first_is_retried_until_it_takes_every_alert(tmp_pa
         assert receiver.taken == expected
 
 
-def test_alerts_survive_a_kill_of_the_ingest_and_are_delivered_at_least_once(tmp_path):
-    db = tmp_path / "c.db"
+def test_alerts_survive_a_kill_of_the_ingest_and_are_delivered_at_least_once(catalog_address, tmp_path):
+    db = catalog_address
     watched_collection(db, tmp_path)
     alerts_file = tmp_path / "alerts.jsonl"
     args = ["ingest", "--quiet", "--batch-size", "1", "--manifest", str(MANIFEST),

@@ -194,7 +194,7 @@ def test_an_unwritable_catalog_says_so(tmp_path):
     db = tmp_path / "c.db"
     logged(db, 1)
     with imgmatch.Collection.open(db, readonly=True) as collection:
-        collection.catalog.path = tmp_path / "elsewhere.db"  # a file it cannot open
+        collection.catalog.address = str(tmp_path / "elsewhere.db")  # a file it cannot open
         with pytest.raises(imgmatch.CatalogError, match="audit log.*writable"):
             collection.audit("query", "bob", {})
 

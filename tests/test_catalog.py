@@ -1,4 +1,7 @@
-"""The SQLite catalog: versioned schema, refusing foreign or future files, atomic batches."""
+"""The catalog: versioned schema, refusing foreign or future files, atomic batches.
+
+Tests that take ``catalog_address`` run on both engines: an SQLite file, and
+a PostgreSQL database (see conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from imgmatch import pg
 from imgmatch.catalog import MIGRATIONS, SCHEMA_VERSION, Catalog
 from imgmatch.errors import CatalogError, ImgmatchError
 from imgmatch.records import ImageRow, SignalRow, Sighting
@@ -19,7 +23,7 @@ def image_row(seed: str) -> ImageRow:
                     frames=1, signals=(SignalRow("phash", 1, bytes(8), 80),))
 
 
-def counts(path: Path) -> dict[str, int]:
+def counts(path: Path | str) -> dict[str, int]:
     with Catalog.open(path, readonly=True) as catalog:
         return catalog.counts()
 
@@ -44,8 +48,8 @@ def test_new_catalog_records_its_schema_version(tmp_path):
             "migrations"} <= tables
 
 
-def test_reopening_keeps_the_collection_id_and_migrations(tmp_path):
-    path = tmp_path / "c.db"
+def test_reopening_keeps_the_collection_id_and_migrations(catalog_address, tmp_path):
+    path = catalog_address
     with Catalog.open(path) as catalog:
         cid = catalog.collection_id
     with Catalog.open(path) as catalog:
@@ -123,17 +127,17 @@ def test_catalog_error_is_an_imgmatch_error():
     assert issubclass(CatalogError, ImgmatchError)
 
 
-def test_readonly_catalog_cannot_write(tmp_path):
-    path = tmp_path / "c.db"
+def test_readonly_catalog_cannot_write(catalog_address):
+    path = catalog_address
     Catalog.open(path).close()
     with Catalog.open(path, readonly=True) as catalog:
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(pg.errors(sqlite3.OperationalError)):
             catalog.write_batch([image_row("a")], [], [], None)
     assert counts(path)["images"] == 0
 
 
-def test_write_batch_counts_and_is_idempotent(tmp_path):
-    path = tmp_path / "c.db"
+def test_write_batch_counts_and_is_idempotent(catalog_address):
+    path = catalog_address
     row = image_row("a")
     sighting = Sighting(platform="citylist", url="https://x.example/1", source="a.jpg")
     with Catalog.open(path) as catalog:
@@ -151,8 +155,8 @@ def test_write_batch_counts_and_is_idempotent(tmp_path):
         assert catalog.signals_of([image_id]) == {image_id: {"phash": (bytes(8), 80)}}
 
 
-def test_write_batch_is_atomic(tmp_path):
-    path = tmp_path / "c.db"
+def test_write_batch_is_atomic(catalog_address):
+    path = catalog_address
     good = image_row("good")
     unknown = hashlib.sha256(b"never catalogued").hexdigest()
     with Catalog.open(path) as catalog:
@@ -174,8 +178,8 @@ def test_write_batch_is_atomic(tmp_path):
     assert counts(path)["images"] == 1
 
 
-def test_write_batch_rolls_back_when_the_linker_fails(tmp_path):
-    path = tmp_path / "c.db"
+def test_write_batch_rolls_back_when_the_linker_fails(catalog_address):
+    path = catalog_address
 
     def broken_linker(new_images):
         raise RuntimeError("linker failed")
@@ -186,9 +190,9 @@ def test_write_batch_rolls_back_when_the_linker_fails(tmp_path):
     assert counts(path)["images"] == 0
 
 
-def test_sighting_clears_the_failure_of_its_source(tmp_path):
+def test_sighting_clears_the_failure_of_its_source(catalog_address):
     row = image_row("a")
-    with Catalog.open(tmp_path / "c.db") as catalog:
+    with Catalog.open(catalog_address) as catalog:
         catalog.write_batch([], [], [("crawl/a.jpg", "decode-error", "broken"),
                                      ("crawl/b.jpg", "empty-file", "empty")], None)
         catalog.write_batch([row], [(row.sha256, Sighting(source="crawl/a.jpg"))], [], None)
@@ -204,8 +208,8 @@ def test_sighting_key_depends_on_metadata():
     assert a.key(sha) != a.key("1" * 64)
 
 
-def test_runs_are_recorded(tmp_path):
-    with Catalog.open(tmp_path / "c.db") as catalog:
+def test_runs_are_recorded(catalog_address):
+    with Catalog.open(catalog_address) as catalog:
         run_id = catalog.start_run("ingest", {"paths": ["x"]})
         catalog.finish_run(run_id, "ok", {"files_seen": 3})
         (run,) = catalog.last_runs()
@@ -228,7 +232,7 @@ def assert_tallies_match(catalog) -> None:
         catalog, "SELECT platform, count(*) FROM sightings GROUP BY platform")
 
 
-def test_tallies_follow_every_write(tmp_path):
+def test_tallies_follow_every_write(catalog_address, tmp_path):
     import imgmatch
     from imgmatch.sources import iter_manifest
 
@@ -237,7 +241,7 @@ def test_tallies_follow_every_write(tmp_path):
     bad.write_bytes(b"not a picture")
     listing = tmp_path / "list.txt"
     listing.write_text("pdq " + "ab" * 32 + " partner-1\n" + "pdq " + "cd" * 32 + "\n")
-    db = tmp_path / "c.db"
+    db = catalog_address
     with imgmatch.Collection.open(db) as c:
         c.ingest(iter_manifest(fixtures / "manifest.csv"), signals=imgmatch.ROBUST_SIGNALS)
         assert c.catalog.counts()["features"] == 20
@@ -255,6 +259,8 @@ def test_tallies_follow_every_write(tmp_path):
         c.erase(victims)                               # cascades: signals, sightings, links
         assert_tallies_match(c.catalog)
         counted = c.catalog.counts()
+    if not isinstance(db, Path):
+        return  # the rest takes an SQLite file back to before the tallies
     # a catalog from before the tallies gets them from its rows
     conn = sqlite3.connect(db)
     triggers = [name for (name,) in conn.execute(
@@ -274,3 +280,66 @@ def test_tallies_follow_every_write(tmp_path):
     with imgmatch.Collection.open(db) as c:
         assert c.catalog.counts() == counted
         assert_tallies_match(c.catalog)
+
+
+# --------------------------------------------------------------- PostgreSQL
+def test_a_foreign_postgresql_database_is_refused_and_left_alone(postgres_url):
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE foo (x integer)")
+    with pytest.raises(CatalogError, match="a PostgreSQL database, but not an imgmatch"):
+        Catalog.open(postgres_url)
+    with psycopg.connect(postgres_url) as conn:
+        tables = {r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = current_schema()")}
+    assert tables == {"foo"}
+
+
+def test_a_postgresql_catalog_from_a_newer_imgmatch_is_refused(postgres_url):
+    Catalog.open(postgres_url).close()
+    with Catalog.open(postgres_url) as catalog:
+        catalog.conn.execute("INSERT INTO migrations VALUES (?, 'from the future', 'x')",
+                             (SCHEMA_VERSION + 1,))
+    with pytest.raises(CatalogError, match="upgrade imgmatch"):
+        Catalog.open(postgres_url, readonly=True)
+
+
+def test_an_unreachable_server_is_named_without_its_password(tmp_path):
+    pytest.importorskip("psycopg")
+    with pytest.raises(CatalogError, match="cannot connect") as info:
+        Catalog.open("postgresql://analyst:s3cret-pw@127.0.0.1:9/case")
+    assert "s3cret-pw" not in str(info.value)
+    assert "postgresql://analyst:***@127.0.0.1:9/case" in str(info.value)
+
+
+def test_processes_opening_a_new_postgresql_catalog_at_once_migrate_it_once(postgres_url):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def open_it(_: int) -> str:
+        with Catalog.open(postgres_url) as catalog:
+            return catalog.collection_id
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = set(pool.map(open_it, range(4)))
+    assert len(ids) == 1
+    with Catalog.open(postgres_url, readonly=True) as catalog:
+        versions = [r[0] for r in catalog.conn.execute(
+            "SELECT version FROM migrations ORDER BY version")]
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+
+
+def test_the_postgresql_audit_log_is_append_only(postgres_url):
+    import psycopg
+
+    with Catalog.open(postgres_url) as catalog:
+        catalog.append_audit("analyst", "query", {"n": 1})
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        for sql in ("UPDATE audit SET actor = 'someone else'", "DELETE FROM audit"):
+            with pytest.raises(psycopg.Error, match="append-only"):
+                conn.execute(sql)
+    with Catalog.open(postgres_url, readonly=True) as catalog:
+        # a read-only catalog still leaves its trace, through a connection of its own
+        catalog.append_audit("analyst", "query", {"n": 2})
+        assert [e.details["n"] for e in catalog.audit_entries()] == [1, 2]

@@ -19,8 +19,8 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_erase_removes_rows_links_and_index_entries(tmp_path, monkeypatch):
-    db = tmp_path / "c.db"
+def test_erase_removes_rows_links_and_index_entries(catalog_address, tmp_path, monkeypatch):
+    db = catalog_address
     original = sha(FIXTURES / "originals" / "astronaut.jpg")
     with imgmatch.Collection.open(db) as c:
         c.ingest(iter_manifest(FIXTURES / "manifest.csv"), thumbnails=True)
@@ -53,8 +53,8 @@ def test_erase_removes_rows_links_and_index_entries(tmp_path, monkeypatch):
     assert after == rebuilt and original not in {s for s, _ in after}
 
 
-def test_an_index_saved_before_an_erase_is_not_trusted(tmp_path):
-    db = tmp_path / "c.db"
+def test_an_index_saved_before_an_erase_is_not_trusted(catalog_address, tmp_path):
+    db = catalog_address
     photo = FIXTURES / "originals" / "cat.jpg"
     with imgmatch.Collection.open(db) as c:
         c.add(photo)
@@ -66,7 +66,7 @@ def test_an_index_saved_before_an_erase_is_not_trusted(tmp_path):
         assert c.query(photo) == []
 
 
-def test_erasing_an_unknown_image_is_an_error(tmp_path):
-    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+def test_erasing_an_unknown_image_is_an_error(catalog_address, tmp_path):
+    with imgmatch.Collection.open(catalog_address) as c:
         with pytest.raises(imgmatch.ImgmatchError, match="no image"):
             c.erase(["0" * 64])

@@ -129,10 +129,10 @@ def test_a_header_like_line_after_the_first_is_still_reported(tmp_path):
     assert lines[1].value is None and "line 2" in lines[1].error
 
 
-def test_import_of_meta_csv_with_a_header_has_no_bad_line(tmp_path, capsys):
+def test_import_of_meta_csv_with_a_header_has_no_bad_line(catalog_address, tmp_path, capsys):
     listing = tmp_path / "hashes.csv"
     listing.write_text(f"hash,quality,filename\n{H1},100,a.jpg\n", encoding="utf-8")
-    code = main(["--db", str(tmp_path / "c.db"), "import-hashes", str(listing), "--json"])
+    code = main(["--db", str(catalog_address), "import-hashes", str(listing), "--json"])
     summary = json.loads(capsys.readouterr().out)
     assert code == 0
     assert (summary["lines"], summary["images_added"], summary["failed"]) == (1, 1, 0)

@@ -13,7 +13,8 @@ SAME_LAYER says why, and from the layers below it):
                 descriptor index, all-pairs search; the signals, local
                 features and the evidence model
     base        plain records and result types, decoding, errors, text
-                helpers, orphan-proof processes: nothing from the layers above
+                helpers, orphan-proof processes, the catalog's PostgreSQL
+                dialect: nothing from the layers above
 
 The modules of one package (imgmatch.signals, imgmatch.report) may import
 each other. Imports under ``if TYPE_CHECKING:`` count like any other.
@@ -48,7 +49,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
         "imgmatch.evidence"})),
     ("base", frozenset({
         "imgmatch.decode", "imgmatch.errors", "imgmatch.text", "imgmatch.records",
-        "imgmatch.model", "imgmatch.orphans", "imgmatch.audit"})),
+        "imgmatch.model", "imgmatch.orphans", "imgmatch.audit", "imgmatch.pg"})),
 ]
 
 #: What the shells may import of imgmatch: the public names and the exceptions.
@@ -95,6 +96,7 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("imgmatch.decode", "imgmatch.errors"): "decoding raises the input errors",
     ("imgmatch.audit", "imgmatch.errors"): "an entry that would name a picture raises AuditError",
     ("imgmatch.audit", "imgmatch.model"): "the chain is checked over audit entries",
+    ("imgmatch.pg", "imgmatch.errors"): "a PostgreSQL server it cannot reach is a CatalogError",
 }
 
 #: Third-party modules a module must never import (STYLE: the catalog never

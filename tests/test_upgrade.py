@@ -76,9 +76,9 @@ def test_a_pdq_query_on_a_collection_without_pdq_says_so_and_upgrade_fixes_it(tm
     assert json.loads(again.output)["images_missing"] == 0  # nothing left to do
 
 
-def test_robust_ingest_over_known_images_names_what_they_lack(tmp_path):
+def test_robust_ingest_over_known_images_names_what_they_lack(catalog_address, tmp_path):
     _copy_originals(tmp_path / "photos")
-    db = tmp_path / "c.db"
+    db = catalog_address
     runner = CliRunner()
     runner.invoke(cli, ["--db", str(db), "ingest", "-q", "--workers", "0",
                         str(tmp_path / "photos")])
@@ -163,10 +163,10 @@ def _warc(path: Path) -> None:
         gc.collect()
 
 
-def test_upgrade_reads_images_back_from_their_warc_records(tmp_path):
+def test_upgrade_reads_images_back_from_their_warc_records(catalog_address, tmp_path):
     archive = tmp_path / "crawl.warc.gz"
     _warc(archive)
-    db = tmp_path / "c.db"
+    db = catalog_address
     with Collection.open(db) as c:
         c.ingest(iter_warc(archive), signals=("pdq",))
         summary = c.upgrade(("pdq", "orb"))
@@ -174,19 +174,19 @@ def test_upgrade_reads_images_back_from_their_warc_records(tmp_path):
     assert _signal_rows(db) == {"pdq": 3, "orb": 3}
 
 
-def test_a_hash_only_image_is_not_counted_as_lacking(tmp_path):
+def test_a_hash_only_image_is_not_counted_as_lacking(catalog_address, tmp_path):
     hashes = tmp_path / "partner.txt"
     hashes.write_text("pdq " + "f" * 32 + "0" * 32 + "\n")
-    db = tmp_path / "c.db"
+    db = catalog_address
     with Collection.open(db) as c:
         c.import_hashes(hashes)
         assert c.missing_signals(("pdq", "phash")) == {}
         assert c.upgrade(("pdq", "phash")).images_missing == 0
 
 
-def test_an_upgrade_stopped_midway_keeps_what_it_wrote_and_resumes(tmp_path, monkeypatch):
+def test_an_upgrade_stopped_midway_keeps_what_it_wrote_and_resumes(catalog_address, tmp_path, monkeypatch):
     _copy_originals(tmp_path / "photos")
-    db = tmp_path / "c.db"
+    db = catalog_address
     with Collection.open(db) as c:
         c.ingest(iter_paths([tmp_path / "photos"]), signals=("phash",))
     monkeypatch.setattr(upgrade_module, "BATCH", 2)
@@ -214,13 +214,13 @@ def test_an_upgrade_stopped_midway_keeps_what_it_wrote_and_resumes(tmp_path, mon
     assert _signal_rows(db)["pdq"] == 6
 
 
-def test_a_file_that_crashes_its_decoder_costs_its_worker_not_the_upgrade(tmp_path,
+def test_a_file_that_crashes_its_decoder_costs_its_worker_not_the_upgrade(catalog_address, tmp_path,
                                                                           monkeypatch):
     """The files are decoded again, so they get an ingest's isolation: the
     worker analysing a file that kills it is replaced, the file is recorded
     as unreachable with the reason, and the other images are upgraded."""
     photos = _copy_originals(tmp_path / "photos")
-    db = tmp_path / "c.db"
+    db = catalog_address
     with Collection.open(db) as c:
         c.ingest(iter_paths([tmp_path / "photos"]), signals=("phash",))
     doomed = photos[2].name

@@ -65,8 +65,8 @@ def hash_list(tmp_path: Path) -> Path:
     return path
 
 
-def test_every_new_sighting_of_a_watched_picture_raises_one_alert(tmp_path, hash_list):
-    with Collection.open(tmp_path / "c.db") as c:
+def test_every_new_sighting_of_a_watched_picture_raises_one_alert(catalog_address, tmp_path, hash_list):
+    with Collection.open(catalog_address) as c:
         done = c.watchlist_add("ngo", hash_list, source="NGO X", licence="no onward sharing")
         assert done["entries_added"] == 2 and done["hits"] == 0
         summary = c.ingest(iter_manifest(MANIFEST))
@@ -92,8 +92,8 @@ def test_every_new_sighting_of_a_watched_picture_raises_one_alert(tmp_path, hash
         assert c.alerts(after=alerts[2]["id"], limit=2) == alerts[3:5]
 
 
-def test_a_list_added_later_finds_what_is_already_catalogued(tmp_path, hash_list):
-    with Collection.open(tmp_path / "c.db") as c:
+def test_a_list_added_later_finds_what_is_already_catalogued(catalog_address, tmp_path, hash_list):
+    with Collection.open(catalog_address) as c:
         c.ingest(iter_manifest(MANIFEST))
         done = c.watchlist_add("ngo", hash_list)
         expected = sightings_of("astronaut") + sightings_of("coffee")
@@ -104,10 +104,10 @@ def test_a_list_added_later_finds_what_is_already_catalogued(tmp_path, hash_list
         assert record.to_json()["watched"][0]["distance"] <= 31
 
 
-def test_a_mirrored_repost_is_caught_and_says_so(tmp_path, hash_list):
+def test_a_mirrored_repost_is_caught_and_says_so(catalog_address, tmp_path, hash_list):
     mirrored = tmp_path / "mirrored.png"
     ImageOps.mirror(Image.open(FIXTURES / "originals" / "astronaut.jpg")).save(mirrored)
-    with Collection.open(tmp_path / "c.db") as c:
+    with Collection.open(catalog_address) as c:
         c.watchlist_add("ngo", hash_list)
         c.add(mirrored, Sighting(platform="nightads", url="https://nightads.example/p/1.png"))
         (alert,) = c.alerts()
@@ -115,10 +115,10 @@ def test_a_mirrored_repost_is_caught_and_says_so(tmp_path, hash_list):
         assert alert["evidence"]["distance"] <= 31
 
 
-def test_a_negative_list_silences_alerts_links_and_clusters(tmp_path, hash_list):
+def test_a_negative_list_silences_alerts_links_and_clusters(catalog_address, tmp_path, hash_list):
     stock = tmp_path / "stock.txt"
     stock.write_text(f"pdq {pdq_of(FIXTURES / 'originals' / 'astronaut.jpg')}\n")
-    with Collection.open(tmp_path / "c.db") as c:
+    with Collection.open(catalog_address) as c:
         c.watchlist_add("ngo", hash_list)
         c.watchlist_add("stock-photos", stock, negative=True)
         c.ingest(iter_manifest(MANIFEST))
@@ -159,8 +159,8 @@ def test_an_entry_that_floods_is_quarantined_and_reported_once(tmp_path):
         assert c.alerts()[-1]["kind"] == "match"
 
 
-def test_reposts_of_one_picture_are_not_a_flood(tmp_path, hash_list):
-    with Collection.open(tmp_path / "c.db") as c:
+def test_reposts_of_one_picture_are_not_a_flood(catalog_address, tmp_path, hash_list):
+    with Collection.open(catalog_address) as c:
         c.watchlist_add("ngo", hash_list, flood=1)
         c.ingest(iter_manifest(MANIFEST), batch_size=1)
         assert {a["kind"] for a in c.alerts()} == {"match"}
@@ -204,10 +204,10 @@ def test_erasing_an_image_erases_its_alerts(tmp_path, hash_list):
             assert not [u for u in urls if u.encode() in data], f.name
 
 
-def test_imported_hashes_are_checked_too(tmp_path, hash_list):
+def test_imported_hashes_are_checked_too(catalog_address, tmp_path, hash_list):
     partner = tmp_path / "other-partner.csv"
     partner.write_text(f"{pdq_of(FIXTURES / 'originals' / 'astronaut.jpg')},100,their-id-9\n")
-    with Collection.open(tmp_path / "c.db") as c:
+    with Collection.open(catalog_address) as c:
         c.watchlist_add("ngo", hash_list)
         done = c.import_hashes(partner, platform="hotline")
         assert done["alerts_added"] == 1
@@ -216,14 +216,14 @@ def test_imported_hashes_are_checked_too(tmp_path, hash_list):
         assert alert["sighting"] == {"platform": "hotline", "source": "their-id-9"}
 
 
-def test_lookup_honours_each_lists_threshold(tmp_path):
+def test_lookup_honours_each_lists_threshold(catalog_address, tmp_path):
     astronaut = pdq_of(FIXTURES / "originals" / "astronaut.jpg")
     flipped = "".join(f"{int(c, 16) ^ 0x1:x}" for c in astronaut[:20]) + astronaut[20:]
     assert imgmatch.parse_hash(flipped) - imgmatch.parse_hash(astronaut) == 20
     strict, loose = tmp_path / "strict.txt", tmp_path / "loose.txt"
     strict.write_text(f"pdq {astronaut}\n")
     loose.write_text(f"pdq {astronaut}\n")
-    with Collection.open(tmp_path / "c.db") as c:
+    with Collection.open(catalog_address) as c:
         c.watchlist_add("strict", strict, threshold=10)
         c.watchlist_add("loose", loose)
         found = c.watch_lookup(flipped)
@@ -234,21 +234,21 @@ def test_lookup_honours_each_lists_threshold(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["", "a b", "x" * 65, "semi;colon", "new\nline"])
-def test_bad_watchlist_names_are_refused(tmp_path, hash_list, name):
-    with Collection.open(tmp_path / "c.db") as c, pytest.raises(WatchlistError):
+def test_bad_watchlist_names_are_refused(catalog_address, tmp_path, hash_list, name):
+    with Collection.open(catalog_address) as c, pytest.raises(WatchlistError):
         c.watchlist_add(name, hash_list)
 
 
-def test_adding_a_list_twice_says_how_to_append(tmp_path, hash_list):
-    with Collection.open(tmp_path / "c.db") as c:
+def test_adding_a_list_twice_says_how_to_append(catalog_address, tmp_path, hash_list):
+    with Collection.open(catalog_address) as c:
         c.watchlist_add("ngo", hash_list)
         with pytest.raises(WatchlistError, match="--append"):
             c.watchlist_add("ngo", hash_list)
         assert c.watchlist_add("ngo", hash_list, append=True)["already_listed"] == 2
 
 
-def test_watchlist_commands(tmp_path, hash_list):
-    db = tmp_path / "c.db"
+def test_watchlist_commands(catalog_address, tmp_path, hash_list):
+    db = catalog_address
 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "imgmatch.cli", "--db", str(db), *args],
@@ -294,8 +294,8 @@ def test_the_watchlist_and_alert_docs_commands_run(tmp_path):
     assert all(json.loads(line)["id"] > 1 for line in runs[2].stdout.splitlines()[1:])
 
 
-def test_images_that_gain_pdq_in_an_upgrade_are_checked_then(tmp_path, hash_list):
-    with Collection.open(tmp_path / "c.db") as c:
+def test_images_that_gain_pdq_in_an_upgrade_are_checked_then(catalog_address, tmp_path, hash_list):
+    with Collection.open(catalog_address) as c:
         c.ingest(iter_manifest(MANIFEST), signals=["phash", "dhash"])
         assert c.watchlist_add("ngo", hash_list)["hits"] == 0  # no PDQ to compare yet
         summary = c.upgrade(["pdq", "phash", "dhash"])
@@ -303,8 +303,8 @@ def test_images_that_gain_pdq_in_an_upgrade_are_checked_then(tmp_path, hash_list
         assert len(c.alerts()) == sightings_of("astronaut") + sightings_of("coffee")
 
 
-def test_alerts_on_standard_output_need_it_to_themselves(tmp_path, hash_list):
-    db = tmp_path / "c.db"
+def test_alerts_on_standard_output_need_it_to_themselves(catalog_address, tmp_path, hash_list):
+    db = catalog_address
 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "imgmatch.cli", "--db", str(db), *args],

@@ -32,14 +32,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import Collection, Item, scrapy_item_sources
+from .. import Collection, Item, catalog_address, scrapy_item_sources
 from ..errors import ImgmatchError
 
 
 class ImgmatchPipeline:
     def __init__(self, db: str | Path, store: str | Path, platform: str | None = None,
                  batch: int = 64, workers: int = 1) -> None:
-        self.db = Path(db)
+        self.db = catalog_address(db)
         self.store = Path(store)
         self.platform = platform
         self.batch = max(1, int(batch))
