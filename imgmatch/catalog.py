@@ -700,79 +700,110 @@ class Catalog:
         result = BatchResult()
         now = utcnow()
         conn = self.conn
+        images = list(images)
+        sightings = [(sha256, s.normalised()) for sha256, s in sightings]
         with self._transaction():
             if locked is not None:
                 locked()
-            for row in images:
-                cur = conn.execute(
-                    "INSERT INTO images (id, sha256, size_bytes, width, height, format, mode, "
-                    f"frames, created_at, run_id, captured_at) VALUES ({NEXT_IMAGE_ID},"
-                    "?,?,?,?,?,?,?,?,?,?) ON CONFLICT(sha256) DO NOTHING",
-                    (row.sha256, row.size_bytes, row.width, row.height, row.format,
-                     row.mode, row.frames, now, run_id, row.captured_at))
-                if cur.rowcount == 0:
-                    result.images_known += 1
-                    continue
-                image_id = _inserted_id(cur)
-                result.images_added += 1
-                result.new_images.append((image_id, row.sha256))
-                conn.executemany(
-                    "INSERT INTO signals (image_id, signal, version, value, quality) "
-                    "VALUES (?,?,?,?,?)",
-                    [(image_id, s.signal, s.version, s.value, s.quality) for s in row.signals])
-                if row.thumbnail:
-                    conn.execute("INSERT INTO thumbnails (image_id, jpeg) VALUES (?, ?)",
-                                 (image_id, row.thumbnail))
-                if row.features is not None:
-                    conn.execute("INSERT INTO features (image_id, version, count, data) "
-                                 "VALUES (?, ?, ?, ?)", (image_id, *row.features))
+            self._add_images(images, now, run_id, result)
             suppressed = watcher.check(result.new_images) \
                 if watcher is not None and result.new_images else set()
             if linker is not None and result.new_images:
                 result.links_added = self._insert_links(
                     k for k in linker(result.new_images)
                     if k.a not in suppressed and k.b not in suppressed)
-            new_sightings: list[int] = []
-            new_ids = {sha256: image_id for image_id, sha256 in result.new_images}
-            # a failure is cleared when its source is seen again; with none on
-            # record (the usual first run) there is nothing to look up
-            any_failures = conn.execute("SELECT EXISTS (SELECT 1 FROM failures)").fetchone()[0]
-            for sha256, s in sightings:
-                s = s.normalised()
-                found = (new_ids[sha256],) if sha256 in new_ids else conn.execute(
-                    "SELECT id FROM images WHERE sha256 = ?", (sha256,)).fetchone()
-                if found is None:
-                    raise CatalogError(f"sighting for unknown image {sha256}")
-                cur = conn.execute(
-                    "INSERT INTO sightings (image_id, platform, url, page_url, ad_id, "
-                    "posted_at, collected_at, source, extra, run_id, key) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(key) DO NOTHING",
-                    (found[0], s.platform, s.url, s.page_url, s.ad_id, s.posted_at,
-                     s.collected_at, s.source,
-                     json.dumps(s.extra, ensure_ascii=False, sort_keys=True, default=str),
-                     run_id, s.key(sha256)))
-                if cur.rowcount:
-                    result.sightings_added += 1
-                    new_sightings.append(_inserted_id(cur))
-                else:
-                    result.sightings_known += 1
-                if s.source and any_failures:
-                    conn.execute("DELETE FROM failures WHERE source = ?", (s.source,))
+            new_sightings = self._add_sightings(sightings, run_id, result)
             conn.executemany(
                 "INSERT INTO payload_digests (digest, image_id) "
                 "SELECT ?, id FROM images WHERE sha256 = ? ON CONFLICT DO NOTHING",
                 list(payload_digests))
-            for source, reason, detail in failures:
-                result.failures += 1
-                conn.execute(
-                    "INSERT INTO failures (source, reason, detail, run_id, created_at) "
-                    "VALUES (?,?,?,?,?) ON CONFLICT(source) DO UPDATE SET "
-                    "reason = excluded.reason, detail = excluded.detail, "
-                    "run_id = excluded.run_id, created_at = excluded.created_at",
-                    (source, reason, detail, run_id, now))
+            failures = list(failures)
+            result.failures = len(failures)
+            conn.executemany(
+                "INSERT INTO failures (source, reason, detail, run_id, created_at) "
+                "VALUES (?,?,?,?,?) ON CONFLICT(source) DO UPDATE SET "
+                "reason = excluded.reason, detail = excluded.detail, "
+                "run_id = excluded.run_id, created_at = excluded.created_at",
+                [(source, reason, detail, run_id, now) for source, reason, detail in failures])
             if watcher is not None and new_sightings:
                 result.alerts_added = watcher.alert(new_sightings)
         return result
+
+    def _add_images(self, images: list[ImageRow], now: str, run_id: int | None,
+                    result: BatchResult) -> None:
+        """Insert a batch's images with their signals, thumbnails and features
+        (inside the caller's transaction), a few statements for the whole
+        batch: each statement is a round trip to a PostgreSQL server, and the
+        write lock is held meanwhile. Ids are given in batch order from the
+        next free one; an image already catalogued (or earlier in the batch)
+        is skipped by the conflict and leaves its id unused."""
+        if not images:
+            return
+        conn = self.conn
+        first = int(conn.execute(f"SELECT {NEXT_IMAGE_ID}").fetchone()[0])
+        conn.executemany(
+            "INSERT INTO images (id, sha256, size_bytes, width, height, format, mode, frames, "
+            "created_at, run_id, captured_at) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(sha256) DO NOTHING",
+            [(first + k, row.sha256, row.size_bytes, row.width, row.height, row.format,
+              row.mode, row.frames, now, run_id, row.captured_at)
+             for k, row in enumerate(images)])
+        # the write lock is held: every image at or above ``first`` is this batch's
+        added = dict(conn.execute("SELECT id, sha256 FROM images WHERE id >= ?", (first,)))
+        new = [(first + k, row) for k, row in enumerate(images) if (first + k) in added]
+        result.images_added = len(new)
+        result.images_known = len(images) - len(new)
+        result.new_images = [(image_id, row.sha256) for image_id, row in new]
+        conn.executemany(
+            "INSERT INTO signals (image_id, signal, version, value, quality) VALUES (?,?,?,?,?)",
+            [(image_id, s.signal, s.version, s.value, s.quality)
+             for image_id, row in new for s in row.signals])
+        conn.executemany("INSERT INTO thumbnails (image_id, jpeg) VALUES (?, ?)",
+                         [(image_id, row.thumbnail) for image_id, row in new if row.thumbnail])
+        conn.executemany("INSERT INTO features (image_id, version, count, data) "
+                         "VALUES (?, ?, ?, ?)",
+                         [(image_id, *row.features) for image_id, row in new
+                          if row.features is not None])
+
+    def _add_sightings(self, sightings: list[tuple[str, Sighting]], run_id: int | None,
+                       result: BatchResult) -> list[int]:
+        """Insert a batch's sightings (normalised; inside the caller's
+        transaction) and clear the failures of their sources; the ids of the
+        new ones, in order. A sighting already recorded is counted, not added."""
+        if not sightings:
+            return []
+        conn = self.conn
+        ids = {sha256: image_id for image_id, sha256 in result.new_images}
+        wanted = sorted({sha256 for sha256, _ in sightings} - set(ids))
+        for chunk in _chunks(wanted, 500):
+            ids.update((sha256, image_id) for image_id, sha256 in conn.execute(
+                f"SELECT id, sha256 FROM images WHERE sha256 IN ({','.join('?' * len(chunk))})",
+                chunk))
+        missing = [sha256 for sha256, _ in sightings if sha256 not in ids]
+        if missing:
+            raise CatalogError(f"sighting for unknown image {missing[0]}")
+        before = int(conn.execute("SELECT coalesce(max(id), 0) FROM sightings").fetchone()[0])
+        added = conn.executemany(
+            "INSERT INTO sightings (image_id, platform, url, page_url, ad_id, posted_at, "
+            "collected_at, source, extra, run_id, key) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(key) DO NOTHING",
+            [(ids[sha256], s.platform, s.url, s.page_url, s.ad_id, s.posted_at,
+              s.collected_at, s.source,
+              json.dumps(s.extra, ensure_ascii=False, sort_keys=True, default=str),
+              run_id, s.key(sha256)) for sha256, s in sightings]).rowcount
+        result.sightings_added = added
+        result.sightings_known = len(sightings) - added
+        # a failure is cleared when its source is seen again; with none on
+        # record (the usual first run) there is nothing to look up
+        if conn.execute("SELECT EXISTS (SELECT 1 FROM failures)").fetchone()[0]:
+            conn.executemany("DELETE FROM failures WHERE source = ?",
+                             [(source,) for source in
+                              sorted({s.source for _, s in sightings if s.source})])
+        if not added:
+            return []
+        # the write lock is held: every sighting above ``before`` is this batch's
+        return [r[0] for r in conn.execute(
+            "SELECT id FROM sightings WHERE id > ? ORDER BY id", (before,))]
 
     def add_signals(self, rows: Sequence[tuple[int, ImageRow]],
                     linker: Linker | None = None,
@@ -824,15 +855,11 @@ class Catalog:
             pair = (min(k.a, k.b), max(k.a, k.b))
             if k.a != k.b and (pair not in best or k.score > best[pair].score):
                 best[pair] = k
-        added = 0
-        for (a, b), k in best.items():
-            cur = self.conn.execute(
-                "INSERT INTO links (a, b, score, distances, agreed, transform) "
-                "VALUES (?,?,?,?,?,?) ON CONFLICT(a, b) DO NOTHING",
-                (a, b, k.score, json.dumps(k.distances, sort_keys=True), ",".join(k.agreed),
-                 k.transform))
-            added += cur.rowcount
-        return added
+        return max(self.conn.executemany(
+            "INSERT INTO links (a, b, score, distances, agreed, transform) "
+            "VALUES (?,?,?,?,?,?) ON CONFLICT(a, b) DO NOTHING",
+            [(a, b, k.score, json.dumps(k.distances, sort_keys=True), ",".join(k.agreed),
+              k.transform) for (a, b), k in best.items()]).rowcount, 0)
 
     # ------------------------------------------------------------------- reads
     def links(self) -> Iterator[tuple[int, int, float, dict, tuple[str, ...], str]]:

@@ -163,7 +163,10 @@ class Collection:
         left in free pages, and index entries, rebuilt without them.
 
         The write-ahead log is emptied after the deletion; an erased image's
-        id is never reused. A running service follows (:meth:`refresh`)."""
+        id is never reused. A running service follows (:meth:`refresh`).
+        On a PostgreSQL catalog the rows are deleted and this node's indexes
+        rebuilt; the server's files, and other nodes' saved indexes until
+        they next follow, are beyond this process (docs/scale-out.md)."""
         ids = [self._image_id(sha) for sha in sha256s]
         self._cache.load()  # against the catalog as it was before the deletion
         self._cache.follow()

@@ -54,6 +54,10 @@ SCHEMES = ("postgresql://", "postgres://")
 #: one database holds one catalog). "imgmatch" in ASCII, as a bigint.
 WRITE_LOCK = 0x696D676D61746368
 
+#: Rows a transaction must add or delete (in tallied tables) to count as a
+#: bulk load, after which the catalog's statistics are refreshed at once.
+BULK_ROWS = 10_000
+
 #: Tables whose rows have an ``id`` that inserts return (SQLite's lastrowid).
 ID_TABLES = frozenset({"runs", "images", "sightings", "failures", "api_keys", "ignored",
                        "watchlists", "watch_entries", "alerts"})
@@ -139,9 +143,11 @@ class PgConnection:
         if head.startswith("PRAGMA"):
             return PgCursor(None, -1)
         if head.startswith("COMMIT"):
-            if self._pending or self._has_pending():
-                self.raw.execute(FOLD_TALLIES)
+            moved = self.raw.execute(FOLD_TALLIES).fetchone()[0] \
+                if self._pending or self._has_pending() else 0
             self.raw.execute("COMMIT")
+            if moved >= BULK_ROWS:
+                self._after_bulk()
             return PgCursor(None, -1)
         if head.startswith("BEGIN"):
             self.raw.execute("BEGIN")
@@ -156,6 +162,21 @@ class PgConnection:
         rows = cur.fetchall() if cur.description is not None else None
         lastrowid = int(rows[-1][0]) if returning and rows else None
         return PgCursor(None if returning else rows, cur.rowcount, lastrowid)
+
+    def _after_bulk(self) -> None:
+        """After a transaction that wrote many rows (a partner's list of a
+        million hashes): vacuum the counters' dead rows, which every count
+        would otherwise step over, and refresh the planner's statistics, so
+        the next query finds the new rows through their indexes rather than
+        scanning tables it still believes small. Both would come from
+        autovacuum within a minute or so; a query may come sooner."""
+        import psycopg
+
+        try:
+            self.raw.execute("VACUUM tally_pending")
+            self.raw.execute("ANALYZE")
+        except psycopg.Error:  # not the tables' owner: autovacuum will do it
+            pass
 
     def _has_pending(self) -> bool:
         self._pending = bool(self.raw.execute(
@@ -220,10 +241,12 @@ TALLIES = ("(SELECT key, CAST(sum(n) AS BIGINT) AS n FROM (SELECT key, n FROM ta
            "SELECT key, n FROM tally_pending) AS counted GROUP BY key) AS tallies")
 
 #: Moves the pending +1 and -1 rows into the counters, in one statement (what
-#: is deleted is what is added, whatever another connection appends meanwhile).
-FOLD_TALLIES = ("WITH moved AS (DELETE FROM tally_pending RETURNING key, n) "
-                "INSERT INTO tallies (key, n) SELECT key, sum(n) FROM moved GROUP BY key "
-                "ON CONFLICT (key) DO UPDATE SET n = tallies.n + excluded.n")
+#: is deleted is what is added, whatever another connection appends meanwhile),
+#: and says how many it moved.
+FOLD_TALLIES = ("WITH moved AS (DELETE FROM tally_pending RETURNING key, n), "
+                "folded AS (INSERT INTO tallies (key, n) SELECT key, sum(n) FROM moved "
+                "GROUP BY key ON CONFLICT (key) DO UPDATE SET n = tallies.n + excluded.n) "
+                "SELECT count(*) FROM moved")
 
 _TALLY_UP = re.compile(r"INSERT\s+INTO\s+tallies\s*\(key,\s*n\)\s*VALUES\s*\((.+?),\s*1\)"
                        r"\s*ON\s+CONFLICT\s*\(key\)\s*DO\s+UPDATE\s+SET\s+n\s*=\s*tallies\.n"

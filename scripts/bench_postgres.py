@@ -9,6 +9,8 @@ database of its own). Every imgmatch command is a fresh process.
   linking on: SQLite and PostgreSQL with 1 worker, and 2 workers, and, on
   PostgreSQL only, two ingest processes of 1 worker each writing at once (half
   the files each: what two crawler nodes do), which must add every image once.
+  Then, in one process, how long each image's write holds the catalog's write
+  lock, which all writers share: the bound on many nodes' ingest together.
 - a catalog of ``--hashes`` PDQ hashes (a partner's list with planted near
   copies, ``import-hashes``): the import, ``imgmatch stats`` (wall time of the
   command), and a query by hash in a warm process (index search, then the
@@ -158,6 +160,44 @@ def bench_catalog(n: int, places: Places, repeat: int) -> dict[str, dict[str, fl
     return out
 
 
+def bench_lock(files: list[Path], places: Places) -> dict[str, float]:
+    """Milliseconds per image that an ingest (2 workers) holds the catalog's
+    write lock: what every writer of a shared catalog waits for in turn, so
+    1000 / it bounds the images/s of all nodes together."""
+    out = {}
+    listing = places.work / "files.jsonl"
+    for engine in ("sqlite", "postgresql"):
+        db = places.fresh(engine, "lock")
+        probe = subprocess.run([sys.executable, "-c", _LOCK_PROBE, db, str(listing)],
+                               capture_output=True, text=True, env=places.env("lock"))
+        if probe.returncode:
+            sys.exit(probe.stderr)
+        out[engine] = json.loads(probe.stdout)["held_ms_per_image"]
+        print(f"  write lock {engine}: {out[engine]:.3f} ms per image", file=sys.stderr)
+    return out
+
+
+#: In a process of its own: an ingest with the write transactions timed.
+_LOCK_PROBE = """
+import contextlib, json, sys, time
+import imgmatch
+from imgmatch.catalog import Catalog
+from imgmatch.sources import iter_jsonl_stream
+held = [0.0]
+real = Catalog._transaction
+@contextlib.contextmanager
+def timed(self, conn=None):
+    started = time.perf_counter()
+    with real(self, conn):
+        yield
+    held[0] += time.perf_counter() - started
+Catalog._transaction = timed
+with imgmatch.Collection.open(sys.argv[1]) as c:
+    summary = c.ingest(iter_jsonl_stream(open(sys.argv[2])), workers=2)
+print(json.dumps({"held_ms_per_image": 1000 * held[0] / summary.images_added}))
+"""
+
+
 #: In a process of its own: query each planted copy by hash, warm (indexes loaded).
 _QUERY_PROBE = """
 import json, sys, time
@@ -265,6 +305,7 @@ def main() -> int:
         with server(args.url) as admin:
             places = Places(admin, work)
             ingest = bench_ingest(files, places, args.repeat)
+            lock = bench_lock(files, places)
             catalog = bench_catalog(int(args.hashes), places, args.repeat)
             follow = bench_follow(files, places, args.follow)
     finally:
@@ -277,6 +318,12 @@ def main() -> int:
     for mode, seconds in ingest.items():
         lines.append(f"| {mode} | {seconds:.2f} | {n / seconds:.1f} | "
                      f"{sqlite_one / seconds:.2f} |")
+    lines += ["", "The catalog's write lock, held per image by an ingest with 2 workers "
+                  "(its write transactions, linking included):", "",
+              "| catalog | ms per image | so at most, all writers together (images/s) |",
+              "|---|---|---|"]
+    for engine, ms in lock.items():
+        lines.append(f"| {engine} | {ms:.3f} | {1000 / ms:,.0f} |")
     h = int(args.hashes) + 200
     lines += ["", f"A catalog of {h:,} PDQ hashes (a partner's list):", "",
               "| | SQLite | PostgreSQL | PostgreSQL / SQLite |", "|---|---|---|---|"]
