@@ -89,6 +89,18 @@ class Places:
         shutil.rmtree(self.work / f"indexes-{name}", ignore_errors=True)
         return f"{self.base}/bench_{name}"
 
+    def size(self, engine: str, name: str) -> int:
+        """The catalog's bytes: the file with its log, or the database less
+        an empty database's (PostgreSQL's own system tables)."""
+        if engine == "sqlite":
+            return sum(p.stat().st_size for p in self.work.glob(f"{name}.db*") if p.is_file())
+        self.admin.execute("DROP DATABASE IF EXISTS bench_empty")
+        self.admin.execute("CREATE DATABASE bench_empty")
+        self.admin.execute("CHECKPOINT")
+        empty, full = (self.admin.execute("SELECT pg_database_size(%s)", (db,)).fetchone()[0]
+                       for db in ("bench_empty", f"bench_{name}"))
+        return int(full - empty)
+
     def env(self, name: str) -> dict[str, str]:
         """A node's environment: its own index folder."""
         return os.environ | {"IMGMATCH_INDEX_DIR": str(self.work / f"indexes-{name}")}
@@ -150,12 +162,14 @@ def bench_catalog(n: int, places: Places, repeat: int) -> dict[str, dict[str, fl
         seconds, _ = timed(PY + ["--db", db, "import-hashes", str(listing), "--platform",
                                  "partner", "--json"], env)
         stats = min(timed(PY + ["--db", db, "stats", "--json"], env)[0] for _ in range(repeat))
+        size = places.size(engine, "hashes")
         probe = subprocess.run(
             [sys.executable, "-c", _QUERY_PROBE, db, near.tobytes().hex()],
             capture_output=True, text=True, env=env)
         if probe.returncode:
             sys.exit(probe.stderr)
-        out[engine] = {"import_s": seconds, "stats_s": stats} | json.loads(probe.stdout)
+        out[engine] = {"import_s": seconds, "stats_s": stats,
+                       "bytes_per_hash": size / (n + 200)} | json.loads(probe.stdout)
         print(f"  {engine}: {out[engine]}", file=sys.stderr)
     return out
 
@@ -166,14 +180,16 @@ def bench_lock(files: list[Path], places: Places) -> dict[str, float]:
     1000 / it bounds the images/s of all nodes together."""
     out = {}
     listing = places.work / "files.jsonl"
-    for engine in ("sqlite", "postgresql"):
-        db = places.fresh(engine, "lock")
-        probe = subprocess.run([sys.executable, "-c", _LOCK_PROBE, db, str(listing)],
-                               capture_output=True, text=True, env=places.env("lock"))
-        if probe.returncode:
-            sys.exit(probe.stderr)
-        out[engine] = json.loads(probe.stdout)["held_ms_per_image"]
-        print(f"  write lock {engine}: {out[engine]:.3f} ms per image", file=sys.stderr)
+    for link in ("link", "no-link"):
+        for engine in ("sqlite", "postgresql"):
+            db = places.fresh(engine, "lock")
+            probe = subprocess.run([sys.executable, "-c", _LOCK_PROBE, db, str(listing), link],
+                                   capture_output=True, text=True, env=places.env("lock"))
+            if probe.returncode:
+                sys.exit(probe.stderr)
+            mode = f"{engine}, {'linking' if link == 'link' else '--no-link'}"
+            out[mode] = json.loads(probe.stdout)["held_ms_per_image"]
+            print(f"  write lock {mode}: {out[mode]:.3f} ms per image", file=sys.stderr)
     return out
 
 
@@ -193,7 +209,8 @@ def timed(self, conn=None):
     held[0] += time.perf_counter() - started
 Catalog._transaction = timed
 with imgmatch.Collection.open(sys.argv[1]) as c:
-    summary = c.ingest(iter_jsonl_stream(open(sys.argv[2])), workers=2)
+    summary = c.ingest(iter_jsonl_stream(open(sys.argv[2])), workers=2,
+                       link=sys.argv[3] == "link")
 print(json.dumps({"held_ms_per_image": 1000 * held[0] / summary.images_added}))
 """
 
@@ -319,7 +336,7 @@ def main() -> int:
         lines.append(f"| {mode} | {seconds:.2f} | {n / seconds:.1f} | "
                      f"{sqlite_one / seconds:.2f} |")
     lines += ["", "The catalog's write lock, held per image by an ingest with 2 workers "
-                  "(its write transactions, linking included):", "",
+                  "(its write transactions, with linking or without):", "",
               "| catalog | ms per image | so at most, all writers together (images/s) |",
               "|---|---|---|"]
     for engine, ms in lock.items():
@@ -332,6 +349,8 @@ def main() -> int:
                        ("query_p99_ms", "query by hash, warm, p99 (ms)")):
         a, b = catalog["sqlite"][key], catalog["postgresql"][key]
         lines.append(f"| {label} | {a:.3f} | {b:.3f} | {b / a:.2f} |")
+    a, b = catalog["sqlite"]["bytes_per_hash"], catalog["postgresql"]["bytes_per_hash"]
+    lines.append(f"| catalog on disk per hash (B; no indexes) | {a:,.0f} | {b:,.0f} | {b / a:.2f} |")
     found = {e: f"{catalog[e]['found']}/{catalog[e]['queries']}" for e in catalog}
     lines.append(f"| planted copies found | {found['sqlite']} | {found['postgresql']} | |")
     lines += ["", f"A running service finding an image another process ingested "
