@@ -132,19 +132,58 @@ def extract(grey: np.ndarray) -> LocalFeatures:
     if min(h, w) < 32:
         return empty(w, h)
     keypoints, descriptors = _orb().detectAndCompute(image, None)
+    return _features(keypoints, descriptors, w, h)
+
+
+def _features(keypoints, descriptors, width: int, height: int) -> LocalFeatures:
+    """Detected keypoints and their descriptors, strongest first."""
     if descriptors is None or not keypoints:
-        return empty(w, h)
+        return empty(width, height)
     # strongest first: the descriptor index keeps only the head of the list (ORB
     # can return a few more than asked for when responses tie)
     order = np.argsort([-k.response for k in keypoints], kind="stable")[:MAX_FEATURES]
     points = np.array([keypoints[i].pt for i in order], dtype=np.float32).reshape(-1, 2)
-    return LocalFeatures(points, np.ascontiguousarray(descriptors[order]), w, h)
+    return LocalFeatures(points, np.ascontiguousarray(descriptors[order]), width, height)
 
 
 def extract_both(grey: np.ndarray) -> tuple[LocalFeatures, LocalFeatures]:
-    """Features of the image and of its mirror image (what a query searches with)."""
+    """Features of the image and of its mirror image (what a query searches with).
+
+    The mirror's keypoints are the image's, mirrored, so only their
+    descriptors are computed on the mirror image, not detected again: half
+    the mirror's cost (3.1 to 1.6 ms on an ad-sized photo), for the same
+    features: on 300 ad-sized photos, every one of them lay within a pixel
+    of a keypoint a detection on the mirror finds, with the same
+    descriptor bit for bit (``scripts/bench mirror``)."""
     image = prepare(grey)
-    return extract(image), extract(np.ascontiguousarray(image[:, ::-1]))
+    h, w = image.shape
+    if min(h, w) < 32:
+        return empty(w, h), empty(w, h)
+    orb = _orb()
+    keypoints, descriptors = orb.detectAndCompute(image, None)
+    plain = _features(keypoints, descriptors, w, h)
+    if not len(plain):
+        return plain, empty(w, h)
+    flipped = np.ascontiguousarray(image[:, ::-1])
+    found, described = orb.compute(flipped, mirror_keypoints(keypoints, w, orb.getScaleFactor()))
+    return plain, _features(found, described, w, h)
+
+
+def mirror_keypoints(keypoints, width: int, scale_factor: float) -> list:
+    """ORB keypoints of an image as they lie in its mirror image.
+
+    A keypoint found at pyramid level L has its position scaled back from
+    that level, whose width ORB rounds: it is mirrored within that level's
+    width, or the levels above 0 would land up to a few pixels off. The
+    orientation mirrors too (theta to 180 - theta degrees)."""
+    cv2 = _cv2()
+    out = []
+    for k in keypoints:
+        scale = scale_factor ** k.octave
+        x = (round(width / scale) - 1 - k.pt[0] / scale) * scale
+        out.append(cv2.KeyPoint(x, k.pt[1], k.size, (180.0 - k.angle) % 360.0, k.response,
+                                k.octave, k.class_id))
+    return out
 
 
 #: Tiles are taken only from images at least this many pixels on each side.

@@ -82,7 +82,7 @@ def main() -> int:
         for data in datas:
             analyse(data, signals, "bench")
         per_image[label] = 1000 * (time.perf_counter() - started) / n
-    orb = Timed(features, "extract")
+    orb = Timed(features, "extract_both")
     for data in datas:
         analyse(data, imgmatch.ROBUST_SIGNALS, "bench")
     orb.restore()

@@ -476,3 +476,19 @@ def test_an_ingest_aligns_from_its_small_grey_as_a_query_does_from_the_whole() -
 
     assert distance(screenshot(rgb("temple")), rgb("temple")) <= 24
     assert distance(ImageOps.mirror(rgb("astronaut")), rgb("astronaut")) <= 24
+
+
+@pytest.mark.parametrize("path", sorted(ORIGINALS.glob("*.jpg")), ids=lambda p: p.name)
+def test_the_mirror_s_features_are_those_a_detection_on_the_mirror_finds(path) -> None:
+    """extract_both describes the mirror at the image's keypoints, mirrored,
+    instead of detecting again: the same keypoints (within a pixel) and the
+    same descriptors, bit for bit, for nearly all of them."""
+    grey = np.asarray(Image.open(path).convert("L"))
+    _, mirrored = features.extract_both(grey)
+    detected = features.extract(np.ascontiguousarray(features.prepare(grey)[:, ::-1]))
+    assert len(mirrored) > 100 and abs(len(mirrored) - len(detected)) <= len(detected) // 50
+    gaps = np.hypot(*(mirrored.points[:, None, :] - detected.points[None, :, :]).transpose(2, 0, 1))
+    nearest = gaps.argmin(axis=1)
+    close = gaps[np.arange(len(mirrored)), nearest] < 1.0
+    same = (mirrored.descriptors == detected.descriptors[nearest]).all(axis=1)
+    assert (close & same).mean() >= 0.95
