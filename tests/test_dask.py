@@ -70,9 +70,10 @@ def _png(size: tuple[int, int]) -> bytes:
     return out.getvalue()
 
 
-def _state(db: Path) -> dict:
+def _state(db: Path | str) -> dict:
     """What a collection holds, by content (ids may differ between runs)."""
-    con = sqlite3.connect(db)
+    collection = imgmatch.Collection.open(db, readonly=True)
+    con = collection.catalog.conn
     try:
         sha = dict(con.execute("SELECT id, sha256 FROM images"))
         return {
@@ -85,7 +86,7 @@ def _state(db: Path) -> dict:
                             con.execute("SELECT a, b, score FROM links")),
         }
     finally:
-        con.close()
+        collection.close()
 
 
 def _closed_port() -> int:
@@ -95,18 +96,19 @@ def _closed_port() -> int:
 
 
 # ------------------------------------------------------------------ ingest
-def test_dask_ingest_gives_the_local_collection(tmp_path, client):
+def test_dask_ingest_gives_the_local_collection(tmp_path, client, catalog_address):
+    """Into either engine's catalog (a PostgreSQL one is what many nodes share)."""
     bad = tmp_path / "bad"
     bad.mkdir()
     jpeg = (FIXTURES / "originals" / "astronaut.jpg").read_bytes()
     (bad / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8)
     (bad / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     states, summaries = [], []
-    for name, dask in (("local", None), ("dask", client)):
-        with imgmatch.Collection.open(tmp_path / f"{name}.db") as c:
+    for db, dask in ((tmp_path / "local.db", None), (catalog_address, client)):
+        with imgmatch.Collection.open(db) as c:
             summaries.append(c.ingest(imgmatch.sources_for(
                 [bad], manifests=[FIXTURES / "manifest.csv"]), workers=1, client=dask))
-        states.append(_state(tmp_path / f"{name}.db"))
+        states.append(_state(db))
     local, dask_state = states
     assert dask_state == local
     assert len(local["images"]) == 20 and local["links"]
