@@ -538,7 +538,11 @@ def fuzz_one(target: Target, seconds: int, work: Path, corpus_only: bool,
         for _, data in seeds:
             (corpus / hashlib.sha1(data).hexdigest()).write_bytes(data)
             count += 1
-    flags = [f"-timeout={target.timeout}", f"-rss_limit_mb={RSS_LIMIT_MB}",
+    # one bar for "too slow": the target's timeout. libFuzzer would also keep
+    # any input slower than 10 s as a "slow unit", and under load the decode
+    # target's 130-megapixel GIF seeds cross that while far inside the timeout
+    flags = [f"-timeout={target.timeout}", f"-report_slow_units={target.timeout}",
+             f"-rss_limit_mb={RSS_LIMIT_MB}",
              f"-max_len={target.max_len}", "-print_final_stats=1",
              f"-artifact_prefix={artifacts}{os.sep}",
              "-runs=0" if corpus_only else f"-max_total_time={seconds}"]
