@@ -271,7 +271,14 @@ def nearest_two(query: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.n
 
     index = faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
     index.add(np.ascontiguousarray(stored, dtype=np.uint8))
-    dist, rows = index.search(np.ascontiguousarray(query, dtype=np.uint8), 2)
+    # one thread: a team's start-up and spinning cost more than this small
+    # scan, in whichever thread it runs (a service's request, the ingest's writer)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        dist, rows = index.search(np.ascontiguousarray(query, dtype=np.uint8), 2)
+    finally:
+        faiss.omp_set_num_threads(before)
     return dist, rows
 
 

@@ -137,7 +137,12 @@ class _Writer:
 
     def _run(self, batch: _Batch) -> None:
         try:
-            self._write(batch)
+            # OpenMP's thread count is per thread: without this, the linker's
+            # FAISS searches in this new thread run a team of threads that
+            # spin on the cores the workers analyse on (one worker on two
+            # cores: the parent took 14.6 ms of CPU per image, 7.6 with it)
+            with single_threaded():
+                self._write(batch)
         except BaseException as exc:  # re-raised in the caller's thread by wait()
             self._error = exc
 
