@@ -25,15 +25,13 @@ the catalog: plain .npy arrays with a verified manifest, rebuilt from the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import IndexFileError
-from .features import DESCRIPTOR_BYTES, NAME, VERSION, LocalFeatures
+from .features import DESCRIPTOR_BYTES, NAME, VERSION, LocalFeatures, faiss_threads
 from .index_files import Manifest, load_folder, save_folder
 
 #: Descriptors indexed per image (the strongest): the memory budget of the tier.
@@ -133,7 +131,7 @@ class DescriptorIndex:
             self._faiss_rows = 0
         if self._faiss_rows < rows:
             new = self.codes[self._faiss_rows:]
-            with _threads(len(new) >= PARALLEL_ROWS):
+            with faiss_threads(len(new) >= PARALLEL_ROWS):
                 if self._built_at:
                     if len(self.cells) < rows:  # rows whose cell is not known yet
                         _, found = self._faiss.quantizer.search(
@@ -255,26 +253,8 @@ def _inverted_file(centres: np.ndarray) -> Any:
 
 
 def _search(index: Any, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    with _threads(index.ntotal >= PARALLEL_ROWS):
+    with faiss_threads(index.ntotal >= PARALLEL_ROWS):
         return index.search(codes, k)
-
-
-@contextmanager
-def _threads(parallel: bool) -> Iterator[None]:
-    """FAISS on one thread unless the work is large: OpenMP's start-up and
-    spinning cost more than they save on small searches and adds, most of all
-    when the ingest's workers keep the other cores busy."""
-    import faiss
-
-    if parallel:
-        yield
-        return
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 #: Stored descriptors from which a scan is worth spreading over every core.

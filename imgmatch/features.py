@@ -20,6 +20,8 @@ not pay for them.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,7 +157,7 @@ def extract_both(grey: np.ndarray) -> tuple[LocalFeatures, LocalFeatures]:
     the mirror's cost (3.1 to 1.6 ms on an ad-sized photo), for the same
     features: on 300 ad-sized photos, every one of them lay within a pixel
     of a keypoint a detection on the mirror finds, with the same
-    descriptor bit for bit (``scripts/bench mirror``)."""
+    descriptor bit for bit (``scripts/bench orb``)."""
     image = prepare(grey)
     h, w = image.shape
     if min(h, w) < 32:
@@ -263,23 +265,36 @@ def nearest_two(query: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.n
     """The two nearest stored descriptors of each query descriptor: their
     Hamming distances and rows (-1 where there is no second).
 
-    An exact scan with FAISS's popcount: four times OpenCV's batchDistance
-    on 500 x 500 ORB descriptors (0.28 against 1.11 ms), with the same
-    distances; where the nearest two tie, which one comes first may differ,
+    An exact scan with FAISS's popcount: three times OpenCV's batchDistance
+    on two images' ORB descriptors (0.27 against 0.88 ms, ``scripts/bench
+    orb``), with the same distances; where the nearest two tie, which one comes first may differ,
     and the ratio test rejects such a match either way."""
     import faiss
 
     index = faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
     index.add(np.ascontiguousarray(stored, dtype=np.uint8))
-    # one thread: a team's start-up and spinning cost more than this small
-    # scan, in whichever thread it runs (a service's request, the ingest's writer)
+    with faiss_threads(parallel=False):  # whichever thread it runs in
+        dist, rows = index.search(np.ascontiguousarray(query, dtype=np.uint8), 2)
+    return dist, rows
+
+
+@contextmanager
+def faiss_threads(parallel: bool) -> Iterator[None]:
+    """FAISS on one thread unless the work is large: OpenMP's start-up and
+    spinning cost more than they save on small searches and adds, most of all
+    when the ingest's workers keep the other cores busy. OpenMP's thread
+    count is per thread, so this holds in any thread it is entered in."""
+    import faiss
+
+    if parallel:
+        yield
+        return
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
-        dist, rows = index.search(np.ascontiguousarray(query, dtype=np.uint8), 2)
+        yield
     finally:
         faiss.omp_set_num_threads(before)
-    return dist, rows
 
 
 def verify(query: LocalFeatures, stored: LocalFeatures) -> Verification:

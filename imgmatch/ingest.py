@@ -140,7 +140,8 @@ class _Writer:
             # OpenMP's thread count is per thread: without this, the linker's
             # FAISS searches in this new thread run a team of threads that
             # spin on the cores the workers analyse on (one worker on two
-            # cores: the parent took 14.6 ms of CPU per image, 7.6 with it)
+            # cores: the parent took 12.4 ms of CPU per image, 7.1 with it and
+            # verification's scan held to one thread; scripts/bench linking)
             with single_threaded():
                 self._write(batch)
         except BaseException as exc:  # re-raised in the caller's thread by wait()

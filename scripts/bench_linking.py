@@ -15,6 +15,11 @@ one core spends per image):
 candidate, as ingest did before it counted votes per orientation
 (``match.LINK_ORIENTATION_VOTES`` set to 0): the baseline of that change.
 
+Then, in a fresh process, a robust ingest of the same files with one worker
+process (two cores: the worker analyses, this process links and writes):
+the CPU seconds per image of each (``getrusage``), which shows whether the
+parent takes more than its share.
+
 ``scripts/bench ingest`` gives the rates; this says what to make cheaper.
 """
 
@@ -52,6 +57,33 @@ class Timed:
 
     def restore(self) -> None:
         setattr(self.owner, self.name, self.inner)
+
+
+#: In a process of its own: a robust ingest with one worker, CPU per image
+#: of this process and of its worker (children are counted once reaped).
+_SPLIT_PROBE = """
+import json, resource, sys, tempfile, time
+from pathlib import Path
+import imgmatch
+from imgmatch.sources import iter_paths
+files = [Path(p) for p in sys.argv[1:]]
+started = time.perf_counter()
+with tempfile.TemporaryDirectory() as tmp, imgmatch.Collection.open(Path(tmp) / "c.db") as c:
+    c.ingest(iter_paths(files), signals=imgmatch.ROBUST_SIGNALS, workers=1)
+wall = time.perf_counter() - started
+me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+print(json.dumps({"wall": wall, "parent": (me.ru_utime + me.ru_stime) / len(files),
+                  "worker": (kids.ru_utime + kids.ru_stime) / len(files)}))
+"""
+
+
+def cpu_split(files: list[Path]) -> dict[str, float]:
+    import json
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _SPLIT_PROBE, *map(str, files)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
 
 
 def main() -> int:
@@ -114,6 +146,11 @@ def main() -> int:
         f"| verifications run (all images) | {verify.calls} |",
         f"| links found | {summary.links_added} |",
     ]
+    split = cpu_split(files)
+    lines += ["", f"A robust ingest of the same files with one worker on two cores: "
+                  f"{len(files) / split['wall']:.0f} images/s; CPU per image, the parent "
+                  f"(linking and writing) {1000 * split['parent']:.1f} ms, the worker "
+                  f"(analysis) {1000 * split['worker']:.1f} ms."]
     return emit(lines, args.md)
 
 

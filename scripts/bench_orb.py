@@ -1,11 +1,16 @@
-"""The mirror's local features: detected again, or described at the image's
-own keypoints mirrored (what ``features.extract_both`` does).
+"""Two steps of the robust tier on ORB features, each against the way
+before it, on the ad-sized JPEGs of ``scripts/bench ingest`` (their grey,
+at the analysed size), one core:
 
-On the ad-sized JPEGs of ``scripts/bench ingest`` (their grey, at the
-analysed size): milliseconds per image of ORB on the image, ORB on its
-mirror, and descriptors alone at the mirrored keypoints; then how many of
-the latter lie within a pixel (at the same pyramid level) of a keypoint the
-detection on the mirror finds, and how far their descriptors are.
+- the mirror's features: detected again, or described at the image's own
+  keypoints mirrored (what ``features.extract_both`` does): milliseconds
+  per image of each, then how many of the latter lie within a pixel (at the
+  same pyramid level) of a keypoint the detection finds, and how many of
+  those have the same descriptor;
+- verification's two nearest stored descriptors of each query descriptor
+  (``features.nearest_two``, FAISS's binary flat scan) against OpenCV's
+  ``batchDistance``, over pairs of the images' descriptors: milliseconds
+  per pair, and whether the distances agree.
 """
 
 from __future__ import annotations
@@ -68,12 +73,24 @@ def main() -> int:
             if d[i] < 1.0:
                 near += 1
                 same_bits += int(np.unpackbits(dd[i] ^ dc[j]).sum()) == 0
+    cv2 = features._cv2()
+    described_sets = [features.extract(g).descriptors for g in greys]
+    pairs = [(a, b) for a, b in zip(described_sets, described_sets[1:])
+             if len(a) >= 4 and len(b) >= 4]
+    opencv = timed("two nearest descriptors, OpenCV batchDistance (per pair)",
+                   lambda a, b: cv2.batchDistance(a, b, dtype=-1, normType=cv2.NORM_HAMMING,
+                                                  K=2), pairs)
+    ours = timed("two nearest descriptors, FAISS flat scan (per pair)",
+                 features.nearest_two, pairs)
+    agree = sum(np.array_equal(d1, d2) for (d1, _), (d2, _) in zip(opencv, ours))
     lines = [f"ORB on {len(greys)} ad-sized JPEGs at {features.SIDE} px, one core:", "",
-             "| step | ms per image |", "|---|---|"]
+             "| step | ms per image (per pair where said) |", "|---|---|"]
     lines += [f"| {name} | {ms:.2f} |" for name, ms in timings.items()]
     lines += ["", f"Mirrored keypoints within 1 px (same level) of one the mirror's detection "
                   f"finds: {near / total:.2%} of {total:,}; of those, with the same "
-                  f"descriptor bit for bit: {same_bits / max(near, 1):.2%}."]
+                  f"descriptor bit for bit: {same_bits / max(near, 1):.2%}.",
+              "", f"Two nearest descriptors: the same distances in {agree} of {len(pairs)} "
+                  "image pairs."]
     return emit(lines, args.md)
 
 
