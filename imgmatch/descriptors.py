@@ -4,23 +4,47 @@ Geometric verification (:func:`imgmatch.features.verify`) is exact but costs
 about a millisecond a pair, so it runs on a short list. Global hashes supply
 part of that list; this index supplies the rest, which no hash finds: the
 crops, collages and screenshots. It holds the strongest descriptors of every
-image (:data:`PER_IMAGE`), each labelled with its image id; a query's
-descriptors (and its mirror's) each look up their nearest stored
+image (:data:`PER_IMAGE`), each labelled with its image id; each of a
+query's descriptors (and its mirror's) finds its nearest stored
 descriptors, and every image collects one vote per query descriptor that
-lands on it within :data:`VOTE_DISTANCE` bits. The images with the most
-votes are the candidates.
+lands on it. The images with the most votes are the candidates.
 
-Small collections are searched with FAISS's binary flat scan (exact). A scan
-grows with the collection, so past :data:`IVF_ROWS` descriptors the search
-moves to an inverted file (``IndexBinaryIVF``) whose cells are centred on
-descriptors sampled from the index itself rather than trained by k-means:
-no training pass (k-means over millions of 256-dimensional points is a
-long job of its own), and a descriptor's near neighbours still fall in the cells nearest
-to it, of which :data:`NPROBE` are searched. Votes need only some of a
-repost's descriptors to find theirs, so an approximate search loses little
-(measured in docs/benchmarks.md). Like every index here it is a cache of
-the catalog: plain .npy arrays with a verified manifest, rebuilt from the
-``features`` table when stale; the FAISS structure is rebuilt on first use.
+Small collections are searched exactly (FAISS's binary flat scan, the
+:data:`NEIGHBOURS` nearest within :data:`VOTE_DISTANCE` bits). Past
+:data:`IVF_ROWS` descriptors the search moves to an inverted file over the
+full codes (FAISS's ``IndexBinaryIVF``) whose cells are centred on
+descriptors sampled from the index itself rather than trained by k-means;
+each row's cell is saved. FAISS then holds a copy of every code, about 5 KB
+an image, and placing every row in its cell costs rows x cells bit
+comparisons: hours at a million images. So past :data:`COMPACT_ROWS` the
+index becomes a compact inverted file of visual words, built to stay small
+and fast at millions of images:
+
+- the *vocabulary* is about one word per :data:`WORD_ROWS` stored
+  descriptors, sampled (seeded) from the index itself, under a second
+  level of about sqrt(words) roots: a descriptor's word is found among the
+  words of its nearest roots (FAISS ``IndexBinaryIVF`` over the words), so
+  placing a descriptor costs a few thousand bit comparisons however large
+  the vocabulary, and no training pass is needed;
+- each stored descriptor is kept in memory only as its image id and a
+  :data:`SIGNATURE_BITS`-bit signature (the first bits of the ORB
+  descriptor, which ORB orders by how much they tell apart), in its word's
+  posting list: 8 bytes instead of 32 plus FAISS's copy and an id;
+- a query descriptor looks in its :data:`PROBE_WORDS` nearest words and
+  votes for the images of the :data:`NEIGHBOURS` entries there whose
+  signatures are nearest, within :data:`SIGNATURE_DISTANCE` bits.
+
+The full codes are saved with the index and memory-mapped when it is
+loaded (:func:`load`); after a save, rows added before it are read from
+the file too. The flat scan and the cells' inverted file copy them into
+FAISS; the compact file reads them only to place every row again when
+its vocabulary is sampled anew, after the index has grown
+:data:`REBUILD_GROWTH` times. Rows added since the last placement wait in
+a small second posting list, merged in when it grows. Like every index
+here it is a cache of the catalog: plain .npy
+arrays with a verified manifest, rebuilt from the ``features`` table when
+stale. The settings were chosen on the fit half of the second set and the
+scale measured with ``scripts/bench votes`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -36,113 +60,354 @@ from .index_files import Manifest, load_folder, save_folder
 
 #: Descriptors indexed per image (the strongest): the memory budget of the tier.
 PER_IMAGE = 128
-#: A stored descriptor within this many bits of a query's casts a vote.
+#: Exact search: a stored descriptor within this many bits of a query's casts a vote.
 VOTE_DISTANCE = 48
-#: Neighbours looked up per query descriptor.
+#: Stored descriptors a query descriptor can vote through (its nearest).
 NEIGHBOURS = 8
-#: Stored descriptors from which an inverted file replaces the flat scan.
-#: Chosen on the fit half's simulated crawl: from 20,000 down to 4,096 the
-#: ingest's links lost nothing (B-cubed 0.9912 / 0.8375 -> 0.9912 / 0.8380)
-#: and the crawl's robust ingest took 57 s instead of 73 (a batch's own
-#: descriptors, a few thousand, were scanned in full for every new image).
+#: Stored descriptors from which an inverted file over the full codes
+#: replaces the exact scan. Chosen on the fit half's simulated crawl: from
+#: 20,000 down to 4,096 the ingest's links lost nothing (B-cubed 0.9912 /
+#: 0.8375 -> 0.9912 / 0.8380) and the crawl's robust ingest took 57 s
+#: instead of 73 (a batch's own descriptors were scanned in full for every
+#: new image).
 IVF_ROWS = 4096
-#: Cells of the inverted file per stored descriptor (the square root rule,
-#: times four), and cells searched per query descriptor.
+#: Cells searched per query descriptor in that inverted file.
 NPROBE = 16
-#: The inverted file is rebuilt (cells re-sampled) when it has grown this much.
+#: Stored descriptors from which the compact inverted file of visual words
+#: takes over (about 65,000 images). Below it, the full codes are searched
+#: (FAISS holds a copy: about 5 KB an image); the compact file holds about
+#: 1 KB, builds in minutes at a million images where the other would take
+#: hours, and costs candidate recall: on the second set's check half, forced
+#: at every size, the simulated crawl's B-cubed recall fell from 0.808 to
+#: 0.759 (docs/benchmarks.md). So it is used where memory and build time
+#: leave no choice.
+COMPACT_ROWS = 1 << 23
+#: Stored descriptors per visual word, on average (the vocabulary's size).
+WORD_ROWS = 128
+#: Roots searched, and words probed, per query descriptor.
+PROBE_ROOTS = 4
+PROBE_WORDS = 8
+#: Bits of a stored descriptor kept in memory, and the signature distance
+#: within which it can vote. Chosen on the fit half of the second set (the
+#: real ORB descriptors of its 558 references, with the check half's and the
+#: dev set's 688 as distractors: 155,884 rows; its 1,344 positive queries):
+#: the true reference was among the 8 most voted (3 votes or more) for
+#: 0.877 of the queries, against 0.892 for the exact scan of full codes.
+#: 64-bit signatures within 12 bits gave 0.882 at 12 bytes an entry (over
+#: the 1.5 KB an image budget); 8 bits instead of 6, or 4 probed words
+#: instead of 8, moved it by 0.003 at most.
+SIGNATURE_BITS = 32
+SIGNATURE_DISTANCE = 6
+#: The vocabulary (or the cells) is sampled again, and every row placed
+#: again, when the index has grown this much since it was sampled.
 REBUILD_GROWTH = 4
+#: Rows placed since the last merge wait in a second posting list until
+#: there are this many, or an eighth of the index.
+TAIL_ROWS = 1 << 18
 #: Query descriptors that vote (the strongest, per feature set): the search
 #: costs in proportion, and a repost's strongest corners are mostly its
 #: original's strongest too.
 VOTERS = 250
+#: Rows from which placing them is worth spreading over every core.
+PARALLEL_ROWS = 4_000_000
 
 
 class DescriptorIndex:
     """Local descriptors of many images, searched by voting."""
 
-    ARRAYS = ("codes", "owners", "centres", "cells", "built_at")
+    ARRAYS = ("codes", "owners", "centres", "cells", "words", "roots", "word_roots",
+              "post_owner", "post_sig", "word_start", "meta")
+    #: memory-mapped when loaded, not read (:func:`imgmatch.index_files.load_folder`)
+    LAZY = ("codes", "owners")
 
-    def __init__(self, codes: np.ndarray | None = None, owners: np.ndarray | None = None,
-                 centres: np.ndarray | None = None, cells: np.ndarray | None = None,
-                 built_at: int = 0) -> None:
-        self.codes = (np.zeros((0, DESCRIPTOR_BYTES), np.uint8) if codes is None
-                      else np.ascontiguousarray(codes, np.uint8).reshape(-1, DESCRIPTOR_BYTES))
-        self.owners = (np.zeros(0, np.int64) if owners is None
-                       else np.ascontiguousarray(owners, np.int64))
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self._faiss: Any = None  # FAISS's flat or inverted-file index, built on first use
-        self._faiss_rows = 0
-        # the inverted file: its cell centres, each row's cell (saved, so that
-        # opening a large collection does not assign every row again), and
-        # the row count when the centres were sampled
-        self.centres = (np.zeros((0, DESCRIPTOR_BYTES), np.uint8) if centres is None
-                        else np.ascontiguousarray(centres, np.uint8))
-        self.cells = np.zeros(0, np.int64) if cells is None else np.asarray(cells, np.int64)
-        self._built_at = built_at if len(self.centres) else 0
+    def __init__(self, codes: np.ndarray | None = None, owners: np.ndarray | None = None) -> None:
+        # every stored descriptor in the order added, with its image id: the
+        # first part may be memory-mapped from a saved index
+        self._codes: list[np.ndarray] = []
+        self._owners: list[np.ndarray] = []
+        self._rows = 0
+        self._max_id = 0
+        self._images = 0
+        # below COMPACT_ROWS: FAISS's flat scan, or its IndexBinaryIVF over the
+        # full codes, whose cell centres are sampled from the index and each
+        # row's cell saved (reopening does not assign every row again)
+        self._scan: Any = None
+        self._scan_rows = 0
+        self.centres = np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
+        self.cells = np.zeros(0, np.int64)
+        self._cells_at = 0
+        # the inverted file
+        self.words = np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
+        self.roots = np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
+        self.word_roots = np.zeros(0, np.int64)
+        self.post_owner = np.zeros(0, np.uint32)
+        self.post_sig = np.zeros(0, _signature_type())
+        self.word_start = np.zeros(1, np.int64)
+        self._vocabulary: Any = None  # FAISS IVF over the words, built on first use
+        self._built_at = 0
+        self._placed = 0  # rows in the posting lists (main and tail)
+        self._tail: tuple[np.ndarray, np.ndarray, np.ndarray] = _empty_tail()
+        self._tail_lists: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        if codes is not None and owners is not None and len(owners):
+            self._append(np.ascontiguousarray(codes, np.uint8).reshape(-1, DESCRIPTOR_BYTES),
+                         np.ascontiguousarray(owners, np.int64))
 
+    # ------------------------------------------------------------ contents
     def __len__(self) -> int:
-        self._fold()
-        return len(np.unique(self.owners))
+        return self._images
+
+    @property
+    def rows(self) -> int:
+        return self._rows
 
     @property
     def max_id(self) -> int:
-        self._fold()
-        return int(self.owners.max(initial=0))
+        return self._max_id
+
+    @property
+    def codes(self) -> np.ndarray:
+        """Every stored descriptor, in the order added (read from disk if saved)."""
+        self._join()
+        return self._codes[0] if self._codes else np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
+
+    @property
+    def owners(self) -> np.ndarray:
+        """Each stored descriptor's image id."""
+        self._join()
+        return self._owners[0].astype(np.int64) if self._owners else np.zeros(0, np.int64)
+
+    def _append(self, codes: np.ndarray, owners: np.ndarray) -> None:
+        if int(owners.max(initial=0)) > np.iinfo(np.uint32).max:
+            raise ValueError("image ids past 2**32 do not fit the descriptor index")
+        # images are added whole and in turn: each starts where the owner changes
+        starts = int((np.diff(owners) != 0).sum()) + 1
+        if self._owners and int(self._owners[-1][-1]) == int(owners[0]):
+            starts -= 1
+        self._codes.append(codes)
+        self._owners.append(owners.astype(np.uint32))
+        self._rows += len(codes)
+        self._max_id = max(self._max_id, int(owners.max()))
+        self._images += starts
+
+    def map_codes(self, codes: np.ndarray, owners: np.ndarray) -> None:
+        """Read the stored rows from these arrays (the same rows, saved) from now on."""
+        if len(codes) != self._rows or len(owners) != self._rows:
+            raise ValueError("the saved codes are not this index's")
+        self._codes, self._owners = [codes], [owners]
+
+    def _join(self) -> None:
+        if len(self._codes) > 1:
+            self._codes = [np.concatenate(self._codes)]
+            self._owners = [np.concatenate(self._owners)]
+
+    def _codes_from(self, start: int) -> np.ndarray:
+        """Stored descriptors from row ``start`` on, in memory."""
+        return np.ascontiguousarray(
+            _rows_from(self._codes, start, np.zeros((0, DESCRIPTOR_BYTES), np.uint8)))
+
+    def _owners_from(self, start: int) -> np.ndarray:
+        return _rows_from(self._owners, start, np.zeros(0, np.uint32))
+
+    def _owners_at(self, rows: np.ndarray) -> np.ndarray:
+        """The image ids of these stored rows."""
+        out = np.zeros(len(rows), np.int64)
+        at = 0
+        for part in self._owners:
+            inside = (rows >= at) & (rows < at + len(part))
+            if inside.any():
+                out[inside] = np.asarray(part)[rows[inside] - at]
+            at += len(part)
+        return out
 
     def add(self, image_id: int, features: LocalFeatures) -> None:
         """Index the strongest descriptors of one image (features are stored strongest first)."""
         codes = features.descriptors[:PER_IMAGE]
         if len(codes):
-            self._pending.append((np.ascontiguousarray(codes, np.uint8),
-                                  np.full(len(codes), image_id, np.int64)))
+            self._append(np.ascontiguousarray(codes, np.uint8),
+                         np.full(len(codes), image_id, np.int64))
 
     def remove(self, image_ids: np.ndarray) -> int:
-        self._fold()
-        keep = ~np.isin(self.owners, np.asarray(image_ids, np.int64))
-        removed = int((~keep).sum())
-        if removed:
-            if len(self.cells) == len(self.codes):
-                self.cells = self.cells[keep]
-            self.codes, self.owners = self.codes[keep], self.owners[keep]
-            self._faiss, self._faiss_rows = None, 0
+        """Take these images' rows out (the codes are then held in memory until saved)."""
+        ids = np.asarray(image_ids, np.int64)
+        owners = self.owners
+        drop = np.isin(owners, ids)
+        removed = int(drop.sum())
+        if not removed:
+            return 0
+        keep = ~drop
+        codes = np.asarray(self.codes)[keep]
+        self._images -= len(np.unique(owners[drop]))
+        self._codes, self._owners = [codes], [owners[keep].astype(np.uint32)]
+        self._rows = len(codes)
+        self._max_id = int(owners[keep].max(initial=0))
+        if len(self.cells) == len(keep):
+            self.cells = self.cells[keep]
+        self._scan, self._scan_rows = None, 0
+        if self._built_at:
+            gone = np.isin(self.post_owner, ids)
+            word_of = np.repeat(np.arange(len(self.words)), np.diff(self.word_start))
+            counts = np.bincount(word_of[~gone], minlength=len(self.words))
+            self.post_owner, self.post_sig = self.post_owner[~gone], self.post_sig[~gone]
+            self.word_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            word, owner, sig = self._tail
+            kept = ~np.isin(owner, ids)
+            self._tail, self._tail_lists = (word[kept], owner[kept], sig[kept]), None
+            self._placed -= removed
         return removed
 
-    def _fold(self) -> None:
-        if self._pending:
-            self.codes = np.concatenate([self.codes] + [c for c, _ in self._pending])
-            self.owners = np.concatenate([self.owners] + [o for _, o in self._pending])
-            self._pending = []
+    # ------------------------------------------------------------- searching
+    def _prepare(self) -> None:
+        """Bring the search structure up to the rows added."""
+        rows = self._rows
+        if rows < COMPACT_ROWS:
+            if self._built_at:
+                self._drop_vocabulary()
+            self._prepare_scan(rows)
+            return
+        self._scan, self._scan_rows, self._cells_at = None, 0, 0
+        self.centres, self.cells = self.centres[:0], self.cells[:0]
+        if not self._built_at or rows >= REBUILD_GROWTH * self._built_at:
+            self._sample_vocabulary()
+        elif self._placed < rows:
+            new = self._codes_from(self._placed)
+            word, owner, sig = self._tail
+            self._tail = (np.concatenate([word, self._place(new)]),
+                          np.concatenate([owner, self._owners_from(self._placed)]),
+                          np.concatenate([sig, _signatures(new)]))
+            self._tail_lists = None
+            self._placed = rows
+            if len(self._tail[0]) >= max(TAIL_ROWS, rows // 8):
+                self._merge_tail()
 
-    def _index(self) -> Any:
-        """The FAISS index (flat or inverted file), extended with rows added since."""
-        self._fold()
-        rows = len(self.codes)
+    def _prepare_scan(self, rows: int) -> None:
+        """The flat scan or the inverted file over full codes, extended with rows added since."""
         want_ivf = rows >= IVF_ROWS
-        is_ivf = self._built_at > 0
-        stale = (self._faiss is None or want_ivf != is_ivf
-                 or (want_ivf and rows >= REBUILD_GROWTH * self._built_at))
+        stale = (self._scan is None or want_ivf != (self._cells_at > 0)
+                 or (want_ivf and rows >= REBUILD_GROWTH * self._cells_at))
         if stale:
             if not want_ivf:
-                self.centres, self.cells, self._built_at = self.centres[:0], self.cells[:0], 0
-            elif not len(self.centres) or rows >= REBUILD_GROWTH * self._built_at:
+                self.centres, self.cells, self._cells_at = self.centres[:0], self.cells[:0], 0
+            elif not len(self.centres) or rows >= REBUILD_GROWTH * self._cells_at:
                 self.centres, self.cells = _sample_centres(self.codes), self.cells[:0]
-                self._built_at = rows
-            self._faiss = _inverted_file(self.centres) if want_ivf else _flat()
-            self._faiss_rows = 0
-        if self._faiss_rows < rows:
-            new = self.codes[self._faiss_rows:]
+                self._cells_at = rows
+            self._scan = _inverted_file(self.centres) if want_ivf else _flat()
+            self._scan_rows = 0
+        if self._scan_rows < rows:
+            new = self._codes_from(self._scan_rows)
             with faiss_threads(len(new) >= PARALLEL_ROWS):
-                if self._built_at:
+                if self._cells_at:
                     if len(self.cells) < rows:  # rows whose cell is not known yet
-                        _, found = self._faiss.quantizer.search(
-                            self.codes[len(self.cells):], 1)
+                        _, found = self._scan.quantizer.search(
+                            self._codes_from(len(self.cells)), 1)
                         self.cells = np.concatenate([self.cells, found.ravel()])
-                    cells = np.ascontiguousarray(self.cells[self._faiss_rows:rows], np.int64)
-                    self._faiss.add_core(len(new), _ptr(new), None, _ptr(cells))
+                    cells = np.ascontiguousarray(self.cells[self._scan_rows:rows], np.int64)
+                    self._scan.add_core(len(new), _ptr(new), None, _ptr(cells))
                 else:
-                    self._faiss.add(new)
-            self._faiss_rows = rows
-        return self._faiss
+                    self._scan.add(new)
+            self._scan_rows = rows
+
+    def _drop_vocabulary(self) -> None:
+        self.words, self.roots = self.words[:0], self.roots[:0]
+        self.word_roots = self.word_roots[:0]
+        self.post_owner, self.post_sig = self.post_owner[:0], self.post_sig[:0]
+        self.word_start = np.zeros(1, np.int64)
+        self._vocabulary, self._built_at, self._placed = None, 0, 0
+        self._tail, self._tail_lists = _empty_tail(), None
+
+    def _sample_vocabulary(self) -> None:
+        """Words and roots sampled anew from the stored rows, every row placed."""
+        codes = self.codes
+        rng = np.random.default_rng(0)
+        n_words = max(64, len(codes) // WORD_ROWS)
+        self.words = np.ascontiguousarray(codes[np.sort(rng.choice(len(codes), n_words,
+                                                                   replace=False))])
+        self.roots = np.ascontiguousarray(
+            self.words[np.sort(rng.choice(n_words, max(8, int(np.sqrt(n_words))),
+                                          replace=False))])
+        self.word_roots = _nearest(self.roots, self.words)
+        self._vocabulary = None
+        words = self._place(np.asarray(codes))
+        order = np.argsort(words, kind="stable")
+        self.post_owner = np.ascontiguousarray(self.owners[order].astype(np.uint32))
+        self.post_sig = _signatures(np.asarray(codes))[order]
+        self.word_start = np.searchsorted(words[order], np.arange(n_words + 1)).astype(np.int64)
+        self._tail, self._tail_lists = _empty_tail(), None
+        self._built_at = self._placed = len(codes)
+
+    def _vocabulary_index(self) -> Any:
+        if self._vocabulary is None:
+            self._vocabulary = _two_levels(self.roots, self.words, self.word_roots)
+        return self._vocabulary
+
+    def _place(self, codes: np.ndarray) -> np.ndarray:
+        """Each row's word: the nearest among the words of its nearest root."""
+        if not len(codes):
+            return np.zeros(0, np.int64)
+        index = self._vocabulary_index()
+        index.nprobe = 1
+        with faiss_threads(len(codes) >= PARALLEL_ROWS):
+            _, found = index.search(np.ascontiguousarray(codes), 1)
+        return found.ravel().astype(np.int64)
+
+    def _merge_tail(self) -> None:
+        """Fold the second posting list into the main one (both kept in word order)."""
+        word, owner, sig = self._tail
+        if not len(word):
+            return
+        n_words = len(self.words)
+        order = np.argsort(word, kind="stable")
+        word, owner, sig = word[order], owner[order], sig[order]
+        main = np.diff(self.word_start)
+        extra = np.bincount(word, minlength=n_words)
+        start = np.concatenate([[0], np.cumsum(main + extra)]).astype(np.int64)
+        at_main = np.repeat(start[:-1], main) + (np.arange(len(self.post_owner))
+                                                  - np.repeat(self.word_start[:-1], main))
+        tail_first = np.concatenate([[0], np.cumsum(extra)])[:-1]
+        at_tail = start[word] + main[word] + (np.arange(len(word)) - tail_first[word])
+        merged_owner = np.empty(start[-1], np.uint32)
+        merged_sig = np.empty(start[-1], self.post_sig.dtype)
+        merged_owner[at_main], merged_sig[at_main] = self.post_owner, self.post_sig
+        merged_owner[at_tail], merged_sig[at_tail] = owner, sig
+        self.post_owner, self.post_sig, self.word_start = merged_owner, merged_sig, start
+        self._tail, self._tail_lists = _empty_tail(), None
+
+    def _tail_postings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if self._tail_lists is None:
+            word, owner, sig = self._tail
+            order = np.argsort(word, kind="stable")
+            start = np.searchsorted(word[order], np.arange(len(self.words) + 1))
+            self._tail_lists = (owner[order], sig[order], start.astype(np.int64), order)
+        return self._tail_lists
+
+    def _hits(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query row, stored image id) of every vote the query rows cast."""
+        if self._built_at == 0:
+            with faiss_threads(self._scan.ntotal >= PARALLEL_ROWS):
+                distances, rows = self._scan.search(codes, min(NEIGHBOURS, self._scan.ntotal))
+            hit = (rows >= 0) & (distances <= VOTE_DISTANCE)
+            voter = np.broadcast_to(np.arange(len(codes))[:, None], rows.shape)[hit]
+            return voter, self._owners_at(rows[hit])
+        index = self._vocabulary_index()
+        index.nprobe = PROBE_ROOTS
+        _, words = index.search(codes, PROBE_WORDS)
+        voter = np.repeat(np.arange(len(codes)), words.shape[1])
+        words = words.ravel()
+        voter, words = voter[words >= 0], words[words >= 0]
+        signatures = _signatures(codes)
+        found = [_scan(self.post_owner, self.post_sig, self.word_start, words, voter, signatures)]
+        if len(self._tail[0]):
+            owner, sig, start, _ = self._tail_postings()
+            found.append(_scan(owner, sig, start, words, voter, signatures))
+        voters = np.concatenate([f[0] for f in found])
+        owners = np.concatenate([f[1] for f in found])
+        distances = np.concatenate([f[2] for f in found])
+        # each query row votes through its nearest entries only (ties go to the
+        # lower image id: the same votes however the rows are split in lists)
+        order = np.lexsort((owners, distances, voters))
+        voters, owners = voters[order], owners[order]
+        rank = np.arange(len(voters)) - np.searchsorted(voters, voters, side="left")
+        near = rank < NEIGHBOURS
+        return voters[near], owners[near].astype(np.int64)
 
     def candidates(self, queries: list[LocalFeatures], limit: int,
                    exclude_from: int | None = None,
@@ -165,24 +430,17 @@ class DescriptorIndex:
         other orientation then costs a matching that cannot succeed."""
         sets = [q.descriptors[:voters] for q in queries]
         parts = [d for d in sets if len(d)]
-        if not parts:
+        if not parts or not self._rows:
             return []
-        index = self._index()
-        if not index.ntotal:
-            return []
+        self._prepare()
         codes = np.ascontiguousarray(np.concatenate(parts), np.uint8)
-        distances, rows = _search(index, codes, min(NEIGHBOURS, index.ntotal))
-        hit = (rows >= 0) & (distances <= VOTE_DISTANCE)
-        voter = np.broadcast_to(np.arange(len(codes))[:, None], rows.shape)[hit]
-        owner = self.owners[rows[hit]]
+        voter, owner = self._hits(codes)
         if exclude_from is not None:
             keep = owner < exclude_from
             voter, owner = voter[keep], owner[keep]
         if not len(owner):
             return []
-        # one vote per (query descriptor, image)
-        pairs = np.unique(np.stack([owner, voter], axis=1), axis=0)
-        ids, first, votes = np.unique(pairs[:, 0], return_index=True, return_counts=True)
+        pairs, ids, first, votes = _tally(voter, owner)
         order = np.lexsort((ids, -votes))[:limit]
         # which set each vote came from: sets are stacked in order, skipping empty ones
         ends = np.cumsum([len(d) for d in sets])
@@ -193,29 +451,130 @@ class DescriptorIndex:
             out.append((int(ids[i]), tuple(int(n) for n in np.bincount(rows, minlength=len(sets)))))
         return out
 
+    # ------------------------------------------------------------ accounting
     def memory_bytes(self) -> int:
-        self._fold()
-        # FAISS keeps its own copy of the codes (and, in an inverted file, their ids)
-        per_row = DESCRIPTOR_BYTES + (8 if self._built_at else 0)
-        return self.codes.nbytes + self.owners.nbytes + self._faiss_rows * per_row
+        """Bytes held in memory: posting lists, vocabulary (and FAISS's copy),
+        any codes not memory-mapped from disk (rows added since the last
+        save), and below :data:`COMPACT_ROWS` FAISS's copy of the codes."""
+        held = sum(part.nbytes + self._owners[n].nbytes for n, part in enumerate(self._codes)
+                   if not isinstance(part, np.memmap))
+        lists = self.post_owner.nbytes + self.post_sig.nbytes + self.word_start.nbytes
+        tail = sum(a.nbytes for a in self._tail)
+        vocabulary = 2 * (self.words.nbytes + self.roots.nbytes) + self.word_roots.nbytes \
+            + 8 * len(self.words)  # FAISS's copy, with an id per word
+        # FAISS's copy of the scanned codes (with an id each in an inverted file), and cells
+        scan = self._scan_rows * (DESCRIPTOR_BYTES + (8 if self._cells_at else 0)) \
+            + self.centres.nbytes + self.cells.nbytes
+        return held + lists + tail + vocabulary + scan
 
     def arrays(self) -> dict[str, np.ndarray]:
-        self._fold()
-        cells = self.cells if len(self.cells) == len(self.codes) else self.cells[:0]
-        return {"codes": self.codes, "owners": self.owners, "centres": self.centres,
-                "cells": cells, "built_at": np.array([self._built_at], np.int64)}
+        if self._rows >= COMPACT_ROWS:
+            self._prepare()
+            self._merge_tail()
+        meta = np.array([self._built_at, self._max_id, self._images, self._cells_at], np.int64)
+        cells = self.cells if len(self.cells) == self._rows else self.cells[:0]
+        if self._built_at == 0:
+            words, roots, word_roots = self.words[:0], self.roots[:0], self.word_roots[:0]
+            post_owner, post_sig = self.post_owner[:0], self.post_sig[:0]
+            start = np.zeros(1, np.int64)
+        else:
+            words, roots, word_roots = self.words, self.roots, self.word_roots
+            post_owner, post_sig, start = self.post_owner, self.post_sig, self.word_start
+        self._join()
+        codes = self._codes[0] if self._codes else np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
+        owners = self._owners[0] if self._owners else np.zeros(0, np.uint32)
+        return {"codes": codes, "owners": owners, "centres": self.centres, "cells": cells,
+                "words": words, "roots": roots,
+                "word_roots": word_roots, "post_owner": post_owner, "post_sig": post_sig,
+                "word_start": start, "meta": meta}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> DescriptorIndex:
         codes, owners = arrays["codes"], arrays["owners"]
-        centres, cells = arrays["centres"], arrays["cells"]
-        if codes.ndim != 2 or codes.shape[1] != DESCRIPTOR_BYTES or len(codes) != len(owners):
+        words, roots, word_roots = arrays["words"], arrays["roots"], arrays["word_roots"]
+        post_owner, post_sig, start = arrays["post_owner"], arrays["post_sig"], arrays["word_start"]
+        meta = arrays["meta"]
+        if codes.ndim != 2 or codes.shape[1] != DESCRIPTOR_BYTES or len(codes) != len(owners) \
+                or owners.dtype != np.uint32 or meta.shape != (4,):
             raise ValueError("descriptor arrays do not fit together")
+        built_at, max_id, images, cells_at = (int(v) for v in meta)
+        centres, cells = arrays["centres"], arrays["cells"]
         if centres.ndim != 2 or centres.shape[1] != DESCRIPTOR_BYTES \
                 or len(cells) not in (0, len(codes)) \
                 or (len(cells) and not 0 <= int(cells.min()) <= int(cells.max()) < len(centres)):
+            raise ValueError("the inverted file's cells do not fit the codes")
+        if built_at and (words.ndim != 2 or words.shape[1] != DESCRIPTOR_BYTES
+                         or roots.ndim != 2 or roots.shape[1] != DESCRIPTOR_BYTES
+                         or len(word_roots) != len(words) or len(start) != len(words) + 1
+                         or len(post_owner) != len(codes) or len(post_sig) != len(codes)
+                         or int(start[0]) != 0 or int(start[-1]) != len(codes)
+                         or np.any(np.diff(start) < 0)
+                         or (len(word_roots) and not 0 <= int(word_roots.min())
+                             <= int(word_roots.max()) < len(roots))):
             raise ValueError("the inverted file's arrays do not fit the codes")
-        return cls(codes, owners, centres, cells, int(arrays["built_at"][0]))
+        index = cls()
+        if len(codes):
+            index._codes, index._owners = [codes], [owners]
+        index._rows, index._max_id, index._images = len(codes), max_id, images
+        if cells_at and len(centres):
+            index.centres, index._cells_at = np.ascontiguousarray(centres), cells_at
+            index.cells = np.asarray(cells, np.int64)
+        if built_at:
+            index.words, index.roots = np.ascontiguousarray(words), np.ascontiguousarray(roots)
+            index.word_roots = np.asarray(word_roots, np.int64)
+            index.post_owner, index.post_sig = post_owner, post_sig
+            index.word_start = np.asarray(start, np.int64)
+            index._built_at, index._placed = built_at, len(codes)
+        return index
+
+
+def _rows_from(parts: list[np.ndarray], start: int, empty: np.ndarray) -> np.ndarray:
+    """The rows of these consecutive parts from row ``start`` on, in memory."""
+    out, at = [], 0
+    for part in parts:
+        if at + len(part) > start:
+            out.append(np.asarray(part[max(0, start - at):]))
+        at += len(part)
+    if not out:
+        return empty
+    return np.concatenate(out) if len(out) > 1 else out[0]
+
+
+def _tally(voter: np.ndarray, owner: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One vote per (query row, image): the (image, query row) pairs, and
+    the images with where their pairs start and their votes."""
+    pairs = np.unique(np.stack([owner, voter], axis=1), axis=0)
+    ids, first, votes = np.unique(pairs[:, 0], return_index=True, return_counts=True)
+    return pairs, ids, first, votes
+
+
+def _empty_tail() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.zeros(0, np.int64), np.zeros(0, np.uint32), np.zeros(0, _signature_type())
+
+
+def _signature_type() -> type[np.unsignedinteger]:
+    return np.uint64 if SIGNATURE_BITS == 64 else np.uint32
+
+
+def _signatures(codes: np.ndarray) -> np.ndarray:
+    """The first :data:`SIGNATURE_BITS` bits of each descriptor."""
+    head = np.ascontiguousarray(np.asarray(codes)[:, :SIGNATURE_BITS // 8])
+    return head.view(_signature_type()).ravel()
+
+
+def _scan(owner: np.ndarray, sig: np.ndarray, start: np.ndarray, words: np.ndarray,
+          voter: np.ndarray, signatures: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The entries of the probed words within the signature distance of their
+    query row: (query row, image id, distance)."""
+    first, lengths = start[words], start[words + 1] - start[words]
+    total = int(lengths.sum())
+    rows = np.repeat(first - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+    voters = np.repeat(voter, lengths)
+    distance = np.bitwise_count(sig[rows] ^ signatures[voters])
+    near = distance <= SIGNATURE_DISTANCE
+    return voters[near], owner[rows[near]], distance[near]
 
 
 def _flat() -> Any:
@@ -228,7 +587,7 @@ def _sample_centres(codes: np.ndarray) -> np.ndarray:
     """Cell centres: 4 x sqrt(rows) descriptors sampled (seeded) from the index."""
     nlist = int(min(65_536, max(64, 4 * np.sqrt(len(codes)))))
     return np.ascontiguousarray(
-        codes[np.random.default_rng(0).choice(len(codes), nlist, replace=False)])
+        codes[np.sort(np.random.default_rng(0).choice(len(codes), nlist, replace=False))])
 
 
 def _ptr(array: np.ndarray) -> Any:
@@ -243,7 +602,7 @@ def _inverted_file(centres: np.ndarray) -> Any:
 
     quantizer = faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
     quantizer.add(centres)
-    index = faiss.IndexBinaryIVF(quantizer, DESCRIPTOR_BYTES * 8, len(centres))
+    index: Any = faiss.IndexBinaryIVF(quantizer, DESCRIPTOR_BYTES * 8, len(centres))
     index.is_trained = True
     index.nprobe = NPROBE
     index.own_fields = True
@@ -252,41 +611,67 @@ def _inverted_file(centres: np.ndarray) -> Any:
     return index
 
 
-def _search(index: Any, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    with faiss_threads(index.ntotal >= PARALLEL_ROWS):
-        return index.search(codes, k)
+def _nearest(centres: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Each code's nearest centre (exact)."""
+    index = _flat()
+    index.add(np.ascontiguousarray(centres))
+    with faiss_threads(len(codes) * len(centres) >= PARALLEL_ROWS * 1000):
+        _, found = index.search(np.ascontiguousarray(codes), 1)
+    return found.ravel().astype(np.int64)
 
 
-#: Stored descriptors from which a scan is worth spreading over every core.
-PARALLEL_ROWS = 4_000_000
+def _two_levels(roots: np.ndarray, words: np.ndarray, word_roots: np.ndarray) -> Any:
+    """FAISS's IndexBinaryIVF over the words, its lists the roots (no training pass)."""
+    import faiss
 
-FACTORY = "ORB-votes+BinaryFlat"
+    quantizer = faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
+    quantizer.add(np.ascontiguousarray(roots))
+    index: Any = faiss.IndexBinaryIVF(quantizer, DESCRIPTOR_BYTES * 8, len(roots))
+    index.is_trained = True
+    index.own_fields = True
+    # the IVF owns and frees it (SWIG's handle, which faiss's stubs do not declare)
+    quantizer.this.disown()  # type: ignore[attr-defined]
+    ids = np.arange(len(words), dtype=np.int64)
+    index.add_core(len(words), _ptr(np.ascontiguousarray(words)), _ptr(ids),
+                   _ptr(np.ascontiguousarray(word_roots)))
+    return index
+
+
+FACTORY = "ORB-votes+words"
 
 
 def _params() -> dict[str, int]:
     """The settings an index's rows depend on: a change means a rebuild."""
-    return {"features_version": VERSION, "per_image": PER_IMAGE}
+    return {"features_version": VERSION, "per_image": PER_IMAGE, "word_rows": WORD_ROWS,
+            "signature_bits": SIGNATURE_BITS}
 
 
 def save(index: DescriptorIndex, path: Path, *, collection_id: str, deletions: int,
          images: int) -> Manifest:
     """Write the index folder with its manifest (:mod:`imgmatch.index_files`);
-    ``images``: how many images it holds, as the catalog counts them."""
-    return save_folder(path, index.arrays(), Manifest(
+    ``images``: how many images it holds, as the catalog counts them. The
+    index then reads its codes from the saved file (memory-mapped), so that
+    what was added stops taking memory."""
+    manifest = save_folder(path, index.arrays(), Manifest(
         collection_id=collection_id, signal=NAME, bits=DESCRIPTOR_BYTES * 8,
-        factory=FACTORY, count=images, rows=len(index.owners), max_image_id=index.max_id,
-        deletions=deletions, params=_params()))
+        factory=FACTORY, count=images, rows=index.rows, max_image_id=index.max_id,
+        deletions=deletions, params=_params()), lazy=DescriptorIndex.LAZY)
+    if index.rows:
+        index.map_codes(np.load(Path(path) / "codes.npy", mmap_mode="r"),
+                        np.load(Path(path) / "owners.npy", mmap_mode="r"))
+    return manifest
 
 
 def load(path: Path, *, collection_id: str) -> tuple[DescriptorIndex, Manifest]:
     """Load an index this collection wrote with today's settings; IndexFileError otherwise."""
     manifest, arrays = load_folder(path, collection_id=collection_id, signal=NAME,
                                    bits=DESCRIPTOR_BYTES * 8, factory=FACTORY,
-                                   arrays=DescriptorIndex.ARRAYS, params=_params())
+                                   arrays=DescriptorIndex.ARRAYS, params=_params(),
+                                   lazy=DescriptorIndex.LAZY)
     try:
         index = DescriptorIndex.from_arrays(arrays)
     except (KeyError, ValueError) as exc:
         raise IndexFileError(f"{path} is not a complete index: {exc}") from None
-    if len(index.owners) != manifest.rows:
+    if index.rows != manifest.rows:
         raise IndexFileError(f"{path} does not hold the rows its manifest says")
     return index, manifest

@@ -59,14 +59,19 @@ class Manifest:
     #: settings the structure was built with, which a loader must share
     params: dict[str, int] = field(default_factory=dict)
     manifest_version: int = MANIFEST_VERSION
+    #: arrays memory-mapped when loaded, outside the digest (see :func:`load_folder`)
+    lazy: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arrays", tuple(self.arrays))  # a JSON list when read
+        object.__setattr__(self, "lazy", tuple(self.lazy))
 
 
-def save_folder(path: Path, arrays: dict[str, np.ndarray], manifest: Manifest) -> Manifest:
+def save_folder(path: Path, arrays: dict[str, np.ndarray], manifest: Manifest,
+                lazy: tuple[str, ...] = ()) -> Manifest:
     """Save arrays as .npy files with ``manifest`` (its digest and array names
-    filled in) in a new folder, fsynced and moved into place; returns it."""
+    filled in) in a new folder, fsynced and moved into place; returns it.
+    ``lazy``: arrays left out of the digest, to be memory-mapped when loaded."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the owner's only
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
@@ -74,11 +79,14 @@ def save_folder(path: Path, arrays: dict[str, np.ndarray], manifest: Manifest) -
         digest = hashlib.sha256()
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+            if name in lazy:
+                continue
             digest.update(name.encode())
             with open(tmp / f"{name}.npy", "rb") as fh:  # in pieces: no second copy
                 while chunk := fh.read(HASH_CHUNK):
                     digest.update(chunk)
-        manifest = replace(manifest, arrays=tuple(arrays), sha256=digest.hexdigest())
+        manifest = replace(manifest, arrays=tuple(arrays), sha256=digest.hexdigest(),
+                           lazy=tuple(lazy))
         manifest_path(tmp).write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True))
         for f in tmp.iterdir():
             _fsync(f)
@@ -91,22 +99,34 @@ def save_folder(path: Path, arrays: dict[str, np.ndarray], manifest: Manifest) -
 
 
 def load_folder(path: Path, *, collection_id: str, signal: str, bits: int, factory: str,
-                arrays: tuple[str, ...], params: dict[str, int] | None = None
-                ) -> tuple[Manifest, dict[str, np.ndarray]]:
+                arrays: tuple[str, ...], params: dict[str, int] | None = None,
+                lazy: tuple[str, ...] = ()) -> tuple[Manifest, dict[str, np.ndarray]]:
     """The manifest and arrays of a folder this collection wrote with these
     settings, the arrays checked against the manifest's digest;
-    IndexFileError for anything else."""
+    IndexFileError for anything else.
+
+    ``lazy`` arrays are memory-mapped read-only instead: their header and
+    size are checked, not their bytes, so that opening an index does not
+    read gigabytes it may never touch. Only arrays whose damage cannot
+    change a result belong there (the descriptor index's full codes: they
+    only place rows in its inverted file again)."""
     path = Path(path)
     manifest = read_manifest(path)
     if manifest.collection_id != collection_id:
         raise IndexFileError(f"{path} was written by another collection")
     built = (manifest.signal, manifest.bits, manifest.factory)
     if built != (signal, bits, factory) or manifest.params != (params or {}) \
-            or manifest.arrays != arrays:
+            or manifest.arrays != arrays or manifest.lazy != lazy:
         raise IndexFileError(f"{path} holds {manifest.signal}/{manifest.bits} bits "
                              f"({manifest.factory}, {manifest.params}), not "
                              f"{signal}/{bits} ({factory}, {params or {}})")
-    return manifest, read_arrays(path, arrays, manifest.sha256)
+    loaded = read_arrays(path, tuple(a for a in arrays if a not in lazy), manifest.sha256)
+    for name in lazy:
+        try:
+            loaded[name] = _map_npy(path / f"{name}.npy")
+        except (OSError, ValueError) as exc:
+            raise IndexFileError(f"{path} cannot be read: {exc}") from None
+    return manifest, {name: loaded[name] for name in arrays}
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -168,6 +188,14 @@ def _read_npy(path: Path, digest: Any) -> np.ndarray:
         if fh.readinto(view) != array.nbytes or fh.read(1):
             raise ValueError(f"{path.name} does not hold the array its header describes")
         digest.update(view)
+    return array
+
+
+def _map_npy(path: Path) -> np.ndarray:
+    """One .npy file of plain numbers in C order, memory-mapped read-only."""
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    if array.dtype.hasobject or not array.flags.c_contiguous:
+        raise ValueError("index arrays hold plain numbers in C order")
     return array
 
 

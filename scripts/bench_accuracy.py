@@ -312,16 +312,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--composites", type=int, default=0,
                     help="screenshots and collages made from the references (0: none; the "
                          "second set has its own)")
-    ap.add_argument("--ivf-rows", type=int, default=0,
-                    help="search local descriptors with the inverted file from this many "
-                         "rows on (default: the library's threshold; the dev set is below it)")
+    ap.add_argument("--compact-rows", type=float, default=0,
+                    help="search local descriptors with the compact inverted file of visual "
+                         "words from this many rows on (default: the library's threshold, "
+                         "above these sets' sizes; 4096 uses it on them)")
     ap.add_argument("--md", type=Path, help="also write the Markdown tables here")
     ap.add_argument("--json", type=Path, help="write every figure as JSON")
     args = ap.parse_args(argv)
 
     from imgmatch import descriptors
-    if args.ivf_rows:
-        descriptors.IVF_ROWS = args.ivf_rows
+    if args.compact_rows:
+        descriptors.COMPACT_ROWS = int(args.compact_rows)
     if args.per_image:
         descriptors.PER_IMAGE = args.per_image
     scorer = load_scorer()

@@ -250,8 +250,14 @@ def test_descriptor_index_files_are_verified(tmp_path) -> None:
     assert manifest.count == 1 and np.array_equal(back.owners, index.owners)
     with pytest.raises(IndexFileError):
         descriptors.load(path, collection_id="another")
+    damaged = path / "meta.npy"
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"\x07")
+    with pytest.raises(IndexFileError):
+        descriptors.load(path, collection_id="c1")
+    # the codes are memory-mapped, not digested: a truncated file is still refused
+    descriptors.save(index, path, collection_id="c1", deletions=0, images=1)
     codes = path / "codes.npy"
-    codes.write_bytes(codes.read_bytes()[:-1] + b"\x00")
+    codes.write_bytes(codes.read_bytes()[:-32])
     with pytest.raises(IndexFileError):
         descriptors.load(path, collection_id="c1")
 
@@ -324,56 +330,116 @@ def test_descriptor_index_survives_reopen_erase_and_reindex(tmp_path) -> None:
         assert len(c.descriptors) == len(PHOTOS) - 1
 
 
-def test_inverted_file_votes_like_the_scan(monkeypatch) -> None:
-    """Past IVF_ROWS the search is approximate (sampled cells); the source still wins."""
+@pytest.mark.parametrize("structure", ["cells", "words"])
+def test_inverted_files_vote_like_the_scan(monkeypatch, structure) -> None:
+    """Past IVF_ROWS the search is approximate (sampled cells), and past
+    COMPACT_ROWS more so (visual words and signatures); the source still wins."""
     from imgmatch import descriptors
 
     stored = {n: features.extract(grey(rgb(name))) for n, name in enumerate(PHOTOS, start=1)}
     query = list(features.extract_both(grey(EDITS["crop 40%"](rgb("coffee")))))
     results = {}
-    for rows in (10 ** 9, 100):
-        monkeypatch.setattr(descriptors, "IVF_ROWS", rows)
+    approximate = (100, 10 ** 9 if structure == "cells" else 100)
+    for ivf_rows, compact_rows in ((10 ** 9, 10 ** 9), approximate):
+        monkeypatch.setattr(descriptors, "IVF_ROWS", ivf_rows)
+        monkeypatch.setattr(descriptors, "COMPACT_ROWS", compact_rows)
         index = DescriptorIndex()
         for n, found in stored.items():
             index.add(n, found)
-        results[rows] = index.candidates(query, 3)
-        assert type(index._faiss).__name__ == ("IndexBinaryIVF" if rows == 100
-                                               else "IndexBinaryFlat")
+        results[ivf_rows] = index.candidates(query, 3)
+        assert (index._built_at > 0) == (compact_rows == 100)
+        assert (index._cells_at > 0) == (structure == "cells" and ivf_rows == 100)
     source = PHOTOS.index("coffee") + 1
     assert results[100][0][0] == results[10 ** 9][0][0] == source
     assert results[100][0][1] >= 0.5 * results[10 ** 9][0][1]
 
 
-def test_a_robust_collection_stays_robust(tmp_path) -> None:
-    """Later ingests with the default signals still store local features, and
-    a screenshot of an image added that way is found."""
-    with imgmatch.Collection.open(tmp_path / "c.db") as c:
-        c.add_many([(ORIGINALS / "cat.jpg", None)], signals=ROBUST_SIGNALS, workers=0)
-        c.add(ORIGINALS / "temple.jpg")
-        assert c.catalog.feature_count() == 2
-        best = c.query(jpeg(EDITS["screenshot"](rgb("temple"))))[0]
-    assert best.sha256 == sha_of("temple") and "orb" in best.agreed
-
-
 def test_inverted_file_cells_are_saved(tmp_path, monkeypatch) -> None:
-    """A saved inverted file reopens with its cells: no row is assigned again."""
+    """A saved inverted file over full codes reopens with its cells: no row
+    is assigned again."""
     from imgmatch import descriptors
 
     monkeypatch.setattr(descriptors, "IVF_ROWS", 100)
-    index = DescriptorIndex()
-    for n, name in enumerate(PHOTOS, start=1):
-        index.add(n, features.extract(grey(rgb(name))))
+    index = _photo_index(PHOTOS)
     query = list(features.extract_both(grey(EDITS["screenshot"](rgb("rocket")))))
     before = index.candidates(query, 3)
     path = tmp_path / "orb.descriptors"
     descriptors.save(index, path, collection_id="c", deletions=0, images=len(PHOTOS))
     back, _ = descriptors.load(path, collection_id="c")
-    assert len(back.cells) == len(back.codes) and len(back.centres) == len(index.centres)
+    assert len(back.cells) == back.rows and len(back.centres) == len(index.centres)
     assert back.candidates(query, 3) == before
     assert before[0][0] == PHOTOS.index("rocket") + 1
     back.remove(np.array([PHOTOS.index("rocket") + 1]))
-    assert len(back.cells) == len(back.codes)
+    assert len(back.cells) == back.rows
     assert all(i != PHOTOS.index("rocket") + 1 for i, _ in back.candidates(query, 6))
+
+
+def _photo_index(names: list[str], first: int = 1) -> DescriptorIndex:
+    index = DescriptorIndex()
+    for n, name in enumerate(names, start=first):
+        index.add(n, features.extract(grey(rgb(name))))
+    return index
+
+
+def test_inverted_file_is_saved_and_reopens_alike(tmp_path, monkeypatch) -> None:
+    """A saved compact file reopens with its words and posting lists (no row
+    placed again) and its codes memory-mapped; rows added later wait in the
+    second posting list, and an erased image is gone from all of them."""
+    from imgmatch import descriptors
+
+    monkeypatch.setattr(descriptors, "COMPACT_ROWS", 100)
+    half = len(PHOTOS) // 2
+    index = _photo_index(PHOTOS[:half])
+    rocket = PHOTOS.index("rocket") + 1
+    query = list(features.extract_both(grey(EDITS["half size, jpeg 40"](rgb("rocket")))))
+    index.candidates(query, 3)  # samples the vocabulary from the first half
+    built = index._built_at
+    for n, name in enumerate(PHOTOS[half:], start=half + 1):
+        index.add(n, features.extract(grey(rgb(name))))
+    before = index.candidates(query, 3)
+    assert index._built_at == built and len(index._tail[0]) == index.rows - built
+    assert before[0][0] == rocket
+    path = tmp_path / "orb.descriptors"
+    descriptors.save(index, path, collection_id="c", deletions=0, images=len(PHOTOS))
+    assert isinstance(index._codes[0], np.memmap) and not len(index._tail[0])
+    assert index.candidates(query, 3) == before  # the tail merged: same votes
+    back, _ = descriptors.load(path, collection_id="c")
+    assert isinstance(back._codes[0], np.memmap)
+    assert (len(back), back.max_id, back.rows) == (len(PHOTOS), len(PHOTOS), index.rows)
+    assert np.array_equal(back.words, index.words)
+    assert back.candidates(query, 3) == before
+    back.remove(np.array([rocket]))
+    assert len(back) == len(PHOTOS) - 1 and rocket not in back.owners
+    assert len(back.post_owner) == back.rows == int(back.word_start[-1])
+    assert all(i != rocket for i, _ in back.candidates(query, 6))
+
+
+def test_inverted_file_grows_by_sampling_its_words_again(monkeypatch) -> None:
+    """Grown REBUILD_GROWTH times, the vocabulary is sampled anew and every
+    row placed again; a large second posting list is merged in between."""
+    from imgmatch import descriptors
+
+    monkeypatch.setattr(descriptors, "COMPACT_ROWS", 100)
+    monkeypatch.setattr(descriptors, "TAIL_ROWS", 1)
+    index = _photo_index(PHOTOS[:1])
+    query = list(features.extract_both(grey(EDITS["crop 40%"](rgb("coffee")))))
+    index.candidates(query, 1)
+    first = index._built_at
+    coffee = PHOTOS.index("coffee") + 1
+    for n, name in enumerate(PHOTOS[1:], start=2):
+        index.add(n, features.extract(grey(rgb(name))))
+        found = index.candidates(query, 1)
+        assert not len(index._tail[0])  # merged at once (TAIL_ROWS 1)
+        assert int(index.word_start[-1]) == len(index.post_owner) == index.rows
+        if n >= coffee:
+            assert found[0][0] == coffee
+    assert index._built_at > first and index.rows < descriptors.REBUILD_GROWTH * index._built_at
+
+
+def test_descriptor_ids_must_fit_32_bits() -> None:
+    index = DescriptorIndex()
+    with pytest.raises(ValueError, match="2\\*\\*32"):
+        index.add(2 ** 32, features.extract(grey(rgb("cat"))))
 
 
 def test_spread_counts_the_region_holding_inliers() -> None:
