@@ -56,7 +56,7 @@ import numpy as np
 
 from .errors import IndexFileError
 from .features import DESCRIPTOR_BYTES, NAME, VERSION, LocalFeatures, faiss_threads
-from .index_files import Manifest, load_folder, save_folder
+from .index_files import Manifest, load_folder, map_npy, save_folder
 
 #: Descriptors indexed per image (the strongest): the memory budget of the tier.
 PER_IMAGE = 128
@@ -88,14 +88,14 @@ WORD_ROWS = 128
 PROBE_ROOTS = 4
 PROBE_WORDS = 8
 #: Bits of a stored descriptor kept in memory, and the signature distance
-#: within which it can vote. Chosen on the fit half of the second set (the
-#: real ORB descriptors of its 558 references, with the check half's and the
-#: dev set's 688 as distractors: 155,884 rows; its 1,344 positive queries):
-#: the true reference was among the 8 most voted (3 votes or more) for
-#: 0.877 of the queries, against 0.892 for the exact scan of full codes.
-#: 64-bit signatures within 12 bits gave 0.882 at 12 bytes an entry (over
-#: the 1.5 KB an image budget); 8 bits instead of 6, or 4 probed words
-#: instead of 8, moved it by 0.003 at most.
+#: within which it can vote. Chosen on the fit half of the second set
+#: (``scripts/bench votes --settings``: the real ORB descriptors of its 558
+#: references, with the check half's and the dev set's as distractors,
+#: 155,884 rows; its 1,344 positive queries): the reference was among the 8
+#: most voted (3 votes or more) for 0.878 of the queries, against 0.892 for
+#: the exact scan and the cells' file. 64-bit signatures within 12 bits gave
+#: 0.885 at 12 bytes an entry (over the 1.5 KB an image budget); 8 bits
+#: instead of 6, or 4 probed words instead of 8, gave 0.876.
 SIGNATURE_BITS = 32
 SIGNATURE_DISTANCE = 6
 #: The vocabulary (or the cells) is sampled again, and every row placed
@@ -200,6 +200,14 @@ class DescriptorIndex:
             self._codes = [np.concatenate(self._codes)]
             self._owners = [np.concatenate(self._owners)]
 
+    def _gather(self) -> None:
+        """Rows added since the last save in one part, beside the mapped file:
+        a search looks rows up part by part."""
+        first = 1 if self._codes and isinstance(self._codes[0], np.memmap) else 0
+        if len(self._codes) > first + 1:
+            self._codes[first:] = [np.concatenate(self._codes[first:])]
+            self._owners[first:] = [np.concatenate(self._owners[first:])]
+
     def _codes_from(self, start: int) -> np.ndarray:
         """Stored descriptors from row ``start`` on, in memory."""
         return np.ascontiguousarray(
@@ -240,8 +248,7 @@ class DescriptorIndex:
         self._codes, self._owners = [codes], [owners[keep].astype(np.uint32)]
         self._rows = len(codes)
         self._max_id = int(owners[keep].max(initial=0))
-        if len(self.cells) == len(keep):
-            self.cells = self.cells[keep]
+        self.cells = self.cells[keep[:len(self.cells)]]  # rows keep their order
         self._scan, self._scan_rows = None, 0
         if self._built_at:
             gone = np.isin(self.post_owner, ids)
@@ -252,12 +259,13 @@ class DescriptorIndex:
             word, owner, sig = self._tail
             kept = ~np.isin(owner, ids)
             self._tail, self._tail_lists = (word[kept], owner[kept], sig[kept]), None
-            self._placed -= removed
+            self._placed -= int(drop[:self._placed].sum())
         return removed
 
     # ------------------------------------------------------------- searching
     def _prepare(self) -> None:
         """Bring the search structure up to the rows added."""
+        self._gather()
         rows = self._rows
         if rows < COMPACT_ROWS:
             if self._built_at:
@@ -657,8 +665,7 @@ def save(index: DescriptorIndex, path: Path, *, collection_id: str, deletions: i
         factory=FACTORY, count=images, rows=index.rows, max_image_id=index.max_id,
         deletions=deletions, params=_params()), lazy=DescriptorIndex.LAZY)
     if index.rows:
-        index.map_codes(np.load(Path(path) / "codes.npy", mmap_mode="r"),
-                        np.load(Path(path) / "owners.npy", mmap_mode="r"))
+        index.map_codes(map_npy(Path(path) / "codes.npy"), map_npy(Path(path) / "owners.npy"))
     return manifest
 
 

@@ -123,7 +123,7 @@ def load_folder(path: Path, *, collection_id: str, signal: str, bits: int, facto
     loaded = read_arrays(path, tuple(a for a in arrays if a not in lazy), manifest.sha256)
     for name in lazy:
         try:
-            loaded[name] = _map_npy(path / f"{name}.npy")
+            loaded[name] = map_npy(path / f"{name}.npy")
         except (OSError, ValueError) as exc:
             raise IndexFileError(f"{path} cannot be read: {exc}") from None
     return manifest, {name: loaded[name] for name in arrays}
@@ -191,7 +191,7 @@ def _read_npy(path: Path, digest: Any) -> np.ndarray:
     return array
 
 
-def _map_npy(path: Path) -> np.ndarray:
+def map_npy(path: Path) -> np.ndarray:
     """One .npy file of plain numbers in C order, memory-mapped read-only."""
     array = np.load(path, mmap_mode="r", allow_pickle=False)
     if array.dtype.hasobject or not array.flags.c_contiguous:

@@ -282,10 +282,23 @@ def run_set(scorer, ds_dir: Path, args) -> tuple[dict, list[str]]:
 CRAWL_ARGS = {"hashes": [], "robust": ["--robust"]}
 
 
+#: Settings of :mod:`imgmatch.descriptors` changed on the command line: the
+#: crawl's CLI processes are given them too.
+DESCRIPTOR_SETTINGS: dict[str, int] = {}
+
+
 def crawl(ds_dir: Path, ingest_args: list[str]) -> dict:
-    """../shared/bench/crawl_eval.py on a set, through this environment's CLI."""
+    """../shared/bench/crawl_eval.py on a set, through this environment's CLI
+    (wrapped, if descriptor settings were changed, so that it uses them)."""
     exe = Path(sys.executable).parent / "imgmatch"
     with tempfile.TemporaryDirectory(prefix="imgmatch-crawl-") as work:
+        if DESCRIPTOR_SETTINGS:
+            exe = Path(work) / "imgmatch"
+            exe.write_text(f"#!{sys.executable}\nimport sys\nfrom imgmatch import descriptors\n"
+                           + "".join(f"descriptors.{k} = {v}\n"
+                                     for k, v in DESCRIPTOR_SETTINGS.items())
+                           + "from imgmatch.cli import main\nsys.exit(main())\n")
+            exe.chmod(0o700)
         out = Path(work) / "crawl.json"
         cmd = [sys.executable, str(shared_bench() / "crawl_eval.py"), "--data", str(ds_dir),
                "--exe", str(exe), "--json", str(out), "--work", work]
@@ -322,9 +335,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from imgmatch import descriptors
     if args.compact_rows:
-        descriptors.COMPACT_ROWS = int(args.compact_rows)
+        DESCRIPTOR_SETTINGS["COMPACT_ROWS"] = int(args.compact_rows)
     if args.per_image:
-        descriptors.PER_IMAGE = args.per_image
+        DESCRIPTOR_SETTINGS["PER_IMAGE"] = args.per_image
+    for name, value in DESCRIPTOR_SETTINGS.items():
+        setattr(descriptors, name, value)
     scorer = load_scorer()
     sets = args.data or [ensure_dev_corpus(), ensure_second("check")]
     lines: list[str] = []

@@ -23,6 +23,9 @@ the collection), and ``--cells`` the inverted file over full codes that
 serves collections below :data:`imgmatch.descriptors.COMPACT_ROWS` (small
 sizes only: its first build grows as rows x sqrt(rows)). ``words`` is the
 compact inverted file, forced at every size.
+
+``--settings`` shows how the compact file's settings were chosen, on the
+fit half of the second set only.
 """
 
 from __future__ import annotations
@@ -158,6 +161,56 @@ def run(data: dict, images: int, queries: int, search: str) -> dict:
             "first": first / n, "top8": top8 / n, "memory_b_per_image": memory / images}
 
 
+#: The settings compared by ``--settings``: name, then descriptors' constants.
+SETTINGS = [
+    ("exact scan", {"IVF_ROWS": 1 << 62, "COMPACT_ROWS": 1 << 62}),
+    ("cells", {"COMPACT_ROWS": 1 << 62}),
+    ("words: 32-bit signatures within 6, 8 words (chosen)", {"COMPACT_ROWS": 4096}),
+    ("words: within 8 bits", {"COMPACT_ROWS": 4096, "SIGNATURE_DISTANCE": 8}),
+    ("words: 4 words probed", {"COMPACT_ROWS": 4096, "PROBE_WORDS": 4}),
+    ("words: 64-bit signatures within 12", {"COMPACT_ROWS": 4096, "SIGNATURE_BITS": 64,
+                                            "SIGNATURE_DISTANCE": 12}),
+]
+
+
+def settings_table(fit: Path, others: list[Path]) -> list[str]:
+    """The compact file's settings on the fit half: its references (with
+    other sets' references as distractors) and its positive queries; how
+    often the reference is among the 8 most voted with 3 votes or more."""
+    refs = list(csv.DictReader(open(fit / "references.csv")))
+    queries = [q for q in csv.DictReader(open(fit / "queries.csv")) if q["is_negative"] == "0"]
+    stored = [f[0] for f in _extract([str(fit / r["file"]) for r in refs])]
+    for other in others:
+        stored += [f[0] for f in _extract([str(other / r["file"]) for r in
+                                           csv.DictReader(open(other / "references.csv"))])]
+    asked = _extract([str(fit / q["file"]) for q in queries])
+    number = {r["reference_id"]: n + 1 for n, r in enumerate(refs)}
+    truth = [number[q["reference_id"]] for q in queries]
+    lines = ["| setting | reference among the 8 most voted | vote search ms (mean) |",
+             "|---|---|---|"]
+    for name, changes in SETTINGS:
+        saved = {k: getattr(descriptors, k) for k in changes}
+        for k, v in changes.items():
+            setattr(descriptors, k, v)
+        try:
+            index = descriptors.DescriptorIndex()
+            for n, codes in enumerate(stored, start=1):
+                index.add(n, features_of(codes))
+            index.candidates([features_of(stored[0][:1])], 1)  # places every row
+            found, t = 0, time.perf_counter()
+            for (plain, mirror), target in zip(asked, truth):
+                voted = index.candidates([features_of(plain), features_of(mirror)], 8)
+                found += target in [i for i, votes in voted if votes >= 3]
+            ms = 1000 * (time.perf_counter() - t) / len(asked)
+        finally:
+            for k, v in saved.items():
+                setattr(descriptors, k, v)
+        lines.append(f"| {name} | {found / len(asked):.3f} | {ms:.1f} |")
+        print(lines[-1], file=sys.stderr)
+    print(f"{index.rows:,} rows, {len(stored)} images, {len(asked)} queries", file=sys.stderr)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,11 +221,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="sizes also searched with the inverted file over full codes, the "
                          "structure below COMPACT_ROWS ('' for none)")
     ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--settings", action="store_true",
+                    help="instead, compare the compact file's settings on the fit half of "
+                         "the second set (the check half's and the dev set's references as "
+                         "distractors): how they were chosen")
     ap.add_argument("--md", type=Path)
     args = ap.parse_args(argv)
     import faiss
 
     faiss.omp_set_num_threads(1)
+    if args.settings:
+        return emit(settings_table(ensure_second("fit"), [ensure_second("check"),
+                                                          ensure_dev_corpus()]), args.md)
     data = real_features(ensure_dev_corpus(), ensure_second())
     print(f"{len(data['refs'])} references, {len(data['queries'])} queries, "
           f"{len(data['pool']):,} pool descriptors", file=sys.stderr)

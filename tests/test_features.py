@@ -436,6 +436,34 @@ def test_inverted_file_grows_by_sampling_its_words_again(monkeypatch) -> None:
     assert index._built_at > first and index.rows < descriptors.REBUILD_GROWTH * index._built_at
 
 
+@pytest.mark.parametrize("structure", ["cells", "words"])
+def test_erasing_before_new_rows_are_placed_places_each_row_once(monkeypatch, structure) -> None:
+    """An erasure between adding rows and searching them: every remaining
+    row is placed exactly once (posting lists, or cells), and the erased
+    image is gone."""
+    from imgmatch import descriptors
+
+    monkeypatch.setattr(descriptors, "IVF_ROWS", 100)
+    monkeypatch.setattr(descriptors, "COMPACT_ROWS", 100 if structure == "words" else 10 ** 9)
+    half = len(PHOTOS) // 2
+    index = _photo_index(PHOTOS[:half])
+    query = list(features.extract_both(grey(EDITS["half size, jpeg 40"](rgb("rocket")))))
+    index.candidates(query, 1)  # places the first half
+    for n, name in enumerate(PHOTOS[half:], start=half + 1):
+        index.add(n, features.extract(grey(rgb(name))))
+    cat, flower = PHOTOS.index("cat") + 1, PHOTOS.index("flower") + 1  # placed, and not yet
+    index.remove(np.array([cat, flower]))
+    found = index.candidates(query, 3)
+    assert found[0][0] == PHOTOS.index("rocket") + 1 and not {cat, flower} & set(dict(found))
+    if structure == "words":
+        assert int(index.word_start[-1]) + len(index._tail[0]) == index.rows
+        assert not {cat, flower} & (set(index.post_owner) | set(index._tail[1]))
+    else:
+        assert len(index.cells) == index.rows == index._scan.ntotal
+        _, nearest = index._scan.quantizer.search(np.ascontiguousarray(index.codes), 1)
+        assert np.array_equal(index.cells, nearest.ravel())  # each row in its own cell
+
+
 def test_descriptor_ids_must_fit_32_bits() -> None:
     index = DescriptorIndex()
     with pytest.raises(ValueError, match="2\\*\\*32"):
