@@ -79,23 +79,30 @@ NPROBE = 16
 #: 1 KB, builds in minutes at a million images where the other would take
 #: hours, and costs candidate recall: on the second set's check half, forced
 #: at every size, the simulated crawl's B-cubed recall fell from 0.808 to
-#: 0.759 (docs/benchmarks.md). So it is used where memory and build time
+#: 0.765 (docs/benchmarks.md). So it is used where memory and build time
 #: leave no choice.
 COMPACT_ROWS = 1 << 23
 #: Stored descriptors per visual word, on average (the vocabulary's size).
 WORD_ROWS = 128
-#: Roots searched, and words probed, per query descriptor.
-PROBE_ROOTS = 4
-PROBE_WORDS = 8
+#: Roots searched, and words probed, per query descriptor. Chosen on the fit
+#: half at a million images (``scripts/bench votes --probes 1e6``: its
+#: references among synthetic images made from other sets' descriptors, its
+#: 1,344 positive queries): the reference was among the 8 most voted for
+#: 0.833 of the queries with 2 roots and 4 words, vote search p50 / p99 23.7
+#: / 61.4 ms, against 0.834 and 47.6 / 303.8 ms with 4 and 8, and 0.838
+#: and 41.3 / 256.9 ms with 2 and 8. At the fit half's own size (155,884
+#: rows, ``--settings``) all of them found 0.878.
+PROBE_ROOTS = 2
+PROBE_WORDS = 4
 #: Bits of a stored descriptor kept in memory, and the signature distance
 #: within which it can vote. Chosen on the fit half of the second set
 #: (``scripts/bench votes --settings``: the real ORB descriptors of its 558
 #: references, with the check half's and the dev set's as distractors,
 #: 155,884 rows; its 1,344 positive queries): the reference was among the 8
 #: most voted (3 votes or more) for 0.878 of the queries, against 0.892 for
-#: the exact scan and the cells' file. 64-bit signatures within 12 bits gave
-#: 0.885 at 12 bytes an entry (over the 1.5 KB an image budget); 8 bits
-#: instead of 6, or 4 probed words instead of 8, gave 0.876.
+#: the exact scan and the cells' file. With 4 roots and 8 words probed,
+#: 64-bit signatures within 12 bits gave 0.885 at 12 bytes an entry (over
+#: the 1.5 KB an image budget), and 8 bits instead of 6 gave 0.876.
 SIGNATURE_BITS = 32
 SIGNATURE_DISTANCE = 6
 #: The vocabulary (or the cells) is sampled again, and every row placed
@@ -406,16 +413,7 @@ class DescriptorIndex:
         if len(self._tail[0]):
             owner, sig, start, _ = self._tail_postings()
             found.append(_scan(owner, sig, start, words, voter, signatures))
-        voters = np.concatenate([f[0] for f in found])
-        owners = np.concatenate([f[1] for f in found])
-        distances = np.concatenate([f[2] for f in found])
-        # each query row votes through its nearest entries only (ties go to the
-        # lower image id: the same votes however the rows are split in lists)
-        order = np.lexsort((owners, distances, voters))
-        voters, owners = voters[order], owners[order]
-        rank = np.arange(len(voters)) - np.searchsorted(voters, voters, side="left")
-        near = rank < NEIGHBOURS
-        return voters[near], owners[near].astype(np.int64)
+        return _nearest_entries(np.concatenate(found))
 
     def candidates(self, queries: list[LocalFeatures], limit: int,
                    exclude_from: int | None = None,
@@ -552,7 +550,10 @@ def _tally(voter: np.ndarray, owner: np.ndarray
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One vote per (query row, image): the (image, query row) pairs, and
     the images with where their pairs start and their votes."""
-    pairs = np.unique(np.stack([owner, voter], axis=1), axis=0)
+    # image ids fit 32 bits (the index refuses others): one packed sort
+    packed = np.unique((owner.astype(np.uint64) << np.uint64(32)) | voter.astype(np.uint64))
+    pairs = np.stack([(packed >> np.uint64(32)).astype(np.int64),
+                      (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)], axis=1)
     ids, first, votes = np.unique(pairs[:, 0], return_index=True, return_counts=True)
     return pairs, ids, first, votes
 
@@ -572,17 +573,32 @@ def _signatures(codes: np.ndarray) -> np.ndarray:
 
 
 def _scan(owner: np.ndarray, sig: np.ndarray, start: np.ndarray, words: np.ndarray,
-          voter: np.ndarray, signatures: np.ndarray
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+          voter: np.ndarray, signatures: np.ndarray) -> np.ndarray:
     """The entries of the probed words within the signature distance of their
-    query row: (query row, image id, distance)."""
+    query row, packed as :func:`_nearest_entries` takes them."""
     first, lengths = start[words], start[words + 1] - start[words]
-    total = int(lengths.sum())
-    rows = np.repeat(first - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
-    voters = np.repeat(voter, lengths)
-    distance = np.bitwise_count(sig[rows] ^ signatures[voters])
-    near = distance <= SIGNATURE_DISTANCE
-    return voters[near], owner[rows[near]], distance[near]
+    ends = np.cumsum(lengths)
+    total = int(ends[-1]) if len(ends) else 0
+    rows = np.repeat(first - ends + lengths, lengths) + np.arange(total)
+    distance = np.bitwise_count(sig[rows] ^ np.repeat(signatures[voter], lengths))
+    near = np.flatnonzero(distance <= SIGNATURE_DISTANCE)
+    # whose entries these are: the probe each near entry came from
+    voters = voter[np.searchsorted(ends, near, side="right")]
+    return (voters.astype(np.uint64) << np.uint64(40)) \
+        | (distance[near].astype(np.uint64) << np.uint64(32)) \
+        | owner[rows[near]].astype(np.uint64)
+
+
+def _nearest_entries(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each query row's :data:`NEIGHBOURS` nearest entries: (query row, image
+    id). ``packed``: query row, distance and image id in one integer, so one
+    sort orders them (ties go to the lower image id: the same votes however
+    the rows are split in lists)."""
+    packed = np.sort(packed)
+    voters = (packed >> np.uint64(40)).astype(np.int64)
+    rank = np.arange(len(voters)) - np.searchsorted(voters, voters, side="left")
+    near = rank < NEIGHBOURS
+    return voters[near], (packed[near] & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
 
 def _flat() -> Any:

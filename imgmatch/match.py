@@ -26,7 +26,7 @@ from . import features
 from . import signals as registry
 from .catalog import Catalog
 from .decode import Decoded
-from .descriptors import DescriptorIndex
+from .descriptors import VOTERS, DescriptorIndex
 from .evidence import PRECISE, SCALES, Evidence, Verified
 from .index import BinaryIndex
 from .model import Match
@@ -52,6 +52,13 @@ VERIFY_FROM_DESCRIPTORS = 8
 MIN_VOTES = 3
 #: Candidates voted by each tile of the query (collages) that are verified.
 VERIFY_PER_TILE = 3
+#: Each tile's strongest descriptors (of the tile, and of its mirror) that
+#: vote; the whole image's: :data:`imgmatch.descriptors.VOTERS`. Fewer
+#: would shorten a query at a million images (each tile's vote search costs
+#: what the image's does) but lose collages: on the fit half
+#: (``scripts/bench accuracy --tile-voters N``), 250 gave collages recall@1
+#: / at P0.99 0.816 / 0.612, 100 gave 0.786 / 0.561, 50 0.796 / 0.551.
+TILE_VOTERS = VOTERS
 #: At ingest, only the few images with the most descriptor votes, and at
 #: least this many, are verified: ingest must stay fast, and a repost's
 #: strongest descriptors vote for it many times over.
@@ -268,9 +275,10 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
     views: list[tuple[LocalQuery, set[int]]] = []
     if local is not None and descriptors is not None:
         for n, view in enumerate([local] if isinstance(local, tuple) else local):
-            limit = VERIFY_FROM_DESCRIPTORS if n == 0 else VERIFY_PER_TILE
+            limit, voters = (VERIFY_FROM_DESCRIPTORS, VOTERS) if n == 0 \
+                else (VERIFY_PER_TILE, TILE_VOTERS)
             voted = {i for i, votes in descriptors.candidates(
-                [f for f in view if f is not None], limit) if votes >= MIN_VOTES}
+                [f for f in view if f is not None], limit, voters=voters) if votes >= MIN_VOTES}
             candidates.update(voted)
             views.append((view, voted))
     if not candidates:

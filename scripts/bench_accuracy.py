@@ -329,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="search local descriptors with the compact inverted file of visual "
                          "words from this many rows on (default: the library's threshold, "
                          "above these sets' sizes; 4096 uses it on them)")
+    ap.add_argument("--tile-voters", type=int, default=0,
+                    help="descriptors of each query tile that vote (default: the library's)")
     ap.add_argument("--md", type=Path, help="also write the Markdown tables here")
     ap.add_argument("--json", type=Path, help="write every figure as JSON")
     args = ap.parse_args(argv)
@@ -340,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         DESCRIPTOR_SETTINGS["PER_IMAGE"] = args.per_image
     for name, value in DESCRIPTOR_SETTINGS.items():
         setattr(descriptors, name, value)
+    if args.tile_voters:  # queries only: the crawl's ingest does not tile
+        from imgmatch import match
+        match.TILE_VOTERS = args.tile_voters
     scorer = load_scorer()
     sets = args.data or [ensure_dev_corpus(), ensure_second("check")]
     lines: list[str] = []

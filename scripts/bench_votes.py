@@ -14,7 +14,10 @@ their mirrors, as ``imgmatch query`` searches them.
 Reported per size: the first build on every core (the first search places
 every row: it samples the vocabulary and fills the posting lists), reopening the saved
 index and searching once, one vote search's latency on one thread (p50,
-p99), how often the reference is the most voted and among the 8 most voted
+p99), the latency of the robust tier's part of a whole query (the votes,
+then geometric verification of the candidates, :func:`full_queries`), for
+the image alone and with its 5 tiles as ``imgmatch query`` searches them,
+how often the reference is the most voted and among the 8 most voted
 (the candidates a query verifies) with 3 votes or more, and the bytes per
 image held in memory (the reopened index, its full codes memory-mapped; the
 exact scan holds them, and FAISS a copy). ``--exact`` runs the exact scan of full codes on the
@@ -24,8 +27,8 @@ serves collections below :data:`imgmatch.descriptors.COMPACT_ROWS` (small
 sizes only: its first build grows as rows x sqrt(rows)). ``words`` is the
 compact inverted file, forced at every size.
 
-``--settings`` shows how the compact file's settings were chosen, on the
-fit half of the second set only.
+``--settings`` and ``--probes`` show how the compact file's settings were
+chosen, on the fit half of the second set only.
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ from bench_data import emit, ensure_dev_corpus  # noqa: E402
 from bench_sets import ensure as ensure_second  # noqa: E402
 
 from imgmatch import descriptors  # noqa: E402
-from imgmatch.features import DESCRIPTOR_BYTES, LocalFeatures, extract_both  # noqa: E402
+from imgmatch import match  # noqa: E402
+from imgmatch.features import (DESCRIPTOR_BYTES, MAX_FEATURES, SIDE,  # noqa: E402
+                               LocalFeatures, extract_both, tiles)
 
 #: Most bits flipped in a synthetic image's descriptor.
 MAX_FLIPS = 24
@@ -54,31 +59,43 @@ MAX_FLIPS = 24
 CHUNK = 1 << 20
 
 
-def _features(path: str) -> tuple[np.ndarray, np.ndarray]:
+def _features(path: str) -> tuple[LocalFeatures, LocalFeatures]:
     from PIL import Image
 
     with Image.open(path) as im:
         grey = np.asarray(im.convert("L"))
-    plain, mirror = extract_both(grey)
-    return plain.descriptors, mirror.descriptors
+    return extract_both(grey)
 
 
-def _extract(paths: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+def _views(path: str) -> list[tuple[LocalFeatures, LocalFeatures]]:
+    """What ``imgmatch query`` searches with: the image and its mirror, then its tiles."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        grey = np.asarray(im.convert("L"))
+    return [extract_both(grey)] + [extract_both(tile) for tile in tiles(grey)]
+
+
+def _extract(paths: list[str], views: bool = False) -> list:
     with Pool(2) as pool:
-        return pool.map(_features, paths, chunksize=16)
+        return pool.map(_views if views else _features, paths, chunksize=16)
 
 
 def real_features(dev: Path, second: Path) -> dict:
-    """The dev references and positive queries, and the second set's descriptor pool."""
+    """The dev references and positive queries (each with its tiles' features),
+    and the second set's descriptor pool."""
     refs = list(csv.DictReader(open(dev / "references.csv")))
     queries = [q for q in csv.DictReader(open(dev / "queries.csv")) if q["is_negative"] == "0"]
     pool_refs = list(csv.DictReader(open(second / "references.csv")))
-    ref_feats = _extract([str(dev / r["file"]) for r in refs])
-    query_feats = _extract([str(dev / q["file"]) for q in queries])
-    pool = np.concatenate([f[0] for f in _extract([str(second / r["file"]) for r in pool_refs])])
+    ref_feats = [f[0] for f in _extract([str(dev / r["file"]) for r in refs])]
+    views = _extract([str(dev / q["file"]) for q in queries], views=True)
+    pool = np.concatenate([f[0].descriptors
+                           for f in _extract([str(second / r["file"]) for r in pool_refs])])
     number = {r["reference_id"]: n for n, r in enumerate(refs)}
-    return {"refs": [f[0][:descriptors.PER_IMAGE] for f in ref_feats],
-            "queries": query_feats, "truth": [number[q["reference_id"]] for q in queries],
+    return {"refs": [f.descriptors[:descriptors.PER_IMAGE] for f in ref_feats],
+            "ref_blobs": [f.to_bytes() for f in ref_feats],
+            "queries": [(v[0][0].descriptors, v[0][1].descriptors) for v in views],
+            "views": views, "truth": [number[q["reference_id"]] for q in queries],
             "pool": pool}
 
 
@@ -139,6 +156,9 @@ def run(data: dict, images: int, queries: int, search: str) -> dict:
             first += bool(voted) and voted[0] == target
             top8 += target in voted
         times.sort()
+        # the exact scan's full queries would take hours: it is the recall baseline
+        whole, tiled = ([float("nan")], [float("nan")]) if search == "exact" \
+            else full_queries(index, data, chosen, fillers)
         memory = index.memory_bytes()
         reopen = float("nan")
         if search != "exact":
@@ -157,19 +177,93 @@ def run(data: dict, images: int, queries: int, search: str) -> dict:
     n = len(chosen)
     return {"images": images, "rows": images * per, "search": search,
             "build_s": build, "reopen_s": reopen,
-            "p50_ms": 1000 * times[n // 2], "p99_ms": 1000 * times[min(n - 1, int(n * 0.99))],
+            "p50_ms": _ms(times, 0.5), "p99_ms": _ms(times, 0.99),
+            "whole_p50_ms": _ms(whole, 0.5), "whole_p99_ms": _ms(whole, 0.99),
+            "tiled_p50_ms": _ms(tiled, 0.5), "tiled_p99_ms": _ms(tiled, 0.99),
             "first": first / n, "top8": top8 / n, "memory_b_per_image": memory / images}
+
+
+def _ms(times: list[float], share: float) -> float:
+    """The ``share`` quantile of sorted seconds, in milliseconds."""
+    return 1000 * times[min(len(times) - 1, int(len(times) * share))]
+
+
+class _Blobs:
+    """The catalog's part in a query's verification: each candidate's stored
+    local features (:meth:`imgmatch.catalog.Catalog.features_of`), made on
+    first use (:func:`stored_blob`); ``making`` is the time that took."""
+
+    def __init__(self, index: descriptors.DescriptorIndex, data: dict, fillers: int) -> None:
+        self.index, self.data, self.fillers = index, data, fillers
+        self.blobs: dict[int, bytes] = {}
+        self.making = 0.0
+
+    def features_of(self, ids: list[int]) -> dict[int, bytes]:
+        t = time.perf_counter()
+        for i in ids:
+            if i not in self.blobs:
+                self.blobs[i] = stored_blob(self.index, i, self.data["pool"], self.fillers,
+                                            self.data["ref_blobs"])
+        self.making += time.perf_counter() - t
+        return {i: self.blobs[i] for i in ids}
+
+
+def stored_blob(index: descriptors.DescriptorIndex, image_id: int, pool: np.ndarray,
+                fillers: int, ref_blobs: list[bytes]) -> bytes:
+    """An image's stored features as the catalog keeps them. A synthetic
+    image's: its indexed descriptors, then more drawn like them up to ORB's
+    500, at random points (so its verification matches as many descriptors
+    as a real one's)."""
+    if image_id > fillers:
+        return ref_blobs[image_id - fillers - 1]
+    per = descriptors.PER_IMAGE
+    rng = np.random.default_rng(image_id)
+    codes = np.concatenate([np.asarray(index.codes[(image_id - 1) * per:image_id * per]),
+                            synthetic(rng, pool, MAX_FEATURES - per)])
+    points = rng.uniform(0, SIDE, (MAX_FEATURES, 2)).astype(np.float32)
+    return LocalFeatures(points, codes, SIDE, SIDE).to_bytes()
+
+
+def full_queries(index: descriptors.DescriptorIndex, data: dict, chosen: np.ndarray,
+                 fillers: int) -> tuple[list[float], list[float]]:
+    """Seconds per query as ``imgmatch query`` spends them in the robust tier
+    (its features given): each view's vote search (the image, then its 5
+    tiles), and geometric verification of what they voted for
+    (:func:`imgmatch.match.verify_candidates`, the stored features decoded
+    from the catalog's blobs). Sorted; for the whole image alone, and with
+    the tiles. Not counted: reading the blobs from the catalog, the hash
+    lookups."""
+    catalog = _Blobs(index, data, fillers)
+    times: dict[int, list[float]] = {1: [], 6: []}
+    for n_views, spent in times.items():
+        for q in chosen:
+            t, making = time.perf_counter(), catalog.making
+            views = []
+            for n, view in enumerate(data["views"][q][:n_views]):
+                limit = match.VERIFY_FROM_DESCRIPTORS if n == 0 else match.VERIFY_PER_TILE
+                voters = descriptors.VOTERS if n == 0 else match.TILE_VOTERS
+                views.append((view, {i for i, votes in index.candidates(list(view), limit,
+                                                                        voters=voters)
+                                     if votes >= match.MIN_VOTES}))
+            match.verify_candidates(catalog, views, {})  # type: ignore[arg-type]
+            spent.append(time.perf_counter() - t - (catalog.making - making))
+        spent.sort()
+    return times[1], times[6]
 
 
 #: The settings compared by ``--settings``: name, then descriptors' constants.
 SETTINGS = [
     ("exact scan", {"IVF_ROWS": 1 << 62, "COMPACT_ROWS": 1 << 62}),
     ("cells", {"COMPACT_ROWS": 1 << 62}),
-    ("words: 32-bit signatures within 6, 8 words (chosen)", {"COMPACT_ROWS": 4096}),
-    ("words: within 8 bits", {"COMPACT_ROWS": 4096, "SIGNATURE_DISTANCE": 8}),
-    ("words: 4 words probed", {"COMPACT_ROWS": 4096, "PROBE_WORDS": 4}),
-    ("words: 64-bit signatures within 12", {"COMPACT_ROWS": 4096, "SIGNATURE_BITS": 64,
-                                            "SIGNATURE_DISTANCE": 12}),
+    ("words: 32-bit signatures within 6; 2 roots, 4 words (chosen)", {"COMPACT_ROWS": 4096}),
+    ("words: 4 roots, 8 words", {"COMPACT_ROWS": 4096, "PROBE_ROOTS": 4, "PROBE_WORDS": 8}),
+    ("words: 2 roots, 8 words", {"COMPACT_ROWS": 4096, "PROBE_WORDS": 8}),
+    ("words: 4 roots, 4 words", {"COMPACT_ROWS": 4096, "PROBE_ROOTS": 4}),
+    ("words: within 8 bits; 4 roots, 8 words", {"COMPACT_ROWS": 4096, "SIGNATURE_DISTANCE": 8,
+                                                "PROBE_ROOTS": 4, "PROBE_WORDS": 8}),
+    ("words: 64-bit signatures within 12; 4 roots, 8 words",
+     {"COMPACT_ROWS": 4096, "SIGNATURE_BITS": 64, "SIGNATURE_DISTANCE": 12,
+      "PROBE_ROOTS": 4, "PROBE_WORDS": 8}),
 ]
 
 
@@ -179,11 +273,12 @@ def settings_table(fit: Path, others: list[Path]) -> list[str]:
     often the reference is among the 8 most voted with 3 votes or more."""
     refs = list(csv.DictReader(open(fit / "references.csv")))
     queries = [q for q in csv.DictReader(open(fit / "queries.csv")) if q["is_negative"] == "0"]
-    stored = [f[0] for f in _extract([str(fit / r["file"]) for r in refs])]
+    stored = [f[0].descriptors for f in _extract([str(fit / r["file"]) for r in refs])]
     for other in others:
-        stored += [f[0] for f in _extract([str(other / r["file"]) for r in
+        stored += [f[0].descriptors for f in _extract([str(other / r["file"]) for r in
                                            csv.DictReader(open(other / "references.csv"))])]
-    asked = _extract([str(fit / q["file"]) for q in queries])
+    asked = [(a.descriptors, b.descriptors)
+             for a, b in _extract([str(fit / q["file"]) for q in queries])]
     number = {r["reference_id"]: n + 1 for n, r in enumerate(refs)}
     truth = [number[q["reference_id"]] for q in queries]
     lines = ["| setting | reference among the 8 most voted | vote search ms (mean) |",
@@ -211,6 +306,63 @@ def settings_table(fit: Path, others: list[Path]) -> list[str]:
     return lines
 
 
+#: The query-time settings compared by ``--probes``: (roots searched, words probed).
+PROBES = [(4, 8), (2, 8), (4, 4), (2, 4)]
+
+
+def probes_table(fit: Path, others: list[Path], images: int, queries: int) -> list[str]:
+    """The compact file's probes at scale, on the fit half: its references
+    among ``images`` - 558 synthetic images drawn (like :func:`run`'s) from
+    the descriptors of other sets' references, never the fit half's; its
+    positive queries. One build; each setting searches it."""
+    refs = list(csv.DictReader(open(fit / "references.csv")))
+    asked_rows = [q for q in csv.DictReader(open(fit / "queries.csv"))
+                  if q["is_negative"] == "0"]
+    stored = [f[0].descriptors[:descriptors.PER_IMAGE]
+              for f in _extract([str(fit / r["file"]) for r in refs])]
+    pool = np.concatenate([f[0].descriptors for other in others for f in _extract(
+        [str(other / r["file"]) for r in csv.DictReader(open(other / "references.csv"))])])
+    rng = np.random.default_rng(images)
+    chosen = rng.choice(len(asked_rows), min(queries, len(asked_rows)), replace=False)
+    asked = [(a.descriptors, b.descriptors) for a, b in
+             _extract([str(fit / asked_rows[q]["file"]) for q in chosen])]
+    number = {r["reference_id"]: n for n, r in enumerate(refs)}
+    fillers = images - len(stored)
+    truth = [fillers + 1 + number[asked_rows[q]["reference_id"]] for q in chosen]
+    per = descriptors.PER_IMAGE
+    codes = np.concatenate([synthetic(rng, pool, fillers * per)] + stored)
+    owners = np.concatenate([np.repeat(np.arange(1, fillers + 1, dtype=np.int64), per)]
+                            + [np.full(len(r), fillers + 1 + n, np.int64)
+                               for n, r in enumerate(stored)])
+    saved = descriptors.COMPACT_ROWS, descriptors.PROBE_ROOTS, descriptors.PROBE_WORDS
+    descriptors.COMPACT_ROWS = 4096
+    lines = [f"| roots searched, words probed | reference among the 8 most voted "
+             f"| vote p50 / p99 ms ({images:,} images) |", "|---|---|---|"]
+    try:
+        index = descriptors.DescriptorIndex(codes, owners)
+        del codes, owners
+        import faiss
+
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        index.candidates([features_of(stored[0][:1])], 1)  # places every row
+        faiss.omp_set_num_threads(1)
+        for roots, words in PROBES:
+            descriptors.PROBE_ROOTS, descriptors.PROBE_WORDS = roots, words
+            found, times = 0, []
+            for (plain, mirror), target in zip(asked, truth):
+                t = time.perf_counter()
+                voted = index.candidates([features_of(plain), features_of(mirror)], 8)
+                times.append(time.perf_counter() - t)
+                found += target in [i for i, votes in voted if votes >= 3]
+            times.sort()
+            lines.append(f"| {roots}, {words} | {found / len(asked):.3f} "
+                         f"| {_ms(times, 0.5):.1f} / {_ms(times, 0.99):.1f} |")
+            print(lines[-1], file=sys.stderr)
+    finally:
+        descriptors.COMPACT_ROWS, descriptors.PROBE_ROOTS, descriptors.PROBE_WORDS = saved
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -225,11 +377,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="instead, compare the compact file's settings on the fit half of "
                          "the second set (the check half's and the dev set's references as "
                          "distractors): how they were chosen")
+    ap.add_argument("--probes", default="",
+                    help="instead, compare the roots searched and words probed at this many "
+                         "images, on the fit half (other sets' descriptors as distractors)")
     ap.add_argument("--md", type=Path)
     args = ap.parse_args(argv)
     import faiss
 
     faiss.omp_set_num_threads(1)
+    if args.probes:
+        return emit(probes_table(ensure_second("fit"), [ensure_second("check"),
+                                                        ensure_dev_corpus()],
+                                 int(float(args.probes)), args.queries), args.md)
     if args.settings:
         return emit(settings_table(ensure_second("fit"), [ensure_second("check"),
                                                           ensure_dev_corpus()]), args.md)
@@ -238,9 +397,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(data['pool']):,} pool descriptors", file=sys.stderr)
     exact = {int(float(s)) for s in args.exact.split(",") if s}
     cells = {int(float(s)) for s in args.cells.split(",") if s}
-    lines = ["| images | descriptors | search | first build s | reopen s | vote p50 ms "
-             "| vote p99 ms | reference most voted | among the 8 most voted | memory B/img |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| images | descriptors | search | first build s | reopen s | vote p50 / p99 ms "
+             "| query with verification p50 / p99 ms | with tiles p50 / p99 ms "
+             "| reference most voted | among the 8 most voted | memory B/img |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for size in (int(float(s)) for s in args.sizes.split(",")):
         searches = [n for n, on in (("exact", size in exact), ("cells", size in cells),
                                     ("words", True)) if on]
@@ -249,7 +409,9 @@ def main(argv: list[str] | None = None) -> int:
             print(r, file=sys.stderr)
             lines.append(f"| {r['images']:,} | {r['rows']:,} | {r['search']} "
                          f"| {r['build_s']:.1f} | {r['reopen_s']:.1f} "
-                         f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['first']:.3f} "
+                         f"| {r['p50_ms']:.1f} / {r['p99_ms']:.1f} "
+                         f"| {r['whole_p50_ms']:.1f} / {r['whole_p99_ms']:.1f} "
+                         f"| {r['tiled_p50_ms']:.1f} / {r['tiled_p99_ms']:.1f} | {r['first']:.3f} "
                          f"| {r['top8']:.3f} | {r['memory_b_per_image']:,.0f} |")
     return emit(lines, args.md)
 

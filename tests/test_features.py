@@ -464,6 +464,33 @@ def test_erasing_before_new_rows_are_placed_places_each_row_once(monkeypatch, st
         assert np.array_equal(index.cells, nearest.ravel())  # each row in its own cell
 
 
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 8), st.integers(0, 2 ** 32 - 1)),
+                max_size=300))
+@settings(max_examples=60, deadline=None)
+def test_each_query_row_votes_through_its_nearest_entries(entries) -> None:
+    """The packed sort keeps, per query row, the NEIGHBOURS entries of least
+    distance (ties to the lower image id), like a sort on the three keys."""
+    from imgmatch import descriptors
+
+    voter = np.array([e[0] for e in entries], np.uint64)
+    distance = np.array([e[1] for e in entries], np.uint64)
+    owner = np.array([e[2] for e in entries], np.uint64)
+    packed = (voter << np.uint64(40)) | (distance << np.uint64(32)) | owner
+    voters, owners = descriptors._nearest_entries(packed)
+    expected = sorted(entries)
+    kept: dict[int, int] = {}
+    want = []
+    for v, _, o in expected:
+        kept[v] = kept.get(v, 0) + 1
+        if kept[v] <= descriptors.NEIGHBOURS:
+            want.append((v, o))
+    assert list(zip(voters.tolist(), owners.tolist())) == want
+    pairs, ids, first, votes = descriptors._tally(voters, owners)
+    assert [tuple(p) for p in pairs.tolist()] == sorted({(o, v) for v, o in want})
+    assert dict(zip(ids.tolist(), votes.tolist())) == \
+        {i: len({v for v, o in want if o == i}) for i in {o for _, o in want}}
+
+
 def test_descriptor_ids_must_fit_32_bits() -> None:
     index = DescriptorIndex()
     with pytest.raises(ValueError, match="2\\*\\*32"):
