@@ -473,7 +473,10 @@ class DescriptorIndex:
             + self.centres.nbytes + self.cells.nbytes
         return held + lists + tail + vocabulary + scan
 
-    def arrays(self) -> dict[str, np.ndarray]:
+    def arrays(self) -> dict[str, np.ndarray | list[np.ndarray]]:
+        """What :func:`save` writes. The codes and their owners are given in
+        their parts (the mapped file of the last save, the rows added since),
+        written one after another: saving never gathers every code in memory."""
         if self._rows >= COMPACT_ROWS:
             self._prepare()
             self._merge_tail()
@@ -486,9 +489,8 @@ class DescriptorIndex:
         else:
             words, roots, word_roots = self.words, self.roots, self.word_roots
             post_owner, post_sig, start = self.post_owner, self.post_sig, self.word_start
-        self._join()
-        codes = self._codes[0] if self._codes else np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
-        owners = self._owners[0] if self._owners else np.zeros(0, np.uint32)
+        codes = list(self._codes) or [np.zeros((0, DESCRIPTOR_BYTES), np.uint8)]
+        owners = list(self._owners) or [np.zeros(0, np.uint32)]
         return {"codes": codes, "owners": owners, "centres": self.centres, "cells": cells,
                 "words": words, "roots": roots,
                 "word_roots": word_roots, "post_owner": post_owner, "post_sig": post_sig,

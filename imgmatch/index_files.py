@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -67,18 +67,24 @@ class Manifest:
         object.__setattr__(self, "lazy", tuple(self.lazy))
 
 
-def save_folder(path: Path, arrays: dict[str, np.ndarray], manifest: Manifest,
-                lazy: tuple[str, ...] = ()) -> Manifest:
+def save_folder(path: Path, arrays: Mapping[str, np.ndarray | Sequence[np.ndarray]],
+                manifest: Manifest, lazy: tuple[str, ...] = ()) -> Manifest:
     """Save arrays as .npy files with ``manifest`` (its digest and array names
     filled in) in a new folder, fsynced and moved into place; returns it.
-    ``lazy``: arrays left out of the digest, to be memory-mapped when loaded."""
+    ``lazy``: arrays left out of the digest, to be memory-mapped when loaded.
+    An array may be given as a list of parts (same dtype and row shape),
+    written one after another as one array: a large array kept in pieces,
+    some memory-mapped, is saved without gathering it in memory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the owner's only
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
     try:
         digest = hashlib.sha256()
         for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+            if isinstance(array, np.ndarray):
+                np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+            else:
+                _save_parts(tmp / f"{name}.npy", array)
             if name in lazy:
                 continue
             digest.update(name.encode())
@@ -96,6 +102,24 @@ def save_folder(path: Path, arrays: dict[str, np.ndarray], manifest: Manifest,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _save_parts(file: Path, parts: Sequence[np.ndarray]) -> None:
+    """One .npy file holding these arrays stacked, written a chunk at a time."""
+    if not parts:
+        raise ValueError("an array saved in parts needs at least one part")
+    dtype, tail = parts[0].dtype, parts[0].shape[1:]
+    if any(p.dtype != dtype or p.shape[1:] != tail for p in parts):
+        raise ValueError("the parts of an array differ in dtype or row shape")
+    shape = (sum(len(p) for p in parts), *tail)
+    rows = max(1, HASH_CHUNK // max(1, dtype.itemsize * int(np.prod(tail, dtype=np.int64))))
+    with open(file, "wb") as fh:
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                 "shape": shape})
+        for part in parts:
+            for at in range(0, len(part), rows):
+                fh.write(np.ascontiguousarray(part[at:at + rows]).tobytes())
 
 
 def load_folder(path: Path, *, collection_id: str, signal: str, bits: int, factory: str,

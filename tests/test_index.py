@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from imgmatch.errors import IndexFileError
 from imgmatch.index import FACTORY, BinaryIndex
-from imgmatch.index_files import Manifest, manifest_path
+from imgmatch.index_files import Manifest, manifest_path, map_npy, save_folder
 from imgmatch.mih import MultiIndexHash, budgets, popcount_rows
 
 #: (bits, inclusive threshold) as used for PDQ and for the 64-bit hashes
@@ -453,3 +453,34 @@ def test_two_processes_saving_one_index_take_turns(tmp_path):
     loaded, manifest = BinaryIndex.load(path, collection_id="c1", signal="phash", bits=64)
     assert len(loaded) == manifest.count == 50
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=5), st.integers(1, 4),
+       st.sampled_from(["u1", "<u4", "<i8"]))
+@settings(max_examples=40, deadline=None)
+def test_an_array_saved_in_parts_is_the_array_they_make(tmp_path_factory, lengths, width,
+                                                        dtype) -> None:
+    """Parts written one after another give the .npy file of their stack,
+    memory-mapped part included: what np.load and the index's mapping read."""
+    rng = np.random.default_rng(len(lengths) * 10 + width)
+    parts = [rng.integers(0, 100, (n, width)).astype(dtype) for n in lengths]
+    folder = tmp_path_factory.mktemp("parts")
+    np.save(folder / "first.npy", parts[0])
+    parts[0] = map_npy(folder / "first.npy")
+    manifest = Manifest(collection_id="c", signal="s", bits=8, factory="f", count=0, rows=0,
+                        max_image_id=0, deletions=0)
+    save_folder(folder / "saved", {"stack": parts, "plain": np.arange(3)}, manifest,
+                lazy=("stack",))
+    expected = np.concatenate([np.asarray(p) for p in parts])
+    assert np.array_equal(np.load(folder / "saved" / "stack.npy"), expected)
+    assert np.load(folder / "saved" / "stack.npy").dtype == np.dtype(dtype)
+    assert np.array_equal(map_npy(folder / "saved" / "stack.npy"), expected)
+
+
+def test_parts_that_do_not_stack_are_refused(tmp_path) -> None:
+    manifest = Manifest(collection_id="c", signal="s", bits=8, factory="f", count=0, rows=0,
+                        max_image_id=0, deletions=0)
+    with pytest.raises(ValueError, match="differ"):
+        save_folder(tmp_path / "x", {"stack": [np.zeros((2, 3), np.uint8),
+                                               np.zeros((2, 4), np.uint8)]}, manifest)
+    assert not (tmp_path / "x").exists()
