@@ -115,6 +115,28 @@ def synthetic(rng: np.random.Generator, pool: np.ndarray, rows: int) -> np.ndarr
     return out
 
 
+def collection(rng: np.random.Generator, pool: np.ndarray, refs: list[np.ndarray],
+               fillers: int) -> tuple[descriptors.DescriptorIndex, float]:
+    """``fillers`` synthetic images (ids 1 to ``fillers``), then the references,
+    in a vote index built on every core with the descriptors module's
+    current settings; and the seconds the build (the first search) took.
+    Searches after it run on one thread."""
+    per = descriptors.PER_IMAGE
+    index = descriptors.DescriptorIndex(
+        np.concatenate([synthetic(rng, pool, fillers * per)] + refs),
+        np.concatenate([np.repeat(np.arange(1, fillers + 1, dtype=np.int64), per)]
+                       + [np.full(len(r), fillers + 1 + n, np.int64)
+                          for n, r in enumerate(refs)]))
+    import faiss
+
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    t = time.perf_counter()
+    index.candidates([features_of(refs[0][:1])], 1)  # places every row
+    build = time.perf_counter() - t
+    faiss.omp_set_num_threads(1)
+    return index, build
+
+
 def features_of(codes: np.ndarray) -> LocalFeatures:
     return LocalFeatures(np.zeros((len(codes), 2), np.float32), codes, 512, 512)
 
@@ -127,22 +149,10 @@ def run(data: dict, images: int, queries: int, search: str) -> dict:
     rng = np.random.default_rng(images)
     per = descriptors.PER_IMAGE
     fillers = images - len(data["refs"])
-    codes = np.concatenate([synthetic(rng, data["pool"], fillers * per)] + data["refs"])
-    owners = np.concatenate([np.repeat(np.arange(1, fillers + 1, dtype=np.int64), per)]
-                            + [np.full(len(r), fillers + 1 + n, np.int64)
-                               for n, r in enumerate(data["refs"])])
     saved = descriptors.IVF_ROWS, descriptors.COMPACT_ROWS
     descriptors.IVF_ROWS, descriptors.COMPACT_ROWS = STRUCTURES[search]
     try:
-        index = descriptors.DescriptorIndex(codes, owners)
-        del codes, owners
-        import faiss
-
-        faiss.omp_set_num_threads(os.cpu_count() or 1)  # the build on every core
-        t = time.perf_counter()
-        index.candidates([features_of(data["refs"][0][:1])], 1)  # places every row
-        build = time.perf_counter() - t
-        faiss.omp_set_num_threads(1)  # the searches on one thread
+        index, build = collection(rng, data["pool"], data["refs"], fillers)
         chosen = rng.choice(len(data["queries"]), min(queries, len(data["queries"])),
                             replace=False)
         times, first, top8 = [], 0, 0
@@ -329,23 +339,12 @@ def probes_table(fit: Path, others: list[Path], images: int, queries: int) -> li
     number = {r["reference_id"]: n for n, r in enumerate(refs)}
     fillers = images - len(stored)
     truth = [fillers + 1 + number[asked_rows[q]["reference_id"]] for q in chosen]
-    per = descriptors.PER_IMAGE
-    codes = np.concatenate([synthetic(rng, pool, fillers * per)] + stored)
-    owners = np.concatenate([np.repeat(np.arange(1, fillers + 1, dtype=np.int64), per)]
-                            + [np.full(len(r), fillers + 1 + n, np.int64)
-                               for n, r in enumerate(stored)])
     saved = descriptors.COMPACT_ROWS, descriptors.PROBE_ROOTS, descriptors.PROBE_WORDS
     descriptors.COMPACT_ROWS = 4096
     lines = [f"| roots searched, words probed | reference among the 8 most voted "
              f"| vote p50 / p99 ms ({images:,} images) |", "|---|---|---|"]
     try:
-        index = descriptors.DescriptorIndex(codes, owners)
-        del codes, owners
-        import faiss
-
-        faiss.omp_set_num_threads(os.cpu_count() or 1)
-        index.candidates([features_of(stored[0][:1])], 1)  # places every row
-        faiss.omp_set_num_threads(1)
+        index, _ = collection(rng, pool, stored, fillers)
         for roots, words in PROBES:
             descriptors.PROBE_ROOTS, descriptors.PROBE_WORDS = roots, words
             found, times = 0, []
