@@ -74,7 +74,7 @@ if _TYPE_CHECKING:
     from .pairs import default_workers
     from .records import HashValue, Sighting
     from .report import REPORT_FORMATS, write_report
-    from .signals import DEFAULT_SIGNALS, ROBUST_SIGNALS, parse_hash
+    from .signals import DEFAULT_SIGNALS, HASH_SIGNALS, ROBUST_SIGNALS, parse_hash
     from .signals import describe as hash_signals
     from .signals import parse_list as parse_signals
     from .sources import Item
@@ -114,6 +114,7 @@ _LAZY: dict[str, str] = {
     "IngestSummary": "ingest",
     "UpgradeSummary": "upgrade",
     "DEFAULT_SIGNALS": "signals",
+    "HASH_SIGNALS": "signals",
     "ROBUST_SIGNALS": "signals",
     "parse_signals": "signals:parse_list",
     "parse_hash": "signals",
@@ -194,6 +195,7 @@ __all__ = [
     "connect_dask",
     # constants: defaults and choices
     "DEFAULT_SIGNALS",
+    "HASH_SIGNALS",
     "ROBUST_SIGNALS",
     "MATCH_SCORE",
     "DEFAULT_BATCH",

@@ -35,6 +35,7 @@ from . import (
     DEFAULT_SIGNALS,
     DEFAULT_TIMEOUT,
     HASH_EXPORT_FORMATS,
+    HASH_SIGNALS,
     KEY_SCOPES,
     MATCH_SCORE,
     MIN_SHA256_PREFIX,
@@ -234,12 +235,15 @@ def cli(ctx: click.Context, db: str | None) -> None:
                    "as PATH) as its collected_at: only for files as the crawler saved them, "
                    "never for copies.")
 @click.option("--signals", "signal_list", default=None, callback=_signal_list,
-              help=f"Comma-separated signals to compute (default: "
-                   f"{','.join(DEFAULT_SIGNALS)}; 'phash,dhash' is a fast first pass).")
-@click.option("--robust", is_flag=True,
-              help="Also store local features (the robust tier, '--signals "
-                   f"{','.join(ROBUST_SIGNALS)}'): finds crops, borders, rotations, "
-                   "overlays, screenshots and collages; slower, and more bytes per image.")
+              help=f"Comma-separated signals to compute (default: the robust tier, "
+                   f"{','.join(DEFAULT_SIGNALS)}: the hashes and local features).")
+@click.option("--fast", is_flag=True,
+              help=f"The hash tier only ('--signals {','.join(HASH_SIGNALS)}'): about four "
+                   "times faster to ingest, but blind to most crops, borders, rotations, "
+                   "screenshots and collages ('imgmatch upgrade' adds the local features "
+                   "later). A collection that holds local features keeps adding them.")
+@click.option("--robust", is_flag=True, hidden=True,
+              help="The robust tier: the default now; kept for the scripts that pass it.")
 @_worker_options
 @click.option("--dask", "dask_address", metavar="ADDRESS",
               help="Decode and hash on the Dask cluster whose scheduler is at ADDRESS "
@@ -280,7 +284,8 @@ def cli(ctx: click.Context, db: str | None) -> None:
 def ingest(db: Path | str, paths: tuple[Path, ...], manifests: tuple[Path, ...],
            jsonl: TextIO | None, scrapy_items: Path | None, scrapy_store: Path | None, platform: str | None,
            file_times: bool,
-           signal_list: tuple[str, ...] | None, robust: bool, workers: int, timeout: float,
+           signal_list: tuple[str, ...] | None, fast: bool, robust: bool, workers: int,
+           timeout: float,
            max_memory: int, dask_address: str | None,
            batch_size: int, thumbnails: bool, all_frames: bool, link: bool,
            emit_matches: bool, quiet: bool, alerts_to: Path | None, webhook: str | None,
@@ -307,8 +312,12 @@ def ingest(db: Path | str, paths: tuple[Path, ...], manifests: tuple[Path, ...],
                                                             or not quiet):
         raise click.UsageError("--alerts - writes alerts to standard output: add --quiet "
                                "(and neither --emit-matches nor --json), or give a file")
+    if fast and (robust or signal_list):
+        raise click.UsageError("--fast is the hash tier: it cannot go with "
+                               f"{'--robust' if robust else '--signals'}")
     _check_db(db)  # before the background count starts
-    names = _with_local_features(signal_list or DEFAULT_SIGNALS, robust)
+    names = HASH_SIGNALS if fast else _with_local_features(signal_list or DEFAULT_SIGNALS,
+                                                           robust)
     client = _dask_client(dask_address)  # fails before any work
     deliverers = [AlertDeliverer(db, sink, on_error=lambda e: click.echo(
         f"alert delivery: {e} (retrying)", err=True)).start()
@@ -377,7 +386,7 @@ def _with_local_features(names: tuple[str, ...], robust: bool) -> tuple[str, ...
     """--robust: the signals asked for, and the robust tier's local features."""
     if not robust:
         return names
-    return names + tuple(n for n in ROBUST_SIGNALS if n not in DEFAULT_SIGNALS + names)
+    return tuple(dict.fromkeys(names + ROBUST_SIGNALS))
 
 
 def _lacking_note(lacking: dict[str, int], signals: Sequence[str]) -> None:
@@ -568,12 +577,13 @@ def _print_matches(label: str, matches: list[Match]) -> None:
 @cli.command("hash")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--signals", "signal_list", default=None, callback=_signal_list,
-              help=f"Comma-separated signals (default: {','.join(DEFAULT_SIGNALS)}).")
+              help=f"Comma-separated signals (default: {','.join(HASH_SIGNALS)}; "
+                   f"'{','.join(ROBUST_SIGNALS)}' adds the count of local features).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file per line.")
 def hash_cmd(images: tuple[Path, ...], signal_list: tuple[str, ...] | None,
              as_json: bool) -> int:
     """Print the signals of image files; stores nothing."""
-    names = signal_list or DEFAULT_SIGNALS
+    names = signal_list or HASH_SIGNALS
     failed = False
     for path in images:
         result: dict[str, Any]
@@ -1210,8 +1220,9 @@ def reindex(db: Path | str) -> int:
 @cli.command()
 @click.option("--signals", "signal_list", default=None, callback=_signal_list,
               help="Signals every image should have (default: the collection's own and "
-                   "pdq,phash,dhash).")
-@click.option("--robust", is_flag=True, help="Also local features (the robust tier).")
+                   f"the robust tier's, {','.join(DEFAULT_SIGNALS)}).")
+@click.option("--robust", is_flag=True, help="Also local features (the robust tier), "
+              "beside a --signals list.")
 @_worker_options
 @click.option("--quiet", "-q", is_flag=True,
               help="No progress display and no summary: nothing on standard output, "

@@ -626,8 +626,9 @@ class Collection:
         may be a callable that decodes on demand."""
         pixels: Callable[[], Decoded] = decoded if callable(decoded) else (lambda: decoded)
         names, local_features = self._query_shape()
+        # the tiles' features are taken when they are searched (match.EXPLAINED_SHARE)
         query, views, grey = pixel_query(pixels, names, local_features=local_features,
-                                         variants=variants, local=local)
+                                         variants=variants, local=local, tiles=False)
         return self._search(query, views, grey, top_k, min_score)
 
     def _tier(self, signals: Sequence[str]) -> tuple[str, ...]:
@@ -921,7 +922,7 @@ AMBIGUOUS_SHOWN = 5
 _HEX = re.compile(r"[0-9a-f]+")
 
 
-def hash_bytes(data: bytes, signals: Sequence[str] = registry.DEFAULT_SIGNALS,
+def hash_bytes(data: bytes, signals: Sequence[str] = registry.HASH_SIGNALS,
                source: str | None = None) -> dict[str, Any]:
     """The signals of one image, storing nothing (``imgmatch hash``)."""
     analysis = analyse(data, signals, source)

@@ -189,6 +189,9 @@ class Verified:
     #: weigh them, and matches reported before they were kept have none)
     matches: int | None = None
     coverage: float | None = None
+    #: the query's share covered by that region (whether a query needs its
+    #: tiles, :func:`imgmatch.match.find_matches`; the model does not weigh it)
+    query_share: float | None = None
 
 
 @dataclass

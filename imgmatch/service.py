@@ -42,6 +42,7 @@ from . import (
     DEFAULT_MAX_MEMORY,
     DEFAULT_SIGNALS,
     DEFAULT_TIMEOUT,
+    HASH_SIGNALS,
     ROBUST_SIGNALS,
     Collection,
     DecodeSandbox,
@@ -65,7 +66,7 @@ SAVE_EVERY = 30.0
 FOLLOW_EVERY = 1.0
 
 #: What the robust tier adds to the hashes: local features.
-LOCAL_FEATURES = tuple(name for name in ROBUST_SIGNALS if name not in DEFAULT_SIGNALS)
+LOCAL_FEATURES = tuple(name for name in ROBUST_SIGNALS if name not in HASH_SIGNALS)
 
 
 class ServiceState:

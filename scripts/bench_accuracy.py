@@ -61,6 +61,9 @@ class ImgmatchSystem:
         self.top_k = 10
         #: per query file stem, the evidence of each returned match
         self.evidence: dict[str, list[dict]] = {}
+        #: per query file stem, whether its tiles were searched (the whole
+        #: image left it unexplained: :func:`imgmatch.match.explained`)
+        self.tiled: dict[str, bool] = {}
 
     def index(self, reference_paths: list[str]) -> None:
         from imgmatch import Collection, Sighting
@@ -76,9 +79,17 @@ class ImgmatchSystem:
             self.ref_of[sha] = Path(source).stem
 
     def search(self, query_path: str) -> list[tuple[str, float]]:
-        t = time.perf_counter()
-        matches = self.collection.query(query_path, top_k=self.top_k, min_score=0.0)
-        self.query_ms.append((time.perf_counter() - t) * 1000)
+        from imgmatch import features
+
+        cut, tiles = [], features.tiles
+        features.tiles = lambda grey: cut.append(grey.shape) or tiles(grey)
+        try:
+            t = time.perf_counter()
+            matches = self.collection.query(query_path, top_k=self.top_k, min_score=0.0)
+            self.query_ms.append((time.perf_counter() - t) * 1000)
+        finally:
+            features.tiles = tiles
+        self.tiled[Path(query_path).stem] = bool(cut)
         self.evidence[Path(query_path).stem] = [
             {"reference": self.ref_of[m.sha256], "score": m.score, "distances": m.distances,
              "inliers": m.inliers, "agreed": list(m.agreed),
@@ -208,6 +219,10 @@ def run_set(scorer, ds_dir: Path, args) -> tuple[dict, list[str]]:
             "calibration": calibration(scorer, run["predictions"], ds),
             "false_clusters": {"images": clustered, "references": len(ds.references)},
             "evidence": system.evidence,
+            "tiled": {kind: sum(system.tiled.get(Path(q.path).stem, False) for q in qs) / len(qs)
+                      for kind, qs in (("positive", [q for q in queries if not q.is_negative]),
+                                       ("negative", [q for q in queries if q.is_negative]))
+                      if qs},
         }
         if args.composites:
             made = composites(ds_dir, Path(system.tmp.name) / "composites", args.composites)
@@ -233,6 +248,11 @@ def run_set(scorer, ds_dir: Path, args) -> tuple[dict, list[str]]:
             f"| {r['cost']['index_images_per_s']:.1f} "
             f"| {r['query_ms_p50']:.0f} / {r['query_ms_p99']:.0f} | {r['bytes_per_image']:,.0f} "
             f"| {r['memory_per_image']:,.0f} |")
+    tiled = [f"{name} {', '.join(f'{100 * v:.0f}% of {k}' for k, v in r['tiled'].items())}"
+             for name, r in results.items() if any(v < 1 for v in r["tiled"].values())]
+    if tiled:
+        lines += ["", "Queries whose tiles were searched (the whole image left them "
+                  "unexplained): " + "; ".join(tiled) + "."]
     families = sorted({f for r in results.values() for f in r["metrics"]["per_family"]})
     lines += ["", "Recall@1 / recall at precision 0.99, per transform family:", "",
               "| family | " + " | ".join(results) + " |",
@@ -279,7 +299,7 @@ def run_set(scorer, ds_dir: Path, args) -> tuple[dict, list[str]]:
 
 
 #: Which ingest each system's crawl uses (the CLI's flags).
-CRAWL_ARGS = {"hashes": [], "robust": ["--robust"]}
+CRAWL_ARGS = {"hashes": ["--fast"], "robust": []}
 
 
 #: Settings of :mod:`imgmatch.descriptors` changed on the command line: the
@@ -331,6 +351,12 @@ def main(argv: list[str] | None = None) -> int:
                          "above these sets' sizes; 4096 uses it on them)")
     ap.add_argument("--tile-voters", type=int, default=0,
                     help="descriptors of each query tile that vote (default: the library's)")
+    ap.add_argument("--explained-share", type=float, default=0,
+                    help="skip a query's tiles when one match scoring 0.98 covers this share "
+                         "of it (default: the library's, off: every query searches its tiles)")
+    ap.add_argument("--keep-best-by", choices=("support", "score"),
+                    help="which of a candidate's verifications (one per query view that "
+                         "voted for it) counts (default: the library's)")
     ap.add_argument("--md", type=Path, help="also write the Markdown tables here")
     ap.add_argument("--json", type=Path, help="write every figure as JSON")
     args = ap.parse_args(argv)
@@ -342,9 +368,13 @@ def main(argv: list[str] | None = None) -> int:
         DESCRIPTOR_SETTINGS["PER_IMAGE"] = args.per_image
     for name, value in DESCRIPTOR_SETTINGS.items():
         setattr(descriptors, name, value)
+    from imgmatch import match
     if args.tile_voters:  # queries only: the crawl's ingest does not tile
-        from imgmatch import match
         match.TILE_VOTERS = args.tile_voters
+    if args.explained_share:
+        match.EXPLAINED_SHARE = args.explained_share
+    if args.keep_best_by:
+        match.KEEP_BEST_BY = args.keep_best_by
     scorer = load_scorer()
     sets = args.data or [ensure_dev_corpus(), ensure_second("check")]
     lines: list[str] = []

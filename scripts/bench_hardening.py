@@ -264,7 +264,7 @@ def erasure(work: Path) -> dict:
     store = work / "store"
     store.mkdir()
     db = store / "c.db"
-    run("--db", db, "ingest", "--robust", "--thumbnails", "--quiet", "--manifest",
+    run("--db", db, "ingest", "--thumbnails", "--quiet", "--manifest",
         case / "m.csv")
     sha = hashlib.sha256(gone.read_bytes()).hexdigest()
     with sqlite3.connect(db) as conn:

@@ -108,7 +108,7 @@ def main() -> int:
     n = len(datas)
 
     per_image: dict[str, float] = {}
-    for label, signals in (("hash tier", imgmatch.DEFAULT_SIGNALS),
+    for label, signals in (("hash tier", imgmatch.HASH_SIGNALS),
                            ("robust tier", imgmatch.ROBUST_SIGNALS)):
         started = time.perf_counter()
         for data in datas:

@@ -78,7 +78,7 @@ def json_lines(text: str) -> list[dict]:
 def built(tmp_path_factory) -> SimpleNamespace:
     """A collection of the whole manifest, and what the first ingest printed."""
     db = tmp_path_factory.mktemp("cli") / "case.db"
-    code, out, err = call("--db", db, "ingest", "--robust", "--manifest", MANIFEST, "--json")
+    code, out, err = call("--db", db, "ingest", "--manifest", MANIFEST, "--json")
     return SimpleNamespace(db=db, code=code, out=out, err=err)
 
 
@@ -107,7 +107,7 @@ def test_first_ingest_summary(built):
 
 
 def test_second_ingest_is_idempotent(built):
-    code, out, err = call("--db", built.db, "ingest", "--robust", "--manifest", MANIFEST, "--json")
+    code, out, err = call("--db", built.db, "ingest", "--manifest", MANIFEST, "--json")
     assert code == 0, err
     summary = json.loads(out)
     assert summary["files_seen"] == 22
@@ -120,8 +120,34 @@ def test_second_ingest_is_idempotent(built):
     assert (json.loads(out)["images"], json.loads(out)["sightings"]) == (20, 22)
 
 
+def test_the_default_ingest_is_the_robust_tier_and_fast_the_hash_tier(tmp_path):
+    """Local features unless --fast: a crop that only they find is linked by
+    a default ingest, not by a --fast one; --fast and --signals conflict."""
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo = Image.open(FIXTURES / "originals" / "temple.jpg").convert("RGB")
+    photo.save(folder / "temple.jpg", quality=92)
+    photo.crop((0, 0, photo.width * 55 // 100, photo.height * 7 // 10)).save(
+        folder / "crop.jpg", quality=85)
+    found = {}
+    for name, flags in (("default", []), ("fast", ["--fast"])):
+        db = tmp_path / f"{name}.db"
+        code, out, err = call("--db", db, "ingest", folder, "--workers", "0", "--json", *flags)
+        assert code == 0, err
+        found[name] = json.loads(out)["links_added"]
+        code, out, _ = call("--db", db, "stats", "--json")
+        assert json.loads(out)["local_features"] == (2 if name == "default" else 0)
+    assert found == {"default": 1, "fast": 0}
+    code, _, err = call("--db", tmp_path / "x.db", "ingest", folder, "--fast", "--signals",
+                        "pdq")
+    assert code == 2 and "--fast is the hash tier" in err
+    assert not (tmp_path / "x.db").exists()
+
+
 def test_ingest_human_output(built):
-    code, out, err = call("--db", built.db, "ingest", "--robust", "--manifest", MANIFEST)
+    code, out, err = call("--db", built.db, "ingest", "--manifest", MANIFEST)
     assert code == 0, err
     assert re.search(r"files seen:\s+22", out)
     assert re.search(r"images added:\s+0", out)
@@ -457,7 +483,7 @@ def test_stats_json(built):
     assert info["platforms"] == 4
     assert info["failures"] == 0
     assert info["signals"] == {"pdq": 20, "phash": 20, "dhash": 20}
-    assert info["local_features"] == 20  # built with --robust
+    assert info["local_features"] == 20  # built with the defaults: the robust tier
     assert info["platforms_by_sightings"] == {"citylist": 8, "backpage-clone": 5,
                                               "jobboard": 5, "nightads": 4}
 

@@ -8,6 +8,8 @@ and phone screenshots that share their interface but not their photo.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -20,7 +22,7 @@ from imgmatch.decode import decode
 from imgmatch.evidence import (FEATURE_NAMES, HASH64_CAP, LOW_INFORMATION_CAP, MODELS,
                                Evidence, Verified)
 from imgmatch.match import MATCH_SCORE
-from imgmatch.signals import DEFAULT_SIGNALS, ROBUST_SIGNALS, get
+from imgmatch.signals import HASH_SIGNALS, ROBUST_SIGNALS, get
 from imgmatch.signals.base import degenerate
 
 from conftest import FIXTURES, ORIGINALS
@@ -217,7 +219,7 @@ def test_photos_have_enough_information(name: str) -> None:
 
 @pytest.fixture(scope="module", params=["hashes", "robust"])
 def plain_collection(request, tmp_path_factory):
-    signals = DEFAULT_SIGNALS if request.param == "hashes" else ROBUST_SIGNALS
+    signals = HASH_SIGNALS if request.param == "hashes" else ROBUST_SIGNALS
     db = tmp_path_factory.mktemp(f"plain-{request.param}") / "c.db"
     with imgmatch.Collection.open(db) as c:
         summary = c.add_many(((jpeg(make()), imgmatch.Sighting(source=name))
@@ -251,7 +253,7 @@ def test_a_plain_query_finds_nothing_unrelated(plain_collection, name: str) -> N
 def test_distinct_photos_make_no_clusters(tmp_path) -> None:
     paths = [ORIGINALS / f"{n}.jpg" for n in PHOTOS] + sorted(
         (FIXTURES / "distractors").glob("*.jpg")) + [FIXTURES / "queries" / "unrelated.jpg"]
-    for signals in (DEFAULT_SIGNALS, ROBUST_SIGNALS):
+    for signals in (HASH_SIGNALS, ROBUST_SIGNALS):
         with imgmatch.Collection.open(tmp_path / f"{len(signals)}.db") as c:
             c.add_many(((p, None) for p in paths), signals=signals, workers=0)
             assert c.stats()["links"] == 0, signals
@@ -295,3 +297,20 @@ def test_a_collage_does_not_join_its_photos_clusters(tmp_path) -> None:
                     if len(cl.image_ids) > 1]
     assert len(clusters) == 2 and not clusters[0] & clusters[1]
     assert all(len(cl) <= 3 for cl in clusters)
+
+
+def test_a_candidate_verified_in_two_views_keeps_the_chosen_one(monkeypatch) -> None:
+    """By default the verification with more support stands (a tile's partial
+    match over the whole image's); ``KEEP_BEST_BY = "score"`` keeps the one
+    that scores higher."""
+    from imgmatch import match
+
+    ev = Evidence(hashes={"pdq": (40, True), "phash": (10, True), "dhash": (10, True)},
+                  robust=True,
+                  verified=Verified(inliers=60, support=60.0, spread=0.8, shared_area=0.95,
+                                    overlap=0.5))
+    partial = Verified(inliers=120, support=120.0, spread=0.8, shared_area=0.2, overlap=0.5)
+    assert dataclasses.replace(ev, verified=partial).score() < ev.score()
+    assert match._better(ev, partial)
+    monkeypatch.setattr(match, "KEEP_BEST_BY", "score")
+    assert not match._better(ev, partial)

@@ -39,14 +39,25 @@ def sha(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory) -> Path:
+    """The fixtures ingested with the defaults: the robust tier."""
     db = tmp_path_factory.mktemp("explain") / "case.db"
     with imgmatch.Collection.open(db) as collection:
         collection.ingest(iter_manifest(FIXTURES / "manifest.csv"))
     return db
 
 
-def test_a_repost_is_the_same_picture_with_its_evidence_and_link(case):
-    with imgmatch.Collection.open(case, readonly=True) as collection:
+@pytest.fixture(scope="module")
+def hash_case(tmp_path_factory) -> Path:
+    """The same, in the hash tier (``--fast``)."""
+    db = tmp_path_factory.mktemp("explain-hashes") / "case.db"
+    with imgmatch.Collection.open(db) as collection:
+        collection.ingest(iter_manifest(FIXTURES / "manifest.csv"),
+                          signals=imgmatch.HASH_SIGNALS)
+    return db
+
+
+def test_a_repost_is_the_same_picture_with_its_evidence_and_link(hash_case):
+    with imgmatch.Collection.open(hash_case, readonly=True) as collection:
         e = collection.explain(sha(ASTRONAUT)[:10], sha(REPOST))
     assert (e.a, e.b) == (sha(ASTRONAUT), sha(REPOST))
     assert e.verdict == "same" and e.score >= 0.98
@@ -66,6 +77,15 @@ def test_a_repost_is_the_same_picture_with_its_evidence_and_link(case):
     assert e.verification is None and e.tier == "hashes"
 
 
+def test_in_the_default_tier_the_verification_joins_the_evidence(case):
+    with imgmatch.Collection.open(case, readonly=True) as collection:
+        e = collection.explain(sha(ASTRONAUT), sha(REPOST))
+    assert e.verdict == "same" and e.score >= 0.98 and e.tier == "robust"
+    assert e.verification is not None and e.verification["agreed"]
+    assert e.verification["inliers"] >= 40 and e.verification["strong"]
+    assert e.link is not None and set(e.link.agreed) == {"pdq", "phash", "dhash", "orb"}
+
+
 def test_different_pictures_say_which_signals_disagree(case):
     with imgmatch.Collection.open(case, readonly=True) as collection:
         e = collection.explain(sha(ASTRONAUT), sha(CAT))
@@ -80,11 +100,11 @@ def test_different_pictures_say_which_signals_disagree(case):
     assert [s["signal"] for s in as_json["signals"]] == ["dhash", "pdq", "phash"]
 
 
-def test_explain_scores_every_pair_as_the_query_does(case, monkeypatch):
+def test_explain_scores_every_pair_as_the_query_does(hash_case, monkeypatch):
     """The query of a catalogued picture and the explanation of each of its
     candidates weigh the same evidence: the same score, distances and verdicts."""
     monkeypatch.chdir(ROOT)  # where the manifest's files were read from
-    with imgmatch.Collection.open(case, readonly=True) as collection:
+    with imgmatch.Collection.open(hash_case, readonly=True) as collection:
         matches = collection.query(MIRRORED, min_score=0.0, top_k=20)
         assert len(matches) >= 5
         for m in matches:
@@ -94,6 +114,29 @@ def test_explain_scores_every_pair_as_the_query_does(case, monkeypatch):
             assert {s.signal for s in e.signals if s.verdict == "agreed"} == set(m.agreed)
             assert e.transform == m.transform
             assert e.notes[0].startswith("A was read again")
+
+
+def test_explain_agrees_with_the_robust_query_on_its_matches(case, monkeypatch):
+    """In the robust tier too, every match the query reports is explained with
+    its score and evidence. (A candidate the query scored on its hashes alone,
+    unverified because no vote brought it, is verified by the explanation, so
+    its low score may differ: the verdict, "different", does not.)"""
+    monkeypatch.chdir(ROOT)
+    with imgmatch.Collection.open(case, readonly=True) as collection:
+        candidates = collection.query(MIRRORED, min_score=0.0, top_k=20)
+        matches = [m for m in candidates if m.score >= imgmatch.MATCH_SCORE]
+        assert len(matches) >= 2 and all(m.inliers for m in matches)
+        for m in candidates:
+            e = collection.explain(sha(MIRRORED), m.sha256)
+            assert {s.signal: s.distance for s in e.signals} == m.distances
+            assert (e.verdict != "different") == (m.score >= imgmatch.MATCH_SCORE), m.sha256
+            if m in matches:
+                assert e.score == pytest.approx(m.score, abs=1e-9), m.sha256
+                assert e.verification is not None and e.verification["agreed"]
+                assert e.verification["inliers"] == m.inliers
+                assert {s.signal for s in e.signals if s.verdict == "agreed"} | {"orb"} \
+                    == set(m.agreed)
+                assert e.transform == m.transform
 
 
 def test_a_mirror_is_compared_as_a_mirror(case, monkeypatch):

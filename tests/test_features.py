@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 import imgmatch
-from imgmatch import features
+from imgmatch import features, match
 from imgmatch.descriptors import DescriptorIndex
 from imgmatch.errors import IndexFileError, SignalError
-from imgmatch.evidence import STRONG_SUPPORT
+from imgmatch.evidence import PRECISE, STRONG_SUPPORT
 from imgmatch.signals import ROBUST_SIGNALS
 
 from conftest import FIXTURES, ORIGINALS
@@ -290,6 +290,31 @@ def test_collection_finds_what_hashes_miss(robust, edit: str) -> None:
     assert found.to_json()["inliers"] == found.inliers
     pictured = {"astronaut", "coffee", "flower", "rocket"} if "collage" in edit else {"astronaut"}
     assert set(matches) == {sha_of(name) for name in pictured}
+
+
+@pytest.mark.parametrize("edit, tiled", [
+    ("crop 40%", False), ("mirror and crop", False), ("emoji over the face", False),
+    ("half size, jpeg 40", False),
+    # half the frame is blur the match does not account for: searched, to be safe
+    ("blurred pillarbox", True), ("quarter of a collage", True), ("screenshot", True)])
+def test_tiles_can_be_skipped_when_the_whole_image_explains_the_query(
+        robust, monkeypatch, edit: str, tiled: bool) -> None:
+    """With ``match.EXPLAINED_SHARE`` set (off by default), a repost is the
+    picture it matches: its tiles (each a vote search as costly as the whole
+    image's) are not searched. A collage or a screenshot holds more than its
+    best match, so its tiles are. By default every query's are."""
+    cut = []
+    monkeypatch.setattr(features, "tiles", lambda grey: cut.append(1) or real_tiles(grey))
+    query = jpeg(EDITS[edit](rgb("astronaut")))
+    with imgmatch.Collection.open(robust, readonly=True) as c:
+        assert c.query(query)[0].sha256 == sha_of("astronaut") and len(cut) == 1
+        monkeypatch.setattr(match, "EXPLAINED_SHARE", 0.8)
+        best = c.query(query)[0]
+    assert best.sha256 == sha_of("astronaut") and (len(cut) == 2) == tiled
+    assert best.score >= PRECISE or tiled
+
+
+real_tiles = features.tiles
 
 
 def test_collection_rejects_unrelated(robust) -> None:

@@ -158,3 +158,24 @@ def test_a_list_of_another_signal_is_imported_as_that_signal(tmp_path):
         (match,) = c.query_hash(imgmatch.parse_hash(phash, "phash"))
     assert match.sha256 is None and match.signals == {"phash": phash}
     assert [s.source for s in match.sightings] == ["alert-1"]
+
+
+def test_a_partners_hash_scores_alike_in_either_tier(tmp_path):
+    """A partner's PDQ has no local features: in a robust collection (the
+    default) it is weighed by the PDQ model, as in the hash tier, not marked
+    down for a verification it could never have."""
+    temple = imgmatch.hash_bytes((FIXTURES / "originals" / "temple.jpg").read_bytes())
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"pdq {temple['signals']['pdq']['hex']} alert-42\n")
+    scores = {}
+    for tier, signals in (("robust", imgmatch.DEFAULT_SIGNALS),
+                          ("hashes", imgmatch.HASH_SIGNALS)):
+        with imgmatch.Collection.open(tmp_path / f"{tier}.db") as c:
+            c.import_hashes(listing, platform="partner")
+            c.ingest(iter_manifest(FIXTURES / "manifest.csv"), signals=signals)
+            assert c.robust == (tier == "robust")
+            found = [m for m in c.query(FIXTURES / "originals" / "temple.jpg")
+                     if m.sha256 is None]
+        assert len(found) == 1 and found[0].agreed == ("pdq",), tier
+        scores[tier] = found[0].score
+    assert scores["robust"] == pytest.approx(scores["hashes"]) and scores["robust"] >= 0.98

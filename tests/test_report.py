@@ -875,7 +875,7 @@ def test_every_report_with_room_for_it_says_what_made_it(partner_db, tmp_path, f
     text = out.read_text(encoding="utf-8")
     with imgmatch.Collection.open(partner_db, readonly=True) as c:
         made = c.made_with()
-    assert set(made["signals"]) == {"pdq", "phash", "dhash"}
+    assert set(made["signals"]) == {"pdq", "phash", "dhash", "orb"}  # the defaults
     assert made["signals"]["pdq"] == {"version": get("pdq").version, "bits": 256,
                                       "threshold": get("pdq").threshold}
     assert made["scores"]["match"] == imgmatch.MATCH_SCORE and len(made["model"]) == 12

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from imgmatch import Collection
+from imgmatch import HASH_SIGNALS, Collection
 from imgmatch import upgrade as upgrade_module
 from imgmatch import workers
 from imgmatch.catalog import Catalog
@@ -80,9 +80,10 @@ def test_robust_ingest_over_known_images_names_what_they_lack(catalog_address, t
     _copy_originals(tmp_path / "photos")
     db = catalog_address
     runner = CliRunner()
-    runner.invoke(cli, ["--db", str(db), "ingest", "-q", "--workers", "0",
+    runner.invoke(cli, ["--db", str(db), "ingest", "-q", "--fast", "--workers", "0",
                         str(tmp_path / "photos")])
-    done = runner.invoke(cli, ["--db", str(db), "ingest", "--robust", "--workers", "0",
+    # the defaults now ask for local features: the hash tier's images lack them
+    done = runner.invoke(cli, ["--db", str(db), "ingest", "--workers", "0",
                                str(tmp_path / "photos")])
     assert done.exit_code == 0, done.output
     assert "images added:     0" in done.output
@@ -109,7 +110,7 @@ def test_upgrade_links_a_crop_that_only_local_features_find(tmp_path):
     photos = _photo_and_crop(tmp_path / "photos", 0.55, 0.7)
     db = tmp_path / "c.db"
     with Collection.open(db) as c:
-        c.ingest(iter_paths([photos]))
+        c.ingest(iter_paths([photos]), signals=HASH_SIGNALS)
         assert c.catalog.counts()["links"] == 0
         summary = c.upgrade(("pdq", "phash", "dhash", "orb"))
         assert summary.images_upgraded == 2 and not summary.unreachable

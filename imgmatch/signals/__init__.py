@@ -18,13 +18,17 @@ from .pdq import PDQ
 _REGISTRY: dict[str, SignalType] = {}
 _LOADED_ENTRY_POINTS = False
 
-#: Signals computed at ingest unless the user names others.
-DEFAULT_SIGNALS: tuple[str, ...] = ("pdq", "phash", "dhash")
+#: The hash tier: the global hashes only (``--fast``). Several times faster
+#: to ingest, but blind to crops, borders, rotations, screenshots and collages.
+HASH_SIGNALS: tuple[str, ...] = ("pdq", "phash", "dhash")
 #: The name of local features (:mod:`imgmatch.features`) in a signal list:
 #: not a hash, but chosen the same way (``--signals pdq,phash,dhash,orb``).
 FEATURES = features.NAME
 #: The robust tier: the hashes plus local features.
-ROBUST_SIGNALS: tuple[str, ...] = DEFAULT_SIGNALS + (FEATURES,)
+ROBUST_SIGNALS: tuple[str, ...] = HASH_SIGNALS + (FEATURES,)
+#: Signals computed at ingest unless the user names others: the robust tier,
+#: because reposts in ads are cropped, framed, stamped and screenshotted.
+DEFAULT_SIGNALS: tuple[str, ...] = ROBUST_SIGNALS
 
 
 def register(signal_type: type[SignalType]) -> None:
@@ -97,6 +101,7 @@ for _builtin in (PDQ, PHash, DHash, OnnxSignal):
     register(_builtin)
 
 __all__ = ["SignalType", "HashValue", "hamming", "DIHEDRAL_OPS", "DEFAULT_SIGNALS",
+           "HASH_SIGNALS",
            "FEATURES", "ROBUST_SIGNALS",
            "register", "get", "names", "describe", "parse_list", "parse_hash", "PDQ",
            "PHash", "DHash",
