@@ -22,6 +22,8 @@ from imgmatch import Collection, DeliveryError, FileSink, WebhookSink
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MANIFEST = FIXTURES / "manifest.csv"
+#: Watchlists check hashes: the hash tier is enough, and quicker to ingest.
+HASHES = imgmatch.HASH_SIGNALS
 
 
 class Receiver:
@@ -95,7 +97,7 @@ def test_a_file_gets_each_alert_once_and_a_new_file_gets_them_all(tmp_path):
     db = tmp_path / "c.db"
     watched_collection(db, tmp_path)
     with Collection.open(db) as c:
-        c.ingest(imgmatch.sources_for([], manifests=[MANIFEST]))
+        c.ingest(imgmatch.sources_for([], manifests=[MANIFEST]), signals=HASHES)
         store = c.catalog.watch
         first = tmp_path / "a.jsonl"
         assert imgmatch.alert_delivery.deliver(store, FileSink(first)) == len(c.alerts())
@@ -109,7 +111,7 @@ def test_a_file_gets_each_alert_once_and_a_new_file_gets_them_all(tmp_path):
 def test_a_webhook_that_fails_first_is_retried_until_it_takes_every_alert(catalog_address, tmp_path):
     db = catalog_address
     watched_collection(db, tmp_path)
-    cli(db, "ingest", "--quiet", "--manifest", str(MANIFEST))
+    cli(db, "ingest", "--fast", "--quiet", "--manifest", str(MANIFEST))
     expected = alert_ids(db)
     assert len(expected) >= 5
     with Receiver(fail=3) as receiver:
@@ -136,7 +138,7 @@ def test_alerts_survive_a_kill_of_the_ingest_and_are_delivered_at_least_once(cat
     db = catalog_address
     watched_collection(db, tmp_path)
     alerts_file = tmp_path / "alerts.jsonl"
-    args = ["ingest", "--quiet", "--batch-size", "1", "--manifest", str(MANIFEST),
+    args = ["ingest", "--fast", "--quiet", "--batch-size", "1", "--manifest", str(MANIFEST),
             "--alerts", str(alerts_file)]
     with Receiver(fail=2, delay=0.3) as receiver:
         proc = subprocess.Popen(
@@ -158,7 +160,7 @@ def test_alerts_survive_a_kill_of_the_ingest_and_are_delivered_at_least_once(cat
     # the catalog is whole: as many alerts as one uninterrupted run raises
     clean = tmp_path / "clean.db"
     watched_collection(clean, tmp_path)
-    cli(clean, "ingest", "--quiet", "--manifest", str(MANIFEST))
+    cli(clean, "ingest", "--fast", "--quiet", "--manifest", str(MANIFEST))
     assert len(alert_ids(clean)) == len(expected)
 
 

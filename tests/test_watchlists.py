@@ -7,6 +7,7 @@ analyst reads: the alerts' rows, the images' hits, the clusters.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import subprocess
@@ -22,6 +23,8 @@ from imgmatch.sources import iter_manifest
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MANIFEST = FIXTURES / "manifest.csv"
+#: Watchlists check hashes: the hash tier is enough, and quicker to ingest.
+HASHES = imgmatch.HASH_SIGNALS
 
 
 def pdq_of(path: Path) -> str:
@@ -36,11 +39,12 @@ def manifest_rows() -> list[dict[str, str]]:
 
 def _pdq(image: Image.Image) -> imgmatch.HashValue:
     out = io.BytesIO()
-    image.save(out, "PNG")
+    image.save(out, "BMP")  # lossless, and quick to write
     return imgmatch.parse_hash(
         imgmatch.hash_bytes(out.getvalue(), ["pdq"])["signals"]["pdq"]["hex"])
 
 
+@functools.cache
 def sightings_of(picture: str) -> int:
     """How many manifest rows show this fixture picture within PDQ's threshold
     of its original, as it is or mirrored or rotated (each re-hashed from the
@@ -69,7 +73,7 @@ def test_every_new_sighting_of_a_watched_picture_raises_one_alert(catalog_addres
     with Collection.open(catalog_address) as c:
         done = c.watchlist_add("ngo", hash_list, source="NGO X", licence="no onward sharing")
         assert done["entries_added"] == 2 and done["hits"] == 0
-        summary = c.ingest(iter_manifest(MANIFEST))
+        summary = c.ingest(iter_manifest(MANIFEST), signals=HASHES)
         alerts = c.alerts()
         assert summary.alerts_added == len(alerts) > 0
         by_entry: dict[str | None, list[dict]] = {}
@@ -86,7 +90,7 @@ def test_every_new_sighting_of_a_watched_picture_raises_one_alert(catalog_addres
         assert len(by_entry["case-17/coffee"]) == sightings_of("coffee")
         assert [a["id"] for a in alerts] == sorted(a["id"] for a in alerts)
         # the same crawl again: nothing new was seen, nothing is raised
-        assert c.ingest(iter_manifest(MANIFEST)).alerts_added == 0
+        assert c.ingest(iter_manifest(MANIFEST), signals=HASHES).alerts_added == 0
         assert len(c.alerts()) == len(alerts)
         # the cursor pages through them
         assert c.alerts(after=alerts[2]["id"], limit=2) == alerts[3:5]
@@ -94,7 +98,7 @@ def test_every_new_sighting_of_a_watched_picture_raises_one_alert(catalog_addres
 
 def test_a_list_added_later_finds_what_is_already_catalogued(catalog_address, tmp_path, hash_list):
     with Collection.open(catalog_address) as c:
-        c.ingest(iter_manifest(MANIFEST))
+        c.ingest(iter_manifest(MANIFEST), signals=HASHES)
         done = c.watchlist_add("ngo", hash_list)
         expected = sightings_of("astronaut") + sightings_of("coffee")
         assert done["alerts_added"] == expected == len(c.alerts())
@@ -121,7 +125,7 @@ def test_a_negative_list_silences_alerts_links_and_clusters(catalog_address, tmp
     with Collection.open(catalog_address) as c:
         c.watchlist_add("ngo", hash_list)
         c.watchlist_add("stock-photos", stock, negative=True)
-        c.ingest(iter_manifest(MANIFEST))
+        c.ingest(iter_manifest(MANIFEST), signals=HASHES)
         alerts = c.alerts()
         assert alerts and all(a["entry"]["name"] == "case-17/coffee" for a in alerts)
         astronauts = {r[0] for r in c.catalog.conn.execute(
@@ -162,7 +166,7 @@ def test_an_entry_that_floods_is_quarantined_and_reported_once(tmp_path):
 def test_reposts_of_one_picture_are_not_a_flood(catalog_address, tmp_path, hash_list):
     with Collection.open(catalog_address) as c:
         c.watchlist_add("ngo", hash_list, flood=1)
-        c.ingest(iter_manifest(MANIFEST), batch_size=1)
+        c.ingest(iter_manifest(MANIFEST), batch_size=1, signals=HASHES)
         assert {a["kind"] for a in c.alerts()} == {"match"}
         assert c.watchlists()[0]["quarantined"] == 0
 
@@ -171,7 +175,7 @@ def test_taking_one_hash_off_a_list_takes_its_hits_and_alerts(tmp_path, hash_lis
     coffee = pdq_of(FIXTURES / "originals" / "coffee.jpg")
     with Collection.open(tmp_path / "c.db") as c:
         c.watchlist_add("ngo", hash_list)
-        c.ingest(iter_manifest(MANIFEST))
+        c.ingest(iter_manifest(MANIFEST), signals=HASHES)
         before = len(c.alerts())
         assert c.watchlist_remove_hashes("ngo", [coffee]) == 1
         assert len(c.alerts()) == before - sightings_of("coffee")
@@ -190,7 +194,7 @@ def test_taking_one_hash_off_a_list_takes_its_hits_and_alerts(tmp_path, hash_lis
 def test_erasing_an_image_erases_its_alerts(tmp_path, hash_list):
     with Collection.open(tmp_path / "c.db") as c:
         c.watchlist_add("ngo", hash_list)
-        c.ingest(iter_manifest(MANIFEST))
+        c.ingest(iter_manifest(MANIFEST), signals=HASHES)
         first = c.alerts()[0]
         sha = first["image"]["sha256"]
         urls = [a["sighting"]["url"] for a in c.alerts() if a["image"]["sha256"] == sha]
@@ -260,14 +264,15 @@ def test_watchlist_commands(catalog_address, tmp_path, hash_list):
     listed = json.loads(run("watchlist", "list", "--json").stdout)
     assert listed[0]["name"] == "ngo" and listed[0]["entries"] == 2
     alerts_file = tmp_path / "alerts.jsonl"
-    done = run("ingest", "--quiet", "--manifest", str(MANIFEST), "--alerts", str(alerts_file))
+    done = run("ingest", "--fast", "--quiet", "--manifest", str(MANIFEST),
+               "--alerts", str(alerts_file))
     assert done.returncode == 0, done.stderr
     delivered = [json.loads(line) for line in alerts_file.read_text().splitlines()]
     printed = [json.loads(line) for line in run("alerts").stdout.splitlines()]
     assert delivered == printed and len(printed) == \
         sightings_of("astronaut") + sightings_of("coffee")
     # nothing new: the file gets nothing twice
-    run("ingest", "--quiet", "--manifest", str(MANIFEST), "--alerts", str(alerts_file))
+    run("ingest", "--fast", "--quiet", "--manifest", str(MANIFEST), "--alerts", str(alerts_file))
     assert len(alerts_file.read_text().splitlines()) == len(printed)
     done = run("watchlist", "remove", "ngo")
     assert done.returncode == 0 and "removed 2 entries" in done.stdout
@@ -312,9 +317,9 @@ def test_alerts_on_standard_output_need_it_to_themselves(catalog_address, tmp_pa
 
     assert run("watchlist", "add", "ngo", str(hash_list)).returncode == 0
     for extra in ([], ["--quiet", "--json"], ["--quiet", "--emit-matches"]):
-        refused = run("ingest", "--manifest", str(MANIFEST), "--alerts", "-", *extra)
+        refused = run("ingest", "--fast", "--manifest", str(MANIFEST), "--alerts", "-", *extra)
         assert refused.returncode == 2 and "standard output" in refused.stderr
-    done = run("ingest", "--quiet", "--manifest", str(MANIFEST), "--alerts", "-")
+    done = run("ingest", "--fast", "--quiet", "--manifest", str(MANIFEST), "--alerts", "-")
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert lines and all(a["kind"] == "match" for a in lines)
