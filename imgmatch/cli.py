@@ -1078,10 +1078,13 @@ def _run_json(run: dict) -> dict:
               "(retried until it answers 2xx).")
 @click.option("--webhook-token", envvar="IMGMATCH_WEBHOOK_TOKEN",
               help="Bearer token sent to the webhook.")
+@click.option("--fast", is_flag=True,
+              help="Uploads get the hash tier only, as 'ingest --fast' (a collection "
+                   "that holds local features keeps adding them).")
 @click.pass_obj
 def serve(db: Path | str, host: str, port: int, max_upload_mb: float, header_timeout: float,
           max_connections: int, decode_workers: int, timeout: float, max_memory: int,
-          webhook: str | None, webhook_token: str | None) -> int:
+          webhook: str | None, webhook_token: str | None, fast: bool) -> int:
     """Run the HTTP service over this collection (API keys: 'imgmatch keys')."""
     _check_db(db)  # refused here, not when the service first writes
     try:
@@ -1093,7 +1096,8 @@ def serve(db: Path | str, host: str, port: int, max_upload_mb: float, header_tim
     run(db, host, port, max_upload_mb, header_timeout=header_timeout,
         max_connections=max_connections,
         decoding=DecodeLimits(decode_workers, timeout, (max_memory << 20) or None),
-        webhook=WebhookSink(webhook, token=webhook_token) if webhook else None)
+        webhook=WebhookSink(webhook, token=webhook_token) if webhook else None,
+        signals=HASH_SIGNALS if fast else DEFAULT_SIGNALS)
     return EXIT_OK
 
 

@@ -658,15 +658,16 @@ def _raise_file_limit() -> int:
 def serve(db: str | Path, host: str, port: int, max_upload_mb: float, *,
           header_timeout: float = HEADER_TIMEOUT,
           max_connections: int = MAX_CONNECTIONS,
-          decoding: DecodeLimits | None = None, webhook: WebhookSink | None = None) -> None:
-    """Run the service with uvicorn until interrupted."""
+          decoding: DecodeLimits | None = None, webhook: WebhookSink | None = None,
+          signals: tuple[str, ...] = DEFAULT_SIGNALS) -> None:
+    """Run the service with uvicorn until interrupted; uploads get ``signals``."""
     import uvicorn
 
     files = _raise_file_limit()
     # room beside the sockets for the catalog, the indexes and the workers' pipes
     max_connections = max(1, min(max_connections, files - 64))
     uvicorn.run(create_app(db, max_upload_mb=max_upload_mb, decoding=decoding,
-                           webhook=webhook),
+                           webhook=webhook, signals=signals),
                 host=host, port=port,
                 log_level="info", access_log=False,
                 http=guarded_protocol(header_timeout, max_connections),

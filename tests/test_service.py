@@ -126,6 +126,18 @@ def test_health_needs_no_key(service):
     assert status == 200 and body["status"] == "ok"
 
 
+@pytest.mark.parametrize("flags, features", [((), 1), (("--fast",), 0)])
+def test_uploads_get_local_features_unless_the_service_is_fast(tmp_path, flags, features):
+    """The service adds what ingest adds: the robust tier, or with --fast the hashes."""
+    db = tmp_path / "c.db"
+    key = cli(db, "keys", "add", "crawler", "--scope", "ingest").strip().splitlines()[-1]
+    with serving(db, tmp_path, *flags) as port:
+        status, body = Client(port, key).post_form(
+            "/v1/images", {}, {"image": ("a.jpg", ASTRONAUT.read_bytes())})
+        assert status == 200, body
+    assert json.loads(cli(db, "stats", "--json"))["local_features"] == features
+
+
 def test_every_endpoint_needs_a_key_with_the_right_scope(service):
     port, keys = service["port"], service["keys"]
     image = ("a.jpg", ASTRONAUT.read_bytes())
