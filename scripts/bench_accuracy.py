@@ -171,6 +171,37 @@ def composite_recall(system: ImgmatchSystem, made) -> dict[str, dict]:
     return out
 
 
+#: The families whose ingest-time links ``--ingest-links`` measures: a
+#: screenshot or a collage should link, when it is catalogued, to the photo
+#: it shows (the crawl's clusters leave collages out).
+LINKED_FAMILIES = ("screenshot", "collage")
+
+
+def ingest_links(system: ImgmatchSystem, queries) -> dict[str, dict]:
+    """Catalogue the screenshots and collages among the positive queries
+    beside the references, then count, per family, those linked to their
+    reference (a link of 0.5 or more: a lead) and their links to other
+    references."""
+    import hashlib
+
+    from imgmatch import Sighting
+
+    chosen = [q for q in queries if not q.is_negative and q.family in LINKED_FAMILIES]
+    system.collection.add_many(((q.path, Sighting(source=q.path)) for q in chosen),
+                               signals=system.signals, workers=system.workers)
+    ref_by_sha = {sha: ref for sha, ref in system.ref_of.items()}
+    out: dict[str, dict] = {}
+    for q in chosen:
+        record = system.collection.image(hashlib.sha256(Path(q.path).read_bytes()).hexdigest())
+        linked = {ref_by_sha[link.sha256] for link in record.links
+                  if link.sha256 in ref_by_sha and link.score >= 0.5}
+        row = out.setdefault(q.family, {"images": 0, "linked": 0, "wrong": 0})
+        row["images"] += 1
+        row["linked"] += q.reference_id in linked
+        row["wrong"] += len(linked - {q.reference_id})
+    return out
+
+
 def calibration(scorer, predictions, ds,
                 steps=(0.3, 0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.98, 0.99)):
     """Precision and recall of the pooled top-10 predictions at or above each score."""
@@ -227,6 +258,8 @@ def run_set(scorer, ds_dir: Path, args) -> tuple[dict, list[str]]:
         if args.composites:
             made = composites(ds_dir, Path(system.tmp.name) / "composites", args.composites)
             results[name]["composites"] = composite_recall(system, made)
+        if args.ingest_links and "orb" in system.signals:
+            results[name]["ingest_links"] = ingest_links(system, queries)
         system.collection.close()
         if args.crawl and name in CRAWL_ARGS:
             results[name]["crawl"] = crawl(ds_dir, CRAWL_ARGS[name])
@@ -253,6 +286,14 @@ def run_set(scorer, ds_dir: Path, args) -> tuple[dict, list[str]]:
     if tiled:
         lines += ["", "Queries whose tiles were searched (the whole image left them "
                   "unexplained): " + "; ".join(tiled) + "."]
+    for name, r in results.items():
+        if r.get("ingest_links"):
+            lines += ["", f"Linked to their reference when catalogued ({name}; links of 0.5 "
+                      "or more):", "", "| family | images | linked to their reference "
+                      "| links to other references |", "|---|---|---|---|"]
+            lines += [f"| {fam} | {row['images']} | {row['linked']} "
+                      f"({100 * row['linked'] / row['images']:.1f}%) | {row['wrong']} |"
+                      for fam, row in sorted(r["ingest_links"].items())]
     families = sorted({f for r in results.values() for f in r["metrics"]["per_family"]})
     lines += ["", "Recall@1 / recall at precision 0.99, per transform family:", "",
               "| family | " + " | ".join(results) + " |",
@@ -357,6 +398,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-best-by", choices=("support", "score"),
                     help="which of a candidate's verifications (one per query view that "
                          "voted for it) counts (default: the library's)")
+    ap.add_argument("--ingest-links", action="store_true",
+                    help="then catalogue the screenshot and collage queries beside the "
+                         "references, and count those linked to their reference at ingest")
+    ap.add_argument("--link-candidates", metavar="VOTERS,MIN_VOTES,VERIFY",
+                    help="the ingest's descriptor candidates (imgmatch.match.LINK_VOTERS, "
+                         "LINK_MIN_VOTES, LINK_VERIFY) for --ingest-links (default: the "
+                         "library's)")
     ap.add_argument("--md", type=Path, help="also write the Markdown tables here")
     ap.add_argument("--json", type=Path, help="write every figure as JSON")
     args = ap.parse_args(argv)
@@ -375,6 +423,10 @@ def main(argv: list[str] | None = None) -> int:
         match.EXPLAINED_SHARE = args.explained_share
     if args.keep_best_by:
         match.KEEP_BEST_BY = args.keep_best_by
+    if args.link_candidates:  # this process's ingests only (not the crawl's CLI)
+        (match.LINK_VOTERS, match.LINK_MIN_VOTES,
+         match.LINK_VERIFY) = (int(v) for v in args.link_candidates.split(","))
+        match.LINK_ORIENTATION_VOTES = match.LINK_MIN_VOTES
     scorer = load_scorer()
     sets = args.data or [ensure_dev_corpus(), ensure_second("check")]
     lines: list[str] = []
