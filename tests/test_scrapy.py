@@ -216,6 +216,20 @@ def test_the_pipeline_still_takes_the_spider_older_scrapy_passes(tmp_path):
     assert pipeline.stats == {"files": 1, "failed": 0}
 
 
+@pytest.mark.parametrize("fast, features", [(False, 1), (True, 0)])
+def test_the_pipeline_keeps_local_features_unless_fast(tmp_path, fast, features):
+    """The robust tier, as ``imgmatch ingest``; ``IMGMATCH_FAST`` the hash tier."""
+    store, item, sha = _stored_item(tmp_path)
+    settings = {"IMGMATCH_DB": str(tmp_path / "case.db"), "FILES_STORE": str(store),
+                "IMGMATCH_WORKERS": 0, "IMGMATCH_FAST": fast}
+    pipeline = ImgmatchPipeline.from_crawler(SimpleNamespace(settings=settings))
+    pipeline.open_spider(SimpleNamespace(name="citylist"))
+    pipeline.process_item(item)
+    pipeline.close_spider()
+    with imgmatch.Collection.open(tmp_path / "case.db", readonly=True) as c:
+        assert c.stats()["local_features"] == features
+
+
 def test_the_pipeline_dates_each_sighting_when_it_took_the_item(tmp_path):
     from imgmatch.text import utcnow
 

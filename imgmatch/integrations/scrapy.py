@@ -11,6 +11,7 @@ stored paths::
     IMGMATCH_DB = "/data/case.db"           # the collection (required)
     IMGMATCH_PLATFORM = "citylist"          # sightings' platform (default: the spider's name)
     IMGMATCH_BATCH = 64                     # files per catalog transaction
+    IMGMATCH_FAST = False                   # True: the hash tier only (ingest --fast)
 
 The item's own fields describe the ad: its ``url`` becomes each sighting's
 page URL, ``ad_id``, ``posted_at`` and the like are kept as they are, and
@@ -32,14 +33,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import Collection, Item, catalog_address, scrapy_item_sources
+from .. import (DEFAULT_SIGNALS, HASH_SIGNALS, Collection, Item, catalog_address,
+                scrapy_item_sources)
 from ..errors import ImgmatchError
 
 
 class ImgmatchPipeline:
     def __init__(self, db: str | Path, store: str | Path, platform: str | None = None,
-                 batch: int = 64, workers: int = 1) -> None:
+                 batch: int = 64, workers: int = 1, fast: bool = False) -> None:
         self.db = catalog_address(db)
+        #: the robust tier unless ``fast`` (a collection that holds local
+        #: features keeps adding them either way)
+        self.signals = HASH_SIGNALS if fast else DEFAULT_SIGNALS
         self.store = Path(store)
         self.platform = platform
         self.batch = max(1, int(batch))
@@ -64,8 +69,10 @@ class ImgmatchPipeline:
             return settings.getint(name, default) if hasattr(settings, "getint") \
                 else int(settings.get(name, default))
 
+        fast = settings.getbool("IMGMATCH_FAST", False) if hasattr(settings, "getbool") \
+            else bool(settings.get("IMGMATCH_FAST", False))
         pipeline = cls(db, store, settings.get("IMGMATCH_PLATFORM"),
-                       number("IMGMATCH_BATCH", 64), number("IMGMATCH_WORKERS", 1))
+                       number("IMGMATCH_BATCH", 64), number("IMGMATCH_WORKERS", 1), fast)
         pipeline.crawler = crawler  # its spider names the platform when none is set
         return pipeline
 
@@ -97,6 +104,7 @@ class ImgmatchPipeline:
         if not self.pending or self.collection is None:
             return
         items, self.pending = self.pending, []
-        summary = self.collection.ingest(items, command="scrapy", workers=self.workers)
+        summary = self.collection.ingest(items, command="scrapy", workers=self.workers,
+                                         signals=self.signals)
         self.stats["files"] += summary.files_seen
         self.stats["failed"] += len(summary.failures)
