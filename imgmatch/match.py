@@ -154,6 +154,9 @@ def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterab
         if KEEP_BEST_BY == "support":
             results = [max(results, key=lambda r: r[0].support)]  # the first of equals
         for result, flipped, n in results:
+            if KEEP_BEST_BY == "support" and ev.verified is not None \
+                    and ev.verified.support >= result.support:
+                continue  # verified better already (the whole image): no aligned hash
             verified = _verified(result, flipped, views[n][0][0].width, stored[image_id],
                                  grey, boxes[n] if n < len(boxes) else None,
                                  (stored_pdq or {}).get(image_id))
@@ -381,9 +384,9 @@ def _search_tiles(catalog: Catalog, query: Mapping[str, Sequence[HashValue]],
     views = [(view, _voted(descriptors, view, VERIFY_PER_TILE, TILE_VOTERS)) for view in tiles]
     new = sorted(set().union(*(ids for _, ids in views)) - found.keys())
     if new:
-        more = catalog.signals_of(new)
-        stored.update(more)
-        found.update(gather_evidence(query, more))
+        more_found, more_stored = measure(catalog, query, new)
+        found.update(more_found)
+        stored.update(more_stored)
     if any(ids for _, ids in views):
         # the whole image first, verifying nothing again, so each view keeps its box
         verify_candidates(catalog, [(whole, set()), *views], found, grey,
