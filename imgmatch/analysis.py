@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import features
 from . import signals as registry
 from .decode import Decoded, decode, decode_frames, out_of_memory
 from .errors import DecodeError, InputError, ModelError, NotAFile, OutOfMemory
 from .records import HashValue, ImageRow, SignalRow
-from .signals import FEATURES
+from .signals import LocalSignalType
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ class Analysis:
     known: bool = False
     #: local features of the image and of its mirror (robust tier only)
     features: tuple | None = None
-    #: the grey pixels they were taken from, reduced to :data:`features.ALIGN_SIDE`,
+    #: the grey pixels they were taken from, reduced to :data:`imgmatch.features.ALIGN_SIDE`,
     #: for the aligned comparison of link candidates; never stored
     grey: np.ndarray | None = None
     #: with ``Options.all_frames``: (frame number, its analysis) of frames 1, 2, ...
@@ -131,8 +130,7 @@ THUMBNAIL_QUALITY = 70
 
 def decode_target(signal_names: Sequence[str]) -> int:
     """The smallest longer side the signals need a decode to keep."""
-    return max([registry.get(name).min_side for name in signal_names if name != FEATURES]
-               + ([features.SIDE] if FEATURES in signal_names else []))
+    return max(registry.signal(name).min_side for name in signal_names)
 
 
 def analyse(data: bytes, signal_names: Sequence[str], source: str | None = None,
@@ -142,8 +140,8 @@ def analyse(data: bytes, signal_names: Sequence[str], source: str | None = None,
     ``decoded_by``: the (first frame's) decode at :func:`decode_target`,
     when the caller needs the pixels too and decodes them on demand."""
     digest = sha256 or hashlib.sha256(data).hexdigest()
-    hashes = [name for name in signal_names if name != FEATURES]
-    local = FEATURES in signal_names
+    hashes, local_names = registry.split(signal_names)
+    local = registry.local(local_names[0]) if local_names else None
     target = decode_target(signal_names)
     first = _measure(decoded_by or (lambda: decode(data, source=source, target=target)),
                      data, hashes, local, digest, options)
@@ -164,15 +162,15 @@ def _frame(decoded: Decoded | DecodeError) -> Decoded:
     return decoded
 
 
-def _measure(decoded_by: Callable[[], Decoded], data: bytes, hashes: Sequence[str], local: bool,
-             digest: str, options: Options) -> Analysis:
+def _measure(decoded_by: Callable[[], Decoded], data: bytes, hashes: Sequence[str],
+             local: LocalSignalType | None, digest: str, options: Options) -> Analysis:
     """One image (or frame): its signals, local features and thumbnail, or why not."""
     try:
         decoded = decoded_by()
         variants = {name: registry.get(name).link_variants(decoded) for name in hashes}
-        prepared = features.prepare(np.asarray(decoded.grey)) if local else None
-        found = features.extract_both(prepared) if prepared is not None else None
-        grey = None if prepared is None else features.reduce(prepared, features.ALIGN_SIDE)
+        extracted = local.extract(np.asarray(decoded.grey)) if local is not None else None
+        found = extracted[:2] if extracted is not None else None
+        grey = extracted[2] if extracted is not None else None
         thumb = make_thumbnail(decoded) if options.thumbnails else None
     except InputError as exc:
         return Analysis(digest, reason=exc.reason, detail=exc.detail)
@@ -182,7 +180,7 @@ def _measure(decoded_by: Callable[[], Decoded], data: bytes, hashes: Sequence[st
         return Analysis(digest, reason=OutOfMemory.reason, detail=out_of_memory(None).detail)
     rows = tuple(SignalRow(name, registry.get(name).version, vs[0].data, vs[0].quality)
                  for name, vs in variants.items())
-    stored = (features.VERSION, len(found[0]), found[0].to_bytes()) if found else None
+    stored = local.stored(found[0]) if local is not None and found else None
     return Analysis(digest, image=ImageRow(
         sha256=digest, size_bytes=len(data), width=decoded.width, height=decoded.height,
         format=decoded.format, mode=decoded.mode, frames=decoded.frames, signals=rows,

@@ -259,8 +259,7 @@ class Collection:
         wanted = tuple(dict.fromkeys(signals or (*registry.DEFAULT_SIGNALS,
                                                  *self.coverage())))
         for name in wanted:
-            if name != FEATURES:
-                registry.get(name).prepare()
+            registry.signal(name).prepare()
         summary = UpgradeSummary(wanted)
         run_id = self.start_run("upgrade", {"signals": list(wanted)})
         status = "interrupted"
@@ -300,7 +299,7 @@ class Collection:
         return summary
 
     def coverage(self) -> dict[str, int]:
-        """Per signal (local features as ``orb``), how many images hold it."""
+        """Per signal (local features by their signal's name), how many images hold it."""
         out = dict(self.catalog.signal_counts())
         if self.catalog.feature_count():
             out[FEATURES] = self.catalog.feature_count()

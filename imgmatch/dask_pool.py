@@ -47,7 +47,6 @@ from .catalog import KnownImages
 from .errors import DaskError
 from .mih import Window
 from .pairs import join_table
-from .signals import FEATURES
 from .workers import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT, Job, ProcessPool
 
 if TYPE_CHECKING:
@@ -160,9 +159,8 @@ def worker_facts(names: tuple[str, ...]) -> tuple[str, dict[str, int]]:
         version = "unknown"
     versions = {}
     for name in names:
-        if name != FEATURES:
-            registry.get(name).prepare()
-            versions[name] = registry.get(name).version
+        registry.signal(name).prepare()
+        versions[name] = registry.signal(name).version
     return version, versions
 
 

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .features import NAME as LOCAL_FEATURES
+
 #: The hash signals the model weighs, with the distance (bits) at which
 #: agreement turns into disagreement, a quarter of their length. Each gets
 #: three pieces of a linear spline: ``near`` falls from 1 at distance 0 to 0
@@ -73,6 +75,9 @@ STRONG_SPREAD = 0.5
 #: ... and the smaller share of either image that the shared region must
 #: cover: letters of two banners in one font align at another scale.
 STRONG_SHARED_AREA = 0.3
+#: Support from which a verification says "same picture": local features
+#: are then listed among the signals that agreed (half the strong support).
+AGREED_SUPPORT = STRONG_SUPPORT / 2
 #: Ceiling of a match resting on low-information hashes only.
 LOW_INFORMATION_CAP = 0.45
 #: Ceiling of a match resting on 64-bit hashes only (no PDQ, no verification).
@@ -344,8 +349,8 @@ class Evidence:
         """Signals within a quarter of their scale: the ones that say "same"."""
         out = [n for n, (d, ok) in self.hashes.items()
                if ok and not self.low_information and d <= self._scale(n) / 2]
-        if self.verified is not None and self.verified.support >= STRONG_SUPPORT / 2:
-            out.append("orb")
+        if self.verified is not None and self.verified.support >= AGREED_SUPPORT:
+            out.append(LOCAL_FEATURES)
         return tuple(out)
 
     @property

@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import features
 from . import signals as registry
 from .catalog import Catalog
 from .errors import ImgmatchError, InputError, SignalError
@@ -75,7 +74,7 @@ def explain_pair(catalog: Catalog, a: tuple[int, str], b: tuple[int, str],
         query = {name: registry.get(name).dihedral_of_value(HashValue(name, data, quality))
                  for name, (data, quality) in mine.items()}
         if id_a in blobs:  # A's own features, without its mirror's
-            views.append(((features.LocalFeatures.from_bytes(blobs[id_a]), None), {id_b}))
+            views.append(((registry.local().load(blobs[id_a]), None), {id_b}))
     found, _ = measure(catalog, query, [id_b], views, grey)
     ev = found.get(id_b)
     if ev is None or not (ev.hashes or ev.verified):
@@ -173,7 +172,7 @@ def _verification(ev: Evidence, versions: tuple[int, int]) -> dict[str, Any] | N
             "coverage": None if v.coverage is None else round(v.coverage, 3),
             "shared_area": round(v.shared_area, 3), "overlap": round(v.overlap, 3),
             "aligned": v.aligned, "strong": ev.strong_geometry,
-            "agreed": features.NAME in ev.agreed, "version": features.VERSION,
+            "agreed": registry.FEATURES in ev.agreed, "version": registry.local().version,
             "versions": list(versions)}
 
 

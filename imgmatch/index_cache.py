@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from . import descriptors as descriptor_files
-from . import features
 from . import signals as registry
 from .catalog import Catalog
 from .descriptors import DescriptorIndex
@@ -44,10 +43,8 @@ class IndexCache:
         self.changed: set[str] = set()
 
     def path(self, signal: str) -> Path:
-        """The folder of a signal's index (``orb``: the descriptor index)."""
-        if signal == FEATURES:
-            return self.folder / f"{signal}.descriptors"
-        return self.folder / f"{signal}.mih"
+        """The folder of a signal's index (``orb.descriptors`` for local features)."""
+        return self.folder / f"{signal}.{registry.signal(signal).index_suffix}"
 
     @property
     def hashes(self) -> dict[str, BinaryIndex]:
@@ -77,11 +74,11 @@ class IndexCache:
         """The indexes, with an empty one for each of ``signals`` the
         collection holds no values of yet (their first values are on the way)."""
         hashes = self.hashes
-        wanted = list(signals)
+        wanted, local = registry.split(signals)
         for name in wanted:
-            if name not in hashes and name != FEATURES:
+            if name not in hashes:
                 hashes[name] = BinaryIndex(registry.get(name).bits)
-        if FEATURES in wanted and self.descriptors is None:
+        if local and self.descriptors is None:
             self._descriptors = DescriptorIndex()
         return hashes, self._descriptors
 
@@ -99,7 +96,7 @@ class IndexCache:
         if manifest.deletions != self.catalog.deletions:
             return False
         upto = manifest.max_image_id
-        held = (self.catalog.count_features_upto(upto) if signal == FEATURES
+        held = (self.catalog.count_features_upto(upto) if _is_local(signal)
                 else self.catalog.count_signal_upto(signal, upto))
         return held == manifest.count
 
@@ -149,7 +146,7 @@ class IndexCache:
     def rebuild(self, names: Iterable[str]) -> None:
         """Rebuild these indexes (``orb``: the descriptor index) from the catalog."""
         for name in names:
-            if name == FEATURES:
+            if _is_local(name):
                 self._build_descriptors()
             else:
                 hashes = self.hashes
@@ -234,7 +231,7 @@ class IndexCache:
         collection_id = self.catalog.collection_id
         deletions = self.catalog.deletions if self._deletions is None else self._deletions
         for name in sorted(self.changed):
-            if name == FEATURES:
+            if _is_local(name):
                 if self._descriptors is not None:
                     descriptor_files.save(
                         self._descriptors, self.path(name), collection_id=collection_id,
@@ -244,6 +241,11 @@ class IndexCache:
             self._hashes[name].save(self.path(name), collection_id=collection_id,
                                     signal=name, deletions=deletions)
         self.changed.clear()
+
+
+def _is_local(name: str) -> bool:
+    """Whether a signal is local features (their index is the descriptor index)."""
+    return registry.signal(name).kind == "local"
 
 
 def _append_codes(catalog: Catalog, name: str, index: BinaryIndex, after_id: int,
@@ -260,9 +262,9 @@ def _append_codes(catalog: Catalog, name: str, index: BinaryIndex, after_id: int
 
 def _append_features(catalog: Catalog, index: DescriptorIndex, after_id: int) -> int:
     """Append the local features of images above an id; returns how many images."""
-    added = 0
+    added, local = 0, registry.local()
     for rows in catalog.iter_features(after_image_id=after_id):
         for image_id, blob in rows:
-            index.add(image_id, features.LocalFeatures.from_bytes(blob))
+            index.add(image_id, local.load(blob))
         added += len(rows)
     return added

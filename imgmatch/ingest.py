@@ -209,8 +209,7 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
     """
     names = signal_registry.parse_list(",".join(signal_names))
     for name in names:
-        if name != signal_registry.FEATURES:
-            signal_registry.get(name).prepare()  # set-up fails here, not once per file
+        signal_registry.signal(name).prepare()  # set-up fails here, not once per file
     started = time.monotonic()
     summary = IngestSummary()
     options = Options(thumbnails=thumbnails, all_frames=all_frames)

@@ -24,7 +24,7 @@ from .catalog import Catalog
 from .errors import ImgmatchError
 from .index import BinaryIndex
 from .match import score_pairs
-from .signals import FEATURES, SignalType
+from .signals import SignalType
 
 #: A link pass whose new codes are fewer than 1/FEW_NEW of the old ones queries
 #: the index with them (1 to 2 ms each at 1e7) instead of joining,
@@ -42,7 +42,7 @@ def link_pairs(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
     for the join (0: every core this process may use); ``tables``: where the
     join's tables run instead (a Dask cluster), the rest staying here."""
     workers = workers or pairs.default_workers()
-    names = [n for n in (signals or catalog.signal_counts()) if n != FEATURES]
+    names = registry.split(signals or catalog.signal_counts())[0]
     out: dict[str, dict[str, int]] = {}
     for name in names:
         if name not in indexes:

@@ -474,7 +474,7 @@ def link_score(ev: Evidence) -> float:
     screenshot's photo) is capped so that clusters treat it as weak."""
     score = ev.settle()
     partial = ev.verified is not None and ev.verified.shared_area < PARTIAL_AREA
-    if partial and not any(n != "orb" for n in ev.agreed):
+    if partial and not any(n in ev.hashes for n in ev.agreed):  # no hash agreed
         score = min(score, PARTIAL_LINK_CAP)
     return score
 

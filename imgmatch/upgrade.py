@@ -28,7 +28,6 @@ from .analysis import Analysis, read_regular_file
 from .catalog import Catalog
 from .errors import InputError
 from .records import ImageRow
-from .signals import FEATURES
 from .workers import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT, InlinePool, Job, Pool, ProcessPool
 
 #: Images written per transaction.
@@ -73,25 +72,24 @@ def missing(catalog: Catalog, signals: Sequence[str]) -> Iterator[tuple[int, tup
     """Each image id with the signals it lacks (or holds from another
     version), in id order, a window of ids at a time. Images known only by a
     partner's hash are left out: they have no bytes."""
-    from .features import VERSION
-
     last = int(catalog.conn.execute("SELECT coalesce(max(id), 0) FROM images").fetchone()[0])
     for low in range(0, last, WINDOW):
         high = low + WINDOW
         out: dict[int, list[str]] = {}
         for name in signals:
-            if name == FEATURES:
+            sig = registry.signal(name)
+            if sig.kind == "local":  # the catalog keeps local features in a table of their own
                 rows = catalog.conn.execute(
                     "SELECT i.id FROM images i LEFT JOIN features f ON f.image_id = i.id "
                     "WHERE i.id > ? AND i.id <= ? AND i.sha256 IS NOT NULL "
-                    "AND (f.image_id IS NULL OR f.version != ?)", (low, high, VERSION))
+                    "AND (f.image_id IS NULL OR f.version != ?)", (low, high, sig.version))
             else:
                 rows = catalog.conn.execute(
                     "SELECT i.id FROM images i LEFT JOIN signals s "
                     "ON s.image_id = i.id AND s.signal = ? "
                     "WHERE i.id > ? AND i.id <= ? AND i.sha256 IS NOT NULL "
                     "AND (s.image_id IS NULL OR s.version != ?)",
-                    (name, low, high, registry.get(name).version))
+                    (name, low, high, sig.version))
             for (image_id,) in rows:
                 out.setdefault(image_id, []).append(name)
         for image_id in sorted(out):
@@ -207,7 +205,8 @@ def batches(catalog: Catalog, signals: Sequence[str], summary: UpgradeSummary, *
             lacking = lacking_of.pop(image_id)
             row = replace(analysis.image,
                           signals=tuple(s for s in analysis.image.signals if s.signal in lacking),
-                          features=analysis.image.features if FEATURES in lacking else None)
+                          features=(analysis.image.features
+                                    if registry.split(lacking)[1] else None))
             batch.append((image_id, analysis, row))
             if len(batch) >= BATCH:
                 yield batch

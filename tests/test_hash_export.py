@@ -362,7 +362,7 @@ def test_the_library_writes_to_any_stream(case):
             c.export_hashes(io.StringIO(), "pytx", signal="dhash")
         with pytest.raises(imgmatch.ExportError, match="no hash export format 'csv'"):
             c.export_hashes(io.StringIO(), "csv")
-        with pytest.raises(imgmatch.SignalError, match="unknown signal 'orb'"):
+        with pytest.raises(imgmatch.SignalError, match="'orb' is local features, not a hash"):
             c.export_hashes(io.StringIO(), "jsonl", signal="orb")
     assert summary["lines"] == 4 == len(buf.getvalue().splitlines())
 

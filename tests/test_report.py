@@ -876,12 +876,14 @@ def test_every_report_with_room_for_it_says_what_made_it(partner_db, tmp_path, f
     with imgmatch.Collection.open(partner_db, readonly=True) as c:
         made = c.made_with()
     assert set(made["signals"]) == {"pdq", "phash", "dhash", "orb"}  # the defaults
-    assert made["signals"]["pdq"] == {"version": get("pdq").version, "bits": 256,
-                                      "threshold": get("pdq").threshold}
+    assert made["signals"]["pdq"] == {"kind": "hash", "version": get("pdq").version,
+                                      "bits": 256, "threshold": get("pdq").threshold}
+    assert made["signals"]["orb"]["kind"] == "local"
     assert made["scores"]["match"] == imgmatch.MATCH_SCORE and len(made["model"]) == 12
     if fmt == "json":
         assert json.loads(text)["made_with"] == made
     else:
         assert f"imgmatch {made['imgmatch']}" in text
         assert f"pdq v{get('pdq').version} (within {get('pdq').threshold} bits)" in text
+        assert f"orb v{made['signals']['orb']['version']} (local features" in text
         assert f"evidence model {made['model']}" in text

@@ -19,8 +19,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
+from imgmatch import evidence, features
+from imgmatch import signals as registry
 from imgmatch.decode import Decoded, decode
 from imgmatch.errors import SignalError
+from imgmatch.report.provenance import describe, made_with
 from imgmatch.signals import (DEFAULT_SIGNALS, DIHEDRAL_OPS, HashValue, get, hamming,
                               names, parse_list)
 
@@ -449,6 +452,46 @@ def test_unknown_signal_lists_known_names():
         assert known in message
     with pytest.raises(SignalError):
         get("nosuchhash")
+
+
+def test_local_features_are_a_kind_of_signal_in_the_registry():
+    """``orb`` is registered like the hashes, with its own version, decode
+    size, threshold (the verification support from which it agrees) and
+    description; code tells the kinds apart by asking, not by name."""
+    orb = registry.signal("orb")
+    assert orb.kind == "local" and registry.local() is orb
+    assert (orb.version, orb.min_side) == (features.VERSION, features.SIDE)
+    assert orb.threshold == evidence.AGREED_SUPPORT
+    assert names() == sorted(set(names()) - {"orb"})  # the hashes, as before
+    assert names(kind="local") == ["orb"] and "orb" in names(kind=None)
+    assert registry.split(["pdq", "orb", "dhash"]) == (("pdq", "dhash"), ("orb",))
+    assert parse_list("pdq,ORB") == ("pdq", "orb")
+    assert "orb" not in registry.describe()  # partners exchange hashes only
+    with pytest.raises(SignalError, match="local features, not a hash"):
+        get("orb")
+    with pytest.raises(SignalError, match="a hash, not local features"):
+        registry.local("pdq")
+    with pytest.raises(SignalError, match="known signals: .*orb"):
+        registry.split(["pdq", "sift"])
+
+
+def test_reports_state_local_features_from_their_signal_type():
+    made = made_with(["pdq", "orb"], "0.0")
+    assert made["signals"]["orb"] == registry.local().describe()
+    assert made["signals"]["orb"]["kind"] == "local"
+    assert made["signals"]["pdq"] == PDQ.describe()
+    line = describe(made)
+    assert f"orb v{features.VERSION} (local features" in line
+    assert "pdq v1 (within 31 bits)" in line
+
+
+def test_a_second_kind_of_local_features_is_refused():
+    class Sift(registry.ORB):
+        name = "sift"
+
+    with pytest.raises(SignalError, match="already registered as 'orb'"):
+        registry.register(Sift)
+    assert "sift" not in names(kind=None)
 
 
 @given(st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32))

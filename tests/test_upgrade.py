@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from imgmatch import HASH_SIGNALS, Collection
+from imgmatch import HASH_SIGNALS, Collection, features
+from imgmatch import signals as registry
 from imgmatch import upgrade as upgrade_module
 from imgmatch import workers
 from imgmatch.catalog import Catalog
@@ -122,6 +123,30 @@ def test_upgrade_links_a_crop_that_only_local_features_find(tmp_path):
         assert len(reopened.descriptors) == 2
         assert {m.sha256 for m in reopened.query(photos / "crop.jpg")} >= {
             hashlib.sha256((photos / "temple.jpg").read_bytes()).hexdigest()}
+
+
+def test_local_features_of_another_version_are_taken_again(tmp_path, monkeypatch):
+    """Local features carry their signal's version like a hash: features of an
+    older extraction count as lacking, and upgrade replaces them (and only
+    them) and links the crop anew with the new ones."""
+    photos = _photo_and_crop(tmp_path / "photos", 0.55, 0.7)
+    db = tmp_path / "c.db"
+    with Collection.open(db) as c:
+        c.ingest(iter_paths([photos]))
+        assert c.upgrade().images_missing == 0  # nothing to do at the same version
+    monkeypatch.setattr(registry.ORB, "version", features.VERSION + 1)
+    with Collection.open(db) as c:
+        summary = c.upgrade()
+        assert summary.images_missing == 2 and summary.images_upgraded == 2
+        versions = c.catalog.conn.execute(
+            "SELECT DISTINCT version FROM features").fetchall()
+        assert versions == [(features.VERSION + 1,)]
+        assert c.upgrade().images_missing == 0
+        assert c.made_with()["signals"]["orb"] == registry.local().describe()
+        assert c.made_with()["signals"]["orb"]["version"] == features.VERSION + 1
+        matches = c.query(photos / "crop.jpg")
+        assert matches and matches[0].inliers
+    assert _signal_rows(db) == {"pdq": 2, "phash": 2, "dhash": 2, "orb": 2}
 
 
 def test_images_whose_files_are_gone_or_changed_are_listed_and_the_rest_upgraded(tmp_path):

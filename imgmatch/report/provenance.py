@@ -12,12 +12,10 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-from .. import features
 from .. import signals as registry
 from ..errors import SignalError
 from ..evidence import MODELS
 from ..match import THRESHOLDS
-from ..signals import FEATURES
 
 
 def model_digest() -> str:
@@ -31,15 +29,10 @@ def made_with(signal_names: Iterable[str], version: str) -> dict[str, Any]:
     """The provenance block of a report over a collection holding these signals."""
     signals: dict[str, dict[str, Any]] = {}
     for name in sorted(set(signal_names)):
-        if name == FEATURES:
-            signals[name] = {"version": features.VERSION, "kind": "local features"}
-            continue
         try:
-            sig = registry.get(name)
+            signals[name] = registry.signal(name).describe()
         except SignalError:  # a plug-in signal no longer installed: say so, do not fail
             signals[name] = {"version": None, "kind": "not installed"}
-            continue
-        signals[name] = {"version": sig.version, "bits": sig.bits, "threshold": sig.threshold}
     return {"imgmatch": version, "signals": signals, "model": model_digest(),
             "scores": dict(THRESHOLDS)}
 
@@ -48,7 +41,10 @@ def describe(made: dict[str, Any]) -> str:
     """One line of text for the formats that have no place for structure."""
     parts = []
     for name, info in made.get("signals", {}).items():
-        if info.get("threshold") is not None:
+        if info.get("kind") == "local":
+            parts.append(f"{name} v{info['version']} (local features, verified from "
+                         f"support {info.get('threshold')})")
+        elif info.get("threshold") is not None:
             parts.append(f"{name} v{info['version']} (within {info['threshold']} bits)")
         else:
             parts.append(f"{name} v{info.get('version')}")

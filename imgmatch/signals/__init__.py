@@ -2,27 +2,32 @@
 
 Built-ins register exactly the way an extension would (an ``imgmatch.signals``
 entry point naming a :class:`SignalType` subclass), so the core has no
-privileged path.
+privileged path. Two kinds are registered: hashes (:class:`SignalType`) and
+local features (:class:`LocalSignalType`, the built-in ``orb``). Code that
+treats them differently asks :func:`split` or a type's ``kind``, not a name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from .. import features
 from ..errors import SignalError
 from ..records import HashValue, hamming
-from .base import DIHEDRAL_OPS, SignalType
+from .base import DIHEDRAL_OPS, Signal, SignalType
 from .imagehashes import DHash, PHash
 from .learned import OnnxSignal
+from .local import ORB, LocalSignalType
 from .pdq import PDQ
 
-_REGISTRY: dict[str, SignalType] = {}
+_REGISTRY: dict[str, Signal] = {}
 _LOADED_ENTRY_POINTS = False
 
 #: The hash tier: the global hashes only (``--fast``). Several times faster
 #: to ingest, but blind to crops, borders, rotations, screenshots and collages.
 HASH_SIGNALS: tuple[str, ...] = ("pdq", "phash", "dhash")
-#: The name of local features (:mod:`imgmatch.features`) in a signal list:
-#: not a hash, but chosen the same way (``--signals pdq,phash,dhash,orb``).
+#: The name of the built-in local features (:class:`ORB`), the kind the
+#: catalog keeps beside the hashes (``--signals pdq,phash,dhash,orb``).
 FEATURES = features.NAME
 #: The robust tier: the hashes plus local features.
 ROBUST_SIGNALS: tuple[str, ...] = HASH_SIGNALS + (FEATURES,)
@@ -31,11 +36,17 @@ ROBUST_SIGNALS: tuple[str, ...] = HASH_SIGNALS + (FEATURES,)
 DEFAULT_SIGNALS: tuple[str, ...] = ROBUST_SIGNALS
 
 
-def register(signal_type: type[SignalType]) -> None:
-    """Add a signal type (a class) under its ``name``."""
+def register(signal_type: type[Signal]) -> None:
+    """Add a signal type (a class) under its ``name``. The catalog keeps one
+    kind of local features beside the hashes: a second is refused."""
     name = signal_type.name
     if name in _REGISTRY and type(_REGISTRY[name]) is not signal_type:
         raise SignalError(f"a different signal is already registered as {name!r}")
+    if issubclass(signal_type, LocalSignalType):
+        other = [n for n, sig in _REGISTRY.items() if sig.kind == "local" and n != name]
+        if other:
+            raise SignalError(f"local features are already registered as {other[0]!r}; "
+                              f"a collection keeps one kind")
     _REGISTRY[name] = signal_type()
 
 
@@ -51,22 +62,45 @@ def _load_entry_points() -> None:
             register(ep.load())
 
 
-def get(name: str) -> SignalType:
-    """The signal type called ``name``; SignalError lists the known ones."""
+def signal(name: str) -> Signal:
+    """The signal type called ``name``, of either kind; SignalError lists the known ones."""
     if name not in _REGISTRY:
         _load_entry_points()
     try:
         return _REGISTRY[name]
     except KeyError:
         raise SignalError(
-            f"unknown signal {name!r}; known signals: {', '.join(names())} "
-            f"(and {FEATURES}, local features)") from None
+            f"unknown signal {name!r}; known signals: {', '.join(names(kind=None))}") from None
 
 
-def names() -> list[str]:
-    """The hash signals (local features, :data:`FEATURES`, are not a hash)."""
+def get(name: str) -> SignalType:
+    """The hash signal called ``name`` (what most callers compare values of)."""
+    sig = signal(name)
+    if not isinstance(sig, SignalType):
+        raise SignalError(f"{name!r} is local features, not a hash: it has no hex values")
+    return sig
+
+
+def local(name: str = FEATURES) -> LocalSignalType:
+    """The local-features signal called ``name`` (by default the built-in)."""
+    sig = signal(name)
+    if not isinstance(sig, LocalSignalType):
+        raise SignalError(f"{name!r} is a hash, not local features")
+    return sig
+
+
+def split(signal_names: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Names as (hash signals, local features), order kept, each checked."""
+    chosen = tuple(signal_names)
+    kinds = {name: signal(name).kind for name in chosen}
+    return (tuple(n for n in chosen if kinds[n] == "hash"),
+            tuple(n for n in chosen if kinds[n] == "local"))
+
+
+def names(kind: str | None = "hash") -> list[str]:
+    """The registered signals of a kind (``hash``, ``local``, None: every one)."""
     _load_entry_points()
-    return sorted(_REGISTRY)
+    return sorted(name for name, sig in _REGISTRY.items() if kind in (None, sig.kind))
 
 
 def describe() -> dict[str, dict[str, int]]:
@@ -84,8 +118,7 @@ def parse_list(text: str | None) -> tuple[str, ...]:
         return DEFAULT_SIGNALS
     chosen = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
     for name in chosen:
-        if name != FEATURES:
-            get(name)
+        signal(name)
     if not chosen:
         raise SignalError("no signal named; give a comma-separated list such as pdq,phash")
     return chosen
@@ -97,10 +130,11 @@ def parse_hash(text: str, signal: str = "pdq") -> HashValue:
     return get(signal).from_hex(text)
 
 
-for _builtin in (PDQ, PHash, DHash, OnnxSignal):
+for _builtin in (PDQ, PHash, DHash, OnnxSignal, ORB):
     register(_builtin)
 
-__all__ = ["SignalType", "HashValue", "hamming", "DIHEDRAL_OPS", "DEFAULT_SIGNALS",
+__all__ = ["Signal", "SignalType", "LocalSignalType", "ORB", "signal", "local", "split",
+           "HashValue", "hamming", "DIHEDRAL_OPS", "DEFAULT_SIGNALS",
            "HASH_SIGNALS",
            "FEATURES", "ROBUST_SIGNALS",
            "register", "get", "names", "describe", "parse_list", "parse_hash", "PDQ",

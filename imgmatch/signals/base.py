@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from functools import lru_cache
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -90,25 +90,54 @@ def threshold_rows(values: np.ndarray, *, lower_median: bool,
     return [row.tobytes() for row in packed]
 
 
-class SignalType(ABC):
+class Signal(ABC):
+    """What every kind of signal has: a name to be chosen by (``--signals``),
+    a version stored beside each value (an image whose value is of another
+    version lacks the signal, :mod:`imgmatch.upgrade`), the decode it needs,
+    a threshold, and a description for reports and provenance.
+
+    Two kinds exist: a hash (:class:`SignalType`, one short value per image,
+    compared by Hamming distance) and local features
+    (:class:`~imgmatch.signals.local.LocalSignalType`, many descriptors per
+    image, compared by geometric verification). The registry holds both;
+    code that treats them differently asks for :attr:`kind`, never a name.
+    """
+
+    name: ClassVar[str]
+    #: ``hash`` or ``local``
+    kind: ClassVar[str]
+    version: ClassVar[int] = 1
+    #: the longer side the decoded image needs for this signal
+    min_side: ClassVar[int] = 64
+    #: the suffix of this signal's index folder beside the catalog
+    index_suffix: ClassVar[str]
+
+    def prepare(self) -> None:
+        """Load what the signal needs (a model file, a library), raising a
+        SignalError that says what is wrong before any image is read."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """The signal as reports and provenance blocks state it."""
+
+
+class SignalType(Signal):
     """One kind of binary hash: its name, size, threshold and computation.
 
     Subclasses are stateless; the registry holds one instance of each.
     ``threshold`` is inclusive: two values match when ``a - b <= threshold``.
     """
 
-    name: ClassVar[str]
+    kind: ClassVar[str] = "hash"
+    index_suffix: ClassVar[str] = "mih"
     bits: ClassVar[int]
     threshold: ClassVar[int]
-    version: ClassVar[int] = 1
     #: values below this quality are too plain to be evidence (None: no gate)
     min_quality: ClassVar[int | None] = None
-    #: the longer side the decoded image needs for this signal
-    min_side: ClassVar[int] = 64
 
-    def prepare(self) -> None:
-        """Load what the signal needs (a model file), raising a SignalError that
-        says what is wrong before any image is read. Hashes need nothing."""
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "version": self.version, "bits": self.bits,
+                "threshold": self.threshold}
 
     @abstractmethod
     def compute(self, image: Decoded) -> HashValue:
