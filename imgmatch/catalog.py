@@ -972,13 +972,15 @@ class Catalog:
                 f"SELECT image_id, data FROM features WHERE image_id IN ({marks})", chunk))
         return out
 
-    def with_features(self, image_ids: Iterable[int]) -> set[int]:
-        """Which of these images have local features (their blobs are not read)."""
+    def with_features(self, image_ids: Iterable[int], at_least: int = 1) -> set[int]:
+        """Which of these images have at least ``at_least`` keypoints of local
+        features (their blobs are not read)."""
         out: set[int] = set()
         for chunk in _chunks(list(image_ids), 500):
             marks = ",".join("?" * len(chunk))
             out.update(i for (i,) in self.conn.execute(
-                f"SELECT image_id FROM features WHERE image_id IN ({marks})", chunk))
+                f"SELECT image_id FROM features WHERE image_id IN ({marks}) AND count >= ?",
+                [*chunk, at_least]))
         return out
 
     def signal_versions(self, image_ids: Sequence[int]) -> dict[int, dict[str, int]]:

@@ -29,7 +29,8 @@ from .catalog import Catalog
 from .errors import ImgmatchError, InputError, SignalError
 from .decode import decode
 from .evidence import RULES, SCALES, Evidence, calibration_at
-from .match import THRESHOLDS, TRANSFORM_NAMES, LocalQuery, measure, pixel_query
+from .match import (THRESHOLDS, TRANSFORM_NAMES, VERIFIABLE, LocalQuery, measure,
+                    pixel_query)
 from .model import Explanation, Link, SignalComparison
 from .records import HashValue
 from .upgrade import reread
@@ -203,6 +204,9 @@ def _notes(ev: Evidence, mine: dict, theirs: dict, a_features: bool,
     elif b_features and not a_features:
         out.append("A has no local features: not verified geometrically (a query with "
                    "A's picture would have them)")
+    elif a_features and b_features and not ev.robust:
+        out.append(f"A or B has fewer than {VERIFIABLE} keypoints, too few to verify: "
+                   "weighed by its hashes alone")
     if ev.verified is not None and unread is not None:
         out.append("without A's picture, its local features were compared without its "
                    "mirror image and the aligned comparison was not made")

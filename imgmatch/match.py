@@ -45,6 +45,14 @@ MIN_CANDIDATES = 32
 #: Signals whose plain or degenerate values make the whole pair low-information.
 INFORMATION_SIGNALS = ("pdq", "phash")
 
+#: Keypoints an image needs for a failed verification to count against a
+#: pair: with fewer (a smooth picture has none) the hashes decide, as for an
+#: image without local features. Chosen on the fit half (``scripts/bench
+#: accuracy --verifiable N``): 8 against 1 found a little more (recall at
+#: precision 0.99 0.840 against 0.839, the crawl 0.863 against 0.862);
+#: 20, the support from which local features agree, raised the negatives
+#: scoring 0.5 or more from 2.7% to 3.3% (app screenshots of few corners).
+VERIFIABLE = 8
 #: Candidates verified geometrically: the best by hash score, and the most
 #: voted by the descriptor index.
 VERIFY_FROM_HASHES = 4
@@ -146,9 +154,11 @@ def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterab
             tried.setdefault(image_id, []).append((result, flipped, n))
     # the robust model weighs the candidates that local features could have
     # found: for one without any (a partner's hash, an image catalogued by
-    # the hash tier) a missing verification is no evidence
-    for image_id in catalog.with_features(found):
-        found[image_id].robust = True
+    # the hash tier) or with too few to verify (a smooth picture), and for
+    # a query with too few, a missing verification is no evidence
+    if views and len(views[0][0][0]) >= VERIFIABLE:
+        for image_id in catalog.with_features(found, at_least=VERIFIABLE):
+            found[image_id].robust = True
     for image_id, results in tried.items():
         ev = found.setdefault(image_id, Evidence(robust=True))
         if KEEP_BEST_BY == "support":
@@ -416,6 +426,12 @@ def pixel_query(pixels: Callable[[], Decoded], names: Iterable[str], *, local_fe
     return query, views, grey
 
 
+def _best_by_hashes(found: Mapping[int, Evidence]) -> list[int]:
+    """The :data:`VERIFY_FROM_HASHES` candidates the hashes alone rank highest."""
+    by_hashes = {i: ev.score() for i, ev in found.items()}
+    return sorted(by_hashes, key=lambda i: (-by_hashes[i], i))[:VERIFY_FROM_HASHES]
+
+
 def measure(catalog: Catalog, query: Mapping[str, Sequence[HashValue]], candidates: Iterable[int],
             views: Sequence[tuple[LocalQuery, set[int]]] = (), grey: np.ndarray | None = None
             ) -> tuple[dict[int, Evidence], dict[int, dict[str, tuple[bytes, int | None]]]]:
@@ -431,9 +447,7 @@ def measure(catalog: Catalog, query: Mapping[str, Sequence[HashValue]], candidat
     stored = catalog.signals_of(sorted(candidates))
     found = gather_evidence(query, stored)
     if views:
-        by_hashes = {i: ev.score() for i, ev in found.items()}
-        views[0][1].update(sorted(by_hashes, key=lambda i: (-by_hashes[i], i))
-                           [:VERIFY_FROM_HASHES])
+        views[0][1].update(_best_by_hashes(found))
         verify_candidates(catalog, views, found, grey,
                           {i: values["pdq"][0] for i, values in stored.items()
                            if "pdq" in values})
@@ -555,12 +569,18 @@ class IndexLinker:
             others = {o: stored.get(o, {}) for o in
                       sorted(candidates[image_id] | set(voted.get(image_id, ())))}
             found = gather_evidence(query, others)
-            if voted.get(image_id):
-                verify_candidates(self.catalog, [(local[sha256], voted[image_id])], found,
-                                  greys.get(sha256),
-                                  {o: stored[o]["pdq"][0] for o in voted[image_id]
-                                   if "pdq" in stored.get(o, {})},
-                                  orientations.get(image_id))
+            if sha256 in local:
+                # as a query does (:func:`measure`): the votes' candidates and the
+                # best few by hashes; the robust model counts an unverified
+                # candidate as weak evidence, so a copy the votes missed (a small
+                # downscale has few keypoints) must be verified to be linked
+                chosen = set(voted.get(image_id, ())) | set(_best_by_hashes(found))
+                if chosen:
+                    verify_candidates(self.catalog, [(local[sha256], chosen)], found,
+                                      greys.get(sha256),
+                                      {o: stored[o]["pdq"][0] for o in chosen
+                                       if "pdq" in stored.get(o, {})},
+                                      orientations.get(image_id))
             for other, ev in found.items():
                 score = link_score(ev)
                 if score >= self.min_score and ev.agreed:

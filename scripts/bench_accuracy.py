@@ -343,21 +343,22 @@ def run_set(scorer, ds_dir: Path, args) -> tuple[dict, list[str]]:
 CRAWL_ARGS = {"hashes": ["--fast"], "robust": []}
 
 
-#: Settings of :mod:`imgmatch.descriptors` changed on the command line: the
-#: crawl's CLI processes are given them too.
-DESCRIPTOR_SETTINGS: dict[str, int] = {}
+#: Settings of :mod:`imgmatch.descriptors` and :mod:`imgmatch.match` changed
+#: on the command line, by module: the crawl's CLI processes are given them too.
+SETTINGS: dict[str, dict[str, int]] = {"descriptors": {}, "match": {}}
 
 
 def crawl(ds_dir: Path, ingest_args: list[str]) -> dict:
     """../shared/bench/crawl_eval.py on a set, through this environment's CLI
-    (wrapped, if descriptor settings were changed, so that it uses them)."""
+    (wrapped, if settings were changed, so that it uses them)."""
     exe = Path(sys.executable).parent / "imgmatch"
     with tempfile.TemporaryDirectory(prefix="imgmatch-crawl-") as work:
-        if DESCRIPTOR_SETTINGS:
+        if any(SETTINGS.values()):
             exe = Path(work) / "imgmatch"
-            exe.write_text(f"#!{sys.executable}\nimport sys\nfrom imgmatch import descriptors\n"
-                           + "".join(f"descriptors.{k} = {v}\n"
-                                     for k, v in DESCRIPTOR_SETTINGS.items())
+            exe.write_text(f"#!{sys.executable}\nimport sys\n"
+                           "from imgmatch import descriptors, match\n"
+                           + "".join(f"{module}.{k} = {v}\n" for module, values in SETTINGS.items()
+                                     for k, v in values.items())
                            + "from imgmatch.cli import main\nsys.exit(main())\n")
             exe.chmod(0o700)
         out = Path(work) / "crawl.json"
@@ -398,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-best-by", choices=("support", "score"),
                     help="which of a candidate's verifications (one per query view that "
                          "voted for it) counts (default: the library's)")
+    ap.add_argument("--verifiable", type=int,
+                    help="keypoints an image needs for a failed verification to count "
+                         "against a pair (imgmatch.match.VERIFIABLE; default: the library's)")
     ap.add_argument("--ingest-links", action="store_true",
                     help="then catalogue the screenshot and collage queries beside the "
                          "references, and count those linked to their reference at ingest")
@@ -409,14 +413,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write every figure as JSON")
     args = ap.parse_args(argv)
 
-    from imgmatch import descriptors
+    from imgmatch import descriptors, match
     if args.compact_rows:
-        DESCRIPTOR_SETTINGS["COMPACT_ROWS"] = int(args.compact_rows)
+        SETTINGS["descriptors"]["COMPACT_ROWS"] = int(args.compact_rows)
     if args.per_image:
-        DESCRIPTOR_SETTINGS["PER_IMAGE"] = args.per_image
-    for name, value in DESCRIPTOR_SETTINGS.items():
-        setattr(descriptors, name, value)
-    from imgmatch import match
+        SETTINGS["descriptors"]["PER_IMAGE"] = args.per_image
+    if args.verifiable is not None:
+        SETTINGS["match"]["VERIFIABLE"] = args.verifiable
+    for module, values in (("descriptors", descriptors), ("match", match)):
+        for name, value in SETTINGS[module].items():
+            setattr(values, name, value)
     if args.tile_voters:  # queries only: the crawl's ingest does not tile
         match.TILE_VOTERS = args.tile_voters
     if args.explained_share:

@@ -336,6 +336,58 @@ def test_ingest_links_a_collage_to_its_photos(tmp_path) -> None:
     assert "orb" in linked[sha_of("astronaut")].agreed
 
 
+def test_ingest_verifies_a_copy_its_hashes_find_and_its_votes_miss(tmp_path, monkeypatch) -> None:
+    """A small downscale has few keypoints, so its descriptor votes can go to
+    other images while its hashes find the original. The robust model counts
+    an unverified candidate as weak evidence (such a pair scored 0.04), so
+    ingest verifies the best candidates by hashes too, as a query does."""
+    small = rgb("astronaut")
+    small = jpeg(small.resize((small.width // 4, small.height // 4), Image.BICUBIC))
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        c.add_many([(ORIGINALS / "astronaut.jpg", None), (ORIGINALS / "coffee.jpg", None)],
+                   signals=ROBUST_SIGNALS, workers=0)
+        coffee = c.catalog.conn.execute("SELECT id FROM images WHERE sha256 = ?",
+                                        (sha_of("coffee"),)).fetchone()[0]
+
+        def votes_elsewhere(self, new_images, local):
+            return {image_id: [coffee] for image_id, _ in new_images}, {}
+
+        monkeypatch.setattr(match.IndexLinker, "_voted", votes_elsewhere)
+        c.add_many([(small, None)], signals=ROBUST_SIGNALS, workers=0)
+        record = c.image(imgmatch.collection.hash_bytes(small)["sha256"])
+    linked = {link.sha256: link for link in record.links}
+    assert set(linked) == {sha_of("astronaut")}
+    assert linked[sha_of("astronaut")].score >= PRECISE
+    assert "pdq" in linked[sha_of("astronaut")].agreed
+
+
+def smooth(size: tuple[int, int], seed: int = 7) -> Image.Image:
+    """Smooth colour blobs: a picture without a corner for ORB to find."""
+    rng = np.random.default_rng(seed)
+    cells = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    return Image.fromarray(cells, "RGB").resize(size, Image.Resampling.BICUBIC)
+
+
+def test_a_picture_too_smooth_to_verify_is_weighed_by_its_hashes(tmp_path) -> None:
+    """Too few keypoints to verify (:data:`imgmatch.match.VERIFIABLE`): a
+    failed verification says nothing, so the hashes decide, at ingest and in a
+    query alike (the robust model weighed it as a verification that failed: an
+    exact downscale scored 0.04 and was neither linked nor reported)."""
+    original, small = jpeg(smooth((640, 480)), 90), jpeg(smooth((320, 240)), 60)
+    assert len(features.extract(grey(Image.open(io.BytesIO(original))))) < match.VERIFIABLE
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        c.add_many([(ORIGINALS / "astronaut.jpg", None), (original, None), (small, None)],
+                   signals=ROBUST_SIGNALS, workers=0)
+        assert c.robust
+        sha, itself = (imgmatch.collection.hash_bytes(b)["sha256"] for b in (original, small))
+        links = c.image(itself).links
+        matches = [m for m in c.query(small) if m.sha256 != itself]
+        why = c.explain(itself, sha)
+    assert [link.sha256 for link in links] == [sha] and links[0].score >= PRECISE
+    assert why.score == matches[0].score and any("too few to verify" in n for n in why.notes)
+    assert matches[0].sha256 == sha and matches[0].score >= PRECISE
+
+
 def test_descriptor_index_survives_reopen_erase_and_reindex(tmp_path) -> None:
     db = tmp_path / "c.db"
     query = jpeg(EDITS["screenshot"](rgb("temple")))
