@@ -22,8 +22,9 @@ and fast at millions of images:
 
 - the *vocabulary* is about one word per :data:`WORD_ROWS` stored
   descriptors, sampled (seeded) from the index itself, under a second
-  level of about sqrt(words) roots: a descriptor's word is found among the
-  words of its nearest roots (FAISS ``IndexBinaryIVF`` over the words), so
+  level of about :data:`ROOTS` x sqrt(words) roots: a descriptor's word is
+  found among the words of its nearest root (FAISS ``IndexBinaryIVF`` over
+  the words), so
   placing a descriptor costs a few thousand bit comparisons however large
   the vocabulary, and no training pass is needed;
 - each stored descriptor is kept in memory only as its image id and a
@@ -84,15 +85,31 @@ NPROBE = 16
 COMPACT_ROWS = 1 << 23
 #: Stored descriptors per visual word, on average (the vocabulary's size).
 WORD_ROWS = 128
-#: Roots searched, and words probed, per query descriptor. Chosen on the fit
-#: half at a million images (``scripts/bench votes --probes 1e6``: its
-#: references among synthetic images made from other sets' descriptors, its
-#: 1,344 positive queries): the reference was among the 8 most voted for
-#: 0.833 of the queries with 2 roots and 4 words, vote search p50 / p99 23.7
-#: / 61.4 ms, against 0.834 and 47.6 / 303.8 ms with 4 and 8, and 0.838
-#: and 41.3 / 256.9 ms with 2 and 8. At the fit half's own size (155,884
-#: rows, ``--settings``) all of them found 0.878.
-PROBE_ROOTS = 2
+#: Roots over the words, per square root of the number of words (about
+#: 2,000 roots at a million images). Chosen with the probes below.
+ROOTS = 2.0
+#: Roots searched, and words probed, per query descriptor. A stored
+#: descriptor is placed in the nearest word of its nearest root, so a query
+#: descriptor searching that one root finds the words its neighbours were
+#: placed in; a second root adds words they were not. Chosen on the fit half
+#: at a million images (``scripts/bench votes --probes 1e6 --roots 1,2,4
+#: --probe-list ...``: its references among synthetic images made from
+#: other sets' descriptors, its 1,344 positive queries; the reference among
+#: the 8 most voted; vote search p50 / p99; first build):
+#:
+#: - 1 root per square root of the words, 2 searched, 4 words (before):
+#:   0.833, 17.6 / 47.2 ms, 459 s; 1 searched: 0.842, 13.5 / 38.9 ms;
+#: - 2 roots per square root, 1 searched (chosen, the most found): 0.844,
+#:   13.1 / 28.4 ms (13.6 / 35.3 in a second build), 397 s;
+#: - 4 roots per square root, 1 searched: 0.842, 12.4 / 28.1 ms, 428 s;
+#:   but on the dev set's queries at every size past 10,000 images, slower
+#:   than 2 (``scripts/bench votes``: a query with its tiles 58.5 against
+#:   50.9 ms p50 at a million, the build 462 against 384 s);
+#: - 8 words instead of 4: 0.840 to 0.843, in 1.5 to 1.6 times the time.
+#:
+#: At the fit half's own size (155,884 rows, ``--settings``) the probes
+#: could not be told apart.
+PROBE_ROOTS = 1
 PROBE_WORDS = 4
 #: Bits of a stored descriptor kept in memory, and the signature distance
 #: within which it can vote. Chosen on the fit half of the second set
@@ -337,7 +354,7 @@ class DescriptorIndex:
         self.words = np.ascontiguousarray(codes[np.sort(rng.choice(len(codes), n_words,
                                                                    replace=False))])
         self.roots = np.ascontiguousarray(
-            self.words[np.sort(rng.choice(n_words, max(8, int(np.sqrt(n_words))),
+            self.words[np.sort(rng.choice(n_words, _roots(n_words),
                                           replace=False))])
         self.word_roots = _nearest(self.roots, self.words)
         self._vocabulary = None
@@ -577,28 +594,59 @@ def _signatures(codes: np.ndarray) -> np.ndarray:
 def _scan(owner: np.ndarray, sig: np.ndarray, start: np.ndarray, words: np.ndarray,
           voter: np.ndarray, signatures: np.ndarray) -> np.ndarray:
     """The entries of the probed words within the signature distance of their
-    query row, packed as :func:`_nearest_entries` takes them."""
+    query row, and within the row's cut-off (:func:`_cutoff`), packed as
+    :func:`_nearest_entries` takes them."""
     first, lengths = start[words], start[words + 1] - start[words]
     ends = np.cumsum(lengths)
     total = int(ends[-1]) if len(ends) else 0
-    rows = np.repeat(first - ends + lengths, lengths) + np.arange(total)
+    # 32-bit positions while the lists allow: half the memory traffic of the expansion
+    kind = np.int32 if len(sig) < 1 << 31 else np.int64
+    rows = np.repeat((first - ends + lengths).astype(kind), lengths) + np.arange(total, dtype=kind)
     distance = np.bitwise_count(sig[rows] ^ np.repeat(signatures[voter], lengths))
     near = np.flatnonzero(distance <= SIGNATURE_DISTANCE)
     # whose entries these are: the probe each near entry came from
     voters = voter[np.searchsorted(ends, near, side="right")]
+    distance = distance[near]
+    keep = _cutoff(voters, distance)
+    voters, distance, near = voters[keep], distance[keep], near[keep]
     return (voters.astype(np.uint64) << np.uint64(40)) \
-        | (distance[near].astype(np.uint64) << np.uint64(32)) \
+        | (distance.astype(np.uint64) << np.uint64(32)) \
         | owner[rows[near]].astype(np.uint64)
+
+
+def _cutoff(voters: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """Which entries lie within their query row's cut-off: the least distance
+    within which the row has :data:`NEIGHBOURS` entries (all of a row with
+    fewer). Only those can be among its nearest, ties included. In a clump of
+    descriptors (a logo, an interface repeated across a crawl) a row finds
+    hundreds of entries within the signature distance, and sorting them all
+    was a fifth of a search at a million images."""
+    if len(voters) <= NEIGHBOURS:
+        return np.ones(len(voters), bool)
+    voters, distance = voters.astype(np.int64), distance.astype(np.int64)
+    span = int(distance.max()) + 1
+    counts = np.bincount(voters * span + distance,
+                         minlength=(int(voters.max()) + 1) * span).reshape(-1, span)
+    reached = np.cumsum(counts, axis=1) >= NEIGHBOURS
+    cutoff = np.where(reached[:, -1], reached.argmax(axis=1), span)
+    return distance <= cutoff[voters]
 
 
 def _nearest_entries(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each query row's :data:`NEIGHBOURS` nearest entries: (query row, image
     id). ``packed``: query row, distance and image id in one integer, so one
     sort orders them (ties go to the lower image id: the same votes however
-    the rows are split in lists)."""
+    the rows are split in lists). The entries past each row's cut-off are
+    dropped first (:func:`_cutoff`): the same selection, sorting fewer."""
+    voters = (packed >> np.uint64(40)).astype(np.int64)
+    packed = packed[_cutoff(voters, (packed >> np.uint64(32)) & np.uint64(0xFF))]
     packed = np.sort(packed)
     voters = (packed >> np.uint64(40)).astype(np.int64)
-    rank = np.arange(len(voters)) - np.searchsorted(voters, voters, side="left")
+    # rank of each entry within its row: its place less its row's first place
+    first = np.ones(len(voters), bool)
+    first[1:] = voters[1:] != voters[:-1]
+    starts = np.flatnonzero(first)
+    rank = np.arange(len(voters)) - np.repeat(starts, np.diff(np.append(starts, len(voters))))
     near = rank < NEIGHBOURS
     return voters[near], (packed[near] & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
@@ -607,6 +655,11 @@ def _flat() -> Any:
     import faiss
 
     return faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
+
+
+def _roots(words: int) -> int:
+    """How many roots a vocabulary of this many words has."""
+    return min(words, max(8, int(ROOTS * np.sqrt(words))))
 
 
 def _sample_centres(codes: np.ndarray) -> np.ndarray:
@@ -669,7 +722,7 @@ FACTORY = "ORB-votes+words"
 def _params() -> dict[str, int]:
     """The settings an index's rows depend on: a change means a rebuild."""
     return {"features_version": VERSION, "per_image": PER_IMAGE, "word_rows": WORD_ROWS,
-            "signature_bits": SIGNATURE_BITS}
+            "signature_bits": SIGNATURE_BITS, "roots_per_1000": round(1000 * ROOTS)}
 
 
 def save(index: DescriptorIndex, path: Path, *, collection_id: str, deletions: int,

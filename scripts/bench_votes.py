@@ -34,6 +34,7 @@ chosen, on the fit half of the second set only.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import os
 import sys
@@ -217,6 +218,12 @@ class _Blobs:
         self.making += time.perf_counter() - t
         return {i: self.blobs[i] for i in ids}
 
+    def with_features(self, ids, at_least: int = 1) -> set[int]:
+        """Every image here has local features, and enough of them to verify
+        (a synthetic image's are :data:`MAX_FEATURES`; a reference's are real)."""
+        return {i for i in ids if i <= self.fillers
+                or len(self.data["refs"][i - self.fillers - 1]) >= at_least}
+
 
 def stored_blob(index: descriptors.DescriptorIndex, image_id: int, pool: np.ndarray,
                 fillers: int, ref_blobs: list[bytes]) -> bytes:
@@ -265,14 +272,17 @@ def full_queries(index: descriptors.DescriptorIndex, data: dict, chosen: np.ndar
 SETTINGS = [
     ("exact scan", {"IVF_ROWS": 1 << 62, "COMPACT_ROWS": 1 << 62}),
     ("cells", {"COMPACT_ROWS": 1 << 62}),
-    ("words: 32-bit signatures within 6; 2 roots, 4 words (chosen)", {"COMPACT_ROWS": 4096}),
-    ("words: 4 roots, 8 words", {"COMPACT_ROWS": 4096, "PROBE_ROOTS": 4, "PROBE_WORDS": 8}),
-    ("words: 2 roots, 8 words", {"COMPACT_ROWS": 4096, "PROBE_WORDS": 8}),
-    ("words: 4 roots, 4 words", {"COMPACT_ROWS": 4096, "PROBE_ROOTS": 4}),
-    ("words: within 8 bits; 4 roots, 8 words", {"COMPACT_ROWS": 4096, "SIGNATURE_DISTANCE": 8,
-                                                "PROBE_ROOTS": 4, "PROBE_WORDS": 8}),
-    ("words: 64-bit signatures within 12; 4 roots, 8 words",
-     {"COMPACT_ROWS": 4096, "SIGNATURE_BITS": 64, "SIGNATURE_DISTANCE": 12,
+    ("words: 32-bit signatures within 6; 2 roots per square root of the words, 1 searched, "
+     "4 words (chosen)", {"COMPACT_ROWS": 4096}),
+    ("words: 1 root per square root of the words, 2 searched, 4 words (before)",
+     {"COMPACT_ROWS": 4096, "ROOTS": 1.0, "PROBE_ROOTS": 2}),
+    ("words: 1 root per square root of the words, 4 searched, 8 words",
+     {"COMPACT_ROWS": 4096, "ROOTS": 1.0, "PROBE_ROOTS": 4, "PROBE_WORDS": 8}),
+    ("words: within 8 bits; 1 root per square root, 4 searched, 8 words",
+     {"COMPACT_ROWS": 4096, "SIGNATURE_DISTANCE": 8, "ROOTS": 1.0, "PROBE_ROOTS": 4,
+      "PROBE_WORDS": 8}),
+    ("words: 64-bit signatures within 12; 1 root per square root, 4 searched, 8 words",
+     {"COMPACT_ROWS": 4096, "SIGNATURE_BITS": 64, "SIGNATURE_DISTANCE": 12, "ROOTS": 1.0,
       "PROBE_ROOTS": 4, "PROBE_WORDS": 8}),
 ]
 
@@ -317,14 +327,17 @@ def settings_table(fit: Path, others: list[Path]) -> list[str]:
 
 
 #: The query-time settings compared by ``--probes``: (roots searched, words probed).
-PROBES = [(4, 8), (2, 8), (4, 4), (2, 4)]
+PROBES = [(4, 8), (2, 8), (4, 4), (2, 4), (1, 4), (1, 8)]
 
 
-def probes_table(fit: Path, others: list[Path], images: int, queries: int) -> list[str]:
+def probes_table(fit: Path, others: list[Path], images: int, queries: int,
+                 roots: list[float], probes: list[tuple[int, int]]) -> list[str]:
     """The compact file's probes at scale, on the fit half: its references
     among ``images`` - 558 synthetic images drawn (like :func:`run`'s) from
     the descriptors of other sets' references, never the fit half's; its
-    positive queries. One build; each setting searches it."""
+    positive queries. One build per vocabulary (``roots``: roots per square
+    root of the words, :data:`imgmatch.descriptors.ROOTS`); each setting of
+    ``probes`` searches it."""
     refs = list(csv.DictReader(open(fit / "references.csv")))
     asked_rows = [q for q in csv.DictReader(open(fit / "queries.csv"))
                   if q["is_negative"] == "0"]
@@ -339,26 +352,34 @@ def probes_table(fit: Path, others: list[Path], images: int, queries: int) -> li
     number = {r["reference_id"]: n for n, r in enumerate(refs)}
     fillers = images - len(stored)
     truth = [fillers + 1 + number[asked_rows[q]["reference_id"]] for q in chosen]
-    saved = descriptors.COMPACT_ROWS, descriptors.PROBE_ROOTS, descriptors.PROBE_WORDS
+    saved = (descriptors.COMPACT_ROWS, descriptors.ROOTS, descriptors.PROBE_ROOTS,
+             descriptors.PROBE_WORDS)
     descriptors.COMPACT_ROWS = 4096
-    lines = [f"| roots searched, words probed | reference among the 8 most voted "
-             f"| vote p50 / p99 ms ({images:,} images) |", "|---|---|---|"]
+    lines = [f"| roots (per square root of the words) | roots searched, words probed "
+             f"| reference among the 8 most voted | vote p50 / p99 ms ({images:,} images) "
+             f"| first build s |", "|---|---|---|---|---|"]
     try:
-        index, _ = collection(rng, pool, stored, fillers)
-        for roots, words in PROBES:
-            descriptors.PROBE_ROOTS, descriptors.PROBE_WORDS = roots, words
-            found, times = 0, []
-            for (plain, mirror), target in zip(asked, truth):
-                t = time.perf_counter()
-                voted = index.candidates([features_of(plain), features_of(mirror)], 8)
-                times.append(time.perf_counter() - t)
-                found += target in [i for i, votes in voted if votes >= 3]
-            times.sort()
-            lines.append(f"| {roots}, {words} | {found / len(asked):.3f} "
-                         f"| {_ms(times, 0.5):.1f} / {_ms(times, 0.99):.1f} |")
-            print(lines[-1], file=sys.stderr)
+        for root in roots:
+            descriptors.ROOTS = root
+            # the same collection for every vocabulary
+            index, build = collection(copy.deepcopy(rng), pool, stored, fillers)
+            for probe_roots, words in probes:
+                descriptors.PROBE_ROOTS, descriptors.PROBE_WORDS = probe_roots, words
+                found, times = 0, []
+                for (plain, mirror), target in zip(asked, truth):
+                    t = time.perf_counter()
+                    voted = index.candidates([features_of(plain), features_of(mirror)], 8)
+                    times.append(time.perf_counter() - t)
+                    found += target in [i for i, votes in voted if votes >= 3]
+                times.sort()
+                lines.append(f"| {root:g} ({len(index.roots):,}) | {probe_roots}, {words} "
+                             f"| {found / len(asked):.3f} "
+                             f"| {_ms(times, 0.5):.1f} / {_ms(times, 0.99):.1f} | {build:.0f} |")
+                print(lines[-1], file=sys.stderr)
+            del index
     finally:
-        descriptors.COMPACT_ROWS, descriptors.PROBE_ROOTS, descriptors.PROBE_WORDS = saved
+        (descriptors.COMPACT_ROWS, descriptors.ROOTS, descriptors.PROBE_ROOTS,
+         descriptors.PROBE_WORDS) = saved
     return lines
 
 
@@ -379,15 +400,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probes", default="",
                     help="instead, compare the roots searched and words probed at this many "
                          "images, on the fit half (other sets' descriptors as distractors)")
+    ap.add_argument("--roots", default="",
+                    help="with --probes: the vocabularies compared, as roots per square root "
+                         "of the words (comma-separated; default: the library's)")
+    ap.add_argument("--probe-list", default="",
+                    help="with --probes: the (roots searched, words probed) compared, as "
+                         "'2x4,3x4' (default: " + ",".join(f"{r}x{w}" for r, w in PROBES) + ")")
     ap.add_argument("--md", type=Path)
     args = ap.parse_args(argv)
     import faiss
 
     faiss.omp_set_num_threads(1)
     if args.probes:
+        roots = [float(r) for r in args.roots.split(",")] if args.roots \
+            else [descriptors.ROOTS]
+        probes = [tuple(int(n) for n in p.split("x")) for p in args.probe_list.split(",")] \
+            if args.probe_list else PROBES
         return emit(probes_table(ensure_second("fit"), [ensure_second("check"),
                                                         ensure_dev_corpus()],
-                                 int(float(args.probes)), args.queries), args.md)
+                                 int(float(args.probes)), args.queries, roots, probes), args.md)
     if args.settings:
         return emit(settings_table(ensure_second("fit"), [ensure_second("check"),
                                                           ensure_dev_corpus()]), args.md)

@@ -541,12 +541,15 @@ def test_erasing_before_new_rows_are_placed_places_each_row_once(monkeypatch, st
         assert np.array_equal(index.cells, nearest.ravel())  # each row in its own cell
 
 
-@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 8), st.integers(0, 2 ** 32 - 1)),
-                max_size=300))
-@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 40).flatmap(lambda rows: st.lists(
+    st.tuples(st.integers(0, rows), st.integers(0, 8), st.integers(0, 2 ** 32 - 1)),
+    max_size=300)))
+@settings(max_examples=80, deadline=None)
 def test_each_query_row_votes_through_its_nearest_entries(entries) -> None:
     """The packed sort keeps, per query row, the NEIGHBOURS entries of least
-    distance (ties to the lower image id), like a sort on the three keys."""
+    distance (ties to the lower image id), like a sort on the three keys;
+    also when rows hold many entries (a clump), where each row's cut-off
+    distance drops most of them before the sort."""
     from imgmatch import descriptors
 
     voter = np.array([e[0] for e in entries], np.uint64)
@@ -718,3 +721,42 @@ def test_the_mirror_s_features_are_those_a_detection_on_the_mirror_finds(path) -
     close = gaps[np.arange(len(mirrored)), nearest] < 1.0
     same = (mirrored.descriptors == detected.descriptors[nearest]).all(axis=1)
     assert (close & same).mean() >= 0.95
+
+
+@given(st.integers(1, 2 ** 31), st.integers(1, 12), st.integers(2, 30))
+@settings(max_examples=40, deadline=None)
+def test_a_search_over_two_posting_lists_keeps_each_rows_nearest(seed, rows, entries) -> None:
+    """The compact file's scan drops entries past each row's cut-off in each
+    posting list (the main one and the tail) before the two are merged: the
+    votes are still each row's NEIGHBOURS nearest entries over both lists,
+    as a brute-force pass over every entry of the probed words finds them."""
+    from imgmatch import descriptors
+
+    rng = np.random.default_rng(seed)
+    n_words = 6
+
+    def lists():
+        word = rng.integers(0, n_words, entries * n_words)
+        order = np.argsort(word, kind="stable")
+        # few signature values: many ties and many entries within the distance
+        sig = rng.choice(np.array([0, 1, 3, 7, 0xFF, 0xFFFF], np.uint32), len(word))[order]
+        owner = rng.integers(0, 50, len(word)).astype(np.uint32)[order]
+        start = np.searchsorted(word[order], np.arange(n_words + 1)).astype(np.int64)
+        return owner, sig, start
+
+    main, tail = lists(), lists()
+    probes = [(r, w) for r in range(rows) for w in rng.choice(n_words, 3, replace=False)]
+    voter = np.array([r for r, _ in probes], np.int64)
+    words = np.array([w for _, w in probes], np.int64)
+    signatures = rng.choice(np.array([0, 1, 0xF0F0], np.uint32), rows)
+    voters, owners = descriptors._nearest_entries(np.concatenate(
+        [descriptors._scan(*part, words, voter, signatures) for part in (main, tail)]))
+    want = []
+    for r in range(rows):
+        found = sorted((int(np.bitwise_count(sig[i] ^ signatures[r])), int(owner[i]))
+                       for owner, sig, start in (main, tail)
+                       for w in words[voter == r] for i in range(start[w], start[w + 1])
+                       if np.bitwise_count(sig[i] ^ signatures[r])
+                       <= descriptors.SIGNATURE_DISTANCE)
+        want += [(r, o) for _, o in found[:descriptors.NEIGHBOURS]]
+    assert list(zip(voters.tolist(), owners.tolist())) == want
