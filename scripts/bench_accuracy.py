@@ -420,9 +420,9 @@ def main(argv: list[str] | None = None) -> int:
         SETTINGS["descriptors"]["PER_IMAGE"] = args.per_image
     if args.verifiable is not None:
         SETTINGS["match"]["VERIFIABLE"] = args.verifiable
-    for module, values in (("descriptors", descriptors), ("match", match)):
-        for name, value in SETTINGS[module].items():
-            setattr(values, name, value)
+    for module in (descriptors, match):
+        for name, value in SETTINGS[module.__name__.rsplit(".", 1)[-1]].items():
+            setattr(module, name, value)
     if args.tile_voters:  # queries only: the crawl's ingest does not tile
         match.TILE_VOTERS = args.tile_voters
     if args.explained_share:

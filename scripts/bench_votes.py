@@ -208,6 +208,8 @@ class _Blobs:
         self.index, self.data, self.fillers = index, data, fillers
         self.blobs: dict[int, bytes] = {}
         self.making = 0.0
+        #: keypoints of each reference's stored features, as the catalog counts them
+        self.counts = [len(LocalFeatures.from_bytes(b)) for b in data["ref_blobs"]]
 
     def features_of(self, ids: list[int]) -> dict[int, bytes]:
         t = time.perf_counter()
@@ -219,10 +221,10 @@ class _Blobs:
         return {i: self.blobs[i] for i in ids}
 
     def with_features(self, ids, at_least: int = 1) -> set[int]:
-        """Every image here has local features, and enough of them to verify
-        (a synthetic image's are :data:`MAX_FEATURES`; a reference's are real)."""
+        """The images with at least ``at_least`` keypoints (a synthetic image
+        has :data:`MAX_FEATURES`; a reference, its real count)."""
         return {i for i in ids if i <= self.fillers
-                or len(self.data["refs"][i - self.fillers - 1]) >= at_least}
+                or self.counts[i - self.fillers - 1] >= at_least}
 
 
 def stored_blob(index: descriptors.DescriptorIndex, image_id: int, pool: np.ndarray,
