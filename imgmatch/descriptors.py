@@ -31,7 +31,8 @@ and fast at millions of images:
   :data:`SIGNATURE_BITS`-bit signature (the first bits of the ORB
   descriptor, which ORB orders by how much they tell apart), in its word's
   posting list: 8 bytes instead of 32 plus FAISS's copy and an id;
-- a query descriptor looks in its :data:`PROBE_WORDS` nearest words and
+- a query descriptor looks in its :data:`PROBE_WORDS` nearest words (those
+  within :data:`PROBE_MARGIN` bits of its nearest) and
   votes for the images of the :data:`NEIGHBOURS` entries there whose
   signatures are nearest, within :data:`SIGNATURE_DISTANCE` bits.
 
@@ -112,6 +113,17 @@ ROOTS = 2.0
 #: searched found a little less: 0.871 against 0.878.
 PROBE_ROOTS = 1
 PROBE_WORDS = 4
+#: Of those words, a query descriptor searches only the ones within this
+#: many bits of its nearest word (None: all): a farther word rarely holds
+#: its neighbours, and each word probed is a posting list scanned. Chosen on
+#: the fit half at a million images (``scripts/bench votes --probes 1e6
+#: --probe-list 1x4,1x4+8,...``; the reference among the 8 most voted,
+#: posting-list entries scanned per search, vote search p50): none 0.844,
+#: 704,761 entries, 12.6 ms; 8 bits 0.846, 675,337, 12.3 ms; 4 bits 0.840,
+#: 583,403, 11.1 ms; 2 bits (chosen) 0.841, 460,601, 10.6 ms; 1 bit 0.838,
+#: 368,423, 9.0 ms; 0 (the nearest word and its ties) 0.832, 265,337, 7.7
+#: ms. Probing 8 words within 2 bits found no more (0.841, 522,490).
+PROBE_MARGIN: int | None = 2
 #: Bits of a stored descriptor kept in memory, and the signature distance
 #: within which it can vote. Chosen on the fit half of the second set
 #: (``scripts/bench votes --settings``: the real ORB descriptors of its 558
@@ -412,6 +424,19 @@ class DescriptorIndex:
             self._tail_lists = (owner[order], sig[order], start.astype(np.int64), order)
         return self._tail_lists
 
+    def _probes(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query row, word) of every posting list the query rows search: each
+        row's :data:`PROBE_WORDS` nearest words in its nearest roots, less
+        those past :data:`PROBE_MARGIN`."""
+        index = self._vocabulary_index()
+        index.nprobe = PROBE_ROOTS
+        distance, words = index.search(codes, PROBE_WORDS)
+        if PROBE_MARGIN is not None:
+            words = np.where(distance <= distance[:, :1] + PROBE_MARGIN, words, -1)
+        voter = np.repeat(np.arange(len(codes)), words.shape[1])
+        words = words.ravel()
+        return voter[words >= 0], words[words >= 0]
+
     def _hits(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(query row, stored image id) of every vote the query rows cast."""
         if self._built_at == 0:
@@ -420,12 +445,7 @@ class DescriptorIndex:
             hit = (rows >= 0) & (distances <= VOTE_DISTANCE)
             voter = np.broadcast_to(np.arange(len(codes))[:, None], rows.shape)[hit]
             return voter, self._owners_at(rows[hit])
-        index = self._vocabulary_index()
-        index.nprobe = PROBE_ROOTS
-        _, words = index.search(codes, PROBE_WORDS)
-        voter = np.repeat(np.arange(len(codes)), words.shape[1])
-        words = words.ravel()
-        voter, words = voter[words >= 0], words[words >= 0]
+        voter, words = self._probes(codes)
         signatures = _signatures(codes)
         found = [_scan(self.post_owner, self.post_sig, self.word_start, words, voter, signatures)]
         if len(self._tail[0]):
@@ -476,6 +496,22 @@ class DescriptorIndex:
         return out
 
     # ------------------------------------------------------------ accounting
+    def scanned(self, queries: list[LocalFeatures], voters: int = VOTERS) -> int:
+        """Posting-list entries a search of these query sets reads (the
+        compact file's work; 0 before it is built)."""
+        parts = [q.descriptors[:voters] for q in queries if len(q)]
+        if not parts or not self._rows:
+            return 0
+        self._prepare()
+        if self._built_at == 0:
+            return 0
+        _, words = self._probes(np.ascontiguousarray(np.concatenate(parts), np.uint8))
+        lengths = self.word_start[words + 1] - self.word_start[words]
+        if len(self._tail[0]):
+            start = self._tail_postings()[2]
+            lengths = lengths + (start[words + 1] - start[words])
+        return int(lengths.sum())
+
     def memory_bytes(self) -> int:
         """Bytes held in memory: posting lists, vocabulary (and FAISS's copy),
         any codes not memory-mapped from disk (rows added since the last

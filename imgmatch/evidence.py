@@ -148,9 +148,9 @@ CALIBRATION: dict[str, tuple[tuple[float, float, float], ...]] = {
     "hashes": ((0.30, 0.8454, 0.587), (0.50, 0.9358, 0.529), (0.70, 0.9567, 0.510),
                (0.80, 0.9661, 0.493), (0.90, 0.9830, 0.477), (0.93, 0.9878, 0.469),
                (0.95, 0.9894, 0.460), (0.98, 0.9926, 0.445), (0.99, 0.9981, 0.432)),
-    "robust": ((0.30, 0.8876, 0.913), (0.50, 0.9543, 0.879), (0.70, 0.9711, 0.860),
-               (0.80, 0.9807, 0.838), (0.90, 0.9877, 0.796), (0.93, 0.9916, 0.783),
-               (0.95, 0.9924, 0.752), (0.98, 0.9929, 0.690), (0.99, 0.9987, 0.616)),
+    "robust": ((0.30, 0.8953, 0.910), (0.50, 0.9646, 0.877), (0.70, 0.9755, 0.856),
+               (0.80, 0.9835, 0.835), (0.90, 0.9877, 0.795), (0.93, 0.9916, 0.782),
+               (0.95, 0.9924, 0.752), (0.98, 0.9940, 0.689), (0.99, 0.9987, 0.614)),
 }
 
 
@@ -197,6 +197,9 @@ class Verified:
     #: the query's share covered by that region (whether a query needs its
     #: tiles, :func:`imgmatch.match.find_matches`; the model does not weigh it)
     query_share: float | None = None
+    #: the share of inliers that repeat one pattern (already discounted in
+    #: ``support``: :attr:`imgmatch.features.Verification.repeated`)
+    repeated: float | None = None
 
 
 @dataclass
@@ -368,7 +371,8 @@ class Evidence:
         v = data.get("verification")
         return cls({n: (h["distance"], h["informative"]) for n, h in data["hashes"].items()},
                    Verified(v["inliers"], v["support"], v["spread"], v["shared_area"],
-                            v.get("overlap", 0.0), v.get("aligned"))
+                            v.get("overlap", 0.0), v.get("aligned"),
+                            repeated=v.get("repeated"))
                    if v else None, robust, bool(data.get("weak_values")),
                    bool(data.get("low_information")),
                    qualities={n: h["quality"] for n, h in data["hashes"].items()
@@ -393,6 +397,8 @@ class Evidence:
                                    "overlap": round(v.overlap, 3)}
             if v.aligned is not None:
                 out["verification"]["aligned"] = v.aligned
+            if v.repeated is not None:
+                out["verification"]["repeated"] = round(v.repeated, 3)
         return out
 
 

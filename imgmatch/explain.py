@@ -172,7 +172,9 @@ def _verification(ev: Evidence, versions: tuple[int, int]) -> dict[str, Any] | N
             "spread": round(v.spread, 3),
             "coverage": None if v.coverage is None else round(v.coverage, 3),
             "shared_area": round(v.shared_area, 3), "overlap": round(v.overlap, 3),
-            "aligned": v.aligned, "strong": ev.strong_geometry,
+            "aligned": v.aligned,
+            "repeated": None if v.repeated is None else round(v.repeated, 3),
+            "strong": ev.strong_geometry,
             "agreed": registry.FEATURES in ev.agreed, "version": registry.local().version,
             "versions": list(versions)}
 

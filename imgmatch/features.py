@@ -56,6 +56,19 @@ FULL_OVERLAP = 0.25
 FULL_COVERAGE = 0.15
 #: Cells per side of the grid that :attr:`Verification.spread` counts in.
 SPREAD_GRID = 6
+#: Two descriptors of one image within this many bits are one pattern drawn
+#: again: the ring of a road sign, a texture, a glyph or an icon's frame.
+#: Matches between such repeats are not independent evidence: two different
+#: signs inside the same white-rimmed disc gave 160 inliers spread over the
+#: whole sign, nearly all of them repeats of one patch (docs/benchmarks.md).
+TWIN_BITS = 16
+#: Inliers count in full while at least this share of them are distinct
+#: (neither end a repeat, :attr:`Verification.repeated`); below it, in
+#: proportion. Chosen with :data:`TWIN_BITS` on the fit half of the second
+#: set (``scripts/bench accuracy --twin-bits B --full-distinct D``): recall
+#: at precision 0.99 0.840 without, 0.868 at 16 bits and half, 0.842 at 12
+#: bits, 0.864 at 20 bits (0.868 at 20 bits and 0.3), 0.856 at 24 bits.
+FULL_DISTINCT = 0.5
 
 _MAGIC = b"ORB1"
 _HEADER = struct.Struct("<4sHHH")  # magic, count, width, height
@@ -244,6 +257,9 @@ class Verification:
     stored_share: float = 0.0
     #: the similarity, query pixels (at the analysed size) to stored pixels
     matrix: tuple[float, ...] | None = None
+    #: the share of inliers where either end has a twin in its own image
+    #: (another descriptor within :data:`TWIN_BITS`): one pattern repeated
+    repeated: float = 0.0
 
     @property
     def shared_area(self) -> float:
@@ -253,9 +269,11 @@ class Verification:
 
     @property
     def support(self) -> float:
-        """Inliers, discounted when they are a small share or a small patch of the overlap."""
+        """Inliers, discounted when they are a small share or a small patch of
+        the overlap, or mostly one pattern repeated."""
         return (self.inliers * min(1.0, self.overlap / FULL_OVERLAP)
-                * min(1.0, self.coverage / FULL_COVERAGE))
+                * min(1.0, self.coverage / FULL_COVERAGE)
+                * min(1.0, (1.0 - self.repeated) / FULL_DISTINCT))
 
 
 NO_MATCH = Verification(0, 0)
@@ -335,13 +353,26 @@ def verify(query: LocalFeatures, stored: LocalFeatures) -> Verification:
     region = _hull_area(cv2, stored.points[in_query])
     spanned = _hull_area(cv2, dst[mask.ravel() == 1])
     query_share, stored_share = _shares(cv2, transform, query, stored)
+    kept = mask.ravel() == 1
+    repeated = _twinned(query.descriptors, np.flatnonzero(good)[kept]) \
+        | _twinned(stored.descriptors, nearest[good, 0][kept])
     return Verification(inliers, n_good, 1.0 / scale, float(np.degrees(np.arctan2(b, a))),
                         inliers / max(shared, inliers, 1),
                         min(1.0, spanned / region) if region > 0 else 0.0,
-                        _spread(stored.points[in_query], dst[mask.ravel() == 1],
+                        _spread(stored.points[in_query], dst[kept],
                                 _moved(query.points, transform)),
                         query_share, stored_share,
-                        tuple(float(v) for v in transform.ravel()))
+                        tuple(float(v) for v in transform.ravel()),
+                        float(repeated.mean()) if len(repeated) else 0.0)
+
+
+def _twinned(descriptors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Whether each of these rows has a twin: another descriptor of the same
+    image within :data:`TWIN_BITS` (its nearest is itself)."""
+    if not len(rows):
+        return np.zeros(0, bool)
+    dist, found = nearest_two(descriptors[rows], descriptors)
+    return (found[:, 1] >= 0) & (dist[:, 1] <= TWIN_BITS)
 
 
 def _moved(points: np.ndarray, transform: np.ndarray) -> np.ndarray:

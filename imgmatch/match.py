@@ -206,7 +206,8 @@ def _verified(result: features.Verification, flipped: bool, width: int,
                 np.frombuffer(pdq, np.uint8)[None, :])[0][0])
     return Verified(result.inliers, result.support, result.spread, result.shared_area,
                     result.overlap, aligned, matches=result.matches,
-                    coverage=result.coverage, query_share=result.query_share)
+                    coverage=result.coverage, query_share=result.query_share,
+                    repeated=result.repeated)
 
 
 #: Verifications with less support are not worth an aligned comparison (a

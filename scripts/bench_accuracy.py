@@ -345,7 +345,7 @@ CRAWL_ARGS = {"hashes": ["--fast"], "robust": []}
 
 #: Settings of :mod:`imgmatch.descriptors` and :mod:`imgmatch.match` changed
 #: on the command line, by module: the crawl's CLI processes are given them too.
-SETTINGS: dict[str, dict[str, int]] = {"descriptors": {}, "match": {}}
+SETTINGS: dict[str, dict[str, float]] = {"descriptors": {}, "match": {}, "features": {}}
 
 
 def crawl(ds_dir: Path, ingest_args: list[str]) -> dict:
@@ -356,7 +356,7 @@ def crawl(ds_dir: Path, ingest_args: list[str]) -> dict:
         if any(SETTINGS.values()):
             exe = Path(work) / "imgmatch"
             exe.write_text(f"#!{sys.executable}\nimport sys\n"
-                           "from imgmatch import descriptors, match\n"
+                           "from imgmatch import descriptors, features, match\n"
                            + "".join(f"{module}.{k} = {v}\n" for module, values in SETTINGS.items()
                                      for k, v in values.items())
                            + "from imgmatch.cli import main\nsys.exit(main())\n")
@@ -402,6 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verifiable", type=int,
                     help="keypoints an image needs for a failed verification to count "
                          "against a pair (imgmatch.match.VERIFIABLE; default: the library's)")
+    ap.add_argument("--twin-bits", type=int,
+                    help="bits within which two descriptors of one image are one pattern "
+                         "repeated (imgmatch.features.TWIN_BITS; -1: none is)")
+    ap.add_argument("--full-distinct", type=float,
+                    help="share of distinct inliers from which they count in full "
+                         "(imgmatch.features.FULL_DISTINCT)")
     ap.add_argument("--ingest-links", action="store_true",
                     help="then catalogue the screenshot and collage queries beside the "
                          "references, and count those linked to their reference at ingest")
@@ -413,14 +419,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write every figure as JSON")
     args = ap.parse_args(argv)
 
-    from imgmatch import descriptors, match
+    from imgmatch import descriptors, features, match
     if args.compact_rows:
         SETTINGS["descriptors"]["COMPACT_ROWS"] = int(args.compact_rows)
     if args.per_image:
         SETTINGS["descriptors"]["PER_IMAGE"] = args.per_image
     if args.verifiable is not None:
         SETTINGS["match"]["VERIFIABLE"] = args.verifiable
-    for module in (descriptors, match):
+    if args.twin_bits is not None:
+        SETTINGS["features"]["TWIN_BITS"] = args.twin_bits
+    if args.full_distinct is not None:
+        SETTINGS["features"]["FULL_DISTINCT"] = args.full_distinct
+    for module in (descriptors, match, features):
         for name, value in SETTINGS[module.__name__.rsplit(".", 1)[-1]].items():
             setattr(module, name, value)
     if args.tile_voters:  # queries only: the crawl's ingest does not tile

@@ -328,12 +328,27 @@ def settings_table(fit: Path, others: list[Path]) -> list[str]:
     return lines
 
 
-#: The query-time settings compared by ``--probes``: (roots searched, words probed).
-PROBES = [(4, 8), (2, 8), (4, 4), (2, 4), (1, 4), (1, 8)]
+#: The query-time settings compared by ``--probes``: (roots searched, words
+#: probed, margin: a probed word is skipped when farther than this many bits
+#: beyond the row's nearest; None: never).
+PROBES: list[tuple[int, int, int | None]] = [
+    (4, 8, None), (2, 8, None), (4, 4, None), (2, 4, None), (1, 4, None), (1, 8, None)]
+
+
+def _probe(spec: str) -> tuple[int, int, int | None]:
+    """'1x4' (roots searched x words probed), or '1x4+2' (with a margin of 2 bits)."""
+    head, _, margin = spec.partition("+")
+    roots, words = (int(n) for n in head.split("x"))
+    return roots, words, int(margin) if margin else None
+
+
+def _probe_name(probe: tuple[int, int, int | None]) -> str:
+    roots, words, margin = probe
+    return f"{roots}x{words}" + (f"+{margin}" if margin is not None else "")
 
 
 def probes_table(fit: Path, others: list[Path], images: int, queries: int,
-                 roots: list[float], probes: list[tuple[int, int]]) -> list[str]:
+                 roots: list[float], probes: list[tuple[int, int, int | None]]) -> list[str]:
     """The compact file's probes at scale, on the fit half: its references
     among ``images`` - 558 synthetic images drawn (like :func:`run`'s) from
     the descriptors of other sets' references, never the fit half's; its
@@ -355,18 +370,20 @@ def probes_table(fit: Path, others: list[Path], images: int, queries: int,
     fillers = images - len(stored)
     truth = [fillers + 1 + number[asked_rows[q]["reference_id"]] for q in chosen]
     saved = (descriptors.COMPACT_ROWS, descriptors.ROOTS, descriptors.PROBE_ROOTS,
-             descriptors.PROBE_WORDS)
+             descriptors.PROBE_WORDS, descriptors.PROBE_MARGIN)
     descriptors.COMPACT_ROWS = 4096
     lines = [f"| roots (per square root of the words) | roots searched, words probed "
+             f"| margin (bits) | entries scanned per search (mean) "
              f"| reference among the 8 most voted | vote p50 / p99 ms ({images:,} images) "
-             f"| first build s |", "|---|---|---|---|---|"]
+             f"| first build s |", "|---|---|---|---|---|---|---|"]
     try:
         for root in roots:
             descriptors.ROOTS = root
             # the same collection for every vocabulary
             index, build = collection(copy.deepcopy(rng), pool, stored, fillers)
-            for probe_roots, words in probes:
+            for probe_roots, words, margin in probes:
                 descriptors.PROBE_ROOTS, descriptors.PROBE_WORDS = probe_roots, words
+                descriptors.PROBE_MARGIN = margin
                 found, times = 0, []
                 for (plain, mirror), target in zip(asked, truth):
                     t = time.perf_counter()
@@ -374,14 +391,17 @@ def probes_table(fit: Path, others: list[Path], images: int, queries: int,
                     times.append(time.perf_counter() - t)
                     found += target in [i for i, votes in voted if votes >= 3]
                 times.sort()
+                scanned = np.mean([index.scanned([features_of(plain), features_of(mirror)])
+                                   for plain, mirror in asked[:200]])
                 lines.append(f"| {root:g} ({len(index.roots):,}) | {probe_roots}, {words} "
+                             f"| {'-' if margin is None else margin} | {scanned:,.0f} "
                              f"| {found / len(asked):.3f} "
                              f"| {_ms(times, 0.5):.1f} / {_ms(times, 0.99):.1f} | {build:.0f} |")
                 print(lines[-1], file=sys.stderr)
             del index
     finally:
         (descriptors.COMPACT_ROWS, descriptors.ROOTS, descriptors.PROBE_ROOTS,
-         descriptors.PROBE_WORDS) = saved
+         descriptors.PROBE_WORDS, descriptors.PROBE_MARGIN) = saved
     return lines
 
 
@@ -406,8 +426,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --probes: the vocabularies compared, as roots per square root "
                          "of the words (comma-separated; default: the library's)")
     ap.add_argument("--probe-list", default="",
-                    help="with --probes: the (roots searched, words probed) compared, as "
-                         "'2x4,3x4' (default: " + ",".join(f"{r}x{w}" for r, w in PROBES) + ")")
+                    help="with --probes: the (roots searched, words probed, margin) "
+                         "compared, as '2x4,1x4+2' (default: "
+                         + ",".join(_probe_name(p) for p in PROBES) + ")")
     ap.add_argument("--md", type=Path)
     args = ap.parse_args(argv)
     import faiss
@@ -416,8 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.probes:
         roots = [float(r) for r in args.roots.split(",")] if args.roots \
             else [descriptors.ROOTS]
-        probes = [tuple(int(n) for n in p.split("x")) for p in args.probe_list.split(",")] \
-            if args.probe_list else PROBES
+        probes = [_probe(p) for p in args.probe_list.split(",")] if args.probe_list \
+            else PROBES
         return emit(probes_table(ensure_second("fit"), [ensure_second("check"),
                                                         ensure_dev_corpus()],
                                  int(float(args.probes)), args.queries, roots, probes), args.md)

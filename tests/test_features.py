@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -140,6 +141,57 @@ def test_a_shared_watermark_is_not_a_shared_photo() -> None:
         return out
     assert support(stamp(rgb("coffee")), stamp(rgb("temple"))) < INLIERS_AT_THRESHOLD
 
+
+
+def _sign(glyph: str, size: int = 600) -> Image.Image:
+    """A round road sign: a white-rimmed blue disc, and a white glyph in it."""
+    out = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(out)
+    c, r = size // 2, int(size * 0.42)
+    draw.ellipse((c - r, c - r, c + r, c + r), fill=(30, 90, 200), outline=(255, 255, 255))
+    draw.ellipse((c - r - 6, c - r - 6, c + r + 6, c + r + 6), outline=(200, 200, 200), width=3)
+    if glyph == "bar":
+        draw.rectangle((c - r * 0.7, c - r * 0.18, c + r * 0.7, c + r * 0.18), fill="white")
+    else:
+        for sign in (1, -1):
+            draw.line((c - r * 0.5, c - sign * r * 0.5, c + r * 0.5, c + sign * r * 0.5),
+                      fill="white", width=int(r * 0.2))
+    return out
+
+
+def test_one_ring_repeated_is_not_a_shared_picture() -> None:
+    """Two different signs in the same ring: ORB finds the ring's one patch all
+    round it, and RANSAC aligns hundreds of them. They are repeats of one
+    pattern, not evidence, so the support stays under agreement; a photo's
+    copy keeps its support whole."""
+    bar, cross = (features.extract(grey(_sign(g))) for g in ("bar", "cross"))
+    ring = features.verify(bar, cross)
+    assert ring.inliers >= 100 and ring.repeated > 0.9
+    assert ring.support < INLIERS_AT_THRESHOLD / 2
+    photo = rgb("astronaut")
+    copy = features.verify(features.extract(grey(EDITS["crop 40%"](photo))),
+                           features.extract(grey(photo)))
+    assert copy.repeated < 1 - features.FULL_DISTINCT
+    undiscounted = dataclasses.replace(copy, repeated=0.0)
+    assert copy.support == undiscounted.support >= INLIERS_AT_THRESHOLD
+
+
+@given(st.integers(4, 60), st.integers(0, 2 ** 32 - 1), st.integers(0, 40))
+@settings(max_examples=60, deadline=None)
+def test_a_twin_is_another_descriptor_within_twin_bits(n, seed, flips) -> None:
+    """Against counting the bits of every pair; with planted near-copies and
+    exact duplicates."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 256, (n, features.DESCRIPTOR_BYTES), dtype=np.uint8)
+    for row in rng.choice(n, n // 3, replace=False):
+        codes[row] = codes[rng.integers(n)]
+        for bit in rng.choice(256, rng.integers(0, flips + 1), replace=False):
+            codes[row, bit // 8] ^= np.uint8(1 << (bit % 8))
+    rows = rng.choice(n, rng.integers(1, n + 1), replace=False)
+    bits = np.unpackbits(codes[rows][:, None, :] ^ codes[None, :, :], axis=2).sum(axis=2)
+    bits[np.arange(len(rows)), rows] = 1 << 20  # a descriptor is not its own twin
+    expected = bits.min(axis=1) <= features.TWIN_BITS
+    assert np.array_equal(features._twinned(codes, rows), expected)
 
 @pytest.mark.parametrize("mode", ["1", "P", "RGBA", "CMYK", "I;16", "F"])
 def test_every_mode_gives_at_most_the_budget(mode: str) -> None:
@@ -511,6 +563,38 @@ def test_inverted_file_grows_by_sampling_its_words_again(monkeypatch) -> None:
         if n >= coffee:
             assert found[0][0] == coffee
     assert index._built_at > first and index.rows < descriptors.REBUILD_GROWTH * index._built_at
+
+
+@pytest.mark.parametrize("margin", [0, 2, 5])
+def test_a_query_row_probes_only_the_words_within_the_margin(monkeypatch, margin) -> None:
+    """Each query row searches its nearest words (of its nearest root) that
+    lie within PROBE_MARGIN bits of its nearest, checked against the bit
+    distances counted here; fewer posting lists scanned, and the edited
+    photo still voted first."""
+    from imgmatch import descriptors
+
+    monkeypatch.setattr(descriptors, "COMPACT_ROWS", 100)
+    monkeypatch.setattr(descriptors, "PROBE_ROOTS", 1)
+    index = _photo_index(list(PHOTOS))
+    query = list(features.extract_both(grey(EDITS["crop 40%"](rgb("coffee")))))
+    monkeypatch.setattr(descriptors, "PROBE_MARGIN", None)
+    every = index.scanned(query)
+    codes = np.ascontiguousarray(np.concatenate([q.descriptors[:descriptors.VOTERS]
+                                                 for q in query]))
+    all_voters, all_words = index._probes(codes)
+    monkeypatch.setattr(descriptors, "PROBE_MARGIN", margin)
+    voter, words = index._probes(codes)
+    bits = np.unpackbits(codes[voter] ^ index.words[words], axis=1).sum(axis=1)
+    all_bits = np.unpackbits(codes[all_voters] ^ index.words[all_words], axis=1).sum(axis=1)
+    nearest = np.full(len(codes), 1 << 30)
+    np.minimum.at(nearest, all_voters, all_bits)
+    keep = all_bits <= nearest[all_voters] + margin
+    assert 0 < keep.sum() < len(keep)  # the margin leaves some words out, not all
+    assert sorted(zip(voter, words)) == sorted(zip(all_voters[keep], all_words[keep]))
+    assert np.all(bits <= nearest[voter] + margin)
+    assert 0 < index.scanned(query) <= every
+    assert (index.scanned(query) < every) == (len(words) < len(all_words))
+    assert index.candidates(query, 1)[0][0] == PHOTOS.index("coffee") + 1
 
 
 @pytest.mark.parametrize("structure", ["cells", "words"])
