@@ -380,6 +380,17 @@ def test_malformed_parameters_are_a_400_naming_the_parameter(service, query, nam
     assert body["error"]["reason"] == "bad-request" and named in body["error"]["message"]
 
 
+def _differences(served: list[dict], printed: list[dict]) -> str:
+    """Where two answers part, field by field: enough to tell a different
+    candidate from the same candidate weighed differently."""
+    lines = [f"{len(served)} served, {len(printed)} printed"]
+    for n, (a, b) in enumerate(zip(served, printed)):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                lines.append(f"match {n} {key}: served {a.get(key)!r} printed {b.get(key)!r}")
+    return "\n".join(lines)
+
+
 @pytest.mark.parametrize("query", ["astronaut_mirror_crop10.jpg", "cat_mirror_crop10.jpg",
                                    "unrelated.jpg"])
 @pytest.mark.parametrize("options, params", [
@@ -393,7 +404,8 @@ def test_service_and_cli_find_the_same_matches(service, query, options, params):
                                     {"image": (query, path.read_bytes())})
     assert status == 200, body
     printed = json.loads(run_cli(service["db"], "query", "--json", *options, str(path)))
-    assert body["matches"] == printed["matches"]
+    assert body["matches"] == printed["matches"], _differences(body["matches"],
+                                                              printed["matches"])
     if query != "unrelated.jpg":
         assert body["matches"]
         status, info = client.request("GET", f"/v1/images/{body['matches'][0]['sha256']}")
