@@ -351,18 +351,20 @@ def test_collection_finds_what_hashes_miss(robust, edit: str) -> None:
     ("blurred pillarbox", True), ("quarter of a collage", True), ("screenshot", True)])
 def test_tiles_can_be_skipped_when_the_whole_image_explains_the_query(
         robust, monkeypatch, edit: str, tiled: bool) -> None:
-    """With ``match.EXPLAINED_SHARE`` set (off by default), a repost is the
+    """With ``match.EXPLAINED_SHARE`` set (the default), a repost is the
     picture it matches: its tiles (each a vote search as costly as the whole
     image's) are not searched. A collage or a screenshot holds more than its
-    best match, so its tiles are. By default every query's are."""
+    best match, so its tiles are. Unset, every query's are."""
     cut = []
     monkeypatch.setattr(features, "tiles", lambda grey: cut.append(1) or real_tiles(grey))
     query = jpeg(EDITS[edit](rgb("astronaut")))
+    assert match.EXPLAINED_SHARE == 0.8
     with imgmatch.Collection.open(robust, readonly=True) as c:
-        assert c.query(query)[0].sha256 == sha_of("astronaut") and len(cut) == 1
-        monkeypatch.setattr(match, "EXPLAINED_SHARE", 0.8)
         best = c.query(query)[0]
-    assert best.sha256 == sha_of("astronaut") and (len(cut) == 2) == tiled
+        assert best.sha256 == sha_of("astronaut") and (len(cut) == 1) == tiled
+        monkeypatch.setattr(match, "EXPLAINED_SHARE", None)
+        assert c.query(query)[0].sha256 == sha_of("astronaut")
+    assert len(cut) == 1 + tiled
     assert best.score >= PRECISE or tiled
 
 
