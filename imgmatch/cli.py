@@ -780,7 +780,8 @@ def _print_explanation(e: Explanation) -> None:
         click.echo(f"verification: {v['inliers']} inliers of {v['matches']} matches, "
                    f"support {v['support']}, spread {v['spread']}, coverage {v['coverage']}, "
                    f"shared area {v['shared_area']}, overlap {v['overlap']}, aligned PDQ "
-                   f"{aligned}: {'agreed' if v['agreed'] else 'not enough to agree'}")
+                   f"{aligned}, repeats of one pattern {v.get('repeated')}: "
+                   f"{'agreed' if v['agreed'] else 'not enough to agree'}")
     click.echo(f"score: {e.score:.4f} (the {e.tier} model: {e.model_score:.4f})")
     for name, meaning in e.rules.items():
         click.echo(f"  capped by {name}: {meaning}")

@@ -275,6 +275,10 @@ def test_cli_explains_in_text_and_json(case):
     with imgmatch.Collection.open(case, readonly=True) as collection:
         assert body == json.loads(json.dumps(collection.explain(a, b).to_json()))
     assert body["summary"] == lines[0]
+    v = body["verification"]  # with the share of inliers repeating one pattern, in both forms
+    assert v is not None and 0.0 <= v["repeated"] <= 1.0
+    assert any(line.startswith("verification: ")
+               and f"repeats of one pattern {v['repeated']}:" in line for line in lines)
 
 
 def test_cli_refuses_what_is_not_a_sha256(case):
