@@ -473,11 +473,10 @@ class DescriptorIndex:
         mirrored repost draws its votes from the mirror's set; verifying the
         other orientation then costs a matching that cannot succeed."""
         sets = [q.descriptors[:voters] for q in queries]
-        parts = [d for d in sets if len(d)]
-        if not parts or not self._rows:
+        codes = _stacked(sets)
+        if not len(codes) or not self._rows:
             return []
         self._prepare()
-        codes = np.ascontiguousarray(np.concatenate(parts), np.uint8)
         voter, owner = self._hits(codes)
         if exclude_from is not None:
             keep = owner < exclude_from
@@ -499,13 +498,13 @@ class DescriptorIndex:
     def scanned(self, queries: list[LocalFeatures], voters: int = VOTERS) -> int:
         """Posting-list entries a search of these query sets reads (the
         compact file's work; 0 before it is built)."""
-        parts = [q.descriptors[:voters] for q in queries if len(q)]
-        if not parts or not self._rows:
+        codes = _stacked([q.descriptors[:voters] for q in queries])
+        if not len(codes) or not self._rows:
             return 0
         self._prepare()
         if self._built_at == 0:
             return 0
-        _, words = self._probes(np.ascontiguousarray(np.concatenate(parts), np.uint8))
+        _, words = self._probes(codes)
         lengths = self.word_start[words + 1] - self.word_start[words]
         if len(self._tail[0]):
             start = self._tail_postings()[2]
@@ -588,6 +587,14 @@ class DescriptorIndex:
             index.word_start = np.asarray(start, np.int64)
             index._built_at, index._placed = built_at, len(codes)
         return index
+
+
+def _stacked(sets: list[np.ndarray]) -> np.ndarray:
+    """A query's descriptor sets as one contiguous array of rows, in order."""
+    parts = [d for d in sets if len(d)]
+    if not parts:
+        return np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
+    return np.ascontiguousarray(np.concatenate(parts), np.uint8)
 
 
 def _rows_from(parts: list[np.ndarray], start: int, empty: np.ndarray) -> np.ndarray:

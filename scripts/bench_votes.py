@@ -332,7 +332,8 @@ def settings_table(fit: Path, others: list[Path]) -> list[str]:
 #: probed, margin: a probed word is skipped when farther than this many bits
 #: beyond the row's nearest; None: never).
 PROBES: list[tuple[int, int, int | None]] = [
-    (4, 8, None), (2, 8, None), (4, 4, None), (2, 4, None), (1, 4, None), (1, 8, None)]
+    (4, 8, None), (2, 8, None), (4, 4, None), (2, 4, None), (1, 4, None), (1, 8, None),
+    (1, 4, 4), (1, 4, 2), (1, 4, 1)]
 
 
 def _probe(spec: str) -> tuple[int, int, int | None]:
