@@ -20,8 +20,8 @@ comparisons: hours at a million images. So past :data:`COMPACT_ROWS` the
 index becomes a compact inverted file of visual words, built to stay small
 and fast at millions of images:
 
-- the *vocabulary* is about one word per :data:`WORD_ROWS` stored
-  descriptors, sampled (seeded) from the index itself, under a second
+- the *vocabulary* is words sampled (seeded) from the index itself, at
+  most :data:`WORD_ROWS` stored descriptors a word on average, under a second
   level of about :data:`ROOTS` x sqrt(words) roots: a descriptor's word is
   found among the words of its nearest root (FAISS ``IndexBinaryIVF`` over
   the words), so
@@ -41,9 +41,12 @@ loaded (:func:`load`); after a save, rows added before it are read from
 the file too. The flat scan and the cells' inverted file copy them into
 FAISS; the compact file reads them only to place every row again when
 its vocabulary is sampled anew, after the index has grown
-:data:`REBUILD_GROWTH` times. Rows added since the last placement wait in
-a small second posting list, merged in when it grows. Like every index
-here it is a cache of the catalog: plain .npy
+:data:`REBUILD_GROWTH` times. Both structures are sampled at points the
+number of rows alone sets (:func:`_sample_point`), never at whatever size
+the index had when first searched, so an index grown one image at a time
+and one rebuilt from the catalog give the same answers. Rows added since
+the last placement wait in a small second posting list, merged in when it
+grows. Like every index here it is a cache of the catalog: plain .npy
 arrays with a verified manifest, rebuilt from the ``features`` table when
 stale. The settings were chosen on the fit half of the second set and the
 scale measured with ``scripts/bench votes`` (docs/benchmarks.md).
@@ -84,7 +87,9 @@ NPROBE = 16
 #: 0.765 (docs/benchmarks.md). So it is used where memory and build time
 #: leave no choice.
 COMPACT_ROWS = 1 << 23
-#: Stored descriptors per visual word, on average (the vocabulary's size).
+#: Stored descriptors per visual word, on average, when the index reaches
+#: its next sampling point (the vocabulary's size: REBUILD_GROWTH x the rows
+#: sampled / WORD_ROWS words; fewer rows a word until then).
 WORD_ROWS = 128
 #: Roots over the words, per square root of the number of words (about
 #: 2,000 roots at a million images). Chosen with the probes below.
@@ -136,7 +141,7 @@ PROBE_MARGIN: int | None = 2
 SIGNATURE_BITS = 32
 SIGNATURE_DISTANCE = 6
 #: The vocabulary (or the cells) is sampled again, and every row placed
-#: again, when the index has grown this much since it was sampled.
+#: again, at IVF_ROWS (or COMPACT_ROWS) rows x this to the power 0, 1, 2...
 REBUILD_GROWTH = 4
 #: Rows placed since the last merge wait in a second posting list until
 #: there are this many, or an eighth of the index.
@@ -311,8 +316,9 @@ class DescriptorIndex:
             return
         self._scan, self._scan_rows, self._cells_at = None, 0, 0
         self.centres, self.cells = self.centres[:0], self.cells[:0]
-        if not self._built_at or rows >= REBUILD_GROWTH * self._built_at:
-            self._sample_vocabulary()
+        sample = _sample_point(rows, COMPACT_ROWS)
+        if sample != self._built_at:
+            self._sample_vocabulary(sample)
         elif self._placed < rows:
             new = self._codes_from(self._placed)
             word, owner, sig = self._tail
@@ -327,14 +333,15 @@ class DescriptorIndex:
     def _prepare_scan(self, rows: int) -> None:
         """The flat scan or the inverted file over full codes, extended with rows added since."""
         want_ivf = rows >= IVF_ROWS
+        sample = _sample_point(rows, IVF_ROWS) if want_ivf else 0
         stale = (self._scan is None or want_ivf != (self._cells_at > 0)
-                 or (want_ivf and rows >= REBUILD_GROWTH * self._cells_at))
+                 or sample != self._cells_at)
         if stale:
             if not want_ivf:
                 self.centres, self.cells, self._cells_at = self.centres[:0], self.cells[:0], 0
-            elif not len(self.centres) or rows >= REBUILD_GROWTH * self._cells_at:
-                self.centres, self.cells = _sample_centres(self.codes), self.cells[:0]
-                self._cells_at = rows
+            elif not len(self.centres) or sample != self._cells_at:
+                self.centres = _sample_centres(np.asarray(self.codes[:sample]))
+                self.cells, self._cells_at = self.cells[:0], sample
             self._scan = _inverted_file(self.centres) if want_ivf else _flat()
             self._scan_rows = 0
         if self._scan_rows < rows:
@@ -359,12 +366,15 @@ class DescriptorIndex:
         self._vocabulary, self._built_at, self._placed = None, 0, 0
         self._tail, self._tail_lists = _empty_tail(), None
 
-    def _sample_vocabulary(self) -> None:
-        """Words and roots sampled anew from the stored rows, every row placed."""
+    def _sample_vocabulary(self, sample: int) -> None:
+        """Words and roots sampled anew from the first ``sample`` rows
+        (:func:`_sample_point`), every row placed. The words are enough for
+        the index grown to the next sampling point: up to then a word holds
+        at most :data:`WORD_ROWS` rows on average."""
         codes = self.codes
         rng = np.random.default_rng(0)
-        n_words = max(64, len(codes) // WORD_ROWS)
-        self.words = np.ascontiguousarray(codes[np.sort(rng.choice(len(codes), n_words,
+        n_words = min(sample, max(64, REBUILD_GROWTH * sample // WORD_ROWS))
+        self.words = np.ascontiguousarray(codes[np.sort(rng.choice(sample, n_words,
                                                                    replace=False))])
         self.roots = np.ascontiguousarray(
             self.words[np.sort(rng.choice(n_words, _roots(n_words),
@@ -377,7 +387,7 @@ class DescriptorIndex:
         self.post_sig = _signatures(np.asarray(codes))[order]
         self.word_start = np.searchsorted(words[order], np.arange(n_words + 1)).astype(np.int64)
         self._tail, self._tail_lists = _empty_tail(), None
-        self._built_at = self._placed = len(codes)
+        self._built_at, self._placed = sample, len(codes)
 
     def _vocabulary_index(self) -> Any:
         if self._vocabulary is None:
@@ -704,6 +714,18 @@ def _flat() -> Any:
 def _roots(words: int) -> int:
     """How many roots a vocabulary of this many words has."""
     return min(words, max(8, int(ROOTS * np.sqrt(words))))
+
+
+def _sample_point(rows: int, first: int) -> int:
+    """How many of the first rows the cells' centres are sampled from: the
+    largest ``first`` x :data:`REBUILD_GROWTH` ** k within ``rows``. It
+    depends on the rows alone, not on when the index was last searched, so
+    an index grown one image at a time (the service) and one caught up from
+    a saved file or rebuilt from the catalog (the CLI) answer alike."""
+    point = first
+    while point * REBUILD_GROWTH <= rows:
+        point *= REBUILD_GROWTH
+    return point
 
 
 def _sample_centres(codes: np.ndarray) -> np.ndarray:

@@ -505,6 +505,39 @@ def test_inverted_file_cells_are_saved(tmp_path, monkeypatch) -> None:
     assert all(i != PHOTOS.index("rocket") + 1 for i, _ in back.candidates(query, 6))
 
 
+@pytest.mark.parametrize("structure", ["cells", "words"])
+def test_an_index_searched_as_it_grows_answers_like_one_built_at_once(tmp_path, monkeypatch,
+                                                                     structure) -> None:
+    """The cells' centres and the words are sampled at points set by the rows
+    alone, so the service's index (searched after every upload) and the
+    CLI's (a saved index caught up, or rebuilt from the catalog) give the
+    same votes."""
+    from imgmatch import descriptors
+
+    monkeypatch.setattr(descriptors, "IVF_ROWS" if structure == "cells" else "COMPACT_ROWS", 100)
+    monkeypatch.setattr(descriptors, "TAIL_ROWS", 300)
+    queries = [list(features.extract_both(grey(EDITS[edit](rgb(name)))))
+               for edit, name in (("crop 40%", "coffee"), ("screenshot", "rocket"))]
+    grown = DescriptorIndex()
+    for n, name in enumerate(PHOTOS, start=1):
+        grown.add(n, features.extract(grey(rgb(name))))
+        for query in queries:
+            grown.candidates(query, 8)
+        if n == len(PHOTOS) // 2:
+            descriptors.save(grown, tmp_path / "half", collection_id="c", deletions=0, images=n)
+    assert grown.rows >= descriptors.REBUILD_GROWTH * 100  # sampled again on the way
+    caught_up, _ = descriptors.load(tmp_path / "half", collection_id="c")
+    for n, name in enumerate(PHOTOS[len(PHOTOS) // 2:], start=len(PHOTOS) // 2 + 1):
+        caught_up.add(n, features.extract(grey(rgb(name))))
+    at_once = _photo_index(PHOTOS)
+    for query in queries:
+        assert grown.candidates(query, 20) == caught_up.candidates(query, 20) \
+            == at_once.candidates(query, 20)
+    assert np.array_equal(grown.centres, at_once.centres)
+    assert np.array_equal(grown.words, at_once.words)
+    assert (len(grown.words) > 0) == (structure == "words")
+
+
 def _photo_index(names: list[str], first: int = 1) -> DescriptorIndex:
     index = DescriptorIndex()
     for n, name in enumerate(names, start=first):
@@ -518,17 +551,17 @@ def test_inverted_file_is_saved_and_reopens_alike(tmp_path, monkeypatch) -> None
     second posting list, and an erased image is gone from all of them."""
     from imgmatch import descriptors
 
-    monkeypatch.setattr(descriptors, "COMPACT_ROWS", 100)
     half = len(PHOTOS) // 2
     index = _photo_index(PHOTOS[:half])
+    monkeypatch.setattr(descriptors, "COMPACT_ROWS", index.rows)  # sampled once, at half
     rocket = PHOTOS.index("rocket") + 1
     query = list(features.extract_both(grey(EDITS["half size, jpeg 40"](rgb("rocket")))))
     index.candidates(query, 3)  # samples the vocabulary from the first half
-    built = index._built_at
+    built, placed = index._built_at, index.rows
     for n, name in enumerate(PHOTOS[half:], start=half + 1):
         index.add(n, features.extract(grey(rgb(name))))
     before = index.candidates(query, 3)
-    assert index._built_at == built and len(index._tail[0]) == index.rows - built
+    assert index._built_at == built and len(index._tail[0]) == index.rows - placed
     assert before[0][0] == rocket
     path = tmp_path / "orb.descriptors"
     descriptors.save(index, path, collection_id="c", deletions=0, images=len(PHOTOS))
