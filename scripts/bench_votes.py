@@ -142,8 +142,20 @@ def features_of(codes: np.ndarray) -> LocalFeatures:
     return LocalFeatures(np.zeros((len(codes), 2), np.float32), codes, 512, 512)
 
 
+def forced_compact(rows: int = 4096) -> int:
+    """A COMPACT_ROWS that puts the compact file in use from about ``rows``
+    while keeping the real threshold's sampling points (COMPACT_ROWS x
+    REBUILD_GROWTH ** k, see ``descriptors._sample_point``): past the real
+    threshold the words are sampled from the same rows as in use."""
+    threshold = descriptors.COMPACT_ROWS
+    while threshold > rows:
+        threshold //= descriptors.REBUILD_GROWTH
+    return max(1, threshold)
+
+
 #: The structures compared: (IVF_ROWS, COMPACT_ROWS) that force each.
-STRUCTURES = {"exact": (1 << 62, 1 << 62), "cells": (4096, 1 << 62), "words": (4096, 4096)}
+STRUCTURES = {"exact": (1 << 62, 1 << 62), "cells": (4096, 1 << 62),
+              "words": (4096, forced_compact())}
 
 
 def run(data: dict, images: int, queries: int, search: str) -> dict:
@@ -271,20 +283,21 @@ def full_queries(index: descriptors.DescriptorIndex, data: dict, chosen: np.ndar
 
 
 #: The settings compared by ``--settings``: name, then descriptors' constants.
+_WORDS = forced_compact()
 SETTINGS = [
     ("exact scan", {"IVF_ROWS": 1 << 62, "COMPACT_ROWS": 1 << 62}),
     ("cells", {"COMPACT_ROWS": 1 << 62}),
     ("words: 32-bit signatures within 6; 2 roots per square root of the words, 1 searched, "
-     "4 words (chosen)", {"COMPACT_ROWS": 4096}),
+     "4 words (chosen)", {"COMPACT_ROWS": _WORDS}),
     ("words: 1 root per square root of the words, 2 searched, 4 words (before)",
-     {"COMPACT_ROWS": 4096, "ROOTS": 1.0, "PROBE_ROOTS": 2}),
+     {"COMPACT_ROWS": _WORDS, "ROOTS": 1.0, "PROBE_ROOTS": 2}),
     ("words: 1 root per square root of the words, 4 searched, 8 words",
-     {"COMPACT_ROWS": 4096, "ROOTS": 1.0, "PROBE_ROOTS": 4, "PROBE_WORDS": 8}),
+     {"COMPACT_ROWS": _WORDS, "ROOTS": 1.0, "PROBE_ROOTS": 4, "PROBE_WORDS": 8}),
     ("words: within 8 bits; 1 root per square root, 4 searched, 8 words",
-     {"COMPACT_ROWS": 4096, "SIGNATURE_DISTANCE": 8, "ROOTS": 1.0, "PROBE_ROOTS": 4,
+     {"COMPACT_ROWS": _WORDS, "SIGNATURE_DISTANCE": 8, "ROOTS": 1.0, "PROBE_ROOTS": 4,
       "PROBE_WORDS": 8}),
     ("words: 64-bit signatures within 12; 1 root per square root, 4 searched, 8 words",
-     {"COMPACT_ROWS": 4096, "SIGNATURE_BITS": 64, "SIGNATURE_DISTANCE": 12, "ROOTS": 1.0,
+     {"COMPACT_ROWS": _WORDS, "SIGNATURE_BITS": 64, "SIGNATURE_DISTANCE": 12, "ROOTS": 1.0,
       "PROBE_ROOTS": 4, "PROBE_WORDS": 8}),
 ]
 
@@ -372,7 +385,7 @@ def probes_table(fit: Path, others: list[Path], images: int, queries: int,
     truth = [fillers + 1 + number[asked_rows[q]["reference_id"]] for q in chosen]
     saved = (descriptors.COMPACT_ROWS, descriptors.ROOTS, descriptors.PROBE_ROOTS,
              descriptors.PROBE_WORDS, descriptors.PROBE_MARGIN)
-    descriptors.COMPACT_ROWS = 4096
+    descriptors.COMPACT_ROWS = forced_compact()
     lines = [f"| roots (per square root of the words) | roots searched, words probed "
              f"| margin (bits) | entries scanned per search (mean) "
              f"| reference among the 8 most voted | vote p50 / p99 ms ({images:,} images) "
