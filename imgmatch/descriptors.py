@@ -334,8 +334,7 @@ class DescriptorIndex:
         """The flat scan or the inverted file over full codes, extended with rows added since."""
         want_ivf = rows >= IVF_ROWS
         sample = _sample_point(rows, IVF_ROWS) if want_ivf else 0
-        stale = (self._scan is None or want_ivf != (self._cells_at > 0)
-                 or sample != self._cells_at)
+        stale = self._scan is None or sample != self._cells_at
         if stale:
             if not want_ivf:
                 self.centres, self.cells, self._cells_at = self.centres[:0], self.cells[:0], 0
@@ -717,12 +716,13 @@ def _roots(words: int) -> int:
 
 
 def _sample_point(rows: int, first: int) -> int:
-    """How many of the first rows the cells' centres are sampled from: the
-    largest ``first`` x :data:`REBUILD_GROWTH` ** k within ``rows``. It
-    depends on the rows alone, not on when the index was last searched, so
-    an index grown one image at a time (the service) and one caught up from
-    a saved file or rebuilt from the catalog (the CLI) answer alike."""
-    point = first
+    """How many of the first rows the cells' centres (or the words) are
+    sampled from: the largest ``first`` x :data:`REBUILD_GROWTH` ** k within
+    ``rows``. It depends on the rows alone, not on when the index was last
+    searched, so an index grown one image at a time (the service) and one
+    caught up from a saved file or rebuilt from the catalog (the CLI) answer
+    alike."""
+    point = max(1, first)
     while point * REBUILD_GROWTH <= rows:
         point *= REBUILD_GROWTH
     return point

@@ -520,6 +520,8 @@ if __name__ == "__main__":
     elif "--here" in sys.argv:
         write_set()
     elif "--find-duplicates" in sys.argv:
+        if not POOL.exists():
+            sys.exit(f"{POOL} is missing: run scripts/bench sets once to make the pool")
         print(json.dumps(near_duplicates(json.loads(POOL.read_text())), indent=1))
     else:
         print(ensure())
