@@ -31,7 +31,9 @@ halves (``second-fit``, ``second-check``), after the dev set (whose builder
 environment, package cache and fonts it shares). The pictures it drops as
 near-duplicates come from ``scripts/second_set_duplicates.json``; after new
 package versions, ``python scripts/bench_sets.py --find-duplicates`` (in the
-project's environment, once the pool is made) finds them again.
+project's environment, once the pool is made) finds them again, and
+``--near-misses`` lists the candidate pairs with 30 to 39 SIFT inliers (the
+ones a lower threshold would drop).
 """
 
 from __future__ import annotations
@@ -383,13 +385,10 @@ SAME_INLIERS = 40
 SAME_SPREAD = 0.25
 
 
-def near_duplicates(pool: list[dict]) -> dict[str, str]:
-    """Pictures of the pool that are the same photo after all (one filtered by
-    an effect, two screenshots of one dialog), which a 32x32 high-pass
-    thumbnail does not see. Candidates: imgmatch's robust tier, any pair with
-    15 or more inliers; confirmation: SIFT and a homography, independent of
-    imgmatch's features and scores. Returns {dropped key: why}: of each
-    group, the first key stays."""
+def sift_inliers(pool: list[dict]) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """Every candidate pair of the pool (imgmatch's robust tier, 15 inliers or
+    more) with SIFT's homography inliers and their spread (the share of the
+    second picture's 4x4 cells they reach), as is and with the first mirrored."""
     import tempfile
 
     import cv2
@@ -418,12 +417,13 @@ def near_duplicates(pool: list[dict]) -> dict[str, str]:
         return cache[key]
 
     matcher = cv2.BFMatcher(cv2.NORM_L2)
-    same: list[tuple[str, str, int]] = []
+    out: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for a, b in sorted(candidates):
         ka, da, _ = feats(a)
         kb, db, shape = feats(b)
         if da is None or db is None or len(ka) < 8 or len(kb) < 8:
             continue
+        found = out.setdefault((a, b), [])
         for flip in (False, True):
             pts_a = np.float32([k.pt for k in ka])
             if flip:  # a mirrored copy: SIFT is not mirror-invariant
@@ -436,7 +436,7 @@ def near_duplicates(pool: list[dict]) -> dict[str, str]:
                 da_use = da
             good = [m for m, n in (pair for pair in matcher.knnMatch(da_use, db, k=2)
                                    if len(pair) == 2) if m.distance < 0.75 * n.distance]
-            if len(good) < SAME_INLIERS:
+            if len(good) < 8:
                 continue
             src = pts_a[[m.queryIdx for m in good]]
             dst = np.float32([kb[m.trainIdx].pt for m in good])
@@ -446,9 +446,22 @@ def near_duplicates(pool: list[dict]) -> dict[str, str]:
             inl = dst[mask.ravel() == 1]
             h, w = shape
             cells = {(int(x * 4 / w), int(y * 4 / h)) for x, y in inl}
-            if len(inl) >= SAME_INLIERS and len(cells) / 16 >= SAME_SPREAD:
-                same.append((a, b, len(inl)))
-                break
+            found.append((len(inl), len(cells) / 16))
+    return out
+
+
+def near_duplicates(pool: list[dict]) -> dict[str, str]:
+    """Pictures of the pool that are the same photo after all (one filtered by
+    an effect, two screenshots of one dialog), which a 32x32 high-pass
+    thumbnail does not see. Candidates: imgmatch's robust tier, any pair with
+    15 or more inliers; confirmation: SIFT and a homography, independent of
+    imgmatch's features and scores. Returns {dropped key: why}: of each
+    group, the first key stays."""
+    same: list[tuple[str, str, int]] = []
+    for (a, b), found in sift_inliers(pool).items():
+        passing = [n for n, spread in found if n >= SAME_INLIERS and spread >= SAME_SPREAD]
+        if passing:
+            same.append((a, b, passing[0]))
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -519,9 +532,16 @@ if __name__ == "__main__":
         write_pool()
     elif "--here" in sys.argv:
         write_set()
-    elif "--find-duplicates" in sys.argv:
+    elif "--find-duplicates" in sys.argv or "--near-misses" in sys.argv:
         if not POOL.exists():
             sys.exit(f"{POOL} is missing: run scripts/bench sets once to make the pool")
-        print(json.dumps(near_duplicates(json.loads(POOL.read_text())), indent=1))
+        pool = json.loads(POOL.read_text())
+        if "--find-duplicates" in sys.argv:
+            print(json.dumps(near_duplicates(pool), indent=1))
+        else:  # the pairs just under SAME_INLIERS: what a lower threshold would drop
+            for (a, b), found in sift_inliers(pool).items():
+                best = max((n for n, spread in found if spread >= SAME_SPREAD), default=0)
+                if 30 <= best < SAME_INLIERS:
+                    print(f"{best}\t{a}\t{b}")
     else:
         print(ensure())
