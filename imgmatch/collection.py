@@ -31,6 +31,7 @@ from .cluster import build_clusters
 from .decode import DEFAULT_TARGET, Decoded, decode
 from .descriptors import DescriptorIndex
 from .errors import ImgmatchError, MissingFile, WatchlistError, error_for
+from .evidence import Evidence
 from .explain import decode_here, explain_pair
 from .hash_import import BATCH as HASH_BATCH
 from .hash_import import import_hash_list
@@ -39,7 +40,7 @@ from .index import BinaryIndex
 from .index_cache import IndexCache
 from .ingest import DEFAULT_BATCH, IngestSummary, analyse, ingest
 from .keys import create_key, key_hash
-from .match import MATCH_SCORE, IndexLinker, LocalQuery, find_matches, pixel_query
+from .match import MATCH_SCORE, IndexLinker, LocalQuery, find_matches, pixel_query, weigh
 from .model import Added, AuditEntry, Cluster, Explanation, ImageRecord, Link, Match
 from .records import HashValue, Sighting
 from .sandbox import DecodeSandbox
@@ -417,6 +418,17 @@ class Collection:
         """What a query of this collection searches with: its hash signals, and
         whether local features (call with the indexes' lock held)."""
         return list(self.indexes), self.descriptors is not None
+
+    def _weigh(self, query: dict[str, list[HashValue]], views: list[LocalQuery] | None,
+               grey: np.ndarray | None) -> dict[int, Evidence]:
+        """What a query made by :func:`imgmatch.match.pixel_query` weighs for
+        each candidate, unranked (lock held): what ``explain`` shows."""
+        query = {name: query[name] for name in self.indexes if name in query}
+        descriptors = self.descriptors if views is not None else None
+        return weigh(self.catalog, self.indexes, query,
+                     local=views if descriptors is not None else None,
+                     descriptors=descriptors,
+                     grey=grey if descriptors is not None else None)[0]
 
     def _search(self, query: dict[str, list[HashValue]], views: list[LocalQuery] | None,
                 grey: np.ndarray | None, top_k: int, min_score: float) -> list[Match]:
@@ -858,18 +870,34 @@ class Collection:
                                 f"give more digits")
         return found[0]
 
-    def explain(self, a: str, b: str, *, sandbox: DecodeSandbox | None = None) -> Explanation:
+    def explain(self, a: str, b: str, *, sandbox: DecodeSandbox | None = None,
+                searcher: Collection | None = None,
+                lock: AbstractContextManager[Any] | None = None) -> Explanation:
         """Why two catalogued images match or not (see :mod:`imgmatch.explain`):
         each signal's values, distance, threshold, version and verdict, the
         geometric verification, the score, the rules that capped it and the
         precision measured at it, and their stored link if any. ``a`` and
         ``b`` are SHA-256s or unique prefixes (:meth:`resolve`); ``a`` plays
         the query, read again from where it was seen when it can be.
-        ``sandbox``: decode it in the sandbox's capped workers, not here."""
+        ``sandbox``: decode it in the sandbox's capped workers, not here.
+        ``searcher``: the collection whose indexes a query searches (a
+        service's writer: its read-only collections keep none), with the
+        ``lock`` it is searched under; by default this one."""
         first, second = self.resolve(a), self.resolve(b)
+        searcher = searcher or self
+        guard: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
+        with guard:
+            indexed = list(searcher.indexes)
+
+        def search(query: dict[str, list[HashValue]], views: list[LocalQuery] | None,
+                   grey: np.ndarray | None) -> dict[int, Evidence]:
+            with guard:
+                return searcher._weigh(query, views, grey)
+
         return explain_pair(self.catalog, (self._image_id(first), first),
                             (self._image_id(second), second),
-                            decode_here if sandbox is None else sandbox.query_input)
+                            decode_here if sandbox is None else sandbox.query_input,
+                            search, indexed)
 
     def image(self, sha256: str) -> ImageRecord:
         """One image: its facts, signals, sightings and links; ImgmatchError if unknown."""

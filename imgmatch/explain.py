@@ -21,7 +21,7 @@ does), and the explanation's notes say what that could not show.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import signals as registry
@@ -29,7 +29,7 @@ from .catalog import Catalog
 from .errors import ImgmatchError, InputError, SignalError
 from .decode import decode
 from .evidence import RULES, SCALES, Evidence, calibration_at
-from .match import (THRESHOLDS, TRANSFORM_NAMES, VERIFIABLE, LocalQuery, measure,
+from .match import (THRESHOLDS, TRANSFORM_NAMES, VERIFIABLE, LocalQuery, explained, measure,
                     pixel_query)
 from .model import Explanation, Link, SignalComparison
 from .records import HashValue
@@ -41,6 +41,10 @@ from .upgrade import reread
 #: pixels or None); an InputError when the bytes cannot be decoded.
 Prepare = Callable[[bytes, str, list[str], bool],
                    tuple[dict[str, list[HashValue]], list[LocalQuery] | None, Any]]
+#: A query's search of the collection, from what :data:`Prepare` made: the
+#: evidence it weighs for each candidate (:func:`imgmatch.match.weigh`).
+Search = Callable[[dict[str, list[HashValue]], list[LocalQuery] | None, Any],
+                  Mapping[int, Evidence]]
 
 
 def decode_here(data: bytes, source: str, names: list[str],
@@ -53,31 +57,49 @@ def decode_here(data: bytes, source: str, names: list[str],
 
 
 def explain_pair(catalog: Catalog, a: tuple[int, str], b: tuple[int, str],
-                 prepare: Prepare = decode_here) -> Explanation:
+                 prepare: Prepare = decode_here, search: Search | None = None,
+                 indexed: Sequence[str] = ()) -> Explanation:
     """The explanation of catalogued images ``a`` and ``b``, each given as
     (image id, sha256); ImgmatchError when they have nothing to compare.
-    ``prepare`` decodes ``a`` when its bytes can be read again."""
+    ``prepare`` decodes ``a`` when its bytes can be read again.
+
+    With ``search`` (the collection's, whose indexes hold the signals
+    ``indexed``), A's picture is searched as a query would search it, and B
+    is weighed as that query weighed it: the same views, the same tiles, the
+    same score. Where the query does not put B forward for verification, B
+    is verified here anyway, in each of A's views, and a note says so."""
     (id_a, sha_a), (id_b, sha_b) = a, b
     values = catalog.signals_of([id_a, id_b])
     mine, theirs = values.get(id_a, {}), values.get(id_b, {})
     blobs = catalog.features_of([id_a, id_b])
     robust = catalog.feature_count() > 0  # a query would compare local features
-    from_pixels = _from_pixels(catalog, id_a, list(theirs), robust, prepare)
+    names = sorted(set(theirs) | set(indexed))
+    from_pixels = _from_pixels(catalog, id_a, names, robust, prepare)
     grey = None
     views: list[tuple[LocalQuery, set[int]]] = []
+    ev = None
     if isinstance(from_pixels, tuple):
         query, local, grey = from_pixels
+        unread = None
+        if search is not None:
+            ev = search(query, local, grey).get(id_b)
+            if ev is not None and ev.verified is None and local and id_b in blobs:
+                ev = None  # found by its hashes, not put forward for verification
         # a query verifies the candidates its views vote for; here, B in each
         views = [(view, {id_b}) for view in local or ()]
-        unread = None
     else:
         unread = from_pixels
         query = {name: registry.get(name).dihedral_of_value(HashValue(name, data, quality))
                  for name, (data, quality) in mine.items()}
         if id_a in blobs:  # A's own features, without its mirror's
             views.append(((registry.local().load(blobs[id_a]), None), {id_b}))
-    found, _ = measure(catalog, query, [id_b], views, grey)
-    ev = found.get(id_b)
+    as_queried = ev is not None
+    if ev is None:
+        # like a query, the tiles only where the whole picture leaves it unexplained
+        found, _ = measure(catalog, query, [id_b], views[:1], grey)
+        if len(views) > 1 and not explained(found):
+            found, _ = measure(catalog, query, [id_b], views, grey)
+        ev = found.get(id_b)
     if ev is None or not (ev.hashes or ev.verified):
         raise ImgmatchError(
             f"images {sha_a[:12]} and {sha_b[:12]} have no signal in common to compare "
@@ -107,7 +129,7 @@ def explain_pair(catalog: Catalog, a: tuple[int, str], b: tuple[int, str],
         thresholds=dict(THRESHOLDS), terms=ev.terms(),
         link=link,
         notes=_notes(ev, mine, theirs, id_a in blobs or (robust and unread is None),
-                     id_b in blobs, unread)
+                     id_b in blobs, unread, as_queried or search is None)
         + ((f"the stored link's score ({link.score:.4f}) was measured from the pictures at "
             "ingest and is the better measure here",)
            if link is not None and unread is not None and abs(link.score - score) > 0.1
@@ -187,12 +209,17 @@ def _stored_link(catalog: Catalog, id_a: int, id_b: int, sha_b: str) -> Link | N
 
 
 def _notes(ev: Evidence, mine: dict, theirs: dict, a_features: bool,
-           b_features: bool, unread: str | None) -> tuple[str, ...]:
+           b_features: bool, unread: str | None, as_queried: bool = True) -> tuple[str, ...]:
     """What this comparison could not do, where it matters."""
     out = []
     if unread is None:
         out.append("A was read again from where it was seen and searched as a query "
                    "of its picture would be")
+        if not as_queried:
+            out.append("a query of A's picture does not put B forward for geometric "
+                       "verification (its local features do not vote for B): B was "
+                       "verified here in each of A's views, so the score is the best "
+                       "such a query could give")
     else:
         out.append(f"A could not be read again ({_reason(unread)}): its stored values "
                    "stand in for its picture")

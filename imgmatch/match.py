@@ -298,28 +298,15 @@ def gather_evidence(query: Mapping[str, Sequence[HashValue]],
     return out
 
 
-def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
-                 query: Mapping[str, Sequence[HashValue]], *, top_k: int = 10,
-                 min_score: float = MATCH_SCORE, with_sightings: bool = True,
-                 local: LocalQuery | Sequence[LocalQuery] | None = None,
-                 descriptors: DescriptorIndex | None = None,
-                 grey: np.ndarray | None = None) -> list[Match]:
-    """The best ``top_k`` catalogued images for a query, best first.
-
-    ``query`` maps a signal name to the query's values for it (the dihedral
-    variants, identity first). With ``min_score`` > 0 every image scoring at
-    least that through a hash is a candidate (an exact range search: no
-    scan); with 0 the nearest neighbours of each signal are ranked (a scan),
-    so a full ranking can be evaluated. ``local`` (the query's local features
-    and its mirror's; or a list of such views, the whole image first, then
-    its tiles) adds the robust tier: candidates voted by the ``descriptors``
-    index, and geometric verification of the best candidates. Tiles find the
-    photos of a collage or a screenshot: each gets its own votes and
-    verifications (unless the whole image explains the query, where
-    :data:`EXPLAINED_SHARE` is set: :func:`explained`). ``grey`` (the query's pixels,
-    the views' source) adds the aligned comparison, and gives the tiles'
-    features when ``local`` holds none.
-    """
+def weigh(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
+          query: Mapping[str, Sequence[HashValue]], *, top_k: int = 10,
+          min_score: float = MATCH_SCORE,
+          local: LocalQuery | Sequence[LocalQuery] | None = None,
+          descriptors: DescriptorIndex | None = None, grey: np.ndarray | None = None
+          ) -> tuple[dict[int, Evidence], dict[int, dict[str, tuple[bytes, int | None]]]]:
+    """The candidates a query finds and the evidence it weighs for each, unranked
+    (see :func:`find_matches`, which ranks them): also what ``imgmatch
+    explain`` weighs, so a pair is explained as the query found it."""
     candidates: set[int] = set()
     for name, variants in query.items():
         index = indexes.get(name)
@@ -345,6 +332,33 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
         else ({}, {})
     if views and not explained(found):
         _search_tiles(catalog, query, descriptors, views[0][0], given[1:], grey, found, stored)
+    return found, stored
+
+
+def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
+                 query: Mapping[str, Sequence[HashValue]], *, top_k: int = 10,
+                 min_score: float = MATCH_SCORE, with_sightings: bool = True,
+                 local: LocalQuery | Sequence[LocalQuery] | None = None,
+                 descriptors: DescriptorIndex | None = None,
+                 grey: np.ndarray | None = None) -> list[Match]:
+    """The best ``top_k`` catalogued images for a query, best first.
+
+    ``query`` maps a signal name to the query's values for it (the dihedral
+    variants, identity first). With ``min_score`` > 0 every image scoring at
+    least that through a hash is a candidate (an exact range search: no
+    scan); with 0 the nearest neighbours of each signal are ranked (a scan),
+    so a full ranking can be evaluated. ``local`` (the query's local features
+    and its mirror's; or a list of such views, the whole image first, then
+    its tiles) adds the robust tier: candidates voted by the ``descriptors``
+    index, and geometric verification of the best candidates. Tiles find the
+    photos of a collage or a screenshot: each gets its own votes and
+    verifications (unless the whole image explains the query, where
+    :data:`EXPLAINED_SHARE` is set: :func:`explained`). ``grey`` (the query's pixels,
+    the views' source) adds the aligned comparison, and gives the tiles'
+    features when ``local`` holds none.
+    """
+    found, stored = weigh(catalog, indexes, query, top_k=top_k, min_score=min_score,
+                          local=local, descriptors=descriptors, grey=grey)
     if not found:
         return []
     scores = {i: ev.settle() for i, ev in found.items()}

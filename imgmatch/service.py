@@ -46,6 +46,7 @@ from . import (
     ROBUST_SIGNALS,
     Collection,
     DecodeSandbox,
+    Explanation,
     HashValue,
     Sighting,
     WatchMatch,
@@ -151,6 +152,14 @@ class ServiceState:
         matches = self.writer.query(data, top_k=top_k, lock=self.lock, sandbox=self.sandbox,
                                     **_given(min_score=min_score))
         return [m.to_json() for m in matches]
+
+    def explain(self, a: str, b: str) -> Explanation:
+        """``imgmatch explain`` of two catalogued images, A searched as this
+        service's queries search (the writer's indexes, under the lock)."""
+        with self.lock:
+            self.current()
+        return self.reader().explain(a, b, sandbox=self.sandbox, searcher=self.writer,
+                                     lock=self.lock)
 
     def query_pdq(self, hex_value: str, top_k: int, min_score: float | None) -> list[dict]:
         with self.lock:
@@ -445,7 +454,7 @@ def create_app(db: str | Path, *, max_upload_mb: float = 20.0,
                                          "hex digits")
         try:
             # the picture, read again, is decoded in the sandbox as uploads are
-            explanation = state().reader().explain(a, b, sandbox=state().sandbox)
+            explanation = state().explain(a, b)
         except Busy:
             raise
         except ImgmatchError as exc:  # no such image, an ambiguous prefix, nothing to compare

@@ -137,6 +137,49 @@ def test_explain_agrees_with_the_robust_query_on_its_matches(case, monkeypatch):
                 assert {s.signal for s in e.signals if s.verdict == "agreed"} | {"orb"} \
                     == set(m.agreed)
                 assert e.transform == m.transform
+            if m.inliers is None:  # scored on its hashes: the explanation says why it differs
+                assert any("does not put B forward" in note for note in e.notes), m.sha256
+
+
+TEMPLE = FIXTURES / "originals" / "temple.jpg"
+
+
+def _catalogued_with_the_temple(collection: imgmatch.Collection, page: Image.Image):
+    """``page`` saved as page.png and catalogued in the robust tier with the
+    temple photo and an unrelated one: the page's query's match of the temple."""
+    page.save("page.png")
+    collection.add_many([(TEMPLE, None), (Path("page.png"), None),
+                         (FIXTURES / "originals" / "cat.jpg", None)],
+                        signals=imgmatch.ROBUST_SIGNALS)
+    (match,) = [m for m in collection.query("page.png") if m.sha256 == sha(TEMPLE)]
+    return match
+
+
+#: Pages (width, height as fractions of the photo's) with the photo pasted on
+#: them: the query searches their tiles too, and finds the photo in one view
+#: or another; each failed this test when the explanation verified the photo
+#: in every tile whether or not the query's tiles voted for it.
+PAGES = ((3, 2, 3, 2), (3, 2, 2, 1), (4, 3, 2, 1), (2, 1, 2, 1))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: f"{p[0]}/{p[1]}x{p[2]}/{p[3]}")
+def test_a_photo_on_a_page_is_explained_with_the_score_its_query_gave(tmp_path, monkeypatch,
+                                                                     page):
+    """The explanation searches A's picture as the query does (the same views,
+    the tiles only where the query takes them, the same votes), so it shows
+    the score the query gave, whichever view found the photo."""
+    monkeypatch.chdir(tmp_path)
+    photo = Image.open(TEMPLE)
+    wide, wide_by, tall, tall_by = page
+    sheet = Image.new("RGB", (photo.width * wide // wide_by, photo.height * tall // tall_by),
+                      "white")
+    sheet.paste(photo, (photo.width // 8, photo.height // 4))
+    with imgmatch.Collection.open(tmp_path / "p.db") as collection:
+        match = _catalogued_with_the_temple(collection, sheet)
+        e = collection.explain(sha(Path("page.png")), sha(TEMPLE))
+    assert e.score == pytest.approx(match.score, abs=1e-9)
+    assert e.verification is not None and e.verification["inliers"] == match.inliers
+    assert not any("does not put B forward" in note for note in e.notes)
 
 
 def test_a_mirror_is_compared_as_a_mirror(case, monkeypatch):
@@ -173,19 +216,14 @@ def test_the_robust_tier_shows_its_verification(tmp_path, monkeypatch):
     """A photo inside a screenshot: the hashes disagree, the local features
     agree, and the explanation shows the inliers and their spread."""
     monkeypatch.chdir(tmp_path)
-    photo = Image.open(FIXTURES / "originals" / "temple.jpg")
+    photo = Image.open(TEMPLE)
     part = photo.crop((0, 0, photo.width * 2 // 3, photo.height))
     page = Image.new("RGB", (photo.width * 2, photo.height * 2), "white")
     page.paste(part, (photo.width // 2, photo.height // 3))
-    page.save("screenshot.png")
-    temple = FIXTURES / "originals" / "temple.jpg"
     with imgmatch.Collection.open(tmp_path / "r.db") as collection:
-        collection.add_many([(temple, None), (Path("screenshot.png"), None),
-                             (FIXTURES / "originals" / "cat.jpg", None)],
-                            signals=imgmatch.ROBUST_SIGNALS)
-        (match,) = [m for m in collection.query("screenshot.png") if m.sha256 == sha(temple)]
-        e = collection.explain(sha(Path("screenshot.png")), sha(temple))
-        other = collection.explain(sha(temple), sha(FIXTURES / "originals" / "cat.jpg"))
+        match = _catalogued_with_the_temple(collection, page)
+        e = collection.explain(sha(Path("page.png")), sha(TEMPLE))
+        other = collection.explain(sha(TEMPLE), sha(FIXTURES / "originals" / "cat.jpg"))
     assert e.tier == "robust" and e.score == pytest.approx(match.score, abs=1e-9)
     v = e.verification
     assert v is not None and v["agreed"] and v["inliers"] >= 20 and v["strong"]

@@ -415,6 +415,22 @@ def test_service_and_cli_find_the_same_matches(service, query, options, params):
         assert status == 200 and body["matches"] == printed["matches"]
 
 
+def test_the_service_explains_a_match_with_the_score_its_query_gave(service):
+    """GET /v1/explain searches A's picture as the service's queries do (the
+    writer's indexes, not a read-only copy), so each match of a catalogued
+    repost is explained with the score /v1/query gave it."""
+    path = FIXTURES / "reposts" / "astronaut_citylist_2023.jpg"
+    client = Client(service["port"], service["keys"]["read"])
+    status, body = client.post_form("/v1/query", {}, {"image": (path.name, path.read_bytes())})
+    assert status == 200, body
+    others = [m for m in body["matches"] if m["sha256"] != sha256_of(path)]
+    assert others
+    for m in others:
+        status, e = client.request("GET", f"/v1/explain?a={sha256_of(path)}&b={m['sha256']}")
+        assert status == 200, e
+        assert e["score"] == pytest.approx(m["score"], abs=1e-4), m["sha256"]
+
+
 @pytest.fixture(scope="module")
 def ignoring(tmp_path_factory):
     """A collection of its own, served, for tests that add to its ignore list."""
