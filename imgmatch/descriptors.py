@@ -3,11 +3,14 @@
 Geometric verification (:func:`imgmatch.features.verify`) is exact but costs
 about a millisecond a pair, so it runs on a short list. Global hashes supply
 part of that list; this index supplies the rest, which no hash finds: the
-crops, collages and screenshots. It holds the strongest descriptors of every
-image (:data:`PER_IMAGE`), each labelled with its image id; each of a
-query's descriptors (and its mirror's) finds its nearest stored
-descriptors, and every image collects one vote per query descriptor that
-lands on it. The images with the most votes are the candidates.
+crops, collages and screenshots. It holds :data:`PER_IMAGE` descriptors of
+every image, the strongest of each part of it in turn
+(:func:`imgmatch.features.balanced`: a collage's soft photo beside sharp
+ones, or a screenshot's photo under its interface's text, gets its share),
+each labelled with its image id; each of a query's descriptors, chosen the
+same way (and its mirror's), finds its nearest stored descriptors, and
+every image collects one vote per query descriptor that lands on it. The
+images with the most votes are the candidates.
 
 Small collections are searched exactly (FAISS's binary flat scan, the
 :data:`NEIGHBOURS` nearest within :data:`VOTE_DISTANCE` bits). Past
@@ -60,10 +63,12 @@ from typing import Any
 import numpy as np
 
 from .errors import IndexFileError
-from .features import DESCRIPTOR_BYTES, NAME, VERSION, LocalFeatures, faiss_threads
+from .features import (BALANCE_GRID, DESCRIPTOR_BYTES, NAME, VERSION, LocalFeatures,
+                       balanced, faiss_threads)
 from .index_files import Manifest, load_folder, map_npy, save_folder
 
-#: Descriptors indexed per image (the strongest): the memory budget of the tier.
+#: Descriptors indexed per image (spread over it, strongest first): the memory
+#: budget of the tier.
 PER_IMAGE = 128
 #: Exact search: a stored descriptor within this many bits of a query's casts a vote.
 VOTE_DISTANCE = 48
@@ -270,8 +275,9 @@ class DescriptorIndex:
         return out
 
     def add(self, image_id: int, features: LocalFeatures) -> None:
-        """Index the strongest descriptors of one image (features are stored strongest first)."""
-        codes = features.descriptors[:PER_IMAGE]
+        """Index one image's descriptors: the strongest of each part of it in turn
+        (features are stored strongest first)."""
+        codes = features.descriptors[balanced(features, PER_IMAGE)]
         if len(codes):
             self._append(np.ascontiguousarray(codes, np.uint8),
                          np.full(len(codes), image_id, np.int64))
@@ -470,7 +476,8 @@ class DescriptorIndex:
         ``queries`` are the query's feature sets (the image and its mirror);
         each query descriptor votes once per image. ``exclude_from`` drops
         images with ids at or above it (linking: newer images query older).
-        ``voters``: how many of each set's strongest descriptors vote.
+        ``voters``: how many of each set's descriptors vote, the strongest of
+        each part of the image in turn.
         """
         return [(i, sum(v)) for i, v in self.votes_by_set(queries, limit, exclude_from, voters)]
 
@@ -481,7 +488,7 @@ class DescriptorIndex:
         that cast them: [(image_id, (votes of set 0, of set 1, ...))]. A
         mirrored repost draws its votes from the mirror's set; verifying the
         other orientation then costs a matching that cannot succeed."""
-        sets = [q.descriptors[:voters] for q in queries]
+        sets = [q.descriptors[balanced(q, voters)] for q in queries]
         codes = _stacked(sets)
         if not len(codes) or not self._rows:
             return []
@@ -507,7 +514,7 @@ class DescriptorIndex:
     def scanned(self, queries: list[LocalFeatures], voters: int = VOTERS) -> int:
         """Posting-list entries a search of these query sets reads (the
         compact file's work; 0 before it is built)."""
-        codes = _stacked([q.descriptors[:voters] for q in queries])
+        codes = _stacked([q.descriptors[balanced(q, voters)] for q in queries])
         if not len(codes) or not self._rows:
             return 0
         self._prepare()
@@ -787,7 +794,8 @@ FACTORY = "ORB-votes+words"
 
 def _params() -> dict[str, int]:
     """The settings an index's rows depend on: a change means a rebuild."""
-    return {"features_version": VERSION, "per_image": PER_IMAGE, "word_rows": WORD_ROWS,
+    return {"features_version": VERSION, "per_image": PER_IMAGE, "balance_grid": BALANCE_GRID,
+            "word_rows": WORD_ROWS,
             "signature_bits": SIGNATURE_BITS, "roots_per_1000": round(1000 * ROOTS)}
 
 

@@ -51,7 +51,7 @@ from bench_sets import ensure as ensure_second  # noqa: E402
 
 from imgmatch import descriptors  # noqa: E402
 from imgmatch import match  # noqa: E402
-from imgmatch.features import (DESCRIPTOR_BYTES, MAX_FEATURES, SIDE,  # noqa: E402
+from imgmatch.features import (DESCRIPTOR_BYTES, MAX_FEATURES, SIDE, balanced,  # noqa: E402
                                LocalFeatures, extract_both, tiles)
 
 #: Most bits flipped in a synthetic image's descriptor.
@@ -93,9 +93,9 @@ def real_features(dev: Path, second: Path) -> dict:
     pool = np.concatenate([f[0].descriptors
                            for f in _extract([str(second / r["file"]) for r in pool_refs])])
     number = {r["reference_id"]: n for n, r in enumerate(refs)}
-    return {"refs": [f.descriptors[:descriptors.PER_IMAGE] for f in ref_feats],
+    return {"refs": [f.descriptors[balanced(f, descriptors.PER_IMAGE)] for f in ref_feats],
             "ref_blobs": [f.to_bytes() for f in ref_feats],
-            "queries": [(v[0][0].descriptors, v[0][1].descriptors) for v in views],
+            "queries": [(v[0][0], v[0][1]) for v in views],
             "views": views, "truth": [number[q["reference_id"]] for q in queries],
             "pool": pool}
 
@@ -138,7 +138,12 @@ def collection(rng: np.random.Generator, pool: np.ndarray, refs: list[np.ndarray
     return index, build
 
 
-def features_of(codes: np.ndarray) -> LocalFeatures:
+def features_of(codes: np.ndarray | LocalFeatures) -> LocalFeatures:
+    """Features as they are (a real image's: their positions choose the rows
+    that vote, :func:`imgmatch.features.balanced`), or codes without
+    positions (a synthetic image's: taken in their order)."""
+    if isinstance(codes, LocalFeatures):
+        return codes
     return LocalFeatures(np.zeros((len(codes), 2), np.float32), codes, 512, 512)
 
 
@@ -308,12 +313,11 @@ def settings_table(fit: Path, others: list[Path]) -> list[str]:
     often the reference is among the 8 most voted with 3 votes or more."""
     refs = list(csv.DictReader(open(fit / "references.csv")))
     queries = [q for q in csv.DictReader(open(fit / "queries.csv")) if q["is_negative"] == "0"]
-    stored = [f[0].descriptors for f in _extract([str(fit / r["file"]) for r in refs])]
+    stored = [f[0] for f in _extract([str(fit / r["file"]) for r in refs])]
     for other in others:
-        stored += [f[0].descriptors for f in _extract([str(other / r["file"]) for r in
+        stored += [f[0] for f in _extract([str(other / r["file"]) for r in
                                            csv.DictReader(open(other / "references.csv"))])]
-    asked = [(a.descriptors, b.descriptors)
-             for a, b in _extract([str(fit / q["file"]) for q in queries])]
+    asked = list(_extract([str(fit / q["file"]) for q in queries]))
     number = {r["reference_id"]: n + 1 for n, r in enumerate(refs)}
     truth = [number[q["reference_id"]] for q in queries]
     lines = ["| setting | reference among the 8 most voted | vote search ms (mean) |",
@@ -324,9 +328,9 @@ def settings_table(fit: Path, others: list[Path]) -> list[str]:
             setattr(descriptors, k, v)
         try:
             index = descriptors.DescriptorIndex()
-            for n, codes in enumerate(stored, start=1):
-                index.add(n, features_of(codes))
-            index.candidates([features_of(stored[0][:1])], 1)  # places every row
+            for n, found_features in enumerate(stored, start=1):
+                index.add(n, found_features)
+            index.candidates([features_of(stored[0].descriptors[:1])], 1)  # places every row
             found, t = 0, time.perf_counter()
             for (plain, mirror), target in zip(asked, truth):
                 voted = index.candidates([features_of(plain), features_of(mirror)], 8)
@@ -372,14 +376,13 @@ def probes_table(fit: Path, others: list[Path], images: int, queries: int,
     refs = list(csv.DictReader(open(fit / "references.csv")))
     asked_rows = [q for q in csv.DictReader(open(fit / "queries.csv"))
                   if q["is_negative"] == "0"]
-    stored = [f[0].descriptors[:descriptors.PER_IMAGE]
+    stored = [f[0].descriptors[balanced(f[0], descriptors.PER_IMAGE)]
               for f in _extract([str(fit / r["file"]) for r in refs])]
     pool = np.concatenate([f[0].descriptors for other in others for f in _extract(
         [str(other / r["file"]) for r in csv.DictReader(open(other / "references.csv"))])])
     rng = np.random.default_rng(images)
     chosen = rng.choice(len(asked_rows), min(queries, len(asked_rows)), replace=False)
-    asked = [(a.descriptors, b.descriptors) for a, b in
-             _extract([str(fit / asked_rows[q]["file"]) for q in chosen])]
+    asked = [(a, b) for a, b in _extract([str(fit / asked_rows[q]["file"]) for q in chosen])]
     number = {r["reference_id"]: n for n, r in enumerate(refs)}
     fillers = images - len(stored)
     truth = [fillers + 1 + number[asked_rows[q]["reference_id"]] for q in chosen]
