@@ -419,28 +419,29 @@ class Collection:
         whether local features (call with the indexes' lock held)."""
         return list(self.indexes), self.descriptors is not None
 
-    def _weigh(self, query: dict[str, list[HashValue]], views: list[LocalQuery] | None,
-               grey: np.ndarray | None) -> dict[int, Evidence]:
-        """What a query made by :func:`imgmatch.match.pixel_query` weighs for
-        each candidate, unranked (lock held): what ``explain`` shows."""
-        query = {name: query[name] for name in self.indexes if name in query}
+    def _search_with(self, query: dict[str, list[HashValue]], views: list[LocalQuery] | None,
+                     grey: np.ndarray | None) -> dict[str, Any]:
+        """What the indexes are searched with, from what
+        :func:`imgmatch.match.pixel_query` made (lock held). Signals indexed
+        since it was made elsewhere (another process added them) are left
+        out; so are views without a descriptor index."""
         descriptors = self.descriptors if views is not None else None
-        return weigh(self.catalog, self.indexes, query,
-                     local=views if descriptors is not None else None,
-                     descriptors=descriptors,
-                     grey=grey if descriptors is not None else None)[0]
+        return {"query": {name: query[name] for name in self.indexes if name in query},
+                "local": views if descriptors is not None else None,
+                "descriptors": descriptors,
+                "grey": grey if descriptors is not None else None}
 
     def _search(self, query: dict[str, list[HashValue]], views: list[LocalQuery] | None,
                 grey: np.ndarray | None, top_k: int, min_score: float) -> list[Match]:
-        """Search the indexes with what :func:`imgmatch.match.pixel_query` made
-        (lock held). Signals indexed since it was made elsewhere (another
-        process added them) are left out; so are views without a descriptor index."""
-        query = {name: query[name] for name in self.indexes if name in query}
-        descriptors = self.descriptors if views is not None else None
-        return find_matches(self.catalog, self.indexes, query, top_k=top_k, min_score=min_score,
-                            local=views if descriptors is not None else None,
-                            descriptors=descriptors,
-                            grey=grey if descriptors is not None else None)
+        """Search the indexes (lock held): the best matches, ranked."""
+        return find_matches(self.catalog, self.indexes, top_k=top_k, min_score=min_score,
+                            **self._search_with(query, views, grey))
+
+    def _weigh(self, query: dict[str, list[HashValue]], views: list[LocalQuery] | None,
+               grey: np.ndarray | None) -> dict[int, Evidence]:
+        """What the same search weighs for each candidate, unranked (lock held):
+        what ``explain`` shows."""
+        return weigh(self.catalog, self.indexes, **self._search_with(query, views, grey))[0]
 
     def add_many(self, pairs: Iterable[tuple[bytes | str | Path, Sighting | None]],
                  **kwargs: Any) -> IngestSummary:

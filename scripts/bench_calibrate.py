@@ -14,8 +14,10 @@ accuracy`` on the other sets: never fit and report on one set.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -111,8 +113,6 @@ def picture_groups(data: Path, ds) -> dict[str, str]:
     """Each query's picture: its reference, or for a negative query the picture
     it was made from (``negative_source_id``, where the set records it), so
     that copies of one picture never sit on both sides of a fold."""
-    import csv
-
     extra: dict[str, str] = {}
     with open(Path(data) / "queries.csv", newline="") as fh:
         for row in csv.DictReader(fh):
@@ -130,8 +130,6 @@ def cross_validated(evs: list, ys: list[int], qids: list[str], positives: int,
     first filter for a change to the features; it still shares the fit
     set's families of pictures (icons of one series, an app's screenshots),
     so only the held-out set says whether a change carries over."""
-    import zlib
-
     from imgmatch import evidence
 
     fold = [zlib.crc32(groups.get(q, q).encode()) % folds for q in qids]
