@@ -408,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full-distinct", type=float,
                     help="share of distinct inliers from which they count in full "
                          "(imgmatch.features.FULL_DISTINCT)")
+    ap.add_argument("--stored-features", type=int,
+                    help="keypoints an image's stored features keep "
+                         "(imgmatch.features.STORED_FEATURES)")
     ap.add_argument("--ingest-links", action="store_true",
                     help="then catalogue the screenshot and collage queries beside the "
                          "references, and count those linked to their reference at ingest")
@@ -430,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         SETTINGS["features"]["TWIN_BITS"] = args.twin_bits
     if args.full_distinct is not None:
         SETTINGS["features"]["FULL_DISTINCT"] = args.full_distinct
+    if args.stored_features is not None:
+        SETTINGS["features"]["STORED_FEATURES"] = args.stored_features
     for module in (descriptors, match, features):
         for name, value in SETTINGS[module.__name__.rsplit(".", 1)[-1]].items():
             setattr(module, name, value)

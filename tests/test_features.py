@@ -913,13 +913,36 @@ def test_an_image_is_indexed_by_the_same_rows_as_ingested_and_as_stored(path) ->
     """Ingest indexes the features it just took; a rebuild, the catalog's
     blob of them, whose points are rounded to quarter pixels. A point that
     rounding moves across a cell's edge must not change the rows (it did
-X's index and
-    one rebuilt from the catalog would answer differently."""
+    for 7 of these 20 files), or the service's index and one rebuilt from
+    the catalog would answer differently."""
     for found in features.extract_both(grey(Image.open(path).convert("RGB"))):
         stored = features.LocalFeatures.from_bytes(found.to_bytes())
         for count in (128, 150, 250):  # indexed; votes at ingest; votes of a query
             assert np.array_equal(features.balanced(found, count),
                                   features.balanced(stored, count))
+
+
+@pytest.mark.parametrize("stored_count", [128, 200, 300])
+def test_fewer_stored_keypoints_keep_the_rows_an_image_is_indexed_and_votes_by(
+        monkeypatch, stored_count) -> None:
+    """A collection that stores fewer keypoints an image (``STORED_FEATURES``,
+    measured in docs/benchmarks.md) keeps those spread over it, so an image
+    indexed as it is ingested (all its features) and one indexed again from
+    the catalog (what was stored) get the same rows."""
+    monkeypatch.setattr(features, "STORED_FEATURES", stored_count)
+    for path in sorted((FIXTURES / "reposts").glob("*.jpg"))[:8]:
+        found = features.extract(grey(Image.open(path).convert("RGB")))
+        kept = features.LocalFeatures.from_bytes(features.kept(found).to_bytes())
+        assert len(kept) == min(len(found), stored_count)
+        for count in (64, 128):
+            assert np.array_equal(found.descriptors[features.balanced(found, count)],
+                                  kept.descriptors[features.balanced(kept, count)])
+
+
+def test_all_keypoints_are_stored_by_default() -> None:
+    found = features.extract(grey(rgb("temple")))
+    assert features.STORED_FEATURES == features.MAX_FEATURES
+    assert features.kept(found) is found
 
 
 def test_a_soft_photo_in_a_collage_gets_its_share_of_the_indexed_rows() -> None:

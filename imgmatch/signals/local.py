@@ -72,6 +72,7 @@ class ORB(LocalSignalType):
         return plain, mirrored, features.reduce(prepared, features.ALIGN_SIDE)
 
     def stored(self, found: features.LocalFeatures) -> tuple[int, int, bytes]:
+        found = features.kept(found)
         return self.version, len(found), found.to_bytes()
 
     def load(self, blob: bytes) -> features.LocalFeatures:
