@@ -411,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stored-features", type=int,
                     help="keypoints an image's stored features keep "
                          "(imgmatch.features.STORED_FEATURES)")
+    ap.add_argument("--upscale-to", type=int,
+                    help="smaller images are enlarged to this longer side before their "
+                         "features are taken (imgmatch.features.UPSCALE_TO)")
     ap.add_argument("--ingest-links", action="store_true",
                     help="then catalogue the screenshot and collage queries beside the "
                          "references, and count those linked to their reference at ingest")
@@ -433,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         SETTINGS["features"]["TWIN_BITS"] = args.twin_bits
     if args.full_distinct is not None:
         SETTINGS["features"]["FULL_DISTINCT"] = args.full_distinct
+    if args.upscale_to is not None:
+        SETTINGS["features"]["UPSCALE_TO"] = args.upscale_to
     if args.stored_features is not None:
         SETTINGS["features"]["STORED_FEATURES"] = args.stored_features
     for module in (descriptors, match, features):

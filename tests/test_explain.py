@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import imgmatch
+from imgmatch import features
 from imgmatch.cli import cli
 from imgmatch.evidence import (
     CALIBRATION,
@@ -228,7 +229,7 @@ def test_the_robust_tier_shows_its_verification(tmp_path, monkeypatch):
     v = e.verification
     assert v is not None and v["agreed"] and v["inliers"] >= 20 and v["strong"]
     assert v["matches"] >= v["inliers"] and 0 < v["spread"] <= 1 and v["aligned"] is not None
-    assert v["versions"] == [1, 1]
+    assert v["versions"] == [features.VERSION] * 2
     assert e.verdict in ("same", "lead")
     assert other.verdict == "different" and not other.verification["agreed"]
 

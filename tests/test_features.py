@@ -957,3 +957,24 @@ def test_a_soft_photo_in_a_collage_gets_its_share_of_the_indexed_rows() -> None:
     assert on_soft[:128].sum() == 0
     assert on_soft[features.balanced(found, 128)].sum() >= min(10, on_soft.sum())
     assert on_soft.sum() >= 10
+
+
+@pytest.mark.parametrize("name", ["astronaut", "cat", "coffee", "temple"])
+def test_a_thumbnail_is_verified_against_its_original(name) -> None:
+    """ORB's pyramid spans 1.2^7 (3.6 times) of scale, so a 96-pixel thumbnail
+    analysed as it is found nothing of its original analysed at 512 pixels
+    (0 to 3 inliers). Enlarged to :data:`features.UPSCALE_TO` first, the two
+    meet inside the pyramid."""
+    original = rgb(name)
+    thumbnail = original.copy()
+    thumbnail.thumbnail((96, 96), Image.Resampling.LANCZOS)
+    found = features.verify(features.extract(grey(thumbnail)), features.extract(grey(original)))
+    assert found.inliers >= 40 and found.support >= 40
+
+
+def test_only_images_large_enough_to_describe_are_enlarged() -> None:
+    """A sliver under 32 pixels is not stretched into features of noise."""
+    assert features.prepare(np.zeros((20, 200), np.uint8)).shape == (20, 200)
+    assert features.prepare(np.zeros((64, 128), np.uint8)).shape == \
+        (features.UPSCALE_TO // 2, features.UPSCALE_TO)
+    assert features.prepare(np.zeros((1000, 800), np.uint8)).shape == (512, 410)
