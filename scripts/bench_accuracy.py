@@ -414,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--upscale-to", type=int,
                     help="smaller images are enlarged to this longer side before their "
                          "features are taken (imgmatch.features.UPSCALE_TO)")
+    ap.add_argument("--shared-votes", type=int,
+                    help="1: rank candidates by votes shared among the images each "
+                         "descriptor voted for (imgmatch.descriptors.SHARED_VOTES)")
     ap.add_argument("--ingest-links", action="store_true",
                     help="then catalogue the screenshot and collage queries beside the "
                          "references, and count those linked to their reference at ingest")
@@ -436,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         SETTINGS["features"]["TWIN_BITS"] = args.twin_bits
     if args.full_distinct is not None:
         SETTINGS["features"]["FULL_DISTINCT"] = args.full_distinct
+    if args.shared_votes is not None:
+        SETTINGS["descriptors"]["SHARED_VOTES"] = bool(args.shared_votes)
     if args.upscale_to is not None:
         SETTINGS["features"]["UPSCALE_TO"] = args.upscale_to
     if args.stored_features is not None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 import imgmatch
-from imgmatch import features, match
+from imgmatch import descriptors, features, match
 from imgmatch.descriptors import DescriptorIndex
 from imgmatch.errors import IndexFileError, SignalError
 from imgmatch.evidence import PRECISE, STRONG_SUPPORT
@@ -978,3 +978,34 @@ def test_only_images_large_enough_to_describe_are_enlarged() -> None:
     assert features.prepare(np.zeros((64, 128), np.uint8)).shape == \
         (features.UPSCALE_TO // 2, features.UPSCALE_TO)
     assert features.prepare(np.zeros((1000, 800), np.uint8)).shape == (512, 410)
+
+
+def _in_the_app(image: Image.Image) -> Image.Image:
+    """A photo in one classifieds app's screen: a status bar and a dozen lines
+    of listing text, the same on every screen of the app."""
+    phone = Image.new("RGB", (540, 1100), (245, 245, 245))
+    draw = ImageDraw.Draw(phone)
+    draw.rectangle((0, 0, 540, 70), fill=(30, 30, 30))
+    draw.text((20, 25), "12:41   LTE   87%", fill="white")
+    for k in range(12):
+        draw.text((20, 560 + 40 * k), f"Listing details line {k}: call 555-01{k:02d} tonight",
+                  fill=(40, 40, 40))
+    phone.paste(ImageOps.contain(image, (520, 480)), (10, 80))
+    return phone
+
+
+def test_a_screenshot_finds_its_photo_among_screens_of_the_same_app() -> None:
+    """Each of the app's other screens collects a vote from every descriptor
+    of its text (100 or more); the photo, from its own descriptors only (30).
+    Counted whole, the photo ranked 7th of 12, under the 4 an ingest
+    verifies; shared among the images each descriptor voted for, 2nd."""
+    assert descriptors.SHARED_VOTES
+    index = DescriptorIndex()
+    index.add(1, features.extract(grey(rgb("temple"))))
+    others = [rgb(n) for n in ("astronaut", "cat", "coffee", "flower", "rocket")] + \
+        [Image.open(p).convert("RGB") for p in sorted((FIXTURES / "distractors").glob("*.jpg"))[:6]]
+    for n, other in enumerate(others):
+        index.add(10 + n, features.extract(grey(_in_the_app(other))))
+    query = list(features.extract_both(grey(_in_the_app(rgb("temple")))))
+    found = [i for i, _ in index.candidates(query, match.LINK_VERIFY, voters=match.LINK_VOTERS)]
+    assert 1 in found
