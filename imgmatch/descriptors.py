@@ -74,7 +74,14 @@ from .index_files import Manifest, load_folder, map_npy, save_folder
 #: now 2nd). The thresholds still count whole votes. Chosen on the fit half
 #: of the second set (``scripts/bench accuracy --shared-votes``): µAP 0.954
 #: to 0.957, recall@1 of screenshots 0.837 to 0.895, R@P99 unchanged
-#: (docs/benchmarks.md).
+#: (docs/benchmarks.md). Only where the full codes are searched (up to
+#: :data:`COMPACT_ROWS`): there a descriptor votes only for stored ones
+#: within :data:`VOTE_DISTANCE` bits, so landing on many images marks a
+#: common pattern. In the compact file every descriptor finds its
+#: :data:`NEIGHBOURS` nearest signatures once the lists are long, and
+#: sharing only added noise: at a million images the reference was among
+#: the 8 most voted for 0.893 of queries instead of 0.937 (``scripts/bench
+#: votes``).
 SHARED_VOTES = True
 #: Descriptors indexed per image (spread over it, strongest first): the memory
 #: budget of the tier.
@@ -483,9 +490,9 @@ class DescriptorIndex:
         """The ``limit`` images with the most votes: [(image_id, votes)], most first.
 
         ``queries`` are the query's feature sets (the image and its mirror);
-        each query descriptor votes once per image. Images are ranked by
-        votes shared among the images each descriptor voted for
-        (:data:`SHARED_VOTES`) and given with their whole votes. ``exclude_from`` drops
+        each query descriptor votes once per image. Below the compact file,
+        images are ranked by votes shared among the images each descriptor
+        voted for (:data:`SHARED_VOTES`); all are given with their whole votes. ``exclude_from`` drops
         images with ids at or above it (linking: newer images query older).
         ``voters``: how many of each set's descriptors vote, the strongest of
         each part of the image in turn.
@@ -512,7 +519,7 @@ class DescriptorIndex:
             return []
         pairs, ids, first, votes = _tally(voter, owner)
         rank = votes
-        if SHARED_VOTES:
+        if SHARED_VOTES and self._built_at == 0:
             # a descriptor that lands on many images (an interface's icon, a
             # frame, a texture) shares one vote among them
             spread = np.bincount(pairs[:, 1])
