@@ -492,10 +492,11 @@ class DescriptorIndex:
         ``queries`` are the query's feature sets (the image and its mirror);
         each query descriptor votes once per image. Below the compact file,
         images are ranked by votes shared among the images each descriptor
-        voted for (:data:`SHARED_VOTES`); all are given with their whole votes. ``exclude_from`` drops
-        images with ids at or above it (linking: newer images query older).
-        ``voters``: how many of each set's descriptors vote, the strongest of
-        each part of the image in turn.
+        voted for (:data:`SHARED_VOTES`); all are given with their whole
+        votes. ``exclude_from`` drops images with ids at or above it
+        (linking: newer images query older). ``voters``: how many of each
+        set's descriptors vote, the strongest of each part of the image in
+        turn.
         """
         return [(i, sum(v)) for i, v in self.votes_by_set(queries, limit, exclude_from, voters)]
 
@@ -522,8 +523,8 @@ class DescriptorIndex:
         if SHARED_VOTES and self._built_at == 0:
             # a descriptor that lands on many images (an interface's icon, a
             # frame, a texture) shares one vote among them
-            spread = np.bincount(pairs[:, 1])
-            rank = np.add.reduceat(1.0 / spread[pairs[:, 1]], first)
+            landed = np.bincount(pairs[:, 1])  # images each query row voted for
+            rank = np.add.reduceat(1.0 / landed[pairs[:, 1]], first)
         order = np.lexsort((ids, -rank))[:limit]
         # which set each vote came from: sets are stacked in order, skipping empty ones
         ends = np.cumsum([len(d) for d in sets])

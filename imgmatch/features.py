@@ -46,6 +46,9 @@ MAX_FEATURES = 500
 #: chained edits (``scripts/bench accuracy --stored-features``,
 #: docs/benchmarks.md). Blobs of any count read alike.
 STORED_FEATURES = 500
+#: Images narrower than this on either side have no features (too few
+#: pixels to describe a patch), and are never enlarged.
+MIN_SIDE = 32
 #: Smaller images are enlarged to this longer side before their features are
 #: taken (0: never). ORB's pyramid spans 1.2^7, 3.6 times, of scale, so a
 #: thumbnail under a quarter of :data:`SIDE` found none of its original's
@@ -195,18 +198,17 @@ def _orb():
 
 def prepare(grey: np.ndarray) -> np.ndarray:
     """The grey image scaled so its longer side is at most :data:`SIDE`, and
-    at least :data:`UPSCALE_TO` (an image at least 32 pixels on each side)."""
+    at least :data:`UPSCALE_TO` (an image at least :data:`MIN_SIDE` pixels on
+    each side)."""
     h, w = grey.shape
-    scale = SIDE / max(h, w)
-    if scale < 1.0:
+    longest = max(h, w)
+    target = SIDE if longest > SIDE else \
+        UPSCALE_TO if longest < UPSCALE_TO and min(h, w) >= MIN_SIDE else longest
+    if target != longest:
         cv2 = _cv2()
+        scale = target / longest
         grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))),
-                          interpolation=cv2.INTER_AREA)
-    elif UPSCALE_TO and max(h, w) < UPSCALE_TO and min(h, w) >= 32:
-        cv2 = _cv2()
-        scale = UPSCALE_TO / max(h, w)
-        grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))),
-                          interpolation=cv2.INTER_LINEAR)
+                          interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     return np.ascontiguousarray(grey, dtype=np.uint8)
 
 
@@ -214,7 +216,7 @@ def extract(grey: np.ndarray) -> LocalFeatures:
     """ORB keypoints and descriptors of a grey image (any size; scaled to :data:`SIDE`)."""
     image = prepare(grey)
     h, w = image.shape
-    if min(h, w) < 32:
+    if min(h, w) < MIN_SIDE:
         return empty(w, h)
     keypoints, descriptors = _orb().detectAndCompute(image, None)
     return _features(keypoints, descriptors, w, h)
@@ -242,7 +244,7 @@ def extract_both(grey: np.ndarray) -> tuple[LocalFeatures, LocalFeatures]:
     descriptor bit for bit (``scripts/bench orb``)."""
     image = prepare(grey)
     h, w = image.shape
-    if min(h, w) < 32:
+    if min(h, w) < MIN_SIDE:
         return empty(w, h), empty(w, h)
     orb = _orb()
     keypoints, descriptors = orb.detectAndCompute(image, None)
@@ -514,6 +516,21 @@ def _hull_area(cv2, points: np.ndarray) -> float:
 ALIGN_SHARE = 0.8
 
 
+def onto_stored(box: tuple[int, int, int, int], view_width: int, found: Verification,
+                mirrored: bool) -> np.ndarray:
+    """The 3x3 transform from the query's grey pixels to the stored image's
+    analysed pixels: into the verified view (``box`` of the grey, analysed
+    ``view_width`` wide, mirrored or not), then the verified similarity."""
+    x0, y0, x1, y1 = box
+    scale = view_width / max(1, x1 - x0)  # the view's analysed pixels per grey pixel
+    # the view's analysed pixels from the grey's: shift, scale, mirror
+    to_view = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale], [0, 0, 1]])
+    if mirrored:
+        to_view = np.array([[-1.0, 0, view_width], [0, 1, 0], [0, 0, 1]]) @ to_view
+    similarity = np.vstack([np.asarray(found.matrix).reshape(2, 3), [0, 0, 1]])
+    return similarity @ to_view
+
+
 def aligned(grey: np.ndarray, box: tuple[int, int, int, int], view_width: int,
             found: Verification, mirrored: bool, stored: LocalFeatures) -> np.ndarray | None:
     """The query's pixels moved onto the stored image's frame (at the stored
@@ -532,14 +549,7 @@ def aligned(grey: np.ndarray, box: tuple[int, int, int, int], view_width: int,
     if found.matrix is None or found.stored_share < ALIGN_SHARE or not stored.width:
         return None
     cv2 = _cv2()
-    x0, y0, x1, y1 = box
-    scale = view_width / max(1, x1 - x0)  # the view's analysed pixels per grey pixel
-    # the view's analysed pixels from the grey's: shift, scale, mirror
-    to_view = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale], [0, 0, 1]])
-    if mirrored:
-        to_view = np.array([[-1.0, 0, view_width], [0, 1, 0], [0, 0, 1]]) @ to_view
-    similarity = np.vstack([np.asarray(found.matrix).reshape(2, 3), [0, 0, 1]])
-    to_stored = similarity @ to_view
+    to_stored = onto_stored(box, view_width, found, mirrored)
     # a large query is first reduced by area (a warp samples, and would alias)
     if max(grey.shape) > 2 * SIDE:
         width = grey.shape[1]

@@ -348,6 +348,24 @@ CRAWL_ARGS = {"hashes": ["--fast"], "robust": []}
 SETTINGS: dict[str, dict[str, float]] = {"descriptors": {}, "match": {}, "features": {}}
 
 
+#: Settings given on the command line as they are: (flag, module, name, type, help).
+SETTING_OPTIONS = (
+    ("--verifiable", "match", "VERIFIABLE", int,
+     "keypoints an image needs for a failed verification to count against a pair"),
+    ("--twin-bits", "features", "TWIN_BITS", int,
+     "bits within which two descriptors of one image are one pattern repeated (-1: none is)"),
+    ("--full-distinct", "features", "FULL_DISTINCT", float,
+     "share of distinct inliers from which they count in full"),
+    ("--stored-features", "features", "STORED_FEATURES", int,
+     "keypoints an image's stored features keep"),
+    ("--upscale-to", "features", "UPSCALE_TO", int,
+     "smaller images are enlarged to this longer side before their features are taken"),
+    ("--shared-votes", "descriptors", "SHARED_VOTES", lambda text: bool(int(text)),
+     "1: rank candidates by votes shared among the images each descriptor voted for, 0: "
+     "by whole votes"),
+)
+
+
 def crawl(ds_dir: Path, ingest_args: list[str]) -> dict:
     """../shared/bench/crawl_eval.py on a set, through this environment's CLI
     (wrapped, if settings were changed, so that it uses them)."""
@@ -399,24 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-best-by", choices=("support", "score"),
                     help="which of a candidate's verifications (one per query view that "
                          "voted for it) counts (default: the library's)")
-    ap.add_argument("--verifiable", type=int,
-                    help="keypoints an image needs for a failed verification to count "
-                         "against a pair (imgmatch.match.VERIFIABLE; default: the library's)")
-    ap.add_argument("--twin-bits", type=int,
-                    help="bits within which two descriptors of one image are one pattern "
-                         "repeated (imgmatch.features.TWIN_BITS; -1: none is)")
-    ap.add_argument("--full-distinct", type=float,
-                    help="share of distinct inliers from which they count in full "
-                         "(imgmatch.features.FULL_DISTINCT)")
-    ap.add_argument("--stored-features", type=int,
-                    help="keypoints an image's stored features keep "
-                         "(imgmatch.features.STORED_FEATURES)")
-    ap.add_argument("--upscale-to", type=int,
-                    help="smaller images are enlarged to this longer side before their "
-                         "features are taken (imgmatch.features.UPSCALE_TO)")
-    ap.add_argument("--shared-votes", type=int,
-                    help="1: rank candidates by votes shared among the images each "
-                         "descriptor voted for (imgmatch.descriptors.SHARED_VOTES)")
+    for flag, module, name, kind, text in SETTING_OPTIONS:
+        ap.add_argument(flag, type=kind, help=f"{text} (imgmatch.{module}.{name}; "
+                                                 "default: the library's)")
     ap.add_argument("--ingest-links", action="store_true",
                     help="then catalogue the screenshot and collage queries beside the "
                          "references, and count those linked to their reference at ingest")
@@ -433,18 +436,10 @@ def main(argv: list[str] | None = None) -> int:
         SETTINGS["descriptors"]["COMPACT_ROWS"] = int(args.compact_rows)
     if args.per_image:
         SETTINGS["descriptors"]["PER_IMAGE"] = args.per_image
-    if args.verifiable is not None:
-        SETTINGS["match"]["VERIFIABLE"] = args.verifiable
-    if args.twin_bits is not None:
-        SETTINGS["features"]["TWIN_BITS"] = args.twin_bits
-    if args.full_distinct is not None:
-        SETTINGS["features"]["FULL_DISTINCT"] = args.full_distinct
-    if args.shared_votes is not None:
-        SETTINGS["descriptors"]["SHARED_VOTES"] = bool(args.shared_votes)
-    if args.upscale_to is not None:
-        SETTINGS["features"]["UPSCALE_TO"] = args.upscale_to
-    if args.stored_features is not None:
-        SETTINGS["features"]["STORED_FEATURES"] = args.stored_features
+    for flag, module, name, kind, _ in SETTING_OPTIONS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            SETTINGS[module][name] = value
     for module in (descriptors, match, features):
         for name, value in SETTINGS[module.__name__.rsplit(".", 1)[-1]].items():
             setattr(module, name, value)

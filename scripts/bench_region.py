@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import sys
 from pathlib import Path
@@ -54,31 +55,23 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float | None:
     return float((a * b).sum() / den) if den > 0 and a.size >= 50 else None
 
 
-def agreement(query: np.ndarray, reference: np.ndarray) -> dict | None:
+def agreement(query: np.ndarray, views: list, stored, reference: np.ndarray) -> dict | None:
     """The query verified against the reference as a query would be (its whole
-    image, then its tiles), moved onto the reference's frame and compared."""
+    image, then its tiles: ``views``, with their boxes), moved onto the
+    reference's frame and compared."""
     import cv2
 
     from imgmatch import features
 
-    stored = features.kept(features.extract(reference))
-    boxes = [(0, 0, query.shape[1], query.shape[0])] + features.tile_boxes(*query.shape)
     best = None
-    for box in boxes:
-        x0, y0, x1, y1 = box
-        plain, mirrored = features.extract_both(np.ascontiguousarray(query[y0:y1, x0:x1]))
+    for box, (plain, mirrored) in views:
         found, flipped = features.best_of(plain, mirrored, stored)
         if found.matrix is not None and (best is None or found.support > best[0].support):
             best = (found, flipped, box, plain.width)
     if best is None or best[0].support < 8:
         return None
-    found, flipped, (x0, y0, x1, y1), width = best
-    scale = width / max(1, x1 - x0)
-    to_view = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale], [0, 0, 1]])
-    if flipped:
-        to_view = np.array([[-1.0, 0, width], [0, 1, 0], [0, 0, 1]]) @ to_view
-    similarity = np.vstack([np.asarray(found.matrix).reshape(2, 3), [0, 0, 1]])
-    move = (similarity @ to_view)[:2]
+    found, flipped, box, width = best
+    move = features.onto_stored(box, width, found, flipped)[:2]
     frame = (stored.width, stored.height)
     ref = features.prepare(reference)
     moved = cv2.warpAffine(np.ascontiguousarray(query), move, frame, flags=cv2.INTER_AREA)
@@ -111,7 +104,7 @@ def low_cells(measured: dict | None) -> float | None:
 
 
 def load(data: Path, pairs: Path, min_score: float) -> tuple[list[dict], int]:
-    from imgmatch import evidence
+    from imgmatch import evidence, features
 
     queries = {r["query_id"]: r for r in csv.DictReader(open(data / "queries.csv"))}
     references = {r["reference_id"]: r for r in csv.DictReader(open(data / "references.csv"))}
@@ -120,17 +113,28 @@ def load(data: Path, pairs: Path, min_score: float) -> tuple[list[dict], int]:
         row["shipped"] = evidence.Evidence.from_json(row["evidence"], robust=True).settle()
         row["family"] = queries[row["query"]]["family"]
         row["measured"] = None
-    greys: dict[str, np.ndarray] = {}
-
+    @functools.cache
     def grey(path: Path) -> np.ndarray:
-        if str(path) not in greys:
-            greys[str(path)] = grey_of(path)
-        return greys[str(path)]
+        return grey_of(path)
+
+    @functools.cache
+    def views(path: Path) -> list:
+        """The query's whole image and tiles, each with its features."""
+        image = grey(path)
+        boxes = [(0, 0, image.shape[1], image.shape[0])] + features.tile_boxes(*image.shape)
+        return [(box, features.extract_both(np.ascontiguousarray(
+            image[box[1]:box[3], box[0]:box[2]]))) for box in boxes]
+
+    @functools.cache
+    def stored(path: Path):
+        return features.kept(features.extract(grey(path)))
 
     for row in rows:
         if row["shipped"] >= min_score and row.get("reference") in references:
-            row["measured"] = agreement(grey(data / queries[row["query"]]["file"]),
-                                        grey(data / references[row["reference"]]["file"]))
+            query = data / queries[row["query"]]["file"]
+            reference = data / references[row["reference"]]["file"]
+            row["measured"] = agreement(grey(query), views(query), stored(reference),
+                                        grey(reference))
     positives = sum(r["is_negative"] == "0" for r in queries.values())
     return rows, positives
 
