@@ -437,15 +437,19 @@ class Catalog:
 
     def _migrate(self) -> None:
         version = self._schema_version()
+        if version == 0 and self._has_foreign_tables():
+            # another process's first migration may have committed between the
+            # two reads (its tables and its migrations table commit together)
+            version = self._schema_version()
+            if version == 0:
+                kind = "a PostgreSQL database" if self.shared else "an SQLite file"
+                raise CatalogError(f"{self.location} is {kind}, but not an imgmatch catalog")
         if version > SCHEMA_VERSION:
             raise CatalogError(
                 f"{self.location} has schema version {version}, newer than this imgmatch "
                 f"understands ({SCHEMA_VERSION}); upgrade imgmatch")
         if version == SCHEMA_VERSION:
             return
-        if version == 0 and self._has_foreign_tables():
-            kind = "a PostgreSQL database" if self.shared else "an SQLite file"
-            raise CatalogError(f"{self.location} is {kind}, but not an imgmatch catalog")
         if self.readonly:
             raise CatalogError(
                 f"{self.location} needs a schema upgrade; open it once for writing "

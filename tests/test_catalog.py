@@ -83,6 +83,28 @@ def test_foreign_sqlite_file_is_refused(tmp_path):
         Catalog.open(path, readonly=True)
 
 
+def test_a_catalog_another_process_just_created_is_not_taken_for_foreign(tmp_path,
+                                                                        monkeypatch):
+    """Two processes open one new PostgreSQL catalog at once: the first
+    commits its first migration between the second's read of the schema
+    version (none yet) and its look for tables (the first's). That is an
+    imgmatch catalog, not a foreign database. Here the second's first read
+    is made to come before the first's commit."""
+    path = tmp_path / "c.db"
+    Catalog.open(path).close()  # the other process, done
+    version = Catalog._schema_version
+    reads: list[int] = []
+
+    def too_early(self: Catalog) -> int:
+        reads.append(0)
+        return 0 if len(reads) == 1 else version(self)
+
+    monkeypatch.setattr(Catalog, "_schema_version", too_early)
+    with Catalog.open(path) as c:
+        assert c.collection_id and c.meta("deletions") == "0"
+    assert len(reads) >= 2
+
+
 def test_foreign_sqlite_file_read_only_says_what_it_is(tmp_path):
     path = tmp_path / "foreign.db"
     conn = sqlite3.connect(path)
