@@ -337,6 +337,19 @@ def _catalog_state(db: Path) -> dict:
         con.close()
 
 
+def _images_in(db: Path) -> int:
+    """Images a catalog being written holds so far (0 before it exists)."""
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute("SELECT count(*) FROM images").fetchone()[0]
+    except sqlite3.OperationalError:  # its schema not written yet
+        return 0
+    finally:
+        con.close()
+
+
 def _ingest_cmd(db: Path, manifest: Path) -> list[str]:
     return [sys.executable, "-m", "imgmatch.cli", "--db", str(db), "ingest", "--manifest",
             str(manifest), "--workers", "2", "--batch-size", "8", "--quiet", "--json"]
@@ -345,9 +358,7 @@ def _ingest_cmd(db: Path, manifest: Path) -> list[str]:
 def test_killed_ingests_resume_to_the_same_catalog(tmp_path):
     manifest = _make_crawl(tmp_path)
     clean = tmp_path / "clean.db"
-    started = time.monotonic()
     subprocess.run(_ingest_cmd(clean, manifest), check=False, capture_output=True, timeout=300)
-    duration = time.monotonic() - started
     expected = _catalog_state(clean)
     assert len(expected["images"]) == 160  # 80 pictures x (original bytes, small re-encode)
     assert expected["sighting_count"] == 240
@@ -358,9 +369,16 @@ def test_killed_ingests_resume_to_the_same_catalog(tmp_path):
     rng = random.Random(11)
     kills = 0
     for _ in range(4):
+        # killed once the catalog holds a random number more of the images
+        # left (a timer set from a clean run's length let a slow machine's
+        # resumed runs finish first): anywhere in a batch, since the kill
+        # lands while the next one is read, hashed and linked
+        written = _images_in(resumed)
+        target = written + rng.randint(1, max(1, (len(expected["images"]) - written) // 2))
         proc = subprocess.Popen(_ingest_cmd(resumed, manifest), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.25, 0.85) * duration)  # anywhere from start-up to the end
+        while proc.poll() is None and _images_in(resumed) < target:
+            time.sleep(0.01)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
