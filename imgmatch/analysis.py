@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import features
 from . import signals as registry
 from .decode import Decoded, decode, decode_frames, out_of_memory
 from .errors import DecodeError, InputError, ModelError, NotAFile, OutOfMemory
@@ -186,6 +187,18 @@ def _measure(decoded_by: Callable[[], Decoded], data: bytes, hashes: Sequence[st
         format=decoded.format, mode=decoded.mode, frames=decoded.frames, signals=rows,
         thumbnail=thumb, features=stored, captured_at=decoded.captured_at),
         variants=variants, features=found, grey=grey)
+
+
+def tiling_grey(data: bytes, source: str | None = None) -> np.ndarray | None:
+    """An image's grey pixels at the size its local features are taken at,
+    decoded again for the linker to search its tiles, or None where the
+    bytes no longer decode. The analysis does not keep them: they would not
+    cross a worker's pipe unread (:data:`imgmatch.features.ALIGN_SIDE`), and
+    few images need them."""
+    try:
+        return np.asarray(decode(data, source=source, target=features.SIDE).grey)
+    except InputError:
+        return None
 
 
 def make_thumbnail(decoded: Decoded) -> bytes:

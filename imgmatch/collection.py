@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -47,7 +48,7 @@ from .sandbox import DecodeSandbox
 from .signals import FEATURES
 from .sources import Item
 from .text import date_bound
-from .upgrade import UpgradeSummary
+from .upgrade import UpgradeSummary, tiling_grey_again
 from .upgrade import batches as upgrade_batches
 from .watchlists import DEFAULT_FLOOD, WatchMatch, Watchlists
 from .workers import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT
@@ -274,8 +275,13 @@ class Collection:
                 rows = [(image_id, row) for image_id, _, row in batch]
                 new = [(image_id, a.sha256) for image_id, a, _ in batch]
                 greys = {a.sha256: a.grey for _, a, _ in batch if a.grey is not None}
+                ids = {a.sha256: image_id for image_id, a, _ in batch}
+
+                def pixels(sha256: str) -> np.ndarray | None:
+                    return tiling_grey_again(self.catalog, ids[sha256])
+
                 summary.links_added += self.catalog.add_signals(
-                    rows, lambda images: linker.links(images, variants, local, greys),
+                    rows, lambda images: linker.links(images, variants, local, greys, pixels),
                     self._watch.batch(variants))
                 # the indexes take the values they lacked (the others are there)
                 linker.committed(
@@ -378,8 +384,9 @@ class Collection:
         # the same decode (the default and robust tiers)
         pixels = functools.cache(lambda: decode(data, source=source))
         shared = decode_target(signals) == DEFAULT_TARGET
-        item = _analysed(data, source, sighting, signals, known,
-                         decoded_by=pixels if shared else None)
+        item = replace(_analysed(data, source, sighting, signals, known,
+                                 decoded_by=pixels if shared else None),
+                       pixels=lambda: np.asarray(pixels().grey))
         analysis: Analysis = item.analysis
         if analysis.known:  # its signals were not computed: decode now, not under the lock
             pixels()
@@ -407,7 +414,8 @@ class Collection:
         analysis = prepared.analysis
         if analysis.reason is not None:
             raise error_for(analysis.reason, analysis.detail, name)
-        item = Item(name, sighting, data=data, analysis=analysis)
+        item = Item(name, sighting, data=data, analysis=analysis,
+                    pixels=lambda: prepared.grey)  # never decoded out of the sandbox
         with guard:
             summary = self.ingest([item], signals=signals, run_id=run_id)
             matches = self._search(prepared.query, prepared.views, prepared.grey, top_k + 1,

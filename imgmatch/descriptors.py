@@ -57,6 +57,7 @@ scale measured with ``scripts/bench votes`` (docs/benchmarks.md).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -507,33 +508,20 @@ class DescriptorIndex:
         that cast them: [(image_id, (votes of set 0, of set 1, ...))]. A
         mirrored repost draws its votes from the mirror's set; verifying the
         other orientation then costs a matching that cannot succeed."""
-        sets = [q.descriptors[balanced(q, voters)] for q in queries]
-        codes = _stacked(sets)
+        return votes_across([(self, exclude_from)], queries, limit, voters)
+
+    def _votes(self, codes: np.ndarray, exclude_from: int | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(query row, image id) of the votes ``codes`` cast here, ids under
+        ``exclude_from`` only."""
         if not len(codes) or not self._rows:
-            return []
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
         self._prepare()
         voter, owner = self._hits(codes)
         if exclude_from is not None:
             keep = owner < exclude_from
             voter, owner = voter[keep], owner[keep]
-        if not len(owner):
-            return []
-        pairs, ids, first, votes = _tally(voter, owner)
-        rank = votes
-        if SHARED_VOTES and self._built_at == 0:
-            # a descriptor that lands on many images (an interface's icon, a
-            # frame, a texture) shares one vote among them
-            landed = np.bincount(pairs[:, 1])  # images each query row voted for
-            rank = np.add.reduceat(1.0 / landed[pairs[:, 1]], first)
-        order = np.lexsort((ids, -rank))[:limit]
-        # which set each vote came from: sets are stacked in order, skipping empty ones
-        ends = np.cumsum([len(d) for d in sets])
-        which = np.searchsorted(ends, pairs[:, 1], side="right")
-        out = []
-        for i in order:
-            rows = which[first[i]:first[i] + votes[i]]
-            out.append((int(ids[i]), tuple(int(n) for n in np.bincount(rows, minlength=len(sets)))))
-        return out
+        return voter, owner
 
     # ------------------------------------------------------------ accounting
     def scanned(self, queries: list[LocalFeatures], voters: int = VOTERS) -> int:
@@ -648,6 +636,45 @@ def _rows_from(parts: list[np.ndarray], start: int, empty: np.ndarray) -> np.nda
     if not out:
         return empty
     return np.concatenate(out) if len(out) > 1 else out[0]
+
+
+def votes_across(parts: Sequence[tuple[DescriptorIndex, int | None]],
+                 queries: list[LocalFeatures], limit: int, voters: int = VOTERS
+                 ) -> list[tuple[int, tuple[int, ...]]]:
+    """The ``limit`` most voted images of several indexes holding different
+    images (a collection's, and the batch an ingest is linking), ranked as
+    if they were one: [(image_id, (votes of each query set))]. Each part
+    comes with its ``exclude_from`` (see :meth:`DescriptorIndex.candidates`).
+
+    Votes are shared among the images a descriptor voted for in every part
+    (:data:`SHARED_VOTES`), unless a part is searched through its compact
+    file, which ranks by whole votes: ranking the parts apart and merging
+    them by whole votes would let the screens of one app in the batch
+    outvote, by their common interface, the photo a screenshot shows.
+    """
+    sets = [q.descriptors[balanced(q, voters)] for q in queries]
+    codes = _stacked(sets)
+    found = [index._votes(codes, exclude_from) for index, exclude_from in parts]
+    voter = np.concatenate([v for v, _ in found]) if found else np.zeros(0, np.int64)
+    owner = np.concatenate([o for _, o in found]) if found else np.zeros(0, np.int64)
+    if not len(owner):
+        return []
+    pairs, ids, first, votes = _tally(voter, owner)
+    rank = votes
+    if SHARED_VOTES and all(index._built_at == 0 for index, _ in parts if index._rows):
+        # a descriptor that lands on many images (an interface's icon, a
+        # frame, a texture) shares one vote among them
+        landed = np.bincount(pairs[:, 1])  # images each query row voted for
+        rank = np.add.reduceat(1.0 / landed[pairs[:, 1]], first)
+    order = np.lexsort((ids, -rank))[:limit]
+    # which set each vote came from: sets are stacked in order, skipping empty ones
+    ends = np.cumsum([len(d) for d in sets])
+    which = np.searchsorted(ends, pairs[:, 1], side="right")
+    out = []
+    for i in order:
+        rows = which[first[i]:first[i] + votes[i]]
+        out.append((int(ids[i]), tuple(int(n) for n in np.bincount(rows, minlength=len(sets)))))
+    return out
 
 
 def _tally(voter: np.ndarray, owner: np.ndarray

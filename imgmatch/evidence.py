@@ -200,6 +200,10 @@ class Verified:
     #: the share of inliers that repeat one pattern (already discounted in
     #: ``support``: :attr:`imgmatch.features.Verification.repeated`)
     repeated: float | None = None
+    #: verified in one of the query's tiles (:func:`imgmatch.features.tiles`):
+    #: the pair shares a part of the query at most, whatever the shares
+    #: measured within the tile say (a collage's photo, a screenshot's)
+    in_tile: bool = False
 
 
 @dataclass
@@ -372,7 +376,7 @@ class Evidence:
         return cls({n: (h["distance"], h["informative"]) for n, h in data["hashes"].items()},
                    Verified(v["inliers"], v["support"], v["spread"], v["shared_area"],
                             v.get("overlap", 0.0), v.get("aligned"),
-                            repeated=v.get("repeated"))
+                            repeated=v.get("repeated"), in_tile=bool(v.get("in_tile")))
                    if v else None, robust, bool(data.get("weak_values")),
                    bool(data.get("low_information")),
                    qualities={n: h["quality"] for n, h in data["hashes"].items()
@@ -399,6 +403,8 @@ class Evidence:
                 out["verification"]["aligned"] = v.aligned
             if v.repeated is not None:
                 out["verification"]["repeated"] = round(v.repeated, 3)
+            if v.in_tile:
+                out["verification"]["in_tile"] = True
         return out
 
 

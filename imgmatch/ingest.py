@@ -20,6 +20,7 @@ batch being written (not yet visible there).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from . import signals as signal_registry
-from .analysis import Analysis, Options, analyse
+from .analysis import Analysis, Options, analyse, tiling_grey
 from .catalog import BatchResult, Catalog, KnownImages
 from .records import HashValue, ImageRow, LinkRow, Sighting
 from .sources import Item
@@ -55,7 +56,8 @@ class BatchLinker(Protocol):
     def links(self, new_images: list[tuple[int, str]],
               variants: Mapping[str, Mapping[str, Sequence[HashValue]]],
               local: Mapping[str, tuple] = ...,
-              greys: Mapping[str, np.ndarray] = ...) -> list[LinkRow]: ...
+              greys: Mapping[str, np.ndarray] = ...,
+              pixels: Callable[[str], np.ndarray | None] | None = ...) -> list[LinkRow]: ...
 
     def committed(self, new_images: list[tuple[int, str]],
                   variants: Mapping[str, Mapping[str, Sequence[HashValue]]],
@@ -83,6 +85,9 @@ class IngestSummary:
     workers_replaced: int = 0
     #: watchlist alerts raised by this ingest's new sightings
     alerts_added: int = 0
+    #: new images whose tiles were searched for links: their whole image
+    #: matched a part of another (a collage's photo, a screenshot's)
+    images_tiled: int = 0
     seconds: float = 0.0
     #: signals of this ingest that images of the collection lack, with how
     #: many lack each (images catalogued before with fewer signals):
@@ -178,6 +183,31 @@ class _Batch:
         #: (item, sha256 or None, "added" | "known" | "failed", failure detail)
         self.records: list[tuple[Item, str | None, str, str | None]] = []
         self.opened = time.monotonic()
+        #: new images whose pixels the linker asked for again (to search their tiles)
+        self.tiled = 0
+
+    def pixels(self, digest: str) -> np.ndarray | None:
+        """A new image's grey pixels, as its caller decoded them, or decoded
+        again from its file or bytes (:func:`imgmatch.analysis.tiling_grey`),
+        or None (a frame of an animated file, a file gone or changed since).
+        Asked for only by the few images whose tiles the linker searches. The
+        bytes decoded once already, within the worker's limits, so they
+        decode the same here."""
+        self.tiled += 1
+        item = next((item for item, d, state, _ in self.records
+                     if d == digest and state == "added"), None)
+        if item is None or "frame" in item.sighting.extra:
+            return None
+        if item.pixels is not None:  # decoded by the caller (the service's sandbox)
+            return item.pixels()
+        try:
+            data = item.data if item.data is not None else \
+                item.path.read_bytes() if item.path is not None else None
+        except OSError:
+            return None
+        if data is None or hashlib.sha256(data).hexdigest() != digest:
+            return None
+        return tiling_grey(data, item.source)
 
     def __len__(self) -> int:
         return len(self.images) + len(self.sightings) + len(self.failures)
@@ -240,6 +270,7 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
         result = _write(catalog, done, run_id, linker, watchlists)
         with writer.lock:
             summary.absorb(result)
+            summary.images_tiled += done.tiled
             summary.failures.extend(done.failures)
             if on_written is not None:
                 on_written(done.records)
@@ -372,7 +403,7 @@ def _write(catalog: Catalog, batch: _Batch, run_id: int | None,
            linker: BatchLinker | None, watchlists: Watchlists | None = None) -> BatchResult:
     variants = batch.variants
     link_fn = None if linker is None else (
-        lambda new: linker.links(new, variants, batch.local, batch.greys))
+        lambda new: linker.links(new, variants, batch.local, batch.greys, batch.pixels))
     watch = None if watchlists is None else watchlists.batch(variants)
     result = catalog.write_batch(batch.images, batch.sightings, batch.failures, run_id, link_fn,
                                  batch.payload_digests, watch,

@@ -27,7 +27,7 @@ from . import features
 from . import signals as registry
 from .catalog import Catalog
 from .decode import Decoded
-from .descriptors import VOTERS, DescriptorIndex
+from .descriptors import VOTERS, DescriptorIndex, votes_across
 from .evidence import PRECISE, SCALES, Evidence, Verified
 from .index import BinaryIndex
 from .model import Match
@@ -172,7 +172,7 @@ def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterab
                 continue  # verified better already (the whole image): no aligned hash
             verified = _verified(result, flipped, views[n][0][0].width, stored[image_id],
                                  grey, boxes[n] if n < len(boxes) else None,
-                                 (stored_pdq or {}).get(image_id))
+                                 (stored_pdq or {}).get(image_id), in_tile=n > 0)
             if ev.verified is not None and not _better(ev, verified):
                 continue  # verified better already (another view)
             ev.verified = verified
@@ -197,7 +197,8 @@ def _better(ev: Evidence, verified: Verified) -> bool:
 
 def _verified(result: features.Verification, flipped: bool, width: int,
               stored: features.LocalFeatures, grey: np.ndarray | None,
-              box: tuple[int, int, int, int] | None, pdq: bytes | None) -> Verified:
+              box: tuple[int, int, int, int] | None, pdq: bytes | None,
+              in_tile: bool = False) -> Verified:
     """A verification as evidence, with the aligned comparison where it applies."""
     aligned = None
     if grey is not None and pdq is not None and box is not None \
@@ -210,7 +211,7 @@ def _verified(result: features.Verification, flipped: bool, width: int,
     return Verified(result.inliers, result.support, result.spread, result.shared_area,
                     result.overlap, aligned, matches=result.matches,
                     coverage=result.coverage, query_share=result.query_share,
-                    repeated=result.repeated)
+                    repeated=result.repeated, in_tile=in_tile)
 
 
 #: Verifications with less support are not worth an aligned comparison (a
@@ -398,6 +399,33 @@ def explained(found: Mapping[int, Evidence]) -> bool:
         and ev.score() >= PRECISE for ev in found.values())
 
 
+#: Inliers from which a verification over a part of a new image makes its
+#: tiles worth searching at ingest (:func:`part_matched`). Chosen on the fit
+#: half (``scripts/bench accuracy --data ../imgmatch-bench-data/second-fit
+#: --ingest-links --tile-gate-inliers N``: collages and screenshots linked
+#: to their photo when catalogued, of 104 and 86): 8 inliers 63 / 54, 15
+#: inliers 60 / 54; None, never: 33 / 47.
+TILE_GATE_INLIERS: int | None = 8
+
+
+def part_matched(found: Mapping[int, Evidence]) -> bool:
+    """Whether a new image's whole matched a part of it to another image
+    (:data:`TILE_GATE_INLIERS` over less than :data:`PARTIAL_AREA` of it)
+    and nothing yet as the same picture (a score of
+    :data:`~imgmatch.evidence.PRECISE`): a collage or a screenshot showing
+    a catalogued photo, whose tiles show it better. An ingest, unlike a
+    query, must stay about as fast as the analysis, and each tile costs a
+    feature extraction and a vote search as the whole image does: an image
+    already linked as a crop of another is not tiled (on ``scripts/bench
+    ingest``'s ad-sized photos, windows cut from fewer pictures, that
+    halved the images tiled for one collage fewer on the fit half)."""
+    gate = TILE_GATE_INLIERS
+    return gate is not None and any(
+        ev.verified is not None and ev.verified.inliers >= gate
+        and (ev.verified.query_share or 0.0) < PARTIAL_AREA
+        for ev in found.values()) and not any(ev.score() >= PRECISE for ev in found.values())
+
+
 def _search_tiles(catalog: Catalog, query: Mapping[str, Sequence[HashValue]],
                   descriptors: DescriptorIndex | None, whole: LocalQuery,
                   tiles: Sequence[LocalQuery], grey: np.ndarray | None,
@@ -505,7 +533,8 @@ def link_score(ev: Evidence) -> float:
     """A pair's score as a link: a partial overlap alone (a collage's tile, a
     screenshot's photo) is capped so that clusters treat it as weak."""
     score = ev.settle()
-    partial = ev.verified is not None and ev.verified.shared_area < PARTIAL_AREA
+    partial = ev.verified is not None and (ev.verified.shared_area < PARTIAL_AREA
+                                           or ev.verified.in_tile)
     if partial and not any(n in ev.hashes for n in ev.agreed):  # no hash agreed
         score = min(score, PARTIAL_LINK_CAP)
     return score
@@ -550,14 +579,25 @@ class IndexLinker:
     def links(self, new_images: list[tuple[int, str]],
               variants: Mapping[str, Mapping[str, Sequence[HashValue]]],
               local: Mapping[str, LocalQuery] | None = None,
-              greys: Mapping[str, np.ndarray] | None = None) -> list[LinkRow]:
+              greys: Mapping[str, np.ndarray] | None = None,
+              pixels: Callable[[str], np.ndarray | None] | None = None) -> list[LinkRow]:
         """Links of new images; ``local`` and ``greys`` (by sha256: local
         features, and the grey pixels they were taken from) add the robust
-        tier's verification and its aligned comparison."""
+        tier's verification and its aligned comparison.
+
+        ``pixels`` gives a new image's grey pixels at the size it was
+        analysed (or None when they cannot be had again): an image whose
+        whole matches only a part of another (:func:`part_matched`) then has
+        its tiles searched and verified, as a query's are, so a collage or a
+        screenshot is linked to the photos it shows."""
         local = local or {}
         greys = greys or {}
         candidates: dict[int, set[int]] = {image_id: set() for image_id, _ in new_images}
-        voted, orientations = self._voted(new_images, local)
+        batch = DescriptorIndex()
+        for image_id, sha256 in new_images:
+            if sha256 in local:
+                batch.add(image_id, local[sha256][0])
+        voted, orientations = self._voted(new_images, local, batch)
         for name, index in self.indexes.items():
             threshold = registry.get(name).threshold
             owners: list[int] = []
@@ -599,6 +639,10 @@ class IndexLinker:
                                       {o: stored[o]["pdq"][0] for o in chosen
                                        if "pdq" in stored.get(o, {})},
                                       orientations.get(image_id))
+                if pixels is not None and part_matched(found):
+                    grey = pixels(sha256)
+                    if grey is not None:
+                        self._search_tiles(image_id, query, local[sha256], grey, batch, found)
             for other, ev in found.items():
                 score = link_score(ev)
                 if score >= self.min_score and ev.agreed:
@@ -606,31 +650,56 @@ class IndexLinker:
                                        link_distances(ev), ev.agreed, ev.transform))
         return out
 
-    def _voted(self, new_images: list[tuple[int, str]], local: Mapping[str, LocalQuery]
+    def _search_tiles(self, image_id: int, query: Mapping[str, Sequence[HashValue]],
+                      whole: LocalQuery, grey: np.ndarray, batch: DescriptorIndex,
+                      found: dict[int, Evidence]) -> None:
+        """Verify what the tiles of a new image vote for (in the collection, and
+        earlier in the batch), as a query's tiles are (:func:`_search_tiles`),
+        with the ingest's voters (:data:`LINK_VOTERS`): a tile's vote search
+        costs what the whole image's does."""
+        if self.descriptors is None:
+            return
+        views: list[tuple[LocalQuery, set[int]]] = []
+        for tile in features.tiles(grey):
+            view = features.extract_both(tile)
+            sets = [f for f in view if f is not None and len(f)]
+            ids = {i for i, votes in votes_across(
+                [(self.descriptors, None), (batch, image_id)], sets, VERIFY_PER_TILE,
+                voters=LINK_VOTERS) if sum(votes) >= MIN_VOTES and self._older(i, image_id)}
+            views.append((view, ids))
+        voted = set().union(*(ids for _, ids in views))
+        if not voted:
+            return
+        stored = self.catalog.signals_of(sorted(voted))
+        found.update(gather_evidence(query, {i: v for i, v in stored.items() if i not in found}))
+        # the whole image first, verifying nothing again, so each tile keeps its box
+        verify_candidates(self.catalog, [(whole, set()), *views], found, grey,
+                          {i: values["pdq"][0] for i, values in stored.items() if "pdq" in values})
+
+    def _older(self, other: int, image_id: int) -> bool:
+        """Whether a new image links to ``other`` (newer images query older)."""
+        return other < image_id or not self.older_only and other != image_id
+
+    def _voted(self, new_images: list[tuple[int, str]], local: Mapping[str, LocalQuery],
+               batch: DescriptorIndex
                ) -> tuple[dict[int, list[int]], dict[int, dict[int, tuple[bool, bool]]]]:
         """Per new image, the older images its local descriptors vote for enough
-        to be worth verifying (in the collection, then earlier in the batch),
-        and for each the orientations worth verifying
+        to be worth verifying (in the collection, and earlier in the ``batch``,
+        ranked as one), and for each the orientations worth verifying
         (:data:`LINK_ORIENTATION_VOTES`)."""
         if self.descriptors is None or not local:
             return {}, {}
-        batch = DescriptorIndex()
-        for image_id, sha256 in new_images:
-            if sha256 in local:
-                batch.add(image_id, local[sha256][0])
         out: dict[int, list[int]] = {}
         sides: dict[int, dict[int, tuple[bool, bool]]] = {}
         for image_id, sha256 in new_images:
             if sha256 not in local:
                 continue
             queries = [f for f in local[sha256] if f is not None]
-            found = self.descriptors.votes_by_set(queries, LINK_VERIFY, voters=LINK_VOTERS) + \
-                batch.votes_by_set(queries, LINK_VERIFY, exclude_from=image_id,
-                                   voters=LINK_VOTERS)
-            found.sort(key=lambda t: (-sum(t[1]), t[0]))
-            chosen = {i: votes for i, votes in found[:LINK_VERIFY]
-                      if sum(votes) >= LINK_MIN_VOTES
-                      and (i < image_id or not self.older_only and i != image_id)}
+            # the collection and the batch ranked as one index (shared votes)
+            found = votes_across([(self.descriptors, None), (batch, image_id)], queries,
+                                 LINK_VERIFY, voters=LINK_VOTERS)
+            chosen = {i: votes for i, votes in found
+                      if sum(votes) >= LINK_MIN_VOTES and self._older(i, image_id)}
             if chosen:
                 out[image_id] = sorted(chosen)
                 if len(queries) == 2:

@@ -15,7 +15,7 @@ import binascii
 import csv
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +49,11 @@ class Item:
     #: already analysed by the caller (the HTTP service does it outside its
     #: write lock); ingest then uses it as the worker's result
     analysis: Any = None
+    #: the grey pixels the caller decoded, should the linker search the
+    #: image's tiles (:func:`imgmatch.analysis.tiling_grey`); the HTTP
+    #: service decodes uploads in its sandbox only, so ingest must not
+    #: decode them again. None: ingest decodes the bytes again if need be
+    pixels: Callable[[], Any] | None = None
     #: the input line it came from (JSON lines), for a pipeline to match its
     #: output lines to its input
     line: int | None = None

@@ -23,8 +23,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from . import signals as registry
-from .analysis import Analysis, read_regular_file
+from .analysis import Analysis, read_regular_file, tiling_grey
 from .catalog import Catalog
 from .errors import InputError
 from .records import ImageRow
@@ -163,6 +165,13 @@ def reread(catalog: Catalog, image_id: int) -> tuple[str, bytes] | str:
             continue
         return source, data
     return why
+
+
+def tiling_grey_again(catalog: Catalog, image_id: int) -> np.ndarray | None:
+    """An image's grey pixels read again from its sources, for the linker to
+    search its tiles (:func:`imgmatch.analysis.tiling_grey`), or None."""
+    found = reread(catalog, image_id)
+    return None if isinstance(found, str) else tiling_grey(found[1], found[0])
 
 
 def _size(source: str) -> int | None:

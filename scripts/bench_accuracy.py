@@ -345,7 +345,7 @@ CRAWL_ARGS = {"hashes": ["--fast"], "robust": []}
 
 #: Settings of :mod:`imgmatch.descriptors` and :mod:`imgmatch.match` changed
 #: on the command line, by module: the crawl's CLI processes are given them too.
-SETTINGS: dict[str, dict[str, float]] = {"descriptors": {}, "match": {}, "features": {}}
+SETTINGS: dict[str, dict[str, object]] = {"descriptors": {}, "match": {}, "features": {}}
 
 
 #: Settings given on the command line as they are: (flag, module, name, type, help).
@@ -363,6 +363,10 @@ SETTING_OPTIONS = (
     ("--shared-votes", "descriptors", "SHARED_VOTES", lambda text: bool(int(text)),
      "1: rank candidates by votes shared among the images each descriptor voted for, 0: "
      "by whole votes"),
+    ("--tile-gate-inliers", "match", "TILE_GATE_INLIERS",
+     lambda text: None if text == "none" else int(text),
+     "inliers over a part of a new image from which an ingest searches its tiles (none: "
+     "never)"),
 )
 
 
@@ -418,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="which of a candidate's verifications (one per query view that "
                          "voted for it) counts (default: the library's)")
     for flag, module, name, kind, text in SETTING_OPTIONS:
-        ap.add_argument(flag, type=kind, help=f"{text} (imgmatch.{module}.{name}; "
-                                                 "default: the library's)")
+        ap.add_argument(flag, type=kind, default=argparse.SUPPRESS,
+                        help=f"{text} (imgmatch.{module}.{name}; default: the library's)")
     ap.add_argument("--ingest-links", action="store_true",
                     help="then catalogue the screenshot and collage queries beside the "
                          "references, and count those linked to their reference at ingest")
@@ -437,13 +441,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.per_image:
         SETTINGS["descriptors"]["PER_IMAGE"] = args.per_image
     for flag, module, name, kind, _ in SETTING_OPTIONS:
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None:
-            SETTINGS[module][name] = value
+        dest = flag[2:].replace("-", "_")
+        if hasattr(args, dest):  # given (a setting may be None: "never")
+            SETTINGS[module][name] = getattr(args, dest)
     for module in (descriptors, match, features):
         for name, value in SETTINGS[module.__name__.rsplit(".", 1)[-1]].items():
             setattr(module, name, value)
-    if args.tile_voters:  # queries only: the crawl's ingest does not tile
+    if args.tile_voters:  # this process's queries and ingests (not the crawl's CLI)
         match.TILE_VOTERS = args.tile_voters
     if args.explained_share:
         match.EXPLAINED_SHARE = args.explained_share

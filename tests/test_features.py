@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 
 import numpy as np
@@ -392,6 +393,93 @@ def test_ingest_links_a_collage_to_its_photos(tmp_path) -> None:
     assert "orb" in linked[sha_of("astronaut")].agreed
 
 
+def test_ingest_links_a_small_collage_to_each_photo_through_its_tiles(tmp_path, monkeypatch) -> None:
+    """Each photo of a 320-pixel collage is a tenth of the size it was
+    catalogued at: the whole image's features link it to none of the four.
+    Its whole matched parts of them, so its tiles are searched, as a query's
+    are, and it is linked to all four, weakly (a part of it each, so the
+    collage joins no clusters). A repost its whole image matches as the
+    same picture is not tiled: the tiles cost what the whole image does."""
+    from imgmatch import ingest
+
+    names = ("astronaut", "rocket", "flower", "temple")
+    small = jpeg(collage([rgb(n) for n in names], cell=160))
+    tiled: list[str] = []
+    pixels = ingest._Batch.pixels
+
+    def counted(self, digest):
+        tiled.append(digest)
+        return pixels(self, digest)
+
+    monkeypatch.setattr(ingest._Batch, "pixels", counted)
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        c.add_many([(ORIGINALS / f"{n}.jpg", None) for n in names], workers=0)
+        c.add_many([(jpeg(rgb("astronaut"), 70), None)], workers=0)
+        assert not tiled
+        c.add_many([(small, None)], workers=0)
+        record = c.image(imgmatch.collection.hash_bytes(small)["sha256"])
+    assert tiled == [record.sha256]
+    repost = imgmatch.collection.hash_bytes(jpeg(rgb("astronaut"), 70))["sha256"]
+    assert {link.sha256 for link in record.links} == {sha_of(n) for n in names} | {repost}
+    assert all(link.score <= match.PARTIAL_LINK_CAP < PRECISE for link in record.links)
+
+
+def test_an_upgrade_links_a_small_collage_to_each_photo_as_an_ingest_does(tmp_path) -> None:
+    """A hash-tier collection given local features in place reads the
+    collage again from its file to search its tiles."""
+    from imgmatch.signals import HASH_SIGNALS
+
+    names = ("astronaut", "rocket", "flower", "temple")
+    path = tmp_path / "collage.jpg"
+    path.write_bytes(jpeg(collage([rgb(n) for n in names], cell=160)))
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        c.add_many([(ORIGINALS / f"{n}.jpg", None) for n in names] + [(path, None)],
+                   signals=HASH_SIGNALS, workers=0)
+        c.upgrade(workers=0)
+        record = c.image(imgmatch.collection.hash_bytes(path.read_bytes())["sha256"])
+    assert {link.sha256 for link in record.links} == {sha_of(n) for n in names}
+
+
+def test_the_service_links_a_collage_through_its_tiles_without_decoding_it(tmp_path,
+                                                                           monkeypatch) -> None:
+    """An upload is decoded in the service's sandbox only: the linker
+    searches its tiles in the pixels the sandbox sent back, and this process
+    never decodes it."""
+    from imgmatch import ingest
+    from imgmatch.sandbox import DecodeSandbox
+
+    def refused(data, source=None):
+        raise AssertionError("an upload was decoded outside the sandbox")
+
+    monkeypatch.setattr(ingest, "tiling_grey", refused)
+    names = ("astronaut", "rocket", "flower", "temple")
+    small = jpeg(collage([rgb(n) for n in names], cell=160))
+    with imgmatch.Collection.open(tmp_path / "c.db") as c, DecodeSandbox(1) as sandbox:
+        c.add_many([(ORIGINALS / f"{n}.jpg", None) for n in names], workers=0)
+        added, _ = c.add_and_match(small, sandbox=sandbox)
+        record = c.image(added.sha256)
+    assert {link.sha256 for link in record.links} == {sha_of(n) for n in names}
+
+
+def test_an_image_whose_bytes_are_gone_is_linked_by_its_whole(tmp_path) -> None:
+    """The tiles need the pixels again; a file changed since it was read is
+    linked as the analysis saw it, by its whole image, and nothing fails."""
+    from imgmatch import ingest
+    from imgmatch.records import Sighting
+    from imgmatch.sources import Item
+
+    path = tmp_path / "collage.jpg"
+    path.write_bytes(jpeg(collage([rgb("astronaut"), rgb("rocket")], cell=160)))
+    batch = ingest._Batch()
+    digest = imgmatch.collection.hash_bytes(path.read_bytes())["sha256"]
+    batch.records.append((Item(str(path), Sighting(), path=path), digest, "added", None))
+    assert batch.pixels(digest).shape == (320, 320)
+    path.write_bytes(jpeg(rgb("cat")))
+    assert batch.pixels(digest) is None
+    path.unlink()
+    assert batch.pixels(digest) is None
+
+
 def test_ingest_verifies_a_copy_its_hashes_find_and_its_votes_miss(tmp_path, monkeypatch) -> None:
     """A small downscale has few keypoints, so its descriptor votes can go to
     other images while its hashes find the original. The robust model counts
@@ -405,7 +493,7 @@ def test_ingest_verifies_a_copy_its_hashes_find_and_its_votes_miss(tmp_path, mon
         coffee = c.catalog.conn.execute("SELECT id FROM images WHERE sha256 = ?",
                                         (sha_of("coffee"),)).fetchone()[0]
 
-        def votes_elsewhere(self, new_images, local):
+        def votes_elsewhere(self, new_images, local, batch):
             return {image_id: [coffee] for image_id, _ in new_images}, {}
 
         monkeypatch.setattr(match.IndexLinker, "_voted", votes_elsewhere)
@@ -998,11 +1086,16 @@ def _screens_of_one_app() -> DescriptorIndex:
     """The temple (image 1) and 11 other photos, each in the app (10 to 20)."""
     index = DescriptorIndex()
     index.add(1, features.extract(grey(rgb("temple"))))
+    for n, screen in enumerate(_app_screens()):
+        index.add(10 + n, features.extract(grey(screen)))
+    return index
+
+
+def _app_screens() -> list[Image.Image]:
+    """Eleven photos other than the temple, each in the app."""
     others = [rgb(n) for n in ("astronaut", "cat", "coffee", "flower", "rocket")] + \
         [Image.open(p).convert("RGB") for p in sorted((FIXTURES / "distractors").glob("*.jpg"))[:6]]
-    for n, other in enumerate(others):
-        index.add(10 + n, features.extract(grey(_in_the_app(other))))
-    return index
+    return [_in_the_app(other) for other in others]
 
 
 def test_a_screenshot_finds_its_photo_among_screens_of_the_same_app() -> None:
@@ -1015,6 +1108,26 @@ def test_a_screenshot_finds_its_photo_among_screens_of_the_same_app() -> None:
     found = [i for i, _ in _screens_of_one_app().candidates(query, match.LINK_VERIFY,
                                                             voters=match.LINK_VOTERS)]
     assert 1 in found
+
+
+def test_a_screenshot_is_linked_to_its_photo_among_screens_of_its_own_batch(tmp_path) -> None:
+    """An ingest ranks the collection's candidates and those earlier in its
+    batch as one index. Ranked apart and merged by whole votes, the other
+    screens of the batch outvoted the photo through their common interface,
+    and the screenshot was never verified against it."""
+    photo = tmp_path / "temple.jpg"
+    photo.write_bytes(jpeg(rgb("temple"), 90))
+    batch = []
+    for n, screen in enumerate(_app_screens() + [_in_the_app(rgb("temple"))]):
+        path = tmp_path / f"screen-{n:02d}.jpg"
+        path.write_bytes(jpeg(screen, 90))
+        batch.append(path)
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        collection.add(photo)
+        collection.add_many((p, None) for p in batch)  # one batch
+        record = collection.image(hashlib.sha256(batch[-1].read_bytes()).hexdigest())
+        photo_sha = hashlib.sha256(photo.read_bytes()).hexdigest()
+        assert [link.sha256 for link in record.links] == [photo_sha]
 
 
 @pytest.mark.parametrize("structure", ["scan", "words"])
