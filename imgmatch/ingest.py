@@ -183,7 +183,7 @@ class _Batch:
         #: (item, sha256 or None, "added" | "known" | "failed", failure detail)
         self.records: list[tuple[Item, str | None, str, str | None]] = []
         self.opened = time.monotonic()
-        #: new images whose pixels the linker asked for again (to search their tiles)
+        #: new images whose pixels the linker had again, to search their tiles
         self.tiled = 0
 
     def pixels(self, digest: str) -> np.ndarray | None:
@@ -193,21 +193,26 @@ class _Batch:
         Asked for only by the few images whose tiles the linker searches. The
         bytes decoded once already, within the worker's limits, so they
         decode the same here."""
-        self.tiled += 1
+        grey = self._pixels(digest)
+        self.tiled += grey is not None
+        return grey
+
+    def _pixels(self, digest: str) -> np.ndarray | None:
         item = next((item for item, d, state, _ in self.records
                      if d == digest and state == "added"), None)
         if item is None or "frame" in item.sighting.extra:
             return None
         if item.pixels is not None:  # decoded by the caller (the service's sandbox)
             return item.pixels()
-        try:
-            data = item.data if item.data is not None else \
-                item.path.read_bytes() if item.path is not None else None
-        except OSError:
-            return None
-        if data is None or hashlib.sha256(data).hexdigest() != digest:
-            return None
-        return tiling_grey(data, item.source)
+        data = item.data
+        if data is None and item.path is not None:  # read again: may have changed since
+            try:
+                data = item.path.read_bytes()
+            except OSError:
+                return None
+            if hashlib.sha256(data).hexdigest() != digest:
+                return None
+        return None if data is None else tiling_grey(data, item.source)
 
     def __len__(self) -> int:
         return len(self.images) + len(self.sightings) + len(self.failures)

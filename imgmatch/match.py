@@ -331,8 +331,9 @@ def weigh(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
         candidates.update(views[0][1])
     found, stored = measure(catalog, query, candidates, views, grey) if candidates \
         else ({}, {})
-    if views and not explained(found):
-        _search_tiles(catalog, query, descriptors, views[0][0], given[1:], grey, found, stored)
+    if views and descriptors is not None and not explained(found):
+        _search_tiles(catalog, query, views[0][0], given[1:], grey, found, stored,
+                      lambda view: _voted(descriptors, view, VERIFY_PER_TILE, TILE_VOTERS))
     return found, stored
 
 
@@ -416,9 +417,11 @@ def part_matched(found: Mapping[int, Evidence]) -> bool:
     a catalogued photo, whose tiles show it better. An ingest, unlike a
     query, must stay about as fast as the analysis, and each tile costs a
     feature extraction and a vote search as the whole image does: an image
-    already linked as a crop of another is not tiled (on ``scripts/bench
-    ingest``'s ad-sized photos, windows cut from fewer pictures, that
-    halved the images tiled for one collage fewer on the fit half)."""
+    already matched as the same picture (a crop of a catalogued one) is not
+    tiled. With that, and the tiles voting with the ingest's voters, 31 of
+    ``scripts/bench ingest``'s 600 ad-sized photos (windows cut from fewer
+    pictures) were tiled instead of 56, for 63 collages linked on the fit
+    half instead of 65 (docs/benchmarks.md)."""
     gate = TILE_GATE_INLIERS
     return gate is not None and any(
         ev.verified is not None and ev.verified.inliers >= gate
@@ -427,17 +430,17 @@ def part_matched(found: Mapping[int, Evidence]) -> bool:
 
 
 def _search_tiles(catalog: Catalog, query: Mapping[str, Sequence[HashValue]],
-                  descriptors: DescriptorIndex | None, whole: LocalQuery,
-                  tiles: Sequence[LocalQuery], grey: np.ndarray | None,
-                  found: dict[int, Evidence], stored: dict[int, dict]) -> None:
-    """Add the candidates the query's tiles vote for, verified in the tile
-    that voted: the photos of a collage or of a screenshot. ``tiles``: the
-    tiles' local features, or none given (then taken from ``grey`` now)."""
-    if descriptors is None:
-        return
+                  whole: LocalQuery, tiles: Sequence[LocalQuery], grey: np.ndarray | None,
+                  found: dict[int, Evidence], stored: dict[int, dict],
+                  vote: Callable[[LocalQuery], set[int]]) -> None:
+    """Add the candidates the query's tiles vote for (``vote``: a tile's
+    candidates), verified in the tile that voted: the photos of a collage or
+    of a screenshot. ``tiles``: the tiles' local features, or none given
+    (then taken from ``grey`` now). ``stored``: the candidates' values by
+    image id, those of new candidates added."""
     if not tiles and grey is not None:
         tiles = [features.extract_both(tile) for tile in features.tiles(grey)]
-    views = [(view, _voted(descriptors, view, VERIFY_PER_TILE, TILE_VOTERS)) for view in tiles]
+    views = [(view, vote(view)) for view in tiles]
     new = sorted(set().union(*(ids for _, ids in views)) - found.keys())
     if new:
         more_found, more_stored = measure(catalog, query, new)
@@ -639,10 +642,13 @@ class IndexLinker:
                                       {o: stored[o]["pdq"][0] for o in chosen
                                        if "pdq" in stored.get(o, {})},
                                       orientations.get(image_id))
-                if pixels is not None and part_matched(found):
+                if pixels is not None and self.descriptors is not None \
+                        and part_matched(found):
                     grey = pixels(sha256)
-                    if grey is not None:
-                        self._search_tiles(image_id, query, local[sha256], grey, batch, found)
+                    if grey is not None:  # searched as a query's tiles are
+                        _search_tiles(self.catalog, query, local[sha256], [], grey, found,
+                                      stored, self._tile_votes(image_id, self.descriptors,
+                                                               batch))
             for other, ev in found.items():
                 score = link_score(ev)
                 if score >= self.min_score and ev.agreed:
@@ -650,31 +656,18 @@ class IndexLinker:
                                        link_distances(ev), ev.agreed, ev.transform))
         return out
 
-    def _search_tiles(self, image_id: int, query: Mapping[str, Sequence[HashValue]],
-                      whole: LocalQuery, grey: np.ndarray, batch: DescriptorIndex,
-                      found: dict[int, Evidence]) -> None:
-        """Verify what the tiles of a new image vote for (in the collection, and
-        earlier in the batch), as a query's tiles are (:func:`_search_tiles`),
-        with the ingest's voters (:data:`LINK_VOTERS`): a tile's vote search
-        costs what the whole image's does."""
-        if self.descriptors is None:
-            return
-        views: list[tuple[LocalQuery, set[int]]] = []
-        for tile in features.tiles(grey):
-            view = features.extract_both(tile)
-            sets = [f for f in view if f is not None and len(f)]
-            ids = {i for i, votes in votes_across(
-                [(self.descriptors, None), (batch, image_id)], sets, VERIFY_PER_TILE,
-                voters=LINK_VOTERS) if sum(votes) >= MIN_VOTES and self._older(i, image_id)}
-            views.append((view, ids))
-        voted = set().union(*(ids for _, ids in views))
-        if not voted:
-            return
-        stored = self.catalog.signals_of(sorted(voted))
-        found.update(gather_evidence(query, {i: v for i, v in stored.items() if i not in found}))
-        # the whole image first, verifying nothing again, so each tile keeps its box
-        verify_candidates(self.catalog, [(whole, set()), *views], found, grey,
-                          {i: values["pdq"][0] for i, values in stored.items() if "pdq" in values})
+    def _tile_votes(self, image_id: int, collection: DescriptorIndex, batch: DescriptorIndex
+                    ) -> Callable[[LocalQuery], set[int]]:
+        """A new image's tile's candidates: the images it votes for most in the
+        collection and earlier in the batch, with the ingest's voters
+        (:data:`LINK_VOTERS`: a tile's vote search costs what the whole
+        image's does)."""
+        def vote(view: LocalQuery) -> set[int]:
+            return {i for i, votes in votes_across(
+                [(collection, None), (batch, image_id)], [f for f in view if f is not None],
+                VERIFY_PER_TILE, voters=LINK_VOTERS)
+                if sum(votes) >= MIN_VOTES and self._older(i, image_id)}
+        return vote
 
     def _older(self, other: int, image_id: int) -> bool:
         """Whether a new image links to ``other`` (newer images query older)."""

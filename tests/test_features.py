@@ -416,7 +416,7 @@ def test_ingest_links_a_small_collage_to_each_photo_through_its_tiles(tmp_path, 
         c.add_many([(ORIGINALS / f"{n}.jpg", None) for n in names], workers=0)
         c.add_many([(jpeg(rgb("astronaut"), 70), None)], workers=0)
         assert not tiled
-        c.add_many([(small, None)], workers=0)
+        assert c.add_many([(small, None)], workers=0).images_tiled == 1
         record = c.image(imgmatch.collection.hash_bytes(small)["sha256"])
     assert tiled == [record.sha256]
     repost = imgmatch.collection.hash_bytes(jpeg(rgb("astronaut"), 70))["sha256"]
