@@ -66,6 +66,10 @@ class Analysis:
     #: the grey pixels they were taken from, reduced to :data:`imgmatch.features.ALIGN_SIDE`,
     #: for the aligned comparison of link candidates; never stored
     grey: np.ndarray | None = None
+    #: whether the image frames pictures (:func:`imgmatch.features.regions`:
+    #: a screenshot's photo, a collage's cells), whose tiles the linker
+    #: searches (robust tier only)
+    framed: bool = False
     #: with ``Options.all_frames``: (frame number, its analysis) of frames 1, 2, ...
     frames: tuple[tuple[int, Analysis], ...] = ()
 
@@ -169,9 +173,14 @@ def _measure(decoded_by: Callable[[], Decoded], data: bytes, hashes: Sequence[st
     try:
         decoded = decoded_by()
         variants = {name: registry.get(name).link_variants(decoded) for name in hashes}
-        extracted = local.extract(np.asarray(decoded.grey)) if local is not None else None
-        found = extracted[:2] if extracted is not None else None
-        grey = extracted[2] if extracted is not None else None
+        found: tuple | None = None
+        grey: np.ndarray | None = None
+        framed = False
+        if local is not None:
+            pixels = np.asarray(decoded.grey)
+            plain, mirrored, grey = local.extract(pixels)
+            found = (plain, mirrored)
+            framed = bool(features.regions(pixels))
         thumb = make_thumbnail(decoded) if options.thumbnails else None
     except InputError as exc:
         return Analysis(digest, reason=exc.reason, detail=exc.detail)
@@ -186,7 +195,7 @@ def _measure(decoded_by: Callable[[], Decoded], data: bytes, hashes: Sequence[st
         sha256=digest, size_bytes=len(data), width=decoded.width, height=decoded.height,
         format=decoded.format, mode=decoded.mode, frames=decoded.frames, signals=rows,
         thumbnail=thumb, features=stored, captured_at=decoded.captured_at),
-        variants=variants, features=found, grey=grey)
+        variants=variants, features=found, grey=grey, framed=framed)
 
 
 def tiling_grey(data: bytes, source: str | None = None) -> np.ndarray | None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -57,7 +57,8 @@ class BatchLinker(Protocol):
               variants: Mapping[str, Mapping[str, Sequence[HashValue]]],
               local: Mapping[str, tuple] = ...,
               greys: Mapping[str, np.ndarray] = ...,
-              pixels: Callable[[str], np.ndarray | None] | None = ...) -> list[LinkRow]: ...
+              pixels: Callable[[str], np.ndarray | None] | None = ...,
+              framed: Container[str] = ...) -> list[LinkRow]: ...
 
     def committed(self, new_images: list[tuple[int, str]],
                   variants: Mapping[str, Mapping[str, Sequence[HashValue]]],
@@ -176,6 +177,8 @@ class _Batch:
         #: local features (the image's and its mirror's) of new images, robust tier
         self.local: dict[str, tuple] = {}
         self.greys: dict[str, np.ndarray] = {}
+        #: new images that frame pictures (:attr:`Analysis.framed`)
+        self.framed: set[str] = set()
         self.sightings: list[tuple[str, Sighting]] = []
         self.failures: list[tuple[str, str, str]] = []
         self.payload_digests: list[tuple[str, str]] = []
@@ -320,6 +323,8 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
                 batch.local[digest] = analysis.features
                 if analysis.grey is not None:
                     batch.greys[digest] = analysis.grey
+                if analysis.framed:
+                    batch.framed.add(digest)
             batch.digests.add(digest)
             batch.records.append((item, digest, "added", None))
         batch.sightings.append((digest, item.sighting))
@@ -408,7 +413,8 @@ def _write(catalog: Catalog, batch: _Batch, run_id: int | None,
            linker: BatchLinker | None, watchlists: Watchlists | None = None) -> BatchResult:
     variants = batch.variants
     link_fn = None if linker is None else (
-        lambda new: linker.links(new, variants, batch.local, batch.greys, batch.pixels))
+        lambda new: linker.links(new, variants, batch.local, batch.greys, batch.pixels,
+                                 batch.framed))
     watch = None if watchlists is None else watchlists.batch(variants)
     result = catalog.write_batch(batch.images, batch.sightings, batch.failures, run_id, link_fn,
                                  batch.payload_digests, watch,

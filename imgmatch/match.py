@@ -19,7 +19,7 @@ matches only on strong geometric evidence and says ``low_information``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -120,7 +120,8 @@ LocalQuery = tuple[features.LocalFeatures, features.LocalFeatures | None]
 def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterable[int]]],
                       found: dict[int, Evidence], grey: np.ndarray | None = None,
                       stored_pdq: Mapping[int, bytes] | None = None,
-                      orientations: Mapping[int, tuple[bool, bool]] | None = None) -> None:
+                      orientations: Mapping[int, tuple[bool, bool]] | None = None,
+                      boxes: Sequence[tuple[int, int, int, int]] | None = None) -> None:
     """Verify candidates geometrically and add what it finds to their evidence.
 
     ``views`` pairs the query's local features (the whole image first, then
@@ -137,12 +138,16 @@ def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterab
     ``orientations``: per candidate, whether to try the query as it is and
     its mirror (default: both, the mirror only when the query's own
     verification is inconclusive).
+
+    ``boxes``: where each view lies in ``grey`` (default: the whole image,
+    then :func:`imgmatch.features.view_boxes`).
     """
     wanted = sorted({i for _, ids in views for i in ids})
     blobs = catalog.features_of(wanted)
     stored = {i: features.LocalFeatures.from_bytes(b) for i, b in blobs.items()}
-    boxes = [] if grey is None else \
-        [(0, 0, grey.shape[1], grey.shape[0])] + features.tile_boxes(*grey.shape)
+    if boxes is None:
+        boxes = [] if grey is None else [(0, 0, grey.shape[1], grey.shape[0])] + (
+            features.view_boxes(grey) if len(views) > 1 else [])
     tried: dict[int, list[tuple[features.Verification, bool, int]]] = {}
     for n, ((plain, mirrored), ids) in enumerate(views):
         for image_id in ids:
@@ -401,45 +406,67 @@ def explained(found: Mapping[int, Evidence]) -> bool:
 
 
 #: Inliers from which a verification over a part of a new image makes its
-#: tiles worth searching at ingest (:func:`part_matched`). Chosen on the fit
+#: tiles worth searching at ingest (:func:`worth_tiling`). Chosen on the fit
 #: half (``scripts/bench accuracy --data ../imgmatch-bench-data/second-fit
 #: --ingest-links --tile-gate-inliers N``: collages and screenshots linked
 #: to their photo when catalogued, of 104 and 86): 8 inliers 63 / 54, 15
 #: inliers 60 / 54; None, never: 33 / 47.
 TILE_GATE_INLIERS: int | None = 8
+#: Whether a new image that frames pictures (:func:`imgmatch.features.regions`:
+#: a screenshot's photo, a collage's cells) has its tiles searched at ingest
+#: even when its whole matched nothing.
+TILE_FRAMED = True
+
+
+def worth_tiling(found: Mapping[int, Evidence], framed: bool = False) -> bool:
+    """Whether a new image's tiles are worth searching at ingest: nothing yet
+    matched it as the same picture (a score of
+    :data:`~imgmatch.evidence.PRECISE`), and either its whole matched a part
+    of it to another image (:data:`TILE_GATE_INLIERS` over less than
+    :data:`PARTIAL_AREA` of it), or it frames pictures (``framed``, with
+    :data:`TILE_FRAMED`): a collage or a screenshot, whose tiles show its
+    photos better than its whole does.
+
+    An ingest, unlike a query, must stay about as fast as the analysis, and
+    each tile costs a feature extraction and a vote search as the whole
+    image does: an image already matched as the same picture (a crop of a
+    catalogued one) is not tiled. With that, and the tiles voting with the
+    ingest's voters, 31 of ``scripts/bench ingest``'s 600 ad-sized photos
+    (windows cut from fewer pictures) were tiled by the inliers alone
+    instead of 56, for 63 collages linked on the fit half instead of 65
+    (docs/benchmarks.md)."""
+    if any(ev.score() >= PRECISE for ev in found.values()):
+        return False
+    return framed and TILE_FRAMED or part_matched(found)
 
 
 def part_matched(found: Mapping[int, Evidence]) -> bool:
     """Whether a new image's whole matched a part of it to another image
-    (:data:`TILE_GATE_INLIERS` over less than :data:`PARTIAL_AREA` of it)
-    and nothing yet as the same picture (a score of
-    :data:`~imgmatch.evidence.PRECISE`): a collage or a screenshot showing
-    a catalogued photo, whose tiles show it better. An ingest, unlike a
-    query, must stay about as fast as the analysis, and each tile costs a
-    feature extraction and a vote search as the whole image does: an image
-    already matched as the same picture (a crop of a catalogued one) is not
-    tiled. With that, and the tiles voting with the ingest's voters, 31 of
-    ``scripts/bench ingest``'s 600 ad-sized photos (windows cut from fewer
-    pictures) were tiled instead of 56, for 63 collages linked on the fit
-    half instead of 65 (docs/benchmarks.md)."""
+    (:data:`TILE_GATE_INLIERS` over less than :data:`PARTIAL_AREA` of it):
+    then its quarters and centre are searched too, not only its framed
+    pictures."""
     gate = TILE_GATE_INLIERS
     return gate is not None and any(
         ev.verified is not None and ev.verified.inliers >= gate
         and (ev.verified.query_share or 0.0) < PARTIAL_AREA
-        for ev in found.values()) and not any(ev.score() >= PRECISE for ev in found.values())
+        for ev in found.values())
 
 
 def _search_tiles(catalog: Catalog, query: Mapping[str, Sequence[HashValue]],
                   whole: LocalQuery, tiles: Sequence[LocalQuery], grey: np.ndarray | None,
                   found: dict[int, Evidence], stored: dict[int, dict],
-                  vote: Callable[[LocalQuery], set[int]]) -> None:
+                  vote: Callable[[LocalQuery], set[int]], quarters: bool = True) -> None:
     """Add the candidates the query's tiles vote for (``vote``: a tile's
     candidates), verified in the tile that voted: the photos of a collage or
     of a screenshot. ``tiles``: the tiles' local features, or none given
-    (then taken from ``grey`` now). ``stored``: the candidates' values by
-    image id, those of new candidates added."""
+    (then taken from ``grey`` now: its quarters and centre unless
+    ``quarters`` is false, and its framed pictures). ``stored``: the
+    candidates' values by image id, those of new candidates added."""
+    boxes = None
     if not tiles and grey is not None:
-        tiles = [features.extract_both(tile) for tile in features.tiles(grey)]
+        cut = features.view_boxes(grey, quarters)
+        tiles = [features.extract_both(tile) for tile in features.cut(grey, cut)]
+        boxes = [(0, 0, grey.shape[1], grey.shape[0]), *cut]
     views = [(view, vote(view)) for view in tiles]
     new = sorted(set().union(*(ids for _, ids in views)) - found.keys())
     if new:
@@ -450,7 +477,7 @@ def _search_tiles(catalog: Catalog, query: Mapping[str, Sequence[HashValue]],
         # the whole image first, verifying nothing again, so each view keeps its box
         verify_candidates(catalog, [(whole, set()), *views], found, grey,
                           {i: stored[i]["pdq"][0] for _, ids in views for i in ids
-                           if "pdq" in stored.get(i, {})})
+                           if "pdq" in stored.get(i, {})}, boxes=boxes)
 
 
 def pixel_query(pixels: Callable[[], Decoded], names: Iterable[str], *, local_features: bool,
@@ -583,16 +610,19 @@ class IndexLinker:
               variants: Mapping[str, Mapping[str, Sequence[HashValue]]],
               local: Mapping[str, LocalQuery] | None = None,
               greys: Mapping[str, np.ndarray] | None = None,
-              pixels: Callable[[str], np.ndarray | None] | None = None) -> list[LinkRow]:
+              pixels: Callable[[str], np.ndarray | None] | None = None,
+              framed: Container[str] = ()) -> list[LinkRow]:
         """Links of new images; ``local`` and ``greys`` (by sha256: local
         features, and the grey pixels they were taken from) add the robust
         tier's verification and its aligned comparison.
 
         ``pixels`` gives a new image's grey pixels at the size it was
         analysed (or None when they cannot be had again): an image whose
-        whole matches only a part of another (:func:`part_matched`) then has
-        its tiles searched and verified, as a query's are, so a collage or a
-        screenshot is linked to the photos it shows."""
+        whole matches only a part of another, or that frames pictures (its
+        sha256 in ``framed``), and that nothing matched as the same picture
+        (:func:`worth_tiling`) then has its tiles searched and verified, as a
+        query's are, so a collage or a screenshot is linked to the photos it
+        shows."""
         local = local or {}
         greys = greys or {}
         candidates: dict[int, set[int]] = {image_id: set() for image_id, _ in new_images}
@@ -643,12 +673,13 @@ class IndexLinker:
                                        if "pdq" in stored.get(o, {})},
                                       orientations.get(image_id))
                 if pixels is not None and self.descriptors is not None \
-                        and part_matched(found):
+                        and worth_tiling(found, sha256 in framed):
                     grey = pixels(sha256)
                     if grey is not None:  # searched as a query's tiles are
                         _search_tiles(self.catalog, query, local[sha256], [], grey, found,
                                       stored, self._tile_votes(image_id, self.descriptors,
-                                                               batch))
+                                                               batch),
+                                      quarters=part_matched(found))
             for other, ev in found.items():
                 score = link_score(ev)
                 if score >= self.min_score and ev.agreed:

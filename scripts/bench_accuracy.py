@@ -81,14 +81,14 @@ class ImgmatchSystem:
     def search(self, query_path: str) -> list[tuple[str, float]]:
         from imgmatch import features
 
-        cut, tiles = [], features.tiles
-        features.tiles = lambda grey: cut.append(grey.shape) or tiles(grey)
+        cut, view_boxes = [], features.view_boxes
+        features.view_boxes = lambda grey, *args: cut.append(grey.shape) or view_boxes(grey, *args)
         try:
             t = time.perf_counter()
             matches = self.collection.query(query_path, top_k=self.top_k, min_score=0.0)
             self.query_ms.append((time.perf_counter() - t) * 1000)
         finally:
-            features.tiles = tiles
+            features.view_boxes = view_boxes
         self.tiled[Path(query_path).stem] = bool(cut)
         self.evidence[Path(query_path).stem] = [
             {"reference": self.ref_of[m.sha256], "score": m.score, "distances": m.distances,
@@ -367,6 +367,11 @@ SETTING_OPTIONS = (
      lambda text: None if text == "none" else int(text),
      "inliers over a part of a new image from which an ingest searches its tiles (none: "
      "never)"),
+    ("--tile-framed", "match", "TILE_FRAMED", lambda text: bool(int(text)),
+     "1: an ingest searches the tiles of a new image that frames pictures, 0: only by "
+     "--tile-gate-inliers"),
+    ("--max-regions", "features", "MAX_REGIONS", int,
+     "framed pictures an image's tiles include (0: quarters and centre only)"),
 )
 
 

@@ -63,6 +63,7 @@ NO_TILES = """
 import sys
 from imgmatch import match
 match.TILE_GATE_INLIERS = None
+match.TILE_FRAMED = False
 from imgmatch.cli import main
 sys.exit(main())
 """
@@ -95,7 +96,8 @@ def modes(listfile: Path, jsonl: Path, db: Path) -> dict[str, tuple[list[str], s
                                                     "phash,dhash"], {0}),
         "imgmatch robust (default), 1 core": (ingest + ["--workers", "1"], {0}),
         # the same without searching the tiles of images that matched a part
-        # of another (imgmatch.match.TILE_GATE_INLIERS): what that costs
+        # of another or frame pictures (imgmatch.match.worth_tiling): what
+        # that costs
         "imgmatch robust, no tiles at ingest, 1 core": (
             [py, "-c", NO_TILES] + ingest[3:] + ["--workers", "1"], {0}),
         # a collection of the hash tier given local features in place

@@ -359,7 +359,8 @@ def test_tiles_can_be_skipped_when_the_whole_image_explains_the_query(
     image's) are not searched. A collage or a screenshot holds more than its
     best match, so its tiles are. Unset, every query's are."""
     cut = []
-    monkeypatch.setattr(features, "tiles", lambda grey: cut.append(1) or real_tiles(grey))
+    monkeypatch.setattr(features, "view_boxes",
+                        lambda grey, *args: cut.append(1) or real_view_boxes(grey, *args))
     query = jpeg(EDITS[edit](rgb("astronaut")))
     assert match.EXPLAINED_SHARE == 0.8
     with imgmatch.Collection.open(robust, readonly=True) as c:
@@ -371,7 +372,7 @@ def test_tiles_can_be_skipped_when_the_whole_image_explains_the_query(
     assert best.score >= PRECISE or tiled
 
 
-real_tiles = features.tiles
+real_view_boxes = features.view_boxes
 
 
 def test_collection_rejects_unrelated(robust) -> None:
