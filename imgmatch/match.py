@@ -416,6 +416,13 @@ TILE_GATE_INLIERS: int | None = 8
 #: a screenshot's photo, a collage's cells) has its tiles searched at ingest
 #: even when its whole matched nothing.
 TILE_FRAMED = True
+#: Whether such an image's quarters and centre are searched too, not only
+#: its framed pictures. On the fit half (``scripts/bench accuracy
+#: --ingest-links --framed-quarters 1``) they linked 5 more of 104 collages
+#: (72) and 1 more of 86 screenshots, with one more wrong link, and took
+#: the references' ingest from 72 to 47 images/s (13% of them frame a
+#: picture). More framed pictures (``--max-regions 6``) linked none more.
+FRAMED_QUARTERS = False
 
 
 def worth_tiling(found: Mapping[int, Evidence], framed: bool = False) -> bool:
@@ -679,7 +686,7 @@ class IndexLinker:
                         _search_tiles(self.catalog, query, local[sha256], [], grey, found,
                                       stored, self._tile_votes(image_id, self.descriptors,
                                                                batch),
-                                      quarters=part_matched(found))
+                                      quarters=FRAMED_QUARTERS or part_matched(found))
             for other, ev in found.items():
                 score = link_score(ev)
                 if score >= self.min_score and ev.agreed:

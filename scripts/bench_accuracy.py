@@ -370,6 +370,8 @@ SETTING_OPTIONS = (
     ("--tile-framed", "match", "TILE_FRAMED", lambda text: bool(int(text)),
      "1: an ingest searches the tiles of a new image that frames pictures, 0: only by "
      "--tile-gate-inliers"),
+    ("--framed-quarters", "match", "FRAMED_QUARTERS", lambda text: bool(int(text)),
+     "1: an ingest searches the quarters and centre of an image that frames pictures too"),
     ("--max-regions", "features", "MAX_REGIONS", int,
      "framed pictures an image's tiles include (0: quarters and centre only)"),
 )

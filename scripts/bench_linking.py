@@ -95,7 +95,7 @@ def main() -> int:
     args = ap.parse_args()
 
     import imgmatch
-    from imgmatch import descriptors, features, match
+    from imgmatch import features, match
     from imgmatch.analysis import analyse
     from imgmatch.sources import Item
     from imgmatch.workers import single_threaded
@@ -115,12 +115,14 @@ def main() -> int:
             analyse(data, signals, "bench")
         per_image[label] = 1000 * (time.perf_counter() - started) / n
     orb = Timed(features, "extract_both")
+    framed = Timed(features, "regions")
     for data in datas:
         analyse(data, imgmatch.ROBUST_SIGNALS, "bench")
     orb.restore()
+    framed.restore()
 
     links = Timed(match.IndexLinker, "links")
-    votes = Timed(descriptors.DescriptorIndex, "votes_by_set")
+    votes = Timed(match, "votes_across")  # the collection's and the batch's, ranked as one
     verify = Timed(features, "verify")
     try:
         with tempfile.TemporaryDirectory() as tmp, \
@@ -140,6 +142,7 @@ def main() -> int:
         f"| analysis, hash tier (decode, PDQ, pHash, dHash) | {per_image['hash tier']:.1f} |",
         f"| analysis, robust tier | {per_image['robust tier']:.1f} |",
         f"| ... of which ORB on the image and its mirror | {1000 * orb.seconds / n:.1f} |",
+        f"| ... of which looking for framed pictures | {1000 * framed.seconds / n:.1f} |",
         f"| linking at ingest (votes, verification, scores) | {1000 * links.seconds / added:.1f} |",
         f"| ... of which descriptor votes | {1000 * votes.seconds / added:.1f} |",
         f"| ... of which geometric verification | {1000 * verify.seconds / added:.1f} |",
