@@ -8,6 +8,8 @@ import io
 import json
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 import imgmatch
@@ -43,6 +45,42 @@ def test_lone_images_do_not_pair_on_a_weak_link():
     groups = guarded_groups([1, 2, 3], links((1, 2, (0.7, ("dhash",))),
                                              (1, 3, (0.6, ("dhash",)))))
     assert groups == [[1], [2], [3]]
+
+
+def test_a_lone_image_attaches_through_its_best_link_into_a_cluster():
+    # 3 (a screenshot) links best to 4, another lone screenshot of the photo,
+    # and more weakly to the photo's cluster 1-2: it joins that cluster, and
+    # 4, whose only link is to a lone image, stays alone
+    groups = guarded_groups(range(1, 5), links((1, 2, STRONG), (3, 4, (0.9, ("orb",))),
+                                               (3, 1, (0.7, ("orb",)))))
+    assert groups == [[1, 2, 3], [4]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 11), st.integers(0, 11),
+                          st.sampled_from([STRONG_SCORE, 0.99, 0.97, 0.8, 0.6, 0.5])),
+                max_size=30))
+def test_weak_links_only_attach_lone_images_to_one_cluster(edges) -> None:
+    """Whatever the links, each cluster is one component of the strong links
+    with lone images that have a weak link into it: weak links never join
+    two strong components, nor two lone images."""
+    edges = [(a, b, score) for a, b, score in edges if a != b]
+    groups = guarded_groups(range(12), [(a, b, score, ("orb",)) for a, b, score in edges])
+    strong = guarded_groups(range(12), [(a, b, score, ("orb",)) for a, b, score in edges
+                                        if score >= STRONG_SCORE])
+    core_of = {n: tuple(g) for g in strong for n in g}
+    assert sorted(n for g in groups for n in g) == list(range(12))
+    for group in groups:
+        cores = {core_of[n] for n in group if len(core_of[n]) > 1}
+        assert len(cores) <= 1
+        if not cores:
+            assert len(group) == 1
+            continue
+        core = set(cores.pop())
+        assert core <= set(group)
+        for n in set(group) - core:
+            assert len(core_of[n]) == 1 and any(
+                {a, b} & core and n in (a, b) for a, b, score in edges if score < STRONG_SCORE)
 
 
 def test_one_strong_signal_is_enough():
