@@ -87,7 +87,8 @@ class IngestSummary:
     #: watchlist alerts raised by this ingest's new sightings
     alerts_added: int = 0
     #: new images whose tiles were searched for links: their whole image
-    #: matched a part of another (a collage's photo, a screenshot's)
+    #: matched a part of another (a collage's photo, a screenshot's), or
+    #: they frame pictures (:func:`imgmatch.match.worth_tiling`)
     images_tiled: int = 0
     seconds: float = 0.0
     #: signals of this ingest that images of the collection lack, with how

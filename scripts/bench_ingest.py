@@ -326,7 +326,7 @@ def main() -> int:
         tiled += [f"- {name}: {r['images_tiled']} of {r['images']} images"
                   for r in rows if "images_tiled" in r]
     lines += ["", "New images whose tiles the robust ingest searched (their whole matched a "
-              "part of another):", ""] + tiled
+              "part of another, or they frame a picture):", ""] + tiled
     lines += ["", "Milliseconds per image of each step, in one process on one core "
               "(decode at >= 512 px; rotations and mirrors included):", "",
               "| set | SHA-256 | decode | PDQ | pHash | dHash | total |",
