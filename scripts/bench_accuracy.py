@@ -68,6 +68,8 @@ class ImgmatchSystem:
     def index(self, reference_paths: list[str]) -> None:
         from imgmatch import Collection, Sighting
 
+        self.reference_paths = list(reference_paths)
+
         self.collection = Collection.open(Path(self.tmp.name) / "bench.db")
         summary = self.collection.add_many(
             ((p, Sighting(source=p)) for p in reference_paths),
@@ -181,20 +183,34 @@ def ingest_links(system: ImgmatchSystem, queries) -> dict[str, dict]:
     """Catalogue the screenshots and collages among the positive queries
     beside the references, then count, per family, those linked to their
     reference (a link of 0.5 or more: a lead) and their links to other
-    references."""
-    import hashlib
-
-    from imgmatch import Sighting
+    references. ``before_photos``: the same count where they are catalogued
+    first, in a collection of their own, and the references after them (a
+    crawl meets a screenshot before its photo as often as after)."""
+    from imgmatch import Collection, Sighting
 
     chosen = [q for q in queries if not q.is_negative and q.family in LINKED_FAMILIES]
     system.collection.add_many(((q.path, Sighting(source=q.path)) for q in chosen),
                                signals=system.signals, workers=system.workers)
-    ref_by_sha = {sha: ref for sha, ref in system.ref_of.items()}
+    out = _linked(system.collection, chosen, system.ref_of)
+    with tempfile.TemporaryDirectory(prefix="imgmatch-reversed-") as tmp, \
+            Collection.open(Path(tmp) / "c.db") as reversed_order:
+        reversed_order.add_many(((q.path, Sighting(source=q.path)) for q in chosen),
+                                signals=system.signals, workers=system.workers)
+        reversed_order.add_many(((p, Sighting(source=p)) for p in system.reference_paths),
+                                signals=system.signals, workers=system.workers)
+        for family, row in _linked(reversed_order, chosen, system.ref_of).items():
+            out[family]["before_photos"] = row
+    return out
+
+
+def _linked(collection, chosen, ref_of: dict[str, str]) -> dict[str, dict]:
+    import hashlib
+
     out: dict[str, dict] = {}
     for q in chosen:
-        record = system.collection.image(hashlib.sha256(Path(q.path).read_bytes()).hexdigest())
-        linked = {ref_by_sha[link.sha256] for link in record.links
-                  if link.sha256 in ref_by_sha and link.score >= 0.5}
+        record = collection.image(hashlib.sha256(Path(q.path).read_bytes()).hexdigest())
+        linked = {ref_of[link.sha256] for link in record.links
+                  if link.sha256 in ref_of and link.score >= 0.5}
         row = out.setdefault(q.family, {"images": 0, "linked": 0, "wrong": 0})
         row["images"] += 1
         row["linked"] += q.reference_id in linked
@@ -289,10 +305,15 @@ def run_set(scorer, ds_dir: Path, args) -> tuple[dict, list[str]]:
     for name, r in results.items():
         if r.get("ingest_links"):
             lines += ["", f"Linked to their reference when catalogued ({name}; links of 0.5 "
-                      "or more):", "", "| family | images | linked to their reference "
-                      "| links to other references |", "|---|---|---|---|"]
+                      "or more), after the references and before them:", "",
+                      "| family | images | linked to their reference | links to other "
+                      "references | catalogued before the references: linked | links to "
+                      "other references |", "|---|---|---|---|---|---|"]
             lines += [f"| {fam} | {row['images']} | {row['linked']} "
-                      f"({100 * row['linked'] / row['images']:.1f}%) | {row['wrong']} |"
+                      f"({100 * row['linked'] / row['images']:.1f}%) | {row['wrong']} | "
+                      f"{row['before_photos']['linked']} "
+                      f"({100 * row['before_photos']['linked'] / row['images']:.1f}%) | "
+                      f"{row['before_photos']['wrong']} |"
                       for fam, row in sorted(r["ingest_links"].items())]
     families = sorted({f for r in results.values() for f in r["metrics"]["per_family"]})
     lines += ["", "Recall@1 / recall at precision 0.99, per transform family:", "",
