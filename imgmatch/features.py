@@ -328,8 +328,9 @@ def regions(grey: np.ndarray) -> list[tuple[int, int, int, int]]:
     on an ad-sized photo, against 6): a morphological gradient rather than
     Canny, and outer outlines only, at :data:`REGION_SIDE`; a photo's edges
     then merge into a few outlines, none of them framed. Chosen on the fit
-    half of the second set (docs/benchmarks.md): of its 139 screenshots and
-    148 collages, 117 and 96 frame pictures; of 300 ad-sized photos, none."""
+    half of the second set (``scripts/bench framed``, docs/benchmarks.md):
+    of its 139 screenshots and 148 collages, 117 and 96 frame pictures; of
+    600 ad-sized photos, 1."""
     full_height, full_width = grey.shape[:2]
     if min(full_height, full_width) < MIN_TILED_SIDE:
         return []
@@ -385,11 +386,11 @@ def view_boxes(grey: np.ndarray, quarters: bool = True) -> list[tuple[int, int, 
     return (tile_boxes(*grey.shape[:2]) if quarters else []) + regions(grey)
 
 
-def tiles(grey: np.ndarray, quarters: bool = True) -> list[np.ndarray]:
-    """The four quarters of an image and its centre (unless ``quarters`` is
-    false), then the pictures framed in it: a collage's photos, or a
-    screenshot's, each seen at the resolution of a whole image."""
-    return cut(grey, view_boxes(grey, quarters))
+def tiles(grey: np.ndarray) -> list[np.ndarray]:
+    """The four quarters of an image and its centre, then the pictures framed
+    in it: a collage's photos, or a screenshot's, each seen at the
+    resolution of a whole image."""
+    return cut(grey, view_boxes(grey))
 
 
 def cut(grey: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> list[np.ndarray]:
