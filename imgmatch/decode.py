@@ -38,6 +38,13 @@ DEFAULT_MAX_PIXELS = 150_000_000
 DEFAULT_MAX_SIDE = 30_000
 #: Longer side the decode keeps at least (PDQ wants about 512).
 DEFAULT_TARGET = 512
+#: Formats whose later frames Pillow composites over the whole canvas in
+#: RGBA, keeping the frame before: about 4 bytes a pixel, twice, where a
+#: first frame takes 1 to 3. A later frame's canvas is held to
+#: ``max_pixels // COMPOSITED_SHARE``, so that a 1-KB GIF with a 130-megapixel
+#: canvas cannot take 2.5 GB by its second frame (a fuzzing finding).
+COMPOSITED_FORMATS = ("GIF", "PNG", "WEBP")
+COMPOSITED_SHARE = 4
 
 
 class Decoded:
@@ -142,6 +149,20 @@ def _check_size(size: tuple[int, int], source: str | None, max_pixels: int,
             f"or {max_side:,} per side (a possible decompression bomb)", source=source)
 
 
+def _check_later_frame(img: Image.Image, source: str | None, max_pixels: int) -> None:
+    """Refuse to seek to a later frame of an animation whose canvas is too
+    large to composite (:data:`COMPOSITED_SHARE`); the first frame is
+    decoded as before."""
+    if img.format in COMPOSITED_FORMATS:
+        width, height = img.size
+        budget = max_pixels // COMPOSITED_SHARE
+        if width * height > budget:
+            raise ImageTooLarge(
+                f"a later frame of this {width}x{height} animation exceeds the limit of "
+                f"{budget:,} pixels for frames composited in full colour (a possible "
+                f"decompression bomb)", source=source)
+
+
 def _unusable(exc: Exception, what: str, source: str | None) -> InputError:
     """The input error for an exception Pillow raised while reading a file.
 
@@ -222,6 +243,7 @@ def decode(data: bytes, *, source: str | None = None, target: int = DEFAULT_TARG
                                  max_side=max_side), 1
     try:
         if frame:
+            _check_later_frame(img, source, max_pixels)
             img.seek(frame)
     except MemoryError:
         raise out_of_memory(source) from None
@@ -241,6 +263,7 @@ def decode_frames(data: bytes, *, source: str | None = None, target: int = DEFAU
     frames = _frame_count(img, source) or 1
     for k in range(first, min(frames, limit)):
         try:
+            _check_later_frame(img, source, max_pixels)
             img.seek(k)
             yield k, _finish(img, data, source, target, max_pixels, max_side, k, frames, False)
         except DecodeError as exc:

@@ -88,6 +88,27 @@ def test_a_later_frame_is_held_to_the_pixel_limits():
     assert k == 1 and error.reason == "too-large"
 
 
+def test_a_later_animation_frame_is_held_to_the_composited_budget():
+    """A later GIF frame is composited over the whole canvas in RGBA: a 1-KB
+    file with a 130-megapixel canvas took 2.5 GB by its second frame. Its
+    first frame still decodes; the second is refused as too large."""
+    from imgmatch.decode import COMPOSITED_SHARE, decode, decode_frames
+    from imgmatch.errors import ImageTooLarge
+
+    frames = [Image.new("L", (100, 100), 10), Image.new("L", (100, 100), 200)]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:])
+    data = out.getvalue()
+    canvas = 100 * 100
+    assert [k for k, f in decode_frames(data, max_pixels=canvas * COMPOSITED_SHARE)
+            if not isinstance(f, Exception)] == [1]
+    assert decode(data, max_pixels=canvas).frames == 2
+    ((k, error),) = decode_frames(data, max_pixels=canvas)
+    assert k == 1 and error.reason == "too-large"
+    with pytest.raises(ImageTooLarge):
+        decode(data, max_pixels=canvas, frame=1)
+
+
 def test_executions_come_from_libfuzzers_final_stats():
     log = "#2\tINITED exec/s: 0\nstat::number_of_executed_units: 52267\nstat::peak_rss_mb: 40\n"
     assert fuzz.executions(log) == 52267
