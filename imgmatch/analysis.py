@@ -198,14 +198,16 @@ def _measure(decoded_by: Callable[[], Decoded], data: bytes, hashes: Sequence[st
         variants=variants, features=found, grey=grey, framed=framed)
 
 
-def tiling_grey(data: bytes, source: str | None = None) -> np.ndarray | None:
-    """An image's grey pixels at the size its local features are taken at,
-    decoded again for the linker to search its tiles, or None where the
-    bytes no longer decode. The analysis does not keep them: they would not
+def tiling_grey(data: bytes, source: str | None = None,
+                side: int = features.SIDE) -> np.ndarray | None:
+    """An image's grey pixels, decoded again for the linker to search its
+    tiles, or None where the bytes no longer decode: at least ``side`` on the
+    longer side where the image has it (the size its local features are
+    taken at, by default). The analysis does not keep them: they would not
     cross a worker's pipe unread (:data:`imgmatch.features.ALIGN_SIDE`), and
     few images need them."""
     try:
-        return np.asarray(decode(data, source=source, target=features.SIDE).grey)
+        return np.asarray(decode(data, source=source, target=side).grey)
     except InputError:
         return None
 

@@ -41,7 +41,8 @@ from .index import BinaryIndex
 from .index_cache import IndexCache
 from .ingest import DEFAULT_BATCH, IngestSummary, analyse, ingest
 from .keys import create_key, key_hash
-from .match import MATCH_SCORE, IndexLinker, LocalQuery, find_matches, pixel_query, weigh
+from .match import (FRAMING_SIDE, MATCH_SCORE, IndexLinker, LocalQuery, find_matches,
+                    pixel_query, weigh)
 from .model import Added, AuditEntry, Cluster, Explanation, ImageRecord, Link, Match
 from .records import HashValue, Sighting
 from .sandbox import DecodeSandbox
@@ -339,7 +340,8 @@ class Collection:
         # other nodes write a shared catalog between this process's batches
         return IndexLinker(self.catalog, indexes, descriptors=descriptors,
                            older_only=older_only,
-                           follow=caught_up if self.catalog.shared else None)
+                           follow=caught_up if self.catalog.shared else None,
+                           reread=self._framing_grey)
 
     def add(self, image: bytes | str | Path, sighting: Sighting | None = None, *,
             signals: Sequence[str] = registry.DEFAULT_SIGNALS) -> Added:
@@ -439,7 +441,14 @@ class Collection:
         return {"query": {name: query[name] for name in self.indexes if name in query},
                 "local": views if descriptors is not None else None,
                 "descriptors": descriptors,
-                "grey": grey if descriptors is not None else None}
+                "grey": grey if descriptors is not None else None,
+                "reread": self._framing_grey if descriptors is not None else None}
+
+    def _framing_grey(self, image_id: int) -> np.ndarray | None:
+        """A catalogued image's pixels read again from its sources, to verify
+        a new image or a query within the part of it where it lies
+        (:func:`imgmatch.match.framing`)."""
+        return tiling_grey_again(self.catalog, image_id, FRAMING_SIDE)
 
     def _search(self, query: dict[str, list[HashValue]], views: list[LocalQuery] | None,
                 grey: np.ndarray | None, top_k: int, min_score: float) -> list[Match]:

@@ -200,10 +200,15 @@ class Verified:
     #: the share of inliers that repeat one pattern (already discounted in
     #: ``support``: :attr:`imgmatch.features.Verification.repeated`)
     repeated: float | None = None
-    #: verified in one of the query's tiles (:func:`imgmatch.features.tiles`):
-    #: the pair shares a part of the query at most, whatever the shares
-    #: measured within the tile say (a collage's photo, a screenshot's)
+    #: verified in a tile of either image: one of the query's
+    #: (:func:`imgmatch.features.tiles`), or the part of the stored image
+    #: where the query's whole lies (:func:`imgmatch.match.framing`): the
+    #: pair shares a part of one image at most, whatever the shares measured
+    #: within the tile say (a collage's photo, a screenshot's)
     in_tile: bool = False
+    #: the stored image's share covered by that region (where the query's
+    #: whole lies in a part of it: :func:`imgmatch.match.framing`)
+    stored_share: float | None = None
 
 
 @dataclass

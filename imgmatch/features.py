@@ -398,6 +398,30 @@ def cut(grey: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> list[np.nda
     return [np.ascontiguousarray(grey[y0:y1, x0:x1]) for x0, y0, x1, y1 in boxes]
 
 
+def where_within(found: Verification, query: LocalFeatures, stored: LocalFeatures,
+                 grey_shape: tuple[int, ...], margin: float
+                 ) -> tuple[int, int, int, int] | None:
+    """The box of ``grey`` (the stored image's pixels, ``grey_shape`` high and
+    wide) where the query's whole lies by the verified similarity, widened by
+    ``margin`` of its size on each side: the part of a screenshot or a
+    collage that shows the query's photo. None where the box is too small
+    to take features from."""
+    if found.matrix is None or not stored.width:
+        return None
+    corners = np.array([[0, 0], [query.width, 0], [query.width, query.height],
+                        [0, query.height]], np.float64)
+    moved = _moved(corners, np.asarray(found.matrix).reshape(2, 3))
+    scale = grey_shape[1] / stored.width  # grey pixels per analysed stored pixel
+    (x0, y0), (x1, y1) = moved.min(axis=0) * scale, moved.max(axis=0) * scale
+    dx, dy = margin * (x1 - x0), margin * (y1 - y0)
+    h, w = grey_shape[:2]
+    box = (max(0, int(x0 - dx)), max(0, int(y0 - dy)),
+           min(w, int(np.ceil(x1 + dx))), min(h, int(np.ceil(y1 + dy))))
+    if min(box[2] - box[0], box[3] - box[1]) < MIN_SIDE:
+        return None
+    return box
+
+
 @dataclass(frozen=True)
 class Verification:
     """The outcome of matching two images' features geometrically.

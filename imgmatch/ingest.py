@@ -66,6 +66,10 @@ class BatchLinker(Protocol):
 
     def catch_up(self) -> None: ...
 
+    #: catalogued images read again from their sources to verify a new image
+    #: within the part of them where it lies (:func:`imgmatch.match.framing`)
+    images_reread: int
+
 
 @dataclass
 class IngestSummary:
@@ -90,6 +94,10 @@ class IngestSummary:
     #: matched a part of another (a collage's photo, a screenshot's), or
     #: they frame pictures (:func:`imgmatch.match.worth_tiling`)
     images_tiled: int = 0
+    #: catalogued images read again from their sources, to verify a new image
+    #: within the part of them where it lies: a screenshot or a collage
+    #: catalogued before the photo it shows (:func:`imgmatch.match.framing`)
+    images_reread: int = 0
     seconds: float = 0.0
     #: signals of this ingest that images of the collection lack, with how
     #: many lack each (images catalogued before with fewer signals):
@@ -280,6 +288,7 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
         with writer.lock:
             summary.absorb(result)
             summary.images_tiled += done.tiled
+            summary.images_reread = getattr(linker, "images_reread", 0)
             summary.failures.extend(done.failures)
             if on_written is not None:
                 on_written(done.records)

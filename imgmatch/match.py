@@ -216,7 +216,8 @@ def _verified(result: features.Verification, flipped: bool, width: int,
     return Verified(result.inliers, result.support, result.spread, result.shared_area,
                     result.overlap, aligned, matches=result.matches,
                     coverage=result.coverage, query_share=result.query_share,
-                    repeated=result.repeated, in_tile=in_tile)
+                    repeated=result.repeated, in_tile=in_tile,
+                    stored_share=result.stored_share)
 
 
 #: Verifications with less support are not worth an aligned comparison (a
@@ -308,11 +309,14 @@ def weigh(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
           query: Mapping[str, Sequence[HashValue]], *, top_k: int = 10,
           min_score: float = MATCH_SCORE,
           local: LocalQuery | Sequence[LocalQuery] | None = None,
-          descriptors: DescriptorIndex | None = None, grey: np.ndarray | None = None
+          descriptors: DescriptorIndex | None = None, grey: np.ndarray | None = None,
+          reread: Callable[[int], np.ndarray | None] | None = None
           ) -> tuple[dict[int, Evidence], dict[int, dict[str, tuple[bytes, int | None]]]]:
     """The candidates a query finds and the evidence it weighs for each, unranked
     (see :func:`find_matches`, which ranks them): also what ``imgmatch
-    explain`` weighs, so a pair is explained as the query found it."""
+    explain`` weighs, so a pair is explained as the query found it.
+    ``reread``: a stored image's pixels read again, to verify the query
+    within the part of it where the query lies (:func:`framing`)."""
     candidates: set[int] = set()
     for name, variants in query.items():
         index = indexes.get(name)
@@ -339,6 +343,12 @@ def weigh(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
     if views and descriptors is not None and not explained(found):
         _search_tiles(catalog, query, views[0][0], given[1:], grey, found, stored,
                       lambda view: _voted(descriptors, view, VERIFY_PER_TILE, TILE_VOTERS))
+    if views and reread is not None:
+        for other in framing(found, unmatched_only=False):
+            pixels = reread(other)
+            if pixels is not None:
+                verify_within(catalog, views[0][0], other, found[other], pixels,
+                              QUERY_FRAMED_ONLY)
     return found, stored
 
 
@@ -347,7 +357,8 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
                  min_score: float = MATCH_SCORE, with_sightings: bool = True,
                  local: LocalQuery | Sequence[LocalQuery] | None = None,
                  descriptors: DescriptorIndex | None = None,
-                 grey: np.ndarray | None = None) -> list[Match]:
+                 grey: np.ndarray | None = None,
+                 reread: Callable[[int], np.ndarray | None] | None = None) -> list[Match]:
     """The best ``top_k`` catalogued images for a query, best first.
 
     ``query`` maps a signal name to the query's values for it (the dihedral
@@ -362,10 +373,10 @@ def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
     verifications (unless the whole image explains the query, where
     :data:`EXPLAINED_SHARE` is set: :func:`explained`). ``grey`` (the query's pixels,
     the views' source) adds the aligned comparison, and gives the tiles'
-    features when ``local`` holds none.
+    features when ``local`` holds none. ``reread``: as for :func:`weigh`.
     """
     found, stored = weigh(catalog, indexes, query, top_k=top_k, min_score=min_score,
-                          local=local, descriptors=descriptors, grey=grey)
+                          local=local, descriptors=descriptors, grey=grey, reread=reread)
     if not found:
         return []
     scores = {i: ev.settle() for i, ev in found.items()}
@@ -457,6 +468,102 @@ def part_matched(found: Mapping[int, Evidence]) -> bool:
         ev.verified is not None and ev.verified.inliers >= gate
         and (ev.verified.query_share or 0.0) < PARTIAL_AREA
         for ev in found.values())
+
+
+#: At ingest, the older images whose part a new image's whole matched (at
+#: least :data:`TILE_GATE_INLIERS` inliers, over less than
+#: :data:`PARTIAL_AREA` of the older image and at least that share of the new
+#: one) that are read again and cut where the new image lies
+#: (:func:`framing`): the most supported first, at most this many. 0: none.
+FRAMING_CANDIDATES = 2
+#: The cut's margin around the new image's place, a share of its size on
+#: each side: room for a similarity fitted on the few keypoints the older
+#: image spent there.
+FRAMING_MARGIN = 0.1
+#: The longer side (at least) the older image is read again at: its part
+#: that shows the new image is then described at that part's own
+#: resolution, not at what is left of it at the whole image's analysed size.
+FRAMING_SIDE = 4 * features.SIDE
+#: Whether a query (not an ingest) is verified within a stored image only
+#: where its place is a framed picture of that image
+#: (:func:`imgmatch.features.regions`, overlapping it by
+#: :data:`FRAMING_IOU`): a screenshot shows an ad's photo in a rectangle,
+#: a collage in its cells; a drawing that reuses a part of another (the
+#: same feet in two clip-art figures) frames nothing, and a query's match
+#: is a lead on its own, where a link from a part stays weak
+#: (:data:`PARTIAL_LINK_CAP`). Chosen on the fit half (``scripts/bench
+#: accuracy --ingest-links --query-framed-only 0``): without it, a photo's
+#: query found 12 more of 104 collages that show it, and 1 more of 86
+#: screenshots, but the bench's queries gained 3 right predictions scoring
+#: 0.5 or more for 7 wrong ones (4 of them over 0.9); with it, they gained
+#: none of either. At ingest it would lose 10 of the 46 collages catalogued
+#: before their photo and linked to it, for no fewer wrong links.
+QUERY_FRAMED_ONLY = True
+FRAMING_IOU = 0.5
+
+
+def framing(found: Mapping[int, Evidence], *, unmatched_only: bool = True) -> list[int]:
+    """The candidates that may frame a new image (a screenshot or a collage
+    catalogued before the photo it shows), the most supported first: its
+    whole matched a part of theirs (:data:`FRAMING_CANDIDATES`), and nothing
+    matched it as the same picture (unless not ``unmatched_only``: a query
+    ranks every place its photo appears).
+
+    The older image spent its keypoints on all of itself, so few lie on the
+    photo: the match is weak and partial. Cut where the photo lies and
+    described again, that part matches the photo as a whole, as a
+    screenshot catalogued after its photo matches it through its tiles
+    (:func:`worth_tiling`)."""
+    gate = TILE_GATE_INLIERS
+    if gate is None or not FRAMING_CANDIDATES \
+            or unmatched_only and any(ev.score() >= PRECISE for ev in found.values()):
+        return []
+    chosen = [(ev.verified.support, i) for i, ev in found.items()
+              if ev.verified is not None and not ev.verified.in_tile
+              and ev.verified.inliers >= gate
+              and (ev.verified.stored_share or 1.0) < PARTIAL_AREA
+              and (ev.verified.query_share or 0.0) >= PARTIAL_AREA]
+    return [i for _, i in sorted(chosen, key=lambda c: (-c[0], c[1]))[:FRAMING_CANDIDATES]]
+
+
+def verify_within(catalog: Catalog, view: LocalQuery, image_id: int, ev: Evidence,
+                  grey: np.ndarray, framed_only: bool = False) -> None:
+    """Verify a query's whole against the part of a stored image where it
+    lies (``grey``: the stored image's pixels, read again), and keep that
+    verification in the pair's evidence when it is better (:func:`framing`).
+    ``framed_only``: only where that part is a framed picture
+    (:data:`QUERY_FRAMED_ONLY`)."""
+    blob = catalog.features_of([image_id]).get(image_id)
+    if blob is None:
+        return
+    stored = features.LocalFeatures.from_bytes(blob)
+    plain, mirrored = view
+    whole, flipped = features.best_of(plain, mirrored, stored)
+    box = features.where_within(whole, plain, stored, grey.shape, FRAMING_MARGIN)
+    if box is None:
+        return
+    if framed_only:
+        place = features.where_within(whole, plain, stored, grey.shape, 0.0)
+        if place is None or not any(_iou(place, region) >= FRAMING_IOU
+                                    for region in features.regions(grey)):
+            return
+    part = features.extract(features.cut(grey, [box])[0])
+    result, flipped = features.best_of(plain, mirrored, part)
+    verified = _verified(result, flipped, plain.width, part, None, None, None, in_tile=True)
+    if ev.verified is None or _better(ev, verified):
+        ev.verified = verified
+        if not ev.hashes or ev.strong_geometry:
+            ev.transform = "mirror" if flipped else "identity"
+
+
+def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    both = w * h
+    return both / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - both)
 
 
 def _search_tiles(catalog: Catalog, query: Mapping[str, Sequence[HashValue]],
@@ -591,7 +698,8 @@ class IndexLinker:
                  min_score: float = MATCH_SCORE,
                  descriptors: DescriptorIndex | None = None, *, older_only: bool = True,
                  follow: Callable[[], tuple[Mapping[str, BinaryIndex],
-                                            DescriptorIndex | None]] | None = None) -> None:
+                                            DescriptorIndex | None]] | None = None,
+                 reread: Callable[[int], np.ndarray | None] | None = None) -> None:
         self.catalog = catalog
         self.indexes = indexes
         self.min_score = min_score
@@ -602,6 +710,12 @@ class IndexLinker:
         #: catches the indexes up with what other writers committed and gives
         #: them back (a catalog several processes write: see :meth:`catch_up`)
         self._follow = follow
+        #: an older image's grey pixels at the size its features were taken
+        #: at, read again from its source (None where it cannot be): to cut
+        #: the part that frames a new image (:func:`framing`)
+        self._reread = reread
+        #: older images read again so far (to cut where a new image lies)
+        self.images_reread = 0
 
     def catch_up(self) -> None:
         """Take in what other writers committed, before a batch is linked.
@@ -687,6 +801,13 @@ class IndexLinker:
                                       stored, self._tile_votes(image_id, self.descriptors,
                                                                batch),
                                       quarters=FRAMED_QUARTERS or part_matched(found))
+                if self._reread is not None:
+                    for other in framing(found):
+                        grey = self._reread(other)
+                        self.images_reread += grey is not None
+                        if grey is not None:
+                            verify_within(self.catalog, local[sha256], other, found[other],
+                                          grey)
             for other, ev in found.items():
                 score = link_score(ev)
                 if score >= self.min_score and ev.agreed:

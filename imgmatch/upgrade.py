@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import features
 from . import signals as registry
 from .analysis import Analysis, read_regular_file, tiling_grey
 from .catalog import Catalog
@@ -167,11 +168,12 @@ def reread(catalog: Catalog, image_id: int) -> tuple[str, bytes] | str:
     return why
 
 
-def tiling_grey_again(catalog: Catalog, image_id: int) -> np.ndarray | None:
+def tiling_grey_again(catalog: Catalog, image_id: int,
+                      side: int = features.SIDE) -> np.ndarray | None:
     """An image's grey pixels read again from its sources, for the linker to
     search its tiles (:func:`imgmatch.analysis.tiling_grey`), or None."""
     found = reread(catalog, image_id)
-    return None if isinstance(found, str) else tiling_grey(found[1], found[0])
+    return None if isinstance(found, str) else tiling_grey(found[1], found[0], side)
 
 
 def _size(source: str) -> int | None:

@@ -185,7 +185,9 @@ def ingest_links(system: ImgmatchSystem, queries) -> dict[str, dict]:
     reference (a link of 0.5 or more: a lead) and their links to other
     references. ``before_photos``: the same count where they are catalogued
     first, in a collection of their own, and the references after them (a
-    crawl meets a screenshot before its photo as often as after)."""
+    crawl meets a screenshot before its photo as often as after).
+    ``found_by_photo``: in that collection, those a query with their photo
+    finds at 0.5 or more."""
     from imgmatch import Collection, Sighting
 
     chosen = [q for q in queries if not q.is_negative and q.family in LINKED_FAMILIES]
@@ -200,6 +202,27 @@ def ingest_links(system: ImgmatchSystem, queries) -> dict[str, dict]:
                                 signals=system.signals, workers=system.workers)
         for family, row in _linked(reversed_order, chosen, system.ref_of).items():
             out[family]["before_photos"] = row
+        for family, row in _found_by_photo(reversed_order, chosen, system).items():
+            out[family]["found_by_photo"] = row
+    return out
+
+
+def _found_by_photo(collection, chosen, system: ImgmatchSystem) -> dict[str, dict]:
+    """Per family, the composites a query with their photo finds at 0.5 or more
+    (an investigator's photo, searched for among screenshots and collages)."""
+    import hashlib
+
+    path_of = {Path(p).stem: p for p in system.reference_paths}
+    composites = {hashlib.sha256(Path(q.path).read_bytes()).hexdigest(): q for q in chosen}
+    found: dict[str, set[str]] = {}
+    for reference in sorted({q.reference_id for q in chosen}):
+        found[reference] = {m.sha256 for m in collection.query(path_of[reference], top_k=50)
+                            if m.sha256 in composites}
+    out: dict[str, dict] = {}
+    for sha, q in composites.items():
+        row = out.setdefault(q.family, {"images": 0, "found": 0})
+        row["images"] += 1
+        row["found"] += sha in found[q.reference_id]
     return out
 
 
@@ -308,12 +331,14 @@ def run_set(scorer, ds_dir: Path, args) -> tuple[dict, list[str]]:
                       "or more), after the references and before them:", "",
                       "| family | images | linked to their reference | links to other "
                       "references | catalogued before the references: linked | links to "
-                      "other references |", "|---|---|---|---|---|---|"]
+                      "other references | found by a query with their photo |",
+                      "|---|---|---|---|---|---|---|"]
             lines += [f"| {fam} | {row['images']} | {row['linked']} "
                       f"({100 * row['linked'] / row['images']:.1f}%) | {row['wrong']} | "
                       f"{row['before_photos']['linked']} "
                       f"({100 * row['before_photos']['linked'] / row['images']:.1f}%) | "
-                      f"{row['before_photos']['wrong']} |"
+                      f"{row['before_photos']['wrong']} | {row['found_by_photo']['found']} "
+                      f"({100 * row['found_by_photo']['found'] / row['images']:.1f}%) |"
                       for fam, row in sorted(r["ingest_links"].items())]
     families = sorted({f for r in results.values() for f in r["metrics"]["per_family"]})
     lines += ["", "Recall@1 / recall at precision 0.99, per transform family:", "",
@@ -395,6 +420,12 @@ SETTING_OPTIONS = (
      "1: an ingest searches the quarters and centre of an image that frames pictures too"),
     ("--max-regions", "features", "MAX_REGIONS", int,
      "framed pictures an image's tiles include (0: quarters and centre only)"),
+    ("--framing-candidates", "match", "FRAMING_CANDIDATES", int,
+     "older images read again to verify a new image or a query within the part of them "
+     "where it lies (0: none)"),
+    ("--query-framed-only", "match", "QUERY_FRAMED_ONLY", lambda text: bool(int(text)),
+     "1: a query is verified within a stored image only where its place is a framed "
+     "picture, 0: wherever it lies"),
 )
 
 
