@@ -710,13 +710,15 @@ class Catalog:
             if locked is not None:
                 locked()
             self._add_images(images, now, run_id, result)
+            # before the links: the linker may read an image of this batch
+            # again from its source (imgmatch.match.framing)
+            new_sightings = self._add_sightings(sightings, run_id, result)
             suppressed = watcher.check(result.new_images) \
                 if watcher is not None and result.new_images else set()
             if linker is not None and result.new_images:
                 result.links_added = self._insert_links(
                     k for k in linker(result.new_images)
                     if k.a not in suppressed and k.b not in suppressed)
-            new_sightings = self._add_sightings(sightings, run_id, result)
             conn.executemany(
                 "INSERT INTO payload_digests (digest, image_id) "
                 "SELECT ?, id FROM images WHERE sha256 = ? ON CONFLICT DO NOTHING",

@@ -54,6 +54,18 @@ def test_a_photo_catalogued_after_its_screenshot_links_to_it(
     assert all(match.MATCH_SCORE <= link.score < PRECISE for link in record.links)
 
 
+def test_a_photo_in_the_same_batch_as_its_screenshot_links_to_it(tmp_path,
+                                                                 screen_then_photo) -> None:
+    """The screenshot is read again from the source its sighting names,
+    written before the batch's links are."""
+    screen, photo = screen_then_photo
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        summary = collection.add_many([(screen, None), (photo, None)], workers=0)
+        record = collection.image(sha(photo))
+    assert summary.images_reread == 1
+    assert [link.sha256 for link in record.links] == [sha(screen)]
+
+
 @pytest.mark.parametrize("framing", [2, 0])
 def test_a_query_finds_the_screenshot_that_shows_its_photo(
         tmp_path, monkeypatch, screen_then_photo, framing) -> None:
