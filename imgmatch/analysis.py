@@ -70,6 +70,9 @@ class Analysis:
     #: a screenshot's photo, a collage's cells), whose tiles the linker
     #: searches (robust tier only)
     framed: bool = False
+    #: the large ones among them, at the features' analysed size
+    #: (:func:`imgmatch.features.frames`), that its verifications weigh
+    framed_boxes: tuple[tuple[float, float, float, float], ...] = ()
     #: with ``Options.all_frames``: (frame number, its analysis) of frames 1, 2, ...
     frames: tuple[tuple[int, Analysis], ...] = ()
 
@@ -176,11 +179,14 @@ def _measure(decoded_by: Callable[[], Decoded], data: bytes, hashes: Sequence[st
         found: tuple | None = None
         grey: np.ndarray | None = None
         framed = False
+        framed_boxes: tuple = ()
         if local is not None:
             pixels = np.asarray(decoded.grey)
             plain, mirrored, grey = local.extract(pixels)
             found = (plain, mirrored)
-            framed = bool(features.regions(pixels))
+            boxes = features.regions(pixels)
+            framed = bool(boxes)
+            framed_boxes = tuple(features.frames(pixels, plain.width, boxes))
         thumb = make_thumbnail(decoded) if options.thumbnails else None
     except InputError as exc:
         return Analysis(digest, reason=exc.reason, detail=exc.detail)
@@ -195,7 +201,8 @@ def _measure(decoded_by: Callable[[], Decoded], data: bytes, hashes: Sequence[st
         sha256=digest, size_bytes=len(data), width=decoded.width, height=decoded.height,
         format=decoded.format, mode=decoded.mode, frames=decoded.frames, signals=rows,
         thumbnail=thumb, features=stored, captured_at=decoded.captured_at),
-        variants=variants, features=found, grey=grey, framed=framed)
+        variants=variants, features=found, grey=grey, framed=framed,
+        framed_boxes=framed_boxes)
 
 
 def tiling_grey(data: bytes, source: str | None = None,

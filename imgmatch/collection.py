@@ -277,7 +277,7 @@ class Collection:
                 new = [(image_id, a.sha256) for image_id, a, _ in batch]
                 greys = {a.sha256: a.grey for _, a, _ in batch if a.grey is not None}
                 ids = {a.sha256: image_id for image_id, a, _ in batch}
-                framed = {a.sha256 for _, a, _ in batch if a.framed}
+                framed = {a.sha256: a.framed_boxes for _, a, _ in batch if a.framed}
 
                 def pixels(sha256: str) -> np.ndarray | None:
                     return tiling_grey_again(self.catalog, ids[sha256])

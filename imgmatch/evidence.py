@@ -13,7 +13,7 @@ calibrate``, docs/benchmarks.md): the score is an estimate of the
 probability that the two images show the same picture, among the
 candidates a query or a link pass considers.
 
-Three rules hold whatever the weights say:
+Four rules hold whatever the weights say:
 
 - a low-information image (blank, near-black or near-white with sparse
   detail, flat clip art, a logo or a banner on a plain background, a
@@ -22,7 +22,9 @@ Three rules hold whatever the weights say:
 - 64-bit hashes alone (no PDQ to confirm, no verification) are capped at
   :data:`HASH64_CAP`, below the precision-0.99 score;
 - two good PDQ hashes :data:`PDQ_APART` bits or more apart keep the pair
-  under the match score unless geometry is strong.
+  under the match score unless geometry is strong;
+- a query that frames a picture, matched outside it (:data:`FRAME_ONLY_SHARE`),
+  stays under the match score: the two share an interface, not a picture.
 
 This module is pure: numbers in, numbers out.
 """
@@ -82,6 +84,18 @@ AGREED_SUPPORT = STRONG_SUPPORT / 2
 LOW_INFORMATION_CAP = 0.45
 #: Ceiling of a match resting on 64-bit hashes only (no PDQ, no verification).
 HASH64_CAP = 0.9
+#: A query that frames a picture (an app's screen showing an ad's photo),
+#: matched as a whole (over :data:`FRAME_ONLY_SPAN` of it or more) with at
+#: most this share of its inliers inside the picture, shares the frame and
+#: not the picture: two screenshots of one app, two ads of one page
+#: template. Chosen on the fit half's simulated crawl (a one-off count of its
+#: links, docs/benchmarks.md): of 45 wrong links whose newer image frames a
+#: picture, 35 have at most 2% of their inliers in it (29 none); of 624
+#: right ones, 2 (none with none). The span spares a collage matched in a
+#: cell that was not found framed, beside one that was (3 of the fit half's
+#: queries).
+FRAME_ONLY_SHARE = 0.02
+FRAME_ONLY_SPAN = 0.8
 #: PDQ hashes this far apart (3/8 of the bits; unrelated pictures lie around
 #: half), both of good quality, say "different pictures" whatever the 64-bit
 #: hashes say: without strong geometry the pair stays under the match score.
@@ -170,6 +184,9 @@ RULES: dict[str, str] = {
     "hashes-64-only": f"64-bit hashes alone (no PDQ, no verification): at most {HASH64_CAP}",
     "pdq-apart": f"two good PDQ hashes {PDQ_APART} bits or more apart, without strong "
                  f"geometry: at most {LOW_INFORMATION_CAP}",
+    "frame-only": f"the query frames a picture, matched as a whole with at most "
+                  f"{FRAME_ONLY_SHARE:.0%} of the inliers in it (the two share an "
+                  f"interface or a page, not the picture): at most {LOW_INFORMATION_CAP}",
 }
 
 
@@ -209,6 +226,9 @@ class Verified:
     #: the stored image's share covered by that region (where the query's
     #: whole lies in a part of it: :func:`imgmatch.match.framing`)
     stored_share: float | None = None
+    #: the share of inliers inside the pictures the query frames
+    #: (:func:`imgmatch.features.frames`); None where it frames none
+    framed_share: float | None = None
 
 
 @dataclass
@@ -333,6 +353,12 @@ class Evidence:
                 and s > LOW_INFORMATION_CAP:
             s = LOW_INFORMATION_CAP
             rules.append("pdq-apart")
+        v = self.verified
+        if v is not None and v.framed_share is not None and not v.in_tile \
+                and v.framed_share <= FRAME_ONLY_SHARE \
+                and (v.query_share or 0.0) >= FRAME_ONLY_SPAN and s > LOW_INFORMATION_CAP:
+            s = LOW_INFORMATION_CAP
+            rules.append("frame-only")
         return s, tuple(rules)
 
     def model_score(self, models: Mapping[str, Model] | None = None) -> float:
@@ -381,7 +407,9 @@ class Evidence:
         return cls({n: (h["distance"], h["informative"]) for n, h in data["hashes"].items()},
                    Verified(v["inliers"], v["support"], v["spread"], v["shared_area"],
                             v.get("overlap", 0.0), v.get("aligned"),
-                            repeated=v.get("repeated"), in_tile=bool(v.get("in_tile")))
+                            repeated=v.get("repeated"), in_tile=bool(v.get("in_tile")),
+                            framed_share=v.get("framed_share"),
+                            query_share=v.get("query_share"))
                    if v else None, robust, bool(data.get("weak_values")),
                    bool(data.get("low_information")),
                    qualities={n: h["quality"] for n, h in data["hashes"].items()
@@ -410,6 +438,9 @@ class Evidence:
                 out["verification"]["repeated"] = round(v.repeated, 3)
             if v.in_tile:
                 out["verification"]["in_tile"] = True
+            if v.framed_share is not None:
+                out["verification"]["framed_share"] = round(v.framed_share, 3)
+                out["verification"]["query_share"] = round(v.query_share or 0.0, 3)
         return out
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -58,7 +58,7 @@ class BatchLinker(Protocol):
               local: Mapping[str, tuple] = ...,
               greys: Mapping[str, np.ndarray] = ...,
               pixels: Callable[[str], np.ndarray | None] | None = ...,
-              framed: Container[str] = ...) -> list[LinkRow]: ...
+              framed: Mapping[str, Sequence[tuple]] | None = ...) -> list[LinkRow]: ...
 
     def committed(self, new_images: list[tuple[int, str]],
                   variants: Mapping[str, Mapping[str, Sequence[HashValue]]],
@@ -186,8 +186,9 @@ class _Batch:
         #: local features (the image's and its mirror's) of new images, robust tier
         self.local: dict[str, tuple] = {}
         self.greys: dict[str, np.ndarray] = {}
-        #: new images that frame pictures (:attr:`Analysis.framed`)
-        self.framed: set[str] = set()
+        #: new images that frame pictures (:attr:`Analysis.framed`), with
+        #: the large ones (:attr:`Analysis.framed_boxes`)
+        self.framed: dict[str, tuple] = {}
         self.sightings: list[tuple[str, Sighting]] = []
         self.failures: list[tuple[str, str, str]] = []
         self.payload_digests: list[tuple[str, str]] = []
@@ -334,7 +335,7 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
                 if analysis.grey is not None:
                     batch.greys[digest] = analysis.grey
                 if analysis.framed:
-                    batch.framed.add(digest)
+                    batch.framed[digest] = analysis.framed_boxes
             batch.digests.add(digest)
             batch.records.append((item, digest, "added", None))
         batch.sightings.append((digest, item.sighting))

@@ -19,7 +19,7 @@ matches only on strong geometric evidence and says ``low_information``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -121,7 +121,8 @@ def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterab
                       found: dict[int, Evidence], grey: np.ndarray | None = None,
                       stored_pdq: Mapping[int, bytes] | None = None,
                       orientations: Mapping[int, tuple[bool, bool]] | None = None,
-                      boxes: Sequence[tuple[int, int, int, int]] | None = None) -> None:
+                      boxes: Sequence[tuple[int, int, int, int]] | None = None,
+                      frames: Sequence[tuple[float, float, float, float]] = ()) -> None:
     """Verify candidates geometrically and add what it finds to their evidence.
 
     ``views`` pairs the query's local features (the whole image first, then
@@ -141,6 +142,11 @@ def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterab
 
     ``boxes``: where each view lies in ``grey`` (default: the whole image,
     then :func:`imgmatch.features.view_boxes`).
+
+    ``frames``: the pictures the whole image frames, at its features'
+    analysed size (:func:`imgmatch.features.frames`): its verifications say
+    what share of their inliers lie in them (the ``frame-only`` rule of
+    :mod:`imgmatch.evidence`).
     """
     wanted = sorted({i for _, ids in views for i in ids})
     blobs = catalog.features_of(wanted)
@@ -154,11 +160,15 @@ def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterab
             if image_id not in stored:
                 continue
             try_plain, try_mirror = (orientations or {}).get(image_id, (True, True))
+            framed = frames if n == 0 else ()
             if try_plain or mirrored is None:
                 result, flipped = features.best_of(plain, mirrored if try_mirror else None,
-                                                   stored[image_id])
+                                                   stored[image_id], framed)
             else:
-                result, flipped = features.verify(mirrored, stored[image_id]), True
+                result, flipped = features.verify(
+                    mirrored, stored[image_id],
+                    [(mirrored.width - x1, y0, mirrored.width - x0, y1)
+                     for x0, y0, x1, y1 in framed]), True
             tried.setdefault(image_id, []).append((result, flipped, n))
     # the robust model weighs the candidates that local features could have
     # found: for one without any (a partner's hash, an image catalogued by
@@ -217,7 +227,7 @@ def _verified(result: features.Verification, flipped: bool, width: int,
                     result.overlap, aligned, matches=result.matches,
                     coverage=result.coverage, query_share=result.query_share,
                     repeated=result.repeated, in_tile=in_tile,
-                    stored_share=result.stored_share)
+                    stored_share=result.stored_share, framed_share=result.framed_share)
 
 
 #: Verifications with less support are not worth an aligned comparison (a
@@ -338,7 +348,8 @@ def weigh(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
         views.append((given[0], _voted(descriptors, given[0], VERIFY_FROM_DESCRIPTORS,
                                        VOTERS)))
         candidates.update(views[0][1])
-    found, stored = measure(catalog, query, candidates, views, grey) if candidates \
+    frames = features.frames(grey, given[0][0].width) if given and grey is not None else []
+    found, stored = measure(catalog, query, candidates, views, grey, frames) if candidates \
         else ({}, {})
     if views and descriptors is not None and not explained(found):
         _search_tiles(catalog, query, views[0][0], given[1:], grey, found, stored,
@@ -623,7 +634,8 @@ def _best_by_hashes(found: Mapping[int, Evidence]) -> list[int]:
 
 
 def measure(catalog: Catalog, query: Mapping[str, Sequence[HashValue]], candidates: Iterable[int],
-            views: Sequence[tuple[LocalQuery, set[int]]] = (), grey: np.ndarray | None = None
+            views: Sequence[tuple[LocalQuery, set[int]]] = (), grey: np.ndarray | None = None,
+            frames: Sequence[tuple[float, float, float, float]] = ()
             ) -> tuple[dict[int, Evidence], dict[int, dict[str, tuple[bytes, int | None]]]]:
     """The evidence a query weighs for each candidate: every signal both have
     re-measured exactly (:func:`gather_evidence`) and, with ``views`` (the
@@ -640,7 +652,7 @@ def measure(catalog: Catalog, query: Mapping[str, Sequence[HashValue]], candidat
         views[0][1].update(_best_by_hashes(found))
         verify_candidates(catalog, views, found, grey,
                           {i: values["pdq"][0] for i, values in stored.items()
-                           if "pdq" in values})
+                           if "pdq" in values}, frames=frames)
     return found, stored
 
 
@@ -732,7 +744,8 @@ class IndexLinker:
               local: Mapping[str, LocalQuery] | None = None,
               greys: Mapping[str, np.ndarray] | None = None,
               pixels: Callable[[str], np.ndarray | None] | None = None,
-              framed: Container[str] = ()) -> list[LinkRow]:
+              framed: Mapping[str, Sequence[tuple[float, float, float, float]]] | None = None
+              ) -> list[LinkRow]:
         """Links of new images; ``local`` and ``greys`` (by sha256: local
         features, and the grey pixels they were taken from) add the robust
         tier's verification and its aligned comparison.
@@ -740,12 +753,14 @@ class IndexLinker:
         ``pixels`` gives a new image's grey pixels at the size it was
         analysed (or None when they cannot be had again): an image whose
         whole matches only a part of another, or that frames pictures (its
-        sha256 in ``framed``), and that nothing matched as the same picture
+        sha256 in ``framed``, with the frames its verifications weigh:
+        :func:`verify_candidates`), and that nothing matched as the same picture
         (:func:`worth_tiling`) then has its tiles searched and verified, as a
         query's are, so a collage or a screenshot is linked to the photos it
         shows."""
         local = local or {}
         greys = greys or {}
+        framed = framed or {}
         candidates: dict[int, set[int]] = {image_id: set() for image_id, _ in new_images}
         batch = DescriptorIndex()
         for image_id, sha256 in new_images:
@@ -792,7 +807,8 @@ class IndexLinker:
                                       greys.get(sha256),
                                       {o: stored[o]["pdq"][0] for o in chosen
                                        if "pdq" in stored.get(o, {})},
-                                      orientations.get(image_id))
+                                      orientations.get(image_id),
+                                      frames=framed.get(sha256, ()))
                 if pixels is not None and self.descriptors is not None \
                         and worth_tiling(found, sha256 in framed):
                     grey = pixels(sha256)

@@ -261,7 +261,18 @@ def test_the_rules_that_cap_a_score_are_named():
     assert plain.scored()[1] == ("low-information",)
     strong = Evidence({"pdq": (110, True)}, Verified(200, 90.0, 0.9, 0.9, 0.5))
     assert strong.scored()[1] == () and set(RULES) == {
-        "low-information", "hashes-64-only", "pdq-apart"}
+        "low-information", "hashes-64-only", "pdq-apart", "frame-only"}
+    # a screen matched on its interface, none of it on the photo it frames
+    chrome = Evidence({"pdq": (40, True)}, Verified(200, 200.0, 1.0, 1.0, 0.5,
+                                                    framed_share=0.0, query_share=1.0),
+                      robust=True)
+    assert chrome.scored() == (LOW_INFORMATION_CAP, ("frame-only",))
+    assert chrome.model_score() > 0.9
+    for framed, share in ((0.5, 1.0), (0.0, 0.5)):  # inside the picture; a part matched
+        other = Evidence({"pdq": (40, True)}, Verified(200, 200.0, 1.0, 1.0, 0.5,
+                                                       framed_share=framed, query_share=share),
+                         robust=True)
+        assert other.scored()[1] == ()
     # the terms are the model's log-odds: they add up to its score
     terms = sum(ev.terms().values())
     assert 1 / (1 + 2.718281828459045 ** -terms) == pytest.approx(ev.model_score())
