@@ -777,12 +777,14 @@ def _print_explanation(e: Explanation) -> None:
         click.echo("verification: none (local features were not compared)")
     else:
         aligned = "not measured" if v["aligned"] is None else f"{v['aligned']} bits"
+        framed = "" if v["framed_share"] is None else \
+            f", a share of {v['framed_share']} of them on the picture A frames"
         repeated = "not measured" if v["repeated"] is None else v["repeated"]
         click.echo(f"verification: {v['inliers']} inliers of {v['matches']} matches, "
                    f"support {v['support']}, spread {v['spread']}, coverage {v['coverage']}, "
                    f"shared area {v['shared_area']}, overlap {v['overlap']}, aligned PDQ "
                    f"{aligned}, repeats of one pattern {repeated}"
-                   f"{', in a tile of either image' if v['in_tile'] else ''}: "
+                   f"{', in a tile of either image' if v['in_tile'] else ''}{framed}: "
                    f"{'agreed' if v['agreed'] else 'not enough to agree'}")
     click.echo(f"score: {e.score:.4f} (the {e.tier} model: {e.model_score:.4f})")
     for name, meaning in e.rules.items():

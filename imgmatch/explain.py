@@ -196,7 +196,9 @@ def _verification(ev: Evidence, versions: tuple[int, int]) -> dict[str, Any] | N
             "shared_area": round(v.shared_area, 3), "overlap": round(v.overlap, 3),
             "aligned": v.aligned,
             "repeated": None if v.repeated is None else round(v.repeated, 3),
-            "in_tile": v.in_tile, "strong": ev.strong_geometry,
+            "in_tile": v.in_tile,
+            "framed_share": None if v.framed_share is None else round(v.framed_share, 3),
+            "strong": ev.strong_geometry,
             "agreed": registry.FEATURES in ev.agreed, "version": registry.local().version,
             "versions": list(versions)}
 

@@ -603,6 +603,12 @@ def verify(query: LocalFeatures, stored: LocalFeatures,
                         float(repeated.mean()) if len(repeated) else 0.0, framed_share)
 
 
+def mirrored_boxes(boxes: Sequence[tuple[float, float, float, float]], width: float
+                   ) -> list[tuple[float, float, float, float]]:
+    """(x0, y0, x1, y1) boxes of an image ``width`` wide, as they lie in its mirror."""
+    return [(width - x1, y0, width - x0, y1) for x0, y0, x1, y1 in boxes]
+
+
 def _within(points: np.ndarray, boxes: Sequence[tuple[float, float, float, float]]
             ) -> np.ndarray:
     """Which points lie inside any of the (x0, y0, x1, y1) boxes."""
@@ -763,6 +769,5 @@ def best_of(query: LocalFeatures, mirrored: LocalFeatures | None,
     plain = verify(query, stored, frames)
     if mirrored is None or plain.support >= CONCLUSIVE_SUPPORT:
         return plain, False
-    flipped = verify(mirrored, stored, [(mirrored.width - x1, y0, mirrored.width - x0, y1)
-                                        for x0, y0, x1, y1 in frames])
+    flipped = verify(mirrored, stored, mirrored_boxes(frames, mirrored.width))
     return (flipped, True) if flipped.support > plain.support else (plain, False)

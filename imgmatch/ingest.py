@@ -289,7 +289,8 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
         with writer.lock:
             summary.absorb(result)
             summary.images_tiled += done.tiled
-            summary.images_reread = getattr(linker, "images_reread", 0)
+            if linker is not None:
+                summary.images_reread = linker.images_reread
             summary.failures.extend(done.failures)
             if on_written is not None:
                 on_written(done.records)

@@ -167,8 +167,7 @@ def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterab
             else:
                 result, flipped = features.verify(
                     mirrored, stored[image_id],
-                    [(mirrored.width - x1, y0, mirrored.width - x0, y1)
-                     for x0, y0, x1, y1 in framed]), True
+                    features.mirrored_boxes(framed, mirrored.width)), True
             tried.setdefault(image_id, []).append((result, flipped, n))
     # the robust model weighs the candidates that local features could have
     # found: for one without any (a partner's hash, an image catalogued by
@@ -348,18 +347,15 @@ def weigh(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
         views.append((given[0], _voted(descriptors, given[0], VERIFY_FROM_DESCRIPTORS,
                                        VOTERS)))
         candidates.update(views[0][1])
-    frames = features.frames(grey, given[0][0].width) if given and grey is not None else []
-    found, stored = measure(catalog, query, candidates, views, grey, frames) if candidates \
-        else ({}, {})
+    found, stored = ({}, {}) if not candidates else measure(
+        catalog, query, candidates, views, grey,
+        features.frames(grey, given[0][0].width) if given and grey is not None else ())
     if views and descriptors is not None and not explained(found):
         _search_tiles(catalog, query, views[0][0], given[1:], grey, found, stored,
                       lambda view: _voted(descriptors, view, VERIFY_PER_TILE, TILE_VOTERS))
     if views and reread is not None:
-        for other in framing(found, unmatched_only=False):
-            pixels = reread(other)
-            if pixels is not None:
-                verify_within(catalog, views[0][0], other, found[other], pixels,
-                              QUERY_FRAMED_ONLY)
+        verify_framing(catalog, views[0][0], found, reread, unmatched_only=False,
+                       framed_only=QUERY_FRAMED_ONLY)
     return found, stored
 
 
@@ -535,6 +531,20 @@ def framing(found: Mapping[int, Evidence], *, unmatched_only: bool = True) -> li
               and (ev.verified.stored_share or 1.0) < PARTIAL_AREA
               and (ev.verified.query_share or 0.0) >= PARTIAL_AREA]
     return [i for _, i in sorted(chosen, key=lambda c: (-c[0], c[1]))[:FRAMING_CANDIDATES]]
+
+
+def verify_framing(catalog: Catalog, view: LocalQuery, found: Mapping[int, Evidence],
+                   reread: Callable[[int], np.ndarray | None], *, unmatched_only: bool,
+                   framed_only: bool) -> int:
+    """Read again the candidates that may frame the query (:func:`framing`)
+    and verify it within each (:func:`verify_within`); how many were read."""
+    read = 0
+    for other in framing(found, unmatched_only=unmatched_only):
+        grey = reread(other)
+        if grey is not None:
+            read += 1
+            verify_within(catalog, view, other, found[other], grey, framed_only)
+    return read
 
 
 def verify_within(catalog: Catalog, view: LocalQuery, image_id: int, ev: Evidence,
@@ -722,9 +732,9 @@ class IndexLinker:
         #: catches the indexes up with what other writers committed and gives
         #: them back (a catalog several processes write: see :meth:`catch_up`)
         self._follow = follow
-        #: an older image's grey pixels at the size its features were taken
-        #: at, read again from its source (None where it cannot be): to cut
-        #: the part that frames a new image (:func:`framing`)
+        #: an older image's grey pixels, read again from its source (at
+        #: :data:`FRAMING_SIDE`; None where it cannot be): to cut the part
+        #: that frames a new image (:func:`framing`)
         self._reread = reread
         #: older images read again so far (to cut where a new image lies)
         self.images_reread = 0
@@ -818,12 +828,9 @@ class IndexLinker:
                                                                batch),
                                       quarters=FRAMED_QUARTERS or part_matched(found))
                 if self._reread is not None:
-                    for other in framing(found):
-                        grey = self._reread(other)
-                        self.images_reread += grey is not None
-                        if grey is not None:
-                            verify_within(self.catalog, local[sha256], other, found[other],
-                                          grey)
+                    self.images_reread += verify_framing(
+                        self.catalog, local[sha256], found, self._reread,
+                        unmatched_only=True, framed_only=False)
             for other, ev in found.items():
                 score = link_score(ev)
                 if score >= self.min_score and ev.agreed:

@@ -120,3 +120,21 @@ def test_the_cut_holds_where_the_query_lies(x: int, y: int, side: int, angle: fl
     elif shortest > features.MIN_SIDE + 1:
         assert box is not None
         assert np.allclose(box, want, atol=1.0)
+
+
+def test_two_screens_of_one_app_match_on_its_interface_alone(tmp_path) -> None:
+    """Many inliers, every one on the interface: none on the photo the query
+    frames, and the explanation says so."""
+    cat, rocket = (tmp_path / f"{name}.png" for name in ("cat", "rocket"))
+    for path in (cat, rocket):
+        photo = Image.open(FIXTURES / "originals" / f"{path.stem}.jpg").convert("RGB")
+        path.write_bytes(png(in_an_app(photo)[0]))
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        collection.add(rocket)
+        found = collection.query(cat, min_score=0)
+        collection.add(cat)
+        why = collection.explain(sha(cat), sha(rocket))
+    verification = found[0].evidence["verification"]
+    assert verification["inliers"] >= 50 and verification["framed_share"] == 0.0
+    assert why.verification["framed_share"] == 0.0
+    assert found[0].score < match.MATCH_SCORE
