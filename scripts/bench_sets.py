@@ -34,6 +34,23 @@ package versions, ``python scripts/bench_sets.py --find-duplicates`` (in the
 project's environment, once the pool is made) finds them again, and
 ``--near-misses`` lists the candidate pairs with 30 to 39 SIFT inliers (the
 ones a lower threshold would drop).
+
+It also drops pictures that are the same picture in part: one drawing under
+a roof and without it, one photo through two filters, one diagram with and
+without its numbers. SIFT counts too few keypoints on flat drawings to see
+them, so they were judged by eye, pair by pair, and the verdicts are kept in
+``scripts/second_set_shared_pictures.json``: every candidate pair with 40 or
+more imgmatch inliers or 25 or more SIFT inliers (the pairs a matcher would
+rank high, as pooled relevance judgements are made), the same ones and the
+ones that only share a frame, an interface or a type face, which stay as
+distinct pictures (telling those apart is the engine's job). GIMP's filter
+examples, one photo through dozens of filters, were judged as a whole: the
+ones that still show the photo are one picture, the renders that replace it
+(plasma, a maze, noise) are others. So was every pair behind a wrong
+prediction scoring 0.3 or more on either half of the build before (one
+pair, too small to tell at a glance, is left unjudged). No constant of the
+engine is chosen on these verdicts: they say which pictures are one.
+``--review-candidates`` lists the candidate pairs not judged yet.
 """
 
 from __future__ import annotations
@@ -319,6 +336,12 @@ EXCLUDED = DATA / "second-duplicates.json"
 #: ``scripts/bench_sets.py --find-duplicates`` finds them again (for new
 #: package versions) and prints them.
 PINNED = Path(__file__).resolve().parent / "second_set_duplicates.json"
+#: Candidate pairs judged by eye: {"a", "b", "same", "why"}; of each group of
+#: pairs judged the same picture in part, the first key stays.
+REVIEWED = Path(__file__).resolve().parent / "second_set_shared_pictures.json"
+#: Which candidate pairs are judged (:func:`review_candidates`).
+REVIEW_IMGMATCH_INLIERS = 40
+REVIEW_SIFT_INLIERS = 25
 
 
 def _pool(B, cache: Path):
@@ -342,8 +365,13 @@ def build(out: Path = DATA / "second", cache: Path = DATA / ".cache") -> Path:
     thumbnail test misses, found here (:func:`near_duplicates`); the set
     from the pool without them, in the builder's environment again.
     """
+    marker = out / "excluded.json"
     if (out / "manifest.json").exists():
-        return out
+        if marker.exists() and json.loads(marker.read_text()) == sorted(excluded()):
+            return out
+        # built from other exclusions (an older list): build it again
+        for old in [out] + [out.parent / f"{out.name}-{half}" for half in HALVES]:
+            shutil.rmtree(old, ignore_errors=True)
     python = DATA / ".venv-bench" / "bin" / "python"
     if not POOL.exists():
         subprocess.run([str(python), __file__, "--pool"], check=True)
@@ -351,6 +379,7 @@ def build(out: Path = DATA / "second", cache: Path = DATA / ".cache") -> Path:
         EXCLUDED.write_text(PINNED.read_text() if PINNED.exists() else
                             json.dumps(near_duplicates(json.loads(POOL.read_text())), indent=1))
     subprocess.run([str(python), __file__, "--here"], check=True)
+    marker.write_text(json.dumps(sorted(excluded()), indent=0))
     for half in HALVES:
         split(out, half)
     return out
@@ -366,16 +395,72 @@ def write_pool(cache: Path = DATA / ".cache") -> None:
 def write_set(out: Path = DATA / "second", cache: Path = DATA / ".cache") -> None:
     B, T = _builder()
     items, provenance, report = _pool(B, cache)
-    dropped = json.loads(EXCLUDED.read_text())
+    dropped = excluded()
     rejected = report.setdefault("rejected", {})
     for key, why in dropped.items():
         rejected[key] = why
     items = [it for it in items if it.cand.key not in dropped]
-    B.log(f"[pool] {len(items)} distinct images after {len(dropped)} more near-duplicates")
+    B.log(f"[pool] {len(items)} distinct images after {len(dropped)} more near-duplicates "
+          "and pictures shared in part")
     cfg = dict(B.DEV_CONFIG, name="second", seed=SEED, pos_frac=0.34, neg_frac=0.16,
                queries_per_original=6, max_pos_per_kind={}, cache=str(cache))
     roles = B.assign_roles(items, cfg)
     B.write_set(out, roles, families(T), cfg, provenance, report, T)
+
+
+def excluded() -> dict[str, str]:
+    """The pool's pictures left out of the set, with why: the near-duplicates
+    (:data:`EXCLUDED`, made from :data:`PINNED`) and, of each group of
+    pictures judged the same in part (:data:`REVIEWED`), all but the first."""
+    dropped = json.loads(EXCLUDED.read_text()) if EXCLUDED.exists() else \
+        json.loads(PINNED.read_text())
+    for key, why in shared_pictures(json.loads(REVIEWED.read_text())).items():
+        dropped.setdefault(key, why)
+    return dropped
+
+
+def _groups(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """Each key of the pairs to the first (smallest) key of its connected group."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.get(x, x) != x:
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return {key: find(key) for pair in pairs for key in pair}
+
+
+def shared_pictures(verdicts: list[dict]) -> dict[str, str]:
+    """{dropped key: why} for the pairs judged the same picture in part: of
+    each connected group, the first key stays."""
+    same = [v for v in verdicts if v["same"]]
+    first = _groups([(v["a"], v["b"]) for v in same])
+    dropped = {}
+    for v in same:
+        for key in (v["a"], v["b"]):
+            if first[key] != key and key not in dropped:
+                dropped[key] = (f"the same picture in part as {first[key]} "
+                                f"(judged by eye: {v['why']})")
+    return dropped
+
+
+def review_candidates(pool: list[dict], verdicts: list[dict]) -> list[dict]:
+    """The candidate pairs to judge by eye that have no verdict yet: those a
+    matcher ranks high (imgmatch's robust tier, :data:`REVIEW_IMGMATCH_INLIERS`
+    inliers or more) or SIFT confirms in part (:data:`REVIEW_SIFT_INLIERS`)."""
+    judged = {tuple(sorted((v["a"], v["b"]))) for v in verdicts}
+    out = []
+    for pair, found in sift_inliers(pool, min_inliers=10).items():
+        sift = max((n for n, _ in found["sift"]), default=0)
+        if pair not in judged and (found["imgmatch"] >= REVIEW_IMGMATCH_INLIERS
+                                   or sift >= REVIEW_SIFT_INLIERS):
+            out.append(dict(a=pair[0], b=pair[1], imgmatch=found["imgmatch"], sift=sift))
+    return out
 
 
 #: A pair is the same picture when SIFT (not the ORB imgmatch uses) finds this
@@ -385,10 +470,12 @@ SAME_INLIERS = 40
 SAME_SPREAD = 0.25
 
 
-def sift_inliers(pool: list[dict]) -> dict[tuple[str, str], list[tuple[int, float]]]:
-    """Every candidate pair of the pool (imgmatch's robust tier, 15 inliers or
-    more) with SIFT's homography inliers and their spread (the share of the
-    second picture's 4x4 cells they reach), as is and with the first mirrored."""
+def sift_inliers(pool: list[dict], min_inliers: int = 15) -> dict[tuple[str, str], dict]:
+    """Every candidate pair of the pool (imgmatch's robust tier, ``min_inliers``
+    or more among a picture's ten best matches): {"imgmatch": its most
+    inliers, "sift": SIFT's homography inliers and their spread (the share
+    of the second picture's 4x4 cells they reach), as is and with the first
+    mirrored}."""
     import tempfile
 
     import cv2
@@ -396,7 +483,7 @@ def sift_inliers(pool: list[dict]) -> dict[tuple[str, str], list[tuple[int, floa
     import imgmatch
     from imgmatch.signals import ROBUST_SIGNALS
 
-    candidates: set[tuple[str, str]] = set()
+    candidates: dict[tuple[str, str], int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         with imgmatch.Collection.open(Path(tmp) / "pool.db") as c:
             c.add_many(((p["staged"], imgmatch.Sighting(source=p["key"])) for p in pool),
@@ -404,8 +491,9 @@ def sift_inliers(pool: list[dict]) -> dict[tuple[str, str], list[tuple[int, floa
             for p in pool:
                 for m in c.query(p["staged"], min_score=0.0, top_k=10):
                     other = m.sightings[0].source if m.sightings else None
-                    if other and other != p["key"] and (m.inliers or 0) >= 15:
-                        candidates.add(tuple(sorted((p["key"], other))))
+                    if other and other != p["key"] and (m.inliers or 0) >= min_inliers:
+                        pair = tuple(sorted((p["key"], other)))
+                        candidates[pair] = max(candidates.get(pair, 0), m.inliers)
     staged = {p["key"]: p["staged"] for p in pool}
     sift = cv2.SIFT_create(nfeatures=1000)
     cache: dict[str, tuple] = {}
@@ -417,13 +505,14 @@ def sift_inliers(pool: list[dict]) -> dict[tuple[str, str], list[tuple[int, floa
         return cache[key]
 
     matcher = cv2.BFMatcher(cv2.NORM_L2)
-    out: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    out: dict[tuple[str, str], dict] = {}
     for a, b in sorted(candidates):
+        out[a, b] = {"imgmatch": candidates[a, b], "sift": []}
         ka, da, _ = feats(a)
         kb, db, shape = feats(b)
         if da is None or db is None or len(ka) < 8 or len(kb) < 8:
             continue
-        found = out.setdefault((a, b), [])
+        found = out[a, b]["sift"]
         for flip in (False, True):
             pts_a = np.float32([k.pt for k in ka])
             if flip:  # a mirrored copy: SIFT is not mirror-invariant
@@ -459,25 +548,15 @@ def near_duplicates(pool: list[dict]) -> dict[str, str]:
     group, the first key stays."""
     same: list[tuple[str, str, int]] = []
     for (a, b), found in sift_inliers(pool).items():
-        passing = [n for n, spread in found if n >= SAME_INLIERS and spread >= SAME_SPREAD]
+        passing = [n for n, spread in found["sift"] if n >= SAME_INLIERS and spread >= SAME_SPREAD]
         if passing:
             same.append((a, b, passing[0]))
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        while parent.get(x, x) != x:
-            x = parent[x]
-        return x
-
-    for a, b, _ in same:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
+    first = _groups([(a, b) for a, b, _ in same])
     dropped = {}
     for a, b, n in same:
         for key in (a, b):
-            if find(key) != key:
-                dropped[key] = f"same picture as {find(key)} (SIFT, {n} inliers)"
+            if first[key] != key:
+                dropped[key] = f"same picture as {first[key]} (SIFT, {n} inliers)"
     return dropped
 
 
@@ -532,6 +611,11 @@ if __name__ == "__main__":
         write_pool()
     elif "--here" in sys.argv:
         write_set()
+    elif "--review-candidates" in sys.argv:
+        if not POOL.exists():
+            sys.exit(f"{POOL} is missing: run scripts/bench sets once to make the pool")
+        print(json.dumps(review_candidates(json.loads(POOL.read_text()),
+                                          json.loads(REVIEWED.read_text())), indent=1))
     elif "--find-duplicates" in sys.argv or "--near-misses" in sys.argv:
         if not POOL.exists():
             sys.exit(f"{POOL} is missing: run scripts/bench sets once to make the pool")
@@ -540,7 +624,7 @@ if __name__ == "__main__":
             print(json.dumps(near_duplicates(pool), indent=1))
         else:  # the pairs just under SAME_INLIERS: what a lower threshold would drop
             for (a, b), found in sift_inliers(pool).items():
-                best = max((n for n, spread in found if spread >= SAME_SPREAD), default=0)
+                best = max((n for n, spread in found["sift"] if spread >= SAME_SPREAD), default=0)
                 if 30 <= best < SAME_INLIERS:
                     print(f"{best}\t{a}\t{b}")
     else:
