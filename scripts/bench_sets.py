@@ -50,7 +50,10 @@ ones that still show the photo are one picture, the renders that replace it
 prediction scoring 0.3 or more on either half of the build before (one
 pair, too small to tell at a glance, is left unjudged). No constant of the
 engine is chosen on these verdicts: they say which pictures are one.
-``--review-candidates`` lists the candidate pairs not judged yet.
+``--review-candidates`` lists the candidate pairs not judged yet, and
+``--review-wrong RESULTS.json...`` the pairs behind wrong predictions of
+``scripts/bench accuracy --json`` not judged yet (``--sheets DIR`` draws
+either list as numbered contact sheets to judge).
 """
 
 from __future__ import annotations
@@ -463,6 +466,65 @@ def review_candidates(pool: list[dict], verdicts: list[dict]) -> list[dict]:
     return out
 
 
+def pool_key(row: dict) -> str:
+    """The pool key of a row of the set's references.csv or negative_sources.csv."""
+    if row["source"] == "text-banners":
+        return "banner:" + Path(row["source_path"]).stem.split("_")[1]
+    key = f"{row['source']}:{row['source_path']}"
+    return "dark:" + key if row["kind"] == "dark-photo" else key
+
+
+def wrong_pairs(results: list[Path], verdicts: list[dict], full: Path = DATA / "second",
+                min_score: float = 0.3) -> list[dict]:
+    """The pairs of pictures behind the wrong predictions scoring ``min_score``
+    or more in ``scripts/bench accuracy --json`` results on the second set's
+    halves, not judged yet, highest score first: what to judge next."""
+    def rows(name: str) -> list[dict]:
+        with open(full / name, newline="") as f:
+            return list(csv.DictReader(f))
+
+    picture = {r["reference_id"]: pool_key(r) for r in rows("references.csv")}
+    picture.update({r["negative_source_id"]: pool_key(r) for r in rows("negative_sources.csv")})
+    queries = {q["query_id"]: q for q in rows("queries.csv")}
+    judged = {tuple(sorted((v["a"], v["b"]))) for v in verdicts}
+    found: dict[tuple[str, str], float] = {}
+    for path in results:
+        for name, systems in json.loads(Path(path).read_text()).items():
+            if not name.startswith(full.name):
+                continue
+            for system in systems.values():
+                for qid, matches in system.get("evidence", {}).items():
+                    q = queries[qid]
+                    source = picture[q["reference_id"] or q["negative_source_id"]]
+                    for m in matches:
+                        if m["score"] < min_score or m["reference"] == q["reference_id"]:
+                            continue
+                        pair = tuple(sorted((source, picture[m["reference"]])))
+                        if pair[0] != pair[1] and pair not in judged:
+                            found[pair] = max(found.get(pair, 0.0), float(m["score"]))
+    return [dict(a=a, b=b, score=round(sc, 4))
+            for (a, b), sc in sorted(found.items(), key=lambda kv: -kv[1])]
+
+
+def contact_sheets(pairs: list[dict], out: Path, per_sheet: int = 12, side: int = 170) -> None:
+    """Pairs to judge side by side, numbered as listed, 12 to a PNG sheet."""
+    from PIL import Image, ImageDraw, ImageOps
+
+    staged = {p["key"]: p["staged"] for p in json.loads(POOL.read_text())}
+    out.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(pairs), per_sheet):
+        sheet = Image.new("RGB", (3 * (2 * side + 30), 4 * (side + 22)), "white")
+        draw = ImageDraw.Draw(sheet)
+        for i, pair in enumerate(pairs[start:start + per_sheet]):
+            x, y = (i % 3) * (2 * side + 30), (i // 3) * (side + 22)
+            for j, key in enumerate((pair["a"], pair["b"])):
+                with Image.open(staged[key]) as im:
+                    sheet.paste(ImageOps.contain(im.convert("RGB"), (side, side)),
+                                (x + j * (side + 4), y + 18))
+            draw.text((x + 2, y + 2), f"#{start + i}", fill="red")
+        sheet.save(out / f"pairs_{start // per_sheet:03d}.png")
+
+
 #: A pair is the same picture when SIFT (not the ORB imgmatch uses) finds this
 #: many RANSAC inliers of a homography, spread over at least this share of
 #: the smaller image's keypoints' cells.
@@ -611,11 +673,22 @@ if __name__ == "__main__":
         write_pool()
     elif "--here" in sys.argv:
         write_set()
-    elif "--review-candidates" in sys.argv:
+    elif "--review-candidates" in sys.argv or "--review-wrong" in sys.argv:
+        # pairs to judge by eye, as JSON; with --sheets DIR, also as numbered pictures
         if not POOL.exists():
             sys.exit(f"{POOL} is missing: run scripts/bench sets once to make the pool")
-        print(json.dumps(review_candidates(json.loads(POOL.read_text()),
-                                          json.loads(REVIEWED.read_text())), indent=1))
+        verdicts = json.loads(REVIEWED.read_text())
+        args = sys.argv[sys.argv.index("--review-wrong") + 1:] if "--review-wrong" in sys.argv \
+            else []
+        sheets = None
+        if "--sheets" in args or "--sheets" in sys.argv:
+            sheets = Path(sys.argv[sys.argv.index("--sheets") + 1])
+            args = [a for a in args if a not in ("--sheets", str(sheets))]
+        pairs = wrong_pairs([Path(a) for a in args], verdicts) if "--review-wrong" in sys.argv \
+            else review_candidates(json.loads(POOL.read_text()), verdicts)
+        if sheets:
+            contact_sheets(pairs, sheets)
+        print(json.dumps(pairs, indent=1))
     elif "--find-duplicates" in sys.argv or "--near-misses" in sys.argv:
         if not POOL.exists():
             sys.exit(f"{POOL} is missing: run scripts/bench sets once to make the pool")

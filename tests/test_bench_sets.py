@@ -45,3 +45,11 @@ def test_the_left_out_pictures_include_the_judged_ones():
     dropped = bench_sets.excluded()
     judged = bench_sets.shared_pictures(json.loads(bench_sets.REVIEWED.read_text()))
     assert set(judged) <= set(dropped)
+
+
+def test_a_rows_pool_key_names_its_picture_as_the_pool_does():
+    assert bench_sets.pool_key(dict(source="text-banners", source_path="banner_007.png",
+                                    kind="banner")) == "banner:007"
+    row = dict(source="gimp-help-en", source_path="usr/share/a.png", kind="dark-photo")
+    assert bench_sets.pool_key(row) == "dark:gimp-help-en:usr/share/a.png"
+    assert bench_sets.pool_key(dict(row, kind="photo")) == "gimp-help-en:usr/share/a.png"
