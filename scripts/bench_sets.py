@@ -47,8 +47,9 @@ distinct pictures (telling those apart is the engine's job). GIMP's filter
 examples, one photo through dozens of filters, were judged as a whole: the
 ones that still show the photo are one picture, the renders that replace it
 (plasma, a maze, noise) are others. So was every pair behind a wrong
-prediction scoring 0.3 or more on either half of the build before (one
-pair, too small to tell at a glance, is left unjudged). No constant of the
+prediction scoring 0.3 or more on the build before (the robust tier's on
+its fit half, every tier's on its check half; one pair, too small to tell
+at a glance, is left unjudged). No constant of the
 engine is chosen on these verdicts: they say which pictures are one.
 ``--review-candidates`` lists the candidate pairs not judged yet, and
 ``--review-wrong RESULTS.json...`` the pairs behind wrong predictions of
@@ -678,14 +679,16 @@ if __name__ == "__main__":
         if not POOL.exists():
             sys.exit(f"{POOL} is missing: run scripts/bench sets once to make the pool")
         verdicts = json.loads(REVIEWED.read_text())
-        args = sys.argv[sys.argv.index("--review-wrong") + 1:] if "--review-wrong" in sys.argv \
-            else []
-        sheets = None
-        if "--sheets" in args or "--sheets" in sys.argv:
-            sheets = Path(sys.argv[sys.argv.index("--sheets") + 1])
-            args = [a for a in args if a not in ("--sheets", str(sheets))]
-        pairs = wrong_pairs([Path(a) for a in args], verdicts) if "--review-wrong" in sys.argv \
-            else review_candidates(json.loads(POOL.read_text()), verdicts)
+        argv, sheets = sys.argv[1:], None
+        if "--sheets" in argv:
+            k = argv.index("--sheets")
+            sheets = Path(argv[k + 1])
+            del argv[k:k + 2]
+        if "--review-wrong" in argv:
+            results = argv[argv.index("--review-wrong") + 1:]
+            pairs = wrong_pairs([Path(a) for a in results], verdicts)
+        else:
+            pairs = review_candidates(json.loads(POOL.read_text()), verdicts)
         if sheets:
             contact_sheets(pairs, sheets)
         print(json.dumps(pairs, indent=1))
