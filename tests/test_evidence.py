@@ -112,6 +112,34 @@ def test_low_information_pairs_need_strong_geometry(plain: dict) -> None:
     assert found.settle() > LOW_INFORMATION_CAP and found.low_information
 
 
+def test_one_close_hash_does_not_lift_a_plain_pair() -> None:
+    # two flat pictures: dHash within a bit (both nearly blank rows), PDQ and
+    # pHash at half their bits, as unrelated pictures lie; seen at the cap
+    # before the mean ranked plain pairs
+    lone = Evidence(hashes={"pdq": (116, False), "phash": (24, False), "dhash": (0, False)},
+                    qualities={"phash": 0}, robust=True)
+    agreeing = Evidence(hashes={"pdq": (16, False), "phash": (0, False), "dhash": (1, False)},
+                        qualities={"phash": 0}, robust=True)
+    assert lone.settle() == 0.0 and lone.low_information
+    assert LOW_INFORMATION_CAP * 0.8 < agreeing.settle() <= LOW_INFORMATION_CAP
+    # an informative value is heard over the values under their gates
+    dark = Evidence(hashes={"pdq": (118, False), "phash": (16, True), "dhash": (0, True)},
+                    qualities={"phash": 5}, robust=True)
+    assert dark.settle() == pytest.approx(LOW_INFORMATION_CAP * 0.5)
+
+
+@given(st.dictionaries(st.sampled_from(["pdq", "phash", "dhash"]),
+                       st.tuples(st.integers(0, 64), st.booleans()), min_size=1),
+       st.sampled_from(["pdq", "phash", "dhash"]))
+def test_a_plain_pair_scores_lower_as_any_hash_moves_away(hashes: dict, moved: str) -> None:
+    if moved not in hashes:
+        return
+    near = Evidence(hashes=dict(hashes), degenerate=True)
+    d, ok = hashes[moved]
+    far = Evidence(hashes={**hashes, moved: (d + 8, ok)}, degenerate=True)
+    assert 0.0 <= far.score() <= near.score() <= LOW_INFORMATION_CAP
+
+
 def test_plainer_pictures_need_closer_hashes() -> None:
     # the same distances count for less between plain pictures (dark photos,
     # icons of one series) than between pictures with information to spare
@@ -314,3 +342,14 @@ def test_a_candidate_verified_in_two_views_keeps_the_chosen_one(monkeypatch) -> 
     assert match._better(ev, partial)
     monkeypatch.setattr(match, "KEEP_BEST_BY", "score")
     assert not match._better(ev, partial)
+
+
+def test_a_reported_evidence_scores_again_in_its_own_tier() -> None:
+    # a robust query weighs a candidate too smooth to verify by the hash
+    # tier's model; the report names it, so scoring the report again agrees
+    verified = Verified(inliers=0, support=0.0, spread=0.0, shared_area=0.0)
+    for robust in (True, False):
+        found = Evidence(hashes={"pdq": (24, True), "phash": (2, True), "dhash": (1, True)},
+                         verified=verified, robust=robust, qualities={"phash": 85})
+        again = Evidence.from_json(found.to_json(), robust=True)
+        assert again.tier == found.tier and again.settle() == pytest.approx(found.settle())

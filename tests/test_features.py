@@ -981,8 +981,11 @@ def test_balanced_rows_take_each_cell_in_turn_strongest_first(points, count, gri
     rows = features.balanced(found, count, grid)
     assert len(rows) == min(len(points), count) and len(set(rows.tolist())) == len(rows)
     assert (np.diff(rows) > 0).all()  # in their stored order, strongest first
-    cell = [min(int(y / 100 * grid), grid - 1) * grid + min(int(x / 100 * grid), grid - 1)
-            for x, y in points]
+    # the cells of the points as stored: whole quarter pixels (49.875 is 50)
+    stored = [(round(4 * float(np.float32(x))), round(4 * float(np.float32(y))))
+              for x, y in points]
+    cell = [min(y * grid // 400, grid - 1) * grid + min(x * grid // 400, grid - 1)
+            for x, y in stored]
     if len(points) <= count:
         return
     chosen = np.bincount([cell[r] for r in rows], minlength=grid * grid)
