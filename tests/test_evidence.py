@@ -140,6 +140,23 @@ def test_a_plain_pair_scores_lower_as_any_hash_moves_away(hashes: dict, moved: s
     assert 0.0 <= far.score() <= near.score() <= LOW_INFORMATION_CAP
 
 
+def test_the_aligned_comparison_outweighs_the_whole_images_pdq() -> None:
+    # a photo bordered and cropped into a collage's cell: the whole images'
+    # PDQ hashes lie far apart, the verification is not strong on its own,
+    # but the query moved onto the stored image's frame hashes close to it
+    hashes = {"pdq": (110, True), "phash": (24, True), "dhash": (20, True)}
+
+    def pair(aligned: int | None) -> Evidence:
+        return Evidence(hashes=dict(hashes), robust=True, qualities={"phash": 80},
+                        verified=Verified(inliers=27, support=27.0, spread=1.0,
+                                          shared_area=0.99, overlap=0.39, aligned=aligned))
+
+    for far in (None, 70):
+        assert pair(far).scored() == (LOW_INFORMATION_CAP, ("pdq-apart",))
+    score, rules = pair(14).scored()
+    assert score > MATCH_SCORE and rules == ()
+
+
 def test_plainer_pictures_need_closer_hashes() -> None:
     # the same distances count for less between plain pictures (dark photos,
     # icons of one series) than between pictures with information to spare
