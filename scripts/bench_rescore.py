@@ -10,7 +10,8 @@ crawl; ``scripts/bench accuracy`` measures those.
 
 ``--set NAME=VALUE`` changes a constant of :mod:`imgmatch.evidence` first
 (``--set MEAN_CLOSENESS=0``), so a rule can be compared with what it
-replaced in one run. The sets are found by name among ``--data`` folders
+replaced in one run; ``--families`` lists the families whose recall at
+precision 0.99 moved. The sets are found by name among ``--data`` folders
 (default: the second set's halves and ../shared/bench's dev set).
 """
 
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="a set's folder, found by its name in the results (repeat)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="a constant of imgmatch.evidence to change first")
+    ap.add_argument("--families", action="store_true",
+                    help="also list each family whose recall at P0.99 moved")
     ap.add_argument("--md", type=Path, help="also write the Markdown table here")
     args = ap.parse_args(argv)
     from imgmatch import evidence
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     folders = {p.name: p for p in args.data} or {
         p.name: p for p in DATA.iterdir() if (p / "queries.csv").exists()}
     results = json.loads(args.results.read_text())
+    moved: list[str] = []
     lines = [f"Predictions of `{args.results.name}` scored again"
              + (f" with {', '.join(args.set)}" if args.set else "") + ":", "",
              "| set | tier | µAP | recall at P0.99 | its threshold | negatives at it |",
@@ -93,7 +97,21 @@ def main(argv: list[str] | None = None) -> int:
                 f"{before['recall_at_p99']:.4f} → {after['recall_at_p99']:.4f} | "
                 f"{before['threshold_p99']:.3f} → {after['threshold_p99']:.3f} | "
                 f"{negatives_at(before):.2%} → {negatives_at(after):.2%} |")
+            if args.families:
+                moved.extend(family_rows(name, tier, before, after))
+    if moved:
+        lines += ["", "| set | tier | family | recall at P0.99 |", "|---|---|---|---|", *moved]
     return emit(lines, args.md)
+
+
+def family_rows(name: str, tier: str, before: dict, after: dict) -> list[str]:
+    """Table rows of the families whose recall at the P0.99 threshold moved."""
+    out = []
+    for family, now in after["per_family"].items():
+        was = before["per_family"][family]["recall_at_t99"]
+        if abs(now["recall_at_t99"] - was) > 1e-9:
+            out.append(f"| {name} | {tier} | {family} | {was:.3f} → {now['recall_at_t99']:.3f} |")
+    return out
 
 
 if __name__ == "__main__":

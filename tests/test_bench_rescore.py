@@ -52,3 +52,10 @@ def test_negatives_over_the_threshold_are_counted_per_query() -> None:
     metrics = {"per_family": {"crop": {"n_neg": 40, "neg_false_alarm_at_t99": 0.05},
                               "jpeg": {"n_neg": 60, "neg_false_alarm_at_t99": 0.0}}}
     assert bench_rescore.negatives_at(metrics) == pytest.approx(0.02)
+
+
+def test_only_the_families_that_moved_are_listed() -> None:
+    before = {"per_family": {"chain": {"recall_at_t99": 0.868}, "crop": {"recall_at_t99": 0.961}}}
+    after = {"per_family": {"chain": {"recall_at_t99": 0.895}, "crop": {"recall_at_t99": 0.961}}}
+    assert bench_rescore.family_rows("check", "robust", before, after) == [
+        "| check | robust | chain | 0.868 → 0.895 |"]
