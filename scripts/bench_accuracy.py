@@ -418,6 +418,8 @@ SETTING_OPTIONS = (
      "--tile-gate-inliers"),
     ("--framed-quarters", "match", "FRAMED_QUARTERS", lambda text: bool(int(text)),
      "1: an ingest searches the quarters and centre of an image that frames pictures too"),
+    ("--align-share", "features", "ALIGN_SHARE", float,
+     "share of a stored image a query must cover for the aligned comparison"),
     ("--max-regions", "features", "MAX_REGIONS", int,
      "framed pictures an image's tiles include (0: quarters and centre only)"),
     ("--framing-candidates", "match", "FRAMING_CANDIDATES", int,
