@@ -199,10 +199,12 @@ def calibration_at(tier: str, score: float) -> tuple[float, float, float] | None
 #: :meth:`Evidence.scored` gives them, with what each means.
 RULES: dict[str, str] = {
     "low-information": f"either image is too plain for its hashes to be evidence and "
-                       f"geometry is not strong: at most {LOW_INFORMATION_CAP}",
+                       f"geometry is not strong: at most {LOW_INFORMATION_CAP}, less as "
+                       f"its hashes disagree on the whole",
     "hashes-64-only": f"64-bit hashes alone (no PDQ, no verification): at most {HASH64_CAP}",
     "pdq-apart": f"two good PDQ hashes {PDQ_APART} bits or more apart, without strong "
-                 f"geometry: at most {LOW_INFORMATION_CAP}",
+                 f"geometry or an aligned comparison within {SCALES['pdq'] / 2:.0f} bits: "
+                 f"at most {LOW_INFORMATION_CAP}",
     "frame-only": f"the query frames a picture, matched as a whole with at most "
                   f"{FRAME_ONLY_SHARE:.0%} of the inliers in it (the two share an "
                   f"interface or a page, not the picture): at most {LOW_INFORMATION_CAP}",
