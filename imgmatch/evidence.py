@@ -119,6 +119,13 @@ PDQ_APART = 96
 #: 0.900 and crawl B-cubed recall 0.923 to 0.927, precision unchanged: two
 #: right pairs (aligned 14 and 24 bits) lifted from 0.45, no wrong one.
 ALIGNED_OVERRIDES = True
+#: The settings besides the weights that decide what a score means (the
+#: features' scales and the rules' caps and gates): a report's model digest
+#: covers them with the weights, so a changed rule shows there too.
+SCORING_SETTINGS = ("SCALES", "FULL_INFORMATION", "HOLE_FREE_SPREAD", "PARTIAL_SHARE",
+                    "STRONG_SUPPORT", "STRONG_SPREAD", "STRONG_SHARED_AREA",
+                    "LOW_INFORMATION_CAP", "MEAN_CLOSENESS", "HASH64_CAP", "FRAME_ONLY_SHARE",
+                    "FRAME_ONLY_SPAN", "PDQ_APART", "ALIGNED_OVERRIDES")
 #: Log-odds that a signal the model was not fitted with (an extension, such
 #: as the learned ``onnx`` descriptor) adds at distance 0, and takes away
 #: past twice its threshold. Not calibrated: such scores say so in the docs.

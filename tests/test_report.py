@@ -887,3 +887,18 @@ def test_every_report_with_room_for_it_says_what_made_it(partner_db, tmp_path, f
         assert f"pdq v{get('pdq').version} (within {get('pdq').threshold} bits)" in text
         assert f"orb v{made['signals']['orb']['version']} (local features" in text
         assert f"evidence model {made['model']}" in text
+
+
+@pytest.mark.parametrize("name", ["MEAN_CLOSENESS", "PDQ_APART", "LOW_INFORMATION_CAP"])
+def test_the_model_digest_changes_with_a_rule_as_with_the_weights(monkeypatch, name):
+    """A report names the evidence model it scored with: a rule that changes
+    what a score means changes the digest, as refitted weights do."""
+    from imgmatch import evidence
+    from imgmatch.report.provenance import model_digest
+
+    before = model_digest()
+    value = getattr(evidence, name)
+    monkeypatch.setattr(evidence, name, (not value) if isinstance(value, bool) else value + 1)
+    assert model_digest() != before
+    monkeypatch.setattr(evidence, name, value)
+    assert model_digest() == before

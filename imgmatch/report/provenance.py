@@ -14,14 +14,16 @@ from typing import Any
 
 from .. import signals as registry
 from ..errors import SignalError
-from ..evidence import MODELS
+from .. import evidence
 from ..match import THRESHOLDS
 
 
 def model_digest() -> str:
-    """A short digest of the evidence model's fitted weights: it changes
-    whenever a calibration changes what a score means."""
-    text = repr(sorted((name, model) for name, model in MODELS.items()))
+    """A short digest of the evidence model's fitted weights and of the rules
+    around them (:data:`imgmatch.evidence.SCORING_SETTINGS`): it changes
+    whenever a calibration or a rule changes what a score means."""
+    settings = [(name, getattr(evidence, name)) for name in evidence.SCORING_SETTINGS]
+    text = repr((sorted(evidence.MODELS.items()), settings))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
