@@ -88,6 +88,13 @@ def cli(db: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=180, **kwargs)
 
 
+def failures(db: Path) -> list[dict]:
+    """The files a catalog recorded as unusable, with why: what a failed run's
+    assertion shows."""
+    with Collection.open(db, readonly=True) as c:
+        return c.catalog.failures()
+
+
 def alert_ids(db: Path) -> list[int]:
     with Collection.open(db, readonly=True) as c:
         return [a["id"] for a in c.alerts(limit=10_000)]
@@ -150,7 +157,7 @@ def test_alerts_survive_a_kill_of_the_ingest_and_are_delivered_at_least_once(cat
         killed_at = len(receiver.taken)
         # the same crawl again finishes the work and delivers what is left
         done = cli(db, *args, "--webhook", receiver.url)
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 0, (done.stderr, failures(db))
         expected = alert_ids(db)
         assert set(receiver.taken) == set(expected)
         assert receiver.taken == sorted(receiver.taken)
