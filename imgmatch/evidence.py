@@ -88,10 +88,10 @@ LOW_INFORMATION_CAP = 0.45
 #: informative hashes (:attr:`Evidence.plain_closeness`) rather than by its
 #: closest hash of any kind. Chosen on the fit half of the second set (its
 #: predictions scored again, ``scripts/bench rescore``), µAP of the robust
-#: tier / the hash tier: the closest hash 0.970 / 0.632; the mean of every
-#: hash 0.975 / 0.650; their median 0.975 / 0.650; the mean of the
-#: informative ones 0.976 / 0.650. Recall at precision 0.99 did not move
-#: there (its threshold lies above the cap).
+#: tier / the hash tier: the closest hash 0.970 / 0.632; the mean of the
+#: informative ones 0.976 / 0.650 (two variants not kept, the mean of every
+#: hash and the median, 0.975 / 0.650). Recall at precision 0.99 did not
+#: move there (its threshold lies above the cap).
 MEAN_CLOSENESS = True
 #: Ceiling of a match resting on 64-bit hashes only (no PDQ, no verification).
 HASH64_CAP = 0.9
@@ -116,8 +116,9 @@ PDQ_APART = 96
 #: border, a crop or a collage's other cells; the query moved onto the
 #: stored image's frame is the comparison of the picture itself. On the fit
 #: half (``scripts/bench accuracy``), recall at precision 0.99 0.899 to
-#: 0.900 and crawl B-cubed recall 0.923 to 0.927, precision unchanged: two
-#: right pairs (aligned 14 and 24 bits) lifted from 0.45, no wrong one.
+#: 0.900 and crawl B-cubed recall 0.923 to 0.927, precision unchanged (two
+#: right pairs, aligned 14 and 24 bits, lifted from 0.45, and no wrong one:
+#: a one-off count).
 ALIGNED_OVERRIDES = True
 #: The settings besides the weights that decide what a score means (the
 #: features' scales and the rules' caps and gates): a report's model digest

@@ -379,11 +379,14 @@ def _framed(grey: np.ndarray, x: int, y: int, w: int, h: int) -> float:
     return float(np.mean(np.abs(ring - np.median(ring)) <= REGION_FLAT))
 
 
-def view_boxes(grey: np.ndarray, quarters: bool = True) -> list[tuple[int, int, int, int]]:
+def view_boxes(grey: np.ndarray, quarters: bool = True,
+               found: Sequence[tuple[int, int, int, int]] | None = None
+               ) -> list[tuple[int, int, int, int]]:
     """The boxes an image's tiles are cut from: its quarters and centre
     (:func:`tile_boxes`; unless ``quarters`` is false), then its framed
-    pictures (:func:`regions`)."""
-    return (tile_boxes(*grey.shape[:2]) if quarters else []) + regions(grey)
+    pictures (:func:`regions`, or ``found`` where already looked for)."""
+    return (tile_boxes(*grey.shape[:2]) if quarters else []) + \
+        (regions(grey) if found is None else list(found))
 
 
 #: The share of an image a framed picture covers, at least, to count among
@@ -400,7 +403,7 @@ FRAME_MIN_KEYPOINTS = 20
 
 
 def frames(grey: np.ndarray, width: int,
-           found: list[tuple[int, int, int, int]] | None = None
+           found: Sequence[tuple[int, int, int, int]] | None = None
            ) -> list[tuple[float, float, float, float]]:
     """The framed pictures (:func:`regions`, or ``found`` where already looked
     for) covering :data:`FRAME_MIN_AREA` of the image or more, as boxes of its

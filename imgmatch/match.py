@@ -347,12 +347,16 @@ def weigh(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
         views.append((given[0], _voted(descriptors, given[0], VERIFY_FROM_DESCRIPTORS,
                                        VOTERS)))
         candidates.update(views[0][1])
+    # the pictures the query frames, looked for once: its frames and its tiles
+    framed = features.regions(grey) if given and grey is not None else None
     found, stored = ({}, {}) if not candidates else measure(
         catalog, query, candidates, views, grey,
-        features.frames(grey, given[0][0].width) if given and grey is not None else ())
+        features.frames(grey, given[0][0].width, framed)
+        if grey is not None and framed is not None else ())
     if views and descriptors is not None and not explained(found):
         _search_tiles(catalog, query, views[0][0], given[1:], grey, found, stored,
-                      lambda view: _voted(descriptors, view, VERIFY_PER_TILE, TILE_VOTERS))
+                      lambda view: _voted(descriptors, view, VERIFY_PER_TILE, TILE_VOTERS),
+                      regions=framed)
     if views and reread is not None:
         verify_framing(catalog, views[0][0], found, reread, unmatched_only=False,
                        framed_only=QUERY_FRAMED_ONLY)
@@ -590,16 +594,18 @@ def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
 def _search_tiles(catalog: Catalog, query: Mapping[str, Sequence[HashValue]],
                   whole: LocalQuery, tiles: Sequence[LocalQuery], grey: np.ndarray | None,
                   found: dict[int, Evidence], stored: dict[int, dict],
-                  vote: Callable[[LocalQuery], set[int]], quarters: bool = True) -> None:
+                  vote: Callable[[LocalQuery], set[int]], quarters: bool = True,
+                  regions: Sequence[tuple[int, int, int, int]] | None = None) -> None:
     """Add the candidates the query's tiles vote for (``vote``: a tile's
     candidates), verified in the tile that voted: the photos of a collage or
     of a screenshot. ``tiles``: the tiles' local features, or none given
     (then taken from ``grey`` now: its quarters and centre unless
-    ``quarters`` is false, and its framed pictures). ``stored``: the
-    candidates' values by image id, those of new candidates added."""
+    ``quarters`` is false, and its framed pictures, ``regions`` where
+    already looked for). ``stored``: the candidates' values by image id,
+    those of new candidates added."""
     boxes = None
     if not tiles and grey is not None:
-        cut = features.view_boxes(grey, quarters)
+        cut = features.view_boxes(grey, quarters, regions)
         tiles = [features.extract_both(tile) for tile in features.cut(grey, cut)]
         boxes = [(0, 0, grey.shape[1], grey.shape[0]), *cut]
     views = [(view, vote(view)) for view in tiles]

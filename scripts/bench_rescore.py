@@ -72,12 +72,16 @@ def main(argv: list[str] | None = None) -> int:
         name, _, value = item.partition("=")
         if not hasattr(evidence, name):
             ap.error(f"imgmatch.evidence has no {name}")
-        setattr(evidence, name, ast.literal_eval(value))
+        try:
+            setattr(evidence, name, ast.literal_eval(value))
+        except (ValueError, SyntaxError):
+            ap.error(f"--set {item}: the value must be a Python literal (0.5, True, 96)")
     sys.path.insert(0, str(shared_bench()))
     import score
 
     folders = {p.name: p for p in args.data} or {
-        p.name: p for p in DATA.iterdir() if (p / "queries.csv").exists()}
+        p.name: p for p in (DATA.iterdir() if DATA.is_dir() else ())
+        if (p / "queries.csv").exists()}
     results = json.loads(args.results.read_text())
     moved: list[str] = []
     lines = [f"Predictions of `{args.results.name}` scored again"
