@@ -46,6 +46,12 @@ DEFAULT_BATCH = 256
 FLUSH_SECONDS = 2.0
 #: How long the writer sleeps when every worker's queue is full.
 FULL_PAUSE = 0.005
+#: With the writer in a thread of its own, a batch of at least this many new
+#: images is handed over as soon as the writer is idle, not only when full
+#: or FLUSH_SECONDS old: the writer (which links) never waits for the next
+#: batch to fill while the workers run, and the last batch left to write
+#: once the workers are done is small.
+HANDOFF_IMAGES = 8
 
 __all__ = ["Analysis", "analyse", "ingest", "IngestSummary", "BatchLinker", "DEFAULT_BATCH"]
 
@@ -170,6 +176,11 @@ class _Writer:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+    @property
+    def idle(self) -> bool:
+        """Whether no batch is being written."""
+        return self._thread is None or not self._thread.is_alive()
 
     def in_flight(self, digest: str) -> bool:
         """Whether the batch being written holds these bytes."""
@@ -305,6 +316,11 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
             writer.submit(batch)
         batch = _Batch()
 
+    def due() -> bool:
+        """Whether the batch should go to the writer now."""
+        return (len(batch) >= batch_size or time.monotonic() - batch.opened > FLUSH_SECONDS
+                or (overlap and len(batch.images) >= HANDOFF_IMAGES and writer.idle))
+
     def release(item: Item, analysis: Analysis) -> None:
         with writer.lock:
             summary.files_seen += 1
@@ -386,13 +402,15 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
                 pool.submit(job)
                 submitted += 1
             collect(0.0)
-            if len(batch) >= batch_size or time.monotonic() - batch.opened > FLUSH_SECONDS:
+            if due():
                 flush()
             elif on_progress is not None:
                 with writer.lock:
                     on_progress(summary)
         while next_release < submitted:
             collect(0.1)
+            if due():
+                flush()
         flush()
         writer.wait()  # revisits name images the last batches may have written
         for item in pending_revisits:

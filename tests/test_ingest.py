@@ -434,3 +434,39 @@ def test_an_endless_json_line_is_skipped_in_pieces_not_held(monkeypatch):
     assert items[1].path == ORIGINALS / "cat.jpg"
     lines = list(sources.bounded_lines(["short\n", "y" * 2000], 1000))
     assert lines == ["short\n", None]
+
+
+def _batches_written(tmp_path, monkeypatch, handoff: int) -> int:
+    from imgmatch import ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "FLUSH_SECONDS", 1e9)  # never flushed for its age
+    monkeypatch.setattr(ingest_module, "HANDOFF_IMAGES", handoff)
+    written: list[list] = []
+    with imgmatch.Collection.open(tmp_path / f"h{handoff}.db") as collection:
+        summary = collection.ingest(iter_manifest(MANIFEST), workers=1, on_written=written.append)
+    assert summary.images_added == 20
+    return len(written)
+
+
+def test_an_idle_writer_takes_the_images_ready_without_waiting_for_a_full_batch(
+        tmp_path, monkeypatch):
+    # the writer links: idle while a 256-image batch fills, it would leave the
+    # workers' cores half used and the last batch long to write alone
+    assert _batches_written(tmp_path, monkeypatch, handoff=4) >= 2
+    assert _batches_written(tmp_path, monkeypatch, handoff=10**9) == 1
+
+
+def test_workers_yield_the_cores_to_the_parent_that_links(tmp_path):
+    from imgmatch.workers import WORKER_NICENESS, Job, ProcessPool
+
+    pool = ProcessPool(["phash"], 1)
+    try:
+        pool.submit(Job(0, "a", path=str(ORIGINALS / sorted(os.listdir(ORIGINALS))[0])))
+        results = []
+        while not results:
+            results = list(pool.results(5.0))
+        pid = pool._workers[0].process.pid
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(
+            19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICENESS)
+    finally:
+        pool.close()
