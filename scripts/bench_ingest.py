@@ -14,6 +14,9 @@ count), pinned to one core unless it is the two-core run:
 - imgmatch upgrade: a hash-tier collection of the same files given local
   features in place (``imgmatch upgrade``; its ingest is not timed);
 - imgmatch hash tier on two cores (two workers);
+- imgmatch robust on one and two cores with the writer as it was before it
+  took the images ready whenever idle and the workers yielded it the cores
+  (``ingest.HANDOFF_IMAGES``, ``workers.WORKER_NICENESS``): what that gave;
 - imgmatch hash tier and hash-only in one process (``--workers 0``): no worker
   isolation and no pipe, the bound of what the process split costs;
 - start-up alone: the naive loop's imports, and an ingest of nothing.
@@ -58,6 +61,17 @@ for line in open(sys.argv[1]):
     im.load()
 """
 
+
+#: The writer as it was: a batch handed over only when full (or 2 s old), and
+#: workers at the parent's priority.
+WRITER_BEFORE = """
+import sys
+from imgmatch import ingest, workers
+ingest.HANDOFF_IMAGES = 10 ** 9
+workers.WORKER_NICENESS = 0
+from imgmatch.cli import main
+sys.exit(main())
+"""
 
 NO_TILES = """
 import sys
@@ -110,6 +124,12 @@ def modes(listfile: Path, jsonl: Path, db: Path) -> dict[str, tuple[list[str], s
                                                     {0, 1}),
         "imgmatch robust, 1 worker, 2 cores": (ingest + ["--workers", "1"], {0, 1}),
         "imgmatch robust, 2 cores": (ingest + ["--workers", "2"], {0, 1}),
+        # the same with the writer as before: batches only when full, workers
+        # at the parent's priority (what the handover and the priority gave)
+        "imgmatch robust, 2 cores, writer as before": (
+            [py, "-c", WRITER_BEFORE] + ingest[3:] + ["--workers", "2"], {0, 1}),
+        "imgmatch robust, 1 core, writer as before": (
+            [py, "-c", WRITER_BEFORE] + ingest[3:] + ["--workers", "1"], {0}),
         "imgmatch hash tier, in-process (--workers 0)": (ingest + ["--workers", "0", "--fast"],
                                                          {0}),
         "imgmatch phash,dhash, in-process (--workers 0)": (ingest + ["--workers", "0",
@@ -238,6 +258,12 @@ def ratios(rows: list[dict]) -> list[tuple[str, float, float, str]]:
         ("robust / hash tier, 1 worker on 2 cores", rate["imgmatch robust, 1 worker, 2 cores"]
          / rate["imgmatch hash tier, 1 worker, 2 cores"], 0.5),
         ("robust, 2 cores / 1 core", rate["imgmatch robust, 2 cores"] / rate[ROBUST_MODE], 1.8),
+        # the same with the writer as before (no target: what the change gave)
+        ("robust, 2 cores / 1 core, writer as before",
+         rate["imgmatch robust, 2 cores, writer as before"]
+         / rate["imgmatch robust, 1 core, writer as before"], None),
+        ("robust 2 cores: now / writer as before", rate["imgmatch robust, 2 cores"]
+         / rate["imgmatch robust, 2 cores, writer as before"], None),
         # what searching the tiles of part-matched images costs the ingest
         # (no target: the issue asks for collages linked at ingest)
         ("robust / robust without tiles at ingest",
@@ -304,15 +330,22 @@ def main() -> int:
     parser.add_argument("--ad-sized", type=int, default=600, help="how many ad-sized JPEGs")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N photos")
     parser.add_argument("--md", type=Path, help="also write the Markdown table here")
+    parser.add_argument("--sets", default="photos,ad-sized",
+                        help="which sets: photos (../shared/bench's), ad-sized, or both")
     args = parser.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
         sys.exit("this benchmark needs two cores")
     precompile()
     dev = ensure_dev_corpus()
-    sets = {
-        "shared bench photos": bench_photos(dev),
-        "ad-sized JPEGs 0.3-2 MP": sorted(ensure_ad_sized(dev, args.ad_sized).glob("*.jpg")),
-    }
+    wanted = set(args.sets.split(","))
+    if not wanted <= {"photos", "ad-sized"}:
+        parser.error("--sets takes photos, ad-sized or both, comma-separated")
+    sets = {}
+    if "photos" in wanted:
+        sets["shared bench photos"] = bench_photos(dev)
+    if "ad-sized" in wanted:
+        sets["ad-sized JPEGs 0.3-2 MP"] = sorted(
+            ensure_ad_sized(dev, args.ad_sized).glob("*.jpg"))
     lines = ["| set | mode | images | seconds | images/s | peak RSS (MB) |",
              "|---|---|---|---|---|---|"]
     checks, limits, tiled = [], [], []
