@@ -58,8 +58,10 @@ QUEUE_BYTES = 64 << 20
 #: parent links and writes every image, one at a time: the one serial stage
 #: of an ingest. Sharing the cores equally with the workers, it got about
 #: 80% of a core and bounded two workers on two cores; given the priority,
-#: the workers take what it leaves (``scripts/bench ingest``: the robust
-#: tier, 2 workers, 58.6 -> 63.7 images/s; 5 and 10 measured alike).
+#: the workers take what it leaves. With :data:`imgmatch.ingest.HANDOFF_IMAGES`,
+#: the robust tier's 2 workers went from 65 to 75 images/s (``scripts/bench
+#: ingest``, its "writer as before" modes); this alone, 58.6 to 63.7 in a
+#: one-off run (niceness 10 measured as 5).
 WORKER_NICENESS = 5
 
 
