@@ -252,7 +252,8 @@ def cli(ctx: click.Context, db: str | None) -> None:
                    "(shared storage), bytes (--jsonl data, WARC records) are sent to them; "
                    "this process still links and writes. Needs 'imgmatch[dask]'.")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=DEFAULT_BATCH,
-              show_default=True, help="Images per catalog transaction.")
+              show_default=True, help="Images per catalog transaction, at most: with "
+              "workers, the images ready go to an idle writer sooner (8 or more).")
 @click.option("--thumbnails", is_flag=True, help="Also store a small thumbnail of each new "
               "image, for the HTML report (off by default: only hashes and metadata are kept).")
 @click.option("--all-frames", is_flag=True,
