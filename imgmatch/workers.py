@@ -261,6 +261,12 @@ class ProcessPool:
     def busy(self) -> bool:
         return any(w.queue for w in self._workers)
 
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids, in worker order (a replaced worker's
+        successor in its place)."""
+        return [w.process.pid for w in self._workers if w.process.pid is not None]
+
     def alive(self) -> bool:
         """Whether every worker still runs: one that died while idle (the
         system's out-of-memory killer) would be blamed on its next file."""

@@ -456,7 +456,7 @@ def test_an_idle_writer_takes_the_images_ready_without_waiting_for_a_full_batch(
     assert _batches_written(tmp_path, monkeypatch, handoff=10**9) == 1
 
 
-def test_workers_yield_the_cores_to_the_parent_that_links(tmp_path):
+def test_workers_yield_the_cores_to_the_parent_that_links():
     from imgmatch.workers import WORKER_NICENESS, Job, ProcessPool
 
     pool = ProcessPool(["phash"], 1)
@@ -465,7 +465,7 @@ def test_workers_yield_the_cores_to_the_parent_that_links(tmp_path):
         results = []
         while not results:
             results = list(pool.results(5.0))
-        pid = pool._workers[0].process.pid
+        [pid] = pool.pids
         assert os.getpriority(os.PRIO_PROCESS, pid) == min(
             19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICENESS)
     finally:
