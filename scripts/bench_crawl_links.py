@@ -13,7 +13,19 @@ ingest made against the crawl's truth:
 - the pairs within PDQ's threshold (Meta's 31 bits) left without a link, and
   how many of those the hashes alone score at the match score or more
   (``imgmatch.match.score_pairs``, the link pass's scoring): exact copies
-  the robust model dropped show here first.
+  the robust model dropped show here first;
+- why those images have no right link (``--why``): each is compared with
+  every other image of its picture as ``imgmatch explain`` compares two
+  images, and its best pair says where the link was lost: it scores a link
+  but was never put forward for verification at ingest (the candidates'
+  budget), or it scores under the match score, capped by a named rule or
+  weighed down by the model (with the inliers its verification found), by
+  the kind of picture (the reference's ``kind``).
+
+``--set MODULE.NAME=VALUE`` changes a constant of ``imgmatch.MODULE``
+(``match``, ``descriptors``, ``features``, ``evidence``, ``cluster``) in
+the crawl's CLI (``--set match.LINK_VERIFY=8``), to compare a setting with
+the default on the same crawl.
 
 The set defaults to the fit half of the second set: this is a diagnostic
 for choosing what to change, not a held-out figure.
@@ -22,6 +34,7 @@ for choosing what to change, not a held-out figure.
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import hashlib
 import json
@@ -38,8 +51,47 @@ from bench_data import emit, shared_bench  # noqa: E402
 from bench_sets import ensure  # noqa: E402
 
 
-def crawl(data: Path, work: Path, ingest_args: list[str]) -> dict:
+#: The modules whose constants ``--set`` may change.
+SETTABLE = ("match", "descriptors", "features", "evidence", "cluster")
+
+
+def settings(items: list[str]) -> dict[tuple[str, str], object]:
+    """``--set`` items as {(module, name): value}; ValueError names a bad one."""
+    import importlib
+
+    out: dict[tuple[str, str], object] = {}
+    for item in items:
+        key, _, text = item.partition("=")
+        module, _, name = key.partition(".")
+        if module not in SETTABLE or not hasattr(importlib.import_module(f"imgmatch.{module}"),
+                                                 name):
+            raise ValueError(f"--set {item}: not a constant of imgmatch.{'/'.join(SETTABLE)}")
+        try:
+            out[(module, name)] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"--set {item}: the value must be a Python literal (8, 0.5, None)")
+    return out
+
+
+def wrapped(work: Path, changed: dict[tuple[str, str], object]) -> Path:
+    """The CLI of this environment, with ``changed`` constants set first."""
     exe = Path(sys.executable).parent / "imgmatch"
+    if not changed:
+        return exe
+    exe = work / "imgmatch"
+    modules = sorted({module for module, _ in changed})
+    exe.write_text(f"#!{sys.executable}\nimport sys\n"
+                   f"from imgmatch import {', '.join(modules)}\n"
+                   + "".join(f"{module}.{name} = {value!r}\n"
+                             for (module, name), value in changed.items())
+                   + "from imgmatch.cli import main\nsys.exit(main())\n")
+    exe.chmod(0o700)
+    return exe
+
+
+def crawl(data: Path, work: Path, ingest_args: list[str],
+          changed: dict[tuple[str, str], object] | None = None) -> dict:
+    exe = wrapped(work, changed or {})
     out = work / "crawl.json"
     subprocess.run([sys.executable, str(shared_bench() / "crawl_eval.py"), "--data", str(data),
                     "--exe", str(exe), "--json", str(out), "--work", str(work),
@@ -58,7 +110,67 @@ def families(data: Path) -> dict[str, str]:
     return out
 
 
-def analyse(data: Path, work: Path) -> tuple[dict, Counter, Counter, int, int, int]:
+def reference_kinds(data: Path) -> dict[str, str]:
+    """Each picture's kind, by its truth label in the crawl (``picture:ID``):
+    a reference's, or the source kind of the negatives drawn from a picture
+    that is not among the references."""
+    out = {f"picture:{row['negative_source_id']}": row["source_kind"]
+           for row in csv.DictReader(open(data / "queries.csv")) if row["is_negative"] == "1"}
+    out.update({f"picture:{row['reference_id']}": row["kind"]
+                for row in csv.DictReader(open(data / "references.csv"))})
+    return out
+
+
+def why_unlinked(work: Path, truth: dict[str, str], lonely_images: list[str],
+                 kinds: dict[str, str]) -> Counter:
+    """(cause, kind) of each image without a right link, from its best pair
+    with another image of its picture (see the module's docstring)."""
+    from imgmatch import Collection, ImgmatchError
+    from imgmatch.match import MATCH_SCORE
+
+    by_label: dict[str, list[str]] = {}
+    for digest, label in truth.items():
+        if label:
+            by_label.setdefault(label, []).append(digest)
+    out: Counter = Counter()
+    with Collection.open(work / "case.db") as collection:
+        for digest in lonely_images:
+            best = None
+            for other in by_label[truth[digest]]:
+                if other == digest:
+                    continue
+                try:
+                    found = collection.explain(digest, other)
+                except ImgmatchError:  # nothing to compare (a failed decode)
+                    continue
+                if best is None or found.score > best.score:
+                    best = found
+            out[(cause(best, MATCH_SCORE), kinds.get(truth[digest], "?"))] += 1
+    return out
+
+
+#: Inliers from which a pair's verification counts as geometry found (the
+#: support from which local features agree, :data:`imgmatch.evidence.AGREED_SUPPORT`).
+FOUND_INLIERS = 20
+
+
+def cause(best, match_score: float) -> str:
+    """Where the link of an image's best pair was lost (``best``: an
+    :class:`imgmatch.Explanation`, or None where no pair could be compared)."""
+    if best is None:
+        return "no pair to compare"
+    if best.score >= match_score:
+        return "scores a link: not put forward at ingest"
+    if best.rules:
+        return "under the match score: rule " + ", ".join(sorted(best.rules))
+    inliers = (best.verification or {}).get("inliers") or 0
+    if inliers >= FOUND_INLIERS:
+        return f"under the match score: the model, {FOUND_INLIERS} inliers or more"
+    return f"under the match score: the model, fewer than {FOUND_INLIERS} inliers"
+
+
+def analyse(data: Path, work: Path, why: bool = False
+            ) -> tuple[dict, Counter, Counter, int, int, int, Counter]:
     import crawl_eval
 
     from imgmatch import cluster, match
@@ -80,10 +192,13 @@ def analyse(data: Path, work: Path) -> tuple[dict, Counter, Counter, int, int, i
         kind = families(data)
         linked = {sha[i] for pair in right for i in pair}
         images, lonely = Counter(), Counter()
+        lonely_images = []
         for digest, label in truth.items():
             if label and seen[label] > 1:
                 images[kind.get(digest, "?")] += 1
                 lonely[kind.get(digest, "?")] += digest not in linked
+                if digest not in linked:
+                    lonely_images.append(digest)
         rows = [(i, bytes(v)) for chunk in catalog.iter_signal("pdq") for i, v, _ in chunk]
         ids = np.array([i for i, _ in rows], dtype=np.int64)
         codes = np.frombuffer(b"".join(v for _, v in rows), np.uint8).reshape(len(rows), -1)
@@ -94,7 +209,8 @@ def analyse(data: Path, work: Path) -> tuple[dict, Counter, Counter, int, int, i
         keep = np.array([(x, y) not in made for x, y in zip(a.tolist(), b.tolist())], bool)
         unlinked = int(keep.sum())
         by_hashes = sum(1 for _ in match.score_pairs(catalog, a[keep], b[keep]))
-    return bound, images, lonely, unlinked, by_hashes, len(close)
+    causes = why_unlinked(work, truth, lonely_images, reference_kinds(data)) if why else Counter()
+    return bound, images, lonely, unlinked, by_hashes, len(close), causes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,15 +220,27 @@ def main(argv: list[str] | None = None) -> int:
                     "(default: the fit half of the second set)")
     ap.add_argument("--ingest-arg", action="append", default=[],
                     help="an argument of the crawl's ingest (repeat; --ingest-arg=--fast)")
+    ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                    help="a constant of imgmatch.MODULE to change in the crawl's CLI "
+                         "(repeat; --set match.LINK_VERIFY=8)")
+    ap.add_argument("--why", action="store_true",
+                    help="also say why each image without a right link has none")
     ap.add_argument("--md", type=Path, help="also write the Markdown tables here")
     args = ap.parse_args(argv)
+    try:
+        changed = settings(args.set)
+    except ValueError as exc:
+        ap.error(str(exc))
+    import importlib
+    for (module, name), value in changed.items():  # here too: --why compares pairs
+        setattr(importlib.import_module(f"imgmatch.{module}"), name, value)
     data = args.data or ensure("fit")
     sys.path.insert(0, str(shared_bench()))
     with tempfile.TemporaryDirectory(prefix="imgmatch-crawl-links-") as tmp:
         work = Path(tmp)
-        report = crawl(data, work, args.ingest_arg)
-        bound, images, lonely, unlinked, by_hashes, close = analyse(data, work)
-    ingest = " ".join(args.ingest_arg) or "the default"
+        report = crawl(data, work, args.ingest_arg, changed)
+        bound, images, lonely, unlinked, by_hashes, close, causes = analyse(data, work, args.why)
+    ingest = " ".join(args.ingest_arg + [f"(with {s})" for s in args.set]) or "the default"
     lines = [f"**{data.name}**, ingest {ingest}:", "",
              "| clusters | B-cubed precision | B-cubed recall | clusters mixing pictures |",
              "|---|---|---|---|",
@@ -126,6 +254,17 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|"]
     lines += [f"| {fam} | {images[fam]} | {lonely[fam]} |"
               for fam in sorted(images, key=lambda f: (-lonely[f], f))]
+    if args.why:
+        kinds = sorted({k for _, k in causes}, key=lambda k: (-sum(
+            n for (_, kk), n in causes.items() if kk == k), k))
+        lines += ["", "Why (each image's best pair with another image of its picture, "
+                  "compared as `imgmatch explain` compares them), by the picture's kind:", "",
+                  "| cause | all | " + " | ".join(kinds) + " |",
+                  "|---|---|" + "---|" * len(kinds)]
+        for why in sorted({c for c, _ in causes}, key=lambda c: (-sum(
+                n for (cc, _), n in causes.items() if cc == c), c)):
+            lines.append(f"| {why} | {sum(n for (c, _), n in causes.items() if c == why)} | "
+                         + " | ".join(str(causes[(why, k)]) for k in kinds) + " |")
     return emit(lines, args.md)
 
 

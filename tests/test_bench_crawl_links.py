@@ -1,0 +1,67 @@
+"""Why a simulated crawl's images have no right link: the causes named.
+
+``scripts/bench crawl-links --why`` compares each image left without a link
+to another image of its picture with every other image of that picture, as
+``imgmatch explain`` does, and names where the link was lost. A pair that
+scores a link was lost to the ingest's candidates; one that scores under
+the match score was lost to the scoring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imgmatch import Collection, Sighting
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures"
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench_crawl_links  # noqa: E402
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_images_without_a_right_link_are_told_apart_by_where_the_link_was_lost(
+        tmp_path: Path) -> None:
+    photo = FIXTURES / "originals" / "astronaut.jpg"
+    repost = FIXTURES / "reposts" / "astronaut_citylist_2023.jpg"
+    other = FIXTURES / "originals" / "coffee.jpg"
+    with Collection.open(tmp_path / "case.db") as collection:
+        collection.add_many(((p, Sighting(source=str(p))) for p in (photo, repost, other)),
+                            link=False)  # no link made: as if ingest never put one forward
+    # the truth says the coffee photo is the astronaut's picture: a link it cannot score
+    truth = {_sha(photo): "picture:a", _sha(repost): "picture:a", _sha(other): "picture:a"}
+    causes = bench_crawl_links.why_unlinked(tmp_path, truth, [_sha(repost), _sha(other)],
+                                           {"picture:a": "photo"})
+    assert causes[("scores a link: not put forward at ingest", "photo")] == 1
+    assert sum(n for (cause, _), n in causes.items()
+               if cause.startswith("under the match score")) == 1
+
+
+def test_no_pair_to_compare_is_its_own_cause() -> None:
+    assert bench_crawl_links.cause(None, 0.5) == "no pair to compare"
+
+
+def test_a_setting_reaches_the_crawl_s_cli_and_a_bad_one_is_named(tmp_path: Path) -> None:
+    changed = bench_crawl_links.settings(["match.LINK_VERIFY=8", "evidence.PDQ_APART=None"])
+    exe = bench_crawl_links.wrapped(tmp_path, changed)
+    # the wrapper's lines before it hands over to the CLI, then what they set
+    header = exe.read_text().split("from imgmatch.cli import main")[0]
+    out = subprocess.run([sys.executable, "-c",
+                          header + "print(match.LINK_VERIFY, evidence.PDQ_APART)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["8", "None"]
+    # and the wrapper runs the CLI
+    assert subprocess.run([str(exe), "--help"], capture_output=True).returncode == 0
+    assert bench_crawl_links.wrapped(tmp_path / "none", {}).name == "imgmatch"
+    for bad in ("match.NO_SUCH=1", "os.sep=1", "match.LINK_VERIFY=eight"):
+        with pytest.raises(ValueError, match="--set"):
+            bench_crawl_links.settings([bad])
