@@ -837,6 +837,9 @@ class IndexLinker:
                     self.images_reread += verify_framing(
                         self.catalog, local[sha256], found, self._reread,
                         unmatched_only=True, framed_only=False)
+                if REVERSE_VERIFY and sha256 not in framed:
+                    verify_reversed(self.catalog, local[sha256], found, self.min_score,
+                                    orientations.get(image_id))
             for other, ev in found.items():
                 score = link_score(ev)
                 if score >= self.min_score and ev.agreed:
@@ -904,6 +907,61 @@ class IndexLinker:
             for image_id, sha256 in new_images:
                 if sha256 in local:
                     self.descriptors.add(image_id, local[sha256][0])
+
+
+#: At ingest, a candidate verified but not linked is verified the other way
+#: too: its stored features as the query, the new image's as the stored
+#: ones. A link means "the same picture" whichever image came first, and a
+#: query with the older image would find the newer once catalogued; the
+#: model, fitted on edited copies querying their originals, is not
+#: symmetric (a bordered copy querying its original scores lower than the
+#: original querying the copy). Not for a new image that frames pictures:
+#: the older one's frames are not known, so the ``frame-only`` rule could
+#: not hold two screens of one app apart.
+REVERSE_VERIFY = True
+#: Inliers the forward verification must have found for the reverse one
+#: to be tried: geometry seen, but weighed down.
+REVERSE_MIN_INLIERS = 20
+
+
+def verify_reversed(catalog: Catalog, view: LocalQuery, found: dict[int, Evidence],
+                    min_score: float,
+                    orientations: Mapping[int, tuple[bool, bool]] | None = None) -> int:
+    """Verify, the other way round, the candidates of a new image (``view``:
+    its features and its mirror's) that were verified but score under
+    ``min_score``; keep the reverse verification where it scores higher.
+    Returns how many were verified again."""
+    wanted = [i for i, ev in found.items()
+              if ev.verified is not None and ev.verified.inliers >= REVERSE_MIN_INLIERS
+              and link_score(ev) < min_score]
+    if not wanted:
+        return 0
+    plain, mirrored = view
+    blobs = catalog.features_of(wanted)
+    for image_id, blob in blobs.items():
+        older = features.LocalFeatures.from_bytes(blob)
+        if len(older) < VERIFIABLE:
+            continue
+        try_plain, try_mirror = (orientations or {}).get(image_id, (True, True))
+        results = []
+        if try_plain or mirrored is None:
+            results.append((features.verify(older, plain), False))
+        if mirrored is not None and try_mirror and not (
+                results and results[0][0].support >= features.CONCLUSIVE_SUPPORT):
+            results.append((features.verify(older, mirrored), True))
+        result, flipped = max(results, key=lambda r: r[0].support)
+        ev = found[image_id]
+        # the aligned comparison (the new image moved onto the older one's
+        # frame) compares the two pictures whichever way they were verified:
+        # kept, so that two screens of one app stay apart by their photos
+        verified = dataclasses.replace(
+            _verified(result, flipped, older.width, plain, None, None, None),
+            aligned=ev.verified.aligned if ev.verified is not None else None)
+        turned = dataclasses.replace(ev, verified=verified)
+        if link_score(turned) > link_score(ev):
+            turned.transform = "mirror" if flipped else "identity"
+            found[image_id] = turned
+    return len(blobs)
 
 
 def _worth_verifying(votes: tuple[int, ...]) -> tuple[bool, bool]:

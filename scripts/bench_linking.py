@@ -9,7 +9,8 @@ one core spends per image):
 - linking: an in-process robust ingest (``--workers 0``) of the same files,
   timing ``IndexLinker.links`` (descriptor votes, geometric verification,
   scoring) and counting the verifications it runs, with the time of the
-  descriptor votes and of the verifications inside it.
+  descriptor votes and of the verifications inside it, and of the
+  candidates verified again the other way round (``match.verify_reversed``).
 
 ``--both-orientations`` verifies the image and its mirror against every
 candidate, as ingest did before it counted votes per orientation
@@ -42,12 +43,17 @@ class Timed:
         self.owner, self.name = owner, name
         self.inner = getattr(owner, name)
         self.seconds, self.calls = 0.0, 0
+        #: the sum of the calls' results, where they are counts
+        self.returned = 0
         setattr(owner, name, self)
 
     def __call__(self, *args, **kwargs):
         started = time.perf_counter()
         try:
-            return self.inner(*args, **kwargs)
+            result = self.inner(*args, **kwargs)
+            if isinstance(result, int):
+                self.returned += result
+            return result
         finally:
             self.seconds += time.perf_counter() - started
             self.calls += 1
@@ -124,13 +130,14 @@ def main() -> int:
     links = Timed(match.IndexLinker, "links")
     votes = Timed(match, "votes_across")  # the collection's and the batch's, ranked as one
     verify = Timed(features, "verify")
+    reverse = Timed(match, "verify_reversed")
     try:
         with tempfile.TemporaryDirectory() as tmp, \
                 imgmatch.Collection.open(Path(tmp) / "c.db") as c:
             items = [Item(str(p), imgmatch.Sighting(source=str(p)), path=p) for p in files]
             summary = c.ingest(items, signals=imgmatch.ROBUST_SIGNALS, workers=0)
     finally:
-        for timed in (links, votes, verify):
+        for timed in (links, votes, verify, reverse):
             timed.restore()
     added = summary.images_added
     lines = [
@@ -146,7 +153,10 @@ def main() -> int:
         f"| linking at ingest (votes, verification, scores) | {1000 * links.seconds / added:.1f} |",
         f"| ... of which descriptor votes | {1000 * votes.seconds / added:.1f} |",
         f"| ... of which geometric verification | {1000 * verify.seconds / added:.1f} |",
+        f"| ... of which verifying again the other way round | "
+        f"{1000 * reverse.seconds / added:.1f} |",
         f"| verifications run (all images) | {verify.calls} |",
+        f"| candidates verified again the other way round (all images) | {reverse.returned} |",
         f"| links found | {summary.links_added} |",
     ]
     split = cpu_split(files)

@@ -1,0 +1,95 @@
+"""Links that do not depend on which image was catalogued first.
+
+At ingest the newer image is the query and the older one the stored image.
+The evidence model, fitted on edited copies querying their originals, is
+not symmetric: a rotated copy catalogued after its original can score
+under the match score while the original, catalogued after the copy,
+scores a link. A candidate verified but not linked is verified the other
+way round too (:func:`imgmatch.match.verify_reversed`).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import imgmatch
+from imgmatch import features, match
+from imgmatch.evidence import Evidence, Verified
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "originals"
+
+
+def jpeg(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+def rotated(photo: Image.Image) -> Image.Image:
+    """Turned 12 degrees on a white ground and squeezed back to its size."""
+    return photo.rotate(12, expand=True, fillcolor=(255, 255, 255)).resize(photo.size)
+
+
+@pytest.mark.parametrize("name", ["coffee", "rocket"])
+@pytest.mark.parametrize("copy_first", [False, True])
+def test_a_rotated_copy_is_linked_to_its_original_whichever_came_first(
+        tmp_path: Path, name: str, copy_first: bool) -> None:
+    # without verifying the other way round, these copies catalogued after
+    # their original were not linked to it (their original, after them, was)
+    photo = Image.open(FIXTURES / f"{name}.jpg").convert("RGB")
+    images = [jpeg(photo), jpeg(rotated(photo))]
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        for data in images[::-1] if copy_first else images:
+            collection.add_many([(data, None)])
+        links = list(collection.catalog.links())
+    assert len(links) == 1
+    assert links[0][2] >= match.MATCH_SCORE
+
+
+def _catalogued(tmp_path: Path, photo: Image.Image) -> tuple[imgmatch.Collection, int]:
+    collection = imgmatch.Collection.open(tmp_path / "c.db")
+    collection.add_many([(jpeg(photo), None)])
+    (image_id,) = [i for i, in collection.catalog.conn.execute("SELECT id FROM images")]
+    return collection, image_id
+
+
+def _view(photo: Image.Image) -> match.LocalQuery:
+    return features.extract_both(np.asarray(photo.convert("L")))
+
+
+def test_a_weak_forward_verification_is_replaced_by_a_better_reverse_one(tmp_path) -> None:
+    photo = Image.open(FIXTURES / "temple.jpg").convert("RGB")
+    collection, image_id = _catalogued(tmp_path, photo)
+    with collection:
+        weak = Verified(inliers=25, support=1.0, spread=0.1, shared_area=0.2, aligned=77)
+        found = {image_id: Evidence(verified=weak, robust=True)}
+        before = match.link_score(found[image_id])
+        assert before < match.MATCH_SCORE
+        assert match.verify_reversed(collection.catalog, _view(rotated(photo)), found,
+                                     match.MATCH_SCORE) == 1
+        turned = found[image_id].verified
+        assert turned is not None and turned.inliers > weak.inliers
+        assert match.link_score(found[image_id]) > before
+        # the aligned comparison of the pictures is kept, whichever way verified
+        assert turned.aligned == 77
+
+
+def test_linked_candidates_and_ones_without_geometry_are_not_verified_again(
+        tmp_path) -> None:
+    photo = Image.open(FIXTURES / "temple.jpg").convert("RGB")
+    collection, image_id = _catalogued(tmp_path, photo)
+    strong = Verified(inliers=300, support=300.0, spread=1.0, shared_area=1.0, overlap=0.6,
+                      aligned=2)
+    few = Verified(inliers=match.REVERSE_MIN_INLIERS - 1, support=1.0, spread=0.1,
+                   shared_area=0.2)
+    with collection:
+        for verified in (strong, few):
+            found = {image_id: Evidence(verified=verified, robust=True)}
+            assert match.verify_reversed(collection.catalog, _view(rotated(photo)), found,
+                                         match.MATCH_SCORE) == 0
+            assert found[image_id].verified is verified
