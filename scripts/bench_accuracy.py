@@ -433,6 +433,8 @@ SETTING_OPTIONS = (
     ("--query-framed-only", "match", "QUERY_FRAMED_ONLY", lambda text: bool(int(text)),
      "1: a query is verified within a stored image only where its place is a framed "
      "picture, 0: wherever it lies"),
+    ("--query-reverse", "match", "QUERY_REVERSE", lambda text: bool(int(text)),
+     "1: a query verifies its candidates the other way round too, as an ingest does"),
     ("--reverse-verify", "match", "REVERSE_VERIFY", lambda text: bool(int(text)),
      "1: at ingest, a candidate verified but not linked is verified the other way round "
      "too, 0: never"),

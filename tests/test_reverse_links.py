@@ -5,7 +5,8 @@ The evidence model, fitted on edited copies querying their originals, is
 not symmetric: a rotated copy catalogued after its original can score
 under the match score while the original, catalogued after the copy,
 scores a link. A candidate verified but not linked is verified the other
-way round too (:func:`imgmatch.match.verify_reversed`).
+way round too (:func:`imgmatch.match.verify_reversed`); a query does the
+same, so it finds what its ingest would link.
 """
 
 from __future__ import annotations
@@ -93,3 +94,17 @@ def test_linked_candidates_and_ones_without_geometry_are_not_verified_again(
             assert match.verify_reversed(collection.catalog, _view(rotated(photo)), found,
                                          match.MATCH_SCORE) == 0
             assert found[image_id].verified is verified
+
+
+def test_a_query_finds_what_its_ingest_would_link(tmp_path: Path) -> None:
+    # the copy queries its original: the direction that scored under the match
+    # score (0.495) before candidates were verified the other way round
+    photo = Image.open(FIXTURES / "coffee.jpg").convert("RGB")
+    original, copy = jpeg(photo), jpeg(rotated(photo))
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        collection.add_many([(original, None)])
+        found = collection.query(copy, top_k=5)
+        collection.add_many([(copy, None)])
+        (link,) = collection.catalog.links()
+    assert [m.image_id for m in found] == [link[0]]
+    assert found[0].score >= link[2] >= match.MATCH_SCORE
