@@ -785,7 +785,8 @@ def _print_explanation(e: Explanation) -> None:
                    f"support {v['support']}, spread {v['spread']}, coverage {v['coverage']}, "
                    f"shared area {v['shared_area']}, overlap {v['overlap']}, aligned PDQ "
                    f"{aligned}, repeats of one pattern {repeated}"
-                   f"{', in a tile of either image' if v['in_tile'] else ''}{framed}: "
+                   f"{', in a tile of either image' if v['in_tile'] else ''}{framed}"
+                   f"{', with B as the query' if v['reversed'] else ''}: "
                    f"{'agreed' if v['agreed'] else 'not enough to agree'}")
     click.echo(f"score: {e.score:.4f} (the {e.tier} model: {e.model_score:.4f})")
     for name, meaning in e.rules.items():

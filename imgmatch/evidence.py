@@ -258,6 +258,9 @@ class Verified:
     #: the share of inliers inside the pictures the query frames
     #: (:func:`imgmatch.features.frames`); None where it frames none
     framed_share: float | None = None
+    #: verified the other way round: the stored image's features as the query
+    #: (:func:`imgmatch.match.verify_reversed`), which scored the pair higher
+    reversed: bool = False
 
 
 @dataclass
@@ -462,7 +465,8 @@ class Evidence:
                             v.get("overlap", 0.0), v.get("aligned"),
                             repeated=v.get("repeated"), in_tile=bool(v.get("in_tile")),
                             framed_share=v.get("framed_share"),
-                            query_share=v.get("query_share"))
+                            query_share=v.get("query_share"),
+                            reversed=bool(v.get("reversed")))
                    if v else None, robust, bool(data.get("weak_values")),
                    bool(data.get("low_information")),
                    qualities={n: h["quality"] for n, h in data["hashes"].items()
@@ -491,6 +495,8 @@ class Evidence:
                 out["verification"]["repeated"] = round(v.repeated, 3)
             if v.in_tile:
                 out["verification"]["in_tile"] = True
+            if v.reversed:
+                out["verification"]["reversed"] = True
             if v.framed_share is not None:
                 out["verification"]["framed_share"] = round(v.framed_share, 3)
                 out["verification"]["query_share"] = round(v.query_share or 0.0, 3)

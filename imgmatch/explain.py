@@ -24,13 +24,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from . import match
 from . import signals as registry
 from .catalog import Catalog
 from .errors import ImgmatchError, InputError, SignalError
 from .decode import decode
 from .evidence import RULES, SCALES, Evidence, calibration_at
+from .features import regions
 from .match import (THRESHOLDS, TRANSFORM_NAMES, VERIFIABLE, LocalQuery, explained, measure,
-                    pixel_query)
+                    pixel_query, verify_reversed)
 from .model import Explanation, Link, SignalComparison
 from .records import HashValue
 from .upgrade import reread
@@ -99,6 +101,9 @@ def explain_pair(catalog: Catalog, a: tuple[int, str], b: tuple[int, str],
         found, _ = measure(catalog, query, [id_b], views[:1], grey)
         if len(views) > 1 and not explained(found):
             found, _ = measure(catalog, query, [id_b], views, grey)
+        if match.QUERY_REVERSE and views and not (grey is not None and regions(grey)):
+            # as a query weighs it: verified the other way round too
+            verify_reversed(catalog, views[0][0], found, THRESHOLDS["match"])
         ev = found.get(id_b)
     if ev is None or not (ev.hashes or ev.verified):
         raise ImgmatchError(
@@ -196,7 +201,7 @@ def _verification(ev: Evidence, versions: tuple[int, int]) -> dict[str, Any] | N
             "shared_area": round(v.shared_area, 3), "overlap": round(v.overlap, 3),
             "aligned": v.aligned,
             "repeated": None if v.repeated is None else round(v.repeated, 3),
-            "in_tile": v.in_tile,
+            "in_tile": v.in_tile, "reversed": v.reversed,
             "framed_share": None if v.framed_share is None else round(v.framed_share, 3),
             "strong": ev.strong_geometry,
             "agreed": registry.FEATURES in ev.agreed, "version": registry.local().version,

@@ -965,7 +965,7 @@ def verify_reversed(catalog: Catalog, view: LocalQuery, found: dict[int, Evidenc
         # kept, so that two screens of one app stay apart by their photos
         verified = dataclasses.replace(
             _verified(result, flipped, older.width, plain, None, None, None),
-            aligned=ev.verified.aligned if ev.verified is not None else None)
+            aligned=ev.verified.aligned if ev.verified is not None else None, reversed=True)
         turned = dataclasses.replace(ev, verified=verified)
         if link_score(turned) > link_score(ev):
             turned.transform = "mirror" if flipped else "identity"

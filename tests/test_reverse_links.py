@@ -11,6 +11,7 @@ same, so it finds what its ingest would link.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -108,3 +109,26 @@ def test_a_query_finds_what_its_ingest_would_link(tmp_path: Path) -> None:
         (link,) = collection.catalog.links()
     assert [m.image_id for m in found] == [link[0]]
     assert found[0].score >= link[2] >= match.MATCH_SCORE
+
+
+def test_a_pair_verified_the_other_way_round_says_so(tmp_path: Path) -> None:
+    photo = Image.open(FIXTURES / "coffee.jpg").convert("RGB")
+    original, copy = tmp_path / "original.jpg", tmp_path / "copy.jpg"
+    original.write_bytes(jpeg(photo))
+    copy.write_bytes(jpeg(rotated(photo)))
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        collection.add_many([(original, imgmatch.Sighting(source=str(original)))])
+        (found,) = collection.query(copy, top_k=1)
+        assert found.evidence["verification"]["reversed"] is True
+        again = Evidence.from_json(found.evidence)
+        assert again.verified is not None and again.verified.reversed
+        assert again.settle() == pytest.approx(found.score, abs=1e-3)  # JSON rounds
+        # an explanation weighs the pair as the query found it (the copy read again)
+        collection.add_many([(copy, imgmatch.Sighting(source=str(copy)))])
+        told = collection.explain(_sha(copy), _sha(original))
+        assert told.verification is not None and told.verification["reversed"] is True
+        assert told.score == pytest.approx(found.score)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
