@@ -916,10 +916,11 @@ class IndexLinker:
 #: ones. A link means "the same picture" whichever image came first, and a
 #: query with the older image would find the newer once catalogued; the
 #: model, fitted on edited copies querying their originals, is not
-#: symmetric (a bordered copy querying its original scores lower than the
-#: original querying the copy). Not for a new image that frames pictures:
-#: the older one's frames are not known, so the ``frame-only`` rule could
-#: not hold two screens of one app apart.
+#: symmetric (a copy turned 12 degrees, querying its original, can score
+#: under the match score where the original querying the copy scores a
+#: link: ``tests/test_reverse_links.py``). Not for a new image that frames
+#: pictures: the older one's frames are not known, so the ``frame-only``
+#: rule could not hold two screens of one app apart.
 REVERSE_VERIFY = True
 #: Whether a query verifies its candidates the other way round too, as an
 #: ingest does (:data:`REVERSE_VERIFY`), unless it frames pictures: then a

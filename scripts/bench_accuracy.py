@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import emit, ensure_dev_corpus, shared_bench  # noqa: E402
+from bench_data import emit, ensure_dev_corpus, shared_bench, wrapped_cli  # noqa: E402
 from bench_sets import ensure as ensure_second  # noqa: E402
 
 SYSTEMS = {
@@ -444,16 +444,10 @@ SETTING_OPTIONS = (
 def crawl(ds_dir: Path, ingest_args: list[str]) -> dict:
     """../shared/bench/crawl_eval.py on a set, through this environment's CLI
     (wrapped, if settings were changed, so that it uses them)."""
-    exe = Path(sys.executable).parent / "imgmatch"
     with tempfile.TemporaryDirectory(prefix="imgmatch-crawl-") as work:
-        if any(SETTINGS.values()):
-            exe = Path(work) / "imgmatch"
-            exe.write_text(f"#!{sys.executable}\nimport sys\n"
-                           "from imgmatch import descriptors, features, match\n"
-                           + "".join(f"{module}.{k} = {v}\n" for module, values in SETTINGS.items()
-                                     for k, v in values.items())
-                           + "from imgmatch.cli import main\nsys.exit(main())\n")
-            exe.chmod(0o700)
+        exe = wrapped_cli(Path(work), {(module, name): value
+                                       for module, values in SETTINGS.items()
+                                       for name, value in values.items()})
         out = Path(work) / "crawl.json"
         cmd = [sys.executable, str(shared_bench() / "crawl_eval.py"), "--data", str(ds_dir),
                "--exe", str(exe), "--json", str(out), "--work", work]

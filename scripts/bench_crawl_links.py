@@ -43,11 +43,15 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from imgmatch import Explanation
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import emit, shared_bench  # noqa: E402
+from bench_data import emit, shared_bench, wrapped_cli  # noqa: E402
 from bench_sets import ensure  # noqa: E402
 
 
@@ -73,25 +77,9 @@ def settings(items: list[str]) -> dict[tuple[str, str], object]:
     return out
 
 
-def wrapped(work: Path, changed: dict[tuple[str, str], object]) -> Path:
-    """The CLI of this environment, with ``changed`` constants set first."""
-    exe = Path(sys.executable).parent / "imgmatch"
-    if not changed:
-        return exe
-    exe = work / "imgmatch"
-    modules = sorted({module for module, _ in changed})
-    exe.write_text(f"#!{sys.executable}\nimport sys\n"
-                   f"from imgmatch import {', '.join(modules)}\n"
-                   + "".join(f"{module}.{name} = {value!r}\n"
-                             for (module, name), value in changed.items())
-                   + "from imgmatch.cli import main\nsys.exit(main())\n")
-    exe.chmod(0o700)
-    return exe
-
-
 def crawl(data: Path, work: Path, ingest_args: list[str],
           changed: dict[tuple[str, str], object] | None = None) -> dict:
-    exe = wrapped(work, changed or {})
+    exe = wrapped_cli(work, changed or {})
     out = work / "crawl.json"
     subprocess.run([sys.executable, str(shared_bench() / "crawl_eval.py"), "--data", str(data),
                     "--exe", str(exe), "--json", str(out), "--work", str(work),
@@ -154,7 +142,7 @@ def why_unlinked(work: Path, truth: dict[str, str], lonely_images: list[str],
 FOUND_INLIERS = 20
 
 
-def cause(best, match_score: float) -> str:
+def cause(best: Explanation | None, match_score: float) -> str:
     """Where the link of an image's best pair was lost (``best``: an
     :class:`imgmatch.Explanation`, or None where no pair could be compared)."""
     if best is None:

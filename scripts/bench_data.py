@@ -95,3 +95,21 @@ def ensure_ad_sized(dev: Path, count: int = 600, data: Path = DATA) -> Path:
 if __name__ == "__main__":
     dev = ensure_dev_corpus()
     print(dev, ensure_ad_sized(dev))
+
+
+def wrapped_cli(work: Path, changed: dict[tuple[str, str], object]) -> Path:
+    """This environment's ``imgmatch`` CLI, or where ``changed`` holds
+    settings ({(module, name): value} of ``imgmatch.MODULE``), a wrapper in
+    ``work`` that sets them first: a crawl run through the CLI then uses them."""
+    exe = Path(sys.executable).parent / "imgmatch"
+    if not changed:
+        return exe
+    exe = work / "imgmatch"
+    modules = sorted({module for module, _ in changed})
+    exe.write_text(f"#!{sys.executable}\nimport sys\n"
+                   f"from imgmatch import {', '.join(modules)}\n"
+                   + "".join(f"{module}.{name} = {value!r}\n"
+                             for (module, name), value in changed.items())
+                   + "from imgmatch.cli import main\nsys.exit(main())\n")
+    exe.chmod(0o700)
+    return exe

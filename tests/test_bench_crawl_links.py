@@ -52,7 +52,7 @@ def test_no_pair_to_compare_is_its_own_cause() -> None:
 
 def test_a_setting_reaches_the_crawl_s_cli_and_a_bad_one_is_named(tmp_path: Path) -> None:
     changed = bench_crawl_links.settings(["match.LINK_VERIFY=8", "evidence.PDQ_APART=None"])
-    exe = bench_crawl_links.wrapped(tmp_path, changed)
+    exe = bench_crawl_links.wrapped_cli(tmp_path, changed)
     # the wrapper's lines before it hands over to the CLI, then what they set
     header = exe.read_text().split("from imgmatch.cli import main")[0]
     out = subprocess.run([sys.executable, "-c",
@@ -61,7 +61,7 @@ def test_a_setting_reaches_the_crawl_s_cli_and_a_bad_one_is_named(tmp_path: Path
     assert out.stdout.split() == ["8", "None"]
     # and the wrapper runs the CLI
     assert subprocess.run([str(exe), "--help"], capture_output=True).returncode == 0
-    assert bench_crawl_links.wrapped(tmp_path / "none", {}).name == "imgmatch"
+    assert bench_crawl_links.wrapped_cli(tmp_path / "none", {}).name == "imgmatch"
     for bad in ("match.NO_SUCH=1", "os.sep=1", "match.LINK_VERIFY=eight"):
         with pytest.raises(ValueError, match="--set"):
             bench_crawl_links.settings([bad])
