@@ -777,7 +777,8 @@ def _print_explanation(e: Explanation) -> None:
     if v is None:
         click.echo("verification: none (local features were not compared)")
     else:
-        aligned = "not measured" if v["aligned"] is None else f"{v['aligned']} bits"
+        aligned = "not measured" if v["aligned"] is None else f"{v['aligned']} bits" + (
+            " on B's centre" if v.get("aligned_on") == "centre" else "")
         framed = "" if v["framed_share"] is None else \
             f", a share of {v['framed_share']} of them on the picture A frames"
         repeated = "not measured" if v["repeated"] is None else v["repeated"]

@@ -189,9 +189,9 @@ CALIBRATION: dict[str, tuple[tuple[float, float, float], ...]] = {
     "hashes": ((0.30, 0.9224, 0.592), (0.50, 0.9647, 0.544), (0.70, 0.9766, 0.529),
                 (0.80, 0.9828, 0.519), (0.90, 0.9946, 0.503), (0.93, 0.9982, 0.491),
                 (0.95, 0.9981, 0.487), (0.98, 1.0000, 0.465), (0.99, 1.0000, 0.449)),
-    "robust": ((0.30, 0.9981, 0.968), (0.50, 1.0000, 0.951), (0.70, 1.0000, 0.936),
-                (0.80, 1.0000, 0.917), (0.90, 1.0000, 0.891), (0.93, 1.0000, 0.873),
-                (0.95, 1.0000, 0.854), (0.98, 1.0000, 0.771), (0.99, 1.0000, 0.687)),
+    "robust": ((0.30, 0.9981, 0.968), (0.50, 1.0000, 0.953), (0.70, 1.0000, 0.940),
+                (0.80, 1.0000, 0.926), (0.90, 1.0000, 0.905), (0.93, 1.0000, 0.888),
+                (0.95, 1.0000, 0.869), (0.98, 1.0000, 0.812), (0.99, 1.0000, 0.747)),
 }
 
 
@@ -261,6 +261,9 @@ class Verified:
     #: verified the other way round: the stored image's features as the query
     #: (:func:`imgmatch.match.verify_reversed`), which scored the pair higher
     reversed: bool = False
+    #: ``aligned`` compares the stored image's centre only: the query covers
+    #: that but too little of the whole (:func:`imgmatch.features.aligned_centre`)
+    aligned_centre: bool = False
 
 
 @dataclass
@@ -466,7 +469,8 @@ class Evidence:
                             repeated=v.get("repeated"), in_tile=bool(v.get("in_tile")),
                             framed_share=v.get("framed_share"),
                             query_share=v.get("query_share"),
-                            reversed=bool(v.get("reversed")))
+                            reversed=bool(v.get("reversed")),
+                            aligned_centre=bool(v.get("aligned_centre")))
                    if v else None, robust, bool(data.get("weak_values")),
                    bool(data.get("low_information")),
                    qualities={n: h["quality"] for n, h in data["hashes"].items()
@@ -491,6 +495,8 @@ class Evidence:
                                    "overlap": round(v.overlap, 3)}
             if v.aligned is not None:
                 out["verification"]["aligned"] = v.aligned
+                if v.aligned_centre:
+                    out["verification"]["aligned_centre"] = True
             if v.repeated is not None:
                 out["verification"]["repeated"] = round(v.repeated, 3)
             if v.in_tile:

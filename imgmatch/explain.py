@@ -200,6 +200,7 @@ def _verification(ev: Evidence, versions: tuple[int, int]) -> dict[str, Any] | N
             "coverage": None if v.coverage is None else round(v.coverage, 3),
             "shared_area": round(v.shared_area, 3), "overlap": round(v.overlap, 3),
             "aligned": v.aligned,
+            "aligned_on": None if v.aligned is None else "centre" if v.aligned_centre else "whole",
             "repeated": None if v.repeated is None else round(v.repeated, 3),
             "in_tile": v.in_tile, "reversed": v.reversed,
             "framed_share": None if v.framed_share is None else round(v.framed_share, 3),

@@ -34,7 +34,10 @@ NAME = "orb"
 #: Feature extraction version: bump when anything changes what is stored.
 #: 2: images smaller than :data:`UPSCALE_TO` are enlarged first (features of
 #: version 1 still match; ``imgmatch upgrade`` takes them again).
-VERSION = 2
+#: 3: the PDQ of the image's centre is stored with them (:attr:`LocalFeatures.centre`;
+#: features of version 2 still match, without it, and ``imgmatch upgrade``
+#: takes them again).
+VERSION = 3
 #: Longer side of the grey image features are taken from (pixels).
 SIDE = 512
 #: Keypoints kept per image, strongest first.
@@ -92,6 +95,8 @@ TWIN_BITS = 16
 FULL_DISTINCT = 0.5
 
 _MAGIC = b"ORB1"
+#: a blob that also carries the PDQ of the image's centre (:attr:`LocalFeatures.centre`)
+_MAGIC_CENTRE = b"ORB2"
 _HEADER = struct.Struct("<4sHHH")  # magic, count, width, height
 _POINT_SCALE = 4.0  # points are stored in quarter pixels as uint16
 
@@ -104,28 +109,38 @@ class LocalFeatures:
     descriptors: np.ndarray
     width: int
     height: int
+    #: PDQ bits of the image's centre (:func:`centre_box` of the analysed
+    #: pixels), where it has the detail to be compared; what a partial match
+    #: (a collage's cropped cell, a screenshot's photo) is compared aligned by
+    centre: bytes | None = None
 
     def __len__(self) -> int:
         return len(self.descriptors)
 
     def to_bytes(self) -> bytes:
-        """A compact blob: header, quarter-pixel uint16 points, raw descriptors."""
+        """A compact blob: header, quarter-pixel uint16 points, raw descriptors,
+        then the centre's PDQ where there is one."""
         points = _stored_points(self.points).astype("<u2")
-        return (_HEADER.pack(_MAGIC, len(self), self.width, self.height)
-                + points.tobytes() + np.ascontiguousarray(self.descriptors, np.uint8).tobytes())
+        return (_HEADER.pack(_MAGIC if self.centre is None else _MAGIC_CENTRE, len(self),
+                             self.width, self.height)
+                + points.tobytes() + np.ascontiguousarray(self.descriptors, np.uint8).tobytes()
+                + (self.centre or b""))
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> LocalFeatures:
         if len(blob) < _HEADER.size:
             raise SignalError("a local-features blob is too short")
         magic, n, width, height = _HEADER.unpack_from(blob)
-        if magic != _MAGIC or len(blob) != _HEADER.size + n * (4 + DESCRIPTOR_BYTES):
+        extra = CENTRE_BYTES if magic == _MAGIC_CENTRE else 0
+        if magic not in (_MAGIC, _MAGIC_CENTRE) \
+                or len(blob) != _HEADER.size + n * (4 + DESCRIPTOR_BYTES) + extra:
             raise SignalError("not a local-features blob of this version")
         start = _HEADER.size
         points = np.frombuffer(blob, "<u2", count=2 * n, offset=start).reshape(n, 2)
         descriptors = np.frombuffer(blob, np.uint8, count=n * DESCRIPTOR_BYTES,
                                     offset=start + 4 * n).reshape(n, DESCRIPTOR_BYTES)
-        return cls(points.astype(np.float32) / _POINT_SCALE, descriptors, width, height)
+        return cls(points.astype(np.float32) / _POINT_SCALE, descriptors, width, height,
+                   blob[-CENTRE_BYTES:] if extra else None)
 
 
 def _stored_points(points: np.ndarray) -> np.ndarray:
@@ -170,7 +185,8 @@ def kept(found: LocalFeatures) -> LocalFeatures:
     rows = balanced(found, STORED_FEATURES)
     if len(rows) == len(found):
         return found
-    return LocalFeatures(found.points[rows], found.descriptors[rows], found.width, found.height)
+    return LocalFeatures(found.points[rows], found.descriptors[rows], found.width, found.height,
+                         found.centre)
 
 
 def empty(width: int = 0, height: int = 0) -> LocalFeatures:
@@ -719,6 +735,52 @@ def onto_stored(box: tuple[int, int, int, int], view_width: int, found: Verifica
     return similarity @ to_view
 
 
+#: Bytes of the centre's PDQ in a blob.
+CENTRE_BYTES = 32
+#: The centre's share of each side: the middle half (a quarter of the area),
+#: which crops of the edges, a square cell cut from a wide photo and a
+#: screenshot's photo under its bars all keep.
+CENTRE_SIDE = 0.5
+
+
+def centre_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of an image's centre, :data:`CENTRE_SIDE` of each side."""
+    margin = (1.0 - CENTRE_SIDE) / 2
+    return (round(width * margin), round(height * margin),
+            round(width * (1 - margin)), round(height * (1 - margin)))
+
+
+def aligned_centre(grey: np.ndarray, box: tuple[int, int, int, int], view_width: int,
+                   found: Verification, mirrored: bool,
+                   stored: LocalFeatures) -> np.ndarray | None:
+    """The stored image's centre (:func:`centre_box`) as the query shows it, moved
+    onto the stored frame like :func:`aligned`; None where the query's view
+    (``box``) covers less than :data:`ALIGN_SHARE` of that centre. A query that
+    shows only part of the stored image (a collage's cell cut square, a
+    screenshot's photo under its bars) is compared where it covers it."""
+    if found.matrix is None or not stored.width or stored.centre is None:
+        return None
+    cv2 = _cv2()
+    to_stored = onto_stored(box, view_width, found, mirrored)
+    x0, y0, x1, y1 = centre_box(stored.width, stored.height)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    # which of the centre's pixels the view covers: its box moved the same way
+    view = np.zeros(grey.shape, np.uint8)
+    bx0, by0, bx1, by1 = box
+    view[by0:by1, bx0:bx1] = 1
+    covered = cv2.warpAffine(view, to_stored[:2], (stored.width, stored.height),
+                             flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                             borderValue=0)[y0:y1, x0:x1]
+    if covered.mean() < ALIGN_SHARE:
+        return None
+    grey, to_stored = _reduced(grey, to_stored)
+    # only the centre is needed: the transform shifted so it lands at the origin
+    shifted = np.array([[1.0, 0, -x0], [0, 1.0, -y0], [0, 0, 1]]) @ to_stored
+    return cv2.warpAffine(np.ascontiguousarray(grey), shifted[:2], (x1 - x0, y1 - y0),
+                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
 def aligned(grey: np.ndarray, box: tuple[int, int, int, int], view_width: int,
             found: Verification, mirrored: bool, stored: LocalFeatures) -> np.ndarray | None:
     """The query's pixels moved onto the stored image's frame (at the stored
@@ -738,15 +800,21 @@ def aligned(grey: np.ndarray, box: tuple[int, int, int, int], view_width: int,
         return None
     cv2 = _cv2()
     to_stored = onto_stored(box, view_width, found, mirrored)
-    # a large query is first reduced by area (a warp samples, and would alias)
-    if max(grey.shape) > 2 * SIDE:
-        width = grey.shape[1]
-        grey = reduce(grey, 2 * SIDE)
-        shrink = grey.shape[1] / width
-        to_stored = to_stored @ np.diag([1 / shrink, 1 / shrink, 1.0])
+    grey, to_stored = _reduced(grey, to_stored)
     return cv2.warpAffine(np.ascontiguousarray(grey), to_stored[:2],
                           (stored.width, stored.height), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
+
+
+def _reduced(grey: np.ndarray, to_stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A large query reduced by area before it is warped (a warp samples, and
+    would alias), with the transform from its pixels adjusted to match."""
+    if max(grey.shape) <= 2 * SIDE:
+        return grey, to_stored
+    width = grey.shape[1]
+    grey = reduce(grey, 2 * SIDE)
+    shrink = grey.shape[1] / width
+    return grey, to_stored @ np.diag([1 / shrink, 1 / shrink, 1.0])
 
 
 #: Longer side of the grey pixels an ingest's analysis keeps of each new

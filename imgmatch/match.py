@@ -214,20 +214,40 @@ def _verified(result: features.Verification, flipped: bool, width: int,
               box: tuple[int, int, int, int] | None, pdq: bytes | None,
               in_tile: bool = False) -> Verified:
     """A verification as evidence, with the aligned comparison where it applies."""
-    aligned = None
+    aligned, centre = None, False
     if grey is not None and pdq is not None and box is not None \
             and result.support >= ALIGN_SUPPORT:
         moved = features.aligned(grey, box, width, result, flipped, stored)
         if moved is not None:
-            aligned = int(min_distances(
-                np.frombuffer(hash_luma(moved), np.uint8)[None, :],
-                np.frombuffer(pdq, np.uint8)[None, :])[0][0])
+            aligned = _bits(hash_luma(moved), pdq)
+        elif CENTRE_ALIGN and stored.centre is not None:
+            moved = features.aligned_centre(grey, box, width, result, flipped, stored)
+            bits = None if moved is None else _bits(hash_luma(moved), stored.centre)
+            # only agreement is evidence: a quarter of the frame, moved by a
+            # similarity, drifts apart where the copy was squeezed or tilted
+            if bits is not None and bits <= CENTRE_AGREES:
+                aligned, centre = bits, True
     return Verified(result.inliers, result.support, result.spread, result.shared_area,
                     result.overlap, aligned, matches=result.matches,
                     coverage=result.coverage, query_share=result.query_share,
                     repeated=result.repeated, in_tile=in_tile,
-                    stored_share=result.stored_share, framed_share=result.framed_share)
+                    stored_share=result.stored_share, framed_share=result.framed_share,
+                    aligned_centre=centre)
 
+
+def _bits(a: bytes, b: bytes) -> int:
+    return int(min_distances(np.frombuffer(a, np.uint8)[None, :],
+                             np.frombuffer(b, np.uint8)[None, :])[0][0])
+
+
+#: Whether a query that covers too little of the stored image for the whole
+#: aligned comparison is compared on the stored image's centre instead
+#: (:func:`imgmatch.features.aligned_centre`), where it covers that.
+CENTRE_ALIGN = True
+#: PDQ bits up to which the centres compared agree (half of PDQ's evidence
+#: scale, where :attr:`imgmatch.evidence.Evidence.aligned_agrees` does);
+#: farther, the comparison is not kept.
+CENTRE_AGREES = 32
 
 #: Verifications with less support are not worth an aligned comparison (a
 #: warp and a PDQ hash): a few inliers fix no frame.
@@ -966,7 +986,8 @@ def verify_reversed(catalog: Catalog, view: LocalQuery, found: dict[int, Evidenc
         # kept, so that two screens of one app stay apart by their photos
         verified = dataclasses.replace(
             _verified(result, flipped, older.width, plain, None, None, None),
-            aligned=ev.verified.aligned if ev.verified is not None else None, reversed=True)
+            aligned=ev.verified.aligned if ev.verified is not None else None,
+            aligned_centre=ev.verified is not None and ev.verified.aligned_centre, reversed=True)
         turned = dataclasses.replace(ev, verified=verified)
         if link_score(turned) > link_score(ev):
             turned.transform = "mirror" if flipped else "identity"

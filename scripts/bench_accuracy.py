@@ -438,6 +438,11 @@ SETTING_OPTIONS = (
     ("--reverse-verify", "match", "REVERSE_VERIFY", lambda text: bool(int(text)),
      "1: at ingest, a candidate verified but not linked is verified the other way round "
      "too, 0: never"),
+    ("--centre-align", "match", "CENTRE_ALIGN", lambda text: bool(int(text)),
+     "1: a match covering too little of the stored image for the whole aligned comparison "
+     "is compared on the stored image's centre, 0: not at all"),
+    ("--centre-side", "features", "CENTRE_SIDE", float,
+     "share of each side of an image that its stored centre hash covers"),
 )
 
 

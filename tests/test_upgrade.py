@@ -3,6 +3,7 @@ from the files and WARC records they were seen in, and say so when they cannot."
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import io
@@ -147,6 +148,29 @@ def test_local_features_of_another_version_are_taken_again(tmp_path, monkeypatch
         matches = c.query(photos / "crop.jpg")
         assert matches and matches[0].inliers
     assert _signal_rows(db) == {"pdq": 2, "phash": 2, "dhash": 2, "orb": 2}
+
+
+def test_features_stored_without_their_centre_are_taken_again_with_it(tmp_path):
+    """Features of version 2 (before the centre's PDQ was stored beside them)
+    still match, but partial matches cannot be compared on their centre:
+    upgrade takes them again, with it."""
+    photos = _photo_and_crop(tmp_path / "photos", 0.55, 0.7)
+    db = tmp_path / "c.db"
+    with Collection.open(db) as c:
+        c.ingest(iter_paths([photos]))
+        rows = c.catalog.conn.execute("SELECT image_id, data FROM features").fetchall()
+        with c.catalog.conn:
+            for image_id, blob in rows:
+                old = dataclasses.replace(features.LocalFeatures.from_bytes(blob), centre=None)
+                c.catalog.conn.execute("UPDATE features SET version = 2, data = ? "
+                                       "WHERE image_id = ?", (old.to_bytes(), image_id))
+    with Collection.open(db) as c:
+        assert c.upgrade().images_upgraded == 2
+        blobs = [features.LocalFeatures.from_bytes(b) for b, in
+                 c.catalog.conn.execute("SELECT data FROM features")]
+        assert all(f.centre is not None for f in blobs)
+        assert c.catalog.conn.execute("SELECT DISTINCT version FROM features").fetchall() == [
+            (features.VERSION,)]
 
 
 def test_images_whose_files_are_gone_or_changed_are_listed_and_the_rest_upgraded(tmp_path):

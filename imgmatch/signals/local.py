@@ -15,6 +15,7 @@ upgrade and the reports ask the registry, never a name.
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,6 +23,7 @@ import numpy as np
 from .. import evidence, features
 from ..errors import SignalError
 from .base import Signal
+from .pdq import PDQ_MIN_QUALITY, bits_from_dct, dct16, downsample64, quality
 
 
 class LocalSignalType(Signal):
@@ -69,6 +71,8 @@ class ORB(LocalSignalType):
                                                  features.LocalFeatures, np.ndarray]:
         prepared = features.prepare(grey)
         plain, mirrored = features.extract_both(prepared)
+        if len(plain):
+            plain = replace(plain, centre=centre_hash(prepared))
         return plain, mirrored, features.reduce(prepared, features.ALIGN_SIDE)
 
     def stored(self, found: features.LocalFeatures) -> tuple[int, int, bytes]:
@@ -82,3 +86,17 @@ class ORB(LocalSignalType):
         return {"kind": self.kind, "version": self.version, "threshold": self.threshold,
                 "descriptor_bits": features.DESCRIPTOR_BYTES * 8,
                 "max_features": features.MAX_FEATURES, "side": features.SIDE}
+
+
+def centre_hash(prepared: np.ndarray) -> bytes | None:
+    """PDQ of an image's centre (:func:`imgmatch.features.centre_box`), or None
+    where the centre is too plain for its hash to tell pictures apart (under
+    PDQ's own quality gate): a flat centre agrees with any other."""
+    h, w = prepared.shape
+    x0, y0, x1, y1 = features.centre_box(w, h)
+    if min(x1 - x0, y1 - y0) < 8:
+        return None
+    buf = downsample64(prepared[y0:y1, x0:x1])
+    if quality(buf) < PDQ_MIN_QUALITY:
+        return None
+    return bits_from_dct(dct16(buf))[0]
