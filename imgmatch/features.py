@@ -754,10 +754,15 @@ def aligned_centre(grey: np.ndarray, box: tuple[int, int, int, int], view_width:
                    found: Verification, mirrored: bool,
                    stored: LocalFeatures) -> np.ndarray | None:
     """The stored image's centre (:func:`centre_box`) as the query shows it, moved
-    onto the stored frame like :func:`aligned`; None where the query's view
-    (``box``) covers less than :data:`ALIGN_SHARE` of that centre. A query that
-    shows only part of the stored image (a collage's cell cut square, a
-    screenshot's photo under its bars) is compared where it covers it."""
+    onto the stored frame like :func:`aligned`; None where the query covers
+    less than :data:`ALIGN_SHARE` of that centre. A query that shows only part
+    of the stored image (a collage's cell cut square, a screenshot's photo
+    under its bars) is compared where it covers it.
+
+    The whole query counts, not only the view (``box``) verified: a collage's
+    cell cut in two by a tile is still whole in the query. Where something
+    else lies over the centre (the next cell), the hashes differ, and only
+    agreement is evidence (:data:`imgmatch.match.CENTRE_AGREES`)."""
     if found.matrix is None or not stored.width or stored.centre is None:
         return None
     cv2 = _cv2()
@@ -765,10 +770,8 @@ def aligned_centre(grey: np.ndarray, box: tuple[int, int, int, int], view_width:
     x0, y0, x1, y1 = centre_box(stored.width, stored.height)
     if x1 - x0 < 2 or y1 - y0 < 2:
         return None
-    # which of the centre's pixels the view covers: its box moved the same way
-    view = np.zeros(grey.shape, np.uint8)
-    bx0, by0, bx1, by1 = box
-    view[by0:by1, bx0:bx1] = 1
+    # which of the centre's pixels the query covers: its frame moved the same way
+    view = np.ones(grey.shape, np.uint8)
     covered = cv2.warpAffine(view, to_stored[:2], (stored.width, stored.height),
                              flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
                              borderValue=0)[y0:y1, x0:x1]

@@ -953,6 +953,22 @@ def test_a_collage_cell_cut_square_is_compared_on_the_stored_centre(photo: str) 
     assert _centre_distance(page, rgb(photo), cell) <= 24
 
 
+@pytest.mark.parametrize("photo", ["temple", "flower"])
+def test_a_cell_a_tile_cuts_in_two_is_compared_whole(photo: str) -> None:
+    """In a collage of three columns, the query's quarter tiles cut the middle
+    column's cells in two. The tile's verification places the photo; the
+    query as a whole still shows all of its cell, and so the centre."""
+    others = [rgb(n) for n in ("astronaut", "cat", "coffee", "rocket")]
+    cell, gap = 280, 6
+    page = Image.new("RGB", (3 * cell + 4 * gap, 2 * cell + 3 * gap), "white")
+    for n, image in enumerate([others[0], rgb(photo)] + others[1:]):
+        page.paste(ImageOps.fit(image, (cell, cell)),
+                   (gap + (n % 3) * (cell + gap), gap + (n // 3) * (cell + gap)))
+    tile = (0, 0, page.width // 2, page.height // 2)  # half of the photo's cell
+    assert tile[2] < 2 * (cell + gap)
+    assert _centre_distance(page, rgb(photo), tile) <= match.CENTRE_AGREES
+
+
 def test_a_collage_query_says_its_cells_were_compared_on_the_centre(robust) -> None:
     """Through the library: the wide photos a collage cut square are compared
     on their centres (the astronaut, square, whole), and say so; the flag
