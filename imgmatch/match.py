@@ -220,7 +220,8 @@ def _verified(result: features.Verification, flipped: bool, width: int,
         moved = features.aligned(grey, box, width, result, flipped, stored)
         if moved is not None:
             aligned = _bits(hash_luma(moved), pdq)
-        elif CENTRE_ALIGN and stored.centre is not None:
+        if CENTRE_ALIGN and stored.centre is not None and (
+                aligned is None or (CENTRE_OVER_WHOLE and aligned > CENTRE_AGREES)):
             moved = features.aligned_centre(grey, box, width, result, flipped, stored)
             bits = None if moved is None else _bits(hash_luma(moved), stored.centre)
             # only agreement is evidence: a quarter of the frame, moved by a
@@ -248,6 +249,8 @@ CENTRE_ALIGN = True
 #: scale, where :attr:`imgmatch.evidence.Evidence.aligned_agrees` does);
 #: farther, the comparison is not kept.
 CENTRE_AGREES = 32
+#: Whether agreeing centres also stand for a whole frame that disagrees.
+CENTRE_OVER_WHOLE = True
 
 #: Verifications with less support are not worth an aligned comparison (a
 #: warp and a PDQ hash): a few inliers fix no frame.

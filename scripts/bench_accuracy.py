@@ -441,6 +441,8 @@ SETTING_OPTIONS = (
     ("--centre-align", "match", "CENTRE_ALIGN", lambda text: bool(int(text)),
      "1: a match covering too little of the stored image for the whole aligned comparison "
      "is compared on the stored image's centre, 0: not at all"),
+    ("--centre-over-whole", "match", "CENTRE_OVER_WHOLE", lambda text: bool(int(text)),
+     "1: agreeing centres also stand for a whole aligned comparison that disagrees"),
     ("--centre-side", "features", "CENTRE_SIDE", float,
      "share of each side of an image that its stored centre hash covers"),
 )

@@ -986,6 +986,40 @@ def test_a_collage_query_says_its_cells_were_compared_on_the_centre(robust) -> N
     assert "aligned_centre" not in matches[sha_of("astronaut")]["evidence"]["verification"]
 
 
+def _ad_bars(image: Image.Image) -> Image.Image:
+    """An ad's banners over the top fifth and bottom fifth of a photo."""
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    w, h = out.size
+    draw.rectangle((0, 0, w, int(h * 0.22)), fill=(250, 20, 120))
+    draw.rectangle((0, int(h * 0.80), w, h), fill=(10, 10, 10))
+    draw.text((20, int(h * 0.85)), "CALL 555 0134 NOW", fill="white")
+    return out
+
+
+@pytest.mark.parametrize("photo", ["coffee", "rocket", "cat"])
+def test_agreeing_centres_stand_for_a_frame_covered_by_banners(robust, monkeypatch,
+                                                              photo: str) -> None:
+    """Banners over two fifths of a photo move its whole aligned hash past
+    agreement; the centre they leave still agrees, the match says so, and it
+    scores higher than on the whole frame's disagreement."""
+    query = jpeg(_ad_bars(rgb(photo)))
+    assert _aligned_distance(_ad_bars(rgb(photo)), rgb(photo)) > match.CENTRE_AGREES
+    assert _centre_distance(_ad_bars(rgb(photo)), rgb(photo)) <= match.CENTRE_AGREES
+
+    def found() -> dict:
+        with imgmatch.Collection.open(robust, readonly=True) as c:
+            return {m.sha256: m.to_json() for m in c.query(query, min_score=0)}[sha_of(photo)]
+
+    now = found()
+    v = now["evidence"]["verification"]
+    assert v["aligned_centre"] is True and v["aligned"] <= match.CENTRE_AGREES
+    monkeypatch.setattr(match, "CENTRE_OVER_WHOLE", False)
+    before = found()
+    assert before["evidence"]["verification"]["aligned"] > match.CENTRE_AGREES
+    assert now["score"] > before["score"]
+
+
 def test_two_photos_in_one_frame_differ_at_the_centre_too() -> None:
     def framed(photo: Image.Image) -> Image.Image:
         out = ImageOps.expand(ImageOps.fit(photo, (300, 300)), border=110, fill="white")
