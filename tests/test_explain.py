@@ -331,6 +331,30 @@ def test_cli_explains_in_text_and_json(case):
                and f"repeats of one pattern {v['repeated']}:" in line for line in lines)
 
 
+def test_cli_says_when_the_centres_were_compared(tmp_path):
+    """A wide photo cut square in a collage's cell is compared on its centre:
+    the explanation says so, in JSON and in text."""
+    from PIL import ImageOps
+
+    originals = FIXTURES / "originals"
+    page = Image.new("RGB", (600, 600), "white")
+    for n, name in enumerate(("coffee", "astronaut", "rocket", "flower")):
+        cell = ImageOps.fit(Image.open(originals / f"{name}.jpg").convert("RGB"), (292, 292))
+        page.paste(cell, ((n % 2) * 300 + 4, (n // 2) * 300 + 4))
+    collage = tmp_path / "collage.jpg"
+    page.save(collage, quality=90)
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        collection.add_many([(originals / "coffee.jpg", None), (collage, None)])
+    a, b = sha(collage)[:12], sha(originals / "coffee.jpg")[:12]
+    runner = CliRunner()
+    js = runner.invoke(cli, ["--db", str(tmp_path / "c.db"), "explain", a, b, "--json"])
+    assert js.exit_code == 0, js.output
+    v = json.loads(js.output)["verification"]
+    assert v["aligned_on"] == "centre" and v["aligned"] <= 32
+    text = runner.invoke(cli, ["--db", str(tmp_path / "c.db"), "explain", a, b])
+    assert f"aligned PDQ {v['aligned']} bits on B's centre" in text.output
+
+
 def test_cli_refuses_what_is_not_a_sha256(case):
     done = CliRunner().invoke(cli, ["--db", str(case), "explain", "xyz", sha(REPOST)])
     assert done.exit_code == 2 and "not a SHA-256" in done.output
