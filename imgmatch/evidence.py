@@ -262,7 +262,8 @@ class Verified:
     #: (:func:`imgmatch.match.verify_reversed`), which scored the pair higher
     reversed: bool = False
     #: ``aligned`` compares the stored image's centre only: the query covers
-    #: that but too little of the whole (:func:`imgmatch.features.aligned_centre`)
+    #: too little of the whole, or the whole frames disagree where the
+    #: centres agree (:func:`imgmatch.features.aligned_centre`)
     aligned_centre: bool = False
 
 
