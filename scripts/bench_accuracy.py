@@ -399,6 +399,11 @@ CRAWL_ARGS = {"hashes": ["--fast"], "robust": []}
 SETTINGS: dict[str, dict[str, object]] = {"descriptors": {}, "match": {}, "features": {}}
 
 
+def _switch(text: str) -> bool:
+    """A 0/1 command-line setting."""
+    return bool(int(text))
+
+
 #: Settings given on the command line as they are: (flag, module, name, type, help).
 SETTING_OPTIONS = (
     ("--verifiable", "match", "VERIFIABLE", int,
@@ -411,17 +416,17 @@ SETTING_OPTIONS = (
      "keypoints an image's stored features keep"),
     ("--upscale-to", "features", "UPSCALE_TO", int,
      "smaller images are enlarged to this longer side before their features are taken"),
-    ("--shared-votes", "descriptors", "SHARED_VOTES", lambda text: bool(int(text)),
+    ("--shared-votes", "descriptors", "SHARED_VOTES", _switch,
      "1: rank candidates by votes shared among the images each descriptor voted for, 0: "
      "by whole votes"),
     ("--tile-gate-inliers", "match", "TILE_GATE_INLIERS",
      lambda text: None if text == "none" else int(text),
      "inliers over a part of a new image from which an ingest searches its tiles (none: "
      "never)"),
-    ("--tile-framed", "match", "TILE_FRAMED", lambda text: bool(int(text)),
+    ("--tile-framed", "match", "TILE_FRAMED", _switch,
      "1: an ingest searches the tiles of a new image that frames pictures, 0: only by "
      "--tile-gate-inliers"),
-    ("--framed-quarters", "match", "FRAMED_QUARTERS", lambda text: bool(int(text)),
+    ("--framed-quarters", "match", "FRAMED_QUARTERS", _switch,
      "1: an ingest searches the quarters and centre of an image that frames pictures too"),
     ("--align-share", "features", "ALIGN_SHARE", float,
      "share of a stored image a query must cover for the aligned comparison"),
@@ -430,18 +435,18 @@ SETTING_OPTIONS = (
     ("--framing-candidates", "match", "FRAMING_CANDIDATES", int,
      "older images read again to verify a new image or a query within the part of them "
      "where it lies (0: none)"),
-    ("--query-framed-only", "match", "QUERY_FRAMED_ONLY", lambda text: bool(int(text)),
+    ("--query-framed-only", "match", "QUERY_FRAMED_ONLY", _switch,
      "1: a query is verified within a stored image only where its place is a framed "
      "picture, 0: wherever it lies"),
-    ("--query-reverse", "match", "QUERY_REVERSE", lambda text: bool(int(text)),
+    ("--query-reverse", "match", "QUERY_REVERSE", _switch,
      "1: a query verifies its candidates the other way round too, as an ingest does"),
-    ("--reverse-verify", "match", "REVERSE_VERIFY", lambda text: bool(int(text)),
+    ("--reverse-verify", "match", "REVERSE_VERIFY", _switch,
      "1: at ingest, a candidate verified but not linked is verified the other way round "
      "too, 0: never"),
-    ("--centre-align", "match", "CENTRE_ALIGN", lambda text: bool(int(text)),
+    ("--centre-align", "match", "CENTRE_ALIGN", _switch,
      "1: a match covering too little of the stored image for the whole aligned comparison "
      "is compared on the stored image's centre, 0: not at all"),
-    ("--centre-over-whole", "match", "CENTRE_OVER_WHOLE", lambda text: bool(int(text)),
+    ("--centre-over-whole", "match", "CENTRE_OVER_WHOLE", _switch,
      "1: agreeing centres also stand for a whole aligned comparison that disagrees"),
     ("--centre-side", "features", "CENTRE_SIDE", float,
      "share of each side of an image that its stored centre hash covers"),

@@ -23,7 +23,7 @@ import numpy as np
 from .. import evidence, features
 from ..errors import SignalError
 from .base import Signal
-from .pdq import PDQ_MIN_QUALITY, bits_from_dct, dct16, downsample64, quality
+from .pdq import PDQ_MIN_QUALITY, bits_from_dct, dct_and_quality
 
 
 class LocalSignalType(Signal):
@@ -94,9 +94,7 @@ def centre_hash(prepared: np.ndarray) -> bytes | None:
     PDQ's own quality gate): a flat centre agrees with any other."""
     h, w = prepared.shape
     x0, y0, x1, y1 = features.centre_box(w, h)
-    if min(x1 - x0, y1 - y0) < 8:
+    coeffs, q = dct_and_quality(prepared[y0:y1, x0:x1])
+    if coeffs is None or q < PDQ_MIN_QUALITY:
         return None
-    buf = downsample64(prepared[y0:y1, x0:x1])
-    if quality(buf) < PDQ_MIN_QUALITY:
-        return None
-    return bits_from_dct(dct16(buf))[0]
+    return bits_from_dct(coeffs)[0]

@@ -126,6 +126,15 @@ def hash_luma(luma: np.ndarray) -> bytes:
     return bits_from_dct(dct16(downsample64(luma)))[0]
 
 
+def dct_and_quality(luma: np.ndarray) -> tuple[np.ndarray | None, int]:
+    """PDQ's 16x16 DCT of a luma (or 8-bit grey) array and its quality, or
+    (None, 0) where the array is too small to hash."""
+    if min(luma.shape) < MIN_HASHABLE_SIDE:
+        return None, 0
+    buf = downsample64(luma)
+    return dct16(buf), quality(buf)
+
+
 class PDQ(SignalType):
     """Meta's PDQ: 256 bits with a 0-100 quality score."""
 
@@ -136,22 +145,15 @@ class PDQ(SignalType):
     min_quality = PDQ_MIN_QUALITY
 
     def _dct_and_quality(self, image: Decoded) -> tuple[np.ndarray | None, int]:
-        coeffs, q = self._from_luma(image.luma)
+        coeffs, q = dct_and_quality(image.luma)
         if q < PDQ_MIN_QUALITY and image.image.mode == "L":
             # On flat images the 8-bit rounding of a grey decode moves many
             # bits; Meta's float luma from RGB stays within a few of its
             # reference. Rare (plain images), so decode again in colour.
             coloured = image.in_colour()
             if coloured is not image:
-                coeffs, q = self._from_luma(coloured.luma)
+                coeffs, q = dct_and_quality(coloured.luma)
         return coeffs, q
-
-    @staticmethod
-    def _from_luma(luma: np.ndarray) -> tuple[np.ndarray | None, int]:
-        if min(luma.shape) < MIN_HASHABLE_SIDE:
-            return None, 0
-        buf = downsample64(luma)
-        return dct16(buf), quality(buf)
 
     def compute(self, image: Decoded) -> HashValue:
         coeffs, q = self._dct_and_quality(image)
