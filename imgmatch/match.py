@@ -311,7 +311,9 @@ def gather_evidence(query: Mapping[str, Sequence[HashValue]],
     own = [vs[0] for name, vs in query.items() if vs and name in INFORMATION_SIGNALS]
     query_weak = any(_weak(v.signal, v.quality) for v in own)
     query_degenerate = any(degenerate(v.data) for v in own)
-    out = {i: Evidence(weak_values=query_weak, degenerate=query_degenerate) for i in ids}
+    query_pdq_degenerate = any(degenerate(v.data) for v in own if v.signal == "pdq")
+    out = {i: Evidence(weak_values=query_weak, degenerate=query_degenerate,
+                       pdq_degenerate=query_pdq_degenerate) for i in ids}
     best_transform: dict[int, tuple[float, int]] = {}
     for name, variants in query.items():
         have = [i for i in ids if name in stored[i]]
@@ -335,7 +337,9 @@ def gather_evidence(query: Mapping[str, Sequence[HashValue]],
                 ev.qualities[name] = min(known)
             if name in INFORMATION_SIGNALS:
                 ev.weak_values = ev.weak_values or _weak(name, quality)
-                ev.degenerate = ev.degenerate or degenerate(data)
+                if degenerate(data):
+                    ev.degenerate = True
+                    ev.pdq_degenerate = ev.pdq_degenerate or name == "pdq"
             closeness = 1.0 - d / sig.bits
             if i not in best_transform or closeness > best_transform[i][0]:
                 best_transform[i] = (closeness, w)

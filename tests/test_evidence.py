@@ -103,7 +103,11 @@ def test_every_signal_agreeing_is_near_certain_in_both_tiers() -> None:
                                    {"qualities": {"phash": 3}}])
 def test_low_information_pairs_need_strong_geometry(plain: dict) -> None:
     hashes = {"pdq": (0, True), "phash": (0, True), "dhash": (0, True)}
-    assert Evidence(hashes=dict(hashes), **plain).score() <= LOW_INFORMATION_CAP
+    # in the hash tier, where PDQ itself is too weak or degenerate to rank by
+    # (a good PDQ judges a pair whose pHash bits are degenerate: see below)
+    own = {**hashes, "pdq": (0, not plain.get("weak_values"))}
+    assert Evidence(hashes=own, pdq_degenerate=bool(plain.get("degenerate")),
+                    **plain).score() <= LOW_INFORMATION_CAP
     weak = Verified(inliers=25, support=12.0, spread=0.2, shared_area=1.0)
     assert Evidence(hashes=dict(hashes), verified=weak, robust=True,
                     **plain).score() <= LOW_INFORMATION_CAP
@@ -134,9 +138,10 @@ def test_one_close_hash_does_not_lift_a_plain_pair() -> None:
 def test_a_plain_pair_scores_lower_as_any_hash_moves_away(hashes: dict, moved: str) -> None:
     if moved not in hashes:
         return
-    near = Evidence(hashes=dict(hashes), degenerate=True)
+    near = Evidence(hashes=dict(hashes), degenerate=True, pdq_degenerate=True)
     d, ok = hashes[moved]
-    far = Evidence(hashes={**hashes, moved: (d + 8, ok)}, degenerate=True)
+    far = Evidence(hashes={**hashes, moved: (d + 8, ok)}, degenerate=True,
+                   pdq_degenerate=True)
     assert 0.0 <= far.score() <= near.score() <= LOW_INFORMATION_CAP
 
 
@@ -159,11 +164,57 @@ def test_the_aligned_comparison_outweighs_the_whole_images_pdq() -> None:
 
 def test_plainer_pictures_need_closer_hashes() -> None:
     # the same distances count for less between plain pictures (dark photos,
-    # icons of one series) than between pictures with information to spare
-    hashes = {"pdq": (40, True), "phash": (6, True), "dhash": (6, True)}
+    # icons of one series) than between pictures with information to spare,
+    # where PDQ does not rank the pair on its own
+    hashes = {"pdq": (70, True), "phash": (4, True), "dhash": (4, True)}
     rich = Evidence(hashes=dict(hashes), qualities={"phash": 100})
     plain = Evidence(hashes=dict(hashes), qualities={"phash": 20})
     assert plain.score() < rich.score()
+
+
+def test_the_hash_tier_ranks_by_pdq_first() -> None:
+    # icons of one series: pHash and dHash a few bits apart, PDQ past its
+    # band; a right pair that PDQ puts within it ranks above, whatever the
+    # 64-bit hashes say (the issue: the tier no worse than its best signal)
+    series = Evidence(hashes={"pdq": (evidence.PDQ_BAND + 6, True), "phash": (2, True),
+                              "dhash": (2, True)})
+    copy = Evidence(hashes={"pdq": (evidence.PDQ_BAND - 4, True), "phash": (18, True),
+                            "dhash": (20, True)})
+    score, rules = series.scored()
+    assert MATCH_SCORE < score <= evidence.BELOW_PDQ and rules == ("under-pdq",)
+    assert copy.score() > score and copy.scored()[1] == ()
+    # within the band, PDQ's own model: the 64-bit hashes only break its ties
+    for d in (0, 20, 40, evidence.PDQ_BAND):
+        alone = Evidence(hashes={"pdq": (d, True)}).score()
+        close = Evidence(hashes={"pdq": (d, True), "phash": (0, True), "dhash": (0, True)})
+        apart = Evidence(hashes={"pdq": (d, True), "phash": (40, True), "dhash": (40, True)})
+        assert apart.score() < alone < close.score()
+        if d:
+            nearer = Evidence(hashes={"pdq": (d - 1, True), "phash": (40, True),
+                                      "dhash": (40, True)})
+            assert nearer.score() > close.score()
+        assert "tie_break" in close.terms() and close.model() is MODELS["pdq"]
+
+
+def test_a_degenerate_phash_leaves_the_pair_to_a_good_pdq() -> None:
+    # a pHash of periodic bits is no evidence, but a good PDQ still is; a
+    # picture too plain by what it is (pHash's information under the gate)
+    # still needs strong geometry, and a degenerate PDQ ranks nothing
+    hashes = {"pdq": (2, True), "phash": (0, True), "dhash": (1, True)}
+    periodic = Evidence(hashes=dict(hashes), degenerate=True, qualities={"phash": 45})
+    assert periodic.settle() > 0.99 and not periodic.low_information
+    plain = Evidence(hashes=dict(hashes), qualities={"phash": MODELS["hashes"].gate - 1})
+    assert plain.settle() <= LOW_INFORMATION_CAP and plain.low_information
+    pdq_periodic = Evidence(hashes=dict(hashes), degenerate=True, pdq_degenerate=True)
+    assert pdq_periodic.settle() <= LOW_INFORMATION_CAP
+
+
+def test_pdq_degeneracy_is_kept_through_the_json() -> None:
+    for flags in ({"degenerate": True}, {"degenerate": True, "pdq_degenerate": True}):
+        ev = Evidence(hashes={"pdq": (2, True), "phash": (0, True)}, **flags)
+        again = Evidence.from_json(ev.to_json())
+        assert (again.degenerate, again.pdq_degenerate) == (ev.degenerate, ev.pdq_degenerate)
+        assert again.score() == ev.score()
 
 
 def test_pdq_far_apart_outweighs_every_64_bit_hash() -> None:

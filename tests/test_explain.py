@@ -74,7 +74,9 @@ def test_a_repost_is_the_same_picture_with_its_evidence_and_link(hash_case):
     assert e.thresholds == {"match": 0.5, "link": 0.5, "cluster": 0.98}
     assert e.link is not None and e.link.score >= 0.98 and set(e.link.agreed) == {
         "pdq", "phash", "dhash"}
-    assert e.rules == {} and e.terms["bias"] < 0 < e.terms["pdq_near"]
+    # ranked by PDQ first: PDQ's model, the 64-bit hashes breaking its ties
+    assert e.rules == {} and e.terms["pdq_near"] > 0 < e.terms["tie_break"]
+    assert "phash_near" not in e.terms
     assert e.verification is None and e.tier == "hashes"
 
 
@@ -261,7 +263,11 @@ def test_the_rules_that_cap_a_score_are_named():
     assert plain.scored()[1] == ("low-information",)
     strong = Evidence({"pdq": (110, True)}, Verified(200, 90.0, 0.9, 0.9, 0.5))
     assert strong.scored()[1] == () and set(RULES) == {
-        "low-information", "hashes-64-only", "pdq-apart", "frame-only"}
+        "low-information", "hashes-64-only", "pdq-apart", "frame-only", "under-pdq"}
+    # the hash tier: PDQ compared, past its band, the 64-bit hashes close
+    series = Evidence({"pdq": (80, True), "phash": (2, True), "dhash": (2, True)},
+                      qualities={"phash": 100, "pdq": 100})
+    assert series.scored()[1] == ("under-pdq",) and "under-pdq" in RULES
     # a screen matched on its interface, none of it on the photo it frames
     chrome = Evidence({"pdq": (40, True)}, Verified(200, 200.0, 1.0, 1.0, 0.5,
                                                     framed_share=0.0, query_share=1.0),
