@@ -10,17 +10,23 @@ collage, a photo under a big site logo, a stock background) join unrelated
 pictures into one cluster. So only *strong* links (a calibrated score of
 at least ``STRONG_SCORE``) build the cores; a *weak* link (a lead, under
 ``STRONG_SCORE``) can only attach a lone image to a core, which
-corroborates it: the core of its best weak link into a core. Two lone
+corroborates it: the core of its best weak link into a core, from
+``ATTACH_SCORE`` up. Two lone
 images never pair up on a weak link (on the second benchmark set, such
 pairs were icons of one series and signs of one template), weak links
-never merge two cores, and an image attaches to one core at most. Images
+never merge two cores, and an image attaches to one core at most. One
+image whose strong links are the only join between two groups of images
+(a collage of two photos, each cell half of it, matched strongly to both)
+is a hub: it keeps its strong links into the larger group, and the others
+count as weak (:data:`HUB_PART`). Images
 marked with ``imgmatch ignore`` (and images matching an ignored hash) take
 no part.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Iterator
 
 from .catalog import Catalog
 from .evidence import PRECISE
@@ -56,16 +62,116 @@ class _UnionFind:
 #: overlap alone (a collage's tile, a screenshot's photo) is capped below it
 #: at linking, so it can attach an image to a cluster but never join two.
 STRONG_SCORE = PRECISE
+#: The weakest link that attaches a lone image to a cluster; links under it
+#: stay leads between two images. Chosen on the fit half's simulated crawl
+#: (its links clustered again, docs/benchmarks.md) as the lowest that kept
+#: the B-cubed precision of the engine before an agreeing aligned
+#: comparison was weighed more (0.9965): 0.5 gave 0.9957 / recall 0.9397,
+#: 0.62 0.9957 / 0.9354, 0.65 to 0.70 0.9973 / 0.9341, 0.72 0.9986 / 0.9328.
+ATTACH_SCORE = 0.65
+#: What a hub's strong link into a group it does not keep counts as: weak,
+#: kept over the other weak links (it may still attach a lone image)
+WEAK_HUB_SCORE = math.nextafter(STRONG_SCORE, 0.0)
 
 
 def is_strong(score: float) -> bool:
     return score >= STRONG_SCORE
 
 
+#: A hub joins groups of at least this many images each (without it) that
+#: no other strong link joins. Chosen on the fit half's simulated crawl (its
+#: links clustered again, docs/benchmarks.md): at 3, no image of the
+#: engine's crawl before the robust model weighed aligned agreement more
+#: was a hub, and after it a collage of two photos no longer joined their
+#: clusters (B-cubed precision 0.9931 -> 0.9957, recall 0.9404 -> 0.9397);
+#: at 2, the crawl before lost recall (0.9322 -> 0.9264): a reference
+#: between two pairs of its own copies.
+HUB_PART = 3
+
+
+def _separators(adjacent: dict[int, set[int]]) -> list[int]:
+    """Images whose removal splits their group of strong links into two or
+    more parts of :data:`HUB_PART` images or more: articulation points
+    (Tarjan's, without recursion), counting the images of each part they
+    cut off."""
+    order: dict[int, int] = {}
+    low: dict[int, int] = {}
+    size: dict[int, int] = {}
+    found = []
+    for root in sorted(adjacent):
+        if root in order:
+            continue
+        cut: dict[int, list[int]] = {}
+        order[root] = low[root] = len(order)
+        size[root] = 1
+        stack: list[tuple[int, int | None, Iterator[int]]] = [
+            (root, None, iter(sorted(adjacent[root])))]
+        members = 1
+        while stack:
+            v, parent, rest = stack[-1]
+            for w in rest:
+                if w == parent:
+                    continue
+                if w in order:
+                    low[v] = min(low[v], order[w])
+                else:
+                    order[w] = low[w] = len(order)
+                    size[w] = 1
+                    members += 1
+                    stack.append((w, v, iter(sorted(adjacent[w]))))
+                    break
+            else:
+                stack.pop()
+                if stack:
+                    p = stack[-1][0]
+                    low[p] = min(low[p], low[v])
+                    size[p] += size[v]
+                    if low[v] >= order[p]:
+                        cut.setdefault(p, []).append(size[v])
+        for v, parts in cut.items():
+            if v != root:
+                parts = parts + [members - 1 - sum(parts)]
+            if sum(part >= HUB_PART for part in parts) >= 2:
+                found.append(v)
+    return found
+
+
+def _hub_links(strong: list[tuple[int, int]]) -> set[tuple[int, int]]:
+    """The strong links that count as weak: each hub's (:func:`_separators`)
+    into every group but the largest it joins."""
+    adjacent: dict[int, set[int]] = {}
+    for a, b in strong:
+        adjacent.setdefault(a, set()).add(b)
+        adjacent.setdefault(b, set()).add(a)
+    weak: set[tuple[int, int]] = set()
+    for hub in _separators(adjacent):
+        groups, seen = [], {hub}
+        for start in sorted(adjacent[hub]):
+            if start in seen:
+                continue
+            group, todo = {start}, [start]
+            seen.add(start)
+            while todo:
+                for y in adjacent[todo.pop()]:
+                    if y not in seen:
+                        seen.add(y)
+                        group.add(y)
+                        todo.append(y)
+            groups.append(group)
+        groups.sort(key=lambda g: (-len(g), min(g)))
+        for group in groups[1:]:
+            weak.update((min(hub, n), max(hub, n)) for n in adjacent[hub] & group)
+    return weak
+
+
 def guarded_groups(nodes: Iterable[int],
                    links: Iterable[tuple[int, int, float, tuple[str, ...]]]) -> list[list[int]]:
     """Clusters from (a, b, score, agreed) links, with the chaining guard above."""
     links = list(links)
+    hubs = _hub_links([(min(a, b), max(a, b)) for a, b, score, _ in links if is_strong(score)])
+    if hubs:
+        links = [(a, b, min(score, WEAK_HUB_SCORE) if (min(a, b), max(a, b)) in hubs
+                  else score, agreed) for a, b, score, agreed in links]
     uf = _UnionFind()
     for n in nodes:
         uf.find(n)
@@ -80,7 +186,7 @@ def guarded_groups(nodes: Iterable[int],
         size[root] = size.get(root, 0) + 1
     core = {n: uf.find(n) for n in list(uf.parent)}
     for a, b, score, _ in links:
-        if is_strong(score):
+        if is_strong(score) or score < ATTACH_SCORE:
             continue
         # a lone image's best weak link *into a core*, even where its best
         # of all is to another lone image (another screenshot of its photo):

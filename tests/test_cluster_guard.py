@@ -14,13 +14,14 @@ from PIL import Image, ImageDraw
 
 import imgmatch
 from imgmatch.cli import main
-from imgmatch.cluster import STRONG_SCORE, guarded_groups
+from imgmatch import cluster
+from imgmatch.cluster import HUB_PART, STRONG_SCORE, guarded_groups
 from imgmatch.signals import ROBUST_SIGNALS
 from imgmatch.sources import iter_manifest
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 STRONG = (STRONG_SCORE, ("pdq", "phash"))
-WEAK = (0.55, ("dhash",))
+WEAK = (0.7, ("dhash",))
 
 
 def links(*edges):
@@ -35,7 +36,7 @@ def test_strong_links_are_connected_components():
 def test_a_weak_link_never_merges_two_clusters():
     # 1-2 and 3-4 are clusters; 5 (a collage, a logo) links weakly to both
     groups = guarded_groups(range(1, 6), links(
-        (1, 2, STRONG), (3, 4, STRONG), (2, 3, WEAK), (5, 1, WEAK), (5, 4, (0.6, ("dhash",)))))
+        (1, 2, STRONG), (3, 4, STRONG), (2, 3, WEAK), (5, 1, WEAK), (5, 4, (0.8, ("dhash",)))))
     assert groups == [[1, 2], [3, 4, 5]]  # 5 joins its best link's cluster only
 
 
@@ -65,6 +66,11 @@ def test_weak_links_only_attach_lone_images_to_one_cluster(edges) -> None:
     with lone images that have a weak link into it: weak links never join
     two strong components, nor two lone images."""
     edges = [(a, b, score) for a, b, score in edges if a != b]
+    # a hub's strong links into the groups it does not keep count as weak
+    hubs = cluster._hub_links([(min(a, b), max(a, b)) for a, b, score in edges
+                               if score >= STRONG_SCORE])
+    edges = [(a, b, cluster.WEAK_HUB_SCORE if (min(a, b), max(a, b)) in hubs else score)
+             for a, b, score in edges]
     groups = guarded_groups(range(12), [(a, b, score, ("orb",)) for a, b, score in edges])
     strong = guarded_groups(range(12), [(a, b, score, ("orb",)) for a, b, score in edges
                                         if score >= STRONG_SCORE])
@@ -83,10 +89,74 @@ def test_weak_links_only_attach_lone_images_to_one_cluster(edges) -> None:
                 {a, b} & core and n in (a, b) for a, b, score in edges if score < STRONG_SCORE)
 
 
+def _clique(*nodes):
+    return [(a, b, STRONG) for i, a in enumerate(nodes) for b in nodes[i + 1:]]
+
+
+def test_a_collage_of_two_photos_does_not_join_their_clusters():
+    # 1-3 and 4-7 are copies of two photos; 8, a collage whose two cells
+    # each cover half of it, matches both strongly
+    edges = _clique(1, 2, 3) + _clique(4, 5, 6, 7) + [(8, 1, STRONG), (8, 2, STRONG),
+                                                       (8, 4, STRONG), (8, 5, STRONG)]
+    assert guarded_groups(range(1, 9), links(*edges)) == [[1, 2, 3], [4, 5, 6, 7, 8]]
+
+
+def test_a_hub_spares_small_groups_and_groups_joined_twice():
+    # a reference between two pairs of its own copies (mirrors, crops) that
+    # do not match each other: parts under HUB_PART
+    pairs = _clique(1, 2) + _clique(3, 4) + [(5, 1, STRONG), (5, 3, STRONG)]
+    assert guarded_groups(range(1, 6), links(*pairs)) == [[1, 2, 3, 4, 5]]
+    # two groups joined by two images, not one: no image is the only join
+    twice = _clique(1, 2, 3) + _clique(4, 5, 6) + [(7, 1, STRONG), (7, 4, STRONG),
+                                                   (8, 2, STRONG), (8, 5, STRONG)]
+    assert guarded_groups(range(1, 9), links(*twice)) == [list(range(1, 9))]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), max_size=25))
+def test_hubs_are_the_images_that_alone_join_groups(edges) -> None:
+    """The separators found without recursion are those a brute force finds:
+    removing the image leaves two or more parts of HUB_PART images or more."""
+    edges = {(min(a, b), max(a, b)) for a, b in edges if a != b}
+    adjacent: dict[int, set[int]] = {}
+    for a, b in edges:
+        adjacent.setdefault(a, set()).add(b)
+        adjacent.setdefault(b, set()).add(a)
+
+    def parts_without(v):
+        seen, sizes = {v}, []
+        for start in adjacent[v]:
+            if start in seen:
+                continue
+            todo, size = [start], 0
+            seen.add(start)
+            while todo:
+                size += 1
+                for y in adjacent[todo.pop()]:
+                    if y not in seen:
+                        seen.add(y)
+                        todo.append(y)
+            sizes.append(size)
+        return sizes
+
+    brute = sorted(v for v in adjacent if sum(s >= HUB_PART for s in parts_without(v)) >= 2)
+    assert sorted(cluster._separators(adjacent)) == brute
+
+
 def test_one_strong_signal_is_enough():
     groups = guarded_groups([1, 2, 3], links((1, 2, (STRONG_SCORE, ("pdq",))),
-                                             (2, 3, (0.6, ("pdq",)))))
+                                             (2, 3, (0.7, ("pdq",)))))
     assert groups == [[1, 2, 3]]  # 3 is alone, so its weak link attaches it to 1-2
+
+
+def test_a_lead_under_the_attach_score_attaches_nothing():
+    # a link of 0.5 to 0.65 stays a lead between two images: on the fit
+    # half's crawl such links attached screenshots of one app and icons of
+    # one series to each other's clusters
+    lead = (cluster.ATTACH_SCORE - 0.01, ("orb",))
+    assert guarded_groups([1, 2, 3], links((1, 2, STRONG), (2, 3, lead))) == [[1, 2], [3]]
+    attach = (cluster.ATTACH_SCORE, ("orb",))
+    assert guarded_groups([1, 2, 3], links((1, 2, STRONG), (2, 3, attach))) == [[1, 2, 3]]
 
 
 def _jpeg(img: Image.Image, path: Path, size: tuple[int, int] | None = None) -> None:
