@@ -789,7 +789,9 @@ def _print_explanation(e: Explanation) -> None:
                    f"{', in a tile of either image' if v['in_tile'] else ''}{framed}"
                    f"{', with B as the query' if v['reversed'] else ''}: "
                    f"{'agreed' if v['agreed'] else 'not enough to agree'}")
-    click.echo(f"score: {e.score:.4f} (the {e.tier} model: {e.model_score:.4f})")
+    how = (f"the {e.weighed_by} model, the {e.tier} tier ranking by PDQ first"
+           if e.weighed_by and e.weighed_by != e.tier else f"the {e.tier} model")
+    click.echo(f"score: {e.score:.4f} ({how}: {e.model_score:.4f})")
     for name, meaning in e.rules.items():
         click.echo(f"  capped by {name}: {meaning}")
     click.echo("  log-odds: " + ", ".join(f"{k} {v:+.2f}" for k, v in e.terms.items()))

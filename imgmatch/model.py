@@ -362,6 +362,9 @@ class Explanation:
     terms: dict[str, float]
     link: Link | None = None
     notes: tuple[str, ...] = ()
+    #: the model that weighed the evidence: the tier's, or ``pdq`` for a
+    #: hash-tier pair ranked by PDQ first (its 64-bit hashes only break ties)
+    weighed_by: str = ""
 
     @property
     def summary(self) -> str:
@@ -380,7 +383,8 @@ class Explanation:
         return {
             "a": self.a, "b": self.b, "verdict": self.verdict, "summary": self.summary,
             "score": round(self.score, 4), "model_score": round(self.model_score, 4),
-            "tier": self.tier, "rules": dict(self.rules),
+            "tier": self.tier, "weighed_by": self.weighed_by or self.tier,
+            "rules": dict(self.rules),
             "low_information": self.low_information, "transform": self.transform,
             "signals": [s.to_json() for s in self.signals],
             "verification": self.verification, "calibration": self.calibration,

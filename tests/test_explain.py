@@ -77,6 +77,7 @@ def test_a_repost_is_the_same_picture_with_its_evidence_and_link(hash_case):
     # ranked by PDQ first: PDQ's model, the 64-bit hashes breaking its ties
     assert e.rules == {} and e.terms["pdq_near"] > 0 < e.terms["tie_break"]
     assert "phash_near" not in e.terms
+    assert (e.tier, e.weighed_by) == ("hashes", "pdq") and e.to_json()["weighed_by"] == "pdq"
     assert e.verification is None and e.tier == "hashes"
 
 
@@ -312,7 +313,7 @@ def test_the_calibration_table_is_the_one_benchmarks_md_reports():
 
 
 # ------------------------------------------------------------------------ CLI
-def test_cli_explains_in_text_and_json(case):
+def test_cli_explains_in_text_and_json(case, hash_case):
     runner = CliRunner()
     a, b = sha(ASTRONAUT)[:12], sha(REPOST)[:12]
     text = runner.invoke(cli, ["--db", str(case), "explain", a, b])
@@ -335,6 +336,12 @@ def test_cli_explains_in_text_and_json(case):
     assert v is not None and 0.0 <= v["repeated"] <= 1.0
     assert any(line.startswith("verification: ")
                and f"repeats of one pattern {v['repeated']}:" in line for line in lines)
+    assert any(line.startswith("score: ") and "(the robust model: " in line for line in lines)
+    # in the hash tier, the model that weighed the pair is named: PDQ's
+    fast = runner.invoke(cli, ["--db", str(hash_case), "explain", a, b]).output.splitlines()
+    assert any(line.startswith("score: ")
+               and "(the pdq model, the hashes tier ranking by PDQ first: " in line
+               for line in fast)
 
 
 def test_cli_says_when_the_centres_were_compared(tmp_path):
