@@ -89,19 +89,23 @@ def is_strong(score: float) -> bool:
 HUB_PART = 3
 
 
-def _separators(adjacent: dict[int, set[int]]) -> list[int]:
+def _separators(adjacent: dict[int, set[int]]
+                ) -> tuple[dict[int, int], dict[int, list[tuple[int, int, int]]]]:
     """Images whose removal splits their group of strong links into two or
-    more parts of :data:`HUB_PART` images or more: articulation points
-    (Tarjan's, without recursion), counting the images of each part they
-    cut off."""
+    more parts of :data:`HUB_PART` images or more: articulation points, by
+    Tarjan's algorithm without recursion, in one pass over the links however
+    long a chain a crawl holds. Returns each image's depth-first order, and
+    each such image's parts as ``(first, end, images)``: a part below it in
+    the search holds the orders ``first <= order < end``; the rest of its
+    group is ``(-1, -1, images)``."""
     order: dict[int, int] = {}
     low: dict[int, int] = {}
     size: dict[int, int] = {}
-    found = []
+    found: dict[int, list[tuple[int, int, int]]] = {}
     for root in sorted(adjacent):
         if root in order:
             continue
-        cut: dict[int, list[int]] = {}
+        cut: dict[int, list[tuple[int, int, int]]] = {}
         order[root] = low[root] = len(order)
         size[root] = 1
         stack: list[tuple[int, int | None, Iterator[int]]] = [
@@ -126,41 +130,32 @@ def _separators(adjacent: dict[int, set[int]]) -> list[int]:
                     p = stack[-1][0]
                     low[p] = min(low[p], low[v])
                     size[p] += size[v]
-                    if low[v] >= order[p]:
-                        cut.setdefault(p, []).append(size[v])
+                    if low[v] >= order[p]:  # v's subtree hangs on p alone
+                        cut.setdefault(p, []).append((order[v], order[v] + size[v], size[v]))
         for v, parts in cut.items():
             if v != root:
-                parts = parts + [members - 1 - sum(parts)]
-            if sum(part >= HUB_PART for part in parts) >= 2:
-                found.append(v)
-    return found
+                parts = parts + [(-1, -1, members - 1 - sum(n for _, _, n in parts))]
+            if sum(n >= HUB_PART for _, _, n in parts) >= 2:
+                found[v] = parts
+    return order, found
 
 
 def _hub_links(strong: list[tuple[int, int]]) -> set[tuple[int, int]]:
     """The strong links that count as weak: each hub's (:func:`_separators`)
-    into every group but the largest it joins."""
+    into every part but the largest it joins."""
     adjacent: dict[int, set[int]] = {}
     for a, b in strong:
         adjacent.setdefault(a, set()).add(b)
         adjacent.setdefault(b, set()).add(a)
+    order, hubs = _separators(adjacent)
     weak: set[tuple[int, int]] = set()
-    for hub in _separators(adjacent):
-        groups, seen = [], {hub}
-        for start in sorted(adjacent[hub]):
-            if start in seen:
-                continue
-            group, todo = {start}, [start]
-            seen.add(start)
-            while todo:
-                for y in adjacent[todo.pop()]:
-                    if y not in seen:
-                        seen.add(y)
-                        group.add(y)
-                        todo.append(y)
-            groups.append(group)
-        groups.sort(key=lambda g: (-len(g), min(g)))
-        for group in groups[1:]:
-            weak.update((min(hub, n), max(hub, n)) for n in adjacent[hub] & group)
+    for hub, parts in hubs.items():
+        keep = min(parts, key=lambda part: (-part[2], part[0]))
+        rest = next((part for part in parts if part[0] < 0), None)
+        for n in adjacent[hub]:
+            part = next((p for p in parts if p[0] <= order[n] < p[1]), rest)
+            if part != keep:
+                weak.add((min(hub, n), max(hub, n)))
     return weak
 
 

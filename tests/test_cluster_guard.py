@@ -140,7 +140,10 @@ def test_hubs_are_the_images_that_alone_join_groups(edges) -> None:
         return sizes
 
     brute = sorted(v for v in adjacent if sum(s >= HUB_PART for s in parts_without(v)) >= 2)
-    assert sorted(cluster._separators(adjacent)) == brute
+    order, hubs = cluster._separators(adjacent)
+    assert sorted(hubs) == brute
+    for v, parts in hubs.items():  # the parts are those the brute force finds
+        assert sorted(n for _, _, n in parts) == sorted(parts_without(v))
 
 
 def test_one_strong_signal_is_enough():
