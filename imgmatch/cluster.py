@@ -25,6 +25,7 @@ no part.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Iterator
 
@@ -152,8 +153,11 @@ def _hub_links(strong: list[tuple[int, int]]) -> set[tuple[int, int]]:
     for hub, parts in hubs.items():
         keep = min(parts, key=lambda part: (-part[2], part[0]))
         rest = next((part for part in parts if part[0] < 0), None)
+        below = sorted(part for part in parts if part[0] >= 0)
+        starts = [first for first, _, _ in below]
         for n in adjacent[hub]:
-            part = next((p for p in parts if p[0] <= order[n] < p[1]), rest)
+            k = bisect.bisect_right(starts, order[n]) - 1
+            part = below[k] if k >= 0 and order[n] < below[k][1] else rest
             if part != keep:
                 weak.add((min(hub, n), max(hub, n)))
     return weak

@@ -101,6 +101,16 @@ def test_a_collage_of_two_photos_does_not_join_their_clusters():
     assert guarded_groups(range(1, 9), links(*edges)) == [[1, 2, 3], [4, 5, 6, 7, 8]]
 
 
+def test_an_image_matched_strongly_to_many_groups_joins_one():
+    # a logo or a stock background strongly matched to many pictures' copies
+    edges = [(0, 1, STRONG), (0, 2, STRONG)]
+    for first in range(1, 300, 3):
+        edges += _clique(first, first + 1, first + 2)
+    edges += [(0, 4, STRONG), (0, 5, STRONG), (0, 7, STRONG)]
+    groups = guarded_groups(range(301), links(*edges))
+    assert [0, 1, 2, 3] in groups and len(groups) == 100
+
+
 def test_a_hub_spares_small_groups_and_groups_joined_twice():
     # a reference between two pairs of its own copies (mirrors, crops) that
     # do not match each other: parts under HUB_PART
