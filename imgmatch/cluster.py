@@ -64,11 +64,13 @@ class _UnionFind:
 #: at linking, so it can attach an image to a cluster but never join two.
 STRONG_SCORE = PRECISE
 #: The weakest link that attaches a lone image to a cluster; links under it
-#: stay leads between two images. Chosen on the fit half's simulated crawl
-#: (its links clustered again, docs/benchmarks.md) as the lowest that kept
-#: the B-cubed precision of the engine before an agreeing aligned
-#: comparison was weighed more (0.9965): 0.5 gave 0.9957 / recall 0.9397,
-#: 0.62 0.9957 / 0.9354, 0.65 to 0.70 0.9973 / 0.9341, 0.72 0.9986 / 0.9328.
+#: stay leads between two images. Chosen on the fit half's simulated crawl,
+#: its links clustered again (``scripts/bench crawl-links --recluster
+#: ATTACH_SCORE=0.5,0.62,0.65,0.7,0.72``, docs/benchmarks.md), as the lowest
+#: that kept the crawl's B-cubed precision of the engine before an agreeing
+#: aligned comparison was weighed more (0.9965): 0.5 gave 0.9957 / recall
+#: 0.9398, 0.62 0.9957 / 0.9354, 0.65 to 0.70 0.9973 / 0.9341, 0.72 0.9986 /
+#: 0.9327.
 ATTACH_SCORE = 0.65
 #: What a hub's strong link into a group it does not keep counts as: weak,
 #: kept over the other weak links (it may still attach a lone image)
@@ -80,13 +82,11 @@ def is_strong(score: float) -> bool:
 
 
 #: A hub joins groups of at least this many images each (without it) that
-#: no other strong link joins. Chosen on the fit half's simulated crawl (its
-#: links clustered again, docs/benchmarks.md): at 3, no image of the
-#: engine's crawl before the robust model weighed aligned agreement more
-#: was a hub, and after it a collage of two photos no longer joined their
-#: clusters (B-cubed precision 0.9931 -> 0.9957, recall 0.9404 -> 0.9397);
-#: at 2, the crawl before lost recall (0.9322 -> 0.9264): a reference
-#: between two pairs of its own copies.
+#: no other strong link joins. Chosen on the fit half's simulated crawl, its
+#: links clustered again (``scripts/bench crawl-links --recluster
+#: HUB_PART=2,3,1000000``): without hubs 0.9946 / recall 0.9348, a collage of
+#: two photos joining their clusters; at 3 0.9973 / 0.9341; at 2 0.9973 /
+#: 0.9329, a reference between two pairs of its own copies cut off.
 HUB_PART = 3
 
 

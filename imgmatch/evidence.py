@@ -433,18 +433,17 @@ class Evidence:
 
     def model(self, models: Mapping[str, Model] | None = None) -> Model:
         """The tier's model; the PDQ tier's for a pair ranked by PDQ first."""
-        return (models or MODELS)["pdq" if self.ranked_by_pdq else self.tier]
+        return (models or MODELS)["pdq" if self.ranked_by_pdq(models) else self.tier]
 
     def plain(self, models: Mapping[str, Model] | None = None) -> bool:
         """Whether either image is too plain for its hashes to be evidence: a value
         under its signal's gate, degenerate bits, or information under the tier's gate."""
-        if self.ranked_by_pdq:
+        if self.ranked_by_pdq(models):
             return False  # PDQ's own gate and bits passed: PDQ judges, as its tier does
         return (self.weak_values or self.degenerate
                 or self.qualities.get("phash", 100) < self.model(models).gate)
 
-    @property
-    def ranked_by_pdq(self) -> bool:
+    def ranked_by_pdq(self, models: Mapping[str, Model] | None = None) -> bool:
         """A hash-tier pair within PDQ's band (:data:`PDQ_FIRST`): both PDQ
         hashes pass PDQ's quality gate, neither has degenerate bits, and they
         lie within :data:`PDQ_BAND` bits, and neither picture is too plain by
@@ -454,7 +453,7 @@ class Evidence:
         return PDQ_FIRST and not self.robust and ok and not self.pdq_degenerate \
             and d <= PDQ_BAND and bool({"phash", "dhash"} & set(self.hashes)) \
             and not (PDQ_BAND_GATED
-                     and self.qualities.get("phash", 100) < MODELS["hashes"].gate) \
+                     and self.qualities.get("phash", 100) < (models or MODELS)["hashes"].gate) \
             and not (PDQ_BAND_DEGENERATE and self.degenerate)
 
     def settle(self, models: Mapping[str, Model] | None = None) -> float:
@@ -505,16 +504,16 @@ class Evidence:
         those (one without PDQ, in a collection of 64-bit hashes only, keeps
         :data:`HASH64_CAP`)."""
         s, rules = self._weighed(models)
-        if "pdq" in self.hashes and not self.ranked_by_pdq and s > BELOW_PDQ_FROM:
+        if "pdq" in self.hashes and not self.ranked_by_pdq(models) and s > BELOW_PDQ_FROM:
             s = BELOW_PDQ_FROM + (s - BELOW_PDQ_FROM) * (BELOW_PDQ - BELOW_PDQ_FROM) \
                 / (1.0 - BELOW_PDQ_FROM)
             rules = rules + ("under-pdq",)
         return s, rules
 
-    def _tie_break(self) -> float:
+    def _tie_break(self, models: Mapping[str, Model] | None = None) -> float:
         """Log-odds, at most :data:`TIE_BREAK` either way, by which the 64-bit
-        hashes order the pairs that PDQ puts level (:attr:`ranked_by_pdq`)."""
-        if not self.ranked_by_pdq:
+        hashes order the pairs that PDQ puts level (:meth:`ranked_by_pdq`)."""
+        if not self.ranked_by_pdq(models):
             return 0.0
         close = [max(-1.0, 1.0 - d / self._scale(n)) for n, (d, ok) in self.hashes.items()
                  if n != "pdq" and ok]
@@ -524,7 +523,7 @@ class Evidence:
         """The tier's logistic model on this evidence, before :data:`RULES`."""
         plain = self.plain(models)
         return self.model(models).score(
-            self.features(plain), 0.0 if plain else self._uncalibrated() + self._tie_break())
+            self.features(plain), 0.0 if plain else self._uncalibrated() + self._tie_break(models))
 
     def terms(self, models: Mapping[str, Model] | None = None) -> dict[str, float]:
         """The model's log-odds term by term (``bias``, then each feature's weight
@@ -539,7 +538,7 @@ class Evidence:
         extra = 0.0 if plain else self._uncalibrated()
         if extra:
             out["uncalibrated"] = extra
-        tie = 0.0 if plain else self._tie_break()
+        tie = 0.0 if plain else self._tie_break(models)
         if tie:
             out["tie_break"] = tie
         return out

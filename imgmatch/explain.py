@@ -132,7 +132,7 @@ def explain_pair(catalog: Catalog, a: tuple[int, str], b: tuple[int, str],
             "table": "held-out check set", "tier": ev.tier, "at_least": row[0],
             "precision": row[1], "recall": row[2]},
         thresholds=dict(THRESHOLDS), terms=ev.terms(),
-        link=link, weighed_by="pdq" if ev.ranked_by_pdq else ev.tier,
+        link=link, weighed_by="pdq" if ev.ranked_by_pdq() else ev.tier,
         notes=_notes(ev, mine, theirs, id_a in blobs or (robust and unread is None),
                      id_b in blobs, unread, as_queried or search is None)
         + ((f"the stored link's score ({link.score:.4f}) was measured from the pictures at "

@@ -771,16 +771,15 @@ def aligned_centre(grey: np.ndarray, box: tuple[int, int, int, int], view_width:
     if x1 - x0 < 2 or y1 - y0 < 2:
         return None
     grey, to_stored = _reduced(grey, to_stored)
+    # only the centre is needed: the transform shifted so that it lands at the origin
+    shifted = (np.array([[1.0, 0, -x0], [0, 1.0, -y0], [0, 0, 1]]) @ to_stored)[:2]
     # which of the centre's pixels the query covers: its frame moved the same way
-    frame = np.ones(grey.shape, np.uint8)
-    covered = cv2.warpAffine(frame, to_stored[:2], (stored.width, stored.height),
+    covered = cv2.warpAffine(np.ones(grey.shape, np.uint8), shifted, (x1 - x0, y1 - y0),
                              flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
-                             borderValue=0)[y0:y1, x0:x1]
+                             borderValue=0)
     if covered.mean() < ALIGN_SHARE:
         return None
-    # only the centre is needed: the transform shifted so it lands at the origin
-    shifted = np.array([[1.0, 0, -x0], [0, 1.0, -y0], [0, 0, 1]]) @ to_stored
-    return cv2.warpAffine(np.ascontiguousarray(grey), shifted[:2], (x1 - x0, y1 - y0),
+    return cv2.warpAffine(np.ascontiguousarray(grey), shifted, (x1 - x0, y1 - y0),
                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 

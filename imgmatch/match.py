@@ -31,7 +31,7 @@ from .descriptors import VOTERS, DescriptorIndex, votes_across
 from .evidence import PRECISE, SCALES, Evidence, Verified
 from .index import BinaryIndex
 from .model import Match
-from .records import HashValue, LinkRow
+from .records import HashValue, LinkRow, hamming
 from .signals.base import degenerate
 from .signals.pdq import hash_luma
 
@@ -219,11 +219,11 @@ def _verified(result: features.Verification, flipped: bool, width: int,
             and result.support >= ALIGN_SUPPORT:
         moved = features.aligned(grey, box, width, result, flipped, stored)
         if moved is not None:
-            aligned = _bits(hash_luma(moved), pdq)
+            aligned = hamming(hash_luma(moved), pdq)
         if CENTRE_ALIGN and stored.centre is not None and (
                 aligned is None or (CENTRE_OVER_WHOLE and aligned > CENTRE_AGREES)):
             moved = features.aligned_centre(grey, box, width, result, flipped, stored)
-            bits = None if moved is None else _bits(hash_luma(moved), stored.centre)
+            bits = None if moved is None else hamming(hash_luma(moved), stored.centre)
             # only agreement is evidence: a quarter of the frame, moved by a
             # similarity, drifts apart where the copy was squeezed or tilted
             if bits is not None and bits <= CENTRE_AGREES:
@@ -234,11 +234,6 @@ def _verified(result: features.Verification, flipped: bool, width: int,
                     repeated=result.repeated, in_tile=in_tile,
                     stored_share=result.stored_share, framed_share=result.framed_share,
                     aligned_centre=centre)
-
-
-def _bits(a: bytes, b: bytes) -> int:
-    return int(min_distances(np.frombuffer(a, np.uint8)[None, :],
-                             np.frombuffer(b, np.uint8)[None, :])[0][0])
 
 
 #: Whether a query that covers too little of the stored image for the whole

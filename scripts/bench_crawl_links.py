@@ -20,7 +20,10 @@ ingest made against the crawl's truth:
   but was never put forward for verification at ingest (the candidates'
   budget), or it scores under the match score, capped by a named rule or
   weighed down by the model (with the inliers its verification found), by
-  the kind of picture (the reference's ``kind``).
+  the kind of picture (the reference's ``kind``);
+- the same links clustered again with other values of a constant of
+  ``imgmatch.cluster`` (``--recluster ATTACH_SCORE=0.5,0.65``): settings
+  of the clustering compared on one ingest, without its noise between runs.
 
 ``--set MODULE.NAME=VALUE`` changes a constant of ``imgmatch.MODULE``
 (``match``, ``descriptors``, ``features``, ``evidence``, ``cluster``) in
@@ -201,6 +204,56 @@ def analyse(data: Path, work: Path, why: bool = False
     return bound, images, lonely, unlinked, by_hashes, len(close), causes
 
 
+def recluster_settings(items: list[str]) -> list[tuple[str, list[str]]]:
+    """``--recluster`` items as (name, value texts); ValueError names a bad one."""
+    from imgmatch import cluster
+
+    out = []
+    for item in items:
+        name, _, texts = item.partition("=")
+        try:
+            if not hasattr(cluster, name) or not texts:
+                raise ValueError
+            for text in texts.split(","):
+                ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"--recluster {item}: not NAME=V1,V2 (Python literals) of a "
+                             "constant of imgmatch.cluster") from None
+        out.append((name, texts.split(",")))
+    return out
+
+
+def reclustered(data: Path, work: Path, items: list[tuple[str, list[str]]]) -> list[str]:
+    """Table rows: the crawl's stored links clustered again with each value of
+    a constant of :mod:`imgmatch.cluster` (``--recluster NAME=V1,V2``), scored
+    like the report's clusters. The links stay those of the one ingest, so the
+    values are compared without the ingest's noise between runs."""
+    import crawl_eval
+
+    from imgmatch import cluster
+    from imgmatch.catalog import Catalog
+
+    truth = crawl_eval.build_manifest(data, work / "crawl.jsonl")
+    with Catalog.open(work / "case.db", readonly=True) as catalog:
+        sha = dict(catalog.conn.execute("SELECT id, sha256 FROM images"))
+        links = catalog.conn.execute("SELECT a, b, score FROM links").fetchall()
+    rows = []
+    for name, texts in items:
+        kept = getattr(cluster, name)
+        try:
+            for text in texts:
+                setattr(cluster, name, ast.literal_eval(text))
+                groups = cluster.guarded_groups(sha, ((a, b, s, ()) for a, b, s in links))
+                score = crawl_eval.score_clusters(
+                    [{"images": [{"sha256": sha[i]} for i in g]} for g in groups if len(g) > 1],
+                    truth)
+                rows.append(f"| {name} = {text} | {score['bcubed_precision']:.4f} | "
+                            f"{score['bcubed_recall']:.4f} | {score['false_merges']} |")
+        finally:
+            setattr(cluster, name, kept)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -213,10 +266,15 @@ def main(argv: list[str] | None = None) -> int:
                          "(repeat; --set match.LINK_VERIFY=8)")
     ap.add_argument("--why", action="store_true",
                     help="also say why each image without a right link has none")
+    ap.add_argument("--recluster", action="append", default=[], metavar="NAME=V1,V2",
+                    help="also cluster the crawl's links again with each value of a "
+                         "constant of imgmatch.cluster (repeat; --recluster "
+                         "ATTACH_SCORE=0.5,0.65)")
     ap.add_argument("--md", type=Path, help="also write the Markdown tables here")
     args = ap.parse_args(argv)
     try:
         changed = settings(args.set)
+        again_with = recluster_settings(args.recluster)
     except ValueError as exc:
         ap.error(str(exc))
     import importlib
@@ -228,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         report = crawl(data, work, args.ingest_arg, changed)
         bound, images, lonely, unlinked, by_hashes, close, causes = analyse(data, work, args.why)
+        again = reclustered(data, work, again_with)
     ingest = " ".join(args.ingest_arg + [f"(with {s})" for s in args.set]) or "the default"
     lines = [f"**{data.name}**, ingest {ingest}:", "",
              "| clusters | B-cubed precision | B-cubed recall | clusters mixing pictures |",
@@ -242,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|"]
     lines += [f"| {fam} | {images[fam]} | {lonely[fam]} |"
               for fam in sorted(images, key=lambda f: (-lonely[f], f))]
+    if again:
+        lines += ["", "The same links clustered again:", "",
+                  "| setting | B-cubed precision | B-cubed recall | clusters mixing pictures |",
+                  "|---|---|---|---|", *again]
     if args.why:
         kinds = sorted({k for _, k in causes}, key=lambda k: (-sum(
             n for (_, kk), n in causes.items() if kk == k), k))

@@ -65,3 +65,11 @@ def test_a_setting_reaches_the_crawl_s_cli_and_a_bad_one_is_named(tmp_path: Path
     for bad in ("match.NO_SUCH=1", "os.sep=1", "match.LINK_VERIFY=eight"):
         with pytest.raises(ValueError, match="--set"):
             bench_crawl_links.settings([bad])
+
+
+def test_recluster_settings_are_checked_before_the_crawl() -> None:
+    assert bench_crawl_links.recluster_settings(["ATTACH_SCORE=0.5,0.65", "HUB_PART=2"]) == [
+        ("ATTACH_SCORE", ["0.5", "0.65"]), ("HUB_PART", ["2"])]
+    for bad in ("NO_SUCH=1", "ATTACH_SCORE=", "ATTACH_SCORE=0.5,high"):
+        with pytest.raises(ValueError, match="--recluster"):
+            bench_crawl_links.recluster_settings([bad])
