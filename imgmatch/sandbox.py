@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import multiprocessing as mp
 import os
 import queue
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from . import signals as registry
 from .analysis import Analysis, analyse, decode_target
 from .decode import DEFAULT_TARGET, decode, out_of_memory
 from .errors import Busy, InputError, error_for
@@ -98,8 +100,22 @@ def prepare(job: Job) -> Prepared:
     return Prepared(analysis, query, views, grey)
 
 
+def _warm_up() -> None:
+    """Prepare a small made picture with every signal, so that the worker
+    loads its decoders and OpenCV before its memory cap is set (see
+    :func:`imgmatch.workers.serve_jobs`)."""
+    from PIL import Image
+
+    ramp = np.add.outer(np.arange(256), np.arange(256))
+    pixels = np.where((ramp // 32) % 2 == 0, ramp % 256, 255 - ramp % 256).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    prepare(Job(out.getvalue(), "warm-up", registry.ROBUST_SIGNALS, registry.HASH_SIGNALS,
+                True, False))
+
+
 def _worker_main(conn: Connection, parent: int, max_memory: int | None) -> None:
-    serve_jobs(conn, parent, max_memory, prepare)
+    serve_jobs(conn, parent, max_memory, prepare, warm=_warm_up)
 
 
 class _Worker:

@@ -190,13 +190,20 @@ def _worker_main(conn: Connection, parent: int, inherited: Sequence[Connection],
 
 
 def serve_jobs(conn: Connection, parent: int, max_memory: int | None,
-               handle: Callable[[Any], Any]) -> None:
+               handle: Callable[[Any], Any],
+               warm: Callable[[], object] | None = None) -> None:
     """A worker's life: leave with the parent, ignore Ctrl-C (the parent
-    decides when to stop), one BLAS thread, the memory cap; then answer each
-    job with ``handle(job)`` until told to stop (None) or the pipe breaks."""
+    decides when to stop), one BLAS thread, ``warm()``, the memory cap; then
+    answer each job with ``handle(job)`` until told to stop (None) or the
+    pipe breaks. ``warm`` loads what the jobs need before the cap is measured:
+    a spawned worker starts without the libraries its parent loaded, and
+    OpenCV alone maps some 300 MB, so loaded under the cap it would take a
+    small cap's whole room and crash the worker on its first image."""
     exit_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     single_threaded()
+    if warm is not None:
+        warm()
     if max_memory:
         cap_memory(max_memory)
     while True:

@@ -294,3 +294,22 @@ def test_a_sandbox_worker_decodes_an_upload_once(monkeypatch):
                                        ("pdq", "phash", "dhash"), True, False))
     assert made.analysis.image is not None and made.views and made.grey is not None
     assert len(calls) == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_a_small_memory_cap_leaves_room_for_the_decoders_own_libraries():
+    """A spawned worker starts without its parent's libraries, and OpenCV
+    alone maps some 300 MB: loaded after a 256 MB cap it crashed the worker
+    on every upload with local features. The worker loads them first."""
+    import imgmatch
+    from imgmatch.sandbox import DecodeSandbox
+
+    data = (FIXTURES / "originals" / "cat.jpg").read_bytes()
+    with DecodeSandbox(1, max_memory=256 << 20) as sandbox:
+        for _ in range(2):
+            made = sandbox.prepare(data, source="c.jpg", signals=imgmatch.ROBUST_SIGNALS,
+                                   query_signals=("pdq", "phash", "dhash"),
+                                   local_features=True)
+            assert made.analysis.reason is None, made.analysis.detail
+            assert made.analysis.features is not None and made.views
+        assert sandbox.replaced == 0
