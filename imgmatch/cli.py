@@ -471,7 +471,8 @@ def _print_summary(summary: IngestSummary) -> None:
             f"{k} {v}" for k, v in sorted(summary.skipped.items())))
     click.echo(f"failures:         {len(summary.failures)}")
     for source, reason, detail in summary.failures[:50]:
-        click.echo(f"  {reason:18} {printable(source, 80)}: {printable(detail, 160)}")
+        click.echo(f"  {reason:18} {printable(source, 80, keep_end=True)}: "
+                   f"{printable(detail, 160)}")
     if len(summary.failures) > 50:
         click.echo(f"  ... and {len(summary.failures) - 50} more ('imgmatch stats')")
 
@@ -574,7 +575,7 @@ def _print_matches(label: str, matches: list[Match]) -> None:
         for s in m.sightings:
             when = (s.seen_at or "?")[:10]
             click.echo(f"      {when}  {printable(s.platform or '-', 16):16} "
-                       f"{printable(s.url or s.source, 80)}")
+                       f"{printable(s.url or s.source, 80, keep_end=True)}")
 
 
 @cli.command("hash")
@@ -708,7 +709,7 @@ def show(db: Path | str, sha256: str | None, cluster_id: int | None, as_json: bo
             click.echo(f"sightings ({len(record.sightings)}):")
             for s in record.sightings:
                 click.echo(f"  {(s.seen_at or '?')[:10]}  {printable(s.platform or '-', 16):16} "
-                           f"{printable(s.url or s.source, 80)}")
+                           f"{printable(s.url or s.source, 80, keep_end=True)}")
             click.echo(f"links ({len(record.links)}):")
             for link, name in zip(record.links, _linked_names(record)):
                 click.echo(f"  {link.score:.3f}  {name}  {', '.join(link.agreed)} "

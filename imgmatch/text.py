@@ -93,10 +93,16 @@ def date_bound(value: str) -> str | None:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
 
 
-def printable(value: object, width: int | None = None) -> str:
+def printable(value: object, width: int | None = None, *, keep_end: bool = False) -> str:
     """Text for a terminal: control and bidi-override characters become '?',
-    and text longer than ``width`` is cut with an ellipsis."""
+    and text longer than ``width`` is cut with an ellipsis: at its end, or
+    with ``keep_end`` in its middle, for paths and addresses, whose end (the
+    file's name) is what tells them apart."""
     text = _CONTROL.sub("?", "" if value is None else str(value))
     if width is not None and len(text) > width:
-        text = text[:width - 1] + "…"
+        if keep_end and width >= 3:
+            tail = (width - 1) * 2 // 3
+            text = text[:width - 1 - tail] + "…" + text[len(text) - tail:]
+        else:
+            text = text[:width - 1] + "…"
     return text

@@ -16,7 +16,7 @@ from imgmatch.cli import main
 from imgmatch.errors import ManifestError, MissingFile
 from imgmatch.records import Sighting
 from imgmatch.sources import iter_manifest, iter_paths
-from imgmatch.text import MAX_FIELD_CHARS, parse_when
+from imgmatch.text import MAX_FIELD_CHARS, parse_when, printable
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ISO_Z = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
@@ -317,3 +317,22 @@ def test_sources_for_chains_the_inputs_in_the_order_ingest_reads_them(tmp_path):
     assert items[1:] == list(iter_manifest(FIXTURES / "manifest.csv", platform="given"))
     with pytest.raises(imgmatch.ImgmatchError, match="go together"):
         imgmatch.sources_for(scrapy_items=tmp_path / "items.jsonl")
+
+
+@given(st.text(max_size=300), st.integers(min_value=3, max_value=120), st.booleans())
+def test_printable_text_fits_its_width_and_a_path_keeps_its_end(text, width, keep_end):
+    shown = printable(text, width, keep_end=keep_end)
+    assert len(shown) <= width
+    if len(text) <= width:
+        assert len(shown) == len(text)
+    else:
+        assert shown.count("…") >= 1
+        if keep_end:  # a path's end names its file
+            tail = (width - 1) * 2 // 3
+            assert printable(text)[-tail:] == shown[-tail:]
+
+
+def test_a_long_path_in_the_summary_keeps_its_file_name():
+    path = "/srv/crawls/" + "nested/" * 20 + "bomb.png"
+    shown = printable(path, 80, keep_end=True)
+    assert len(shown) == 80 and shown.startswith("/srv/crawls/") and shown.endswith("/bomb.png")
