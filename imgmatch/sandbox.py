@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import multiprocessing as mp
 import os
 import queue
@@ -39,7 +38,7 @@ from .decode import DEFAULT_TARGET, decode, out_of_memory
 from .errors import Busy, InputError, error_for
 from .match import pixel_query
 from .records import HashValue
-from .workers import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT, serve_jobs
+from .workers import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT, serve_jobs, warm_up_picture
 
 #: Seconds a request waits for a free worker before it is told the service is busy.
 DEFAULT_WAIT = 30.0
@@ -101,16 +100,10 @@ def prepare(job: Job) -> Prepared:
 
 
 def _warm_up() -> None:
-    """Prepare a small made picture with every signal, so that the worker
-    loads its decoders and OpenCV before its memory cap is set (see
+    """Prepare a small made picture with every default signal, so that the
+    worker loads its decoders and OpenCV before its memory cap is set (see
     :func:`imgmatch.workers.serve_jobs`)."""
-    from PIL import Image
-
-    ramp = np.add.outer(np.arange(256), np.arange(256))
-    pixels = np.where((ramp // 32) % 2 == 0, ramp % 256, 255 - ramp % 256).astype(np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
-    prepare(Job(out.getvalue(), "warm-up", registry.ROBUST_SIGNALS, registry.HASH_SIGNALS,
+    prepare(Job(warm_up_picture(), "warm-up", registry.ROBUST_SIGNALS, registry.HASH_SIGNALS,
                 True, False))
 
 

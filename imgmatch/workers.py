@@ -21,6 +21,7 @@ Only the parent writes.
 
 from __future__ import annotations
 
+import io
 import multiprocessing as mp
 import os
 import signal
@@ -31,7 +32,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .analysis import Analysis, Options, analyse_source
+import numpy as np
+from PIL import Image
+
+from .analysis import Analysis, Options, analyse, analyse_source
 from .catalog import KnownImages
 from .orphans import exit_with_parent
 
@@ -186,7 +190,21 @@ def _worker_main(conn: Connection, parent: int, inherited: Sequence[Connection],
         key, source, path, data = job
         return key, analyse_source(path, data, signal_names, source, known, options)
 
-    serve_jobs(conn, parent, max_memory, handle)
+    def warm() -> None:
+        analyse(warm_up_picture(), signal_names, "warm-up", options=options)
+
+    serve_jobs(conn, parent, max_memory, handle, warm=warm)
+
+
+def warm_up_picture() -> bytes:
+    """A small PNG with edges and gradients, for a worker to analyse before
+    its memory cap (:func:`serve_jobs`): every signal's code path runs, so
+    every library it needs is loaded."""
+    ramp = np.add.outer(np.arange(256), np.arange(256))
+    pixels = np.where((ramp // 32) % 2 == 0, ramp % 256, 255 - ramp % 256).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
 
 
 def serve_jobs(conn: Connection, parent: int, max_memory: int | None,
@@ -203,7 +221,10 @@ def serve_jobs(conn: Connection, parent: int, max_memory: int | None,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     single_threaded()
     if warm is not None:
-        warm()
+        try:
+            warm()
+        except Exception:  # the first job meets the same error, and reports it
+            pass
     if max_memory:
         cap_memory(max_memory)
     while True:

@@ -134,7 +134,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="imgmatch-bench-dask-"))
     try:
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None) as cluster:
+                          dashboard_address=":0") as cluster:
             address = cluster.scheduler_address
             rows = bench_ingest(files, address, work, args.repeat)
             rows.append(bench_link(int(args.hashes), address, work, args.repeat))

@@ -258,6 +258,16 @@ class _Tally(SignalType):
         return HashValue(self.name, image.image.size[0].to_bytes(8, "big"), 100)
 
 
+def _computed() -> list[str]:
+    """The widths the tally noted, less the picture a worker analyses
+    before its memory cap (see imgmatch.workers.serve_jobs)."""
+    from imgmatch.decode import decode
+    from imgmatch.workers import warm_up_picture
+
+    warm = str(decode(warm_up_picture(), target=_Tally.min_side).image.size[0])
+    return [w for w in _Tally.log.read_text().split() if w != warm]
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_rerun_decodes_only_bytes_it_has_not_seen(tmp_path, workers):
     _Tally.log = tmp_path / "computed.txt"
@@ -269,7 +279,7 @@ def test_a_rerun_decodes_only_bytes_it_has_not_seen(tmp_path, workers):
             (folder / f"photo{n}.png").write_bytes(_png((40 + n, 30)))
         with imgmatch.Collection.open(tmp_path / "c.db") as c:
             c.ingest(iter_paths([folder]), signals=("tally",), workers=workers)
-            first = _Tally.log.read_text().split()  # an image and its mirror
+            first = _computed()  # an image and its mirror
             assert sorted(set(first)) == ["40", "41", "42", "43"]
             # the same files, a copy under a new name and one new photo
             (folder / "copy_of_photo1.png").write_bytes((folder / "photo1.png").read_bytes())
@@ -277,7 +287,7 @@ def test_a_rerun_decodes_only_bytes_it_has_not_seen(tmp_path, workers):
             summary = c.ingest(iter_paths([folder]), signals=("tally",), workers=workers)
     finally:
         registry._REGISTRY.pop("tally", None)
-    assert set(_Tally.log.read_text().split()[len(first):]) == {"50"}
+    assert set(_computed()[len(first):]) == {"50"}
     assert (summary.images_added, summary.images_known) == (1, 5)
     assert (summary.sightings_added, summary.sightings_known) == (2, 4)
 
@@ -911,3 +921,33 @@ def test_linking_beside_the_workers_gives_the_catalog_of_an_ingest_in_turn(tmp_p
             ids.append(con.execute("SELECT id, sha256 FROM images ORDER BY id").fetchall())
     assert states[0] == states[1] and ids[0] == ids[1]
     assert states[0]["links"]
+
+
+POOL_UNDER_A_SMALL_CAP = """
+import sys, time
+import imgmatch
+from imgmatch.workers import Job, ProcessPool
+assert "cv2" not in sys.modules  # the worker must load OpenCV itself
+pool = ProcessPool(imgmatch.ROBUST_SIGNALS, 1, max_memory=256 << 20)
+try:
+    pool.submit(Job(1, "cat", path=sys.argv[1]))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for _, analysis in pool.results(1.0):
+            print(analysis.reason, analysis.features is not None)
+            sys.exit(0)
+finally:
+    pool.close()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="the cap is Linux's")
+def test_a_worker_forked_before_opencv_was_loaded_fits_a_small_cap():
+    """A Dask worker, or a program that has not touched OpenCV, forks ingest
+    workers without it; loaded under a 256 MB cap, OpenCV crashed each of
+    them on every file (SIGSEGV). Workers load their libraries first."""
+    cat = FIXTURES / "originals" / "cat.jpg"
+    out = subprocess.run([sys.executable, "-c", POOL_UNDER_A_SMALL_CAP, str(cat)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["None", "True"], out.stdout
