@@ -63,7 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import IndexFileError
+from .errors import IndexFileError, SignalError
 from .features import (BALANCE_GRID, DESCRIPTOR_BYTES, NAME, VERSION, LocalFeatures,
                        balanced, faiss_threads)
 from .index_files import Manifest, load_folder, map_npy, save_folder
@@ -294,6 +294,12 @@ class DescriptorIndex:
     def add(self, image_id: int, features: LocalFeatures) -> None:
         """Index one image's descriptors: the strongest of each part of it in turn
         (features are stored strongest first)."""
+        if len(features) and features.descriptors.shape[1] != DESCRIPTOR_BYTES:
+            raise SignalError(
+                f"image {image_id}'s local features were stored with "
+                f"{features.descriptors.shape[1]}-byte descriptors (features.STORED_BYTES), "
+                f"and the vote index takes whole ones ({DESCRIPTOR_BYTES} bytes): "
+                f"catalogue such features only where the index is built as they are added")
         codes = features.descriptors[balanced(features, PER_IMAGE)]
         if len(codes):
             self._append(np.ascontiguousarray(codes, np.uint8),

@@ -63,6 +63,20 @@ MIN_SIDE = 32
 UPSCALE_TO = 256
 #: Bytes per descriptor (ORB: 256 bits).
 DESCRIPTOR_BYTES = 32
+#: Bytes of each descriptor that an image's stored features keep: the first
+#: ones (ORB's tests come in the order they were learned, least correlated
+#: first). A pair is compared on the bytes both sides have, its distances
+#: scaled to 256 bits' thresholds. Blobs of any of :data:`STORED_WIDTHS` read
+#: alike. Measured with ``scripts/bench accuracy --stored-bytes``
+#: (docs/benchmarks.md): 16 bytes took 22.7 KB an image on disk to 15.3 KB
+#: at no cost on the check half (recall at precision 0.99 0.974 to 0.975)
+#: and 0.002 on the fit half; 8 bytes cost the fit half 0.014. Still all 32:
+#: the vote index is rebuilt from the stored blobs (another process's images,
+#: lost index files), and it takes whole descriptors (:meth:`imgmatch.
+#: descriptors.DescriptorIndex.add` refuses narrower ones).
+STORED_BYTES = DESCRIPTOR_BYTES
+#: Descriptor widths a blob may store.
+STORED_WIDTHS = (8, 16, 32)
 #: Lowe's ratio test: a match must be this much closer than the runner-up.
 RATIO = 0.8
 #: Matches farther than this many bits are never evidence.
@@ -121,10 +135,10 @@ class LocalFeatures:
         """A compact blob: header, quarter-pixel uint16 points, raw descriptors,
         then the centre's PDQ where there is one."""
         points = _stored_points(self.points).astype("<u2")
+        described = np.ascontiguousarray(self.descriptors[:, :STORED_BYTES], np.uint8)
         return (_HEADER.pack(_MAGIC if self.centre is None else _MAGIC_CENTRE, len(self),
                              self.width, self.height)
-                + points.tobytes() + np.ascontiguousarray(self.descriptors, np.uint8).tobytes()
-                + (self.centre or b""))
+                + points.tobytes() + described.tobytes() + (self.centre or b""))
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> LocalFeatures:
@@ -132,13 +146,15 @@ class LocalFeatures:
             raise SignalError("a local-features blob is too short")
         magic, n, width, height = _HEADER.unpack_from(blob)
         extra = CENTRE_BYTES if magic == _MAGIC_CENTRE else 0
-        if magic not in (_MAGIC, _MAGIC_CENTRE) \
-                or len(blob) != _HEADER.size + n * (4 + DESCRIPTOR_BYTES) + extra:
+        body = len(blob) - _HEADER.size - extra - 4 * n
+        row = body // n if n else DESCRIPTOR_BYTES  # bytes of each descriptor
+        if magic not in (_MAGIC, _MAGIC_CENTRE) or row not in STORED_WIDTHS \
+                or body != n * row:
             raise SignalError("not a local-features blob of this version")
         start = _HEADER.size
         points = np.frombuffer(blob, "<u2", count=2 * n, offset=start).reshape(n, 2)
-        descriptors = np.frombuffer(blob, np.uint8, count=n * DESCRIPTOR_BYTES,
-                                    offset=start + 4 * n).reshape(n, DESCRIPTOR_BYTES)
+        descriptors = np.frombuffer(blob, np.uint8, count=n * row,
+                                    offset=start + 4 * n).reshape(n, row)
         return cls(points.astype(np.float32) / _POINT_SCALE, descriptors, width, height,
                    blob[-CENTRE_BYTES:] if extra else None)
 
@@ -538,10 +554,13 @@ def nearest_two(query: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.n
     and the ratio test rejects such a match either way."""
     import faiss
 
-    index = faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
-    index.add(np.ascontiguousarray(stored, dtype=np.uint8))
+    width = min(query.shape[1], stored.shape[1])  # the bytes both sides have
+    index = faiss.IndexBinaryFlat(width * 8)
+    index.add(np.ascontiguousarray(stored[:, :width], dtype=np.uint8))
     with faiss_threads(parallel=False):  # whichever thread it runs in
-        dist, rows = index.search(np.ascontiguousarray(query, dtype=np.uint8), 2)
+        dist, rows = index.search(np.ascontiguousarray(query[:, :width], dtype=np.uint8), 2)
+    if width != DESCRIPTOR_BYTES:  # on 256 bits' scale, as the thresholds are
+        dist = dist * (DESCRIPTOR_BYTES // width)
     return dist, rows
 
 

@@ -414,6 +414,8 @@ SETTING_OPTIONS = (
      "share of distinct inliers from which they count in full"),
     ("--stored-features", "features", "STORED_FEATURES", int,
      "keypoints an image's stored features keep"),
+    ("--stored-bytes", "features", "STORED_BYTES", int,
+     "bytes of each descriptor an image's stored features keep (8, 16 or 32)"),
     ("--upscale-to", "features", "UPSCALE_TO", int,
      "smaller images are enlarged to this longer side before their features are taken"),
     ("--shared-votes", "descriptors", "SHARED_VOTES", _switch,

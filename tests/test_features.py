@@ -244,6 +244,24 @@ def test_blob_round_trip_property(n: int, width: int, height: int, data) -> None
     assert np.all(np.abs(back.points - found.points) <= 0.125)
 
 
+@pytest.mark.parametrize("kept", [16, 8])
+def test_descriptors_stored_in_part_are_compared_on_what_both_sides_have(monkeypatch, kept):
+    """A blob may keep the first bytes of each descriptor (an experiment of
+    issue 15's disk target): it reads back at that width, and a full query
+    still verifies against it, on the bytes both have."""
+    found = features.extract(grey(rgb("cat")))
+    monkeypatch.setattr(features, "STORED_BYTES", kept)
+    back = features.LocalFeatures.from_bytes(found.to_bytes())
+    assert back.descriptors.shape == (len(found), kept)
+    assert np.array_equal(back.descriptors, found.descriptors[:, :kept])
+    copy = features.extract(grey(rgb("cat").resize((400, 300))))
+    assert features.verify(copy, back).inliers >= 0.5 * features.verify(copy, found).inliers > 50
+    dist, _ = features.nearest_two(found.descriptors, back.descriptors)
+    assert np.all(dist[:, 0] == 0)  # each finds its own row, on 256 bits' scale
+    with pytest.raises(SignalError, match="vote index takes whole ones"):
+        DescriptorIndex().add(1, back)  # not a silent reshape of half rows
+
+
 @pytest.mark.parametrize("blob", [b"", b"ORB1", b"XXXX\x01\x00\x10\x00\x10\x00" + b"\0" * 36,
                                   b"ORB1\x02\x00\x10\x00\x10\x00" + b"\0" * 36])
 def test_bad_blobs_are_refused(blob: bytes) -> None:
