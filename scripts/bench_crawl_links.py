@@ -160,8 +160,42 @@ def cause(best: Explanation | None, match_score: float) -> str:
     return f"under the match score: the model, fewer than {FOUND_INLIERS} inliers"
 
 
+#: Bands of link scores, as clusters use them (see :mod:`imgmatch.cluster`).
+BANDS = ("strong: joins clusters", "a partial overlap's cap", "attaches a lone image",
+         "a lead only")
+
+
+def band(score: float) -> str:
+    """Which of :data:`BANDS` a link's score falls in: from the cluster score,
+    at the partial-link cap exactly, from the attach score, under it."""
+    from imgmatch import cluster, match
+
+    if score >= cluster.STRONG_SCORE:
+        return BANDS[0]
+    if score == match.PARTIAL_LINK_CAP:
+        return BANDS[1]
+    return BANDS[2] if score >= cluster.ATTACH_SCORE else BANDS[3]
+
+
+def link_bands(links: list[tuple[int, int, float]], sha: dict[int, str],
+               truth: dict[str, str], kind: dict[str, str]) -> dict[str, Counter]:
+    """Per band of score: the links joining images of one picture (right),
+    the others (wrong), and the wrong ones with a collage or a screenshot on
+    either side. The set labels a collage or a screenshot by one picture, so
+    its links to the other photos it shows count as wrong: reuse of a part,
+    which the report keeps as leads (weak links)."""
+    out: dict[str, Counter] = {name: Counter() for name in BANDS}
+    for a, b, score in links:
+        got = out[band(score)]
+        right = bool(truth.get(sha[a])) and truth.get(sha[a]) == truth.get(sha[b])
+        got["right" if right else "wrong"] += 1
+        if not right and {kind.get(sha[a]), kind.get(sha[b])} & {"collage", "screenshot"}:
+            got["wrong, a collage or screenshot"] += 1
+    return out
+
+
 def analyse(data: Path, work: Path, why: bool = False
-            ) -> tuple[dict, Counter, Counter, int, int, int, Counter]:
+            ) -> tuple[dict, Counter, Counter, int, int, int, Counter, dict[str, Counter]]:
     import crawl_eval
 
     from imgmatch import cluster, match
@@ -172,7 +206,8 @@ def analyse(data: Path, work: Path, why: bool = False
     truth = crawl_eval.build_manifest(data, work / "crawl.jsonl")
     with Catalog.open(work / "case.db", readonly=True) as catalog:
         sha = dict(catalog.conn.execute("SELECT id, sha256 FROM images"))
-        links = catalog.conn.execute("SELECT a, b FROM links").fetchall()
+        scored = catalog.conn.execute("SELECT a, b, score FROM links").fetchall()
+        links = [(a, b) for a, b, _ in scored]
         right = [(a, b) for a, b in links if truth.get(sha[a]) and
                  truth.get(sha[a]) == truth.get(sha[b])]
         groups = cluster.guarded_groups(sha, ((a, b, 1.0, ()) for a, b in right))
@@ -201,7 +236,8 @@ def analyse(data: Path, work: Path, why: bool = False
         unlinked = int(keep.sum())
         by_hashes = sum(1 for _ in match.score_pairs(catalog, a[keep], b[keep]))
     causes = why_unlinked(work, truth, lonely_images, reference_kinds(data)) if why else Counter()
-    return bound, images, lonely, unlinked, by_hashes, len(close), causes
+    bands = link_bands(scored, sha, truth, kind)
+    return bound, images, lonely, unlinked, by_hashes, len(close), causes, bands
 
 
 def recluster_settings(items: list[str]) -> list[tuple[str, list[str]]]:
@@ -285,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="imgmatch-crawl-links-") as tmp:
         work = Path(tmp)
         report = crawl(data, work, args.ingest_arg, changed)
-        bound, images, lonely, unlinked, by_hashes, close, causes = analyse(data, work, args.why)
+        bound, images, lonely, unlinked, by_hashes, close, causes, bands = analyse(
+            data, work, args.why)
         again = reclustered(data, work, again_with)
     ingest = " ".join(args.ingest_arg + [f"(with {s})" for s in args.set]) or "the default"
     lines = [f"**{data.name}**, ingest {ingest}:", "",
@@ -301,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|"]
     lines += [f"| {fam} | {images[fam]} | {lonely[fam]} |"
               for fam in sorted(images, key=lambda f: (-lonely[f], f))]
+    lines += ["", "The links by score, as clusters use them (wrong: the set gives the two "
+              "images different pictures; a collage or screenshot is given one picture, so "
+              "its links to the other photos it shows count here):", "",
+              "| band | right | wrong | wrong, a collage or screenshot |", "|---|---|---|---|"]
+    lines += [f"| {name} | {got['right']} | {got['wrong']} | "
+              f"{got['wrong, a collage or screenshot']} |" for name, got in bands.items()]
     if again:
         lines += ["", "The same links clustered again:", "",
                   "| setting | B-cubed precision | B-cubed recall | clusters mixing pictures |",

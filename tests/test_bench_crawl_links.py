@@ -73,3 +73,19 @@ def test_recluster_settings_are_checked_before_the_crawl() -> None:
     for bad in ("NO_SUCH=1", "ATTACH_SCORE=", "ATTACH_SCORE=0.5,high"):
         with pytest.raises(ValueError, match="--recluster"):
             bench_crawl_links.recluster_settings([bad])
+
+
+def test_links_are_counted_by_the_band_clusters_put_them_in() -> None:
+    from imgmatch import cluster, match
+
+    sha = {1: "a", 2: "b", 3: "c", 4: "d"}
+    truth = {"a": "picture:1", "b": "picture:1", "c": "picture:2", "d": ""}
+    kind = {"a": "reference", "b": "jpeg", "c": "collage", "d": "reference"}
+    links = [(1, 2, 1.0), (1, 3, match.PARTIAL_LINK_CAP), (2, 3, cluster.ATTACH_SCORE),
+             (1, 4, match.MATCH_SCORE), (2, 4, cluster.STRONG_SCORE)]
+    bands = bench_crawl_links.link_bands(links, sha, truth, kind)
+    strong, partial, attach, lead = (bands[name] for name in bench_crawl_links.BANDS)
+    assert (strong["right"], strong["wrong"]) == (1, 1)
+    assert partial == {"wrong": 1, "wrong, a collage or screenshot": 1}
+    assert attach == {"wrong": 1, "wrong, a collage or screenshot": 1}
+    assert lead == {"wrong": 1}  # an image of no picture seen twice links wrongly
