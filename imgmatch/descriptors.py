@@ -85,7 +85,8 @@ from .index_files import Manifest, load_folder, map_npy, save_folder
 #: votes``).
 SHARED_VOTES = True
 #: Descriptors indexed per image (spread over it, strongest first): the memory
-#: budget of the tier.
+#: budget of the tier. At most :data:`imgmatch.features.INDEXED_ROWS`, the
+#: rows a stored blob keeps whole to build the index again from.
 PER_IMAGE = 128
 #: Exact search: a stored descriptor within this many bits of a query's casts a vote.
 VOTE_DISTANCE = 48
@@ -294,13 +295,10 @@ class DescriptorIndex:
     def add(self, image_id: int, features: LocalFeatures) -> None:
         """Index one image's descriptors: the strongest of each part of it in turn
         (features are stored strongest first)."""
-        if len(features) and features.descriptors.shape[1] != DESCRIPTOR_BYTES:
-            raise SignalError(
-                f"image {image_id}'s local features were stored with "
-                f"{features.descriptors.shape[1]}-byte descriptors (features.STORED_BYTES), "
-                f"and the vote index takes whole ones ({DESCRIPTOR_BYTES} bytes): "
-                f"catalogue such features only where the index is built as they are added")
-        codes = features.descriptors[balanced(features, PER_IMAGE)]
+        try:  # the rows stored whole, where the others were kept in part
+            codes = features.whole_descriptors(balanced(features, PER_IMAGE))
+        except SignalError as exc:
+            raise SignalError(f"image {image_id}: {exc}") from None
         if len(codes):
             self._append(np.ascontiguousarray(codes, np.uint8),
                          np.full(len(codes), image_id, np.int64))

@@ -66,17 +66,25 @@ DESCRIPTOR_BYTES = 32
 #: Bytes of each descriptor that an image's stored features keep: the first
 #: ones (ORB's tests come in the order they were learned, least correlated
 #: first). A pair is compared on the bytes both sides have, its distances
-#: scaled to 256 bits' thresholds. Blobs of any of :data:`STORED_WIDTHS` read
-#: alike. Measured with ``scripts/bench accuracy --stored-bytes``
-#: (docs/benchmarks.md): 16 bytes took 22.7 KB an image on disk to 15.3 KB
-#: at no cost on the check half (recall at precision 0.99 0.974 to 0.975)
-#: and 0.002 on the fit half; 8 bytes cost the fit half 0.014. Still all 32:
-#: the vote index is rebuilt from the stored blobs (another process's images,
-#: lost index files), and it takes whole descriptors (:meth:`imgmatch.
-#: descriptors.DescriptorIndex.add` refuses narrower ones).
+#: scaled to 256 bits' thresholds. With fewer than 32, the rows the vote
+#: index takes (:data:`INDEXED_ROWS`) are stored whole as well, so that it
+#: can be built again from the catalog. Measured with ``scripts/bench
+#: accuracy --stored-bytes`` (docs/benchmarks.md): 16 bytes took the robust
+#: tier from 22.7 KB an image on disk to 15.3 KB (before the whole rows were
+#: stored too) at 0.002 of recall at precision 0.99 on the fit half (0.936
+#: to 0.934) and none on the check half (0.974 to 0.975); 8 bytes cost the
+#: fit half 0.014, its collages 0.054. Still all 32: on 128 bits the ratio
+#: test passes fewer matches, and a copy turned 12 degrees and squeezed
+#: (``tests/test_reverse_links.py``'s rocket) is no longer linked to the
+#: original catalogued before it. Blobs of any of :data:`STORED_WIDTHS`
+#: read alike.
 STORED_BYTES = DESCRIPTOR_BYTES
 #: Descriptor widths a blob may store.
 STORED_WIDTHS = (8, 16, 32)
+#: Rows of an image's features the vote index may take (its
+#: ``descriptors.PER_IMAGE``, at most): :func:`balanced` rows, whose first
+#: rows for any smaller count are these rows' first.
+INDEXED_ROWS = 128
 #: Lowe's ratio test: a match must be this much closer than the runner-up.
 RATIO = 0.8
 #: Matches farther than this many bits are never evidence.
@@ -111,7 +119,13 @@ FULL_DISTINCT = 0.5
 _MAGIC = b"ORB1"
 #: a blob that also carries the PDQ of the image's centre (:attr:`LocalFeatures.centre`)
 _MAGIC_CENTRE = b"ORB2"
+#: blobs of descriptors kept in part, with and without a centre: after the
+#: points, :data:`_PART` (bytes kept, whole rows), the descriptors' first
+#: bytes, the whole rows' numbers (uint16) and their other bytes
+_MAGIC_PART = b"ORB3"
+_MAGIC_PART_CENTRE = b"ORB4"
 _HEADER = struct.Struct("<4sHHH")  # magic, count, width, height
+_PART = struct.Struct("<BH")
 _POINT_SCALE = 4.0  # points are stored in quarter pixels as uint16
 
 
@@ -127,36 +141,92 @@ class LocalFeatures:
     #: pixels), where it has the detail to be compared; what a partial match
     #: (a collage's cropped cell, a screenshot's photo) is compared aligned by
     centre: bytes | None = None
+    #: Where ``descriptors`` keep only their first bytes (features read from
+    #: a blob, :data:`STORED_BYTES`): the rows stored whole, and those whole
+    #: descriptors, (K,) and (K, 32): what the vote index takes
+    #: (:meth:`whole_descriptors`).
+    whole_rows: np.ndarray | None = None
+    whole: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.descriptors)
 
+    def whole_descriptors(self, rows: np.ndarray) -> np.ndarray:
+        """These rows' whole (32-byte) descriptors; SignalError where a row
+        was stored in part only (the index takes more rows than were kept
+        whole: ``imgmatch upgrade`` stores them again)."""
+        if self.descriptors.shape[1] == DESCRIPTOR_BYTES:
+            return self.descriptors[rows]
+        at = {int(r): i for i, r in enumerate(self.whole_rows if self.whole_rows is not None
+                                               else ())}
+        missing = [int(r) for r in rows if int(r) not in at]
+        if missing:
+            raise SignalError(
+                f"{len(missing)} of the rows the vote index takes were stored with "
+                f"{self.descriptors.shape[1]}-byte descriptors only (whole rows: "
+                f"{len(at)}); take the features again with 'imgmatch upgrade'")
+        assert self.whole is not None
+        return self.whole[[at[int(r)] for r in rows]]
+
     def to_bytes(self) -> bytes:
-        """A compact blob: header, quarter-pixel uint16 points, raw descriptors,
-        then the centre's PDQ where there is one."""
-        points = _stored_points(self.points).astype("<u2")
-        described = np.ascontiguousarray(self.descriptors[:, :STORED_BYTES], np.uint8)
-        return (_HEADER.pack(_MAGIC if self.centre is None else _MAGIC_CENTRE, len(self),
-                             self.width, self.height)
-                + points.tobytes() + described.tobytes() + (self.centre or b""))
+        """A compact blob: header, quarter-pixel uint16 points, descriptors,
+        then the centre's PDQ where there is one. Descriptors are kept whole,
+        or (:data:`STORED_BYTES`) their first bytes, with the rows the vote
+        index takes kept whole as well."""
+        points = _stored_points(self.points).astype("<u2").tobytes()
+        centre = self.centre or b""
+        keep = min(STORED_BYTES, self.descriptors.shape[1])
+        if keep == DESCRIPTOR_BYTES:
+            return (_HEADER.pack(_MAGIC if self.centre is None else _MAGIC_CENTRE, len(self),
+                                 self.width, self.height)
+                    + points + np.ascontiguousarray(self.descriptors, np.uint8).tobytes()
+                    + centre)
+        rows = balanced(self, INDEXED_ROWS)
+        whole = self.whole_descriptors(rows)
+        return (_HEADER.pack(_MAGIC_PART if self.centre is None else _MAGIC_PART_CENTRE,
+                             len(self), self.width, self.height)
+                + points + _PART.pack(keep, len(rows))
+                + np.ascontiguousarray(self.descriptors[:, :keep], np.uint8).tobytes()
+                + rows.astype("<u2").tobytes()
+                + np.ascontiguousarray(whole[:, keep:], np.uint8).tobytes() + centre)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> LocalFeatures:
         if len(blob) < _HEADER.size:
             raise SignalError("a local-features blob is too short")
         magic, n, width, height = _HEADER.unpack_from(blob)
-        extra = CENTRE_BYTES if magic == _MAGIC_CENTRE else 0
-        body = len(blob) - _HEADER.size - extra - 4 * n
-        row = body // n if n else DESCRIPTOR_BYTES  # bytes of each descriptor
-        if magic not in (_MAGIC, _MAGIC_CENTRE) or row not in STORED_WIDTHS \
-                or body != n * row:
-            raise SignalError("not a local-features blob of this version")
+        extra = CENTRE_BYTES if magic in (_MAGIC_CENTRE, _MAGIC_PART_CENTRE) else 0
         start = _HEADER.size
+        end = len(blob) - extra
+        bad = SignalError("not a local-features blob of this version")
+        if magic in (_MAGIC, _MAGIC_CENTRE):
+            if end != start + n * (4 + DESCRIPTOR_BYTES):
+                raise bad
+            keep, k = DESCRIPTOR_BYTES, 0
+            at = start + 4 * n
+        elif magic in (_MAGIC_PART, _MAGIC_PART_CENTRE):
+            if end < start + 4 * n + _PART.size:
+                raise bad
+            keep, k = _PART.unpack_from(blob, start + 4 * n)
+            at = start + 4 * n + _PART.size
+            if keep not in STORED_WIDTHS or keep == DESCRIPTOR_BYTES or k > n \
+                    or end != at + n * keep + k * (2 + DESCRIPTOR_BYTES - keep):
+                raise bad
+        else:
+            raise bad
         points = np.frombuffer(blob, "<u2", count=2 * n, offset=start).reshape(n, 2)
-        descriptors = np.frombuffer(blob, np.uint8, count=n * row,
-                                    offset=start + 4 * n).reshape(n, row)
+        descriptors = np.frombuffer(blob, np.uint8, count=n * keep, offset=at).reshape(n, keep)
+        whole_rows = whole = None
+        if keep != DESCRIPTOR_BYTES:
+            at += n * keep
+            whole_rows = np.frombuffer(blob, "<u2", count=k, offset=at).astype(np.int64)
+            if k and (whole_rows.max() >= n or len(np.unique(whole_rows)) != k):
+                raise bad
+            rest = np.frombuffer(blob, np.uint8, count=k * (DESCRIPTOR_BYTES - keep),
+                                 offset=at + 2 * k).reshape(k, DESCRIPTOR_BYTES - keep)
+            whole = np.concatenate([descriptors[whole_rows], rest], axis=1)
         return cls(points.astype(np.float32) / _POINT_SCALE, descriptors, width, height,
-                   blob[-CENTRE_BYTES:] if extra else None)
+                   blob[-CENTRE_BYTES:] if extra else None, whole_rows, whole)
 
 
 def _stored_points(points: np.ndarray) -> np.ndarray:

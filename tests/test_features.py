@@ -230,25 +230,38 @@ def test_blob_round_trip_keeps_what_verification_needs() -> None:
     assert features.verify(back, found).inliers >= 0.9 * len(found)
 
 
-@given(st.integers(0, 40), st.integers(1, 2000), st.integers(1, 2000), st.data())
+@given(st.integers(0, 160), st.integers(1, 2000), st.integers(1, 2000),
+       st.sampled_from(features.STORED_WIDTHS), st.booleans(), st.data())
 @settings(max_examples=40, deadline=None)
-def test_blob_round_trip_property(n: int, width: int, height: int, data) -> None:
+def test_blob_round_trip_property(n: int, width: int, height: int, keep: int, centre: bool,
+                                  data) -> None:
     xs = data.draw(st.lists(st.floats(0, width - 1, allow_nan=False), min_size=n, max_size=n))
     ys = data.draw(st.lists(st.floats(0, height - 1, allow_nan=False), min_size=n, max_size=n))
     desc = np.frombuffer(data.draw(st.binary(min_size=32 * n, max_size=32 * n)), np.uint8)
     found = features.LocalFeatures(np.array([xs, ys], np.float32).T.reshape(-1, 2),
-                                   desc.reshape(n, 32), width, height)
-    back = features.LocalFeatures.from_bytes(found.to_bytes())
-    assert (back.width, back.height, len(back)) == (width, height, n)
-    assert np.array_equal(back.descriptors, found.descriptors)
+                                   desc.reshape(n, 32), width, height,
+                                   bytes(range(32)) if centre else None)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(features, "STORED_BYTES", keep)
+        back = features.LocalFeatures.from_bytes(found.to_bytes())
+        again = features.LocalFeatures.from_bytes(back.to_bytes())  # stored again alike
+    assert (back.width, back.height, len(back), back.centre) == \
+        (width, height, n, found.centre)
+    assert np.array_equal(back.descriptors, found.descriptors[:, :keep])
     assert np.all(np.abs(back.points - found.points) <= 0.125)
+    # the rows the vote index takes are whole, read back as the ingest had them
+    rows = features.balanced(back, features.INDEXED_ROWS)
+    assert np.array_equal(back.whole_descriptors(rows), found.descriptors[rows])
+    assert np.array_equal(again.descriptors, back.descriptors)
+    assert np.array_equal(again.whole_descriptors(rows), found.descriptors[rows])
 
 
 @pytest.mark.parametrize("kept", [16, 8])
 def test_descriptors_stored_in_part_are_compared_on_what_both_sides_have(monkeypatch, kept):
-    """A blob may keep the first bytes of each descriptor (an experiment of
-    issue 15's disk target): it reads back at that width, and a full query
-    still verifies against it, on the bytes both have."""
+    """A blob may keep the first bytes of each descriptor (issue 15's disk
+    target, measured) and the rows the vote index takes whole: it reads back
+    at that width, a full query still verifies against it on the bytes both
+    have, and the vote index is built again from it as the ingest built it."""
     found = features.extract(grey(rgb("cat")))
     monkeypatch.setattr(features, "STORED_BYTES", kept)
     back = features.LocalFeatures.from_bytes(found.to_bytes())
@@ -258,8 +271,14 @@ def test_descriptors_stored_in_part_are_compared_on_what_both_sides_have(monkeyp
     assert features.verify(copy, back).inliers >= 0.5 * features.verify(copy, found).inliers > 50
     dist, _ = features.nearest_two(found.descriptors, back.descriptors)
     assert np.all(dist[:, 0] == 0)  # each finds its own row, on 256 bits' scale
-    with pytest.raises(SignalError, match="vote index takes whole ones"):
-        DescriptorIndex().add(1, back)  # not a silent reshape of half rows
+    # the vote index built again from the blob holds what the ingest put in it
+    built, again = DescriptorIndex(), DescriptorIndex()
+    built.add(1, found)
+    again.add(1, back)
+    assert np.array_equal(built.codes, again.codes) and len(again.codes) == descriptors.PER_IMAGE
+    narrow = dataclasses.replace(back, whole_rows=back.whole_rows[:10], whole=back.whole[:10])
+    with pytest.raises(SignalError, match="imgmatch upgrade"):
+        DescriptorIndex().add(1, narrow)  # rows it lacks whole: said, not half rows indexed
 
 
 @pytest.mark.parametrize("blob", [b"", b"ORB1", b"XXXX\x01\x00\x10\x00\x10\x00" + b"\0" * 36,
@@ -1072,10 +1091,18 @@ def test_blobs_keep_the_centre_and_read_those_without_one() -> None:
     found = ORB().extract(grey(rgb("coffee")))[0]
     back = ORB().load(ORB().stored(found)[2])
     assert back.centre == found.centre and len(back.centre) == features.CENTRE_BYTES
-    old = dataclasses.replace(found, centre=None).to_bytes()
+    old, whole = dataclasses.replace(found, centre=None).to_bytes(), found.to_bytes()
     assert old[:4] == b"ORB1" and features.LocalFeatures.from_bytes(old).centre is None
-    with pytest.raises(SignalError):  # a centre cut short
-        features.LocalFeatures.from_bytes(found.to_bytes()[:-1])
+    assert whole[:4] == b"ORB2" and features.LocalFeatures.from_bytes(whole).centre == found.centre
+    with pytest.MonkeyPatch.context() as patch:  # descriptors kept in part
+        patch.setattr(features, "STORED_BYTES", 16)
+        part, in_part = dataclasses.replace(found, centre=None).to_bytes(), found.to_bytes()
+    assert part[:4] == b"ORB3" and features.LocalFeatures.from_bytes(part).centre is None
+    assert in_part[:4] == b"ORB4" \
+        and features.LocalFeatures.from_bytes(in_part).centre == found.centre
+    for blob in (whole, in_part):
+        with pytest.raises(SignalError):  # a centre cut short
+            features.LocalFeatures.from_bytes(blob[:-1])
 
 
 @pytest.mark.parametrize("path", sorted(ORIGINALS.glob("*.jpg")), ids=lambda p: p.name)
@@ -1189,7 +1216,7 @@ def test_fewer_stored_keypoints_keep_the_rows_an_image_is_indexed_and_votes_by(
         assert len(kept) == min(len(found), stored_count)
         for count in (64, 128):
             assert np.array_equal(found.descriptors[features.balanced(found, count)],
-                                  kept.descriptors[features.balanced(kept, count)])
+                                  kept.whole_descriptors(features.balanced(kept, count)))
 
 
 def test_all_keypoints_are_stored_by_default() -> None:
