@@ -416,6 +416,8 @@ SETTING_OPTIONS = (
      "keypoints an image's stored features keep"),
     ("--stored-bytes", "features", "STORED_BYTES", int,
      "bytes of each descriptor an image's stored features keep (8, 16 or 32)"),
+    ("--ratio-narrow", "features", "RATIO_NARROW", float,
+     "the ratio test where a pair is compared on fewer bytes than whole descriptors"),
     ("--upscale-to", "features", "UPSCALE_TO", int,
      "smaller images are enlarged to this longer side before their features are taken"),
     ("--shared-votes", "descriptors", "SHARED_VOTES", _switch,
