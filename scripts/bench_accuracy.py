@@ -452,6 +452,9 @@ SETTING_OPTIONS = (
      "is compared on the stored image's centre, 0: not at all"),
     ("--centre-over-whole", "match", "CENTRE_OVER_WHOLE", _switch,
      "1: agreeing centres also stand for a whole aligned comparison that disagrees"),
+    ("--centre-share", "features", "CENTRE_SHARE", float,
+     "share of a stored image's centre a query must cover for the centre's aligned "
+     "comparison"),
     ("--centre-side", "features", "CENTRE_SIDE", float,
      "share of each side of an image that its stored centre hash covers"),
 )
