@@ -159,8 +159,8 @@ class LocalFeatures:
 
     def whole_descriptors(self, rows: np.ndarray) -> np.ndarray:
         """These rows' whole (32-byte) descriptors; SignalError where a row
-        was stored in part only (the index takes more rows than were kept
-        whole: ``imgmatch upgrade`` stores them again)."""
+        was stored in part only (the vote index takes more rows than the
+        blob kept whole)."""
         if self.descriptors.shape[1] == DESCRIPTOR_BYTES:
             return self.descriptors[rows]
         at = {int(r): i for i, r in enumerate(self.whole_rows if self.whole_rows is not None
@@ -169,8 +169,11 @@ class LocalFeatures:
         if missing:
             raise SignalError(
                 f"{len(missing)} of the rows the vote index takes were stored with "
-                f"{self.descriptors.shape[1]}-byte descriptors only (whole rows: "
-                f"{len(at)}); take the features again with 'imgmatch upgrade'")
+                f"{self.descriptors.shape[1]}-byte descriptors only: the blob keeps "
+                f"{len(at)} rows whole (features.INDEXED_ROWS, {INDEXED_ROWS} now), and the "
+                f"index asks more (descriptors.PER_IMAGE); keep PER_IMAGE at most "
+                f"INDEXED_ROWS, or store descriptors whole (features.STORED_BYTES = "
+                f"{DESCRIPTOR_BYTES})")
         assert self.whole is not None
         return self.whole[[at[int(r)] for r in rows]]
 

@@ -277,7 +277,7 @@ def test_descriptors_stored_in_part_are_compared_on_what_both_sides_have(monkeyp
     again.add(1, back)
     assert np.array_equal(built.codes, again.codes) and len(again.codes) == descriptors.PER_IMAGE
     narrow = dataclasses.replace(back, whole_rows=back.whole_rows[:10], whole=back.whole[:10])
-    with pytest.raises(SignalError, match="imgmatch upgrade"):
+    with pytest.raises(SignalError, match="keep PER_IMAGE at most INDEXED_ROWS"):
         DescriptorIndex().add(1, narrow)  # rows it lacks whole: said, not half rows indexed
 
 
