@@ -476,16 +476,28 @@ TILE_FRAMED = True
 #: the references' ingest from 72 to 47 images/s (13% of them frame a
 #: picture). More framed pictures (``--max-regions 6``) linked none more.
 FRAMED_QUARTERS = False
+#: Whether a new image that looks like a grid of tiles
+#: (:func:`imgmatch.features.gridded`: tiles that touch, or clip art on white
+#: beside clip art on white, which no flat frame sets apart) has its quarters,
+#: centre and framed pictures searched at ingest, as a query's are, even when
+#: its whole matched nothing; framed or not (the largest framed pictures are
+#: not always the cell that matters). On the fit half, 22 of the collages
+#: and screenshots that a query with them found at 0.5 or more were not
+#: linked when catalogued, their photo's part of the whole image too small
+#: for the votes; 17 of them look like a grid (docs/benchmarks.md).
+TILE_GRIDDED = True
 
 
-def worth_tiling(found: Mapping[int, Evidence], framed: bool = False) -> bool:
+def worth_tiling(found: Mapping[int, Evidence], framed: bool = False,
+                 gridded: bool = False) -> bool:
     """Whether a new image's tiles are worth searching at ingest: nothing yet
     matched it as the same picture (a score of
     :data:`~imgmatch.evidence.PRECISE`), and either its whole matched a part
     of it to another image (:data:`TILE_GATE_INLIERS` over less than
     :data:`PARTIAL_AREA` of it), or it frames pictures (``framed``, with
-    :data:`TILE_FRAMED`): a collage or a screenshot, whose tiles show its
-    photos better than its whole does.
+    :data:`TILE_FRAMED`), or it looks like a grid of tiles (``gridded``,
+    with :data:`TILE_GRIDDED`): a collage or a screenshot, whose tiles show
+    its photos better than its whole does.
 
     An ingest, unlike a query, must stay about as fast as the analysis, and
     each tile costs a feature extraction and a vote search as the whole
@@ -497,7 +509,7 @@ def worth_tiling(found: Mapping[int, Evidence], framed: bool = False) -> bool:
     (docs/benchmarks.md)."""
     if any(ev.score() >= PRECISE for ev in found.values()):
         return False
-    return framed and TILE_FRAMED or part_matched(found)
+    return framed and TILE_FRAMED or gridded and TILE_GRIDDED or part_matched(found)
 
 
 def part_matched(found: Mapping[int, Evidence]) -> bool:
@@ -856,14 +868,15 @@ class IndexLinker:
                                        if "pdq" in stored.get(o, {})},
                                       orientations.get(image_id),
                                       frames=framed.get(sha256, ()))
+                grid = TILE_GRIDDED and features.gridded(greys.get(sha256))
                 if pixels is not None and self.descriptors is not None \
-                        and worth_tiling(found, sha256 in framed):
+                        and worth_tiling(found, sha256 in framed, grid):
                     grey = pixels(sha256)
                     if grey is not None:  # searched as a query's tiles are
                         _search_tiles(self.catalog, query, local[sha256], [], grey, found,
                                       stored, self._tile_votes(image_id, self.descriptors,
                                                                batch),
-                                      quarters=FRAMED_QUARTERS or part_matched(found))
+                                      quarters=FRAMED_QUARTERS or grid or part_matched(found))
                 if self._reread is not None:
                     self.images_reread += verify_framing(
                         self.catalog, local[sha256], found, self._reread,

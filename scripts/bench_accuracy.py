@@ -432,6 +432,8 @@ SETTING_OPTIONS = (
      "--tile-gate-inliers"),
     ("--framed-quarters", "match", "FRAMED_QUARTERS", _switch,
      "1: an ingest searches the quarters and centre of an image that frames pictures too"),
+    ("--tile-gridded", "match", "TILE_GRIDDED", _switch,
+     "0: an ingest does not search the tiles of an image that only looks like a grid"),
     ("--align-share", "features", "ALIGN_SHARE", float,
      "share of a stored image a query must cover for the aligned comparison"),
     ("--max-regions", "features", "MAX_REGIONS", int,

@@ -11,6 +11,11 @@ references and each repost family (the fit half of the second set unless
 told otherwise) and on the ad-sized JPEGs of ``scripts/bench ingest``,
 from the grey image the analysis decodes (one thread).
 
+It also counts the images that look like a grid of tiles
+(``imgmatch.features.gridded``, on the 192-pixel grey an ingest keeps), and
+those of them that frame no picture: the ones whose tiles an ingest now
+searches that it did not before.
+
 ``--set NAME=VALUE`` changes a ``features`` constant first (``REGION_SIDE=256``).
 """
 
@@ -57,8 +62,9 @@ def main() -> int:
     ad_sized = ensure_ad_sized(ensure_dev_corpus(), args.ad_sized)
     lines = [f"**{data.name}** and {args.ad_sized} ad-sized JPEGs; "
              f"{', '.join(args.set) or 'the defaults'}:", "",
-             "| images | count | framing a picture | regions: 1 / 2 / 3 | ms an image |",
-             "|---|---|---|---|---|"]
+             "| images | count | framing a picture | regions: 1 / 2 / 3 | ms an image "
+             "| a grid of tiles | of them framing none | ms an image |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, paths in groups(data, ad_sized, args.ad_sized).items():
         greys = [np.asarray(decode(p.read_bytes(), target=features.SIDE).grey) for p in paths]
         features.regions(greys[0])  # OpenCV's first call loads it
@@ -66,8 +72,14 @@ def main() -> int:
         counts = Counter(len(features.regions(grey)) for grey in greys)
         ms = (time.perf_counter() - started) / len(greys) * 1000
         framed = len(greys) - counts[0]
+        small = [features.reduce(grey, features.ALIGN_SIDE) for grey in greys]
+        started = time.perf_counter()
+        grids = [features.gridded(grey) for grey in small]
+        grid_ms = (time.perf_counter() - started) / len(greys) * 1000
+        only = sum(g and not features.regions(grey) for g, grey in zip(grids, greys))
         lines.append(f"| {name} | {len(greys)} | {framed} ({framed / len(greys):.0%}) | "
-                     f"{counts[1]} / {counts[2]} / {counts[3]} | {ms:.2f} |")
+                     f"{counts[1]} / {counts[2]} / {counts[3]} | {ms:.2f} | "
+                     f"{sum(grids)} ({sum(grids) / len(greys):.0%}) | {only} | {grid_ms:.2f} |")
     return emit(lines, args.md)
 
 

@@ -167,8 +167,12 @@ def test_a_query_finds_a_photo_shown_small_in_a_web_page(originals, monkeypatch,
 def test_an_ingest_links_a_web_page_to_the_photo_it_frames(tmp_path, monkeypatch, framed) -> None:
     """The page's whole image matches no part of the photo, so only its frame
     makes its tiles worth searching (:func:`imgmatch.match.worth_tiling`);
-    the link found in a tile stays weak."""
+    the link found in a tile stays weak. (Under the photo, the blank lines
+    between its text lines run across the whole page, narrow and flat
+    between busy ones, so it also looks like a grid of tiles: that gate is
+    held off here to see the frame's own.)"""
     monkeypatch.setattr(match, "TILE_FRAMED", framed)
+    monkeypatch.setattr(match, "TILE_GRIDDED", False)
     photo = tmp_path / "rocket.jpg"
     photo.write_bytes((FIXTURES / "originals" / "rocket.jpg").read_bytes())
     page = tmp_path / "page.png"
@@ -197,3 +201,70 @@ def test_an_upgrade_links_a_web_page_to_the_photo_it_frames(tmp_path) -> None:
         collection.upgrade()
         record = collection.image(hashlib.sha256(page.read_bytes()).hexdigest())
     assert [link.sha256 for link in record.links] == [hashlib.sha256(photo.read_bytes()).hexdigest()]
+
+
+def tiled(paths: list[Path], columns: int, cell: int, gap: int) -> Image.Image:
+    """A collage: the pictures cut square, ``gap`` pixels of white between them."""
+    rows = (len(paths) + columns - 1) // columns
+    page = Image.new("RGB", (columns * cell + gap * (columns + 1),
+                             rows * cell + gap * (rows + 1)), "white")
+    for n, path in enumerate(paths):
+        page.paste(ImageOps.fit(Image.open(path).convert("RGB"), (cell, cell)),
+                   (gap + (n % columns) * (cell + gap), gap + (n // columns) * (cell + gap)))
+    return page
+
+
+def kept_grey(image: Image.Image) -> np.ndarray:
+    """The grey pixels an ingest keeps of a new image (what it looks for seams in)."""
+    return features.reduce(grey(image), features.ALIGN_SIDE)
+
+
+@pytest.mark.parametrize("gap", [0, 4])
+def test_tiles_that_touch_or_share_a_thin_gutter_look_like_a_grid(gap: int) -> None:
+    collage = tiled(PHOTOS[:6], 3, 300, gap)
+    assert features.regions(grey(collage)) == []  # no flat frame around its cells
+    assert features.gridded(kept_grey(collage))
+    assert features.gridded(kept_grey(collage.transpose(Image.Transpose.ROTATE_90)))
+
+
+def test_photos_look_like_no_grid() -> None:
+    for path in PHOTOS:
+        assert not features.gridded(kept_grey(Image.open(path))), path.name
+    assert not features.gridded(None)
+    assert not features.gridded(np.zeros((20, 400), np.uint8))  # too thin to tell
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), width=st.integers(120, 400), height=st.integers(120, 400))
+def test_a_flat_margin_or_a_smooth_photo_is_no_seam(seed: int, width: int, height: int) -> None:
+    """A drawing on a wide white margin, and a smooth picture, have no line
+    across them where the picture steps or a narrow gutter runs."""
+    rng = np.random.default_rng(seed)
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 256, (4, 4), dtype=np.uint8)).resize(
+        (width, height), Image.Resampling.BICUBIC))
+    assert not features.gridded(smooth)
+    page = np.full((height, width), 255, np.uint8)
+    w, h = width // 3, height // 3
+    page[h:2 * h, w:2 * w] = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    assert not features.gridded(page)
+
+
+@pytest.mark.parametrize("gridded", [True, False])
+def test_an_ingest_links_a_collage_of_touching_tiles_to_its_photo(tmp_path, monkeypatch,
+                                                                  gridded) -> None:
+    """Six photos cut square and set edge to edge: no cell is framed, and the
+    rocket's cell is too small a part of the whole for its votes; the seams
+    make its tiles worth searching (:data:`imgmatch.match.TILE_GRIDDED`)."""
+    monkeypatch.setattr(match, "TILE_GRIDDED", gridded)
+    rocket = FIXTURES / "originals" / "rocket.jpg"
+    others = [p for p in PHOTOS if p != rocket][:5]
+    collage = tmp_path / "collage.jpg"
+    tiled(others[:2] + [rocket] + others[2:], 3, 300, 0).save(collage, "JPEG", quality=85)
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        collection.add(rocket)
+        summary = collection.add_many([(collage, None)])
+        record = collection.image(hashlib.sha256(collage.read_bytes()).hexdigest())
+    assert summary.images_tiled == gridded
+    assert [link.sha256 for link in record.links] == \
+        ([hashlib.sha256(rocket.read_bytes()).hexdigest()] if gridded else [])
+    assert all(match.MATCH_SCORE <= link.score < PRECISE for link in record.links)
