@@ -66,18 +66,24 @@ DESCRIPTOR_BYTES = 32
 #: Bytes of each descriptor that an image's stored features keep: the first
 #: ones (ORB's tests come in the order they were learned, least correlated
 #: first). A pair is compared on the bytes both sides have, its distances
-#: scaled to 256 bits' thresholds. With fewer than 32, the rows the vote
-#: index takes (:data:`INDEXED_ROWS`) are stored whole as well, so that it
-#: can be built again from the catalog. Measured with ``scripts/bench
-#: accuracy --stored-bytes`` (docs/benchmarks.md): 16 bytes took the robust
-#: tier from 22.7 KB an image on disk to 15.3 KB (before the whole rows were
-#: stored too) at 0.002 of recall at precision 0.99 on the fit half (0.936
-#: to 0.934) and none on the check half (0.974 to 0.975); 8 bytes cost the
-#: fit half 0.014, its collages 0.054. Still all 32: on 128 bits the ratio
-#: test passes fewer matches, and a copy turned 12 degrees and squeezed
-#: (``tests/test_reverse_links.py``'s rocket) is no longer linked to the
-#: original catalogued before it. Blobs of any of :data:`STORED_WIDTHS`
-#: read alike.
+#: scaled to 256 bits' thresholds, except rows both keep whole
+#: (:func:`nearest_features`). With fewer than 32, the rows the vote index
+#: takes (:data:`INDEXED_ROWS`) are stored whole as well, so that it can be
+#: built again from the catalog, and verification compares them on all
+#: their bits. Measured with ``scripts/bench accuracy --stored-bytes``
+#: (docs/benchmarks.md): 16 bytes take the robust tier from 22.7 KB an image
+#: on disk to 17.8 KB; on the fit half of the second set, recall at
+#: precision 0.99 0.936 to 0.934 (screenshots 0.867 to 0.844), negatives
+#: over its threshold 1.8% to 1.7%, the crawl 0.998 / 0.934 to 0.998 /
+#: 0.933, rotations unchanged (with every row compared on its first 16
+#: bytes, the whole ones too, they fell 0.914 to 0.903, and the rocket
+#: photo turned 12 degrees of ``tests/test_reverse_links.py`` lost its
+#: link). Still all 32: a phone screenshot matched to another photo's
+#: screenshot through a tile of their shared interface scores 0.493 with 32
+#: bytes and 0.5004 with 16, a lead (``tests/test_evidence.py``, a shared
+#: interface is not a shared photo); the ``frame-only`` rule does not yet
+#: judge a tile's matches. 8 bytes cost the fit half's collages 0.054.
+#: Blobs of any of :data:`STORED_WIDTHS` read alike.
 STORED_BYTES = DESCRIPTOR_BYTES
 #: Descriptor widths a blob may store.
 STORED_WIDTHS = (8, 16, 32)
@@ -699,6 +705,56 @@ def nearest_two(query: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.n
     return dist, rows
 
 
+def _whole_rows(found: LocalFeatures) -> np.ndarray:
+    """The rows of these features whose descriptors are whole (all of them
+    unless read from a blob that keeps descriptors in part)."""
+    if found.descriptors.shape[1] == DESCRIPTOR_BYTES:
+        return np.arange(len(found))
+    return np.zeros(0, np.int64) if found.whole_rows is None else found.whole_rows
+
+
+#: Whether two images compared where either keeps its descriptors in part
+#: compare the rows both keep whole on all their bits (:func:`nearest_features`).
+#: With 16 bytes stored, on the fit half of the second set: rotations at
+#: precision 0.99 0.903 without, 0.914 with (as with 32 bytes).
+WHOLE_WHERE_BOTH = True
+
+
+def nearest_features(query: LocalFeatures, stored: LocalFeatures
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`nearest_two` of two images' features; where either keeps its
+    descriptors in part, a query row kept whole is compared on all 256 bits
+    with the stored rows kept whole, and on the common bytes with the
+    others: fewer bits make a distance noisier, and the ratio test pass
+    fewer matches."""
+    q_rows, s_rows = _whole_rows(query), _whole_rows(stored)
+    if min(query.descriptors.shape[1], stored.descriptors.shape[1]) == DESCRIPTOR_BYTES \
+            or not WHOLE_WHERE_BOTH or not len(q_rows) or not len(s_rows):
+        return nearest_two(query.descriptors, stored.descriptors)
+    dist = np.empty((len(query), 2), np.int64)
+    rows = np.empty((len(query), 2), np.int64)
+    rest = np.setdiff1d(np.arange(len(query)), q_rows)  # rows compared in part only
+    if len(rest):
+        dist[rest], rows[rest] = nearest_two(query.descriptors[rest], stored.descriptors)
+    q_whole = query.whole_descriptors(q_rows)
+    d_whole, r_whole = nearest_two(q_whole, stored.whole_descriptors(s_rows))
+    r_whole = np.where(r_whole >= 0, s_rows[np.maximum(r_whole, 0)], -1)
+    others = np.setdiff1d(np.arange(len(stored)), s_rows)
+    if len(others):
+        d_part, r_part = nearest_two(query.descriptors[q_rows], stored.descriptors[others])
+        r_part = np.where(r_part >= 0, others[np.maximum(r_part, 0)], -1)
+    else:
+        d_part = np.full((len(q_rows), 2), np.iinfo(np.int32).max, np.int64)
+        r_part = np.full((len(q_rows), 2), -1, np.int64)
+    d_all = np.concatenate([d_whole, d_part], axis=1).astype(np.int64)
+    r_all = np.concatenate([r_whole, r_part], axis=1)
+    d_all[r_all < 0] = np.iinfo(np.int32).max
+    order = np.argsort(d_all, axis=1, kind="stable")[:, :2]
+    dist[q_rows] = np.take_along_axis(d_all, order, axis=1)
+    rows[q_rows] = np.take_along_axis(r_all, order, axis=1)
+    return dist, rows
+
+
 @contextmanager
 def faiss_threads(parallel: bool) -> Iterator[None]:
     """FAISS on one thread unless the work is large: OpenMP's start-up and
@@ -732,7 +788,7 @@ def verify(query: LocalFeatures, stored: LocalFeatures,
     if len(query) < 4 or len(stored) < 4:
         return NO_MATCH
     cv2 = _cv2()
-    dist, nearest = nearest_two(query.descriptors, stored.descriptors)
+    dist, nearest = nearest_features(query, stored)
     whole = min(query.descriptors.shape[1], stored.descriptors.shape[1]) == DESCRIPTOR_BYTES
     good = (dist[:, 0] <= MAX_DESCRIPTOR_DISTANCE) \
         & (dist[:, 0] < (RATIO if whole else RATIO_NARROW) * dist[:, 1]) & (nearest[:, 0] >= 0)

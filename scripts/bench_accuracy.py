@@ -261,6 +261,31 @@ def calibration(scorer, predictions, ds,
     return rows
 
 
+#: The families whose queries show a picture among other things: broken down
+#: by what the picture is (issue 15 asks for "the photos inside collages").
+COMPOSITE_FAMILIES = ("collage", "screenshot", "chain")
+
+
+def by_kind(predictions, queries, threshold: float | None,
+            families=COMPOSITE_FAMILIES) -> dict[str, dict[str, tuple[int, int]]]:
+    """Per family and kind of original: (found at or above the run's
+    precision-0.99 threshold, positive queries). The scorer pools kinds per
+    family; a family's misses can all be of one kind (flat clip art, banners
+    and app screens, not photos), which the family's figure hides."""
+    best: dict[tuple[str, str], float] = {}
+    for q, r, s in predictions:
+        best[(q, r)] = max(best.get((q, r), -1.0), float(s))
+    out: dict[str, dict[str, tuple[int, int]]] = {}
+    for q in queries:
+        if q.is_negative or q.family not in families:
+            continue
+        found = threshold is not None and best.get((q.query_id, q.reference_id), -1.0) >= threshold
+        row = out.setdefault(q.family, {})
+        hits, total = row.get(q.kind or "unknown", (0, 0))
+        row[q.kind or "unknown"] = (hits + found, total + 1)
+    return out
+
+
 def negatives_over(predictions, ds, score: float) -> float:
     negatives = {q.query_id for q in ds.queries if q.is_negative}
     top: dict[str, float] = {}
@@ -292,6 +317,7 @@ def run_set(scorer, ds_dir: Path, args) -> tuple[dict, list[str]]:
             "bytes_per_image": system.stored_bytes(),
             "memory_per_image": system.memory_bytes(),
             "calibration": calibration(scorer, run["predictions"], ds),
+            "by_kind": by_kind(run["predictions"], queries, metrics["threshold_p99"]),
             "false_clusters": {"images": clustered, "references": len(ds.references)},
             "evidence": system.evidence,
             "tiled": {kind: sum(system.tiled.get(Path(q.path).stem, False) for q in qs) / len(qs)
@@ -357,6 +383,7 @@ def run_set(scorer, ds_dir: Path, args) -> tuple[dict, list[str]]:
             cells.append("n/a" if value is None else
                          f"{r1 if r1 is not None else float('nan'):.3f} / {value:.3f}")
         lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    lines += kind_lines(results)
     crawled = {n: r["crawl"] for n, r in results.items() if "crawl" in r}
     if crawled:
         lines += ["", "The simulated crawl (``crawl_eval.py``: every image an ad, clusters of "
@@ -388,6 +415,25 @@ def run_set(scorer, ds_dir: Path, args) -> tuple[dict, list[str]]:
                       "| score ≥ | precision | recall |", "|---|---|---|"]
             lines += [f"| {t:.2f} | {p:.4f} | {rc:.3f} |" for t, p, rc in r["calibration"]]
     return results, lines
+
+
+def kind_lines(results: dict) -> list[str]:
+    """The composite families' queries found at precision 0.99, by kind of original."""
+    lines: list[str] = []
+    for name, r in results.items():
+        table = r.get("by_kind") or {}
+        if not table:
+            continue
+        kinds = sorted({k for row in table.values() for k in row})
+        lines += ["", f"Found at precision 0.99 ({name}), by kind of original: found / "
+                  "positive queries:", "",
+                  "| family | " + " | ".join(kinds) + " | all |",
+                  "|---|" + "---|" * (len(kinds) + 1)]
+        for fam, row in sorted(table.items()):
+            cells = [f"{row[k][0]} / {row[k][1]}" if k in row else "-" for k in kinds]
+            hits, total = sum(h for h, _ in row.values()), sum(t for _, t in row.values())
+            lines.append(f"| {fam} | " + " | ".join(cells) + f" | {hits} / {total} |")
+    return lines
 
 
 #: Which ingest each system's crawl uses (the CLI's flags).

@@ -281,6 +281,46 @@ def test_descriptors_stored_in_part_are_compared_on_what_both_sides_have(monkeyp
         DescriptorIndex().add(1, narrow)  # rows it lacks whole: said, not half rows indexed
 
 
+def _brute_nearest_two(q: np.ndarray, s: np.ndarray, q_whole, s_whole, keep: int
+                       ) -> np.ndarray:
+    """The two smallest distances of each query row by brute force: on 256
+    bits where both rows are whole, else on ``keep`` bytes scaled to 256."""
+    bits = np.unpackbits(q[:, None, :] ^ s[None, :, :], axis=2)
+    full = bits.sum(axis=2)
+    part = bits[:, :, :8 * keep].sum(axis=2) * (32 // keep)
+    both = np.zeros(full.shape, bool)
+    both[np.ix_(q_whole, s_whole)] = True
+    return np.sort(np.where(both, full, part), axis=1)[:, :2]
+
+
+@given(st.integers(4, 40), st.integers(4, 40), st.sampled_from((8, 16)), st.data())
+@settings(max_examples=40, deadline=None)
+def test_rows_kept_whole_on_both_sides_are_compared_on_all_their_bits(m, n, keep, data) -> None:
+    q = np.frombuffer(data.draw(st.binary(min_size=32 * m, max_size=32 * m)), np.uint8)
+    s = np.frombuffer(data.draw(st.binary(min_size=32 * n, max_size=32 * n)), np.uint8)
+    q, s = q.reshape(m, 32), s.reshape(n, 32)
+    s_whole = np.array(sorted(data.draw(st.sets(st.integers(0, n - 1)))), np.int64)
+    stored = features.LocalFeatures(np.zeros((n, 2), np.float32), s[:, :keep].copy(), 64, 64,
+                                    whole_rows=s_whole, whole=s[s_whole])
+    query = features.LocalFeatures(np.zeros((m, 2), np.float32), q, 64, 64)
+    dist, rows = features.nearest_features(query, stored)
+    expected = _brute_nearest_two(q, s, np.arange(m), s_whole, keep)
+    assert np.array_equal(np.sort(dist, axis=1), expected)
+    # and the rows named are at those distances
+    for i in range(m):
+        for d, r in zip(dist[i], rows[i]):
+            whole = r in set(s_whole.tolist())
+            bits = np.unpackbits(q[i] ^ s[r]) if whole else \
+                np.unpackbits(q[i, :keep] ^ s[r, :keep])
+            assert d == bits.sum() * (1 if whole else 32 // keep)
+    # a query read from a blob (in part, some rows whole) against a whole image
+    swapped = features.nearest_features(
+        dataclasses.replace(stored, points=np.zeros((n, 2), np.float32)),
+        dataclasses.replace(query, points=np.zeros((m, 2), np.float32)))[0]
+    assert np.array_equal(np.sort(swapped, axis=1),
+                          _brute_nearest_two(s, q, s_whole, np.arange(m), keep))
+
+
 @pytest.mark.parametrize("blob", [b"", b"ORB1", b"XXXX\x01\x00\x10\x00\x10\x00" + b"\0" * 36,
                                   b"ORB1\x02\x00\x10\x00\x10\x00" + b"\0" * 36])
 def test_bad_blobs_are_refused(blob: bytes) -> None:
