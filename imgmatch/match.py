@@ -33,6 +33,7 @@ from .index import BinaryIndex
 from .model import Match
 from .records import HashValue, LinkRow, hamming
 from .signals.base import degenerate
+from .signals.local import centre_hash
 from .signals.pdq import hash_luma
 
 #: Default minimum score of a reported match and of a stored link: a lead
@@ -388,7 +389,7 @@ def weigh(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
                       regions=framed)
     if views and reread is not None:
         verify_framing(catalog, views[0][0], found, reread, unmatched_only=False,
-                       framed_only=QUERY_FRAMED_ONLY)
+                       framed_only=QUERY_FRAMED_ONLY, query_grey=grey)
     if QUERY_REVERSE and views and not framed:
         verify_reversed(catalog, views[0][0], found, MATCH_SCORE)
     return found, stored
@@ -582,7 +583,7 @@ def framing(found: Mapping[int, Evidence], *, unmatched_only: bool = True) -> li
 
 def verify_framing(catalog: Catalog, view: LocalQuery, found: Mapping[int, Evidence],
                    reread: Callable[[int], np.ndarray | None], *, unmatched_only: bool,
-                   framed_only: bool) -> int:
+                   framed_only: bool, query_grey: np.ndarray | None = None) -> int:
     """Read again the candidates that may frame the query (:func:`framing`)
     and verify it within each (:func:`verify_within`); how many were read."""
     read = 0
@@ -590,12 +591,23 @@ def verify_framing(catalog: Catalog, view: LocalQuery, found: Mapping[int, Evide
         grey = reread(other)
         if grey is not None:
             read += 1
-            verify_within(catalog, view, other, found[other], grey, framed_only)
+            verify_within(catalog, view, other, found[other], grey, framed_only, query_grey)
     return read
 
 
+#: Whether a query verified within the part of a stored image where it lies
+#: (:func:`verify_within`) is also compared aligned with that part: its PDQ,
+#: and its centre's, taken from the pixels read again. A photo catalogued
+#: after the collage that shows it matched the cell's keypoints but had no
+#: comparison of the pictures themselves, which its copies and the collage
+#: catalogued after it have. Only agreement counts (within
+#: :data:`CENTRE_AGREES` bits): the cut's margin is not the photo.
+ALIGN_WITHIN = True
+
+
 def verify_within(catalog: Catalog, view: LocalQuery, image_id: int, ev: Evidence,
-                  grey: np.ndarray, framed_only: bool = False) -> None:
+                  grey: np.ndarray, framed_only: bool = False,
+                  query_grey: np.ndarray | None = None) -> None:
     """Verify a query's whole against the part of a stored image where it
     lies (``grey``: the stored image's pixels, read again), and keep that
     verification in the pair's evidence when it is better (:func:`framing`).
@@ -615,9 +627,22 @@ def verify_within(catalog: Catalog, view: LocalQuery, image_id: int, ev: Evidenc
         if place is None or not any(_iou(place, region) >= FRAMING_IOU
                                     for region in features.regions(grey)):
             return
-    part = features.extract(features.cut(grey, [box])[0])
+    cut = features.cut(grey, [box])[0]
+    part = features.extract(cut)
+    pdq = whole_box = None
+    if ALIGN_WITHIN and query_grey is not None and len(part):
+        prepared = features.prepare(cut)  # the pixels the part's features were taken at
+        part = dataclasses.replace(part, centre=centre_hash(prepared))
+        pdq = hash_luma(prepared)
+        whole_box = (0, 0, query_grey.shape[1], query_grey.shape[0])
     result, flipped = features.best_of(plain, mirrored, part)
-    verified = _verified(result, flipped, plain.width, part, None, None, None, in_tile=True)
+    verified = _verified(result, flipped, plain.width, part, query_grey, whole_box, pdq,
+                         in_tile=True)
+    if verified.aligned is not None and verified.aligned > CENTRE_AGREES:
+        # only agreement is evidence: the cut holds a margin of whatever lies
+        # around the photo (an interface, the next cell), which the photo
+        # moved onto it lacks
+        verified = dataclasses.replace(verified, aligned=None, aligned_centre=False)
     if ev.verified is None or _better(ev, verified):
         ev.verified = verified
         if not ev.hashes or ev.strong_geometry:
@@ -880,7 +905,8 @@ class IndexLinker:
                 if self._reread is not None:
                     self.images_reread += verify_framing(
                         self.catalog, local[sha256], found, self._reread,
-                        unmatched_only=True, framed_only=False)
+                        unmatched_only=True, framed_only=False,
+                        query_grey=greys.get(sha256))
                 if REVERSE_VERIFY and sha256 not in framed:
                     verify_reversed(self.catalog, local[sha256], found, self.min_score,
                                     orientations.get(image_id))

@@ -478,6 +478,9 @@ SETTING_OPTIONS = (
      "--tile-gate-inliers"),
     ("--framed-quarters", "match", "FRAMED_QUARTERS", _switch,
      "1: an ingest searches the quarters and centre of an image that frames pictures too"),
+    ("--align-within", "match", "ALIGN_WITHIN", _switch,
+     "0: a photo verified within the part of an older image where it lies is not "
+     "compared aligned with that part"),
     ("--tile-gridded", "match", "TILE_GRIDDED", _switch,
      "0: an ingest does not search the tiles of an image that only looks like a grid"),
     ("--align-share", "features", "ALIGN_SHARE", float,

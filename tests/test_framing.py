@@ -54,6 +54,29 @@ def test_a_photo_catalogued_after_its_screenshot_links_to_it(
     assert all(match.MATCH_SCORE <= link.score < PRECISE for link in record.links)
 
 
+@pytest.mark.parametrize("aligned", [True, False])
+def test_the_part_a_photo_lies_in_is_compared_with_it_aligned(
+        tmp_path, monkeypatch, screen_then_photo, aligned) -> None:
+    """Cut where the photo lies, the screen's part is compared with the
+    photo moved onto it (PDQ), as a screenshot catalogued after its photo
+    is: the pictures agree, not only their keypoints, and the link says so."""
+    monkeypatch.setattr(match, "ALIGN_WITHIN", aligned)
+    screen, photo = screen_then_photo
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        collection.add(screen)
+        collection.add_many([(photo, None)])
+        (link,) = collection.image(sha(photo)).links
+        explained = collection.explain(sha(photo), sha(screen))
+    verification = explained.verification or {}
+    assert verification.get("in_tile")
+    if aligned:
+        assert verification.get("aligned") is not None and verification["aligned"] <= 32
+        assert link.score == pytest.approx(match.PARTIAL_LINK_CAP)
+    else:
+        assert verification.get("aligned") is None
+        assert match.MATCH_SCORE <= link.score < match.PARTIAL_LINK_CAP
+
+
 def test_a_photo_in_the_same_batch_as_its_screenshot_links_to_it(tmp_path,
                                                                  screen_then_photo) -> None:
     """The screenshot is read again from the source its sighting names,
