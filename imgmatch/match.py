@@ -611,6 +611,8 @@ def verify_within(catalog: Catalog, view: LocalQuery, image_id: int, ev: Evidenc
     """Verify a query's whole against the part of a stored image where it
     lies (``grey``: the stored image's pixels, read again), and keep that
     verification in the pair's evidence when it is better (:func:`framing`).
+    ``query_grey``: the query's grey pixels (any size), to compare it aligned
+    with that part (:data:`ALIGN_WITHIN`); without them, keypoints only.
     ``framed_only``: only where that part is a framed picture
     (:data:`QUERY_FRAMED_ONLY`)."""
     blob = catalog.features_of([image_id]).get(image_id)
@@ -627,11 +629,10 @@ def verify_within(catalog: Catalog, view: LocalQuery, image_id: int, ev: Evidenc
         if place is None or not any(_iou(place, region) >= FRAMING_IOU
                                     for region in features.regions(grey)):
             return
-    cut = features.cut(grey, [box])[0]
-    part = features.extract(cut)
+    prepared = features.prepare(features.cut(grey, [box])[0])  # as extract sizes it
+    part = features.extract(prepared)
     pdq = whole_box = None
     if ALIGN_WITHIN and query_grey is not None and len(part):
-        prepared = features.prepare(cut)  # the pixels the part's features were taken at
         part = dataclasses.replace(part, centre=centre_hash(prepared))
         pdq = hash_luma(prepared)
         whole_box = (0, 0, query_grey.shape[1], query_grey.shape[0])
