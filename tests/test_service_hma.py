@@ -287,6 +287,12 @@ def test_bad_hashes_and_unknown_signal_types_get_400(hma):
 
 
 def test_lookups_are_audited_without_a_hash_or_a_bank_name(hma):
+    # its own lookups: the fixture is per worker, and this test may run first
+    client, pdq = hma["read"], hma["pdq"]
+    assert get(client, "/m/lookup", signal_type="pdq", signal=pdq["astronaut"],
+               banks="PARTNER_A")[0] == 200
+    assert get(client, "/m/raw_lookup", signal_type="pdq", signal=pdq["cat"])[0] == 200
+    assert upload(client, "/m/lookup", PICTURES["temple"].read_bytes())[0] == 200
     with imgmatch.Collection.open(hma["db"], readonly=True) as c:
         entries = [e for e in c.audit_entries() if e.action == "hma-lookup"]
     assert entries and all(e.actor == "key:read-client" for e in entries)
