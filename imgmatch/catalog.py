@@ -978,6 +978,13 @@ class Catalog:
                 f"SELECT image_id, data FROM features WHERE image_id IN ({marks})", chunk))
         return out
 
+    def replace_features(self, image_id: int, blob: bytes) -> None:
+        """Store an image's features again, inside the caller's transaction
+        (the linker adds the parts it described while linking the image:
+        :attr:`imgmatch.features.LocalFeatures.parts`); the count of its own
+        keypoints is unchanged."""
+        self.conn.execute("UPDATE features SET data = ? WHERE image_id = ?", (blob, image_id))
+
     def with_features(self, image_ids: Iterable[int], at_least: int = 1) -> set[int]:
         """Which of these images have at least ``at_least`` keypoints of local
         features (their blobs are not read)."""

@@ -293,7 +293,7 @@ class Collection:
                     {a.sha256: a.features for _, a, row in batch
                      if row.features is not None and a.features is not None})
                 replaced.update(s.signal for _, row in rows for s in row.signals)
-                if any(row.features is not None for _, row in rows):
+                if any(row.features is not None for _, row in rows) or linker.images_parted:
                     replaced.add(FEATURES)
                 summary.images_upgraded += len(batch)
                 if on_progress is not None:

@@ -10,7 +10,10 @@ ones, or a screenshot's photo under its interface's text, gets its share),
 each labelled with its image id; each of a query's descriptors, chosen the
 same way (and its mirror's), finds its nearest stored descriptors, and
 every image collects one vote per query descriptor that lands on it. The
-images with the most votes are the candidates.
+images with the most votes are the candidates. The parts a collage or a
+screenshot kept (its cells, its photo: :attr:`DescriptorIndex.kept`) are
+indexed apart, searched only by an ingest's new photos, so a photo
+catalogued after the collage that shows it finds it.
 
 Small collections are searched exactly (FAISS's binary flat scan, the
 :data:`NEIGHBOURS` nearest within :data:`VOTE_DISTANCE` bits). Past
@@ -88,6 +91,17 @@ SHARED_VOTES = True
 #: budget of the tier. At most :data:`imgmatch.features.INDEXED_ROWS`, the
 #: rows a stored blob keeps whole to build the index again from.
 PER_IMAGE = 128
+#: Descriptors indexed for each part an image kept (a collage's cells, a
+#: screenshot's photo: :attr:`imgmatch.features.LocalFeatures.parts`), on
+#: top of its own: a photo catalogued after the collage that shows it
+#: votes for the collage through its cell, described at the cell's own
+#: resolution, where the collage's own rows spend a sixth of themselves on
+#: it, at a sixth of the size.
+PER_PART = 48
+#: The bit set in the id of a candidate found through an image's parts
+#: (:func:`votes_across` with ``kept_parts``): the parts rank as a candidate
+#: of their own beside the image. Image ids stay under it.
+PART_OWNER = 1 << 31
 #: Exact search: a stored descriptor within this many bits of a query's casts a vote.
 VOTE_DISTANCE = 48
 #: Stored descriptors a query descriptor can vote through (its nearest).
@@ -180,10 +194,13 @@ PARALLEL_ROWS = 4_000_000
 class DescriptorIndex:
     """Local descriptors of many images, searched by voting."""
 
-    ARRAYS = ("codes", "owners", "centres", "cells", "words", "roots", "word_roots",
-              "post_owner", "post_sig", "word_start", "meta")
+    OWN_ARRAYS = ("codes", "owners", "centres", "cells", "words", "roots", "word_roots",
+                  "post_owner", "post_sig", "word_start", "meta")
+    #: the same of :attr:`kept`, each name with this prefix
+    KEPT = "parts_"
+    ARRAYS = OWN_ARRAYS + tuple("parts_" + name for name in OWN_ARRAYS)
     #: memory-mapped when loaded, not read (:func:`imgmatch.index_files.load_folder`)
-    LAZY = ("codes", "owners")
+    LAZY = ("codes", "owners", KEPT + "codes", KEPT + "owners")
 
     def __init__(self, codes: np.ndarray | None = None, owners: np.ndarray | None = None) -> None:
         # every stored descriptor in the order added, with its image id: the
@@ -213,6 +230,11 @@ class DescriptorIndex:
         self._placed = 0  # rows in the posting lists (main and tail)
         self._tail: tuple[np.ndarray, np.ndarray, np.ndarray] = _empty_tail()
         self._tail_lists: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        #: the rows of the parts images kept (:data:`PER_PART`), an index of
+        #: their own: a query's votes (and their neighbours) never see them
+        #: unless asked (``kept_parts`` of :func:`votes_across`), and a
+        #: collage's parts do not add to its own votes
+        self.kept: DescriptorIndex | None = None
         if codes is not None and owners is not None and len(owners):
             self._append(np.ascontiguousarray(codes, np.uint8).reshape(-1, DESCRIPTOR_BYTES),
                          np.ascontiguousarray(owners, np.int64))
@@ -294,23 +316,38 @@ class DescriptorIndex:
 
     def add(self, image_id: int, features: LocalFeatures) -> None:
         """Index one image's descriptors: the strongest of each part of it in turn
-        (features are stored strongest first)."""
+        (features are stored strongest first); :data:`PER_PART` of each part
+        it kept (a collage's cells, :attr:`LocalFeatures.parts`) go to
+        :attr:`kept`, under its id."""
+        if not 0 <= image_id < PART_OWNER:
+            raise ValueError(f"image id {image_id} does not fit the descriptor index: ids "
+                             "from 2**31 on are its parts' marks (PART_OWNER)")
         try:  # the rows stored whole, where the others were kept in part
             codes = features.whole_descriptors(balanced(features, PER_IMAGE))
+            parts = [part.features.whole_descriptors(balanced(part.features, PER_PART))
+                     for part in features.parts]
         except SignalError as exc:
             raise SignalError(f"image {image_id}: {exc}") from None
         if len(codes):
             self._append(np.ascontiguousarray(codes, np.uint8),
                          np.full(len(codes), image_id, np.int64))
+        if parts:
+            rows = np.concatenate(parts).reshape(-1, DESCRIPTOR_BYTES)
+            if len(rows):
+                if self.kept is None:
+                    self.kept = DescriptorIndex()
+                self.kept._append(np.ascontiguousarray(rows, np.uint8),
+                                  np.full(len(rows), image_id, np.int64))
 
     def remove(self, image_ids: np.ndarray) -> int:
         """Take these images' rows out (the codes are then held in memory until saved)."""
         ids = np.asarray(image_ids, np.int64)
+        parted = self.kept.remove(ids) if self.kept is not None else 0
         owners = self.owners
         drop = np.isin(owners, ids)
         removed = int(drop.sum())
         if not removed:
-            return 0
+            return parted
         keep = ~drop
         codes = np.asarray(self.codes)[keep]
         self._images -= len(np.unique(owners[drop]))
@@ -329,7 +366,7 @@ class DescriptorIndex:
             kept = ~np.isin(owner, ids)
             self._tail, self._tail_lists = (word[kept], owner[kept], sig[kept]), None
             self._placed -= int(drop[:self._placed].sum())
-        return removed
+        return removed + parted
 
     # ------------------------------------------------------------- searching
     def _prepare(self) -> None:
@@ -514,14 +551,21 @@ class DescriptorIndex:
         other orientation then costs a matching that cannot succeed."""
         return votes_across([(self, exclude_from)], queries, limit, voters)
 
-    def _votes(self, codes: np.ndarray, exclude_from: int | None
+    def _votes(self, codes: np.ndarray, exclude_from: int | None, kept_parts: bool = False
                ) -> tuple[np.ndarray, np.ndarray]:
         """(query row, image id) of the votes ``codes`` cast here, ids under
-        ``exclude_from`` only."""
+        ``exclude_from`` only; with ``kept_parts``, those cast on :attr:`kept`
+        instead, their ids with :data:`PART_OWNER` set."""
+        if kept_parts:
+            if self.kept is None:
+                return np.zeros(0, np.int64), np.zeros(0, np.int64)
+            voter, owner = self.kept._votes(codes, exclude_from)
+            return voter, owner | PART_OWNER
         if not len(codes) or not self._rows:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         self._prepare()
         voter, owner = self._hits(codes)
+        owner = owner.astype(np.int64)
         if exclude_from is not None:
             keep = owner < exclude_from
             voter, owner = voter[keep], owner[keep]
@@ -557,12 +601,18 @@ class DescriptorIndex:
         # FAISS's copy of the scanned codes (with an id each in an inverted file), and cells
         scan = self._scan_rows * (DESCRIPTOR_BYTES + (8 if self._cells_at else 0)) \
             + self.centres.nbytes + self.cells.nbytes
-        return held + lists + tail + vocabulary + scan
+        kept = self.kept.memory_bytes() if self.kept is not None else 0
+        return held + lists + tail + vocabulary + scan + kept
 
     def arrays(self) -> dict[str, np.ndarray | list[np.ndarray]]:
         """What :func:`save` writes. The codes and their owners are given in
         their parts (the mapped file of the last save, the rows added since),
-        written one after another: saving never gathers every code in memory."""
+        written one after another: saving never gathers every code in memory.
+        Then the same of :attr:`kept`."""
+        kept = (self.kept or DescriptorIndex())._own_arrays()
+        return self._own_arrays() | {self.KEPT + name: a for name, a in kept.items()}
+
+    def _own_arrays(self) -> dict[str, np.ndarray | list[np.ndarray]]:
         if self._rows >= COMPACT_ROWS:
             self._prepare()
             self._merge_tail()
@@ -584,6 +634,14 @@ class DescriptorIndex:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> DescriptorIndex:
+        index = cls._from_own(arrays)
+        kept = cls._from_own({name: arrays[cls.KEPT + name] for name in cls.OWN_ARRAYS})
+        if kept.rows:
+            index.kept = kept
+        return index
+
+    @classmethod
+    def _from_own(cls, arrays: dict[str, np.ndarray]) -> DescriptorIndex:
         codes, owners = arrays["codes"], arrays["owners"]
         words, roots, word_roots = arrays["words"], arrays["roots"], arrays["word_roots"]
         post_owner, post_sig, start = arrays["post_owner"], arrays["post_sig"], arrays["word_start"]
@@ -643,8 +701,8 @@ def _rows_from(parts: list[np.ndarray], start: int, empty: np.ndarray) -> np.nda
 
 
 def votes_across(parts: Sequence[tuple[DescriptorIndex, int | None]],
-                 queries: list[LocalFeatures], limit: int, voters: int = VOTERS
-                 ) -> list[tuple[int, tuple[int, ...]]]:
+                 queries: list[LocalFeatures], limit: int, voters: int = VOTERS,
+                 kept_parts: bool = False) -> list[tuple[int, tuple[int, ...]]]:
     """The ``limit`` most voted images of several indexes holding different
     images (a collection's, and the batch an ingest is linking), ranked as
     if they were one: [(image_id, (votes of each query set))]. Each part
@@ -655,10 +713,15 @@ def votes_across(parts: Sequence[tuple[DescriptorIndex, int | None]],
     file, which ranks by whole votes: ranking the parts apart and merging
     them by whole votes would let the screens of one app in the batch
     outvote, by their common interface, the photo a screenshot shows.
+
+    ``kept_parts``: the parts images kept (:data:`PER_PART`) are searched
+    instead, each image's parts together as one candidate, its id with
+    :data:`PART_OWNER` set: ranked apart, they take no place among the
+    images' own candidates.
     """
     sets = [q.descriptors[balanced(q, voters)] for q in queries]
     codes = _stacked(sets)
-    found = [index._votes(codes, exclude_from) for index, exclude_from in parts]
+    found = [index._votes(codes, exclude_from, kept_parts) for index, exclude_from in parts]
     voter = np.concatenate([v for v, _ in found]) if found else np.zeros(0, np.int64)
     owner = np.concatenate([o for _, o in found]) if found else np.zeros(0, np.int64)
     if not len(owner):
@@ -850,7 +913,8 @@ FACTORY = "ORB-votes+words"
 
 def _params() -> dict[str, int]:
     """The settings an index's rows depend on: a change means a rebuild."""
-    return {"features_version": VERSION, "per_image": PER_IMAGE, "balance_grid": BALANCE_GRID,
+    return {"features_version": VERSION, "per_image": PER_IMAGE, "per_part": PER_PART,
+            "balance_grid": BALANCE_GRID,
             "word_rows": WORD_ROWS,
             "signature_bits": SIGNATURE_BITS, "roots_per_1000": round(1000 * ROOTS)}
 
@@ -867,6 +931,9 @@ def save(index: DescriptorIndex, path: Path, *, collection_id: str, deletions: i
         deletions=deletions, params=_params()), lazy=DescriptorIndex.LAZY)
     if index.rows:
         index.map_codes(map_npy(Path(path) / "codes.npy"), map_npy(Path(path) / "owners.npy"))
+    if index.kept is not None and index.kept.rows:
+        index.kept.map_codes(map_npy(Path(path) / f"{index.KEPT}codes.npy"),
+                             map_npy(Path(path) / f"{index.KEPT}owners.npy"))
     return manifest
 
 

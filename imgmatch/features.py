@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -136,9 +136,42 @@ _MAGIC_CENTRE = b"ORB2"
 #: bytes, the whole rows' numbers (uint16) and their other bytes
 _MAGIC_PART = b"ORB3"
 _MAGIC_PART_CENTRE = b"ORB4"
+#: a blob whose image keeps the features of its parts as well
+#: (:attr:`LocalFeatures.parts`): :data:`_PARTS_HEAD` (magic, the whole
+#: image's blob length), that blob, the number of parts, then each part's
+#: :data:`_PART_HEAD` (box, PDQ, blob length) and blob
+_MAGIC_PARTS = b"ORBP"
+_PARTS_HEAD = struct.Struct("<4sI")
+_PART_HEAD = struct.Struct("<4f32sI")
 _HEADER = struct.Struct("<4sHHH")  # magic, count, width, height
 _PART = struct.Struct("<BH")
 _POINT_SCALE = 4.0  # points are stored in quarter pixels as uint16
+
+
+#: Keypoints each stored part of a collage or a screenshot keeps
+#: (:func:`part_of`), the strongest of each part of it in turn: what a photo
+#: catalogued after it is verified against, at the part's own resolution.
+PART_FEATURES = 128
+#: Parts an image keeps at most: its quarters and centre, then its framed
+#: pictures (:func:`view_boxes`).
+MAX_PARTS = 5 + 3
+
+
+@dataclass(frozen=True)
+class Part:
+    """A part of an image described at its own resolution: a collage's cell, a
+    screenshot's photo. An image keeps its parts when its tiles were searched
+    as it was catalogued (:func:`imgmatch.match.worth_tiling`): at the whole
+    image's size, a photo that fills a sixth of a collage is left too few
+    keypoints, too small, for a photo catalogued later to match it, while
+    the cell seen on its own matches the photo as a whole."""
+
+    #: (x0, y0, x1, y1) in the whole image's analysed pixels
+    box: tuple[float, float, float, float]
+    features: LocalFeatures
+    #: PDQ of the part's pixels (what a photo moved onto it is compared with),
+    #: or None where too plain to tell pictures apart
+    pdq: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +192,8 @@ class LocalFeatures:
     #: (:meth:`whole_descriptors`).
     whole_rows: np.ndarray | None = None
     whole: np.ndarray | None = None
+    #: the image's parts, where it kept them (:class:`Part`)
+    parts: tuple[Part, ...] = ()
 
     def __len__(self) -> int:
         return len(self.descriptors)
@@ -187,7 +222,16 @@ class LocalFeatures:
         """A compact blob: header, quarter-pixel uint16 points, descriptors,
         then the centre's PDQ where there is one. Descriptors are kept whole,
         or (:data:`STORED_BYTES`) their first bytes, with the rows the vote
-        index takes kept whole as well."""
+        index takes kept whole as well. An image with parts wraps that blob
+        and adds each part's."""
+        if self.parts:
+            own = replace(self, parts=()).to_bytes()
+            out = [_PARTS_HEAD.pack(_MAGIC_PARTS, len(own)), own,
+                   struct.pack("<H", len(self.parts))]
+            for part in self.parts:
+                blob = part.features.to_bytes()
+                out += [_PART_HEAD.pack(*part.box, part.pdq or bytes(32), len(blob)), blob]
+            return b"".join(out)
         points = _stored_points(self.points).astype("<u2").tobytes()
         centre = self.centre or b""
         keep = min(STORED_BYTES, self.descriptors.shape[1])
@@ -207,6 +251,8 @@ class LocalFeatures:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> LocalFeatures:
+        if blob[:4] == _MAGIC_PARTS:
+            return _with_parts(blob)
         if len(blob) < _HEADER.size:
             raise SignalError("a local-features blob is too short")
         magic, n, width, height = _HEADER.unpack_from(blob)
@@ -242,6 +288,51 @@ class LocalFeatures:
             whole = np.concatenate([descriptors[whole_rows], rest], axis=1)
         return cls(points.astype(np.float32) / _POINT_SCALE, descriptors, width, height,
                    blob[-CENTRE_BYTES:] if extra else None, whole_rows, whole)
+
+
+def _with_parts(blob: bytes) -> LocalFeatures:
+    """Features read from a blob that keeps the image's parts (``ORBP``)."""
+    bad = SignalError("not a local-features blob of this version (its parts)")
+    if len(blob) < _PARTS_HEAD.size:
+        raise bad
+    _, size = _PARTS_HEAD.unpack_from(blob)
+    at = _PARTS_HEAD.size + size
+    if len(blob) < at + 2 or blob[_PARTS_HEAD.size:_PARTS_HEAD.size + 4] == _MAGIC_PARTS:
+        raise bad
+    whole = LocalFeatures.from_bytes(blob[_PARTS_HEAD.size:at])
+    (count,) = struct.unpack_from("<H", blob, at)
+    at += 2
+    parts = []
+    for _ in range(count):
+        if len(blob) < at + _PART_HEAD.size:
+            raise bad
+        *box, pdq, size = _PART_HEAD.unpack_from(blob, at)
+        at += _PART_HEAD.size
+        if len(blob) < at + size or blob[at:at + 4] == _MAGIC_PARTS \
+                or not all(np.isfinite(box)):
+            raise bad
+        parts.append(Part(tuple(float(v) for v in box),  # type: ignore[arg-type]
+                          LocalFeatures.from_bytes(blob[at:at + size]),
+                          None if pdq == bytes(32) else pdq))
+        at += size
+    if at != len(blob):
+        raise bad
+    return replace(whole, parts=tuple(parts))
+
+
+def has_parts(blob: bytes) -> bool:
+    """Whether a stored blob keeps its image's parts (without reading it)."""
+    return blob[:4] == _MAGIC_PARTS
+
+
+def part_of(found: LocalFeatures, box: tuple[float, float, float, float],
+            centre: bytes | None, pdq: bytes | None) -> Part:
+    """A part as an image keeps it: :data:`PART_FEATURES` of its features,
+    spread over it (:func:`balanced`), with the PDQ of its centre and of
+    the whole of it."""
+    rows = balanced(found, PART_FEATURES)
+    return Part(box, LocalFeatures(found.points[rows], found.descriptors[rows], found.width,
+                                   found.height, centre), pdq)
 
 
 def _stored_points(points: np.ndarray) -> np.ndarray:
@@ -287,7 +378,7 @@ def kept(found: LocalFeatures) -> LocalFeatures:
     if len(rows) == len(found):
         return found
     return LocalFeatures(found.points[rows], found.descriptors[rows], found.width, found.height,
-                         found.centre)
+                         found.centre, parts=found.parts)
 
 
 def empty(width: int = 0, height: int = 0) -> LocalFeatures:

@@ -19,7 +19,7 @@ matches only on strong geometric evidence and says ``low_information``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from . import features
 from . import signals as registry
 from .catalog import Catalog
 from .decode import Decoded
-from .descriptors import VOTERS, DescriptorIndex, votes_across
+from .descriptors import PART_OWNER, VOTERS, DescriptorIndex, votes_across
 from .evidence import PRECISE, SCALES, Evidence, Verified
 from .index import BinaryIndex
 from .model import Match
@@ -664,19 +664,23 @@ def _search_tiles(catalog: Catalog, query: Mapping[str, Sequence[HashValue]],
                   whole: LocalQuery, tiles: Sequence[LocalQuery], grey: np.ndarray | None,
                   found: dict[int, Evidence], stored: dict[int, dict],
                   vote: Callable[[LocalQuery], set[int]], quarters: bool = True,
-                  regions: Sequence[tuple[int, int, int, int]] | None = None) -> None:
+                  regions: Sequence[tuple[int, int, int, int]] | None = None
+                  ) -> list[tuple[tuple[int, int, int, int], LocalQuery]]:
     """Add the candidates the query's tiles vote for (``vote``: a tile's
     candidates), verified in the tile that voted: the photos of a collage or
     of a screenshot. ``tiles``: the tiles' local features, or none given
     (then taken from ``grey`` now: its quarters and centre unless
     ``quarters`` is false, and its framed pictures, ``regions`` where
     already looked for). ``stored``: the candidates' values by image id,
-    those of new candidates added."""
+    those of new candidates added. Returns the tiles taken from ``grey``,
+    with their boxes in it."""
     boxes = None
+    described: list[tuple[tuple[int, int, int, int], LocalQuery]] = []
     if not tiles and grey is not None:
         cut = features.view_boxes(grey, quarters, regions)
         tiles = [features.extract_both(tile) for tile in features.cut(grey, cut)]
         boxes = [(0, 0, grey.shape[1], grey.shape[0]), *cut]
+        described = list(zip(cut, tiles))
     views = [(view, vote(view)) for view in tiles]
     new = sorted(set().union(*(ids for _, ids in views)) - found.keys())
     if new:
@@ -688,6 +692,7 @@ def _search_tiles(catalog: Catalog, query: Mapping[str, Sequence[HashValue]],
         verify_candidates(catalog, [(whole, set()), *views], found, grey,
                           {i: stored[i]["pdq"][0] for _, ids in views for i in ids
                            if "pdq" in stored.get(i, {})}, boxes=boxes)
+    return described
 
 
 def pixel_query(pixels: Callable[[], Decoded], names: Iterable[str], *, local_features: bool,
@@ -813,6 +818,12 @@ class IndexLinker:
         self._reread = reread
         #: older images read again so far (to cut where a new image lies)
         self.images_reread = 0
+        #: the parts the batch being linked kept, by image id, for the index
+        #: to take with the images once committed (:meth:`committed`)
+        self.parts: dict[int, tuple[features.Part, ...]] = {}
+        #: images that kept parts so far (an upgrade then rebuilds the vote
+        #: index from the catalog: an image linked again may have had parts)
+        self.images_parted = 0
 
     def catch_up(self) -> None:
         """Take in what other writers committed, before a batch is linked.
@@ -846,12 +857,17 @@ class IndexLinker:
         local = local or {}
         greys = greys or {}
         framed = framed or {}
+        self.parts = {}
         candidates: dict[int, set[int]] = {image_id: set() for image_id, _ in new_images}
         batch = DescriptorIndex()
         for image_id, sha256 in new_images:
             if sha256 in local:
                 batch.add(image_id, local[sha256][0])
-        voted, orientations = self._voted(new_images, local, batch)
+        # the new images a part of an older one may show: photos, not screens
+        # or collages (two screens of one app agree on its bars)
+        photos = {image_id for image_id, sha256 in new_images
+                  if sha256 not in framed and not features.gridded(greys.get(sha256))}
+        voted, orientations = self._voted(new_images, local, batch, photos)
         for name, index in self.indexes.items():
             threshold = registry.get(name).threshold
             owners: list[int] = []
@@ -877,6 +893,15 @@ class IndexLinker:
         stored = self.catalog.signals_of(wanted)
         out: list[LinkRow] = []
         for image_id, sha256 in new_images:
+            if self.parts and sha256 in local:
+                # an image earlier in the batch kept parts: vote again, as
+                # the next batch would have
+                more, sides = self._voted([(image_id, sha256)], local, batch, photos)
+                voted[image_id] = more.get(image_id, [])
+                if image_id in sides:
+                    orientations[image_id] = sides[image_id]
+                stored.update(self.catalog.signals_of(
+                    [o for o in voted[image_id] if o not in stored]))
             query = {name: list(vs) for name, vs in variants.get(sha256, {}).items()}
             others = {o: stored.get(o, {}) for o in
                       sorted(candidates[image_id] | set(voted.get(image_id, ())))}
@@ -899,15 +924,23 @@ class IndexLinker:
                         and worth_tiling(found, sha256 in framed, grid):
                     grey = pixels(sha256)
                     if grey is not None:  # searched as a query's tiles are
-                        _search_tiles(self.catalog, query, local[sha256], [], grey, found,
-                                      stored, self._tile_votes(image_id, self.descriptors,
-                                                               batch),
-                                      quarters=FRAMED_QUARTERS or grid or part_matched(found))
+                        described = _search_tiles(
+                            self.catalog, query, local[sha256], [], grey, found, stored,
+                            self._tile_votes(image_id, self.descriptors, batch),
+                            quarters=FRAMED_QUARTERS or grid or part_matched(found))
+                        if KEEP_PARTS:
+                            self._keep_parts(image_id, parts_of(described, grey,
+                                                                local[sha256][0]), batch)
                 if self._reread is not None:
                     self.images_reread += verify_framing(
                         self.catalog, local[sha256], found, self._reread,
                         unmatched_only=True, framed_only=False,
                         query_grey=greys.get(sha256))
+                if PART_VERIFY and chosen and image_id in photos:
+                    # after the cut read again, which compares the pictures
+                    # best where the source is still there
+                    verify_parts(self.catalog, local[sha256], chosen, found,
+                                 greys.get(sha256))
                 if REVERSE_VERIFY and sha256 not in framed:
                     verify_reversed(self.catalog, local[sha256], found, self.min_score,
                                     orientations.get(image_id))
@@ -917,6 +950,20 @@ class IndexLinker:
                     out.append(LinkRow(min(image_id, other), max(image_id, other), score,
                                        link_distances(ev), ev.agreed, ev.transform))
         return out
+
+    def _keep_parts(self, image_id: int, parts: tuple[features.Part, ...],
+                    batch: DescriptorIndex) -> None:
+        """Store a new image's parts with its features, and index them: in the
+        batch's index now, the collection's once committed."""
+        blob = self.catalog.features_of([image_id]).get(image_id) if parts else None
+        if blob is None:
+            return
+        found = features.LocalFeatures.from_bytes(blob)
+        self.catalog.replace_features(image_id, dataclasses.replace(found, parts=parts)
+                                      .to_bytes())
+        self.parts[image_id] = parts
+        self.images_parted += 1
+        batch.add(image_id, dataclasses.replace(features.empty(), parts=parts))
 
     def _tile_votes(self, image_id: int, collection: DescriptorIndex, batch: DescriptorIndex
                     ) -> Callable[[LocalQuery], set[int]]:
@@ -936,11 +983,12 @@ class IndexLinker:
         return other < image_id or not self.older_only and other != image_id
 
     def _voted(self, new_images: list[tuple[int, str]], local: Mapping[str, LocalQuery],
-               batch: DescriptorIndex
+               batch: DescriptorIndex, photos: Set[int] = frozenset()
                ) -> tuple[dict[int, list[int]], dict[int, dict[int, tuple[bool, bool]]]]:
         """Per new image, the older images its local descriptors vote for enough
         to be worth verifying (in the collection, and earlier in the ``batch``,
-        ranked as one), and for each the orientations worth verifying
+        ranked as one; for the ``photos``, the parts older images kept too,
+        ranked apart), and for each the orientations worth verifying
         (:data:`LINK_ORIENTATION_VOTES`)."""
         if self.descriptors is None or not local:
             return {}, {}
@@ -950,11 +998,19 @@ class IndexLinker:
             if sha256 not in local:
                 continue
             queries = [f for f in local[sha256] if f is not None]
-            # the collection and the batch ranked as one index (shared votes)
+            # the collection and the batch ranked as one index (shared votes);
+            # then the parts images kept, ranked apart (a few more candidates)
             found = votes_across([(self.descriptors, None), (batch, image_id)], queries,
                                  LINK_VERIFY, voters=LINK_VOTERS)
-            chosen = {i: votes for i, votes in found
-                      if sum(votes) >= LINK_MIN_VOTES and self._older(i, image_id)}
+            if KEEP_PARTS and PART_VERIFY and image_id in photos:
+                found += votes_across([(self.descriptors, None), (batch, image_id)], queries,
+                                      PART_CANDIDATES, voters=LINK_VOTERS, kept_parts=True)
+            chosen: dict[int, tuple[int, ...]] = {}
+            for i, votes in found:
+                i &= ~PART_OWNER
+                if sum(votes) >= LINK_MIN_VOTES and self._older(i, image_id) \
+                        and sum(votes) > sum(chosen.get(i, ())):
+                    chosen[i] = votes
             if chosen:
                 out[image_id] = sorted(chosen)
                 if len(queries) == 2:
@@ -977,7 +1033,101 @@ class IndexLinker:
         if self.descriptors is not None and local:
             for image_id, sha256 in new_images:
                 if sha256 in local:
-                    self.descriptors.add(image_id, local[sha256][0])
+                    self.descriptors.add(image_id, dataclasses.replace(
+                        local[sha256][0], parts=self.parts.get(image_id, ())))
+        self.parts = {}
+
+
+#: Whether a new image whose tiles were searched (:func:`worth_tiling`)
+#: keeps the features of those tiles with its own (:func:`parts_of`), and
+#: the vote index takes some of them (``descriptors.PER_PART``), so that a
+#: photo catalogued after the collage or the screenshot that shows it finds
+#: it, and is verified against the part where it lies
+#: (:data:`PART_VERIFY`). ``scripts/bench accuracy --keep-parts 0`` turns it off.
+KEEP_PARTS = True
+#: Candidates an ingest takes from the parts images kept, ranked apart from
+#: the images' own (:data:`LINK_VERIFY`), whose places they would take.
+PART_CANDIDATES = 2
+#: Whether a new image's candidates that kept parts are verified against
+#: each part too, the best kept where it beats the whole: the photo, as a
+#: whole, against the collage's cell at the cell's own resolution, as
+#: :func:`verify_within` does with an image read again (which a part makes
+#: unnecessary, and works where the source is gone).
+PART_VERIFY = True
+#: Whether a part's verification counts only where the new image, moved
+#: onto the part, agrees with it (PDQ, the part's whole or its centre,
+#: within :data:`CENTRE_AGREES` bits): a match through a part is a
+#: collage's cell or a screenshot's photo, the picture itself.
+PART_AGREES = True
+
+
+def parts_of(described: Sequence[tuple[tuple[int, int, int, int], LocalQuery]],
+             grey: np.ndarray, whole: features.LocalFeatures) -> tuple[features.Part, ...]:
+    """The parts an image keeps of the tiles its search described
+    (``described``: boxes in ``grey``, and their features): their boxes at
+    the image's analysed size (``whole``'s), each with its PDQ and its
+    centre's, for the aligned comparison a photo gets against it."""
+    if not grey.shape[1]:
+        return ()
+    scale = whole.width / grey.shape[1]
+    out = []
+    for box, (plain, _) in described[:features.MAX_PARTS]:
+        if len(plain) < VERIFIABLE:
+            continue
+        prepared = features.prepare(features.cut(grey, [box])[0])  # as extract sized it
+        x0, y0, x1, y1 = (float(v) * scale for v in box)
+        out.append(features.part_of(plain, (x0, y0, x1, y1), centre_hash(prepared),
+                                    hash_luma(prepared)))
+    return tuple(out)
+
+
+def verify_parts(catalog: Catalog, view: LocalQuery, ids: Iterable[int],
+                 found: dict[int, Evidence], query_grey: np.ndarray | None = None) -> int:
+    """Verify a new image (``view``: its features and its mirror's) against
+    the parts its candidates ``ids`` kept, each compared aligned with the
+    part as :func:`verify_within` compares (only agreement counts, and with
+    :data:`PART_AGREES` only a part that agrees), and keep the part that
+    scores the pair highest where it scores it higher than before.
+    Candidates already linked are skipped: a part's link is capped
+    (:data:`PARTIAL_LINK_CAP`), and would take the place of a whole match
+    that joins clusters. Returns how many candidates' parts were verified."""
+    plain, mirrored = view
+    if len(plain) < VERIFIABLE:
+        return 0
+    whole_box = None if query_grey is None else (0, 0, query_grey.shape[1],
+                                                 query_grey.shape[0])
+    tried = 0
+    for image_id, blob in catalog.features_of(sorted(ids)).items():
+        if not features.has_parts(blob):
+            continue
+        ev = found.get(image_id) or Evidence(robust=True)
+        if ev.verified is not None and link_score(ev) >= MATCH_SCORE:
+            continue  # linked as it is: a whole match joins clusters, a part's is capped
+        tried += 1
+        best, best_score = None, link_score(ev) if ev.verified is not None else -1.0
+        for part in features.LocalFeatures.from_bytes(blob).parts:
+            if len(part.features) < VERIFIABLE:
+                continue
+            result, flipped = features.best_of(plain, mirrored, part.features)
+            if result.support < ALIGN_SUPPORT:
+                continue
+            verified = _verified(result, flipped, plain.width, part.features, query_grey,
+                                 whole_box, part.pdq, in_tile=True)
+            agrees = verified.aligned is not None and verified.aligned <= CENTRE_AGREES
+            if PART_AGREES and not agrees:
+                continue  # keypoints alone: a word two banners share, a figure's feet
+            if not agrees:
+                verified = dataclasses.replace(verified, aligned=None, aligned_centre=False)
+            turned = dataclasses.replace(ev, verified=verified)
+            if not ev.hashes or turned.strong_geometry:
+                turned.transform = "mirror" if flipped else "identity"
+            # kept where the pair scores higher: a copy that matched as a
+            # whole stays a whole match, not a part's (capped) one
+            if link_score(turned) > best_score:
+                best, best_score = turned, link_score(turned)
+        if best is not None:
+            found[image_id] = best
+    return tried
 
 
 #: At ingest, a candidate verified but not linked is verified the other way

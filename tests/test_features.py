@@ -574,7 +574,7 @@ def test_ingest_verifies_a_copy_its_hashes_find_and_its_votes_miss(tmp_path, mon
         coffee = c.catalog.conn.execute("SELECT id FROM images WHERE sha256 = ?",
                                         (sha_of("coffee"),)).fetchone()[0]
 
-        def votes_elsewhere(self, new_images, local, batch):
+        def votes_elsewhere(self, new_images, local, batch, photos=frozenset()):
             return {image_id: [coffee] for image_id, _ in new_images}, {}
 
         monkeypatch.setattr(match.IndexLinker, "_voted", votes_elsewhere)
@@ -892,10 +892,12 @@ def test_saving_again_streams_the_mapped_codes(tmp_path) -> None:
         min(per, len(features.extract(grey(rgb("cat")))))
 
 
-def test_descriptor_ids_must_fit_32_bits() -> None:
+def test_descriptor_ids_must_fit_31_bits() -> None:
+    """Ids from 2**31 on mark the candidates found through an image's parts."""
     index = DescriptorIndex()
-    with pytest.raises(ValueError, match="2\\*\\*32"):
-        index.add(2 ** 32, features.extract(grey(rgb("cat"))))
+    for image_id in (2 ** 31, 2 ** 32):
+        with pytest.raises(ValueError, match="2\\*\\*31"):
+            index.add(image_id, features.extract(grey(rgb("cat"))))
 
 
 def test_spread_counts_the_region_holding_inliers() -> None:

@@ -40,10 +40,13 @@ def screen_then_photo(tmp_path) -> tuple[Path, Path]:
 @pytest.mark.parametrize("framing", [2, 0])
 def test_a_photo_catalogued_after_its_screenshot_links_to_it(
         tmp_path, monkeypatch, screen_then_photo, framing) -> None:
-    """Without the cut, the photo's whole matches too little of the screen
-    for a link; with it, the link is found, and stays weak (a part of the
-    screen), as a screenshot catalogued after its photo is linked."""
+    """Without the cut (nor the parts the screen kept, which
+    ``tests/test_parts.py`` tries), the photo's whole matches too little of
+    the screen for a link; with it, the link is found, and stays weak (a
+    part of the screen), as a screenshot catalogued after its photo is
+    linked."""
     monkeypatch.setattr(match, "FRAMING_CANDIDATES", framing)
+    monkeypatch.setattr(match, "KEEP_PARTS", False)
     screen, photo = screen_then_photo
     with imgmatch.Collection.open(tmp_path / "c.db") as collection:
         collection.add(screen)
@@ -103,18 +106,25 @@ def test_a_query_finds_the_screenshot_that_shows_its_photo(
     assert all(m.evidence["verification"]["in_tile"] for m in found)
 
 
-def test_a_screenshot_whose_file_is_gone_is_left_as_it_was(tmp_path, screen_then_photo) -> None:
+@pytest.mark.parametrize("parts", [False, True])
+def test_a_screenshot_whose_file_is_gone_is_left_as_it_was(tmp_path, monkeypatch,
+                                                          screen_then_photo, parts) -> None:
     """Its source no longer holds its bytes: the photo is catalogued all the
-    same, without the link the cut would have found."""
+    same, without the link the cut would have found, unless the screen kept
+    its parts when it was catalogued (:data:`imgmatch.match.KEEP_PARTS`):
+    then the photo matches the part that shows it, from the catalog alone."""
+    monkeypatch.setattr(match, "KEEP_PARTS", parts)
     screen, photo = screen_then_photo
     with imgmatch.Collection.open(tmp_path / "c.db") as collection:
         collection.add(screen)
+        digest = sha(screen)
         screen.write_bytes(b"overwritten")
         summary = collection.add_many([(photo, None)])
         record = collection.image(sha(photo))
     assert summary.images_added == 1
     assert summary.images_reread == 0
-    assert record.links == ()
+    assert [link.sha256 for link in record.links] == ([digest] if parts else [])
+    assert all(match.MATCH_SCORE <= link.score < PRECISE for link in record.links)
 
 
 @settings(max_examples=60, deadline=None)
