@@ -191,14 +191,17 @@ VOTERS = 250
 PARALLEL_ROWS = 4_000_000
 
 
+_KEPT = "parts_"
+
+
 class DescriptorIndex:
     """Local descriptors of many images, searched by voting."""
 
     OWN_ARRAYS = ("codes", "owners", "centres", "cells", "words", "roots", "word_roots",
                   "post_owner", "post_sig", "word_start", "meta")
     #: the same of :attr:`kept`, each name with this prefix
-    KEPT = "parts_"
-    ARRAYS = OWN_ARRAYS + tuple("parts_" + name for name in OWN_ARRAYS)
+    KEPT = _KEPT
+    ARRAYS = OWN_ARRAYS + tuple(_KEPT + name for name in OWN_ARRAYS)
     #: memory-mapped when loaded, not read (:func:`imgmatch.index_files.load_folder`)
     LAZY = ("codes", "owners", KEPT + "codes", KEPT + "owners")
 

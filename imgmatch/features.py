@@ -251,7 +251,7 @@ class LocalFeatures:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> LocalFeatures:
-        if blob[:4] == _MAGIC_PARTS:
+        if has_parts(blob):
             return _with_parts(blob)
         if len(blob) < _HEADER.size:
             raise SignalError("a local-features blob is too short")

@@ -123,8 +123,10 @@ def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterab
                       stored_pdq: Mapping[int, bytes] | None = None,
                       orientations: Mapping[int, tuple[bool, bool]] | None = None,
                       boxes: Sequence[tuple[int, int, int, int]] | None = None,
-                      frames: Sequence[tuple[float, float, float, float]] = ()) -> None:
-    """Verify candidates geometrically and add what it finds to their evidence.
+                      frames: Sequence[tuple[float, float, float, float]] = ()
+                      ) -> dict[int, features.LocalFeatures]:
+    """Verify candidates geometrically and add what it finds to their evidence;
+    returns the candidates' stored features it read.
 
     ``views`` pairs the query's local features (the whole image first, then
     its tiles, :func:`imgmatch.features.tiles`) with the candidates to verify
@@ -193,6 +195,7 @@ def verify_candidates(catalog: Catalog, views: Sequence[tuple[LocalQuery, Iterab
             ev.verified = verified
             if not ev.hashes or ev.strong_geometry:
                 ev.transform = "mirror" if flipped else "identity"
+    return stored
 
 
 #: Which of a candidate's verifications (one per view that voted for it) its
@@ -865,8 +868,9 @@ class IndexLinker:
                 batch.add(image_id, local[sha256][0])
         # the new images a part of an older one may show: photos, not screens
         # or collages (two screens of one app agree on its bars)
+        seams = {sha256: features.gridded(greys.get(sha256)) for _, sha256 in new_images}
         photos = {image_id for image_id, sha256 in new_images
-                  if sha256 not in framed and not features.gridded(greys.get(sha256))}
+                  if sha256 not in framed and not seams[sha256]}
         voted, orientations = self._voted(new_images, local, batch, photos)
         for name, index in self.indexes.items():
             threshold = registry.get(name).threshold
@@ -912,14 +916,15 @@ class IndexLinker:
                 # candidate as weak evidence, so a copy the votes missed (a small
                 # downscale has few keypoints) must be verified to be linked
                 chosen = set(voted.get(image_id, ())) | set(_best_by_hashes(found))
+                read: Mapping[int, features.LocalFeatures] = {}
                 if chosen:
-                    verify_candidates(self.catalog, [(local[sha256], chosen)], found,
+                    read = verify_candidates(self.catalog, [(local[sha256], chosen)], found,
                                       greys.get(sha256),
                                       {o: stored[o]["pdq"][0] for o in chosen
                                        if "pdq" in stored.get(o, {})},
                                       orientations.get(image_id),
                                       frames=framed.get(sha256, ()))
-                grid = TILE_GRIDDED and features.gridded(greys.get(sha256))
+                grid = TILE_GRIDDED and seams[sha256]
                 if pixels is not None and self.descriptors is not None \
                         and worth_tiling(found, sha256 in framed, grid):
                     grey = pixels(sha256)
@@ -939,8 +944,7 @@ class IndexLinker:
                 if PART_VERIFY and chosen and image_id in photos:
                     # after the cut read again, which compares the pictures
                     # best where the source is still there
-                    verify_parts(self.catalog, local[sha256], chosen, found,
-                                 greys.get(sha256))
+                    verify_parts(local[sha256], read, found, greys.get(sha256))
                 if REVERSE_VERIFY and sha256 not in framed:
                     verify_reversed(self.catalog, local[sha256], found, self.min_score,
                                     orientations.get(image_id))
@@ -1081,10 +1085,11 @@ def parts_of(described: Sequence[tuple[tuple[int, int, int, int], LocalQuery]],
     return tuple(out)
 
 
-def verify_parts(catalog: Catalog, view: LocalQuery, ids: Iterable[int],
+def verify_parts(view: LocalQuery, stored: Mapping[int, features.LocalFeatures],
                  found: dict[int, Evidence], query_grey: np.ndarray | None = None) -> int:
     """Verify a new image (``view``: its features and its mirror's) against
-    the parts its candidates ``ids`` kept, each compared aligned with the
+    the parts its candidates kept (``stored``: their features, as
+    :func:`verify_candidates` read them), each compared aligned with the
     part as :func:`verify_within` compares (only agreement counts, and with
     :data:`PART_AGREES` only a part that agrees), and keep the part that
     scores the pair highest where it scores it higher than before.
@@ -1097,15 +1102,15 @@ def verify_parts(catalog: Catalog, view: LocalQuery, ids: Iterable[int],
     whole_box = None if query_grey is None else (0, 0, query_grey.shape[1],
                                                  query_grey.shape[0])
     tried = 0
-    for image_id, blob in catalog.features_of(sorted(ids)).items():
-        if not features.has_parts(blob):
+    for image_id, older in sorted(stored.items()):
+        if not older.parts:
             continue
         ev = found.get(image_id) or Evidence(robust=True)
         if ev.verified is not None and link_score(ev) >= MATCH_SCORE:
             continue  # linked as it is: a whole match joins clusters, a part's is capped
         tried += 1
         best, best_score = None, link_score(ev) if ev.verified is not None else -1.0
-        for part in features.LocalFeatures.from_bytes(blob).parts:
+        for part in older.parts:
             if len(part.features) < VERIFIABLE:
                 continue
             result, flipped = features.best_of(plain, mirrored, part.features)

@@ -79,7 +79,7 @@ def test_a_blob_keeps_its_parts(n: int, parts: int, keep: int, data) -> None:
         assert set(built.kept.owners.tolist()) == {1}
 
 
-def _with_parts(blob: bytes) -> bytes:
+def _with_parts() -> bytes:
     found = features.LocalFeatures(np.zeros((1, 2), np.float32), np.zeros((1, 32), np.uint8),
                                    8, 8)
     part = features.Part((0.0, 0.0, 4.0, 4.0), found)
@@ -88,7 +88,7 @@ def _with_parts(blob: bytes) -> bytes:
 
 @pytest.mark.parametrize("spoil", ["short", "long", "nested", "nan", "count"])
 def test_bad_blobs_with_parts_are_refused(spoil: str) -> None:
-    blob = _with_parts(b"")
+    blob = _with_parts()
     head = struct.calcsize("<4sI")
     size = struct.unpack_from("<I", blob, 4)[0]
     bad = {"short": blob[:-3], "long": blob + b"\0",
