@@ -86,6 +86,24 @@ def create_private(path: Path) -> None:
         pass
 
 
+#: A box (x0, y0, x1, y1) as shares of an image's sides.
+Box = tuple[float, float, float, float]
+
+
+def _regions_text(regions: tuple[Box | None, Box | None] | None) -> str | None:
+    if regions is None:
+        return None
+    return json.dumps([None if box is None else [round(v, 3) for v in box]
+                       for box in regions])
+
+
+def _box(value: list[float] | None) -> Box | None:
+    if value is None:
+        return None
+    x0, y0, x1, y1 = (float(v) for v in value)
+    return (x0, y0, x1, y1)
+
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("initial schema", """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -307,6 +325,9 @@ MIGRATIONS: list[tuple[str, str]] = [
         updated_at TEXT NOT NULL
     );
     INSERT INTO meta (key, value) VALUES ('watch_version', '0');
+    """),
+    ("where each link's evidence lies in its two images", """
+    ALTER TABLE links ADD COLUMN regions TEXT;
     """),
 ]
 
@@ -862,10 +883,12 @@ class Catalog:
             if k.a != k.b and (pair not in best or k.score > best[pair].score):
                 best[pair] = k
         return max(self.conn.executemany(
-            "INSERT INTO links (a, b, score, distances, agreed, transform) "
-            "VALUES (?,?,?,?,?,?) ON CONFLICT(a, b) DO NOTHING",
+            "INSERT INTO links (a, b, score, distances, agreed, transform, regions) "
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT(a, b) DO NOTHING",
             [(a, b, k.score, json.dumps(k.distances, sort_keys=True), ",".join(k.agreed),
-              k.transform) for (a, b), k in best.items()]).rowcount, 0)
+              k.transform, _regions_text(k.regions if k.a == a else
+                                         k.regions and (k.regions[1], k.regions[0])))
+             for (a, b), k in best.items()]).rowcount, 0)
 
     # ------------------------------------------------------------------- reads
     def links(self) -> Iterator[tuple[int, int, float, dict, tuple[str, ...], str]]:
@@ -873,6 +896,19 @@ class Catalog:
                 "SELECT a, b, score, distances, agreed, transform FROM links ORDER BY a, b"):
             yield a, b, score, json.loads(distances), tuple(x for x in agreed.split(",") if x), \
                 transform
+
+    def link_regions(self) -> dict[tuple[int, int], tuple[Box | None, Box | None]]:
+        """Where each link's evidence lies in its two images, for the links
+        that know it (:attr:`imgmatch.records.LinkRow.regions`)."""
+        out = {}
+        for a, b, text in self.conn.execute(
+                "SELECT a, b, regions FROM links WHERE regions IS NOT NULL"):
+            try:
+                boxes = json.loads(text)
+                out[(a, b)] = (_box(boxes[0]), _box(boxes[1]))
+            except (ValueError, TypeError, IndexError):
+                continue  # not a region this version wrote: as if unknown
+        return out
 
     def multi_sighting_image_ids(self, min_sightings: int) -> list[int]:
         return [r[0] for r in self.conn.execute(

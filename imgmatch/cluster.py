@@ -12,13 +12,18 @@ at least ``STRONG_SCORE``) build the cores; a *weak* link (a lead, under
 ``STRONG_SCORE``) can only attach a lone image to a core, which
 corroborates it: the core of its best weak link into a core, from
 ``ATTACH_SCORE`` up. Two lone
-images never pair up on a weak link (on the second benchmark set, such
-pairs were icons of one series and signs of one template), weak links
-never merge two cores, and an image attaches to one core at most. One
+images pair up on a weak link only where each is the other's best, from
+:data:`PAIR_SCORE` (on the second benchmark set, weaker pairs were icons
+of one series and signs of one template); weak links never merge two
+cores, and an image attaches to one core at most. One
 image whose strong links are the only join between two groups of images
 (a collage of two photos, each cell half of it, matched strongly to both)
 is a hub: it keeps its strong links into the larger group, and the others
-count as weak (:data:`HUB_PART`). Images
+count as weak (:data:`HUB_PART`). A collage shows several pictures, in
+cells apart from each other: an image whose links' evidence lies in parts
+of it apart from each other (:func:`composites`, from where each link's
+inliers lie) keeps as strong only the links that lie where its best one
+does, and no lone image attaches to a cluster through it. Images
 marked with ``imgmatch ignore`` (and images matching an ignored hash) take
 no part.
 """
@@ -27,9 +32,9 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
-from .catalog import Catalog
+from .catalog import Box, Catalog
 from .evidence import PRECISE
 from .model import Cluster
 
@@ -163,11 +168,121 @@ def _hub_links(strong: list[tuple[int, int]]) -> set[tuple[int, int]]:
     return weak
 
 
+#: Whether the composites' guard applies (:func:`composites`). Chosen on
+#: the fit half's simulated crawl (``scripts/bench crawl-links --recluster
+#: COMPOSITE_GUARD=False,True``): 0.9973 / 0.9357 either way (its 3
+#: clusters mixing pictures have other causes); on the dev set's photographs
+#: in collages, screenshots and chains (``scripts/bench sets
+#: --photo-composites``, never tuned on), 0.9731 / 0.8269 with 7 clusters
+#: mixing pictures without it, 0.9968 / 0.8183 with 1 (docs/benchmarks.md).
+COMPOSITE_GUARD = True
+#: Two regions of one image lie apart when their intersection is less than
+#: this share of the smaller: a collage's cells, not a photo's crops. Set
+#: a priori: the fit half's crawl gives the same clusters from 0.05 to 0.5.
+APART = 0.2
+#: Regions smaller than this share of an image do not count (a word, a logo).
+MIN_REGION = 0.01
+
+
+def _area(box: Box) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
+def apart(a: Box, b: Box) -> bool:
+    """Whether two regions of one image share less than :data:`APART` of the smaller."""
+    inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    return inter < APART * min(_area(a), _area(b))
+
+
+def composites(links: Iterable[tuple[int, int, float, tuple[str, ...]]],
+               regions: Mapping[tuple[int, int], tuple[Box | None, Box | None]]
+               ) -> dict[int, Box]:
+    """The images whose links' evidence lies in parts of them apart from each
+    other (a collage's cells), each with its home: where its best link's
+    evidence lies (ties: the link to the smaller image id)."""
+    seen: dict[int, list[tuple[float, int, Box]]] = {}
+    for a, b, score, _ in links:
+        boxes = regions.get((min(a, b), max(a, b)))
+        if boxes is None:
+            continue
+        if a > b:
+            a, b = b, a
+        for image, other, box in ((a, b, boxes[0]), (b, a, boxes[1])):
+            if box is not None and _area(box) >= MIN_REGION:
+                seen.setdefault(image, []).append((score, -other, box))
+    out: dict[int, Box] = {}
+    for image, found in seen.items():
+        if len(found) < 2:
+            continue
+        found.sort(reverse=True)
+        home = found[0][2]
+        if any(apart(home, box) for _, _, box in found[1:]) or any(
+                apart(x, y) for i, (_, _, x) in enumerate(found) for _, _, y in found[i + 1:]):
+            out[image] = home
+    return out
+
+
+def _away_from_home(links: list[tuple[int, int, float, tuple[str, ...]]],
+                    regions: Mapping[tuple[int, int], tuple[Box | None, Box | None]],
+                    homes: Mapping[int, Box]) -> set[tuple[int, int]]:
+    """The strong links whose evidence lies, in a composite, apart from its home."""
+    out: set[tuple[int, int]] = set()
+    for a, b, score, _ in links:
+        if not is_strong(score):
+            continue
+        pair = (min(a, b), max(a, b))
+        boxes = regions.get(pair)
+        if boxes is None:
+            continue
+        for image, box in ((pair[0], boxes[0]), (pair[1], boxes[1])):
+            if image in homes and box is not None and apart(homes[image], box):
+                out.add(pair)
+    return out
+
+
+#: Two images still alone after the attachments pair up where each is the
+#: other's best link among lone images, at this score or more (None: never),
+#: unless either is a composite: a screenshot and a chained repost of a
+#: photo whose original was never collected have only each other. Chosen on
+#: the fit half's simulated crawl (``scripts/bench crawl-links --recluster
+#: PAIR_SCORE=None,0.85,0.8,0.75,0.7``): 0.9973 / 0.9357 never, 0.9973 /
+#: 0.9358 from 0.85 and 0.8, 0.9973 / 0.9360 at 0.75, 0.9968 / 0.9360 at
+#: 0.7 (a fourth cluster mixing pictures); 0.8 keeps a step of margin.
+PAIR_SCORE: float | None = 0.8
+
+
+def _pair_lone(links: list[tuple[int, int, float, tuple[str, ...]]], uf: _UnionFind,
+               size: dict[int, int], core: dict[int, int],
+               attached: dict[int, tuple[float, int]], homes: Mapping[int, Box]) -> None:
+    """Join the pairs of lone images that are each other's best link (:data:`PAIR_SCORE`)."""
+    assert PAIR_SCORE is not None
+    best: dict[int, tuple[float, int]] = {}
+    for a, b, score, _ in links:
+        if is_strong(score) or score < PAIR_SCORE:
+            continue
+        for x, y in ((a, b), (b, a)):
+            if x in attached or y in attached or size[core[x]] > 1 or size[core[y]] > 1 \
+                    or x in homes or y in homes:
+                continue
+            if x not in best or (score, -y) > (best[x][0], -best[x][1]):
+                best[x] = (score, y)
+    for x, (_, y) in best.items():
+        if x < y and best.get(y, (0.0, -1))[1] == x:
+            uf.union(x, y)
+
+
 def guarded_groups(nodes: Iterable[int],
-                   links: Iterable[tuple[int, int, float, tuple[str, ...]]]) -> list[list[int]]:
-    """Clusters from (a, b, score, agreed) links, with the chaining guard above."""
+                   links: Iterable[tuple[int, int, float, tuple[str, ...]]],
+                   regions: Mapping[tuple[int, int], tuple[Box | None, Box | None]]
+                   | None = None) -> list[list[int]]:
+    """Clusters from (a, b, score, agreed) links, with the chaining guard
+    above; ``regions`` (by pair, smaller id first) say where each link's
+    evidence lies in its two images, where known."""
     links = list(links)
+    homes = composites(links, regions) if regions and COMPOSITE_GUARD else {}
     hubs = _hub_links([(min(a, b), max(a, b)) for a, b, score, _ in links if is_strong(score)])
+    if homes:
+        hubs |= _away_from_home(links, regions or {}, homes)
     if hubs:
         links = [(a, b, min(score, WEAK_HUB_SCORE) if (min(a, b), max(a, b)) in hubs
                   else score, agreed) for a, b, score, agreed in links]
@@ -192,11 +307,15 @@ def guarded_groups(nodes: Iterable[int],
         # on the fit half's simulated crawl, B-cubed recall 0.899 -> 0.910,
         # precision 0.9892 -> 0.9879 (docs/benchmarks.md)
         for x, y in ((a, b), (b, a)):
+            if y in homes:
+                continue  # a collage's cell: the lone image may show another of its pictures
             if size[core[x]] == 1 and size[core[y]] > 1 and \
                     (x not in best or (score, -y) > (best[x][0], -best[x][1])):
                 best[x] = (score, y)
     for x, (_, y) in best.items():
         uf.union(x, y)
+    if PAIR_SCORE is not None:
+        _pair_lone(links, uf, size, core, best, homes)
     components: dict[int, list[int]] = {}
     for node in list(uf.parent):
         components.setdefault(uf.find(node), []).append(node)
@@ -220,7 +339,8 @@ def build_clusters(catalog: Catalog, *, min_sightings: int = 2, min_score: float
     linked = {a for a, *_ in link_rows} | {b for _, b, *_ in link_rows}
     seeds = (set(catalog.multi_sighting_image_ids(2)) | linked) - ignored
     components = guarded_groups(seeds, ((a, b, score, agreed)
-                                        for a, b, score, _, agreed, _ in link_rows))
+                                        for a, b, score, _, agreed, _ in link_rows),
+                                catalog.link_regions())
     all_ids = [i for c in components for i in c]
     images = catalog.images(all_ids)
     sightings = catalog.sightings_of(all_ids)

@@ -271,6 +271,10 @@ RULES: dict[str, str] = {
 }
 
 
+#: A box (x0, y0, x1, y1) as shares of an image's width and height.
+Box = tuple[float, float, float, float]
+
+
 @dataclass(frozen=True)
 class Verified:
     """What geometric verification found (see :class:`imgmatch.features.Verification`)."""
@@ -317,6 +321,10 @@ class Verified:
     #: too little of the whole, or the whole frames disagree where the
     #: centres agree (:func:`imgmatch.features.aligned_centre`)
     aligned_centre: bool = False
+    #: where the inliers lie in the query (the new image) and in the stored
+    #: image: (x0, y0, x1, y1) boxes as shares of each whole image's sides,
+    #: or None where not known (a cut or a part of the stored image)
+    regions: tuple[Box | None, Box | None] | None = None
 
 
 @dataclass

@@ -762,6 +762,12 @@ class Verification:
     #: None where the query frames no picture with :data:`FRAME_MIN_KEYPOINTS`
     #: (or none was given)
     framed_share: float | None = None
+    #: the box (x0, y0, x1, y1) the inliers span in the query, in its
+    #: analysed pixels, and in the stored image, as shares of its sides: where
+    #: in each image the pair's evidence lies (a collage's links to two
+    #: pictures lie in two cells, :func:`imgmatch.cluster.composites`)
+    query_box: tuple[float, float, float, float] | None = None
+    stored_box: tuple[float, float, float, float] | None = None
 
     @property
     def shared_area(self) -> float:
@@ -926,7 +932,17 @@ def verify(query: LocalFeatures, stored: LocalFeatures,
                                 _moved(query.points, transform)),
                         query_share, stored_share,
                         tuple(float(v) for v in transform.ravel()),
-                        float(repeated.mean()) if len(repeated) else 0.0, framed_share)
+                        float(repeated.mean()) if len(repeated) else 0.0, framed_share,
+                        _box(src[kept]), _box(dst[kept], stored.width, stored.height))
+
+
+def _box(points: np.ndarray, width: float = 1.0, height: float = 1.0
+         ) -> tuple[float, float, float, float] | None:
+    """The (x0, y0, x1, y1) box ``points`` span, divided by ``width`` and ``height``."""
+    if not len(points) or width <= 0 or height <= 0:
+        return None
+    (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
+    return (float(x0) / width, float(y0) / height, float(x1) / width, float(y1) / height)
 
 
 def mirrored_boxes(boxes: Sequence[tuple[float, float, float, float]], width: float

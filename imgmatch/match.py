@@ -28,7 +28,7 @@ from . import signals as registry
 from .catalog import Catalog
 from .decode import Decoded
 from .descriptors import PART_OWNER, VOTERS, DescriptorIndex, votes_across
-from .evidence import PRECISE, SCALES, Evidence, Verified
+from .evidence import PRECISE, SCALES, Box, Evidence, Verified
 from .index import BinaryIndex
 from .model import Match
 from .records import HashValue, LinkRow, hamming
@@ -237,7 +237,38 @@ def _verified(result: features.Verification, flipped: bool, width: int,
                     coverage=result.coverage, query_share=result.query_share,
                     repeated=result.repeated, in_tile=in_tile,
                     stored_share=result.stored_share, framed_share=result.framed_share,
-                    aligned_centre=centre)
+                    aligned_centre=centre,
+                    regions=(_in_whole(result.query_box, flipped, width, grey, box),
+                             result.stored_box))
+
+
+def _in_part(box: Box | None, part: tuple[float, float, float, float],
+             whole: features.LocalFeatures) -> Box | None:
+    """A box as shares of a part's sides, as shares of the whole image's."""
+    if box is None or not whole.width or not whole.height:
+        return None
+    x0, y0, x1, y1 = part
+    w, h = (x1 - x0) / whole.width, (y1 - y0) / whole.height
+    left, top = x0 / whole.width, y0 / whole.height
+    return (left + box[0] * w, top + box[1] * h, left + box[2] * w, top + box[3] * h)
+
+
+def _in_whole(view_box: tuple[float, float, float, float] | None, flipped: bool,
+              view_width: int, grey: np.ndarray | None,
+              box: tuple[int, int, int, int] | None) -> Box | None:
+    """A box in a verified view's analysed pixels (the image or a tile of it,
+    mirrored or not) as shares of the whole image's sides; None where the
+    view's place in the image is not known."""
+    if view_box is None or grey is None or box is None or view_width <= 0:
+        return None
+    x0, y0, x1, y1 = view_box
+    if flipped:
+        x0, x1 = view_width - x1, view_width - x0
+    left, top, right, _ = box
+    per = (right - left) / view_width  # grey pixels per analysed pixel
+    h, w = grey.shape[:2]
+    return (min(1.0, (left + x0 * per) / w), min(1.0, (top + y0 * per) / h),
+            min(1.0, (left + x1 * per) / w), min(1.0, (top + y1 * per) / h))
 
 
 #: Whether a query that covers too little of the stored image for the whole
@@ -642,6 +673,9 @@ def verify_within(catalog: Catalog, view: LocalQuery, image_id: int, ev: Evidenc
     result, flipped = features.best_of(plain, mirrored, part)
     verified = _verified(result, flipped, plain.width, part, query_grey, whole_box, pdq,
                          in_tile=True)
+    # the stored side's box lies in the cut, not in the older image
+    verified = dataclasses.replace(verified, regions=(
+        verified.regions[0] if verified.regions else None, None))
     if verified.aligned is not None and verified.aligned > CENTRE_AGREES:
         # only agreement is evidence: the cut holds a margin of whatever lies
         # around the photo (an interface, the next cell), which the photo
@@ -776,6 +810,18 @@ def link_distances(ev: Evidence) -> dict[str, int]:
     if ev.verified is not None and ev.verified.inliers:
         out["inliers"] = ev.verified.inliers
     return out
+
+
+def link_regions(ev: Evidence, new_first: bool
+                 ) -> tuple[Box | None, Box | None] | None:
+    """Where a link's inliers lie in its two images, ordered as the link's
+    images are (the new one first or not); None where nothing was verified."""
+    if ev.verified is None or ev.verified.regions is None:
+        return None
+    new, older = ev.verified.regions
+    if new is None and older is None:
+        return None
+    return (new, older) if new_first else (older, new)
 
 
 def link_score(ev: Evidence) -> float:
@@ -952,7 +998,8 @@ class IndexLinker:
                 score = link_score(ev)
                 if score >= self.min_score and ev.agreed:
                     out.append(LinkRow(min(image_id, other), max(image_id, other), score,
-                                       link_distances(ev), ev.agreed, ev.transform))
+                                       link_distances(ev), ev.agreed, ev.transform,
+                                       link_regions(ev, image_id < other)))
         return out
 
     def _keep_parts(self, image_id: int, parts: tuple[features.Part, ...],
@@ -1118,6 +1165,9 @@ def verify_parts(view: LocalQuery, stored: Mapping[int, features.LocalFeatures],
                 continue
             verified = _verified(result, flipped, plain.width, part.features, query_grey,
                                  whole_box, part.pdq, in_tile=True)
+            verified = dataclasses.replace(verified, regions=(
+                verified.regions[0] if verified.regions else None,
+                _in_part(verified.regions[1] if verified.regions else None, part.box, older)))
             agrees = verified.aligned is not None and verified.aligned <= CENTRE_AGREES
             if PART_AGREES and not agrees:
                 continue  # keypoints alone: a word two banners share, a figure's feet
@@ -1188,10 +1238,17 @@ def verify_reversed(catalog: Catalog, view: LocalQuery, found: dict[int, Evidenc
         # the aligned comparison (the new image moved onto the older one's
         # frame) compares the two pictures whichever way they were verified:
         # kept, so that two screens of one app stay apart by their photos
+        new_box = result.stored_box
+        if new_box is not None and flipped:  # the new image's mirror played the stored one
+            new_box = (1.0 - new_box[2], new_box[1], 1.0 - new_box[0], new_box[3])
+        older_box = None if result.query_box is None or not older.width else (
+            result.query_box[0] / older.width, result.query_box[1] / older.height,
+            result.query_box[2] / older.width, result.query_box[3] / older.height)
         verified = dataclasses.replace(
             _verified(result, flipped, older.width, plain, None, None, None),
             aligned=ev.verified.aligned if ev.verified is not None else None,
-            aligned_centre=ev.verified is not None and ev.verified.aligned_centre, reversed=True)
+            aligned_centre=ev.verified is not None and ev.verified.aligned_centre, reversed=True,
+            regions=(new_box, older_box))
         turned = dataclasses.replace(ev, verified=verified)
         if link_score(turned) > link_score(ev):
             turned.transform = "mirror" if flipped else "identity"

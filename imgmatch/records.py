@@ -202,3 +202,7 @@ class LinkRow:
     distances: dict[str, int]
     agreed: tuple[str, ...]
     transform: str
+    #: where the verified inliers lie in a and in b: (x0, y0, x1, y1) boxes as
+    #: shares of each image's sides, None where not known
+    regions: tuple[tuple[float, float, float, float] | None,
+                   tuple[float, float, float, float] | None] | None = None

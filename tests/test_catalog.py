@@ -296,6 +296,7 @@ def test_tallies_follow_every_write(catalog_address, tmp_path):
                        + "DROP TABLE alert_deliveries; DROP TABLE alerts; DROP TABLE watch_hits;"
                        + "DROP TABLE watch_entries; DROP TABLE watchlists;"
                        + "DELETE FROM meta WHERE key = 'watch_version';"
+                       + "ALTER TABLE links DROP COLUMN regions;"
                        + "DELETE FROM migrations WHERE version >= 7;"
                        + "PRAGMA user_version = 6;")
     conn.close()

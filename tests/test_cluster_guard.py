@@ -48,6 +48,18 @@ def test_lone_images_do_not_pair_on_a_weak_link():
     assert groups == [[1], [2], [3]]
 
 
+def test_two_lone_images_pair_only_on_each_others_best_link():
+    # 1 and 2 (a screenshot and a repost of a photo never collected) have
+    # only each other; 3 links to 2 less well, and stays alone
+    pair = (cluster.PAIR_SCORE, ("orb",))
+    weaker = (cluster.PAIR_SCORE, ("orb",))
+    assert guarded_groups([1, 2, 3], links((1, 2, (0.9, ("orb",))), (2, 3, weaker))) \
+        == [[1, 2], [3]]
+    assert guarded_groups([1, 2], links((1, 2, pair))) == [[1, 2]]
+    under = (cluster.PAIR_SCORE - 0.01, ("orb",))
+    assert guarded_groups([1, 2], links((1, 2, under))) == [[1], [2]]
+
+
 def test_a_lone_image_attaches_through_its_best_link_into_a_cluster():
     # 3 (a screenshot) links best to 4, another lone screenshot of the photo,
     # and more weakly to the photo's cluster 1-2: it joins that cluster, and
@@ -63,8 +75,9 @@ def test_a_lone_image_attaches_through_its_best_link_into_a_cluster():
                 max_size=30))
 def test_weak_links_only_attach_lone_images_to_one_cluster(edges) -> None:
     """Whatever the links, each cluster is one component of the strong links
-    with lone images that have a weak link into it: weak links never join
-    two strong components, nor two lone images."""
+    with lone images that have a weak link into it, or two lone images
+    paired on a link of :data:`imgmatch.cluster.PAIR_SCORE` or more: weak
+    links never join two strong components, nor more than two lone images."""
     edges = [(a, b, score) for a, b, score in edges if a != b]
     # a hub's strong links into the groups it does not keep count as weak
     hubs = cluster._hub_links([(min(a, b), max(a, b)) for a, b, score in edges
@@ -80,7 +93,8 @@ def test_weak_links_only_attach_lone_images_to_one_cluster(edges) -> None:
         cores = {core_of[n] for n in group if len(core_of[n]) > 1}
         assert len(cores) <= 1
         if not cores:
-            assert len(group) == 1
+            assert len(group) == 1 or len(group) == 2 and any(
+                set(group) == {a, b} and score >= cluster.PAIR_SCORE for a, b, score in edges)
             continue
         core = set(cores.pop())
         assert core <= set(group)
