@@ -627,15 +627,24 @@ def gridded(grey: np.ndarray | None) -> bool:
     art and app screens, whose panels are tiles too, and pages of text,
     whose blank lines are narrow gutters) and in 103 of its 131 collages. Cheap enough for every new image (0.1 ms): a few array passes
     over the 192-pixel grey an ingest keeps anyway."""
+    down, across = seams(grey)
+    return bool(down or across)
+
+
+def seams(grey: np.ndarray | None) -> tuple[list[float], list[float]]:
+    """Where an image's seams (:func:`gridded`) lie: the lines down it, as
+    shares of its width, and across it, as shares of its height."""
     if grey is None or min(grey.shape[:2]) < 32:
-        return False
+        return [], []
     small = reduce(grey, SEAM_SIDE).astype(np.int16)
+    out: list[list[float]] = []
     for lines in (small, small.T):  # seams down the image, then across it
         width = lines.shape[1]
         lo, hi = int(SEAM_FROM * width), int((1 - SEAM_FROM) * width)
+        found: list[float] = []
         steps = (np.abs(np.diff(lines, axis=1)) > SEAM_STEP).mean(axis=0)
-        if np.any(steps[lo:hi] >= SEAM_ROWS):
-            return True
+        # a step between lines i and i + 1 is a seam at i + 1
+        found += [(i + 1) / width for i in np.flatnonzero(steps[lo:hi] >= SEAM_ROWS) + lo]
         spread = lines.max(axis=0) - lines.min(axis=0)
         flat = np.concatenate([[False], spread <= SEAM_FLAT, [False]])
         starts = np.flatnonzero(flat[1:-1] & ~flat[:-2])
@@ -644,18 +653,81 @@ def gridded(grey: np.ndarray | None) -> bool:
             if lo <= start < hi and end - start <= max(1.0, SEAM_GUTTER * width) \
                     and start > 0 and end < width \
                     and spread[start - 1] > SEAM_BUSY and spread[end] > SEAM_BUSY:
-                return True
-    return False
+                found.append((start + end) / 2 / width)
+        merged: list[float] = []
+        for at in sorted(found):  # one seam, however many lines it spans
+            if merged and at - merged[-1] < CELL_MIN_SIDE:
+                continue
+            merged.append(at)
+        out.append(merged)
+    return out[0], out[1]
+
+
+#: A grid's cell (:func:`cells`) is at least this share of the image's side.
+CELL_MIN_SIDE = 0.15
+#: At most this many cells are searched, the largest first.
+MAX_CELLS = 9
+#: Whether a grid's cells are searched among an image's tiles
+#: (:func:`view_boxes`); ``scripts/bench accuracy --grid-cells 0`` turns it off.
+GRID_CELLS = True
+
+
+def cells(grey: np.ndarray | None) -> list[tuple[int, int, int, int]]:
+    """(x0, y0, x1, y1) of the cells its seams cut an image into, in its
+    pixels: a collage's photos, where the quarters would cut a 3-column
+    grid's middle column in two. None where no seam is found."""
+    if grey is None:
+        return []
+    h, w = grey.shape[:2]
+    boxes = _split(grey, (0, 0, w, h), depth=2)
+    boxes = [b for b in boxes if (b[2] - b[0]) >= CELL_MIN_SIDE * w
+             and (b[3] - b[1]) >= CELL_MIN_SIDE * h]
+    boxes.sort(key=lambda b: (-(b[2] - b[0]) * (b[3] - b[1]), b[1], b[0]))
+    return boxes[:MAX_CELLS] if len(boxes) > 1 else []
+
+
+def _split(grey: np.ndarray, box: tuple[int, int, int, int], depth: int
+           ) -> list[tuple[int, int, int, int]]:
+    """``box`` cut at its seams, and each piece at its own (``depth`` levels):
+    tiles that touch step in most rows of their own band, not of the page."""
+    x0, y0, x1, y1 = box
+    piece = grey[y0:y1, x0:x1]
+    down, across = seams(piece) if depth else ([], [])
+    if not down and not across:
+        return [box]
+    w, h = x1 - x0, y1 - y0
+    xs = [x0, *(x0 + int(v * w) for v in down), x1]
+    ys = [y0, *(y0 + int(v * h) for v in across), y1]
+    return [b for top, bottom in zip(ys, ys[1:]) for left, right in zip(xs, xs[1:])
+            for b in _split(grey, (left, top, right, bottom), depth - 1)]
 
 
 def view_boxes(grey: np.ndarray, quarters: bool = True,
                found: Sequence[tuple[int, int, int, int]] | None = None
                ) -> list[tuple[int, int, int, int]]:
-    """The boxes an image's tiles are cut from: its quarters and centre
-    (:func:`tile_boxes`; unless ``quarters`` is false), then its framed
-    pictures (:func:`regions`, or ``found`` where already looked for)."""
-    return (tile_boxes(*grey.shape[:2]) if quarters else []) + \
-        (regions(grey) if found is None else list(found))
+    """The boxes an image's tiles are cut from: a grid's cells (:func:`cells`),
+    its quarters and centre (:func:`tile_boxes`; unless ``quarters`` is
+    false) where no cell nearly is one, then its framed pictures
+    (:func:`regions`, or ``found`` where already looked for)."""
+    grid = cells(grey) if GRID_CELLS and min(grey.shape[:2]) >= MIN_TILED_SIDE else []
+    quartered = [q for q in (tile_boxes(*grey.shape[:2]) if quarters else [])
+                 if not any(iou(q, c) >= CELL_SAME for c in grid)]
+    return grid + quartered + (regions(grey) if found is None else list(found))
+
+
+#: A quarter that shares this much of its area with a cell (and the cell of
+#: its area) is that cell: a 2 x 2 grid's cells are its quarters.
+CELL_SAME = 0.7
+
+
+def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    both = w * h
+    return both / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - both)
 
 
 #: The share of an image a framed picture covers, at least, to count among

@@ -660,7 +660,7 @@ def verify_within(catalog: Catalog, view: LocalQuery, image_id: int, ev: Evidenc
         return
     if framed_only:
         place = features.where_within(whole, plain, stored, grey.shape, 0.0)
-        if place is None or not any(_iou(place, region) >= FRAMING_IOU
+        if place is None or not any(features.iou(place, region) >= FRAMING_IOU
                                     for region in features.regions(grey)):
             return
     prepared = features.prepare(features.cut(grey, [box])[0])  # as extract sizes it
@@ -685,16 +685,6 @@ def verify_within(catalog: Catalog, view: LocalQuery, image_id: int, ev: Evidenc
         ev.verified = verified
         if not ev.hashes or ev.strong_geometry:
             ev.transform = "mirror" if flipped else "identity"
-
-
-def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    """Intersection over union of two (x0, y0, x1, y1) boxes."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    both = w * h
-    return both / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - both)
 
 
 def _search_tiles(catalog: Catalog, query: Mapping[str, Sequence[HashValue]],

@@ -483,6 +483,8 @@ SETTING_OPTIONS = (
      "compared aligned with that part"),
     ("--tile-gridded", "match", "TILE_GRIDDED", _switch,
      "0: an ingest does not search the tiles of an image that only looks like a grid"),
+    ("--grid-cells", "features", "GRID_CELLS", _switch,
+     "search a grid's cells, cut where its seams run, among an image's tiles (0/1)"),
     ("--keep-parts", "match", "KEEP_PARTS", _switch,
      "0: an image whose tiles were searched at ingest does not keep their features"),
     ("--part-verify", "match", "PART_VERIFY", _switch,

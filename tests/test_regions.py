@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 import imgmatch
 from imgmatch import features, match
+from imgmatch import evidence
 from imgmatch.evidence import PRECISE
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -109,10 +110,13 @@ def test_the_tiles_of_a_screen_include_its_photo() -> None:
     screen, box = in_an_app(Image.open(PHOTOS[0]).convert("RGB"))
     pixels = grey(screen)
     boxes = features.view_boxes(pixels)
-    assert boxes[:5] == features.tile_boxes(*pixels.shape)
+    grid = features.cells(pixels)  # the app's bars are seams too
+    assert boxes[:len(grid)] == grid
+    quarters = boxes[len(grid):len(grid) + 5]
+    assert set(quarters) <= set(features.tile_boxes(*pixels.shape))
     tiles = features.tiles(pixels)
     assert [t.shape for t in tiles] == [(y1 - y0, x1 - x0) for x0, y0, x1, y1 in boxes]
-    assert any(near(b, box, 0.02 * 1100) for b in boxes[5:])
+    assert any(near(b, box, 0.02 * 1100) for b in boxes)
 
 
 @settings(max_examples=30, deadline=None)
@@ -268,3 +272,43 @@ def test_an_ingest_links_a_collage_of_touching_tiles_to_its_photo(tmp_path, monk
     assert [link.sha256 for link in record.links] == \
         ([hashlib.sha256(rocket.read_bytes()).hexdigest()] if gridded else [])
     assert all(match.MATCH_SCORE <= link.score < PRECISE for link in record.links)
+
+
+def test_a_grids_cells_are_cut_where_its_seams_run() -> None:
+    """A 3 x 2 collage's six cells, each a photo: the quarters would cut its
+    middle column in two."""
+    collage = tiled(PHOTOS[:6], 3, 300, 4)
+    pixels = grey(collage)
+    down, across = features.seams(pixels)
+    assert down == pytest.approx([1 / 3, 2 / 3], abs=0.02)
+    assert across == pytest.approx([1 / 2], abs=0.02)
+    # where the tiles touch, the rows are cut at least
+    assert len(features.cells(grey(tiled(PHOTOS[:6], 3, 300, 0)))) >= 2
+    found = features.cells(pixels)
+    h, w = pixels.shape
+    assert len(found) == 6
+    for x0, y0, x1, y1 in found:
+        assert (x1 - x0) == pytest.approx(w / 3, rel=0.06)
+        assert (y1 - y0) == pytest.approx(h / 2, rel=0.06)
+    # the cells come first among the tiles, and no quarter that is a cell is searched twice
+    boxes = features.view_boxes(pixels)
+    assert boxes[:6] == found
+    for photo in PHOTOS:
+        assert features.cells(grey(Image.open(photo))) == [], photo.name
+
+
+def test_a_photo_in_a_grids_middle_column_is_found_in_its_cell(tmp_path, monkeypatch) -> None:
+    """The rocket in the top row's middle cell of a 3 x 2 collage: no quarter
+    holds it whole; its cell does."""
+    names = ["astronaut", "rocket", "cat", "coffee", "flower", "temple"]
+    collage = tiled([FIXTURES / "originals" / f"{n}.jpg" for n in names], 3, 440, 0)
+    collage.save(tmp_path / "collage.jpg", quality=85)
+    rocket = FIXTURES / "originals" / "rocket.jpg"
+    with imgmatch.Collection.open(tmp_path / "c.db") as c:
+        c.add_many([(str(rocket), imgmatch.Sighting(source="rocket"))])
+        best = {}
+        for on in (False, True):
+            monkeypatch.setattr(features, "GRID_CELLS", on)
+            best[on] = max((m.score for m in c.query(str(tmp_path / "collage.jpg"))), default=0)
+    robust = evidence.MODELS["robust"].precise  # the tier's "precision 0.99" score
+    assert best[True] >= robust and best[True] > best[False] + 0.05
