@@ -424,9 +424,40 @@ def weigh(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
     if views and reread is not None:
         verify_framing(catalog, views[0][0], found, reread, unmatched_only=False,
                        framed_only=QUERY_FRAMED_ONLY, query_grey=grey)
+    if QUERY_PARTS and KEEP_PARTS and PART_VERIFY and views and descriptors is not None \
+            and grey is not None and not framed and not features.gridded(grey):
+        _verify_kept_parts(catalog, query, views[0][0], descriptors, found, stored, grey)
     if QUERY_REVERSE and views and not framed:
         verify_reversed(catalog, views[0][0], found, MATCH_SCORE)
     return found, stored
+
+
+#: Whether a query that is a photo (it frames no picture and looks like no
+#: grid) is also verified against the parts collages and screenshots kept
+#: (:func:`verify_parts`), as an ingest verifies a new photo: an
+#: investigator's photo, searched for among the collages that show it.
+QUERY_PARTS = True
+
+
+def _verify_kept_parts(catalog: Catalog, query: Mapping[str, Sequence[HashValue]],
+                       view: LocalQuery, descriptors: DescriptorIndex,
+                       found: dict[int, Evidence], stored: dict[int, dict],
+                       grey: np.ndarray) -> None:
+    """The :data:`PART_CANDIDATES` images whose kept parts a photo's
+    descriptors vote for most, weighed and verified against those parts."""
+    voted = votes_across([(descriptors, None)], [f for f in view if f is not None],
+                         PART_CANDIDATES, voters=VOTERS, kept_parts=True)
+    ids = sorted({i & ~PART_OWNER for i, votes in voted if sum(votes) >= MIN_VOTES})
+    if not ids:
+        return
+    new = [i for i in ids if i not in found]
+    if new:
+        more_found, more_stored = measure(catalog, query, new)
+        found.update(more_found)
+        stored.update(more_stored)
+    read = {i: features.LocalFeatures.from_bytes(blob)
+            for i, blob in catalog.features_of(ids).items()}
+    verify_parts(view, read, found, grey)
 
 
 def find_matches(catalog: Catalog, indexes: Mapping[str, BinaryIndex],

@@ -225,9 +225,11 @@ def _found_by_photo(collection, chosen, system: ImgmatchSystem) -> dict[str, dic
                             if m.sha256 in composites}
     out: dict[str, dict] = {}
     for sha, q in composites.items():
-        row = out.setdefault(q.family, {"images": 0, "found": 0})
+        row = out.setdefault(q.family, {"images": 0, "found": 0, "wrong": 0})
         row["images"] += 1
         row["found"] += sha in found[q.reference_id]
+        # found by the photo of another reference: it shows none of them
+        row["wrong"] += sum(sha in shas for ref, shas in found.items() if ref != q.reference_id)
     return out
 
 
@@ -362,14 +364,16 @@ def run_set(scorer, ds_dir: Path, args) -> tuple[dict, list[str]]:
                       "or more), after the references and before them:", "",
                       "| family | images | linked to their reference | links to other "
                       "references | catalogued before the references: linked | links to "
-                      "other references | found by a query with their photo |",
-                      "|---|---|---|---|---|---|---|"]
+                      "other references | found by a query with their photo | found by "
+                      "the photo of another reference |",
+                      "|---|---|---|---|---|---|---|---|"]
             lines += [f"| {fam} | {row['images']} | {row['linked']} "
                       f"({100 * row['linked'] / row['images']:.1f}%) | {row['wrong']} | "
                       f"{row['before_photos']['linked']} "
                       f"({100 * row['before_photos']['linked'] / row['images']:.1f}%) | "
                       f"{row['before_photos']['wrong']} | {row['found_by_photo']['found']} "
-                      f"({100 * row['found_by_photo']['found'] / row['images']:.1f}%) |"
+                      f"({100 * row['found_by_photo']['found'] / row['images']:.1f}%) | "
+                      f"{row['found_by_photo']['wrong']} |"
                       for fam, row in sorted(r["ingest_links"].items())]
     families = sorted({f for r in results.values() for f in r["metrics"]["per_family"]})
     lines += ["", "Recall@1 / recall at precision 0.99, per transform family:", "",
@@ -485,6 +489,8 @@ SETTING_OPTIONS = (
      "0: an ingest does not search the tiles of an image that only looks like a grid"),
     ("--grid-cells", "features", "GRID_CELLS", _switch,
      "search a grid's cells, cut where its seams run, among an image's tiles (0/1)"),
+    ("--query-parts", "match", "QUERY_PARTS", _switch,
+     "0: a query that is a photo is not verified against the parts images kept"),
     ("--keep-parts", "match", "KEEP_PARTS", _switch,
      "0: an image whose tiles were searched at ingest does not keep their features"),
     ("--part-verify", "match", "PART_VERIFY", _switch,

@@ -96,8 +96,10 @@ def test_a_photo_in_the_same_batch_as_its_screenshot_links_to_it(tmp_path,
 def test_a_query_finds_the_screenshot_that_shows_its_photo(
         tmp_path, monkeypatch, screen_then_photo, framing) -> None:
     """An investigator's photo, searched for: the screen is found through
-    the cut where the photo lies, and not without it."""
+    the cut where the photo lies, and not without it (nor the parts the
+    screen kept, which find it too: tests/test_parts.py)."""
     monkeypatch.setattr(match, "FRAMING_CANDIDATES", framing)
+    monkeypatch.setattr(match, "QUERY_PARTS", False)
     screen, photo = screen_then_photo
     with imgmatch.Collection.open(tmp_path / "c.db") as collection:
         collection.add(screen)

@@ -158,6 +158,24 @@ def test_a_photo_in_the_same_batch_as_its_collage_links_to_it(tmp_path,
     assert [link.sha256 for link in record.links] == [sha(collage)]
 
 
+@pytest.mark.parametrize("query_parts", [True, False])
+def test_a_query_with_a_photo_finds_the_collage_that_kept_it(
+        tmp_path, monkeypatch, collage_then_rocket, query_parts) -> None:
+    """An investigator's photo, searched for among collages: the collage's
+    file is gone, and its cell, kept as a part, is what the rocket matches."""
+    monkeypatch.setattr(match, "QUERY_PARTS", query_parts)
+    collage, rocket = collage_then_rocket
+    digest = sha(collage)
+    with imgmatch.Collection.open(tmp_path / "c.db") as collection:
+        collection.add_many([(collage, None)])
+        collage.write_bytes(b"gone")
+        found = {m.sha256: m.score for m in collection.query(str(rocket))}
+    if query_parts:
+        assert match.MATCH_SCORE <= found[digest]
+    else:
+        assert digest not in found
+
+
 def test_parts_are_saved_reopened_erased_and_voted_for_apart(tmp_path) -> None:
     """The parts' rows are an index of their own inside the image index: saved
     and reopened with it, erased with their image, and voted for only when
