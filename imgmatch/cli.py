@@ -790,6 +790,11 @@ def _print_explanation(e: Explanation) -> None:
                    f"{', in a tile of either image' if v['in_tile'] else ''}{framed}"
                    f"{', with B as the query' if v['reversed'] else ''}: "
                    f"{'agreed' if v['agreed'] else 'not enough to agree'}")
+        where = v.get("regions") or {}
+        if any(where.values()):
+            click.echo("  the inliers lie " + "; ".join(
+                f"in {side.upper()} at x {box[0]:.2f}-{box[2]:.2f}, y {box[1]:.2f}-{box[3]:.2f}"
+                for side, box in where.items() if box) + " (shares of each image's width and height)")
     how = (f"the {e.weighed_by} model, the {e.tier} tier ranking by PDQ first"
            if e.weighed_by and e.weighed_by != e.tier else f"the {e.tier} model")
     click.echo(f"score: {e.score:.4f} ({how}: {e.model_score:.4f})")

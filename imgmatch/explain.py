@@ -29,7 +29,7 @@ from . import signals as registry
 from .catalog import Catalog
 from .errors import ImgmatchError, InputError, SignalError
 from .decode import decode
-from .evidence import RULES, SCALES, Evidence, calibration_at
+from .evidence import RULES, SCALES, Evidence, Verified, calibration_at
 from .features import regions
 from .match import (THRESHOLDS, TRANSFORM_NAMES, VERIFIABLE, LocalQuery, explained, measure,
                     pixel_query, verify_reversed)
@@ -206,7 +206,16 @@ def _verification(ev: Evidence, versions: tuple[int, int]) -> dict[str, Any] | N
             "framed_share": None if v.framed_share is None else round(v.framed_share, 3),
             "strong": ev.strong_geometry,
             "agreed": registry.FEATURES in ev.agreed, "version": registry.local().version,
-            "versions": list(versions)}
+            "versions": list(versions), "regions": _regions(v)}
+
+
+def _regions(v: Verified) -> dict[str, list[float] | None] | None:
+    """Where the inliers lie in A and in B: (x0, y0, x1, y1) as shares of each
+    image's width and height (a collage's cell, a screenshot's photo)."""
+    if v.regions is None:
+        return None
+    return {side: None if box is None else [round(x, 3) for x in box]
+            for side, box in zip(("a", "b"), v.regions)}
 
 
 def _stored_link(catalog: Catalog, id_a: int, id_b: int, sha_b: str) -> Link | None:

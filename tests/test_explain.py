@@ -233,6 +233,10 @@ def test_the_robust_tier_shows_its_verification(tmp_path, monkeypatch):
     assert v is not None and v["agreed"] and v["inliers"] >= 20 and v["strong"]
     assert v["matches"] >= v["inliers"] and 0 < v["spread"] <= 1 and v["aligned"] is not None
     assert v["versions"] == [features.VERSION] * 2
+    # the temple's left two thirds, pasted at (1/4, 1/6) of a page twice its size
+    a, b = v["regions"]["a"], v["regions"]["b"]
+    assert 0.2 <= a[0] < a[2] <= 0.62 and 0.12 <= a[1] < a[3] <= 0.7
+    assert 0.0 <= b[0] < b[2] <= 0.72
     assert e.verdict in ("same", "lead")
     assert other.verdict == "different" and not other.verification["agreed"]
 
@@ -337,6 +341,9 @@ def test_cli_explains_in_text_and_json(case, hash_case):
     assert any(line.startswith("verification: ")
                and f"repeats of one pattern {v['repeated']}:" in line for line in lines)
     assert any(line.startswith("score: ") and "(the robust model: " in line for line in lines)
+    a_box = v["regions"]["a"]  # where the inliers lie, in both forms
+    assert any(line.startswith(f"  the inliers lie in A at x {a_box[0]:.2f}-{a_box[2]:.2f}, ")
+               for line in lines)
     # in the hash tier, the model that weighed the pair is named: PDQ's
     fast = runner.invoke(cli, ["--db", str(hash_case), "explain", a, b]).output.splitlines()
     assert any(line.startswith("score: ")
