@@ -36,7 +36,7 @@ from . import pg
 from .audit import GENESIS, digest_of
 from .errors import CatalogError
 from .model import AuditEntry
-from .records import SIGHTING_FIELDS, ImageRow, LinkRow, Sighting
+from .records import SIGHTING_FIELDS, Box, ImageRow, LinkRow, Sighting
 from .text import utcnow
 from .watch_store import WatchStore
 
@@ -86,15 +86,23 @@ def create_private(path: Path) -> None:
         pass
 
 
-#: A box (x0, y0, x1, y1) as shares of an image's sides.
-Box = tuple[float, float, float, float]
-
-
 def _regions_text(regions: tuple[Box | None, Box | None] | None) -> str | None:
     if regions is None:
         return None
     return json.dumps([None if box is None else [round(v, 3) for v in box]
                        for box in regions])
+
+
+def _regions(text: str | None) -> tuple[Box | None, Box | None] | None:
+    """A link's stored regions; None where it has none, or none this version
+    wrote (as if unknown)."""
+    if text is None:
+        return None
+    try:
+        boxes = json.loads(text)
+        return (_box(boxes[0]), _box(boxes[1]))
+    except (ValueError, TypeError, IndexError):
+        return None
 
 
 def _box(value: list[float] | None) -> Box | None:
@@ -897,17 +905,26 @@ class Catalog:
             yield a, b, score, json.loads(distances), tuple(x for x in agreed.split(",") if x), \
                 transform
 
+    def links_with_regions(self) -> Iterator[tuple[int, int, float, dict, tuple[str, ...], str,
+                                                    tuple[Box | None, Box | None] | None]]:
+        """:meth:`links`, each with where its evidence lies in its two images
+        (:attr:`imgmatch.records.LinkRow.regions`; None where not known), in
+        one pass over the table."""
+        for a, b, score, distances, agreed, transform, regions in self.conn.execute(
+                "SELECT a, b, score, distances, agreed, transform, regions FROM links "
+                "ORDER BY a, b"):
+            yield a, b, score, json.loads(distances), tuple(x for x in agreed.split(",") if x), \
+                transform, _regions(regions)
+
     def link_regions(self) -> dict[tuple[int, int], tuple[Box | None, Box | None]]:
         """Where each link's evidence lies in its two images, for the links
-        that know it (:attr:`imgmatch.records.LinkRow.regions`)."""
+        that know it."""
         out = {}
         for a, b, text in self.conn.execute(
                 "SELECT a, b, regions FROM links WHERE regions IS NOT NULL"):
-            try:
-                boxes = json.loads(text)
-                out[(a, b)] = (_box(boxes[0]), _box(boxes[1]))
-            except (ValueError, TypeError, IndexError):
-                continue  # not a region this version wrote: as if unknown
+            regions = _regions(text)
+            if regions is not None:
+                out[(a, b)] = regions
         return out
 
     def multi_sighting_image_ids(self, min_sightings: int) -> list[int]:

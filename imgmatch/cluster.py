@@ -34,9 +34,12 @@ import bisect
 import math
 from collections.abc import Iterable, Iterator, Mapping
 
-from .catalog import Box, Catalog
+import numpy as np
+
+from .catalog import Catalog
 from .evidence import PRECISE
 from .model import Cluster
+from .records import Box
 
 
 class _UnionFind:
@@ -215,11 +218,26 @@ def composites(links: Iterable[tuple[int, int, float, tuple[str, ...]]],
         if len(found) < 2:
             continue
         found.sort(reverse=True)
-        home = found[0][2]
-        if any(apart(home, box) for _, _, box in found[1:]) or any(
-                apart(x, y) for i, (_, _, x) in enumerate(found) for _, _, y in found[i + 1:]):
-            out[image] = home
+        if _any_apart(np.array([box for _, _, box in found], dtype=np.float64)):
+            out[image] = found[0][2]
     return out
+
+
+def _any_apart(boxes: np.ndarray, rows: int = 512) -> bool:
+    """Whether any two of (N, 4) boxes lie :func:`apart`: every pair, in
+    blocks of ``rows``, so that a picture copied thousands of times (each
+    copy's link a box over all of it) costs arrays, not a Python loop over
+    millions of pairs."""
+    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    for start in range(0, len(boxes), rows):
+        block = boxes[start:start + rows, None, :]
+        w = np.minimum(block[..., 2], boxes[None, :, 2]) - np.maximum(block[..., 0], boxes[None, :, 0])
+        h = np.minimum(block[..., 3], boxes[None, :, 3]) - np.maximum(block[..., 1], boxes[None, :, 1])
+        inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+        smaller = np.minimum(area[start:start + rows, None], area[None, :])
+        if np.any(inter < APART * smaller):
+            return True
+    return False
 
 
 def _away_from_home(links: list[tuple[int, int, float, tuple[str, ...]]],
@@ -334,13 +352,17 @@ def build_clusters(catalog: Catalog, *, min_sightings: int = 2, min_score: float
     the clusters seen at least once in that period, with all their sightings.
     """
     ignored = ignored if ignored is not None else catalog.ignored_image_ids()
-    link_rows = [row for row in catalog.links()
-                 if row[2] >= min_score and row[0] not in ignored and row[1] not in ignored]
+    link_rows = []
+    regions = {}
+    for a, b, score, distances, agreed, transform, where in catalog.links_with_regions():
+        if score >= min_score and a not in ignored and b not in ignored:
+            link_rows.append((a, b, score, distances, agreed, transform))
+            if where is not None:
+                regions[(a, b)] = where
     linked = {a for a, *_ in link_rows} | {b for _, b, *_ in link_rows}
     seeds = (set(catalog.multi_sighting_image_ids(2)) | linked) - ignored
     components = guarded_groups(seeds, ((a, b, score, agreed)
-                                        for a, b, score, _, agreed, _ in link_rows),
-                                catalog.link_regions())
+                                        for a, b, score, _, agreed, _ in link_rows), regions)
     all_ids = [i for c in components for i in c]
     images = catalog.images(all_ids)
     sightings = catalog.sightings_of(all_ids)

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .features import NAME as LOCAL_FEATURES
+from .records import Box
 
 #: The hash signals the model weighs, with the distance (bits) at which
 #: agreement turns into disagreement, a quarter of their length. Each gets
@@ -269,10 +270,6 @@ RULES: dict[str, str] = {
                   f"{FRAME_ONLY_SHARE:.0%} of the inliers in it (the two share an "
                   f"interface or a page, not the picture): at most {LOW_INFORMATION_CAP}",
 }
-
-
-#: A box (x0, y0, x1, y1) as shares of an image's width and height.
-Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,10 @@ from . import signals as registry
 from .catalog import Catalog
 from .decode import Decoded
 from .descriptors import PART_OWNER, VOTERS, DescriptorIndex, votes_across
-from .evidence import PRECISE, SCALES, Box, Evidence, Verified
+from .evidence import PRECISE, SCALES, Evidence, Verified
 from .index import BinaryIndex
 from .model import Match
-from .records import HashValue, LinkRow, hamming
+from .records import Box, HashValue, LinkRow, hamming
 from .signals.base import degenerate
 from .signals.local import centre_hash
 from .signals.pdq import hash_luma

@@ -192,6 +192,10 @@ class ImageRow:
     captured_at: str | None = None
 
 
+#: A box (x0, y0, x1, y1) as shares of an image's width and height.
+Box = tuple[float, float, float, float]
+
+
 @dataclass(frozen=True)
 class LinkRow:
     """A near-duplicate edge between two images (a < b) and its evidence."""
@@ -204,5 +208,4 @@ class LinkRow:
     transform: str
     #: where the verified inliers lie in a and in b: (x0, y0, x1, y1) boxes as
     #: shares of each image's sides, None where not known
-    regions: tuple[tuple[float, float, float, float] | None,
-                   tuple[float, float, float, float] | None] | None = None
+    regions: tuple[Box | None, Box | None] | None = None

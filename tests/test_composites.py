@@ -91,6 +91,22 @@ def test_links_that_all_cover_the_middle_change_nothing(edges, data) -> None:
     assert guarded_groups(range(10), links, regions) == guarded_groups(range(10), links)
 
 
+any_box = st.tuples(st.floats(0, 1), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1)).map(
+    lambda b: (min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(any_box, min_size=2, max_size=12), st.integers(1, 5))
+def test_an_image_is_a_composite_where_two_of_its_links_lie_apart(found, rows) -> None:
+    """The blocked array test agrees with :func:`apart` over every pair."""
+    links = [(0, n + 1, 1.0 - n / 100, ("orb",)) for n in range(len(found))]
+    regions = {(0, n + 1): (box, WHOLE) for n, box in enumerate(found)}
+    kept = [box for box in found if cluster._area(box) >= cluster.MIN_REGION]
+    pairs = any(apart(a, b) for i, a in enumerate(kept) for b in kept[i + 1:])
+    assert (0 in composites(links, regions)) == (len(kept) >= 2 and pairs)
+    assert cluster._any_apart(np.array(kept or [WHOLE]), rows) == pairs
+
+
 def _jpeg(img: Image.Image, path: Path) -> str:
     img.save(path, quality=90)
     return hashlib.sha256(path.read_bytes()).hexdigest()
