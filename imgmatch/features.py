@@ -949,7 +949,8 @@ def faiss_threads(parallel: bool) -> Iterator[None]:
 
 
 def verify(query: LocalFeatures, stored: LocalFeatures,
-           frames: Sequence[tuple[float, float, float, float]] = ()) -> Verification:
+           frames: Sequence[tuple[float, float, float, float]] = (),
+           min_support: float = 0.0) -> Verification:
     """Ratio-tested descriptor matches, then RANSAC on a similarity transform.
 
     A similarity (rotation, uniform scale, shift) covers crops, borders,
@@ -958,6 +959,11 @@ def verify(query: LocalFeatures, stored: LocalFeatures,
 
     ``frames``: boxes of the query (at its analysed size) that frame
     pictures (:func:`frames`): the share of inliers inside them is kept.
+
+    ``min_support``: the support under which the caller drops the result;
+    a pair with fewer ratio-tested matches, or inliers, than that is given
+    up at once (:attr:`Verification.support` is at most the inliers), and
+    scoring the geometry, most of a failed verification's cost, is skipped.
     """
     if len(query) < 4 or len(stored) < 4:
         return NO_MATCH
@@ -967,7 +973,7 @@ def verify(query: LocalFeatures, stored: LocalFeatures,
     good = (dist[:, 0] <= MAX_DESCRIPTOR_DISTANCE) \
         & (dist[:, 0] < (RATIO if whole else RATIO_NARROW) * dist[:, 1]) & (nearest[:, 0] >= 0)
     n_good = int(good.sum())
-    if n_good < 4:
+    if n_good < max(4.0, min_support):
         return Verification(0, n_good)
     src = query.points[good]
     dst = stored.points[nearest[good, 0]]
@@ -981,6 +987,8 @@ def verify(query: LocalFeatures, stored: LocalFeatures,
     if not (1.0 / MAX_SCALE <= scale <= MAX_SCALE):
         return Verification(0, n_good)
     inliers = int(mask.sum())
+    if inliers < min_support:
+        return Verification(0, n_good)
     # many query points collapsing onto a few stored ones are a texture, not a repost
     if inliers and len(np.unique(np.rint(dst[mask.ravel() == 1]), axis=0)) < inliers // 2:
         return Verification(0, n_good)
@@ -1240,12 +1248,13 @@ def reduce(grey: np.ndarray, side: int) -> np.ndarray:
 
 def best_of(query: LocalFeatures, mirrored: LocalFeatures | None,
             stored: LocalFeatures,
-            frames: Sequence[tuple[float, float, float, float]] = ()
-            ) -> tuple[Verification, bool]:
+            frames: Sequence[tuple[float, float, float, float]] = (),
+            min_support: float = 0.0) -> tuple[Verification, bool]:
     """The better verification of the query and its mirror; True if the mirror
-    won. ``frames``: the query's (:func:`verify`), mirrored for the mirror."""
-    plain = verify(query, stored, frames)
+    won. ``frames``: the query's (:func:`verify`), mirrored for the mirror;
+    ``min_support``: as :func:`verify` takes it."""
+    plain = verify(query, stored, frames, min_support)
     if mirrored is None or plain.support >= CONCLUSIVE_SUPPORT:
         return plain, False
-    flipped = verify(mirrored, stored, mirrored_boxes(frames, mirrored.width))
+    flipped = verify(mirrored, stored, mirrored_boxes(frames, mirrored.width), min_support)
     return (flipped, True) if flipped.support > plain.support else (plain, False)

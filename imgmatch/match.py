@@ -938,7 +938,10 @@ class IndexLinker:
         seams = {sha256: features.gridded(greys.get(sha256)) for _, sha256 in new_images}
         photos = {image_id for image_id, sha256 in new_images
                   if sha256 not in framed and not seams[sha256]}
-        voted, orientations = self._voted(new_images, local, batch, photos)
+        whole_votes = self._whole_votes(new_images, local, batch)
+        # the parts' votes are cast image by image below, once the parts the
+        # batch's earlier images kept are indexed
+        voted, orientations = self._voted(new_images, local, batch, frozenset(), whole_votes)
         for name, index in self.indexes.items():
             threshold = registry.get(name).threshold
             owners: list[int] = []
@@ -964,10 +967,12 @@ class IndexLinker:
         stored = self.catalog.signals_of(wanted)
         out: list[LinkRow] = []
         for image_id, sha256 in new_images:
-            if self.parts and sha256 in local:
-                # an image earlier in the batch kept parts: vote again, as
-                # the next batch would have
-                more, sides = self._voted([(image_id, sha256)], local, batch, photos)
+            if KEEP_PARTS and PART_VERIFY and sha256 in local and image_id in photos:
+                # the parts' votes, on the parts older images kept, in the
+                # collection and earlier in the batch (as the next batch
+                # would see them)
+                more, sides = self._voted([(image_id, sha256)], local, batch, photos,
+                                          whole_votes)
                 voted[image_id] = more.get(image_id, [])
                 if image_id in sides:
                     orientations[image_id] = sides[image_id]
@@ -1054,14 +1059,28 @@ class IndexLinker:
         """Whether a new image links to ``other`` (newer images query older)."""
         return other < image_id or not self.older_only and other != image_id
 
+    def _whole_votes(self, new_images: list[tuple[int, str]], local: Mapping[str, LocalQuery],
+                     batch: DescriptorIndex) -> dict[int, list[tuple[int, tuple[int, ...]]]]:
+        """Per new image, the older images its local descriptors vote for most
+        (:func:`votes_across`): in the collection and earlier in the
+        ``batch``, ranked as one index (shared votes)."""
+        if self.descriptors is None:
+            return {}
+        return {image_id: votes_across(
+                    [(self.descriptors, None), (batch, image_id)],
+                    [f for f in local[sha256] if f is not None], LINK_VERIFY,
+                    voters=LINK_VOTERS)
+                for image_id, sha256 in new_images if sha256 in local}
+
     def _voted(self, new_images: list[tuple[int, str]], local: Mapping[str, LocalQuery],
-               batch: DescriptorIndex, photos: Set[int] = frozenset()
+               batch: DescriptorIndex, photos: Set[int],
+               whole_votes: Mapping[int, list[tuple[int, tuple[int, ...]]]]
                ) -> tuple[dict[int, list[int]], dict[int, dict[int, tuple[bool, bool]]]]:
-        """Per new image, the older images its local descriptors vote for enough
-        to be worth verifying (in the collection, and earlier in the ``batch``,
-        ranked as one; for the ``photos``, the parts older images kept too,
-        ranked apart), and for each the orientations worth verifying
-        (:data:`LINK_ORIENTATION_VOTES`)."""
+        """Per new image, the older images worth verifying: those its
+        ``whole_votes`` (:meth:`_whole_votes`) give enough votes, and for the
+        ``photos`` those whose kept parts it votes for enough (ranked apart:
+        a few more candidates); and for each the orientations worth
+        verifying (:data:`LINK_ORIENTATION_VOTES`)."""
         if self.descriptors is None or not local:
             return {}, {}
         out: dict[int, list[int]] = {}
@@ -1070,10 +1089,7 @@ class IndexLinker:
             if sha256 not in local:
                 continue
             queries = [f for f in local[sha256] if f is not None]
-            # the collection and the batch ranked as one index (shared votes);
-            # then the parts images kept, ranked apart (a few more candidates)
-            found = votes_across([(self.descriptors, None), (batch, image_id)], queries,
-                                 LINK_VERIFY, voters=LINK_VOTERS)
+            found = list(whole_votes.get(image_id, ()))
             if KEEP_PARTS and PART_VERIFY and image_id in photos:
                 found += votes_across([(self.descriptors, None), (batch, image_id)], queries,
                                       PART_CANDIDATES, voters=LINK_VOTERS, kept_parts=True)
@@ -1181,7 +1197,8 @@ def verify_parts(view: LocalQuery, stored: Mapping[int, features.LocalFeatures],
         for part in older.parts:
             if len(part.features) < VERIFIABLE:
                 continue
-            result, flipped = features.best_of(plain, mirrored, part.features)
+            result, flipped = features.best_of(plain, mirrored, part.features,
+                                               min_support=ALIGN_SUPPORT)
             if result.support < ALIGN_SUPPORT:
                 continue
             verified = _verified(result, flipped, plain.width, part.features, query_grey,

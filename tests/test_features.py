@@ -574,7 +574,7 @@ def test_ingest_verifies_a_copy_its_hashes_find_and_its_votes_miss(tmp_path, mon
         coffee = c.catalog.conn.execute("SELECT id FROM images WHERE sha256 = ?",
                                         (sha_of("coffee"),)).fetchone()[0]
 
-        def votes_elsewhere(self, new_images, local, batch, photos=frozenset()):
+        def votes_elsewhere(self, new_images, local, batch, photos, whole_votes):
             return {image_id: [coffee] for image_id, _ in new_images}, {}
 
         monkeypatch.setattr(match.IndexLinker, "_voted", votes_elsewhere)
@@ -1387,3 +1387,33 @@ def test_votes_are_shared_only_where_the_full_codes_are_searched(monkeypatch, st
         assert found == whole
     else:
         assert [i for i, _ in found] != [i for i, _ in whole]
+
+
+_PAIRS: dict[str, features.LocalFeatures] = {}
+
+
+def _part_features(name: str) -> features.LocalFeatures:
+    """Features of a fixture photo (cached: hypothesis draws the same few)."""
+    if name not in _PAIRS:
+        _PAIRS[name] = features.extract(grey(rgb(name)))
+    return _PAIRS[name]
+
+
+@given(st.sampled_from(PHOTOS), st.sampled_from(PHOTOS), st.floats(0.15, 1.0),
+       st.floats(0.0, 1.0), st.floats(0.0, 1.0), st.booleans(), st.floats(1.0, 40.0))
+@settings(max_examples=40, deadline=None)
+def test_a_verification_given_up_early_changes_no_result_that_reaches_the_threshold(
+        query_name, stored_name, share, dx, dy, mirror, threshold):
+    """``min_support`` only drops pairs the caller would drop: a result at or
+    over it is the one the full verification gives, and one under it is
+    under it either way."""
+    query = crop(rgb(query_name), share, dx, dy)
+    if mirror:
+        query = ImageOps.mirror(query)
+    plain, mirrored = features.extract_both(grey(query))
+    stored = _part_features(stored_name)
+    full, full_flipped = features.best_of(plain, mirrored, stored)
+    quick, quick_flipped = features.best_of(plain, mirrored, stored, min_support=threshold)
+    assert (quick.support >= threshold) == (full.support >= threshold)
+    if full.support >= threshold:
+        assert (quick, quick_flipped) == (full, full_flipped)
