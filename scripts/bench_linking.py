@@ -22,6 +22,14 @@ the CPU seconds per image of each (``getrusage``), which shows whether the
 parent takes more than its share.
 
 ``scripts/bench ingest`` gives the rates; this says what to make cheaper.
+
+``--dump-links FILE`` instead writes every link of an in-process robust
+ingest in batches of a fixed size (``--batch-size``; never cut short by
+time, so the same files give the same batches), one line each: the two
+images' SHA-256, the score, the transform and the regions. Two engines'
+files compare with ``diff``: a change meant to be exact (a faster path
+to the same result) must leave it unchanged. ``--files LIST`` takes the
+files from a text file, one path a line (default: the ad-sized JPEGs).
 """
 
 from __future__ import annotations
@@ -92,13 +100,49 @@ def cpu_split(files: list[Path]) -> dict[str, float]:
     return json.loads(done.stdout)
 
 
+def dump_links(files: list[Path], out: Path, batch_size: int) -> int:
+    """Ingest ``files`` in fixed batches and write every link to ``out``;
+    returns how many."""
+    import imgmatch
+    from imgmatch import ingest
+    from imgmatch.sources import Item
+
+    flush, ingest.FLUSH_SECONDS = ingest.FLUSH_SECONDS, float("inf")  # batches end by size
+    try:
+        with tempfile.TemporaryDirectory() as tmp, \
+                imgmatch.Collection.open(Path(tmp) / "c.db") as c:
+            items = [Item(str(p), imgmatch.Sighting(source=str(p)), path=p) for p in files]
+            c.ingest(items, signals=imgmatch.ROBUST_SIGNALS, workers=0, batch_size=batch_size)
+            rows = c.catalog.conn.execute(
+                "SELECT a.sha256, b.sha256, l.score, l.transform, l.regions FROM links l "
+                "JOIN images a ON a.id = l.a JOIN images b ON b.id = l.b "
+                "ORDER BY a.sha256, b.sha256").fetchall()
+    finally:
+        ingest.FLUSH_SECONDS = flush
+    out.write_text("".join(f"{a} {b} {score!r} {transform} {regions}\n"
+                           for a, b, score, transform, regions in rows))
+    return len(rows)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=400)
     ap.add_argument("--both-orientations", action="store_true",
                     help="verify both orientations of every candidate (the baseline)")
     ap.add_argument("--md", type=Path, help="also write the table here")
+    ap.add_argument("--dump-links", type=Path, metavar="FILE",
+                    help="instead, write every link of an ingest in fixed batches here")
+    ap.add_argument("--files", type=Path, metavar="LIST",
+                    help="with --dump-links: the files to ingest, one path a line")
+    ap.add_argument("--batch-size", type=int, default=64,
+                    help="with --dump-links: images a batch")
     args = ap.parse_args()
+    if args.dump_links:
+        files = ([Path(line) for line in args.files.read_text().split()] if args.files else
+                 sorted(ensure_ad_sized(ensure_dev_corpus()).glob("*.jpg"))[:args.images])
+        found = dump_links(files, args.dump_links, args.batch_size)
+        print(f"{found} links of {len(files)} images written to {args.dump_links}")
+        return 0
 
     import imgmatch
     from imgmatch import features, match
