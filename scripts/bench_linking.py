@@ -28,8 +28,12 @@ ingest in batches of a fixed size (``--batch-size``; never cut short by
 time, so the same files give the same batches), one line each: the two
 images' SHA-256, the score, the transform and the regions. Two engines'
 files compare with ``diff``: a change meant to be exact (a faster path
-to the same result) must leave it unchanged. ``--files LIST`` takes the
-files from a text file, one path a line (default: the ad-sized JPEGs).
+to the same result) must leave it unchanged.
+
+``--files LIST`` takes the files from a text file, one path a line, for
+either (default: the ad-sized JPEGs); ``--composites-of SET`` takes a
+set's positive collage and screenshot queries, then its references: what
+composites cost.
 """
 
 from __future__ import annotations
@@ -100,6 +104,20 @@ def cpu_split(files: list[Path]) -> dict[str, float]:
     return json.loads(done.stdout)
 
 
+def composites_then_references(data: Path) -> list[Path]:
+    """A set's positive collage and screenshot queries, then its references
+    (as its CSV files list them): composites catalogued before the photos
+    they show, the most linking work an image can ask for."""
+    import csv
+
+    with (data / "queries.csv").open(newline="") as fh:
+        composites = [data / row["file"] for row in csv.DictReader(fh)
+                      if row["family"] in ("collage", "screenshot") and row["is_negative"] == "0"]
+    with (data / "references.csv").open(newline="") as fh:
+        references = [data / row["file"] for row in csv.DictReader(fh)]
+    return composites + references
+
+
 def dump_links(files: list[Path], out: Path, batch_size: int) -> int:
     """Ingest ``files`` in fixed batches and write every link to ``out``;
     returns how many."""
@@ -133,13 +151,18 @@ def main() -> int:
     ap.add_argument("--dump-links", type=Path, metavar="FILE",
                     help="instead, write every link of an ingest in fixed batches here")
     ap.add_argument("--files", type=Path, metavar="LIST",
-                    help="with --dump-links: the files to ingest, one path a line")
+                    help="the files to ingest, one path a line (default: the ad-sized "
+                         "JPEGs)")
+    ap.add_argument("--composites-of", type=Path, metavar="SET",
+                    help="the files to ingest: a set's positive collage and screenshot "
+                         "queries, then its references (a half of the second set)")
     ap.add_argument("--batch-size", type=int, default=64,
                     help="with --dump-links: images a batch")
     args = ap.parse_args()
+    files = ([Path(line) for line in args.files.read_text().split()] if args.files else
+             composites_then_references(args.composites_of) if args.composites_of else
+             sorted(ensure_ad_sized(ensure_dev_corpus()).glob("*.jpg"))[:args.images])
     if args.dump_links:
-        files = ([Path(line) for line in args.files.read_text().split()] if args.files else
-                 sorted(ensure_ad_sized(ensure_dev_corpus()).glob("*.jpg"))[:args.images])
         found = dump_links(files, args.dump_links, args.batch_size)
         print(f"{found} links of {len(files)} images written to {args.dump_links}")
         return 0
@@ -153,7 +176,6 @@ def main() -> int:
     single_threaded()
     if args.both_orientations:
         match.LINK_ORIENTATION_VOTES = 0
-    files = sorted(ensure_ad_sized(ensure_dev_corpus()).glob("*.jpg"))[:args.images]
     datas = [p.read_bytes() for p in files]
     n = len(datas)
 
@@ -185,7 +207,10 @@ def main() -> int:
             timed.restore()
     added = summary.images_added
     lines = [
-        f"{n} ad-sized JPEGs, one thread, milliseconds per image"
+        (f"{n} images of {args.files}" if args.files else
+         f"{n} images of {args.composites_of.name}, its collages and screenshots first"
+         if args.composites_of else f"{n} ad-sized JPEGs")
+        + ", one thread, milliseconds per image"
         + (" (both orientations verified):" if args.both_orientations else ":"),
         "",
         "| step | ms per image |",

@@ -39,3 +39,15 @@ def test_the_dump_leaves_the_ingest_batches_as_they_were(tmp_path: Path) -> None
     bench_linking.dump_links(sorted((FIXTURES / "originals").glob("*.jpg"))[:2],
                              tmp_path / "a.txt", batch_size=8)
     assert ingest.FLUSH_SECONDS == before
+
+
+def test_composites_come_before_the_references(tmp_path: Path) -> None:
+    (tmp_path / "queries.csv").write_text(
+        "query_id,file,family,is_negative\n"
+        "q1,queries/q1.jpg,crop,0\nq2,queries/q2.jpg,collage,0\n"
+        "q3,queries/q3.jpg,screenshot,1\nq4,queries/q4.jpg,screenshot,0\n")
+    (tmp_path / "references.csv").write_text(
+        "reference_id,file\nr1,references/r1.jpg\nr2,references/r2.jpg\n")
+    assert [p.relative_to(tmp_path).as_posix()
+            for p in bench_linking.composites_then_references(tmp_path)] == [
+        "queries/q2.jpg", "queries/q4.jpg", "references/r1.jpg", "references/r2.jpg"]
