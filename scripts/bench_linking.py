@@ -9,8 +9,10 @@ one core spends per image):
 - linking: an in-process robust ingest (``--workers 0``) of the same files,
   timing ``IndexLinker.links`` (descriptor votes, geometric verification,
   scoring) and counting the verifications it runs, with the time of the
-  descriptor votes and of the verifications inside it, and of the
-  candidates verified again the other way round (``match.verify_reversed``).
+  descriptor votes and of the verifications inside it, of the
+  candidates verified again the other way round (``match.verify_reversed``),
+  and of the tiles' search of screenshots and collages (its votes and
+  verifications are among those above too).
 
 ``--both-orientations`` verifies the image and its mirror against every
 candidate, as ingest did before it counted votes per orientation
@@ -197,13 +199,14 @@ def main() -> int:
     votes = Timed(match, "votes_across")  # the collection's and the batch's, ranked as one
     verify = Timed(features, "verify")
     reverse = Timed(match, "verify_reversed")
+    tiles = Timed(match, "_search_tiles")  # its votes and verifications counted above too
     try:
         with tempfile.TemporaryDirectory() as tmp, \
                 imgmatch.Collection.open(Path(tmp) / "c.db") as c:
             items = [Item(str(p), imgmatch.Sighting(source=str(p)), path=p) for p in files]
             summary = c.ingest(items, signals=imgmatch.ROBUST_SIGNALS, workers=0)
     finally:
-        for timed in (links, votes, verify, reverse):
+        for timed in (links, votes, verify, reverse, tiles):
             timed.restore()
     added = summary.images_added
     lines = [
@@ -224,6 +227,8 @@ def main() -> int:
         f"| ... of which geometric verification | {1000 * verify.seconds / added:.1f} |",
         f"| ... of which verifying again the other way round | "
         f"{1000 * reverse.seconds / added:.1f} |",
+        f"| ... of which the tiles' search (their features, votes and verification; "
+        f"{tiles.calls} images) | {1000 * tiles.seconds / added:.1f} |",
         f"| verifications run (all images) | {verify.calls} |",
         f"| candidates verified again the other way round (all images) | {reverse.returned} |",
         f"| links found | {summary.links_added} |",
