@@ -75,6 +75,22 @@ class Analysis:
     framed_boxes: tuple[tuple[float, float, float, float], ...] = ()
     #: with ``Options.all_frames``: (frame number, its analysis) of frames 1, 2, ...
     frames: tuple[tuple[int, Analysis], ...] = ()
+    #: for an image that frames pictures or looks like a grid (robust tier,
+    #: :data:`DESCRIBE_TILES`): whether its quarters were among its tiles,
+    #: the shape of the pixels they were cut from, and the tiles
+    #: (:func:`imgmatch.features.described_views`): the linker searches such
+    #: an image's tiles unless its whole already matched, and takes them from
+    #: here instead of describing them in its one serial process
+    tiles: tuple[bool, tuple[int, ...], tuple] | None = None
+
+
+#: Whether a worker describes the tiles of an image that frames pictures or
+#: looks like a grid (:attr:`Analysis.tiles`), so that the linker, the
+#: ingest's one serial stage, does not. Their quarters are included where
+#: the image looks like a grid, as the linker includes them
+#: (:func:`imgmatch.match.worth_tiling`); where the linker wants another
+#: set (a partial match adds the quarters), it describes them itself.
+DESCRIBE_TILES = True
 
 
 def analyse_source(path: str | None, data: bytes | None, signal_names: Sequence[str],
@@ -180,6 +196,7 @@ def _measure(decoded_by: Callable[[], Decoded], data: bytes, hashes: Sequence[st
         grey: np.ndarray | None = None
         framed = False
         framed_boxes: tuple = ()
+        tiles: tuple | None = None
         if local is not None:
             pixels = np.asarray(decoded.grey)
             plain, mirrored, grey = local.extract(pixels)
@@ -187,6 +204,11 @@ def _measure(decoded_by: Callable[[], Decoded], data: bytes, hashes: Sequence[st
             boxes = features.regions(pixels)
             framed = bool(boxes)
             framed_boxes = tuple(features.frames(pixels, plain.width, boxes))
+            if DESCRIBE_TILES and len(plain):
+                grid = features.gridded(grey)
+                if framed or grid:
+                    tiles = (grid, pixels.shape, tuple(
+                        features.described_views(pixels, grid, boxes)))
         thumb = make_thumbnail(decoded) if options.thumbnails else None
     except InputError as exc:
         return Analysis(digest, reason=exc.reason, detail=exc.detail)
@@ -202,7 +224,7 @@ def _measure(decoded_by: Callable[[], Decoded], data: bytes, hashes: Sequence[st
         format=decoded.format, mode=decoded.mode, frames=decoded.frames, signals=rows,
         thumbnail=thumb, features=stored, captured_at=decoded.captured_at),
         variants=variants, features=found, grey=grey, framed=framed,
-        framed_boxes=framed_boxes)
+        framed_boxes=framed_boxes, tiles=tiles)
 
 
 def tiling_grey(data: bytes, source: str | None = None,

@@ -278,13 +278,14 @@ class Collection:
                 greys = {a.sha256: a.grey for _, a, _ in batch if a.grey is not None}
                 ids = {a.sha256: image_id for image_id, a, _ in batch}
                 framed = {a.sha256: a.framed_boxes for _, a, _ in batch if a.framed}
+                described = {a.sha256: a.tiles for _, a, _ in batch if a.tiles is not None}
 
                 def pixels(sha256: str) -> np.ndarray | None:
                     return tiling_grey_again(self.catalog, ids[sha256])
 
                 summary.links_added += self.catalog.add_signals(
                     rows, lambda images: linker.links(images, variants, local, greys, pixels,
-                                                 framed),
+                                                 framed, described),
                     self._watch.batch(variants))
                 # the indexes take the values they lacked (the others are there)
                 linker.committed(

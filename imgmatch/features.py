@@ -715,6 +715,16 @@ def view_boxes(grey: np.ndarray, quarters: bool = True,
     return grid + quartered + (regions(grey) if found is None else list(found))
 
 
+def described_views(grey: np.ndarray, quarters: bool = True,
+                     found: Sequence[tuple[int, int, int, int]] | None = None
+                     ) -> list[tuple[tuple[int, int, int, int], tuple[LocalFeatures, LocalFeatures]]]:
+    """The tiles :func:`view_boxes` cuts from ``grey``, each with the features
+    of it and of its mirror (:func:`extract_both`): what a linker searches a
+    collage or a screenshot with."""
+    boxes = view_boxes(grey, quarters, found)
+    return [(box, extract_both(tile)) for box, tile in zip(boxes, cut(grey, boxes))]
+
+
 #: A quarter that shares this much of its area with a cell (and the cell of
 #: its area) is that cell: a 2 x 2 grid's cells are its quarters.
 CELL_SAME = 0.7

@@ -64,7 +64,8 @@ class BatchLinker(Protocol):
               local: Mapping[str, tuple] = ...,
               greys: Mapping[str, np.ndarray] = ...,
               pixels: Callable[[str], np.ndarray | None] | None = ...,
-              framed: Mapping[str, Sequence[tuple]] | None = ...) -> list[LinkRow]: ...
+              framed: Mapping[str, Sequence[tuple]] | None = ...,
+              described: Mapping[str, tuple] | None = ...) -> list[LinkRow]: ...
 
     def committed(self, new_images: list[tuple[int, str]],
                   variants: Mapping[str, Mapping[str, Sequence[HashValue]]],
@@ -200,6 +201,8 @@ class _Batch:
         #: new images that frame pictures (:attr:`Analysis.framed`), with
         #: the large ones (:attr:`Analysis.framed_boxes`)
         self.framed: dict[str, tuple] = {}
+        #: the tiles workers described (:attr:`Analysis.tiles`)
+        self.described: dict[str, tuple] = {}
         self.sightings: list[tuple[str, Sighting]] = []
         self.failures: list[tuple[str, str, str]] = []
         self.payload_digests: list[tuple[str, str]] = []
@@ -353,6 +356,8 @@ def ingest(catalog: Catalog, items: Iterable[Item], *,
                     batch.greys[digest] = analysis.grey
                 if analysis.framed:
                     batch.framed[digest] = analysis.framed_boxes
+                if analysis.tiles is not None:
+                    batch.described[digest] = analysis.tiles
             batch.digests.add(digest)
             batch.records.append((item, digest, "added", None))
         batch.sightings.append((digest, item.sighting))
@@ -444,7 +449,7 @@ def _write(catalog: Catalog, batch: _Batch, run_id: int | None,
     variants = batch.variants
     link_fn = None if linker is None else (
         lambda new: linker.links(new, variants, batch.local, batch.greys, batch.pixels,
-                                 batch.framed))
+                                 batch.framed, batch.described))
     watch = None if watchlists is None else watchlists.batch(variants)
     result = catalog.write_batch(batch.images, batch.sightings, batch.failures, run_id, link_fn,
                                  batch.payload_digests, watch,

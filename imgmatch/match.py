@@ -722,23 +722,26 @@ def _search_tiles(catalog: Catalog, query: Mapping[str, Sequence[HashValue]],
                   whole: LocalQuery, tiles: Sequence[LocalQuery], grey: np.ndarray | None,
                   found: dict[int, Evidence], stored: dict[int, dict],
                   vote: Callable[[LocalQuery], set[int]], quarters: bool = True,
-                  regions: Sequence[tuple[int, int, int, int]] | None = None
+                  regions: Sequence[tuple[int, int, int, int]] | None = None,
+                  ready: Sequence[tuple[tuple[int, int, int, int], LocalQuery]] | None = None
                   ) -> list[tuple[tuple[int, int, int, int], LocalQuery]]:
     """Add the candidates the query's tiles vote for (``vote``: a tile's
     candidates), verified in the tile that voted: the photos of a collage or
     of a screenshot. ``tiles``: the tiles' local features, or none given
     (then taken from ``grey`` now: its quarters and centre unless
     ``quarters`` is false, and its framed pictures, ``regions`` where
-    already looked for). ``stored``: the candidates' values by image id,
-    those of new candidates added. Returns the tiles taken from ``grey``,
-    with their boxes in it."""
+    already looked for; ``ready``: those tiles, described already, as
+    :func:`imgmatch.features.described_views` gives them). ``stored``: the
+    candidates' values by image id, those of new candidates added. Returns
+    the tiles taken from ``grey``, with their boxes in it."""
     boxes = None
     described: list[tuple[tuple[int, int, int, int], LocalQuery]] = []
     if not tiles and grey is not None:
-        cut = features.view_boxes(grey, quarters, regions)
-        tiles = [features.extract_both(tile) for tile in features.cut(grey, cut)]
-        boxes = [(0, 0, grey.shape[1], grey.shape[0]), *cut]
-        described = list(zip(cut, tiles))
+        source = ready if ready is not None else \
+            features.described_views(grey, quarters, regions)
+        described = [(box, (plain, mirrored)) for box, (plain, mirrored) in source]
+        tiles = [view for _, view in described]
+        boxes = [(0, 0, grey.shape[1], grey.shape[0]), *(box for box, _ in described)]
     views = [(view, vote(view)) for view in tiles]
     new = sorted(set().union(*(ids for _, ids in views)) - found.keys())
     if new:
@@ -910,7 +913,8 @@ class IndexLinker:
               local: Mapping[str, LocalQuery] | None = None,
               greys: Mapping[str, np.ndarray] | None = None,
               pixels: Callable[[str], np.ndarray | None] | None = None,
-              framed: Mapping[str, Sequence[tuple[float, float, float, float]]] | None = None
+              framed: Mapping[str, Sequence[tuple[float, float, float, float]]] | None = None,
+              described: Mapping[str, tuple] | None = None
               ) -> list[LinkRow]:
         """Links of new images; ``local`` and ``greys`` (by sha256: local
         features, and the grey pixels they were taken from) add the robust
@@ -923,8 +927,11 @@ class IndexLinker:
         :func:`verify_candidates`), and that nothing matched as the same picture
         (:func:`worth_tiling`) then has its tiles searched and verified, as a
         query's are, so a collage or a screenshot is linked to the photos it
-        shows."""
+        shows. ``described`` (by sha256: :attr:`imgmatch.analysis.Analysis.tiles`)
+        gives the tiles a worker described already, used where they are the
+        ones wanted, cut from pixels of the same size."""
         local = local or {}
+        described = described or {}
         greys = greys or {}
         framed = framed or {}
         self.parts = {}
@@ -1001,13 +1008,17 @@ class IndexLinker:
                         and worth_tiling(found, sha256 in framed, grid):
                     grey = pixels(sha256)
                     if grey is not None:  # searched as a query's tiles are
-                        described = _search_tiles(
+                        quarters = FRAMED_QUARTERS or grid or part_matched(found)
+                        ready = described.get(sha256)
+                        cut = _search_tiles(
                             self.catalog, query, local[sha256], [], grey, found, stored,
                             self._tile_votes(image_id, self.descriptors, batch),
-                            quarters=FRAMED_QUARTERS or grid or part_matched(found))
+                            quarters=quarters,
+                            ready=ready[2] if ready is not None and ready[0] == quarters
+                            and tuple(ready[1]) == grey.shape else None)
                         if KEEP_PARTS:
-                            self._keep_parts(image_id, parts_of(described, grey,
-                                                                local[sha256][0]), batch)
+                            self._keep_parts(image_id, parts_of(cut, grey, local[sha256][0]),
+                                             batch)
                 if self._reread is not None:
                     self.images_reread += verify_framing(
                         self.catalog, local[sha256], found, self._reread,

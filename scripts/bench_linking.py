@@ -158,12 +158,18 @@ def main() -> int:
     ap.add_argument("--composites-of", type=Path, metavar="SET",
                     help="the files to ingest: a set's positive collage and screenshot "
                          "queries, then its references (a half of the second set)")
+    ap.add_argument("--split-only", action="store_true",
+                    help="only the ingest with one worker on two cores (quick, to run "
+                         "two engines in turn several times)")
     ap.add_argument("--batch-size", type=int, default=64,
                     help="with --dump-links: images a batch")
     args = ap.parse_args()
     files = ([Path(line) for line in args.files.read_text().split()] if args.files else
              composites_then_references(args.composites_of) if args.composites_of else
              sorted(ensure_ad_sized(ensure_dev_corpus()).glob("*.jpg"))[:args.images])
+    if args.split_only:
+        split = cpu_split(files)
+        return emit([_split_line(files, split)], args.md)
     if args.dump_links:
         found = dump_links(files, args.dump_links, args.batch_size)
         print(f"{found} links of {len(files)} images written to {args.dump_links}")
@@ -233,12 +239,15 @@ def main() -> int:
         f"| candidates verified again the other way round (all images) | {reverse.returned} |",
         f"| links found | {summary.links_added} |",
     ]
-    split = cpu_split(files)
-    lines += ["", f"A robust ingest of the same files with one worker on two cores: "
-                  f"{len(files) / split['wall']:.0f} images/s; CPU per image, the parent "
-                  f"(linking and writing) {1000 * split['parent']:.1f} ms, the worker "
-                  f"(analysis) {1000 * split['worker']:.1f} ms."]
+    lines += ["", _split_line(files, cpu_split(files))]
     return emit(lines, args.md)
+
+
+def _split_line(files: list[Path], split: dict[str, float]) -> str:
+    return (f"A robust ingest of the same files with one worker on two cores: "
+            f"{len(files) / split['wall']:.0f} images/s; CPU per image, the parent "
+            f"(linking and writing) {1000 * split['parent']:.1f} ms, the worker "
+            f"(analysis) {1000 * split['worker']:.1f} ms.")
 
 
 if __name__ == "__main__":
