@@ -88,8 +88,10 @@ class Analysis:
 #: looks like a grid (:attr:`Analysis.tiles`), so that the linker, the
 #: ingest's one serial stage, does not. Their quarters are included where
 #: the image looks like a grid, as the linker includes them
-#: (:func:`imgmatch.match.worth_tiling`); where the linker wants another
-#: set (a partial match adds the quarters), it describes them itself.
+#: (:meth:`imgmatch.match.IndexLinker.links`); where the linker wants another
+#: set (a partial match adds the quarters), it describes them itself. The
+#: linker still decodes such an image again for its pixels, which the
+#: aligned comparisons of its tiles need and the pipe does not carry.
 DESCRIBE_TILES = True
 
 
