@@ -311,7 +311,12 @@ def main(argv: list[str] | None = None) -> int:
                          "constant of imgmatch.cluster (repeat; --recluster "
                          "ATTACH_SCORE=0.5,0.65)")
     ap.add_argument("--md", type=Path, help="also write the Markdown tables here")
+    ap.add_argument("--keep", type=Path, metavar="DIR",
+                    help="keep the crawl (its catalog case.db, crawl.jsonl and report) in "
+                         "DIR, a new directory, to look into afterwards")
     args = ap.parse_args(argv)
+    if args.keep is not None and args.keep.exists():
+        ap.error(f"--keep {args.keep}: exists already; name a new directory")
     try:
         changed = settings(args.set)
         again_with = recluster_settings(args.recluster)
@@ -324,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(shared_bench()))
     with tempfile.TemporaryDirectory(prefix="imgmatch-crawl-links-") as tmp:
         work = Path(tmp)
+        if args.keep is not None:
+            args.keep.mkdir(parents=True)
+            work = args.keep
         report = crawl(data, work, args.ingest_arg, changed)
         bound, images, lonely, unlinked, by_hashes, close, causes, bands = analyse(
             data, work, args.why)
