@@ -63,7 +63,7 @@ class Analysis:
     known: bool = False
     #: local features of the image and of its mirror (robust tier only)
     features: tuple | None = None
-    #: the grey pixels they were taken from, reduced to :data:`imgmatch.features.ALIGN_SIDE`,
+    #: the grey pixels they were taken from, reduced (:func:`imgmatch.features.align_grey`)
     #: for the aligned comparison of link candidates; never stored
     grey: np.ndarray | None = None
     #: whether the image frames pictures (:func:`imgmatch.features.regions`:

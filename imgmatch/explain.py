@@ -103,7 +103,7 @@ def explain_pair(catalog: Catalog, a: tuple[int, str], b: tuple[int, str],
             found, _ = measure(catalog, query, [id_b], views, grey)
         if match.QUERY_REVERSE and views and not (grey is not None and regions(grey)):
             # as a query weighs it: verified the other way round too
-            verify_reversed(catalog, views[0][0], found, THRESHOLDS["match"])
+            verify_reversed(catalog, views[0][0], found, THRESHOLDS["match"], grey=grey)
         ev = found.get(id_b)
     if ev is None or not (ev.hashes or ev.verified):
         raise ImgmatchError(

@@ -19,6 +19,7 @@ not pay for them.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -608,7 +609,8 @@ SEAM_GUTTER = 0.06
 #: tile's content, not a clip-art drawing's wide white margin).
 SEAM_BUSY = 40
 #: Seams are looked for in the image reduced to this longer side (the grey
-#: pixels an ingest keeps of each new image, :data:`ALIGN_SIDE`).
+#: pixels an ingest keeps of each new image, :data:`ALIGN_SIDE`, unless it
+#: is long: :func:`align_grey`).
 SEAM_SIDE = 192
 
 
@@ -626,7 +628,7 @@ def gridded(grey: np.ndarray | None) -> bool:
     of 600 ad-sized photos, in 125 of the fit half's 520 references (clip
     art and app screens, whose panels are tiles too, and pages of text,
     whose blank lines are narrow gutters) and in 103 of its 131 collages. Cheap enough for every new image (0.1 ms): a few array passes
-    over the 192-pixel grey an ingest keeps anyway."""
+    over the grey an ingest keeps anyway, reduced to 192 pixels."""
     down, across = seams(grey)
     return bool(down or across)
 
@@ -867,6 +869,36 @@ class Verification:
 
 
 NO_MATCH = Verification(0, 0)
+
+
+def turned(found: Verification, query: LocalFeatures, stored: LocalFeatures
+           ) -> Verification | None:
+    """The same verification seen from the stored image's side: its
+    similarity inverted, the shares and boxes swapped (``query`` and
+    ``stored``: the features it was verified between, for their sizes).
+    None where there is no similarity to invert. The inliers, and so the
+    support, are the pair's either way."""
+    if found.matrix is None:
+        return None
+    forward = np.vstack([np.asarray(found.matrix, np.float64).reshape(2, 3), [0, 0, 1]])
+    try:
+        back = np.linalg.inv(forward)
+    except np.linalg.LinAlgError:
+        return None
+    query_box = None
+    if found.stored_box is not None and stored.width and stored.height:
+        x0, y0, x1, y1 = found.stored_box
+        query_box = (x0 * stored.width, y0 * stored.height,
+                     x1 * stored.width, y1 * stored.height)
+    stored_box = None
+    if found.query_box is not None and query.width and query.height:
+        x0, y0, x1, y1 = found.query_box
+        stored_box = (x0 / query.width, y0 / query.height, x1 / query.width, y1 / query.height)
+    return replace(found, matrix=tuple(float(v) for v in back[:2].ravel()),
+                   scale=1.0 / found.scale if found.scale else 0.0,
+                   rotation=-found.rotation, query_share=found.stored_share,
+                   stored_share=found.query_share, query_box=query_box,
+                   stored_box=stored_box, framed_share=None)
 
 
 def nearest_two(query: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1244,6 +1276,22 @@ def _reduced(grey: np.ndarray, to_stored: np.ndarray) -> tuple[np.ndarray, np.nd
 #: 64x64 cells, so this loses nothing it sees, and the analysis stays small
 #: enough to cross a worker's pipe unread (see :mod:`imgmatch.workers`).
 ALIGN_SIDE = 192
+#: ... unless that leaves its shorter side under this many pixels (where
+#: the image has them): a banner of 810 x 246 kept at 192 x 58 leaves a
+#: region it shares with a crop of it some 35 pixels high, which PDQ blurs
+#: into another picture (40 bits from the crop's hash, against 22 for a
+#: query's larger pixels, and the pair held down as two pictures).
+ALIGN_SHORT = 144
+
+
+def align_grey(grey: np.ndarray) -> np.ndarray:
+    """The grey pixels an ingest keeps of a new image for the aligned
+    comparison (:data:`ALIGN_SIDE`, :data:`ALIGN_SHORT`)."""
+    h, w = grey.shape[:2]
+    side = ALIGN_SIDE
+    if ALIGN_SHORT and min(h, w) > 0:
+        side = max(side, math.ceil(ALIGN_SHORT * max(h, w) / min(h, w)))
+    return reduce(grey, side)
 
 
 def reduce(grey: np.ndarray, side: int) -> np.ndarray:

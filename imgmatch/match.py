@@ -428,7 +428,7 @@ def weigh(catalog: Catalog, indexes: Mapping[str, BinaryIndex],
             and grey is not None and not framed and not features.gridded(grey):
         _verify_kept_parts(catalog, query, views[0][0], descriptors, found, stored, grey)
     if QUERY_REVERSE and views and not framed:
-        verify_reversed(catalog, views[0][0], found, MATCH_SCORE)
+        verify_reversed(catalog, views[0][0], found, MATCH_SCORE, grey=grey)
     return found, stored
 
 
@@ -1030,7 +1030,7 @@ class IndexLinker:
                     verify_parts(local[sha256], read, found, greys.get(sha256))
                 if REVERSE_VERIFY and sha256 not in framed:
                     verify_reversed(self.catalog, local[sha256], found, self.min_score,
-                                    orientations.get(image_id))
+                                    orientations.get(image_id), greys.get(sha256))
             for other, ev in found.items():
                 score = link_score(ev)
                 if score >= self.min_score and ev.agreed:
@@ -1255,15 +1255,26 @@ QUERY_REVERSE = True
 #: Inliers the forward verification must have found for the reverse one
 #: to be tried: geometry seen, but weighed down.
 REVERSE_MIN_INLIERS = 20
+#: Whether a reverse verification makes its own aligned comparison (the new
+#: image moved onto the older one's frame by its similarity, inverted)
+#: where the forward one had too little support to make one: a copy whose
+#: keypoints, querying its original, are mostly one pattern repeated, and
+#: the original querying the copy aligns (``tests/test_reverse_links.py``).
+REVERSE_ALIGN = True
 
 
 def verify_reversed(catalog: Catalog, view: LocalQuery, found: dict[int, Evidence],
                     min_score: float,
-                    orientations: Mapping[int, tuple[bool, bool]] | None = None) -> int:
+                    orientations: Mapping[int, tuple[bool, bool]] | None = None,
+                    grey: np.ndarray | None = None) -> int:
     """Verify, the other way round, the candidates of a new image (``view``:
     its features and its mirror's) that were verified but score under
     ``min_score``; keep the reverse verification where it scores higher.
-    Returns how many were verified again."""
+    Returns how many were verified again.
+
+    With the new image's pixels (``grey``, as :func:`verify_candidates`
+    takes them), a reverse verification makes its own aligned comparison
+    where the forward one made none (:data:`REVERSE_ALIGN`)."""
     wanted = [i for i, ev in found.items()
               if ev.verified is not None and ev.verified.inliers >= REVERSE_MIN_INLIERS
               and link_score(ev) < min_score]
@@ -1271,6 +1282,8 @@ def verify_reversed(catalog: Catalog, view: LocalQuery, found: dict[int, Evidenc
         return 0
     plain, mirrored = view
     blobs = catalog.features_of(wanted)
+    pdq = {i: values["pdq"][0] for i, values in catalog.signals_of(wanted).items()
+           if "pdq" in values} if REVERSE_ALIGN and grey is not None else {}
     for image_id, blob in blobs.items():
         older = features.LocalFeatures.from_bytes(blob)
         if len(older) < VERIFIABLE:
@@ -1293,10 +1306,22 @@ def verify_reversed(catalog: Catalog, view: LocalQuery, found: dict[int, Evidenc
         older_box = None if result.query_box is None or not older.width else (
             result.query_box[0] / older.width, result.query_box[1] / older.height,
             result.query_box[2] / older.width, result.query_box[3] / older.height)
+        aligned = ev.verified.aligned if ev.verified is not None else None
+        centre = ev.verified is not None and ev.verified.aligned_centre
+        if aligned is None and grey is not None and image_id in pdq:
+            # the new image moved onto the older one's frame by this
+            # verification's similarity, inverted: what a query with the
+            # older image would compare
+            back = features.turned(result, older,
+                                   mirrored if flipped and mirrored is not None else plain)
+            moved = None if back is None else _verified(
+                back, flipped, plain.width, older, grey, (0, 0, grey.shape[1], grey.shape[0]),
+                pdq[image_id])
+            if moved is not None and moved.aligned is not None:
+                aligned, centre = moved.aligned, moved.aligned_centre
         verified = dataclasses.replace(
             _verified(result, flipped, older.width, plain, None, None, None),
-            aligned=ev.verified.aligned if ev.verified is not None else None,
-            aligned_centre=ev.verified is not None and ev.verified.aligned_centre, reversed=True,
+            aligned=aligned, aligned_centre=centre, reversed=True,
             regions=(new_box, older_box))
         turned = dataclasses.replace(ev, verified=verified)
         if link_score(turned) > link_score(ev):

@@ -1002,6 +1002,43 @@ def test_an_ingest_aligns_from_its_small_grey_as_a_query_does_from_the_whole() -
     assert distance(ImageOps.mirror(rgb("astronaut")), rgb("astronaut")) <= 24
 
 
+@pytest.mark.parametrize("size", [(810, 246), (1200, 300), (300, 1000)])
+def test_an_ingest_keeps_enough_of_a_banner_to_align_it_as_a_query_does(
+        size: tuple[int, int]) -> None:
+    """A banner or a strip kept at 192 pixels along its length leaves too few
+    across it: a mirrored crop of it, aligned from that, hashed up to 26 bits
+    farther than from the query's pixels. The ingest keeps its shorter side
+    at :data:`imgmatch.features.ALIGN_SHORT`, and comes within a few bits."""
+    from imgmatch.signals.pdq import hash_luma
+
+    def distance(query: np.ndarray, small: np.ndarray, photo: np.ndarray) -> int:
+        stored = features.extract(photo)
+        found, flipped = features.best_of(*features.extract_both(query), stored)
+        moved = features.aligned(small, (0, 0, small.shape[1], small.shape[0]),
+                                 query.shape[1], found, flipped, stored)
+        assert moved is not None
+        a = np.unpackbits(np.frombuffer(hash_luma(moved), np.uint8))
+        b = np.unpackbits(np.frombuffer(hash_luma(photo.astype(np.float32)), np.uint8))
+        return int((a != b).sum())
+
+    w, h = size
+    for name in ("astronaut", "cat", "coffee", "flower", "temple"):
+        banner = ImageOps.fit(rgb(name), size)
+        repost = ImageOps.mirror(banner.crop((int(0.06 * w), int(0.09 * h),
+                                              int(0.94 * w), int(0.97 * h))))
+        query, photo = features.prepare(grey(banner)), features.prepare(grey(repost))
+        kept = features.align_grey(query)
+        assert min(kept.shape) >= min(features.ALIGN_SHORT, min(query.shape))
+        assert abs(distance(query, kept, photo) - distance(query, query, photo)) <= 6, name
+
+
+def test_the_ingests_grey_is_small_where_the_image_is_not_long() -> None:
+    square = np.zeros((1000, 750), np.uint8)
+    assert max(features.align_grey(square).shape) == features.ALIGN_SIDE
+    thin = np.zeros((20, 400), np.uint8)  # never enlarged
+    assert features.align_grey(thin).shape == (20, 400)
+
+
 def _centre_distance(query: Image.Image, stored_image: Image.Image,
                      box: tuple[int, int, int, int] | None = None) -> int | None:
     """PDQ bits between the stored image's centre and the query (or its ``box``,

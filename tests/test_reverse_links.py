@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 import imgmatch
 from imgmatch import features, match
@@ -132,3 +132,63 @@ def test_a_pair_verified_the_other_way_round_says_so(tmp_path: Path) -> None:
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_reverse_verification_aligns_where_the_forward_one_could_not(tmp_path) -> None:
+    """The forward verification, too weak to align the pictures, left the pair
+    without an aligned comparison; the reverse one moves the new image onto
+    the older one's frame by its own similarity, inverted."""
+    photo = Image.open(FIXTURES / "temple.jpg").convert("RGB")
+    collection, image_id = _catalogued(tmp_path, photo)
+    w, h = photo.size
+    copy = photo.crop((w // 20, h // 20, w - w // 20, h - h // 10))
+    with collection:
+        weak = Verified(inliers=25, support=1.0, spread=0.1, shared_area=0.2)
+        found = {image_id: Evidence(verified=weak, robust=True)}
+        assert match.verify_reversed(collection.catalog, _view(copy), found, match.MATCH_SCORE,
+                                     grey=np.asarray(copy.convert("L"))) == 1
+        turned = found[image_id].verified
+        assert turned is not None and turned.reversed
+        assert turned.aligned is not None and turned.aligned <= match.CENTRE_AGREES
+        assert match.link_score(found[image_id]) >= match.MATCH_SCORE
+
+
+def test_a_reverse_alignment_keeps_two_pictures_in_one_frame_apart(tmp_path) -> None:
+    def framed(name: str) -> Image.Image:
+        photo = Image.open(FIXTURES / f"{name}.jpg").convert("RGB")
+        out = ImageOps.expand(ImageOps.fit(photo, (240, 240)), border=140, fill="white")
+        out.paste(ImageOps.fit(Image.open(FIXTURES / "coffee.jpg").convert("RGB"), (520, 130)),
+                  (0, 0))
+        out.paste(ImageOps.fit(Image.open(FIXTURES / "flower.jpg").convert("RGB"), (520, 130)),
+                  (0, 390))
+        return out
+
+    collection, image_id = _catalogued(tmp_path, framed("astronaut"))
+    other = framed("cat")
+    with collection:
+        weak = Verified(inliers=25, support=1.0, spread=0.1, shared_area=0.2)
+        found = {image_id: Evidence(verified=weak, robust=True)}
+        match.verify_reversed(collection.catalog, _view(other), found, match.MATCH_SCORE,
+                              grey=np.asarray(other.convert("L")))
+        turned = found[image_id].verified
+        # the frame matched the other way round, enough to align: its pictures differ
+        assert turned is not None and turned.reversed and turned.support >= match.ALIGN_SUPPORT
+        assert turned.aligned is not None and turned.aligned > match.CENTRE_AGREES
+        assert match.link_score(found[image_id]) < match.MATCH_SCORE
+
+
+def test_a_verification_turned_round_inverts_its_similarity() -> None:
+    photo = Image.open(FIXTURES / "temple.jpg").convert("L")
+    query = features.extract(np.asarray(photo))
+    stored = features.extract(np.asarray(photo.rotate(12, expand=True).resize((400, 300))))
+    found = features.verify(query, stored)
+    back = features.turned(found, query, stored)
+    assert back is not None and back.support == found.support
+    assert (back.query_share, back.stored_share) == (found.stored_share, found.query_share)
+    forward = np.vstack([np.reshape(found.matrix, (2, 3)), [0, 0, 1]])
+    backward = np.vstack([np.reshape(back.matrix, (2, 3)), [0, 0, 1]])
+    assert np.allclose(backward @ forward, np.eye(3), atol=1e-9)
+    again = features.turned(back, stored, query)
+    assert again is not None and np.allclose(again.matrix, found.matrix)
+    assert again.query_box == pytest.approx(found.query_box)
+    assert features.turned(features.NO_MATCH, query, stored) is None

@@ -73,7 +73,7 @@ class ORB(LocalSignalType):
         plain, mirrored = features.extract_both(prepared)
         if len(plain):
             plain = replace(plain, centre=centre_hash(prepared))
-        return plain, mirrored, features.reduce(prepared, features.ALIGN_SIDE)
+        return plain, mirrored, features.align_grey(prepared)
 
     def stored(self, found: features.LocalFeatures) -> tuple[int, int, bytes]:
         found = features.kept(found)
