@@ -25,6 +25,14 @@ ingest made against the crawl's truth:
   ``imgmatch.cluster`` (``--recluster ATTACH_SCORE=0.5,0.65``): settings
   of the clustering compared on one ingest, without its noise between runs.
 
+``--fixed-batches N`` ingests in this process (``--workers 0``) in batches
+of N images that end by size alone, never by time: the same engine then
+makes the same links run after run, where the default ingest's batches end
+where the workers' pace puts them and move a few links (±0.002 of recall
+between runs). Two engines, or two settings, compared this way differ by
+what they do, not by where batches ended; the default ingest is still what
+a user runs.
+
 ``--set MODULE.NAME=VALUE`` changes a constant of ``imgmatch.MODULE``
 (``match``, ``descriptors``, ``features``, ``evidence``, ``cluster``) in
 the crawl's CLI (``--set match.LINK_VERIFY=8``), to compare a setting with
@@ -56,6 +64,17 @@ if TYPE_CHECKING:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import emit, shared_bench, wrapped_cli  # noqa: E402
 from bench_sets import ensure  # noqa: E402
+
+
+#: A batch's age at which it is written, for ``--fixed-batches``: never
+#: (a literal the CLI's wrapper can write; infinity's repr is not one).
+FOREVER = 1e12
+
+def fixed_batches(size: int, changed: dict[tuple[str, str], object]) -> list[str]:
+    """The ingest's arguments for ``--fixed-batches``, and (in ``changed``)
+    the setting that ends batches by size alone."""
+    changed[("ingest", "FLUSH_SECONDS")] = FOREVER
+    return ["--workers=0", f"--batch-size={size}"]
 
 
 #: The modules whose constants ``--set`` may change.
@@ -311,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
                          "constant of imgmatch.cluster (repeat; --recluster "
                          "ATTACH_SCORE=0.5,0.65)")
     ap.add_argument("--md", type=Path, help="also write the Markdown tables here")
+    ap.add_argument("--fixed-batches", type=int, metavar="N",
+                    help="ingest in this process, in batches of N images ended by size "
+                         "alone: the same links every run")
     ap.add_argument("--keep", type=Path, metavar="DIR",
                     help="keep the crawl (its catalog case.db, crawl.jsonl and report) in "
                          "DIR, a new directory, to look into afterwards")
@@ -325,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     import importlib
     for (module, name), value in changed.items():  # here too: --why compares pairs
         setattr(importlib.import_module(f"imgmatch.{module}"), name, value)
+    if args.fixed_batches is not None:
+        if args.fixed_batches < 1:
+            ap.error("--fixed-batches: at least 1")
+        args.ingest_arg += fixed_batches(args.fixed_batches, changed)
     data = args.data or ensure("fit")
     sys.path.insert(0, str(shared_bench()))
     with tempfile.TemporaryDirectory(prefix="imgmatch-crawl-links-") as tmp:

@@ -89,3 +89,15 @@ def test_links_are_counted_by_the_band_clusters_put_them_in() -> None:
     assert partial == {"wrong": 1, "wrong, a collage or screenshot": 1}
     assert attach == {"wrong": 1, "wrong, a collage or screenshot": 1}
     assert lead == {"wrong": 1}  # an image of no picture seen twice links wrongly
+
+
+def test_fixed_batches_end_by_size_alone_in_one_process(tmp_path: Path) -> None:
+    changed: dict[tuple[str, str], object] = {}
+    args = bench_crawl_links.fixed_batches(64, changed)
+    assert args == ["--workers=0", "--batch-size=64"]
+    exe = bench_crawl_links.wrapped_cli(tmp_path, changed)
+    header = exe.read_text().split("from imgmatch.cli import main")[0]
+    out = subprocess.run([sys.executable, "-c", header + "print(ingest.FLUSH_SECONDS)"],
+                         capture_output=True, text=True, check=True)
+    # older than a batch could ever be, written as a literal the wrapper can hold
+    assert float(out.stdout) >= 1e9
