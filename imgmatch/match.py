@@ -737,9 +737,8 @@ def _search_tiles(catalog: Catalog, query: Mapping[str, Sequence[HashValue]],
     boxes = None
     described: list[tuple[tuple[int, int, int, int], LocalQuery]] = []
     if not tiles and grey is not None:
-        source = ready if ready is not None else \
-            features.described_views(grey, quarters, regions)
-        described = [(box, (plain, mirrored)) for box, (plain, mirrored) in source]
+        described = list(ready if ready is not None else
+                         features.described_views(grey, quarters, regions))
         tiles = [view for _, view in described]
         boxes = [(0, 0, grey.shape[1], grey.shape[0]), *(box for box, _ in described)]
     views = [(view, vote(view)) for view in tiles]
